@@ -1,0 +1,157 @@
+//! The shared plumbing against a real nats-server.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use nwd_proto::streams::{self, buckets};
+use nwd_proto::{ContactId, Envelope, Event};
+use nwd_runtime::bus::{self, NatsArgs};
+use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
+use nwd_runtime::kv::{self, Cas};
+use nwd_runtime::ops::Readiness;
+use nwd_testkit::{NatsServer, eventually};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Probe {
+    n: u32,
+}
+impl Event for Probe {
+    const TYPE: &'static str = "test.probe";
+}
+
+async fn setup() -> (NatsServer, jetstream::Context) {
+    let server = NatsServer::start().await;
+    let args = NatsArgs::local(server.url());
+    let client = bus::connect(&args, "test").await.unwrap();
+    let js = bus::jetstream(client, &args);
+    bus::ensure_all(&js, 1).await.unwrap();
+    (server, js)
+}
+
+#[tokio::test]
+async fn ensure_all_is_idempotent_and_uses_file_storage() {
+    let (_server, js) = setup().await;
+    bus::ensure_all(&js, 1).await.unwrap();
+    let mut s = js.get_stream(streams::AUDIT).await.unwrap();
+    let info = s.info().await.unwrap();
+    assert_eq!(info.config.storage, jetstream::stream::StorageType::File);
+    assert!(info.config.deny_delete && info.config.deny_purge);
+}
+
+#[tokio::test]
+async fn publish_dedupes_by_message_id() {
+    let (_server, js) = setup().await;
+    let id = ContactId::new();
+    let env = Envelope::new(Probe { n: 1 });
+    let subject = nwd_proto::subjects::contact_message(&id);
+    let first = bus::publish(&js, subject.clone(), "probe-1", &env)
+        .await
+        .unwrap();
+    let second = bus::publish(&js, subject, "probe-1", &env).await.unwrap();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(first.sequence, second.sequence);
+}
+
+struct Counting {
+    seen: AtomicUsize,
+    fail_first: AtomicUsize,
+}
+
+impl Handler for Counting {
+    async fn handle(&self, msg: &jetstream::Message) -> Outcome {
+        if Envelope::<Probe>::from_bytes(&msg.payload).is_err() {
+            return Outcome::Reject("undecodable");
+        }
+        let failing = self
+            .fail_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Outcome::Retry(Duration::from_millis(10));
+        }
+        self.seen.fetch_add(1, Ordering::SeqCst);
+        Outcome::Ack
+    }
+}
+
+#[tokio::test]
+async fn consumer_retries_transient_failures_and_rejects_poison() {
+    let (_server, js) = setup().await;
+    let handler = Arc::new(Counting {
+        seen: AtomicUsize::new(0),
+        fail_first: AtomicUsize::new(3),
+    });
+    let readiness = Readiness::new(Vec::<String>::new());
+    let shutdown = CancellationToken::new();
+    let spec = ConsumerSpec::new(
+        "test",
+        streams::CONTACTS,
+        "test-consumer",
+        vec![nwd_proto::subjects::contact_messages_all()],
+    );
+    let task = tokio::spawn(consume::run(
+        js.clone(),
+        spec,
+        handler.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    for n in 0..5 {
+        let subject = nwd_proto::subjects::contact_message(&ContactId::new());
+        bus::publish(&js, subject, &format!("p{n}"), &Envelope::new(Probe { n }))
+            .await
+            .unwrap();
+    }
+    js.publish(
+        nwd_proto::subjects::contact_message(&ContactId::new()),
+        "garbage".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "all good messages handled",
+        || async { (handler.seen.load(Ordering::SeqCst) == 5).then_some(()) },
+    )
+    .await;
+    assert!(readiness.is_ready());
+    // Nothing left pending: the poison message was terminated, not redelivered forever.
+    let stream = js.get_stream(streams::CONTACTS).await.unwrap();
+    eventually(Duration::from_secs(5), "no pending acks", || {
+        let stream = stream.clone();
+        async move {
+            let info = stream.consumer_info("test-consumer").await.ok()?;
+            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+        }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn cas_serialises_concurrent_writers() {
+    let (_server, js) = setup().await;
+    let store = bus::bucket(&js, buckets::CONTACTS).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            kv::cas::<u32, (), _>(&store, "counter", |v| Cas::Write(v.unwrap_or(0) + 1, ()))
+                .await
+                .unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let v = kv::get::<u32>(&store, "counter").await.unwrap();
+    assert_eq!(v.value, Some(20), "every increment applied exactly once");
+}

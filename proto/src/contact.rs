@@ -1,0 +1,397 @@
+//! The contact record: one state record per contact, kept in the `contacts`
+//! KV bucket and changed only by compare-and-swap. The transitions here are
+//! pure; the router applies them, writes with the expected revision, and on a
+//! lost race re-reads and re-decides.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::events::{Channel, MessageTriaged};
+use crate::ids::{ContactId, CounsellorId, MessageId, PartnerId};
+use crate::risk::{Language, Reason, RiskLevel};
+
+/// How many recent message ids a record remembers to make redelivery harmless.
+const SEEN_WINDOW: usize = 64;
+
+/// Where a contact is. Every state has a next action: waiting and offered
+/// contacts are in the router's queue; assigned ones are with a counsellor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ContactState {
+    /// In the queue, offered to nobody (nobody available yet).
+    Waiting {
+        #[serde(with = "time::serde::rfc3339")]
+        since: OffsetDateTime,
+    },
+    /// Offered to these counsellors; the first to accept wins.
+    Offered {
+        to: Vec<CounsellorId>,
+        #[serde(with = "time::serde::rfc3339")]
+        since: OffsetDateTime,
+    },
+    /// With one counsellor.
+    Assigned {
+        counsellor: CounsellorId,
+        #[serde(with = "time::serde::rfc3339")]
+        since: OffsetDateTime,
+    },
+    /// Closed by a counsellor.
+    Resolved {
+        by: CounsellorId,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+}
+
+impl ContactState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ContactState::Waiting { .. } => "waiting",
+            ContactState::Offered { .. } => "offered",
+            ContactState::Assigned { .. } => "assigned",
+            ContactState::Resolved { .. } => "resolved",
+        }
+    }
+}
+
+/// Why a transition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("the contact is already with another counsellor")]
+    Taken,
+    #[error("the contact was not offered to this counsellor")]
+    NotOffered,
+    #[error("the contact is not assigned to this counsellor")]
+    NotAssigned,
+    #[error("the contact is already resolved")]
+    Resolved,
+}
+
+/// The state record of one contact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactRecord {
+    pub id: ContactId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    pub channel: Channel,
+    pub door: Option<PartnerId>,
+    pub patient: Option<String>,
+    pub lang: Language,
+    /// The highest risk seen so far; never lowered automatically.
+    pub risk: RiskLevel,
+    /// Distinct reasons seen so far (one per rule id, first span kept).
+    pub reasons: Vec<Reason>,
+    pub state: ContactState,
+    pub message_count: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_message_at: OffsetDateTime,
+    /// Ids of recently applied messages, so a redelivered event changes nothing.
+    pub seen: Vec<MessageId>,
+}
+
+/// What applying a message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Already applied earlier (redelivery); nothing changed.
+    Duplicate,
+    /// Applied to an open contact.
+    Added,
+    /// The contact had been resolved; the message re-opened it into the queue.
+    Reopened,
+}
+
+impl ContactRecord {
+    /// Opens a record from the first triaged message of a contact.
+    pub fn open(ev: &MessageTriaged) -> Self {
+        let m = &ev.message;
+        let mut rec = Self {
+            id: m.contact_id,
+            opened_at: m.received_at,
+            channel: m.channel.clone(),
+            door: m.door.clone(),
+            patient: m.patient.clone(),
+            lang: ev.assessment.lang,
+            risk: RiskLevel::Low,
+            reasons: Vec::new(),
+            state: ContactState::Waiting {
+                since: m.received_at,
+            },
+            message_count: 0,
+            last_message_at: m.received_at,
+            seen: Vec::new(),
+        };
+        rec.apply_message(ev);
+        rec
+    }
+
+    /// Applies a triaged message: ratchets risk up, merges reasons, counts the
+    /// message. A message for a resolved contact puts it back in the queue: a
+    /// person who writes again is never left without an answer.
+    pub fn apply_message(&mut self, ev: &MessageTriaged) -> Applied {
+        let m = &ev.message;
+        if self.seen.contains(&m.message_id) {
+            return Applied::Duplicate;
+        }
+        self.seen.push(m.message_id);
+        if self.seen.len() > SEEN_WINDOW {
+            self.seen.remove(0);
+        }
+        self.risk = self.risk.ratchet(ev.assessment.level);
+        self.lang = ev.assessment.lang;
+        for r in &ev.assessment.reasons {
+            if !self.reasons.iter().any(|x| x.rule == r.rule) {
+                self.reasons.push(r.clone());
+            }
+        }
+        self.message_count += 1;
+        if m.received_at > self.last_message_at {
+            self.last_message_at = m.received_at;
+        }
+        if matches!(self.state, ContactState::Resolved { .. }) {
+            self.state = ContactState::Waiting {
+                since: m.received_at,
+            };
+            return Applied::Reopened;
+        }
+        Applied::Added
+    }
+
+    /// When the contact started waiting (for queue order), if it is waiting or offered.
+    pub fn waiting_since(&self) -> Option<OffsetDateTime> {
+        match &self.state {
+            ContactState::Waiting { since } | ContactState::Offered { since, .. } => Some(*since),
+            _ => None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        !matches!(self.state, ContactState::Resolved { .. })
+    }
+
+    pub fn assigned_to(&self) -> Option<&CounsellorId> {
+        match &self.state {
+            ContactState::Assigned { counsellor, .. } => Some(counsellor),
+            _ => None,
+        }
+    }
+
+    /// Offers a waiting contact to more counsellors (ring-all: offers add up).
+    pub fn offer(&mut self, to: &[CounsellorId]) -> Result<(), TransitionError> {
+        match &mut self.state {
+            ContactState::Waiting { since } => {
+                let since = *since;
+                self.state = ContactState::Offered {
+                    to: to.to_vec(),
+                    since,
+                };
+                Ok(())
+            }
+            ContactState::Offered { to: offered, .. } => {
+                for c in to {
+                    if !offered.contains(c) {
+                        offered.push(c.clone());
+                    }
+                }
+                Ok(())
+            }
+            ContactState::Assigned { .. } => Err(TransitionError::Taken),
+            ContactState::Resolved { .. } => Err(TransitionError::Resolved),
+        }
+    }
+
+    /// The first accept wins. Accepting twice is harmless for the winner.
+    pub fn accept(
+        &mut self,
+        who: &CounsellorId,
+        now: OffsetDateTime,
+    ) -> Result<(), TransitionError> {
+        match &self.state {
+            ContactState::Offered { to, .. } if to.contains(who) => {
+                self.state = ContactState::Assigned {
+                    counsellor: who.clone(),
+                    since: now,
+                };
+                Ok(())
+            }
+            ContactState::Offered { .. } | ContactState::Waiting { .. } => {
+                Err(TransitionError::NotOffered)
+            }
+            ContactState::Assigned { counsellor, .. } if counsellor == who => Ok(()),
+            ContactState::Assigned { .. } => Err(TransitionError::Taken),
+            ContactState::Resolved { .. } => Err(TransitionError::Resolved),
+        }
+    }
+
+    /// Removes a counsellor from the offer (decline, disconnect). When nobody
+    /// is left the contact goes back to waiting, keeping its place in the queue.
+    pub fn withdraw(&mut self, who: &CounsellorId) -> Result<(), TransitionError> {
+        match &mut self.state {
+            ContactState::Offered { to, since } => {
+                if !to.contains(who) {
+                    return Err(TransitionError::NotOffered);
+                }
+                to.retain(|c| c != who);
+                if to.is_empty() {
+                    let since = *since;
+                    self.state = ContactState::Waiting { since };
+                }
+                Ok(())
+            }
+            ContactState::Waiting { .. } => Err(TransitionError::NotOffered),
+            ContactState::Assigned { .. } => Err(TransitionError::Taken),
+            ContactState::Resolved { .. } => Err(TransitionError::Resolved),
+        }
+    }
+
+    /// Only the assigned counsellor resolves a contact.
+    pub fn resolve(
+        &mut self,
+        who: &CounsellorId,
+        now: OffsetDateTime,
+    ) -> Result<(), TransitionError> {
+        match &self.state {
+            ContactState::Assigned { counsellor, .. } if counsellor == who => {
+                self.state = ContactState::Resolved {
+                    by: who.clone(),
+                    at: now,
+                };
+                Ok(())
+            }
+            ContactState::Resolved { .. } => Err(TransitionError::Resolved),
+            _ => Err(TransitionError::NotAssigned),
+        }
+    }
+}
+
+/// Intake's thread record: which contact is open for one sender.
+/// Bucket `threads`, key `sms.<PhoneNumber::key>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadRecord {
+    pub contact_id: ContactId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::ContactMessage;
+    use crate::phone::PhoneNumber;
+    use crate::risk::Assessment;
+    use time::macros::datetime;
+
+    fn triaged(contact: ContactId, level: RiskLevel, rule: &str) -> MessageTriaged {
+        MessageTriaged {
+            message: ContactMessage {
+                contact_id: contact,
+                message_id: MessageId::new(),
+                channel: Channel::Sms {
+                    patient: PhoneNumber::parse("+15005550142").unwrap(),
+                    line: PhoneNumber::parse("+15005550100").unwrap(),
+                },
+                door: None,
+                patient: None,
+                body: "x".into(),
+                received_at: datetime!(2026-11-24 10:00 UTC),
+                opens_contact: true,
+            },
+            assessment: Assessment {
+                level,
+                score: 0.5,
+                reasons: vec![Reason {
+                    rule: rule.into(),
+                    label: rule.into(),
+                    level,
+                    start: 0,
+                    end: 1,
+                }],
+                lang: Language::En,
+                rulebook_version: "test".into(),
+            },
+        }
+    }
+
+    fn c(s: &str) -> CounsellorId {
+        CounsellorId::parse(s).unwrap()
+    }
+
+    const NOW: OffsetDateTime = datetime!(2026-11-24 10:01 UTC);
+
+    #[test]
+    fn risk_only_ratchets_up_and_redelivery_changes_nothing() {
+        let id = ContactId::new();
+        let first = triaged(id, RiskLevel::High, "a");
+        let mut rec = ContactRecord::open(&first);
+        assert_eq!(rec.risk, RiskLevel::High);
+        assert_eq!(rec.apply_message(&first), Applied::Duplicate);
+        assert_eq!(rec.message_count, 1);
+        assert_eq!(
+            rec.apply_message(&triaged(id, RiskLevel::Low, "b")),
+            Applied::Added
+        );
+        assert_eq!(rec.risk, RiskLevel::High);
+        assert_eq!(rec.reasons.len(), 2);
+        rec.apply_message(&triaged(id, RiskLevel::Imminent, "a"));
+        assert_eq!(rec.risk, RiskLevel::Imminent);
+        assert_eq!(rec.reasons.len(), 2, "reasons are merged by rule id");
+    }
+
+    #[test]
+    fn first_accept_wins() {
+        let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Low, "a"));
+        rec.offer(&[c("ana"), c("ben")]).unwrap();
+        rec.accept(&c("ben"), NOW).unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("ben")));
+        assert_eq!(rec.accept(&c("ana"), NOW), Err(TransitionError::Taken));
+        assert_eq!(
+            rec.accept(&c("ben"), NOW),
+            Ok(()),
+            "idempotent for the winner"
+        );
+        assert_eq!(rec.offer(&[c("cy")]), Err(TransitionError::Taken));
+    }
+
+    #[test]
+    fn cannot_accept_what_was_not_offered() {
+        let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Low, "a"));
+        assert_eq!(rec.accept(&c("ana"), NOW), Err(TransitionError::NotOffered));
+        rec.offer(&[c("ana")]).unwrap();
+        assert_eq!(rec.accept(&c("ben"), NOW), Err(TransitionError::NotOffered));
+    }
+
+    #[test]
+    fn declining_everyone_puts_it_back_in_the_queue_keeping_its_place() {
+        let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Low, "a"));
+        let since = rec.waiting_since().unwrap();
+        rec.offer(&[c("ana"), c("ben")]).unwrap();
+        rec.withdraw(&c("ana")).unwrap();
+        assert!(matches!(rec.state, ContactState::Offered { .. }));
+        rec.withdraw(&c("ben")).unwrap();
+        assert_eq!(rec.state, ContactState::Waiting { since });
+        assert_eq!(rec.withdraw(&c("ben")), Err(TransitionError::NotOffered));
+    }
+
+    #[test]
+    fn only_the_assigned_counsellor_resolves_and_a_new_message_reopens() {
+        let id = ContactId::new();
+        let mut rec = ContactRecord::open(&triaged(id, RiskLevel::Low, "a"));
+        rec.offer(&[c("ana")]).unwrap();
+        assert_eq!(
+            rec.resolve(&c("ana"), NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        rec.accept(&c("ana"), NOW).unwrap();
+        assert_eq!(
+            rec.resolve(&c("ben"), NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        rec.resolve(&c("ana"), NOW).unwrap();
+        assert!(!rec.is_open());
+        assert_eq!(rec.resolve(&c("ana"), NOW), Err(TransitionError::Resolved));
+        assert_eq!(
+            rec.apply_message(&triaged(id, RiskLevel::Moderate, "b")),
+            Applied::Reopened
+        );
+        assert!(matches!(rec.state, ContactState::Waiting { .. }));
+    }
+}

@@ -1,0 +1,217 @@
+//! The dashboard websocket protocol, as typed messages. JSON text frames,
+//! tagged by `type`. The router pushes [`ServerMsg`]s for a counsellor on
+//! [`crate::subjects::dashboard_push`]; the dashboard forwards them to that
+//! counsellor's sockets.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::envelope::Event;
+use crate::events::DeliveryStatus;
+use crate::ids::{ContactId, CounsellorId, OutboundId};
+use crate::risk::{Language, Reason, RiskLevel};
+
+/// A counsellor's availability, chosen on the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Available,
+    Busy,
+    Away,
+    Offline,
+}
+
+impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Available => "available",
+            Presence::Busy => "busy",
+            Presence::Away => "away",
+            Presence::Offline => "offline",
+        }
+    }
+}
+
+/// Presence record in the `presence` bucket, key = counsellor id. The
+/// dashboard refreshes `heartbeat_at` while the counsellor's socket is open;
+/// a stale heartbeat counts as offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceRecord {
+    pub counsellor: CounsellorId,
+    pub status: Presence,
+    #[serde(with = "time::serde::rfc3339")]
+    pub heartbeat_at: OffsetDateTime,
+}
+
+/// Browser → dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    SetPresence {
+        status: Presence,
+    },
+    Accept {
+        contact_id: ContactId,
+    },
+    Decline {
+        contact_id: ContactId,
+    },
+    /// `outbound_id` is made by the browser so that a resend after a dropped
+    /// socket is deduplicated rather than sent twice.
+    Reply {
+        contact_id: ContactId,
+        outbound_id: OutboundId,
+        body: String,
+    },
+    Resolve {
+        contact_id: ContactId,
+        disposition: Option<String>,
+    },
+    Ping,
+}
+
+/// Who wrote a message in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    Person,
+    Counsellor,
+    System,
+}
+
+/// One line of a conversation as a counsellor sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Message id (person) or outbound id (counsellor, system).
+    pub id: String,
+    pub speaker: Speaker,
+    pub body: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub status: Option<DeliveryStatus>,
+}
+
+/// A reason shown on screen: the rule id and its readable label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReasonView {
+    pub rule: String,
+    pub label: String,
+    pub level: RiskLevel,
+}
+
+impl From<&Reason> for ReasonView {
+    fn from(r: &Reason) -> Self {
+        Self {
+            rule: r.rule.clone(),
+            label: r.label.clone(),
+            level: r.level,
+        }
+    }
+}
+
+/// A contact as shown in an offer or a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactView {
+    pub contact_id: ContactId,
+    pub risk: RiskLevel,
+    pub reasons: Vec<ReasonView>,
+    pub lang: Language,
+    /// "SMS ··67": never the number.
+    pub channel: String,
+    /// Name of the door institution, or the line itself.
+    pub door: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub waiting_since: Option<OffsetDateTime>,
+    pub messages: Vec<MessageView>,
+}
+
+/// Why an offer disappeared from a screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawReason {
+    Taken,
+    Declined,
+    Expired,
+    Resolved,
+}
+
+/// Dashboard → browser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Hello {
+        counsellor: CounsellorId,
+        name: String,
+        supervisor: bool,
+        presence: Presence,
+    },
+    Presence {
+        status: Presence,
+    },
+    /// A contact offered to this counsellor (the same contact may be offered to others).
+    Offer {
+        contact: ContactView,
+    },
+    OfferWithdrawn {
+        contact_id: ContactId,
+        reason: WithdrawReason,
+    },
+    /// A conversation now with this counsellor (on accept, and on reconnect).
+    Conversation {
+        contact: ContactView,
+    },
+    /// A new line in an offered or assigned contact.
+    Message {
+        contact_id: ContactId,
+        risk: RiskLevel,
+        reasons: Vec<ReasonView>,
+        message: MessageView,
+    },
+    DeliveryStatus {
+        contact_id: ContactId,
+        outbound_id: OutboundId,
+        status: DeliveryStatus,
+    },
+    Resolved {
+        contact_id: ContactId,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+    Pong,
+}
+
+/// A [`ServerMsg`] for one counsellor, pushed over core NATS by the router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DashboardPush {
+    pub counsellor: CounsellorId,
+    pub msg: ServerMsg,
+}
+
+impl Event for DashboardPush {
+    const TYPE: &'static str = "dashboard.push";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_are_tagged_json() {
+        let m: ClientMsg =
+            serde_json::from_str(r#"{"type":"set_presence","status":"available"}"#).unwrap();
+        assert_eq!(
+            m,
+            ClientMsg::SetPresence {
+                status: Presence::Available
+            }
+        );
+        let id = ContactId::new();
+        let json = serde_json::to_string(&ClientMsg::Accept { contact_id: id }).unwrap();
+        assert_eq!(json, format!(r#"{{"type":"accept","contact_id":"{id}"}}"#));
+        assert!(serde_json::from_str::<ClientMsg>(r#"{"type":"nope"}"#).is_err());
+    }
+}

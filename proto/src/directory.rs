@@ -1,0 +1,272 @@
+//! The directory: the line, partner institutions and their doors, staff,
+//! patients with their coordinator, trusted contacts and consents. Loaded
+//! from `deploy/local/demo/directory.toml` (or `NWD_DIRECTORY`) at start.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::{CounsellorId, PartnerId};
+use crate::phone::PhoneNumber;
+use crate::risk::Language;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub line: Line,
+    #[serde(default)]
+    pub partners: Vec<Partner>,
+    #[serde(default)]
+    pub staff: Vec<Staff>,
+    #[serde(default)]
+    pub patients: Vec<Patient>,
+}
+
+/// The crisis line itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    pub name: String,
+    /// The line's own numbers (not any partner's door).
+    #[serde(default)]
+    pub numbers: Vec<PhoneNumber>,
+    /// Emergency number given in safety messages (e.g. "911").
+    pub emergency_number: String,
+    /// External backup line, the last level of the ladder.
+    pub backup_line: PhoneNumber,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartnerKind {
+    Clinic,
+    Hospital,
+    Police,
+    Prison,
+    ReferralService,
+}
+
+/// A partner institution and its doors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partner {
+    pub id: PartnerId,
+    pub name: String,
+    pub kind: PartnerKind,
+    /// IANA time zone of the partner's schedules.
+    pub timezone: String,
+    /// SMS numbers that are this partner's door into the line.
+    #[serde(default)]
+    pub sms_numbers: Vec<PhoneNumber>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Counsellor,
+    Supervisor,
+}
+
+/// A weekly shift in the partner's time zone. `end` may be before `start`
+/// for a shift across midnight; "24:00" means end of day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shift {
+    /// Lowercase three-letter day names: mon, tue, … sun.
+    pub days: Vec<String>,
+    pub start: String,
+    pub end: String,
+}
+
+/// A counsellor or supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Staff {
+    pub id: CounsellorId,
+    pub name: String,
+    pub role: Role,
+    /// Home institution.
+    pub partner: PartnerId,
+    pub languages: Vec<Language>,
+    /// Concurrent conversations.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    #[serde(default)]
+    pub shifts: Vec<Shift>,
+}
+
+fn default_capacity() -> u32 {
+    3
+}
+
+/// A person in treatment known to the line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Patient {
+    pub id: String,
+    pub name: String,
+    pub phone: PhoneNumber,
+    pub language: Language,
+    /// The programme (institution) treating them.
+    pub programme: PartnerId,
+    pub coordinator: Option<CounsellorId>,
+    #[serde(default)]
+    pub trusted_contacts: Vec<TrustedContact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedContact {
+    pub id: String,
+    pub name: String,
+    pub phone: PhoneNumber,
+    pub relationship: String,
+    /// Written consent (42 CFR Part 2) to disclose to this person, if any.
+    pub consent: Option<Consent>,
+}
+
+/// A 42 CFR Part 2 consent to disclose to one recipient.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Consent {
+    /// Why the disclosure is allowed, e.g. "crisis-support".
+    pub purpose: String,
+    /// What may be disclosed, e.g. "that the patient contacted the line and may need support".
+    pub disclose: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub signed_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl Consent {
+    /// Valid at `now` for `purpose`: signed, not expired, not revoked.
+    pub fn covers(&self, purpose: &str, now: OffsetDateTime) -> bool {
+        self.purpose == purpose
+            && self.signed_at <= now
+            && self.expires_at.is_none_or(|e| now < e)
+            && self.revoked_at.is_none_or(|r| now < r)
+    }
+}
+
+/// Why a directory is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("duplicate id {0}")]
+    DuplicateId(String),
+    #[error("{0} refers to unknown partner {1}")]
+    UnknownPartner(String, String),
+    #[error("{0} refers to unknown staff {1}")]
+    UnknownStaff(String, String),
+    #[error("number of {0} is also a door of another partner or the line")]
+    DuplicateNumber(String),
+    #[error("the directory has no supervisor")]
+    NoSupervisor,
+}
+
+impl Directory {
+    /// Checks references and uniqueness.
+    pub fn validate(&self) -> Result<(), DirectoryError> {
+        let mut ids = HashSet::new();
+        for p in &self.partners {
+            if !ids.insert(format!("partner:{}", p.id)) {
+                return Err(DirectoryError::DuplicateId(p.id.to_string()));
+            }
+        }
+        let mut numbers: HashSet<&str> = self.line.numbers.iter().map(|n| n.as_e164()).collect();
+        for p in &self.partners {
+            for n in &p.sms_numbers {
+                if !numbers.insert(n.as_e164()) {
+                    return Err(DirectoryError::DuplicateNumber(p.id.to_string()));
+                }
+            }
+        }
+        for s in &self.staff {
+            if !ids.insert(format!("staff:{}", s.id)) {
+                return Err(DirectoryError::DuplicateId(s.id.to_string()));
+            }
+            if self.partner(&s.partner).is_none() {
+                return Err(DirectoryError::UnknownPartner(
+                    s.id.to_string(),
+                    s.partner.to_string(),
+                ));
+            }
+        }
+        if !self.staff.iter().any(|s| s.role == Role::Supervisor) {
+            return Err(DirectoryError::NoSupervisor);
+        }
+        for p in &self.patients {
+            if !ids.insert(format!("patient:{}", p.id)) {
+                return Err(DirectoryError::DuplicateId(p.id.clone()));
+            }
+            if self.partner(&p.programme).is_none() {
+                return Err(DirectoryError::UnknownPartner(
+                    p.id.clone(),
+                    p.programme.to_string(),
+                ));
+            }
+            if let Some(c) = &p.coordinator {
+                if self.staff(c).is_none() {
+                    return Err(DirectoryError::UnknownStaff(p.id.clone(), c.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn partner(&self, id: &PartnerId) -> Option<&Partner> {
+        self.partners.iter().find(|p| &p.id == id)
+    }
+
+    pub fn staff(&self, id: &CounsellorId) -> Option<&Staff> {
+        self.staff.iter().find(|s| &s.id == id)
+    }
+
+    /// The partner whose door this line number is; `None` for the line's own numbers.
+    pub fn partner_for_number(&self, number: &PhoneNumber) -> Option<&Partner> {
+        self.partners
+            .iter()
+            .find(|p| p.sms_numbers.contains(number))
+    }
+
+    pub fn patient_by_phone(&self, phone: &PhoneNumber) -> Option<&Patient> {
+        self.patients.iter().find(|p| &p.phone == phone)
+    }
+
+    /// Display name of a door (partner name, or the line's own name).
+    pub fn door_name(&self, door: Option<&PartnerId>) -> String {
+        door.and_then(|d| self.partner(d))
+            .map_or_else(|| self.line.name.clone(), |p| p.name.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn consent_checks_purpose_expiry_and_revocation() {
+        let c = Consent {
+            purpose: "crisis-support".into(),
+            disclose: "contacted the line".into(),
+            signed_at: datetime!(2026-01-01 0:00 UTC),
+            expires_at: Some(datetime!(2027-01-01 0:00 UTC)),
+            revoked_at: None,
+        };
+        let now = datetime!(2026-11-24 10:00 UTC);
+        assert!(c.covers("crisis-support", now));
+        assert!(!c.covers("billing", now));
+        assert!(!c.covers("crisis-support", datetime!(2027-01-01 0:00 UTC)));
+        let revoked = Consent {
+            revoked_at: Some(datetime!(2026-06-01 0:00 UTC)),
+            ..c
+        };
+        assert!(!revoked.covers("crisis-support", now));
+    }
+}

@@ -1,0 +1,277 @@
+//! Events on the bus, grouped by stream.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::envelope::Event;
+use crate::ids::{ContactId, CounsellorId, MessageId, MessageSid, OutboundId, PartnerId};
+use crate::phone::PhoneNumber;
+use crate::risk::Assessment;
+
+/// Twilio's limit for one SMS body (concatenated segments).
+pub const MAX_SMS_BODY_CHARS: usize = 1600;
+
+// ---------------------------------------------------------------- INBOUND
+
+/// An SMS a person sent to one of the line's numbers, as Twilio posted it.
+/// Published by the gateway with `Nats-Msg-Id` = the MessageSid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundSms {
+    pub message_sid: MessageSid,
+    pub account_sid: String,
+    pub from: PhoneNumber,
+    /// The line number the person texted: the door.
+    pub to: PhoneNumber,
+    pub body: String,
+    pub num_media: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+impl Event for InboundSms {
+    const TYPE: &'static str = "inbound.sms";
+}
+
+/// Delivery status of an outbound message, as Twilio reports it in a status callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Accepted,
+    Scheduled,
+    Queued,
+    Sending,
+    Sent,
+    Delivered,
+    Undelivered,
+    Failed,
+    Read,
+    Canceled,
+    #[serde(other)]
+    Unknown,
+}
+
+impl DeliveryStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned()))
+            .ok()
+            .filter(|s| *s != DeliveryStatus::Unknown)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Accepted => "accepted",
+            DeliveryStatus::Scheduled => "scheduled",
+            DeliveryStatus::Queued => "queued",
+            DeliveryStatus::Sending => "sending",
+            DeliveryStatus::Sent => "sent",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Undelivered => "undelivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Read => "read",
+            DeliveryStatus::Canceled => "canceled",
+            DeliveryStatus::Unknown => "unknown",
+        }
+    }
+
+    /// A final state: no later callback will change it.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeliveryStatus::Delivered
+                | DeliveryStatus::Undelivered
+                | DeliveryStatus::Failed
+                | DeliveryStatus::Read
+                | DeliveryStatus::Canceled
+        )
+    }
+}
+
+/// A Twilio status callback for one of our outbound messages.
+/// Published by the gateway with `Nats-Msg-Id` = `MessageSid:MessageStatus`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmsStatus {
+    pub message_sid: MessageSid,
+    pub status: DeliveryStatus,
+    pub error_code: Option<u32>,
+    /// Our own id of the message, carried in the StatusCallback URL.
+    pub outbound_id: Option<OutboundId>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+impl Event for SmsStatus {
+    const TYPE: &'static str = "inbound.sms_status";
+}
+
+// ---------------------------------------------------------------- CONTACTS
+
+/// How we talk to the person of a contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Channel {
+    /// SMS: the person's number, and the line number they texted (replies go
+    /// out from that same number, never from a counsellor's own).
+    Sms {
+        patient: PhoneNumber,
+        line: PhoneNumber,
+    },
+}
+
+impl Channel {
+    /// What a counsellor sees instead of the number.
+    pub fn label(&self) -> String {
+        match self {
+            Channel::Sms { patient, .. } => format!("SMS {}", patient.redacted()),
+        }
+    }
+
+    /// Bounded value for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Channel::Sms { .. } => "sms",
+        }
+    }
+}
+
+/// One message of a person threaded into a contact by intake.
+/// Subject `nwd.v1.contact.message.<contact_id>`, `Nats-Msg-Id` = `msg:<message_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactMessage {
+    pub contact_id: ContactId,
+    pub message_id: MessageId,
+    pub channel: Channel,
+    /// The partner institution whose number or endpoint the contact came
+    /// through; `None` when the line number belongs to no partner (the line's
+    /// own number). A contact is never refused for coming through a "wrong" door.
+    pub door: Option<PartnerId>,
+    /// Directory id of the person when the number is known.
+    pub patient: Option<String>,
+    pub body: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    /// True for the message that opened the contact.
+    pub opens_contact: bool,
+}
+
+impl Event for ContactMessage {
+    const TYPE: &'static str = "contact.message";
+}
+
+/// A contact message with its risk assessment.
+/// Subject `nwd.v1.contact.triaged.<contact_id>`, `Nats-Msg-Id` = `triaged:<message_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageTriaged {
+    pub message: ContactMessage,
+    pub assessment: Assessment,
+}
+
+impl Event for MessageTriaged {
+    const TYPE: &'static str = "contact.triaged";
+}
+
+/// A counsellor accepted a contact. Subject `nwd.v1.contact.assigned.<contact_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactAssigned {
+    pub contact_id: ContactId,
+    pub counsellor: CounsellorId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for ContactAssigned {
+    const TYPE: &'static str = "contact.assigned";
+}
+
+/// A counsellor resolved a contact. Subject `nwd.v1.contact.resolved.<contact_id>`.
+/// Intake closes the thread, so the person's next message opens a new contact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactResolved {
+    pub contact_id: ContactId,
+    pub counsellor: CounsellorId,
+    pub disposition: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for ContactResolved {
+    const TYPE: &'static str = "contact.resolved";
+}
+
+// ---------------------------------------------------------------- OUTBOUND
+
+/// Who wrote an outbound message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum Author {
+    Counsellor(CounsellorId),
+    /// An automatic message of the line (acknowledgement, safety message).
+    System,
+}
+
+/// An SMS to send. Subject `nwd.v1.outbound.sms.<contact_id>`,
+/// `Nats-Msg-Id` = `out:<outbound_id>`; the notifier sends each `outbound_id` at most once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundSms {
+    pub outbound_id: OutboundId,
+    pub contact_id: ContactId,
+    pub to: PhoneNumber,
+    /// Always one of the line's numbers.
+    pub from: PhoneNumber,
+    pub body: String,
+    pub author: Author,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Event for OutboundSms {
+    const TYPE: &'static str = "outbound.sms";
+}
+
+/// What became of an outbound message. Subject `nwd.v1.outbound.status.<contact_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundStatus {
+    pub outbound_id: OutboundId,
+    pub contact_id: ContactId,
+    pub status: DeliveryStatus,
+    /// The provider's id (Twilio `SM…`), once known.
+    pub provider_sid: Option<String>,
+    /// Provider error code (e.g. Twilio 21211, 21610) when it failed.
+    pub error_code: Option<u32>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for OutboundStatus {
+    const TYPE: &'static str = "outbound.status";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_status_parses_twilio_values() {
+        assert_eq!(
+            DeliveryStatus::parse("delivered"),
+            Some(DeliveryStatus::Delivered)
+        );
+        assert_eq!(
+            DeliveryStatus::parse("undelivered"),
+            Some(DeliveryStatus::Undelivered)
+        );
+        assert_eq!(DeliveryStatus::parse("bogus"), None);
+        assert!(DeliveryStatus::Failed.is_final());
+        assert!(!DeliveryStatus::Sent.is_final());
+    }
+
+    #[test]
+    fn channel_label_hides_the_number() {
+        let ch = Channel::Sms {
+            patient: PhoneNumber::parse("+15005550142").unwrap(),
+            line: PhoneNumber::parse("+15005550100").unwrap(),
+        };
+        assert_eq!(ch.label(), "SMS ··42");
+        let json = serde_json::to_string(&ch).unwrap();
+        assert_eq!(serde_json::from_str::<Channel>(&json).unwrap(), ch);
+    }
+}

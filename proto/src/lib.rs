@@ -1,0 +1,24 @@
+//! The contract between No Wrong Door services.
+//!
+//! Every event that crosses NATS is a struct here, wrapped in an [`Envelope`];
+//! every subject, stream and bucket name is built by a function in
+//! [`subjects`] or a constant in [`streams`]. Services depend on this crate and
+//! never on each other. A breaking change to an event bumps the subject
+//! version token (`v1` → `v2`).
+
+pub mod contact;
+pub mod dashboard;
+pub mod directory;
+pub mod envelope;
+pub mod events;
+pub mod ids;
+pub mod phone;
+pub mod risk;
+pub mod router;
+pub mod streams;
+pub mod subjects;
+
+pub use envelope::{Envelope, Event};
+pub use ids::{ContactId, CounsellorId, EventId, MessageId, MessageSid, OutboundId, PartnerId};
+pub use phone::PhoneNumber;
+pub use risk::{Assessment, Language, Reason, RiskLevel};

@@ -1,0 +1,33 @@
+//! Stream, consumer and KV bucket names. Configurations live in
+//! `nwd-runtime::bus`, which creates them idempotently at start.
+
+/// Inbound traffic from the edge (gateway, chat): `nwd.v1.inbound.>`.
+pub const INBOUND: &str = "INBOUND";
+/// Contact events (messages, triage, assignment, resolution): `nwd.v1.contact.>`.
+pub const CONTACTS: &str = "CONTACTS";
+/// Everything we send out: `nwd.v1.outbound.>`.
+pub const OUTBOUND: &str = "OUTBOUND";
+/// Disclosures and other records kept long, never deleted: `nwd.v1.audit.>`.
+pub const AUDIT: &str = "AUDIT";
+
+/// Durable consumer names (one per service role; replicas share it).
+pub mod consumers {
+    pub const INTAKE_SMS: &str = "intake-sms";
+    pub const INTAKE_RESOLVED: &str = "intake-resolved";
+    pub const TRIAGE: &str = "triage";
+    pub const ROUTER: &str = "router";
+    pub const NOTIFIER_SEND: &str = "notifier-send";
+    pub const NOTIFIER_STATUS: &str = "notifier-status";
+}
+
+/// KV buckets.
+pub mod buckets {
+    /// Contact state records, key = contact id. Router-owned.
+    pub const CONTACTS: &str = "contacts";
+    /// Open thread per sender, key = `sms.<phone key>`. Intake-owned.
+    pub const THREADS: &str = "threads";
+    /// Counsellor presence, key = counsellor id. Dashboard writes, router reads.
+    pub const PRESENCE: &str = "presence";
+    /// Outbound send records (dedupe), key = outbound id. Notifier-owned.
+    pub const SENDS: &str = "sends";
+}

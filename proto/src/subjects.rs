@@ -1,0 +1,108 @@
+//! Every subject, built in one place. Form: `nwd.v1.<area>.<event>[.<id>]`.
+//! Never write a subject as a string literal in a service.
+
+use crate::ids::{ContactId, CounsellorId};
+
+const ROOT: &str = "nwd.v1";
+
+/// Filter for the whole INBOUND stream.
+pub const INBOUND_ALL: &str = "nwd.v1.inbound.>";
+/// Filter for the whole CONTACTS stream.
+pub const CONTACTS_ALL: &str = "nwd.v1.contact.>";
+/// Filter for the whole OUTBOUND stream.
+pub const OUTBOUND_ALL: &str = "nwd.v1.outbound.>";
+/// Filter for the whole AUDIT stream.
+pub const AUDIT_ALL: &str = "nwd.v1.audit.>";
+
+pub fn inbound_sms() -> String {
+    format!("{ROOT}.inbound.sms")
+}
+
+pub fn inbound_sms_status() -> String {
+    format!("{ROOT}.inbound.sms_status")
+}
+
+pub fn contact_message(id: &ContactId) -> String {
+    format!("{ROOT}.contact.message.{id}")
+}
+
+pub fn contact_messages_all() -> String {
+    format!("{ROOT}.contact.message.*")
+}
+
+pub fn contact_triaged(id: &ContactId) -> String {
+    format!("{ROOT}.contact.triaged.{id}")
+}
+
+pub fn contact_triaged_all() -> String {
+    format!("{ROOT}.contact.triaged.*")
+}
+
+pub fn contact_assigned(id: &ContactId) -> String {
+    format!("{ROOT}.contact.assigned.{id}")
+}
+
+pub fn contact_resolved(id: &ContactId) -> String {
+    format!("{ROOT}.contact.resolved.{id}")
+}
+
+pub fn contact_resolved_all() -> String {
+    format!("{ROOT}.contact.resolved.*")
+}
+
+pub fn outbound_sms(contact: &ContactId) -> String {
+    format!("{ROOT}.outbound.sms.{contact}")
+}
+
+pub fn outbound_sms_all() -> String {
+    format!("{ROOT}.outbound.sms.*")
+}
+
+/// Everything written to or about one contact in OUTBOUND (replies, statuses).
+pub fn outbound_for_contact(contact: &ContactId) -> String {
+    format!("{ROOT}.outbound.*.{contact}")
+}
+
+pub fn outbound_status(contact: &ContactId) -> String {
+    format!("{ROOT}.outbound.status.{contact}")
+}
+
+pub fn outbound_status_all() -> String {
+    format!("{ROOT}.outbound.status.*")
+}
+
+/// Core NATS (not stored): router → dashboard pushes for one counsellor.
+pub fn dashboard_push(counsellor: &CounsellorId) -> String {
+    format!("{ROOT}.dashboard.push.{counsellor}")
+}
+
+pub fn dashboard_push_all() -> String {
+    format!("{ROOT}.dashboard.push.*")
+}
+
+/// Core NATS request/reply: dashboard → router commands.
+pub fn router_command() -> String {
+    format!("{ROOT}.router.command")
+}
+
+/// Queue group of router replicas answering commands.
+pub const ROUTER_QUEUE_GROUP: &str = "router";
+
+/// The last token of a subject (the id for per-entity subjects).
+pub fn last_token(subject: &str) -> &str {
+    subject.rsplit('.').next().unwrap_or(subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_fall_under_their_stream_filters() {
+        let id = ContactId::new();
+        assert!(contact_message(&id).starts_with("nwd.v1.contact."));
+        assert!(outbound_sms(&id).starts_with("nwd.v1.outbound."));
+        assert!(inbound_sms().starts_with("nwd.v1.inbound."));
+        assert_eq!(last_token(&contact_triaged(&id)), id.to_string());
+    }
+}
