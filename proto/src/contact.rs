@@ -270,6 +270,12 @@ pub struct ThreadRecord {
     pub contact_id: ContactId,
     #[serde(with = "time::serde::rfc3339")]
     pub opened_at: OffsetDateTime,
+    /// The message that opened the contact (so a redelivery of it still
+    /// reports `opens_contact`).
+    pub opened_by: MessageId,
+    /// Set when the contact is resolved: the sender's next message opens a new contact.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub closed_at: Option<OffsetDateTime>,
 }
 
 #[cfg(test)]

@@ -187,6 +187,8 @@ impl Event for ContactAssigned {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContactResolved {
     pub contact_id: ContactId,
+    /// So intake can close the sender's thread.
+    pub channel: Channel,
     pub counsellor: CounsellorId,
     pub disposition: Option<String>,
     #[serde(with = "time::serde::rfc3339")]

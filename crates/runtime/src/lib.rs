@@ -7,6 +7,7 @@ pub mod directory;
 pub mod kv;
 pub mod ops;
 pub mod problem;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 
