@@ -10,6 +10,7 @@ pub mod problem;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod transcript;
 
 pub use consume::{ConsumerSpec, Handler, Outcome};
 pub use ops::Readiness;

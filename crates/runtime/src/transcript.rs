@@ -1,0 +1,129 @@
+//! A contact's conversation, rebuilt from the streams: person messages from
+//! CONTACTS (`contact.triaged.<id>`, which carry the body), our replies and
+//! their delivery statuses from OUTBOUND. Used by the router (offers) and the
+//! dashboard (conversations, reconnects).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use nwd_proto::contact::ContactRecord;
+use nwd_proto::dashboard::{ContactView, MessageView, ReasonView, Speaker};
+use nwd_proto::directory::Directory;
+use nwd_proto::events::{Author, MessageTriaged, OutboundSms, OutboundStatus};
+use nwd_proto::{ContactId, Envelope, subjects};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranscriptError {
+    #[error("cannot read stream {stream}: {source}")]
+    Read { stream: &'static str, source: async_nats::Error },
+    #[error("timed out reading stream {0}")]
+    Timeout(&'static str),
+}
+
+/// Every message stored on `filters` in `stream`, in stream order.
+pub async fn read_subjects(
+    js: &jetstream::Context,
+    stream: &'static str,
+    filters: Vec<String>,
+) -> Result<Vec<jetstream::Message>, TranscriptError> {
+    let err = |source: async_nats::Error| TranscriptError::Read { stream, source };
+    let handle = js.get_stream(stream).await.map_err(|e| err(e.into()))?;
+    let consumer = handle
+        .create_consumer(pull::OrderedConfig {
+            filter_subjects: filters,
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(e.into()))?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(Vec::new());
+    }
+    let mut messages = consumer.messages().await.map_err(|e| err(e.into()))?;
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| TranscriptError::Timeout(stream))?;
+        let Some(next) = next else { break };
+        let msg = next.map_err(|e| err(e.into()))?;
+        let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+        out.push(msg);
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The conversation of one contact, oldest first.
+pub async fn load(
+    js: &jetstream::Context,
+    contact: &ContactId,
+) -> Result<Vec<MessageView>, TranscriptError> {
+    let person = read_subjects(js, nwd_proto::streams::CONTACTS, vec![subjects::contact_triaged(contact)]).await?;
+    let ours = read_subjects(js, nwd_proto::streams::OUTBOUND, vec![subjects::outbound_for_contact(contact)]).await?;
+    let mut views = Vec::new();
+    for m in person {
+        if let Ok(env) = Envelope::<MessageTriaged>::from_bytes(&m.payload) {
+            views.push(person_view(&env.data));
+        }
+    }
+    let mut statuses = HashMap::new();
+    let mut replies = Vec::new();
+    for m in ours {
+        if let Ok(env) = Envelope::<OutboundSms>::from_bytes(&m.payload) {
+            replies.push(env.data);
+        } else if let Ok(env) = Envelope::<OutboundStatus>::from_bytes(&m.payload) {
+            statuses.insert(env.data.outbound_id, env.data.status);
+        }
+    }
+    for r in replies {
+        let status = statuses.get(&r.outbound_id).copied();
+        views.push(MessageView { status, ..outbound_view(&r) });
+    }
+    views.sort_by_key(|v| v.at);
+    Ok(views)
+}
+
+/// How a person's message appears on screen.
+pub fn person_view(ev: &MessageTriaged) -> MessageView {
+    MessageView {
+        id: ev.message.message_id.to_string(),
+        speaker: Speaker::Person,
+        body: ev.message.body.clone(),
+        at: ev.message.received_at,
+        status: None,
+    }
+}
+
+/// How one of our messages appears on screen.
+pub fn outbound_view(sms: &OutboundSms) -> MessageView {
+    MessageView {
+        id: sms.outbound_id.to_string(),
+        speaker: match sms.author {
+            Author::Counsellor(_) => Speaker::Counsellor,
+            Author::System => Speaker::System,
+        },
+        body: sms.body.clone(),
+        at: sms.created_at,
+        status: None,
+    }
+}
+
+/// A contact as a counsellor sees it (never the phone number).
+pub fn contact_view(rec: &ContactRecord, dir: &Directory, messages: Vec<MessageView>) -> ContactView {
+    ContactView {
+        contact_id: rec.id,
+        risk: rec.risk,
+        reasons: rec.reasons.iter().map(ReasonView::from).collect(),
+        lang: rec.lang,
+        channel: rec.channel.label(),
+        door: dir.door_name(rec.door.as_ref()),
+        opened_at: rec.opened_at,
+        waiting_since: rec.waiting_since(),
+        messages,
+    }
+}
