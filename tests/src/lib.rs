@@ -1,1 +1,405 @@
-//! placeholder
+//! The whole line in one process, for end-to-end and chaos tests: a real
+//! nats-server (testkit) and every service's real `run`, each on its own
+//! port with its own cancellation token, so a test can stop, crash or
+//! restart any one of them. Plus a counsellor client (login + websocket)
+//! and a patient (the phone simulator's API).
+//!
+//! Test support code: it panics with a clear message instead of returning errors.
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use nwd_proto::dashboard::{ClientMsg, ServerMsg};
+use nwd_testkit::NatsServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
+
+pub const AUTH_TOKEN: &str = "e2e0000000000000000000000000auth";
+pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+pub const SESSION_KEY: &str = "e2e-session-key-0123456789abcdef0123456789";
+/// The line's own number and two partner doors in the demo directory.
+pub const LINE_NUMBER: &str = "+15005550100";
+pub const EASTSIDE_DOOR: &str = "+15005550110";
+/// Patients' phones (María is in the directory; the third is unknown).
+pub const MARIA: &str = "+15005550142";
+pub const JAMES: &str = "+15005550143";
+pub const STRANGER: &str = "+15005550144";
+
+type Starter = Arc<dyn Fn(TcpListener, CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+struct Service {
+    addr: SocketAddr,
+    start: Starter,
+    token: CancellationToken,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// Every service of the line, running against one real nats-server.
+pub struct Line {
+    pub nats: NatsServer,
+    services: HashMap<&'static str, Service>,
+    pub http: reqwest::Client,
+}
+
+/// Names of the services, in start order.
+pub const SERVICES: [&str; 7] =
+    ["gateway", "intake", "triage", "router", "notifier", "dashboard", "phone-sim"];
+
+fn directory() -> PathBuf {
+    nwd_runtime::directory::demo_path()
+}
+
+fn starter<C, F, Fut, E>(config: C, run: F) -> Starter
+where
+    C: Clone + Send + Sync + 'static,
+    F: Fn(C, TcpListener, CancellationToken) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let run = Arc::new(run);
+    Arc::new(move |listener, token| {
+        let fut = run(config.clone(), listener, token);
+        Box::pin(async move {
+            if let Err(e) = fut.await {
+                tracing::error!(error = %e, "service stopped with an error");
+            }
+        })
+    })
+}
+
+/// Parses a service config from flags only (the environment of the test
+/// process must not leak into the line under test).
+fn parse<C: Parser>(args: &[String]) -> C {
+    C::try_parse_from(std::iter::once("test".to_owned()).chain(args.iter().cloned()))
+        .unwrap_or_else(|e| panic!("bad test config {args:?}: {e}"))
+}
+
+fn flags(pairs: &[(&str, String)]) -> Vec<String> {
+    pairs.iter().flat_map(|(k, v)| [format!("--{k}"), v.clone()]).collect()
+}
+
+impl Line {
+    /// Starts nats-server and every service; returns when all are ready.
+    pub async fn start() -> Line {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Line::start`], letting the test adjust each service's flags.
+    pub async fn start_with(adjust: impl Fn(&mut HashMap<&'static str, Vec<(&'static str, String)>>)) -> Line {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let nats = NatsServer::start().await;
+        let mut listeners = HashMap::new();
+        for name in SERVICES {
+            listeners.insert(name, nwd_testkit::listener().await);
+        }
+        let addr = |n: &str| listeners[n].local_addr().unwrap();
+        let gateway_url = format!("http://{}", addr("gateway"));
+        let nats_url = nats.url();
+        let dir = directory().display().to_string();
+
+        let mut opts: HashMap<&'static str, Vec<(&'static str, String)>> = HashMap::new();
+        opts.insert("gateway", vec![
+            ("nats-url", nats_url.clone()),
+            ("ack-timeout-ms", "1000".into()),
+            ("addr", addr("gateway").to_string()),
+            ("public-url", gateway_url.clone()),
+            ("twilio-auth-token", AUTH_TOKEN.into()),
+        ]);
+        opts.insert("intake", vec![
+            ("nats-url", nats_url.clone()),
+            ("metrics-addr", addr("intake").to_string()),
+            ("directory", dir.clone()),
+        ]);
+        opts.insert("triage", vec![
+            ("nats-url", nats_url.clone()),
+            ("metrics-addr", addr("triage").to_string()),
+        ]);
+        opts.insert("router", vec![
+            ("nats-url", nats_url.clone()),
+            ("metrics-addr", addr("router").to_string()),
+            ("directory", dir.clone()),
+            ("sweep-ms", "200".into()),
+        ]);
+        opts.insert("notifier", vec![
+            ("nats-url", nats_url.clone()),
+            ("metrics-addr", addr("notifier").to_string()),
+            ("twilio-api-base", format!("http://{}", addr("phone-sim"))),
+            ("account-sid", ACCOUNT_SID.into()),
+            ("auth-token", AUTH_TOKEN.into()),
+            ("status-callback-base", gateway_url.clone()),
+            ("retry-base-ms", "100".into()),
+        ]);
+        opts.insert("dashboard", vec![
+            ("nats-url", nats_url.clone()),
+            ("addr", addr("dashboard").to_string()),
+            ("directory", dir.clone()),
+            ("session-key", SESSION_KEY.into()),
+            ("heartbeat-ms", "1000".into()),
+        ]);
+        opts.insert("phone-sim", vec![
+            ("addr", addr("phone-sim").to_string()),
+            ("gateway-url", gateway_url.clone()),
+            ("account-sid", ACCOUNT_SID.into()),
+            ("auth-token", AUTH_TOKEN.into()),
+        ]);
+        adjust(&mut opts);
+
+        let f = |n: &str| flags(&opts[n]);
+        let mut starters: HashMap<&'static str, Starter> = HashMap::new();
+        starters.insert("gateway", starter(parse::<nwd_gateway::Config>(&f("gateway")), nwd_gateway::run));
+        starters.insert("intake", starter(parse::<nwd_intake::Config>(&f("intake")), nwd_intake::run));
+        starters.insert("triage", starter(parse::<nwd_triage::Config>(&f("triage")), nwd_triage::run));
+        starters.insert("router", starter(parse::<nwd_router::Config>(&f("router")), nwd_router::run));
+        starters.insert("notifier", starter(parse::<nwd_notifier::Config>(&f("notifier")), nwd_notifier::run));
+        starters.insert("dashboard", starter(parse::<nwd_dashboard::Config>(&f("dashboard")), nwd_dashboard::run));
+        starters.insert("phone-sim", starter(parse::<nwd_phone_sim::Config>(&f("phone-sim")), nwd_phone_sim::run));
+
+        let mut services = HashMap::new();
+        for name in SERVICES {
+            let listener = listeners.remove(name).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let start = starters.remove(name).unwrap();
+            let token = CancellationToken::new();
+            let handle = tokio::spawn(start(listener, token.clone()));
+            services.insert(name, Service { addr, start, token, handle: Some(handle) });
+        }
+        let line = Line { nats, services, http: reqwest::Client::new() };
+        for name in SERVICES {
+            nwd_testkit::wait_ready(line.addr(name)).await;
+        }
+        line
+    }
+
+    /// The HTTP address of a service (its ops port for internal services).
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.services.get(name).unwrap_or_else(|| panic!("no service {name}")).addr
+    }
+
+    pub fn url(&self, name: &str, path: &str) -> String {
+        format!("http://{}{}", self.addr(name), path)
+    }
+
+    /// Stops a service gracefully (SIGTERM-like) and waits for it to finish.
+    pub async fn stop(&mut self, name: &str) {
+        let s = self.services.get_mut(name).unwrap();
+        s.token.cancel();
+        if let Some(h) = s.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
+        }
+    }
+
+    /// Kills a service at once (its task is dropped mid-flight, like a crash:
+    /// nothing is drained or acknowledged).
+    pub async fn crash(&mut self, name: &str) {
+        let s = self.services.get_mut(name).unwrap();
+        if let Some(h) = s.handle.take() {
+            h.abort();
+            let _ = h.await;
+        }
+    }
+
+    /// Starts a stopped or crashed service again on the same port and waits until ready.
+    pub async fn restart(&mut self, name: &str) {
+        self.crash(name).await;
+        let s = self.services.get_mut(name).unwrap();
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(s.addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 100, "cannot rebind {name} on {}: {e}", s.addr);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        s.token = CancellationToken::new();
+        s.handle = Some(tokio::spawn((s.start)(listener, s.token.clone())));
+        let addr = s.addr;
+        nwd_testkit::wait_ready(addr).await;
+    }
+
+    /// A patient texts the line through the phone simulator (signed webhook, Twilio-style retries).
+    pub async fn patient_sends(&self, from: &str, to: &str, body: &str) -> String {
+        let res = self
+            .http
+            .post(self.url("phone-sim", &format!("/api/phones/{}/messages", urlencode(from))))
+            .json(&serde_json::json!({ "to": to, "body": body }))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "phone-sim refused the message: {}", res.status());
+        let v: serde_json::Value = res.json().await.unwrap();
+        v["message_sid"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Every message the line sent through the (simulated) Twilio REST API.
+    pub async fn sent_messages(&self) -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            self.http.get(self.url("phone-sim", "/api/messages")).send().await.unwrap().json().await.unwrap();
+        match v {
+            serde_json::Value::Array(a) => a,
+            other => other["messages"].as_array().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// The signed form of an inbound SMS, as Twilio would post it to the gateway.
+    pub fn signed_sms(&self, sid: &str, from: &str, to: &str, body: &str) -> (String, String) {
+        let params: Vec<(String, String)> = vec![
+            ("MessageSid".into(), sid.into()),
+            ("SmsSid".into(), sid.into()),
+            ("AccountSid".into(), ACCOUNT_SID.into()),
+            ("From".into(), from.into()),
+            ("To".into(), to.into()),
+            ("Body".into(), body.into()),
+            ("NumMedia".into(), "0".into()),
+            ("NumSegments".into(), "1".into()),
+            ("ApiVersion".into(), "2010-04-01".into()),
+        ];
+        let url = self.url("gateway", "/v1/sms/twilio");
+        let signature = nwd_twilio::signature::compute(AUTH_TOKEN, &url, &params);
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+        (body, signature)
+    }
+
+    /// Posts a form to the gateway's SMS webhook with the given signature.
+    pub async fn post_sms_webhook(&self, form: &str, signature: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url("gateway", "/v1/sms/twilio"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned());
+        if let Some(s) = signature {
+            req = req.header("x-twilio-signature", s);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// A JetStream context on the line's server, for assertions.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.nats.client().await)
+    }
+
+    /// How many messages a stream holds on a subject filter.
+    pub async fn count(&self, stream: &str, subject: &str) -> u64 {
+        let js = self.jetstream().await;
+        let mut s = js.get_stream(stream).await.unwrap();
+        let info = s.info().await.unwrap();
+        if subject.is_empty() {
+            return info.state.messages;
+        }
+        let msgs = nwd_runtime::transcript::read_subjects(&js, static_stream(stream), vec![subject.to_owned()])
+            .await
+            .unwrap();
+        msgs.len() as u64
+    }
+}
+
+fn static_stream(name: &str) -> &'static str {
+    use nwd_proto::streams::*;
+    [INBOUND, CONTACTS, OUTBOUND, AUDIT].into_iter().find(|s| *s == name).unwrap()
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        for s in self.services.values_mut() {
+            s.token.cancel();
+            if let Some(h) = s.handle.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A counsellor in a browser: logged in, with a dashboard websocket.
+pub struct Counsellor {
+    pub id: String,
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    /// Messages received but not yet matched by an `expect`.
+    pub seen: Vec<ServerMsg>,
+}
+
+impl Counsellor {
+    /// Logs in (demo password `<id>-demo`) and opens the dashboard websocket.
+    pub async fn connect(line: &Line, id: &str) -> Counsellor {
+        let cookie = login(line, id, &format!("{id}-demo")).await;
+        let url = format!("ws://{}/ws", line.addr("dashboard"));
+        let mut req = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("dashboard websocket");
+        Counsellor { id: id.to_owned(), ws, seen: Vec::new() }
+    }
+
+    pub async fn send(&mut self, msg: &ClientMsg) {
+        let text = serde_json::to_string(msg).unwrap();
+        self.ws.send(WsMessage::Text(text.into())).await.unwrap();
+    }
+
+    /// Waits until a received message matches `pick` (checking earlier,
+    /// unmatched messages first). Panics after `within`.
+    pub async fn expect<T>(&mut self, within: Duration, what: &str, mut pick: impl FnMut(&ServerMsg) -> Option<T>) -> T {
+        if let Some(i) = self.seen.iter().position(|m| pick(m).is_some()) {
+            let m = self.seen.remove(i);
+            return pick(&m).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("{} waited {within:?} for {what}; got {:#?}", self.id, self.seen));
+            let frame = next.unwrap_or_else(|| panic!("{}: socket closed waiting for {what}", self.id)).unwrap();
+            if let WsMessage::Text(t) = frame {
+                let msg: ServerMsg = serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad server frame {t}: {e}"));
+                if let Some(v) = pick(&msg) {
+                    return v;
+                }
+                self.seen.push(msg);
+            }
+        }
+    }
+
+    /// Sends nothing and asserts that nothing matching `pick` arrives within `window`.
+    pub async fn expect_none(&mut self, window: Duration, what: &str, pick: impl Fn(&ServerMsg) -> bool) {
+        assert!(!self.seen.iter().any(&pick), "{} already had {what}", self.id);
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let WsMessage::Text(t) = frame {
+                let msg: ServerMsg = serde_json::from_str(&t).unwrap();
+                assert!(!pick(&msg), "{} got unexpected {what}: {msg:?}", self.id);
+                self.seen.push(msg);
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// Logs in to the dashboard and returns the `Cookie` header value.
+pub async fn login(line: &Line, user: &str, password: &str) -> String {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let res = client
+        .post(line.url("dashboard", "/login"))
+        .form(&[("username", user), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success() || res.status().is_redirection(), "login failed: {}", res.status());
+    let set_cookie = res.headers().get("set-cookie").expect("session cookie").to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_owned()
+}

@@ -1,1 +1,495 @@
-//! placeholder
+//! Intake: turns inbound SMS into contacts.
+//!
+//! Each sender has at most one open contact, kept as a [`ThreadRecord`] in
+//! the `threads` bucket under `sms.<phone key>`. A message from a sender
+//! without an open thread opens a new contact; later messages join it until
+//! the contact is resolved (`ContactResolved` closes the thread). Every
+//! message is published to `nwd.v1.contact.message.<contact_id>` with
+//! `Nats-Msg-Id` = `msg:<message_id>`, and the message id is derived from
+//! Twilio's MessageSid, so a redelivery never creates a second message.
+//!
+//! A contact is never refused: an unknown line number or sender is still
+//! taken (door `None`, patient `None`). Any bus or KV error retries the
+//! message; only an undecodable message is terminated.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use nwd_proto::contact::ThreadRecord;
+use nwd_proto::directory::Directory;
+use nwd_proto::envelope::DecodeError;
+use nwd_proto::events::{Channel, ContactMessage, ContactResolved, InboundSms};
+use nwd_proto::streams::{self, buckets, consumers};
+use nwd_proto::{ContactId, Envelope, MessageId, MessageSid, PhoneNumber, subjects};
+use nwd_runtime::bus::{self, BusError, NatsArgs};
+use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
+use nwd_runtime::kv::{self, Cas, KvError};
+use nwd_runtime::ops::{self, Readiness};
+use nwd_runtime::service::ServiceConfig;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Service name for logs and metric labels.
+pub const NAME: &str = "intake";
+
+/// Delay before a message that hit a bus or KV error is redelivered.
+pub const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Intake settings.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "nwd-intake", about = "Threads inbound SMS into contacts")]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    #[arg(
+        long,
+        env = "NWD_INTAKE_METRICS_ADDR",
+        default_value = "127.0.0.1:9101"
+    )]
+    pub metrics_addr: SocketAddr,
+    /// The directory file (line numbers, partner doors, patients).
+    #[arg(
+        long,
+        env = "NWD_DIRECTORY",
+        default_value = "deploy/local/demo/directory.toml"
+    )]
+    pub directory: PathBuf,
+}
+
+impl ServiceConfig for Config {
+    const NAME: &'static str = NAME;
+    fn listen_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+}
+
+/// Why intake stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Directory(#[from] nwd_runtime::directory::LoadError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot open bucket {bucket}: {source}")]
+    Bucket {
+        bucket: &'static str,
+        source: jetstream::context::KeyValueError,
+    },
+    #[error("ops server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs intake until `shutdown`: loads the directory (a bad file is an
+/// error), sets up the bus, runs both consumers and serves the ops routes on
+/// `listener`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let directory = Arc::new(nwd_runtime::directory::load(&config.directory)?);
+    tracing::info!(
+        partners = directory.partners.len(),
+        patients = directory.patients.len(),
+        "directory loaded"
+    );
+
+    let readiness = Readiness::new([
+        "bus".to_owned(),
+        format!("consumer:{}", consumers::INTAKE_SMS),
+        format!("consumer:{}", consumers::INTAKE_RESOLVED),
+    ]);
+    let client = bus::connect(&config.nats, NAME).await?;
+    readiness.watch_client(client.clone());
+    let js = bus::jetstream(client, &config.nats);
+
+    let server = tokio::spawn(ops::serve(
+        listener,
+        ops::routes(readiness.clone()),
+        shutdown.clone(),
+    ));
+
+    let threads = match setup(&js, config.nats.replicas, &shutdown).await {
+        Ok(threads) => threads,
+        Err(Error::Bus(BusError::Stopped)) => return finish(server).await,
+        Err(e) => {
+            shutdown.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    readiness.set("bus", true);
+
+    let mut tasks = JoinSet::new();
+    let sms = Arc::new(SmsHandler {
+        js: js.clone(),
+        threads: threads.clone(),
+        directory,
+    });
+    tasks.spawn(consume::run(
+        js.clone(),
+        ConsumerSpec::new(
+            NAME,
+            streams::INBOUND,
+            consumers::INTAKE_SMS,
+            vec![subjects::inbound_sms()],
+        ),
+        sms,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(consume::run(
+        js.clone(),
+        ConsumerSpec::new(
+            NAME,
+            streams::CONTACTS,
+            consumers::INTAKE_RESOLVED,
+            vec![subjects::contact_resolved_all()],
+        ),
+        Arc::new(ResolvedHandler { threads }),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    while tasks.join_next().await.is_some() {}
+    finish(server).await
+}
+
+/// Streams and buckets exist and the `threads` bucket is open; retries
+/// until it works or `shutdown` fires.
+async fn setup(
+    js: &jetstream::Context,
+    replicas: usize,
+    shutdown: &CancellationToken,
+) -> Result<jetstream::kv::Store, Error> {
+    bus::ensure_all_with_retry(js, replicas, shutdown).await?;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match bus::bucket(js, buckets::THREADS).await {
+            Ok(store) => return Ok(store),
+            Err(e) => tracing::warn!(bucket = buckets::THREADS, error = %e, "cannot open bucket; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(Error::Bus(BusError::Stopped)),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<(), Error> {
+    match server.await {
+        Ok(result) => result.map_err(Error::Serve),
+        Err(e) => Err(Error::Serve(std::io::Error::other(e))),
+    }
+}
+
+/// The message id of an inbound SMS, derived from its MessageSid: a ULID
+/// with the millisecond timestamp of `received_at` and the 80 random bits
+/// taken from SHA-256 of the MessageSid. A redelivery, or a re-post of the
+/// same SMS after the stream's dedupe window, yields the same id (and so the
+/// same `Nats-Msg-Id` and the same message downstream).
+pub fn message_id_for(sid: &MessageSid, received_at: OffsetDateTime) -> MessageId {
+    const MAX_MS: i128 = (1 << 48) - 1;
+    let ms = (received_at.unix_timestamp_nanos() / 1_000_000).clamp(0, MAX_MS);
+    let digest = Sha256::digest(sid.as_str().as_bytes());
+    let random = digest[..10]
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+    // `ms` is clamped to 48 bits, so the conversion cannot fail.
+    let ms = u64::try_from(ms).unwrap_or(0);
+    MessageId::from_ulid(ulid::Ulid::from_parts(ms, random))
+}
+
+/// KV key of a sender's thread: `sms.<phone key>` (never the number itself).
+pub fn thread_key(sender: &PhoneNumber) -> String {
+    format!("sms.{}", sender.key())
+}
+
+/// Decides the thread a message joins (pure, for `kv::cas`).
+///
+/// No thread, or a closed one → a new contact opened by this message. One
+/// exception: a message received *before* the thread was closed (a late
+/// message or the redelivery of an old one) still belongs to the closed
+/// contact — the router re-opens a resolved contact that gets a message, so
+/// it is never lost, and a redelivered message never opens a second contact.
+pub fn decide_thread(
+    current: Option<ThreadRecord>,
+    message_id: MessageId,
+    received_at: OffsetDateTime,
+) -> Cas<ThreadRecord, ThreadRecord> {
+    match current {
+        Some(t) if t.closed_at.is_none_or(|closed| received_at < closed) => Cas::Keep(t),
+        _ => {
+            let t = ThreadRecord {
+                contact_id: ContactId::new(),
+                opened_at: received_at,
+                opened_by: message_id,
+                closed_at: None,
+            };
+            Cas::Write(t.clone(), t)
+        }
+    }
+}
+
+/// Decides how a resolution changes a thread (pure, for `kv::cas`): only the
+/// open thread of the resolved contact is closed; anything else is kept, so
+/// a redelivered or stale resolution changes nothing.
+pub fn decide_close(
+    current: Option<ThreadRecord>,
+    contact_id: ContactId,
+    at: OffsetDateTime,
+) -> Cas<ThreadRecord, bool> {
+    match current {
+        Some(t) if t.contact_id == contact_id && t.closed_at.is_none() => Cas::Write(
+            ThreadRecord {
+                closed_at: Some(at),
+                ..t
+            },
+            true,
+        ),
+        _ => Cas::Keep(false),
+    }
+}
+
+/// A decode failure without the payload (it may hold personal data).
+fn describe(e: &DecodeError) -> String {
+    match e {
+        DecodeError::Json(j) => format!(
+            "malformed envelope ({:?} at line {} column {})",
+            j.classify(),
+            j.line(),
+            j.column()
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandleError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("publish failed: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+}
+
+/// Consumer `intake-sms`: INBOUND `nwd.v1.inbound.sms` → CONTACTS.
+struct SmsHandler {
+    js: jetstream::Context,
+    threads: jetstream::kv::Store,
+    directory: Arc<Directory>,
+}
+
+impl SmsHandler {
+    async fn process(&self, sms: &InboundSms) -> Result<(), HandleError> {
+        let message_id = message_id_for(&sms.message_sid, sms.received_at);
+        let key = thread_key(&sms.from);
+        let (thread, _) = kv::cas(&self.threads, &key, |current| {
+            decide_thread(current, message_id, sms.received_at)
+        })
+        .await?;
+        let opens_contact = thread.opened_by == message_id;
+        let door = self
+            .directory
+            .partner_for_number(&sms.to)
+            .map(|p| p.id.clone());
+        let patient = self
+            .directory
+            .patient_by_phone(&sms.from)
+            .map(|p| p.id.clone());
+        let channel = Channel::Sms {
+            patient: sms.from.clone(),
+            line: sms.to.clone(),
+        };
+        let channel_kind = channel.kind();
+        let event = ContactMessage {
+            contact_id: thread.contact_id,
+            message_id,
+            channel,
+            door,
+            patient,
+            body: sms.body.clone(),
+            received_at: sms.received_at,
+            opens_contact,
+        };
+        let published = bus::publish(
+            &self.js,
+            subjects::contact_message(&thread.contact_id),
+            &format!("msg:{message_id}"),
+            &Envelope::new(event),
+        )
+        .await?;
+        tracing::info!(
+            contact_id = %thread.contact_id,
+            message_id = %message_id,
+            message_sid = %sms.message_sid,
+            opens_contact,
+            duplicate = published.duplicate,
+            "contact message published"
+        );
+        if opens_contact && !published.duplicate {
+            metrics::counter!("nwd_contacts_opened_total", "service" => NAME, "channel" => channel_kind)
+                .increment(1);
+        }
+        Ok(())
+    }
+}
+
+impl Handler for SmsHandler {
+    async fn handle(&self, msg: &jetstream::Message) -> Outcome {
+        let env = match Envelope::<InboundSms>::from_bytes(&msg.payload) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "undecodable inbound SMS");
+                return Outcome::Reject("undecodable");
+            }
+        };
+        match self.process(&env.data).await {
+            Ok(()) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(message_sid = %env.data.message_sid, error = %e, "intake failed; retrying");
+                Outcome::Retry(RETRY_DELAY)
+            }
+        }
+    }
+
+    /// One lane per sender, so a person's messages are threaded in order.
+    fn lane_key(&self, msg: &jetstream::Message) -> u64 {
+        match Envelope::<InboundSms>::from_bytes(&msg.payload) {
+            Ok(env) => consume::hash(&env.data.from.key()),
+            Err(_) => consume::hash(msg.subject.as_str()),
+        }
+    }
+}
+
+/// Consumer `intake-resolved`: closes the sender's thread when its contact is resolved.
+struct ResolvedHandler {
+    threads: jetstream::kv::Store,
+}
+
+impl Handler for ResolvedHandler {
+    async fn handle(&self, msg: &jetstream::Message) -> Outcome {
+        let env = match Envelope::<ContactResolved>::from_bytes(&msg.payload) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "undecodable contact resolution");
+                return Outcome::Reject("undecodable");
+            }
+        };
+        let ev = env.data;
+        let Channel::Sms { patient, .. } = &ev.channel;
+        let key = thread_key(patient);
+        match kv::cas(&self.threads, &key, |current| {
+            decide_close(current, ev.contact_id, ev.at)
+        })
+        .await
+        {
+            Ok((closed, _)) => {
+                tracing::info!(contact_id = %ev.contact_id, closed, "contact resolved");
+                Outcome::Ack
+            }
+            Err(e) => {
+                tracing::warn!(contact_id = %ev.contact_id, error = %e, "cannot close thread; retrying");
+                Outcome::Retry(RETRY_DELAY)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn sid(s: &str) -> MessageSid {
+        MessageSid::parse(s).unwrap()
+    }
+
+    #[test]
+    fn message_id_is_deterministic_and_time_ordered() {
+        let at = datetime!(2026-11-24 10:00:00.123 UTC);
+        let a = sid("SM0123456789abcdef0123456789abcdef");
+        let b = sid("SM0123456789abcdef0123456789abcdee");
+        assert_eq!(message_id_for(&a, at), message_id_for(&a, at));
+        assert_ne!(message_id_for(&a, at), message_id_for(&b, at));
+        let ulid = message_id_for(&a, at).ulid();
+        assert_eq!(
+            i128::from(ulid.timestamp_ms()),
+            at.unix_timestamp_nanos() / 1_000_000
+        );
+        let earlier = message_id_for(&b, datetime!(2026-11-24 09:00 UTC));
+        assert!(earlier < message_id_for(&a, at));
+        // Before the epoch: clamped, never a panic.
+        let _ = message_id_for(&a, datetime!(1960-01-01 0:00 UTC));
+    }
+
+    #[test]
+    fn thread_decisions() {
+        let t0 = datetime!(2026-11-24 10:00 UTC);
+        let m1 = MessageId::new();
+        let Cas::Write(open, _) = decide_thread(None, m1, t0) else {
+            panic!("no thread must open one")
+        };
+        assert_eq!(open.opened_by, m1);
+        assert!(matches!(
+            decide_thread(Some(open.clone()), MessageId::new(), t0),
+            Cas::Keep(t) if t == open
+        ));
+        let closed = ThreadRecord {
+            closed_at: Some(datetime!(2026-11-24 11:00 UTC)),
+            ..open.clone()
+        };
+        // A message from before the close stays with the old contact.
+        assert!(matches!(
+            decide_thread(Some(closed.clone()), m1, t0),
+            Cas::Keep(t) if t.contact_id == open.contact_id
+        ));
+        // A message after the close opens a new contact.
+        let m2 = MessageId::new();
+        let Cas::Write(new, _) =
+            decide_thread(Some(closed), m2, datetime!(2026-11-24 12:00 UTC))
+        else {
+            panic!("closed thread must reopen")
+        };
+        assert_ne!(new.contact_id, open.contact_id);
+        assert_eq!(new.opened_by, m2);
+    }
+
+    #[test]
+    fn close_decisions_are_idempotent() {
+        let t = ThreadRecord {
+            contact_id: ContactId::new(),
+            opened_at: datetime!(2026-11-24 10:00 UTC),
+            opened_by: MessageId::new(),
+            closed_at: None,
+        };
+        let at = datetime!(2026-11-24 11:00 UTC);
+        assert!(matches!(decide_close(None, t.contact_id, at), Cas::Keep(false)));
+        assert!(matches!(
+            decide_close(Some(t.clone()), ContactId::new(), at),
+            Cas::Keep(false)
+        ));
+        let Cas::Write(closed, true) = decide_close(Some(t.clone()), t.contact_id, at) else {
+            panic!("must close")
+        };
+        assert_eq!(closed.closed_at, Some(at));
+        assert!(matches!(
+            decide_close(Some(closed), t.contact_id, at),
+            Cas::Keep(false)
+        ));
+    }
+
+    #[test]
+    fn decode_errors_never_echo_the_payload() {
+        let e = Envelope::<InboundSms>::from_bytes(br#"{"id": "+15005550142"}"#).unwrap_err();
+        assert!(!describe(&e).contains("5550142"));
+    }
+}

@@ -1,0 +1,1 @@
+fn main() -> anyhow::Result<()> { nwd_runtime::service::main(nwd_router::run) }
