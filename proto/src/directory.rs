@@ -210,10 +210,8 @@ impl Directory {
                     p.programme.to_string(),
                 ));
             }
-            if let Some(c) = &p.coordinator {
-                if self.staff(c).is_none() {
-                    return Err(DirectoryError::UnknownStaff(p.id.clone(), c.to_string()));
-                }
+            if let Some(c) = p.coordinator.as_ref().filter(|c| self.staff(c).is_none()) {
+                return Err(DirectoryError::UnknownStaff(p.id.clone(), c.to_string()));
             }
         }
         Ok(())

@@ -87,7 +87,7 @@ impl DeliveryStatus {
 }
 
 /// A Twilio status callback for one of our outbound messages.
-/// Published by the gateway with `Nats-Msg-Id` = `MessageSid:MessageStatus`.
+/// Published by the gateway with `Nats-Msg-Id` = `status:<MessageSid>:<MessageStatus>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SmsStatus {
     pub message_sid: MessageSid,

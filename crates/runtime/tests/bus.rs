@@ -1,4 +1,5 @@
 //! The shared plumbing against a real nats-server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -149,12 +149,12 @@ impl NatsServer {
                     return;
                 }
             }
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(self.dir.path().join("nats.log"))
-                        .unwrap_or_default();
-                    panic!("nats-server exited with {status}: {log}");
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
+                panic!("nats-server exited with {status}: {log}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -170,15 +170,12 @@ async fn read_port(ports_dir: &Path) -> u16 {
     loop {
         if let Ok(entries) = std::fs::read_dir(ports_dir) {
             for entry in entries.flatten() {
-                if let Ok(text) = std::fs::read_to_string(entry.path()) {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                        if let Some(url) = v["nats"][0].as_str() {
-                            if let Some(port) = url.rsplit(':').next().and_then(|p| p.parse().ok())
-                            {
-                                return port;
-                            }
-                        }
-                    }
+                if let Ok(text) = std::fs::read_to_string(entry.path())
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+                    && let Some(url) = v["nats"][0].as_str()
+                    && let Some(port) = url.rsplit(':').next().and_then(|p| p.parse().ok())
+                {
+                    return port;
                 }
             }
         }
@@ -196,6 +193,11 @@ impl Drop for NatsServer {
     }
 }
 
+/// Installs rustls' ring provider (reqwest is built without a default one).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A TCP listener on a free loopback port.
 pub async fn listener() -> tokio::net::TcpListener {
     tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -205,14 +207,15 @@ pub async fn listener() -> tokio::net::TcpListener {
 
 /// Polls `http://<addr>/readyz` until it answers 200 (at most 20 s).
 pub async fn wait_ready(addr: std::net::SocketAddr) {
+    install_crypto();
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/readyz");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(res) = client.get(&url).send().await {
-            if res.status().is_success() {
-                return;
-            }
+        if let Ok(res) = client.get(&url).send().await
+            && res.status().is_success()
+        {
+            return;
         }
         assert!(Instant::now() < deadline, "{url} not ready in 20 s");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -123,7 +123,10 @@ pub fn message_uri(account_sid: &str, sid: &str) -> String {
 
 /// `/2010-04-01/Accounts/{account}/Messages.json`, the create endpoint.
 pub fn messages_path(account_sid: &str) -> String {
-    format!("/{}/Accounts/{account_sid}/Messages.json", crate::API_VERSION)
+    format!(
+        "/{}/Accounts/{account_sid}/Messages.json",
+        crate::API_VERSION
+    )
 }
 
 /// How many SMS segments a body takes: GSM-7 (160, or 153 per part when

@@ -1,1 +1,626 @@
-//! placeholder
+//! The HTTP edge: Twilio's inbound SMS webhook and delivery status callbacks.
+//!
+//! Every request is checked in a fixed order — size (413), content type
+//! (400), `X-Twilio-Signature` (403), fields (400) — then published to the
+//! INBOUND stream with the MessageSid as `Nats-Msg-Id`, and answered only
+//! after JetStream acknowledged it. If the bus can't take it, the answer is
+//! 503 with `Retry-After`, so Twilio retries; a retry of a stored message is
+//! swallowed by the stream's duplicate window and answered 200.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use nwd_proto::events::{DeliveryStatus, InboundSms, MAX_SMS_BODY_CHARS, SmsStatus};
+use nwd_proto::{Envelope, Event, MessageSid, OutboundId, PhoneNumber, subjects};
+use nwd_runtime::bus::{self, BusError, NatsArgs, Published};
+use nwd_runtime::ops::{self, Readiness};
+use nwd_runtime::problem::Problem;
+use nwd_runtime::service::{Secret, ServiceConfig};
+use nwd_twilio::form;
+use nwd_twilio::signature;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Path of the inbound SMS webhook.
+pub const SMS_PATH: &str = "/v1/sms/twilio";
+/// Path of the delivery status callback.
+pub const STATUS_PATH: &str = "/v1/sms/twilio/status";
+/// The empty TwiML document: "received, no reply from Twilio itself".
+pub const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#;
+
+const NAME: &str = "gateway";
+const STREAMS_READY: &str = "streams";
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "nwd-gateway", about = "HTTP edge for Twilio webhooks")]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Where the HTTP server listens.
+    #[arg(long, env = "NWD_GATEWAY_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// The base URL Twilio posts to (as configured in Twilio's console);
+    /// signatures are checked against it plus the request path and query.
+    #[arg(
+        long,
+        env = "NWD_GATEWAY_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+    /// The Twilio auth token that signs webhooks.
+    #[arg(long, env = "NWD_TWILIO_AUTH_TOKEN")]
+    pub twilio_auth_token: Secret,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "NWD_GATEWAY_MAX_BODY_BYTES", default_value_t = 65536)]
+    pub max_body_bytes: usize,
+}
+
+impl ServiceConfig for Config {
+    const NAME: &'static str = NAME;
+    fn listen_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("http server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs the gateway until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let client = bus::connect(&config.nats, NAME).await?;
+    let js = bus::jetstream(client.clone(), &config.nats);
+    let readiness = Readiness::new([STREAMS_READY]);
+    readiness.watch_client(client.clone());
+
+    let tasks = TaskTracker::new();
+    let stop = shutdown.child_token();
+    {
+        let (js, readiness, stop) = (js.clone(), readiness.clone(), stop.clone());
+        let replicas = config.nats.replicas;
+        tasks.spawn(async move {
+            if bus::ensure_all_with_retry(&js, replicas, &stop)
+                .await
+                .is_ok()
+            {
+                readiness.set(STREAMS_READY, true);
+                tracing::info!("streams ready");
+            }
+        });
+    }
+    tasks.close();
+
+    let router = app(AppState::new(js, &config)).merge(ops::routes(readiness));
+    let served = ops::serve(listener, router, shutdown).await;
+    stop.cancel();
+    tasks.wait().await;
+    // Every publish was awaited to its ack before its request was answered,
+    // and `serve` drained requests in flight: nothing is left to flush.
+    drop(client);
+    served?;
+    Ok(())
+}
+
+/// What the webhook handlers need.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    auth_token: Secret,
+    public_url: String,
+    max_body_bytes: usize,
+    publish_timeout: Duration,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("public_url", &self.inner.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(js: jetstream::Context, config: &Config) -> Self {
+        // The JetStream context already times out acks; this bound also
+        // covers a publish stuck behind a reconnecting client.
+        let publish_timeout = Duration::from_millis(config.nats.ack_timeout_ms.saturating_mul(2))
+            + Duration::from_millis(250);
+        Self {
+            inner: Arc::new(Inner {
+                js,
+                auth_token: config.twilio_auth_token.clone(),
+                public_url: config.public_url.trim_end_matches('/').to_owned(),
+                max_body_bytes: config.max_body_bytes,
+                publish_timeout,
+            }),
+        }
+    }
+}
+
+/// The webhook routes (without the ops routes), for `run` and for tests.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route(SMS_PATH, post(inbound_sms))
+        .route(STATUS_PATH, post(status_callback))
+        .with_state(state)
+}
+
+/// The URL Twilio signed: public URL + path + `?` + raw query if present.
+pub fn signed_url(public_url: &str, uri: &Uri) -> String {
+    let base = public_url.trim_end_matches('/');
+    match uri.query() {
+        Some(q) => format!("{base}{}?{q}", uri.path()),
+        None => format!("{base}{}", uri.path()),
+    }
+}
+
+// ------------------------------------------------------------------ errors
+
+/// Why a webhook was not accepted. One place maps each to its problem+json
+/// answer and its bounded metric outcome.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error("body over {0} bytes")]
+    TooLarge(usize),
+    #[error("body could not be read")]
+    Unreadable,
+    #[error("content type is not application/x-www-form-urlencoded")]
+    ContentType,
+    #[error("signature missing or invalid")]
+    BadSignature,
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("bus unavailable")]
+    Unavailable,
+}
+
+impl Rejection {
+    fn outcome(&self) -> &'static str {
+        match self {
+            Rejection::TooLarge(_) => "too_large",
+            Rejection::Unreadable | Rejection::ContentType | Rejection::Invalid(_) => "bad_request",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::Unavailable => "unavailable",
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        match self {
+            Rejection::TooLarge(limit) => Problem::payload_too_large(*limit),
+            Rejection::Unreadable => Problem::bad_request("the request body could not be read"),
+            Rejection::ContentType => {
+                Problem::bad_request("the content type must be application/x-www-form-urlencoded")
+            }
+            Rejection::BadSignature => Problem::new(
+                StatusCode::FORBIDDEN,
+                "bad-signature",
+                "The X-Twilio-Signature header is missing or invalid",
+            ),
+            Rejection::Invalid(detail) => Problem::bad_request(*detail),
+            Rejection::Unavailable => Problem::unavailable(),
+        }
+    }
+}
+
+/// What became of an accepted webhook.
+#[derive(Debug, Clone, Copy)]
+enum Accepted {
+    Stored,
+    Duplicate,
+}
+
+impl From<Published> for Accepted {
+    fn from(p: Published) -> Self {
+        if p.duplicate {
+            Accepted::Duplicate
+        } else {
+            Accepted::Stored
+        }
+    }
+}
+
+// ---------------------------------------------------------------- handlers
+
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Sms,
+    Status,
+}
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Sms => "sms",
+            Route::Status => "status",
+        }
+    }
+}
+
+async fn inbound_sms(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    instrumented(Route::Sms, handle_sms(state, uri, headers, body)).await
+}
+
+async fn status_callback(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    instrumented(Route::Status, handle_status(state, uri, headers, body)).await
+}
+
+/// One span, one counter increment and one latency sample per request.
+async fn instrumented(
+    route: Route,
+    handle: impl Future<Output = Result<Accepted, Rejection>>,
+) -> Response {
+    let span = tracing::info_span!(
+        "webhook",
+        route = route.label(),
+        message_sid = tracing::field::Empty
+    );
+    async move {
+        let started = Instant::now();
+        let result = handle.await;
+        let outcome = match &result {
+            Ok(Accepted::Stored) => "accepted",
+            Ok(Accepted::Duplicate) => "duplicate",
+            Err(rejection) => rejection.outcome(),
+        };
+        metrics::counter!(
+            "nwd_webhooks_total",
+            "service" => NAME,
+            "route" => route.label(),
+            "outcome" => outcome,
+        )
+        .increment(1);
+        metrics::histogram!("nwd_webhook_seconds", "service" => NAME, "route" => route.label())
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(_) => {
+                tracing::info!(outcome, "webhook accepted");
+                twiml()
+            }
+            Err(rejection) => {
+                tracing::info!(outcome, reason = %rejection, "webhook rejected");
+                rejection.problem().into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn twiml() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/xml")],
+        EMPTY_TWIML,
+    )
+        .into_response()
+}
+
+async fn handle_sms(
+    state: AppState,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Accepted, Rejection> {
+    let params = verified_form(&state, &uri, &headers, body).await?;
+    let sms = parse_inbound(&params, OffsetDateTime::now_utc())?;
+    tracing::Span::current().record("message_sid", sms.message_sid.as_str());
+    let msg_id = sms.message_sid.as_str().to_owned();
+    publish(&state, subjects::inbound_sms(), &msg_id, sms).await
+}
+
+async fn handle_status(
+    state: AppState,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Accepted, Rejection> {
+    let params = verified_form(&state, &uri, &headers, body).await?;
+    let outbound_id = parse_outbound_query(&uri)?;
+    let status = parse_status(&params, outbound_id, OffsetDateTime::now_utc())?;
+    tracing::Span::current().record("message_sid", status.message_sid.as_str());
+    let msg_id = format!("status:{}:{}", status.message_sid, status.status.as_str());
+    publish(&state, subjects::inbound_sms_status(), &msg_id, status).await
+}
+
+/// Size, content type and signature checks; returns the decoded form.
+async fn verified_form(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<(String, String)>, Rejection> {
+    let limit = state.inner.max_body_bytes;
+    let bytes = read_limited(headers, body, limit).await?;
+    if !is_form(headers) {
+        return Err(Rejection::ContentType);
+    }
+    let params = form::decode(&bytes);
+    let url = signed_url(&state.inner.public_url, uri);
+    let given = headers
+        .get(nwd_twilio::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if signature::validate(state.inner.auth_token.expose(), &url, &params, given) {
+        Ok(params)
+    } else {
+        Err(Rejection::BadSignature)
+    }
+}
+
+async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Rejection> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Rejection::TooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Rejection::TooLarge(limit)),
+        Err(_) => Err(Rejection::Unreadable),
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Validates an inbound SMS form. Error details name the field, never its value.
+fn parse_inbound(
+    params: &[(String, String)],
+    received_at: OffsetDateTime,
+) -> Result<InboundSms, Rejection> {
+    let message_sid = parse_sid(params)?;
+    let account_sid = form::get(params, "AccountSid")
+        .filter(|s| !s.is_empty())
+        .ok_or(Rejection::Invalid("the AccountSid parameter is missing"))?;
+    let from = match form::get(params, "From") {
+        None => return Err(Rejection::Invalid("the From parameter is missing")),
+        Some(v) => PhoneNumber::parse(v)
+            .map_err(|_| Rejection::Invalid("the From parameter is not an E.164 number"))?,
+    };
+    let to = match form::get(params, "To") {
+        None => return Err(Rejection::Invalid("the To parameter is missing")),
+        Some(v) => PhoneNumber::parse(v)
+            .map_err(|_| Rejection::Invalid("the To parameter is not an E.164 number"))?,
+    };
+    let body =
+        form::get(params, "Body").ok_or(Rejection::Invalid("the Body parameter is missing"))?;
+    if body.chars().count() > MAX_SMS_BODY_CHARS {
+        return Err(Rejection::Invalid(
+            "the Body parameter is longer than 1600 characters",
+        ));
+    }
+    let num_media = match form::get(params, "NumMedia") {
+        None | Some("") => 0,
+        Some(v) => v
+            .parse::<u32>()
+            .map_err(|_| Rejection::Invalid("the NumMedia parameter is not a number"))?,
+    };
+    Ok(InboundSms {
+        message_sid,
+        account_sid: account_sid.to_owned(),
+        from,
+        to,
+        body: body.to_owned(),
+        num_media,
+        received_at,
+    })
+}
+
+fn parse_sid(params: &[(String, String)]) -> Result<MessageSid, Rejection> {
+    let raw = form::get(params, "MessageSid")
+        .ok_or(Rejection::Invalid("the MessageSid parameter is missing"))?;
+    MessageSid::parse(raw)
+        .map_err(|_| Rejection::Invalid("the MessageSid parameter is not a valid SID"))
+}
+
+/// The `outbound` query parameter: our id of the message, put in the
+/// StatusCallback URL by the notifier.
+fn parse_outbound_query(uri: &Uri) -> Result<Option<OutboundId>, Rejection> {
+    let Some(query) = uri.query() else {
+        return Ok(None);
+    };
+    match form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "outbound") {
+        None => Ok(None),
+        Some((_, v)) => v
+            .parse::<OutboundId>()
+            .map(Some)
+            .map_err(|_| Rejection::Invalid("the outbound query parameter is not a valid id")),
+    }
+}
+
+fn parse_status(
+    params: &[(String, String)],
+    outbound_id: Option<OutboundId>,
+    received_at: OffsetDateTime,
+) -> Result<SmsStatus, Rejection> {
+    let message_sid = parse_sid(params)?;
+    let status = match form::get(params, "MessageStatus") {
+        None => return Err(Rejection::Invalid("the MessageStatus parameter is missing")),
+        Some(v) => DeliveryStatus::parse(v).ok_or(Rejection::Invalid(
+            "the MessageStatus parameter is not a known status",
+        ))?,
+    };
+    let error_code = match form::get(params, "ErrorCode") {
+        None | Some("") => None,
+        Some(v) => Some(
+            v.parse::<u32>()
+                .map_err(|_| Rejection::Invalid("the ErrorCode parameter is not a number"))?,
+        ),
+    };
+    Ok(SmsStatus {
+        message_sid,
+        status,
+        error_code,
+        outbound_id,
+        received_at,
+    })
+}
+
+/// Publishes and waits for the ack, bounded in time; any failure is a 503.
+async fn publish<T: Event>(
+    state: &AppState,
+    subject: String,
+    msg_id: &str,
+    event: T,
+) -> Result<Accepted, Rejection> {
+    let envelope = Envelope::new(event);
+    let publish = bus::publish(&state.inner.js, subject, msg_id, &envelope);
+    match tokio::time::timeout(state.inner.publish_timeout, publish).await {
+        Ok(Ok(published)) => Ok(published.into()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "publish failed");
+            Err(Rejection::Unavailable)
+        }
+        Err(_) => {
+            tracing::warn!("publish timed out");
+            Err(Rejection::Unavailable)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn signed_url_joins_public_url_path_and_query() {
+        let uri: Uri = "/v1/sms/twilio?a=1&b=%20".parse().unwrap();
+        assert_eq!(
+            signed_url("https://gw.example.org/", &uri),
+            "https://gw.example.org/v1/sms/twilio?a=1&b=%20"
+        );
+        let uri: Uri = "/v1/sms/twilio".parse().unwrap();
+        assert_eq!(
+            signed_url("https://gw.example.org", &uri),
+            "https://gw.example.org/v1/sms/twilio"
+        );
+    }
+
+    #[test]
+    fn content_type_accepts_parameters_and_case() {
+        let mut h = HeaderMap::new();
+        assert!(!is_form(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8"
+                .parse()
+                .unwrap(),
+        );
+        assert!(is_form(&h));
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        assert!(!is_form(&h));
+    }
+
+    #[test]
+    fn inbound_validation_names_the_field() {
+        let now = OffsetDateTime::now_utc();
+        let good = p(&[
+            ("MessageSid", "SM0123456789abcdef0123456789abcdef"),
+            ("AccountSid", "AC1"),
+            ("From", "+15005550142"),
+            ("To", "+15005550100"),
+            ("Body", ""),
+        ]);
+        let sms = parse_inbound(&good, now).unwrap();
+        assert_eq!(sms.num_media, 0);
+        assert_eq!(sms.body, "");
+        let without = |name: &str| -> Vec<(String, String)> {
+            good.iter().filter(|(k, _)| k != name).cloned().collect()
+        };
+        for name in ["MessageSid", "AccountSid", "From", "To", "Body"] {
+            match parse_inbound(&without(name), now) {
+                Err(Rejection::Invalid(detail)) => assert!(detail.contains(name), "{detail}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let mut media = good.clone();
+        media.push(("NumMedia".into(), "two".into()));
+        assert!(matches!(
+            parse_inbound(&media, now),
+            Err(Rejection::Invalid(_))
+        ));
+        let mut long = without("Body");
+        long.push(("Body".into(), "é".repeat(1600)));
+        assert!(
+            parse_inbound(&long, now).is_ok(),
+            "1600 chars of 2 bytes each is fine"
+        );
+    }
+
+    #[test]
+    fn status_validation() {
+        let now = OffsetDateTime::now_utc();
+        let base = p(&[
+            ("MessageSid", "SM0123456789abcdef0123456789abcdef"),
+            ("MessageStatus", "undelivered"),
+            ("ErrorCode", "30003"),
+        ]);
+        let s = parse_status(&base, None, now).unwrap();
+        assert_eq!(s.status, DeliveryStatus::Undelivered);
+        assert_eq!(s.error_code, Some(30003));
+        let mut bad = base.clone();
+        bad[1].1 = "bogus".into();
+        assert!(parse_status(&bad, None, now).is_err());
+        let mut bad = base.clone();
+        bad[2].1 = "x".into();
+        assert!(parse_status(&bad, None, now).is_err());
+        let uri: Uri = "/v1/sms/twilio/status?outbound=nope".parse().unwrap();
+        assert!(parse_outbound_query(&uri).is_err());
+        let id = OutboundId::new();
+        let uri: Uri = format!("/v1/sms/twilio/status?outbound={id}")
+            .parse()
+            .unwrap();
+        assert_eq!(parse_outbound_query(&uri).unwrap(), Some(id));
+    }
+}

@@ -175,7 +175,9 @@ async fn setup(
     loop {
         match bus::bucket(js, buckets::THREADS).await {
             Ok(store) => return Ok(store),
-            Err(e) => tracing::warn!(bucket = buckets::THREADS, error = %e, "cannot open bucket; retrying"),
+            Err(e) => {
+                tracing::warn!(bucket = buckets::THREADS, error = %e, "cannot open bucket; retrying")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Err(Error::Bus(BusError::Stopped)),
@@ -454,8 +456,7 @@ mod tests {
         ));
         // A message after the close opens a new contact.
         let m2 = MessageId::new();
-        let Cas::Write(new, _) =
-            decide_thread(Some(closed), m2, datetime!(2026-11-24 12:00 UTC))
+        let Cas::Write(new, _) = decide_thread(Some(closed), m2, datetime!(2026-11-24 12:00 UTC))
         else {
             panic!("closed thread must reopen")
         };
@@ -472,7 +473,10 @@ mod tests {
             closed_at: None,
         };
         let at = datetime!(2026-11-24 11:00 UTC);
-        assert!(matches!(decide_close(None, t.contact_id, at), Cas::Keep(false)));
+        assert!(matches!(
+            decide_close(None, t.contact_id, at),
+            Cas::Keep(false)
+        ));
         assert!(matches!(
             decide_close(Some(t.clone()), ContactId::new(), at),
             Cas::Keep(false)

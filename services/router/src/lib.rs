@@ -1,1 +1,409 @@
-//! placeholder
+//! The router: matches contacts to counsellors.
+//!
+//! Inputs: triaged messages (consumer `router` on CONTACTS), counsellor
+//! presence (the `presence` bucket, written by the dashboard) and commands
+//! from the dashboard (core NATS request/reply). State: the contact record
+//! in the `contacts` bucket, changed only by compare-and-swap. Outputs:
+//! pushes to counsellors' dashboards, and `ContactAssigned` /
+//! `ContactResolved` on CONTACTS.
+//!
+//! Walking skeleton: ring-all offers to every eligible counsellor (same
+//! language first), first accept wins; the queue is served risk first, then
+//! longest waiting. The escalation ladder comes later and builds on
+//! [`decide`].
+
+pub mod decide;
+pub mod routing;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use nwd_proto::envelope::Envelope;
+use nwd_proto::events::MessageTriaged;
+use nwd_proto::router::{RouterCommand, RouterReply};
+use nwd_proto::streams::{self, buckets, consumers};
+use nwd_proto::subjects;
+use nwd_runtime::bus::{self, BusError, NatsArgs};
+use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
+use nwd_runtime::ops::{self, Readiness};
+use nwd_runtime::service::ServiceConfig;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub use routing::Router;
+
+/// Service name in logs and metric labels.
+pub const NAME: &str = "router";
+
+const READY_CONTACTS: &str = "contacts-loaded";
+const READY_PRESENCE: &str = "presence-watch";
+const READY_COMMANDS: &str = "commands";
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "nwd-router", about = "No Wrong Door router")]
+pub struct Config {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    #[arg(
+        long,
+        env = "NWD_ROUTER_METRICS_ADDR",
+        default_value = "127.0.0.1:9103"
+    )]
+    pub metrics_addr: SocketAddr,
+    /// The directory file (staff, languages, capacity).
+    #[arg(
+        long,
+        env = "NWD_DIRECTORY",
+        default_value = "deploy/local/demo/directory.toml"
+    )]
+    pub directory: PathBuf,
+    /// A counsellor whose last heartbeat is older than this counts as offline.
+    #[arg(long, env = "NWD_PRESENCE_STALE_MS", default_value_t = 15_000)]
+    pub presence_stale_ms: u64,
+    /// How often the queue is swept (offers, stale offers, anything missed).
+    #[arg(long, env = "NWD_ROUTER_SWEEP_MS", default_value_t = 1_000)]
+    pub sweep_ms: u64,
+}
+
+impl ServiceConfig for Config {
+    const NAME: &'static str = NAME;
+    fn listen_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Directory(#[from] nwd_runtime::directory::LoadError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("ops server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs the router until `shutdown`, then drains and returns `Ok(())`.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let directory = Arc::new(nwd_runtime::directory::load(&config.directory)?);
+    let readiness = Readiness::new([
+        READY_CONTACTS.to_owned(),
+        READY_PRESENCE.to_owned(),
+        READY_COMMANDS.to_owned(),
+        format!("consumer:{}", consumers::ROUTER),
+    ]);
+    let client = bus::connect(&config.nats, NAME).await?;
+    readiness.watch_client(client.clone());
+    let js = bus::jetstream(client.clone(), &config.nats);
+    let server = tokio::spawn(ops::serve(
+        listener,
+        ops::routes(readiness.clone()),
+        shutdown.clone(),
+    ));
+
+    let started = start(&config, client, js, directory, &readiness, &shutdown).await;
+    let mut tasks = match started {
+        Ok(Some(tasks)) => tasks,
+        Ok(None) => JoinSet::new(),
+        Err(e) => {
+            shutdown.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    shutdown.cancelled().await;
+    while tasks.join_next().await.is_some() {}
+    match server.await {
+        Ok(result) => result?,
+        Err(e) => tracing::error!(error = %e, "ops server task failed"),
+    }
+    Ok(())
+}
+
+/// Sets up the bus and starts every task; `None` when stopped first.
+async fn start(
+    config: &Config,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    directory: Arc<nwd_proto::directory::Directory>,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Result<Option<JoinSet<()>>, Error> {
+    match bus::ensure_all_with_retry(&js, config.nats.replicas, shutdown).await {
+        Ok(()) => {}
+        Err(BusError::Stopped) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let Some(contacts) = retry(shutdown, "open contacts bucket", || {
+        bus::bucket(&js, buckets::CONTACTS)
+    })
+    .await
+    else {
+        return Ok(None);
+    };
+    let Some(presence) = retry(shutdown, "open presence bucket", || {
+        bus::bucket(&js, buckets::PRESENCE)
+    })
+    .await
+    else {
+        return Ok(None);
+    };
+    let router = Arc::new(Router::new(
+        client.clone(),
+        js.clone(),
+        contacts,
+        directory,
+        Duration::from_millis(config.presence_stale_ms),
+    ));
+    let Some(open) = retry(shutdown, "load open contacts", || router.load_contacts()).await else {
+        return Ok(None);
+    };
+    tracing::info!(open, "open contacts loaded");
+    readiness.set(READY_CONTACTS, true);
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(watch_presence(
+        router.clone(),
+        presence,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(serve_commands(
+        router.clone(),
+        client,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(run_queue(
+        router.clone(),
+        Duration::from_millis(config.sweep_ms.max(10)),
+        shutdown.clone(),
+    ));
+    let spec = ConsumerSpec::new(
+        NAME,
+        streams::CONTACTS,
+        consumers::ROUTER,
+        vec![subjects::contact_triaged_all()],
+    );
+    tasks.spawn(consume::run(
+        js,
+        spec,
+        Arc::new(Triaged { router }),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    Ok(Some(tasks))
+}
+
+/// Retries `op` with backoff until it succeeds; `None` if stopped first.
+async fn retry<T, E, F, Fut>(shutdown: &CancellationToken, what: &str, mut op: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Consumer of triaged messages (lane = subject = contact, so one contact's
+/// messages are applied in order).
+struct Triaged {
+    router: Arc<Router>,
+}
+
+impl Handler for Triaged {
+    async fn handle(&self, msg: &jetstream::Message) -> Outcome {
+        let Ok(env) = Envelope::<MessageTriaged>::from_bytes(&msg.payload) else {
+            return Outcome::Reject("undecodable");
+        };
+        match self.router.on_triaged(&env.data).await {
+            Ok(()) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(contact = %env.data.message.contact_id, error = %e, "cannot apply message; retrying");
+                Outcome::Retry(Duration::from_millis(500))
+            }
+        }
+    }
+}
+
+/// Keeps the presence map current: every key's latest value, then updates.
+async fn watch_presence(
+    router: Arc<Router>,
+    store: jetstream::kv::Store,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match store.watch_with_history(">").await {
+            Ok(mut watch) => {
+                readiness.set(READY_PRESENCE, true);
+                delay = Duration::from_millis(100);
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        next = watch.next() => next,
+                    };
+                    match next {
+                        Some(Ok(entry)) => router.presence_entry(&entry),
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "presence watch failed; rewatching");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                readiness.set(READY_PRESENCE, false);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch presence; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Runs the queue when woken (capacity or availability changed) and every
+/// `every` (stale heartbeats, anything missed).
+async fn run_queue(router: Arc<Router>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = router.woken() => {}
+        }
+        router.sweep().await;
+    }
+}
+
+/// Answers dashboard commands (queue group: one replica answers each).
+async fn serve_commands(
+    router: Arc<Router>,
+    client: async_nats::Client,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let mut delay = Duration::from_millis(100);
+    'subscribe: while !shutdown.is_cancelled() {
+        match client
+            .queue_subscribe(
+                subjects::router_command(),
+                subjects::ROUTER_QUEUE_GROUP.to_owned(),
+            )
+            .await
+        {
+            Ok(mut sub) => {
+                readiness.set(READY_COMMANDS, true);
+                delay = Duration::from_millis(100);
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            let _ = sub.unsubscribe().await;
+                            break 'subscribe;
+                        }
+                        next = sub.next() => next,
+                    };
+                    let Some(msg) = next else { break };
+                    tracker.spawn(command(router.clone(), client.clone(), msg));
+                }
+                readiness.set(READY_COMMANDS, false);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to commands; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    readiness.set(READY_COMMANDS, false);
+    tracker.close();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("commands in flight did not finish in 10 s");
+    }
+}
+
+async fn command(router: Arc<Router>, client: async_nats::Client, msg: async_nats::Message) {
+    let Ok(env) = Envelope::<RouterCommand>::from_bytes(&msg.payload) else {
+        tracing::warn!("malformed router command");
+        metrics::counter!("nwd_router_commands_total", "service" => NAME, "command" => "malformed", "outcome" => "refused").increment(1);
+        reply(
+            &client,
+            &msg,
+            RouterReply::Refused {
+                reason: "malformed command".to_owned(),
+            },
+        )
+        .await;
+        return;
+    };
+    let (kind, contact, counsellor) = match &env.data {
+        RouterCommand::Accept {
+            contact_id,
+            counsellor,
+        } => ("accept", contact_id, counsellor),
+        RouterCommand::Decline {
+            contact_id,
+            counsellor,
+        } => ("decline", contact_id, counsellor),
+        RouterCommand::Resolve {
+            contact_id,
+            counsellor,
+            ..
+        } => ("resolve", contact_id, counsellor),
+    };
+    let span = tracing::info_span!("command", kind, contact = %contact, counsellor = %counsellor);
+    async {
+        let (answer, follow_ups) = router.command(env.data).await;
+        let outcome = match answer {
+            RouterReply::Done => "done",
+            RouterReply::Refused { .. } => "refused",
+        };
+        metrics::counter!("nwd_router_commands_total", "service" => NAME, "command" => kind, "outcome" => outcome).increment(1);
+        reply(&client, &msg, answer).await;
+        router.follow_up(follow_ups).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn reply(client: &async_nats::Client, msg: &async_nats::Message, answer: RouterReply) {
+    let Some(to) = msg.reply.clone() else {
+        return;
+    };
+    if let Err(e) = client
+        .publish(to, Envelope::new(answer).to_bytes().into())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot send command reply");
+    }
+}

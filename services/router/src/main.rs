@@ -1,1 +1,3 @@
-fn main() -> anyhow::Result<()> { nwd_runtime::service::main(nwd_router::run) }
+fn main() -> anyhow::Result<()> {
+    nwd_runtime::service::main(nwd_router::run)
+}

@@ -1,0 +1,457 @@
+//! Intake against a real nats-server, run in-process through `run`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use nwd_intake::{Config, Error, message_id_for, run, thread_key};
+use nwd_proto::contact::ThreadRecord;
+use nwd_proto::events::{Channel, ContactMessage, ContactResolved, InboundSms};
+use nwd_proto::streams::{self, buckets, consumers};
+use nwd_proto::{ContactId, CounsellorId, Envelope, MessageSid, PhoneNumber, subjects};
+use nwd_runtime::bus::{self, NatsArgs};
+use nwd_runtime::kv;
+use nwd_testkit::{NatsServer, eventually, wait_ready};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const LINE: &str = "+15005550100";
+const EASTSIDE: &str = "+15005550110";
+const MARIA: &str = "+15005550142";
+const STRANGER: &str = "+15005550177";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn phone(s: &str) -> PhoneNumber {
+    PhoneNumber::parse(s).unwrap()
+}
+
+fn config(url: &str, directory: std::path::PathBuf) -> Config {
+    Config {
+        nats: NatsArgs::local(url),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        directory,
+    }
+}
+
+struct Intake {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Intake {
+    async fn start(url: &str) -> Self {
+        // testkit polls /readyz with reqwest, built without a default TLS provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = nwd_testkit::listener().await;
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(
+            config(url, nwd_runtime::directory::demo_path()),
+            listener,
+            shutdown.clone(),
+        ));
+        wait_ready(addr).await;
+        Self { shutdown, task }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn setup() -> (NatsServer, jetstream::Context) {
+    let server = NatsServer::start().await;
+    let args = NatsArgs::local(server.url());
+    let client = bus::connect(&args, "test").await.unwrap();
+    let js = bus::jetstream(client, &args);
+    bus::ensure_all(&js, 1).await.unwrap();
+    (server, js)
+}
+
+fn sms(from: &str, to: &str) -> InboundSms {
+    InboundSms {
+        message_sid: MessageSid::parse(&format!("SM{:032x}", ulid::Ulid::new().0)).unwrap(),
+        account_sid: "AC9af211329b2fc82e5efe906062c73008".into(),
+        from: phone(from),
+        to: phone(to),
+        body: "I need to talk to someone".into(),
+        num_media: 0,
+        received_at: OffsetDateTime::now_utc(),
+    }
+}
+
+/// Publishes as the gateway does: `Nats-Msg-Id` = `nats_id`.
+async fn publish_sms(js: &jetstream::Context, sms: &InboundSms, nats_id: &str) {
+    bus::publish(
+        js,
+        subjects::inbound_sms(),
+        nats_id,
+        &Envelope::new(sms.clone()),
+    )
+    .await
+    .unwrap();
+}
+
+/// Every ContactMessage stored in CONTACTS, in stream order.
+async fn contact_messages(js: &jetstream::Context) -> Vec<ContactMessage> {
+    let prefix = subjects::contact_messages_all();
+    let prefix = prefix.trim_end_matches('*');
+    let mut stream = js.get_stream(streams::CONTACTS).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await
+            && m.subject.as_str().starts_with(prefix)
+        {
+            out.push(
+                Envelope::<ContactMessage>::from_bytes(&m.payload)
+                    .unwrap()
+                    .data,
+            );
+        }
+    }
+    out
+}
+
+/// Waits for the ContactMessage of this SMS.
+async fn message_for(js: &jetstream::Context, sms: &InboundSms) -> ContactMessage {
+    let id = message_id_for(&sms.message_sid, sms.received_at);
+    eventually(WAIT, "the contact message", || async {
+        contact_messages(js)
+            .await
+            .into_iter()
+            .find(|m| m.message_id == id)
+    })
+    .await
+}
+
+/// Waits until a consumer has nothing pending and nothing unacked.
+async fn wait_idle(js: &jetstream::Context, stream: &str, durable: &str) {
+    let stream = js.get_stream(stream).await.unwrap();
+    eventually(WAIT, "consumer idle", || {
+        let stream = stream.clone();
+        async move {
+            let info = stream.consumer_info(durable).await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sms_opens_a_contact_through_the_right_door_and_threads_by_sender() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url()).await;
+
+    let first = sms(MARIA, EASTSIDE);
+    publish_sms(&js, &first, first.message_sid.as_str()).await;
+    let m1 = message_for(&js, &first).await;
+    assert_eq!(
+        m1.door.as_ref().map(|d| d.as_str()),
+        Some("eastside-clinic")
+    );
+    assert_eq!(m1.patient.as_deref(), Some("maria"));
+    assert!(m1.opens_contact);
+    assert_eq!(
+        m1.channel,
+        Channel::Sms {
+            patient: phone(MARIA),
+            line: phone(EASTSIDE)
+        }
+    );
+    assert_eq!(m1.body, first.body);
+    assert_eq!(m1.received_at, first.received_at);
+
+    // Same sender, the line's own number: same contact, no door.
+    let second = sms(MARIA, LINE);
+    publish_sms(&js, &second, second.message_sid.as_str()).await;
+    let m2 = message_for(&js, &second).await;
+    assert_eq!(m2.contact_id, m1.contact_id);
+    assert!(!m2.opens_contact);
+    assert_eq!(m2.door, None);
+
+    // Another sender, unknown to the directory: a different contact, still taken.
+    let other = sms(STRANGER, LINE);
+    publish_sms(&js, &other, other.message_sid.as_str()).await;
+    let m3 = message_for(&js, &other).await;
+    assert_ne!(m3.contact_id, m1.contact_id);
+    assert!(m3.opens_contact);
+    assert_eq!(m3.patient, None);
+    assert_eq!(m3.door, None);
+
+    // Published on the contact's own subject with the message id as Nats-Msg-Id.
+    let stream = js.get_stream(streams::CONTACTS).await.unwrap();
+    let last = stream
+        .get_last_raw_message_by_subject(&subjects::contact_message(&m1.contact_id))
+        .await
+        .unwrap();
+    let msg_id = last
+        .headers
+        .get("Nats-Msg-Id")
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(msg_id, Some(format!("msg:{}", m2.message_id)));
+
+    // The thread record is keyed by the phone key, never the number.
+    let threads = bus::bucket(&js, buckets::THREADS).await.unwrap();
+    let thread = kv::get::<ThreadRecord>(&threads, &thread_key(&phone(MARIA)))
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!(thread.contact_id, m1.contact_id);
+    assert_eq!(thread.opened_by, m1.message_id);
+    let mut keys = threads.keys().await.unwrap();
+    while let Some(k) = futures::StreamExt::next(&mut keys).await {
+        assert!(!k.unwrap().contains("5550142"));
+    }
+
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_sms_twice_after_the_dedupe_window_is_one_message() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url()).await;
+
+    let s = sms(MARIA, LINE);
+    // Different Nats-Msg-Ids: INBOUND does not dedupe, as after the window.
+    publish_sms(&js, &s, "first-post").await;
+    publish_sms(&js, &s, "re-post").await;
+    let m = message_for(&js, &s).await;
+    wait_idle(&js, streams::INBOUND, consumers::INTAKE_SMS).await;
+
+    let all = contact_messages(&js).await;
+    assert_eq!(all.len(), 1, "exactly one contact message: {all:?}");
+    assert!(all[0].opens_contact);
+    assert_eq!(all[0], m);
+
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn resolution_closes_the_thread_and_the_next_sms_opens_a_new_contact() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url()).await;
+
+    let first = sms(MARIA, EASTSIDE);
+    publish_sms(&js, &first, first.message_sid.as_str()).await;
+    let m1 = message_for(&js, &first).await;
+
+    let resolved = |contact_id: ContactId| ContactResolved {
+        contact_id,
+        channel: Channel::Sms {
+            patient: phone(MARIA),
+            line: phone(EASTSIDE),
+        },
+        counsellor: CounsellorId::parse("ana").unwrap(),
+        disposition: None,
+        at: OffsetDateTime::now_utc(),
+    };
+    let ev = Envelope::new(resolved(m1.contact_id));
+    bus::publish(
+        &js,
+        subjects::contact_resolved(&m1.contact_id),
+        "resolved-1",
+        &ev,
+    )
+    .await
+    .unwrap();
+    let threads = bus::bucket(&js, buckets::THREADS).await.unwrap();
+    let key = thread_key(&phone(MARIA));
+    eventually(WAIT, "thread closed", || async {
+        let t = kv::get::<ThreadRecord>(&threads, &key).await.ok()?.value?;
+        t.closed_at.map(|_| ())
+    })
+    .await;
+
+    let second = sms(MARIA, EASTSIDE);
+    publish_sms(&js, &second, second.message_sid.as_str()).await;
+    let m2 = message_for(&js, &second).await;
+    assert_ne!(m2.contact_id, m1.contact_id);
+    assert!(m2.opens_contact);
+
+    // A redelivered resolution of the old contact does not close the new one.
+    let again = Envelope::new(resolved(m1.contact_id));
+    bus::publish(
+        &js,
+        subjects::contact_resolved(&m1.contact_id),
+        "resolved-1-again",
+        &again,
+    )
+    .await
+    .unwrap();
+    wait_idle(&js, streams::CONTACTS, consumers::INTAKE_RESOLVED).await;
+    let third = sms(MARIA, EASTSIDE);
+    publish_sms(&js, &third, third.message_sid.as_str()).await;
+    let m3 = message_for(&js, &third).await;
+    assert_eq!(m3.contact_id, m2.contact_id);
+    assert!(!m3.opens_contact);
+
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_messages_are_terminated_and_block_nothing() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url()).await;
+
+    for subject in [
+        subjects::inbound_sms(),
+        subjects::contact_resolved(&ContactId::new()),
+    ] {
+        js.publish(subject, "not an envelope".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // The right envelope shape but the wrong event type is poison too.
+    let wrong = Envelope::new(resolved_for_type_check());
+    bus::publish(&js, subjects::inbound_sms(), "wrong-type", &wrong)
+        .await
+        .unwrap();
+
+    let s = sms(MARIA, LINE);
+    publish_sms(&js, &s, s.message_sid.as_str()).await;
+    let m = message_for(&js, &s).await;
+    assert!(m.opens_contact);
+    wait_idle(&js, streams::INBOUND, consumers::INTAKE_SMS).await;
+    wait_idle(&js, streams::CONTACTS, consumers::INTAKE_RESOLVED).await;
+    assert_eq!(contact_messages(&js).await.len(), 1);
+
+    intake.stop().await;
+}
+
+fn resolved_for_type_check() -> ContactResolved {
+    ContactResolved {
+        contact_id: ContactId::new(),
+        channel: Channel::Sms {
+            patient: phone(MARIA),
+            line: phone(LINE),
+        },
+        counsellor: CounsellorId::parse("ana").unwrap(),
+        disposition: None,
+        at: OffsetDateTime::now_utc(),
+    }
+}
+
+#[tokio::test]
+async fn a_restart_mid_stream_loses_nothing() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url()).await;
+
+    let senders = ["+15005550161", "+15005550162", "+15005550163", MARIA];
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let s = sms(senders[i % senders.len()], LINE);
+        publish_sms(&js, &s, s.message_sid.as_str()).await;
+        sent.push(s);
+    }
+    eventually(WAIT, "some messages handled", || async {
+        (!contact_messages(&js).await.is_empty()).then_some(())
+    })
+    .await;
+    intake.stop().await;
+
+    // More arrive while intake is down.
+    for i in 20..40 {
+        let s = sms(senders[i % senders.len()], LINE);
+        publish_sms(&js, &s, s.message_sid.as_str()).await;
+        sent.push(s);
+    }
+    let intake = Intake::start(&server.url()).await;
+    let expected: HashSet<_> = sent
+        .iter()
+        .map(|s| message_id_for(&s.message_sid, s.received_at))
+        .collect();
+    let all = eventually(WAIT, "all 40 messages", || async {
+        let all = contact_messages(&js).await;
+        (all.len() >= 40).then_some(all)
+    })
+    .await;
+    wait_idle(&js, streams::INBOUND, consumers::INTAKE_SMS).await;
+    let all_again = contact_messages(&js).await;
+    assert_eq!(all_again.len(), 40, "no duplicates");
+    let got: HashSet<_> = all.iter().map(|m| m.message_id).collect();
+    assert_eq!(got, expected);
+
+    // One contact per sender, opened exactly once.
+    let mut contacts: HashMap<String, HashSet<ContactId>> = HashMap::new();
+    for m in &all {
+        let Channel::Sms { patient, .. } = &m.channel;
+        contacts
+            .entry(patient.key())
+            .or_default()
+            .insert(m.contact_id);
+    }
+    assert_eq!(contacts.len(), senders.len());
+    assert!(contacts.values().all(|c| c.len() == 1));
+    assert_eq!(
+        all.iter().filter(|m| m.opens_contact).count(),
+        senders.len()
+    );
+
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn survives_a_nats_restart() {
+    let (mut server, js) = setup().await;
+    let intake = Intake::start(&server.url()).await;
+
+    let before = sms(MARIA, LINE);
+    publish_sms(&js, &before, before.message_sid.as_str()).await;
+    let m1 = message_for(&js, &before).await;
+
+    server.restart().await;
+
+    let after = sms(MARIA, LINE);
+    eventually(WAIT, "publish after restart", || async {
+        bus::publish(
+            &js,
+            subjects::inbound_sms(),
+            after.message_sid.as_str(),
+            &Envelope::new(after.clone()),
+        )
+        .await
+        .ok()
+    })
+    .await;
+    let m2 = message_for(&js, &after).await;
+    assert_eq!(m2.contact_id, m1.contact_id, "the thread survived");
+    assert!(!m2.opens_contact);
+
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_directory_stops_the_service_with_a_clear_error() {
+    let listener = nwd_testkit::listener().await;
+    let err = run(
+        config("nats://127.0.0.1:1", "/nonexistent/directory.toml".into()),
+        listener,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Directory(_)));
+    assert!(err.to_string().contains("/nonexistent/directory.toml"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.toml");
+    std::fs::write(&path, "[line]\nname = 'x'\n").unwrap();
+    let err = run(
+        config("nats://127.0.0.1:1", path.clone()),
+        nwd_testkit::listener().await,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not valid"), "{err}");
+}

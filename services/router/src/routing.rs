@@ -1,0 +1,812 @@
+//! The router's effects: applying triaged messages, offering, accepting,
+//! declining, resolving and withdrawing — each a compare-and-swap on the
+//! contact record with a pure decision (see [`crate::decide`]), followed by
+//! pushes to the counsellors concerned.
+//!
+//! The contact record in KV is the truth. The in-memory cache of open
+//! contacts and the presence map only feed decisions; every decision is
+//! re-made inside the compare-and-swap on the record as read.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv::Operation};
+use futures::StreamExt;
+use nwd_proto::contact::{Applied, ContactRecord, ContactState, TransitionError};
+use nwd_proto::dashboard::{
+    DashboardPush, MessageView, PresenceRecord, ReasonView, ServerMsg, WithdrawReason,
+};
+use nwd_proto::directory::Directory;
+use nwd_proto::events::{ContactAssigned, ContactResolved, MessageTriaged};
+use nwd_proto::router::{RouterCommand, RouterReply};
+use nwd_proto::{ContactId, CounsellorId, Envelope, Event, subjects};
+use nwd_runtime::bus;
+use nwd_runtime::kv::{self, Cas, KvError};
+use nwd_runtime::transcript::{self, TranscriptError};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use crate::NAME;
+use crate::decide::{self, Floor};
+
+/// Why a step did not complete (it is retried: by redelivery or the sweep).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("publish failed: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+    #[error(transparent)]
+    Transcript(#[from] TranscriptError),
+    #[error("cannot list contacts: {0}")]
+    Keys(String),
+}
+
+/// Something to do after a command's reply was sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FollowUp {
+    Push(CounsellorId, ServerMsg),
+    /// Run the offer step for this contact.
+    Offer(ContactId),
+    /// Withdraw this counsellor's offer (they cannot take it).
+    Expire(ContactId, CounsellorId),
+    /// Capacity or availability changed: run the queue.
+    WakeQueue,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    record: ContactRecord,
+    revision: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Open contacts (not resolved), with the revision they were read at.
+    contacts: HashMap<ContactId, Cached>,
+    presence: HashMap<CounsellorId, PresenceRecord>,
+    /// Who declined a contact during its current offer (until it is
+    /// assigned or resolved), so it is not offered to them again.
+    declined: HashMap<ContactId, HashSet<CounsellorId>>,
+}
+
+/// Result of applying a triaged message.
+struct Triaged {
+    record: ContactRecord,
+    opened: bool,
+    offered: Vec<CounsellorId>,
+}
+
+/// The router: shared by the consumer lanes, the command tasks, the presence
+/// watch and the queue sweep.
+pub struct Router {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    contacts: jetstream::kv::Store,
+    directory: Arc<Directory>,
+    stale_after: time::Duration,
+    state: Mutex<State>,
+    /// Wakes the queue task (coalesced).
+    wake: Notify,
+    /// Serialises accepts so that concurrent accepts by one counsellor
+    /// cannot take them over capacity.
+    accept_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+impl Router {
+    pub fn new(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        contacts: jetstream::kv::Store,
+        directory: Arc<Directory>,
+        stale_after: Duration,
+    ) -> Self {
+        Self {
+            client,
+            js,
+            contacts,
+            directory,
+            stale_after: time::Duration::try_from(stale_after)
+                .unwrap_or(time::Duration::seconds(15)),
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            accept_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; recover the data if it ever did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The floor as the router knows it now.
+    pub fn floor(&self) -> Floor<'_> {
+        let state = self.state();
+        Floor {
+            directory: &self.directory,
+            presence: state.presence.clone(),
+            load: decide::load(state.contacts.values().map(|c| &c.record)),
+            now: OffsetDateTime::now_utc(),
+            stale_after: self.stale_after,
+        }
+    }
+
+    fn declined(&self, id: &ContactId) -> HashSet<CounsellorId> {
+        self.state().declined.get(id).cloned().unwrap_or_default()
+    }
+
+    fn cached(&self, id: &ContactId) -> Option<ContactRecord> {
+        self.state().contacts.get(id).map(|c| c.record.clone())
+    }
+
+    /// Records what was read or written at `revision` (newer wins).
+    fn remember(&self, record: &ContactRecord, revision: u64) {
+        let mut state = self.state();
+        let newer = state
+            .contacts
+            .get(&record.id)
+            .is_none_or(|c| c.revision <= revision);
+        if !newer {
+            return;
+        }
+        if !matches!(
+            record.state,
+            ContactState::Waiting { .. } | ContactState::Offered { .. }
+        ) {
+            state.declined.remove(&record.id);
+        }
+        if record.is_open() {
+            state.contacts.insert(
+                record.id,
+                Cached {
+                    record: record.clone(),
+                    revision,
+                },
+            );
+        } else {
+            state.contacts.remove(&record.id);
+        }
+        for (risk, n) in decide::queue_depth(state.contacts.values().map(|c| &c.record)) {
+            metrics::gauge!("nwd_queue_depth", "service" => NAME, "risk" => risk.as_str())
+                .set(n as f64);
+        }
+    }
+
+    /// Loads every open contact from the bucket (at start).
+    pub async fn load_contacts(&self) -> Result<usize, StepError> {
+        let mut keys = self
+            .contacts
+            .keys()
+            .await
+            .map_err(|e| StepError::Keys(e.to_string()))?;
+        let mut n = 0;
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(|e| StepError::Keys(e.to_string()))?;
+            let read = match kv::get::<ContactRecord>(&self.contacts, &key).await {
+                Ok(read) => read,
+                Err(KvError::Corrupt { .. }) => {
+                    tracing::error!(key = %key, "corrupt contact record; skipped");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(rec) = read.value.filter(ContactRecord::is_open) {
+                self.remember(&rec, read.revision);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Wakes the queue task.
+    pub fn wake_queue(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until the queue is woken.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// A presence entry changed (put, delete or purge).
+    pub fn presence_entry(&self, entry: &jetstream::kv::Entry) {
+        let Ok(who) = CounsellorId::parse(&entry.key) else {
+            tracing::warn!("presence key is not a counsellor id; ignored");
+            return;
+        };
+        let record = match entry.operation {
+            Operation::Put => match serde_json::from_slice::<PresenceRecord>(&entry.value) {
+                Ok(r) => Some(r),
+                Err(_) => {
+                    tracing::warn!(counsellor = %who, "undecodable presence record; ignored");
+                    return;
+                }
+            },
+            Operation::Delete | Operation::Purge => None,
+        };
+        self.set_presence(who, record);
+    }
+
+    /// Updates a counsellor's presence; wakes the queue when their
+    /// availability changed (not on every heartbeat).
+    pub fn set_presence(&self, who: CounsellorId, record: Option<PresenceRecord>) {
+        let now = OffsetDateTime::now_utc();
+        let available = |p: Option<&PresenceRecord>| {
+            p.is_some_and(|p| decide::is_available(p, now, self.stale_after))
+        };
+        let changed = {
+            let mut state = self.state();
+            let before = available(state.presence.get(&who));
+            let after = available(record.as_ref());
+            match record {
+                Some(r) => state.presence.insert(who.clone(), r),
+                None => state.presence.remove(&who),
+            };
+            before != after
+        };
+        if changed {
+            tracing::info!(counsellor = %who, "availability changed");
+            self.wake_queue();
+        }
+    }
+
+    /// Pushes a message to one counsellor's dashboards (core NATS, not
+    /// stored: the dashboard rebuilds from KV and streams on reconnect).
+    pub async fn push(&self, who: &CounsellorId, msg: ServerMsg) {
+        let env = Envelope::new(DashboardPush {
+            counsellor: who.clone(),
+            msg,
+        });
+        if let Err(e) = self
+            .client
+            .publish(subjects::dashboard_push(who), env.to_bytes().into())
+            .await
+        {
+            tracing::warn!(counsellor = %who, error = %e, "push failed");
+        }
+    }
+
+    // ------------------------------------------------------------ messages
+
+    /// Applies a triaged message to its contact and tells whoever needs to
+    /// know. A new (or reopened) contact is offered in the same write.
+    pub async fn on_triaged(&self, ev: &MessageTriaged) -> Result<(), StepError> {
+        let id = ev.message.contact_id;
+        let floor = self.floor();
+        let declined = self.declined(&id);
+        let (outcome, revision) = kv::cas(
+            &self.contacts,
+            &id.to_string(),
+            |cur: Option<ContactRecord>| {
+                let (mut record, opened) = match cur {
+                    None => (ContactRecord::open(ev), true),
+                    Some(mut rec) => {
+                        if rec.apply_message(ev) == Applied::Duplicate {
+                            return Cas::Keep(None);
+                        }
+                        (rec, false)
+                    }
+                };
+                let mut offered = Vec::new();
+                if matches!(record.state, ContactState::Waiting { .. }) {
+                    offered = floor.new_offers(&record, &declined);
+                    if !offered.is_empty() && record.offer(&offered).is_err() {
+                        offered.clear();
+                    }
+                }
+                Cas::Write(
+                    record.clone(),
+                    Some(Triaged {
+                        record,
+                        opened,
+                        offered,
+                    }),
+                )
+            },
+        )
+        .await?;
+        let Some(Triaged {
+            record,
+            opened,
+            offered,
+        }) = outcome
+        else {
+            tracing::debug!(contact = %id, "message already applied");
+            return Ok(());
+        };
+        self.remember(&record, revision);
+        let view = transcript::person_view(ev);
+        let line = ServerMsg::Message {
+            contact_id: id,
+            risk: record.risk,
+            reasons: record.reasons.iter().map(ReasonView::from).collect(),
+            message: view.clone(),
+        };
+        match &record.state {
+            ContactState::Assigned { counsellor, .. } => self.push(counsellor, line).await,
+            ContactState::Offered { to, .. } => {
+                for who in to.iter().filter(|c| !offered.contains(c)) {
+                    self.push(who, line.clone()).await;
+                }
+            }
+            ContactState::Waiting { .. } | ContactState::Resolved { .. } => {}
+        }
+        if !offered.is_empty() {
+            // A brand-new contact has one message, the one in hand: skip the
+            // stream read on the hot path.
+            let messages = if opened {
+                vec![view]
+            } else {
+                self.transcript_or(&id, view).await
+            };
+            self.push_offers(&record, &offered, messages).await;
+        } else if matches!(record.state, ContactState::Waiting { .. }) {
+            tracing::info!(contact = %id, risk = %record.risk, "waiting: nobody available");
+        }
+        Ok(())
+    }
+
+    async fn transcript_or(&self, id: &ContactId, last: MessageView) -> Vec<MessageView> {
+        match transcript::load(&self.js, id).await {
+            Ok(m) if !m.is_empty() => m,
+            Ok(_) => vec![last],
+            Err(e) => {
+                tracing::warn!(contact = %id, error = %e, "cannot load transcript; offering the last message only");
+                vec![last]
+            }
+        }
+    }
+
+    async fn push_offers(
+        &self,
+        record: &ContactRecord,
+        to: &[CounsellorId],
+        messages: Vec<MessageView>,
+    ) {
+        let view = transcript::contact_view(record, &self.directory, messages);
+        for who in to {
+            tracing::info!(contact = %record.id, counsellor = %who, risk = %record.risk, "offered");
+            metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "offered")
+                .increment(1);
+            self.push(
+                who,
+                ServerMsg::Offer {
+                    contact: view.clone(),
+                },
+            )
+            .await;
+        }
+    }
+
+    // ------------------------------------------------------------ offers
+
+    /// The offer step: offers a waiting or offered contact to every eligible
+    /// counsellor it is not offered to yet (ring-all; first accept wins).
+    pub async fn offer(&self, id: ContactId) -> Result<(), StepError> {
+        let floor = self.floor();
+        let declined = self.declined(&id);
+        // Decide on the cached record first: no stream read and no KV round
+        // trip when nobody new can be offered (the common case in a sweep).
+        let Some(cached) = self.cached(&id) else {
+            return Ok(());
+        };
+        if floor.new_offers(&cached, &declined).is_empty() {
+            return Ok(());
+        }
+        let messages = transcript::load(&self.js, &id).await?;
+        let (outcome, revision) = kv::cas(
+            &self.contacts,
+            &id.to_string(),
+            |cur: Option<ContactRecord>| {
+                let Some(mut rec) = cur else {
+                    return Cas::Keep(None);
+                };
+                let new = floor.new_offers(&rec, &declined);
+                if new.is_empty() || rec.offer(&new).is_err() {
+                    return Cas::Keep(Some((rec, Vec::new())));
+                }
+                Cas::Write(rec.clone(), Some((rec, new)))
+            },
+        )
+        .await?;
+        let Some((record, new)) = outcome else {
+            return Ok(());
+        };
+        self.remember(&record, revision);
+        if !new.is_empty() {
+            self.push_offers(&record, &new, messages).await;
+        }
+        Ok(())
+    }
+
+    /// Withdraws one counsellor's offer because they can no longer take it.
+    pub async fn expire(&self, id: ContactId, who: &CounsellorId) -> Result<(), StepError> {
+        let (outcome, revision) = kv::cas(
+            &self.contacts,
+            &id.to_string(),
+            |cur: Option<ContactRecord>| {
+                let Some(mut rec) = cur else {
+                    return Cas::Keep(None);
+                };
+                match rec.withdraw(who) {
+                    Ok(()) => Cas::Write(rec.clone(), Some((rec, true))),
+                    Err(_) => Cas::Keep(Some((rec, false))),
+                }
+            },
+        )
+        .await?;
+        let Some((record, withdrawn)) = outcome else {
+            return Ok(());
+        };
+        self.remember(&record, revision);
+        if withdrawn {
+            tracing::info!(contact = %id, counsellor = %who, "offer withdrawn: counsellor cannot take it");
+            metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "withdrawn")
+                .increment(1);
+            self.push(
+                who,
+                ServerMsg::OfferWithdrawn {
+                    contact_id: id,
+                    reason: WithdrawReason::Expired,
+                },
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// One pass of the queue: withdraws offers held by counsellors who can
+    /// no longer take them, then offers the queue in order (risk, then wait).
+    /// Also catches anything missed (after a restart, a failed push).
+    pub async fn sweep(&self) {
+        let floor = self.floor();
+        let (stale, queue) = {
+            let state = self.state();
+            let records = state.contacts.values().map(|c| &c.record);
+            let stale: Vec<(ContactId, CounsellorId)> = records
+                .clone()
+                .flat_map(|r| floor.stale_offers(r).into_iter().map(|c| (r.id, c)))
+                .collect();
+            let queue: Vec<ContactId> = decide::queue(records).iter().map(|r| r.id).collect();
+            (stale, queue)
+        };
+        for (id, who) in stale {
+            if let Err(e) = self.expire(id, &who).await {
+                tracing::warn!(contact = %id, counsellor = %who, error = %e, "cannot withdraw offer");
+            }
+        }
+        for id in queue {
+            if let Err(e) = self.offer(id).await {
+                tracing::warn!(contact = %id, error = %e, "offer step failed; the next sweep retries");
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ commands
+
+    /// Handles one command; the reply is sent before the follow-ups run.
+    pub async fn command(&self, cmd: RouterCommand) -> (RouterReply, Vec<FollowUp>) {
+        match cmd {
+            RouterCommand::Accept {
+                contact_id,
+                counsellor,
+            } => self.accept(contact_id, counsellor).await,
+            RouterCommand::Decline {
+                contact_id,
+                counsellor,
+            } => self.decline(contact_id, counsellor).await,
+            RouterCommand::Resolve {
+                contact_id,
+                counsellor,
+                disposition,
+            } => self.resolve(contact_id, counsellor, disposition).await,
+        }
+    }
+
+    /// Runs the follow-ups of a command.
+    pub async fn follow_up(&self, follow_ups: Vec<FollowUp>) {
+        for f in follow_ups {
+            match f {
+                FollowUp::Push(who, msg) => self.push(&who, msg).await,
+                FollowUp::Offer(id) => {
+                    if let Err(e) = self.offer(id).await {
+                        tracing::warn!(contact = %id, error = %e, "offer step failed; the sweep retries");
+                    }
+                }
+                FollowUp::Expire(id, who) => {
+                    if let Err(e) = self.expire(id, &who).await {
+                        tracing::warn!(contact = %id, counsellor = %who, error = %e, "cannot withdraw offer; the sweep retries");
+                    }
+                }
+                FollowUp::WakeQueue => self.wake_queue(),
+            }
+        }
+    }
+
+    async fn accept(&self, id: ContactId, who: CounsellorId) -> (RouterReply, Vec<FollowUp>) {
+        let _serial = self.accept_lock.lock().await;
+        let already_theirs = self
+            .cached(&id)
+            .is_some_and(|r| r.assigned_to() == Some(&who));
+        if !already_theirs && !self.floor().has_room(&who) {
+            tracing::info!(contact = %id, counsellor = %who, "accept refused: at capacity");
+            return (
+                refused("you already have as many conversations as you can take"),
+                vec![FollowUp::Expire(id, who)],
+            );
+        }
+        let now = OffsetDateTime::now_utc();
+        let result = kv::cas(
+            &self.contacts,
+            &id.to_string(),
+            |cur: Option<ContactRecord>| {
+                let Some(mut rec) = cur else {
+                    return Cas::Keep(Err(TransitionError::NotOffered));
+                };
+                let before = rec.clone();
+                match rec.accept(&who, now) {
+                    Err(e) => Cas::Keep(Err(e)),
+                    Ok(()) if rec.state == before.state => Cas::Keep(Ok((rec, Vec::new(), None))),
+                    Ok(()) => {
+                        let others: Vec<CounsellorId> = decide::offered_to(&before)
+                            .iter()
+                            .filter(|c| **c != who)
+                            .cloned()
+                            .collect();
+                        Cas::Write(rec.clone(), Ok((rec, others, before.waiting_since())))
+                    }
+                }
+            },
+        )
+        .await;
+        let (record, others, waited_since) = match result {
+            Ok((Ok(r), revision)) => {
+                self.remember(&r.0, revision);
+                r
+            }
+            Ok((Err(e), _)) => {
+                tracing::info!(contact = %id, counsellor = %who, refusal = %e, "accept refused");
+                return (
+                    refused(&e.to_string()),
+                    vec![FollowUp::Push(
+                        who,
+                        ServerMsg::OfferWithdrawn {
+                            contact_id: id,
+                            reason: decide::withdraw_reason(&e),
+                        },
+                    )],
+                );
+            }
+            Err(e) => return kv_failure(id, &e),
+        };
+        let at = match &record.state {
+            ContactState::Assigned { since, .. } => *since,
+            _ => now,
+        };
+        let event = Envelope::new(ContactAssigned {
+            contact_id: id,
+            counsellor: who.clone(),
+            at,
+        });
+        // The record is the truth; the event tells the rest of the line. On
+        // failure the assignment still holds (a retried accept republishes).
+        if let Err(e) = self
+            .publish(
+                subjects::contact_assigned(&id),
+                &format!("assigned:{id}:{who}"),
+                &event,
+            )
+            .await
+        {
+            tracing::error!(contact = %id, error = %e, "cannot publish ContactAssigned");
+        }
+        if let Some(since) = waited_since {
+            tracing::info!(contact = %id, counsellor = %who, "accepted");
+            metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "accepted")
+                .increment(1);
+            metrics::histogram!("nwd_time_to_answer_seconds", "service" => NAME, "risk" => record.risk.as_str())
+                .record((at - since).as_seconds_f64().max(0.0));
+        }
+        let mut follow: Vec<FollowUp> = others
+            .into_iter()
+            .map(|c| {
+                metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "withdrawn")
+                    .increment(1);
+                FollowUp::Push(
+                    c,
+                    ServerMsg::OfferWithdrawn {
+                        contact_id: id,
+                        reason: WithdrawReason::Taken,
+                    },
+                )
+            })
+            .collect();
+        // They may now be at capacity: their other offers go to others.
+        follow.push(FollowUp::WakeQueue);
+        (RouterReply::Done, follow)
+    }
+
+    async fn decline(&self, id: ContactId, who: CounsellorId) -> (RouterReply, Vec<FollowUp>) {
+        // Before the write, so that a concurrent sweep cannot offer it back to them.
+        self.state()
+            .declined
+            .entry(id)
+            .or_default()
+            .insert(who.clone());
+        let result = kv::cas(
+            &self.contacts,
+            &id.to_string(),
+            |cur: Option<ContactRecord>| {
+                let Some(mut rec) = cur else {
+                    return Cas::Keep(Declined::Refused(TransitionError::NotOffered));
+                };
+                if rec.assigned_to() == Some(&who) {
+                    return Cas::Keep(Declined::AlreadyTheirs);
+                }
+                match rec.withdraw(&who) {
+                    Ok(()) => Cas::Write(rec.clone(), Declined::Withdrawn(Box::new(rec))),
+                    Err(e) => Cas::Keep(Declined::Refused(e)),
+                }
+            },
+        )
+        .await;
+        let withdrawn = |reason| {
+            FollowUp::Push(
+                who.clone(),
+                ServerMsg::OfferWithdrawn {
+                    contact_id: id,
+                    reason,
+                },
+            )
+        };
+        match result {
+            Ok((Declined::Withdrawn(record), revision)) => {
+                self.remember(&record, revision);
+                tracing::info!(contact = %id, counsellor = %who, "declined");
+                metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "declined")
+                    .increment(1);
+                let mut follow = vec![withdrawn(WithdrawReason::Declined)];
+                if matches!(record.state, ContactState::Waiting { .. }) {
+                    follow.push(FollowUp::Offer(id));
+                }
+                (RouterReply::Done, follow)
+            }
+            // Nothing to decline (the offer was already withdrawn): done.
+            Ok((Declined::Refused(TransitionError::NotOffered), _)) => {
+                (RouterReply::Done, vec![withdrawn(WithdrawReason::Declined)])
+            }
+            Ok((Declined::AlreadyTheirs, _)) => (
+                refused("you have already accepted this contact"),
+                Vec::new(),
+            ),
+            Ok((Declined::Refused(e), _)) => (
+                refused(&e.to_string()),
+                vec![withdrawn(decide::withdraw_reason(&e))],
+            ),
+            Err(e) => kv_failure(id, &e),
+        }
+    }
+
+    async fn resolve(
+        &self,
+        id: ContactId,
+        who: CounsellorId,
+        disposition: Option<String>,
+    ) -> (RouterReply, Vec<FollowUp>) {
+        let now = OffsetDateTime::now_utc();
+        let result = kv::cas(
+            &self.contacts,
+            &id.to_string(),
+            |cur: Option<ContactRecord>| {
+                let Some(mut rec) = cur else {
+                    return Cas::Keep(Err(TransitionError::NotAssigned));
+                };
+                if matches!(&rec.state, ContactState::Resolved { by, .. } if *by == who) {
+                    // Resolved by them already: a retry; republish (deduplicated).
+                    return Cas::Keep(Ok(rec));
+                }
+                match rec.resolve(&who, now) {
+                    Ok(()) => Cas::Write(rec.clone(), Ok(rec)),
+                    Err(e) => Cas::Keep(Err(e)),
+                }
+            },
+        )
+        .await;
+        let record = match result {
+            Ok((Ok(record), revision)) => {
+                self.remember(&record, revision);
+                record
+            }
+            Ok((Err(e), _)) => {
+                tracing::info!(contact = %id, counsellor = %who, refusal = %e, "resolve refused");
+                return (refused(&e.to_string()), Vec::new());
+            }
+            Err(e) => return kv_failure(id, &e),
+        };
+        let at = match &record.state {
+            ContactState::Resolved { at, .. } => *at,
+            _ => now,
+        };
+        let event = Envelope::new(ContactResolved {
+            contact_id: id,
+            channel: record.channel.clone(),
+            counsellor: who.clone(),
+            disposition,
+            at,
+        });
+        // Intake closes the sender's thread on this event: it must be on the
+        // stream before we say done. A retry takes the path above and
+        // republishes under the same id.
+        let msg_id = format!("resolved:{id}:{}", at.unix_timestamp_nanos());
+        if let Err(e) = self
+            .publish(subjects::contact_resolved(&id), &msg_id, &event)
+            .await
+        {
+            tracing::error!(contact = %id, error = %e, "cannot publish ContactResolved");
+            return (
+                refused("the line could not record this just now; please try again"),
+                Vec::new(),
+            );
+        }
+        tracing::info!(contact = %id, counsellor = %who, "resolved");
+        (
+            RouterReply::Done,
+            vec![
+                FollowUp::Push(who, ServerMsg::Resolved { contact_id: id }),
+                FollowUp::WakeQueue,
+            ],
+        )
+    }
+
+    async fn publish<T: Event>(
+        &self,
+        subject: String,
+        msg_id: &str,
+        event: &Envelope<T>,
+    ) -> Result<(), StepError> {
+        let mut delay = Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match bus::publish(&self.js, subject.clone(), msg_id, event).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt >= PUBLISH_ATTEMPTS => return Err(e.into()),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+/// What a decline did.
+enum Declined {
+    Withdrawn(Box<ContactRecord>),
+    /// The decliner holds the contact: declining is not how to give it back.
+    AlreadyTheirs,
+    Refused(TransitionError),
+}
+
+fn refused(reason: &str) -> RouterReply {
+    RouterReply::Refused {
+        reason: reason.to_owned(),
+    }
+}
+
+fn kv_failure(id: ContactId, e: &KvError) -> (RouterReply, Vec<FollowUp>) {
+    tracing::warn!(contact = %id, error = %e, "command failed on the contact record");
+    (
+        refused("the line could not record this just now; please try again"),
+        Vec::new(),
+    )
+}

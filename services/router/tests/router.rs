@@ -1,0 +1,755 @@
+//! The router against a real nats-server, driven the way the other services
+//! drive it: presence records in the `presence` bucket (dashboard), triaged
+//! messages on CONTACTS (triage), commands by request/reply (dashboard);
+//! pushes observed on the dashboard push subjects.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use nwd_proto::contact::{ContactRecord, ContactState};
+use nwd_proto::dashboard::{
+    ContactView, DashboardPush, Presence, PresenceRecord, ServerMsg, Speaker, WithdrawReason,
+};
+use nwd_proto::events::{
+    Channel, ContactAssigned, ContactMessage, ContactResolved, MessageTriaged,
+};
+use nwd_proto::router::{RouterCommand, RouterReply};
+use nwd_proto::streams::{self, buckets};
+use nwd_proto::{
+    Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, PhoneNumber, Reason,
+    RiskLevel, subjects,
+};
+use nwd_router::{Config, Error};
+use nwd_runtime::bus::{self, NatsArgs};
+use nwd_runtime::kv;
+use nwd_testkit::{NatsServer, eventually};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn c(s: &str) -> CounsellorId {
+    CounsellorId::parse(s).unwrap()
+}
+
+fn test_directory() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/directory.toml")
+}
+
+/// A router running in-process.
+struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), Error>>,
+    addr: SocketAddr,
+}
+
+impl Running {
+    async fn start(url: &str) -> Self {
+        // reqwest (readiness polling) needs a crypto provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = nwd_testkit::listener().await;
+        let addr = listener.local_addr().unwrap();
+        let config = Config {
+            nats: NatsArgs::local(url),
+            metrics_addr: addr,
+            directory: test_directory(),
+            presence_stale_ms: 15_000,
+            sweep_ms: 200,
+        };
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(nwd_router::run(config, listener, shutdown.clone()));
+        nwd_testkit::wait_ready(addr).await;
+        Self {
+            shutdown,
+            task,
+            addr,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Every push the router made, in arrival order.
+#[derive(Clone, Default)]
+struct Pushes(Arc<Mutex<Vec<(CounsellorId, ServerMsg)>>>);
+
+impl Pushes {
+    fn all(&self) -> Vec<(CounsellorId, ServerMsg)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn to(&self, who: &str) -> Vec<ServerMsg> {
+        let who = c(who);
+        self.all()
+            .into_iter()
+            .filter(|(c, _)| *c == who)
+            .map(|(_, m)| m)
+            .collect()
+    }
+
+    fn offers(&self, who: &str, contact: ContactId) -> Vec<ContactView> {
+        self.to(who)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Offer { contact: v } if v.contact_id == contact => Some(v),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn withdrawn(&self, who: &str, contact: ContactId) -> Vec<WithdrawReason> {
+        self.to(who)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::OfferWithdrawn { contact_id, reason } if contact_id == contact => {
+                    Some(reason)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn messages(&self, who: &str, contact: ContactId) -> Vec<String> {
+        self.to(who)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Message {
+                    contact_id,
+                    message,
+                    ..
+                } if contact_id == contact => Some(message.body),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn wait_offer(&self, who: &str, contact: ContactId) -> ContactView {
+        eventually(WITHIN, &format!("an offer to {who}"), || async {
+            self.offers(who, contact).into_iter().next()
+        })
+        .await
+    }
+
+    async fn wait_withdrawn(&self, who: &str, contact: ContactId) -> WithdrawReason {
+        eventually(
+            WITHIN,
+            &format!("an offer withdrawn from {who}"),
+            || async { self.withdrawn(who, contact).into_iter().next() },
+        )
+        .await
+    }
+
+    async fn wait_message(&self, who: &str, contact: ContactId, body: &str) {
+        eventually(WITHIN, &format!("message pushed to {who}"), || async {
+            self.messages(who, contact)
+                .iter()
+                .any(|b| b == body)
+                .then_some(())
+        })
+        .await;
+    }
+}
+
+/// A nats-server, a client acting as the other services, and a router.
+struct Line {
+    server: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    presence: jetstream::kv::Store,
+    contacts: jetstream::kv::Store,
+    pushes: Pushes,
+    router: Option<Running>,
+}
+
+impl Line {
+    async fn start() -> Self {
+        let server = NatsServer::start().await;
+        let args = NatsArgs::local(server.url());
+        let client = bus::connect(&args, "test").await.unwrap();
+        let js = bus::jetstream(client.clone(), &args);
+        bus::ensure_all(&js, 1).await.unwrap();
+        let presence = bus::bucket(&js, buckets::PRESENCE).await.unwrap();
+        let contacts = bus::bucket(&js, buckets::CONTACTS).await.unwrap();
+        let pushes = Pushes::default();
+        let mut sub = client
+            .subscribe(subjects::dashboard_push_all())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let sink = pushes.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let env = Envelope::<DashboardPush>::from_bytes(&msg.payload).unwrap();
+                assert_eq!(
+                    msg.subject.as_str(),
+                    subjects::dashboard_push(&env.data.counsellor)
+                );
+                sink.0
+                    .lock()
+                    .unwrap()
+                    .push((env.data.counsellor, env.data.msg));
+            }
+        });
+        let router = Some(Running::start(&server.url()).await);
+        Self {
+            server,
+            client,
+            js,
+            presence,
+            contacts,
+            pushes,
+            router,
+        }
+    }
+
+    async fn restart_router(&mut self) {
+        if let Some(r) = self.router.take() {
+            r.stop().await;
+        }
+        self.router = Some(Running::start(&self.server.url()).await);
+    }
+
+    async fn presence(&self, who: &str, status: Presence) {
+        self.presence_at(who, status, OffsetDateTime::now_utc())
+            .await;
+    }
+
+    async fn presence_at(&self, who: &str, status: Presence, heartbeat_at: OffsetDateTime) {
+        let rec = PresenceRecord {
+            counsellor: c(who),
+            status,
+            heartbeat_at,
+        };
+        self.presence
+            .put(who, serde_json::to_vec(&rec).unwrap().into())
+            .await
+            .unwrap();
+    }
+
+    /// Publishes a triaged message as triage does; returns the event.
+    async fn message(
+        &self,
+        contact: ContactId,
+        level: RiskLevel,
+        lang: Language,
+        body: &str,
+    ) -> MessageTriaged {
+        let ev = triaged(contact, level, lang, body);
+        self.publish(&ev, &format!("triaged:{}", ev.message.message_id))
+            .await;
+        ev
+    }
+
+    async fn publish(&self, ev: &MessageTriaged, msg_id: &str) {
+        bus::publish(
+            &self.js,
+            subjects::contact_triaged(&ev.message.contact_id),
+            msg_id,
+            &Envelope::new(ev.clone()),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn command(&self, cmd: RouterCommand) -> RouterReply {
+        self.request(Envelope::new(cmd).to_bytes()).await
+    }
+
+    async fn request(&self, payload: Vec<u8>) -> RouterReply {
+        let res = self
+            .client
+            .request(subjects::router_command(), payload.into())
+            .await
+            .unwrap();
+        Envelope::<RouterReply>::from_bytes(&res.payload)
+            .unwrap()
+            .data
+    }
+
+    async fn accept(&self, contact: ContactId, who: &str) -> RouterReply {
+        self.command(RouterCommand::Accept {
+            contact_id: contact,
+            counsellor: c(who),
+        })
+        .await
+    }
+
+    async fn record(&self, contact: ContactId) -> Option<ContactRecord> {
+        kv::get::<ContactRecord>(&self.contacts, &contact.to_string())
+            .await
+            .unwrap()
+            .value
+    }
+
+    async fn wait_state(
+        &self,
+        contact: ContactId,
+        what: &str,
+        check: impl Fn(&ContactState) -> bool,
+    ) -> ContactRecord {
+        eventually(WITHIN, what, || async {
+            self.record(contact).await.filter(|r| check(&r.state))
+        })
+        .await
+    }
+}
+
+fn triaged(contact: ContactId, level: RiskLevel, lang: Language, body: &str) -> MessageTriaged {
+    MessageTriaged {
+        message: ContactMessage {
+            contact_id: contact,
+            message_id: MessageId::new(),
+            channel: Channel::Sms {
+                patient: PhoneNumber::parse("+15005550142").unwrap(),
+                line: PhoneNumber::parse("+15005550110").unwrap(),
+            },
+            door: Some(nwd_proto::PartnerId::parse("eastside-clinic").unwrap()),
+            patient: None,
+            body: body.to_owned(),
+            received_at: OffsetDateTime::now_utc(),
+            opens_contact: true,
+        },
+        assessment: Assessment {
+            level,
+            score: 0.9,
+            reasons: vec![Reason {
+                rule: format!("rule-{}", level.as_str()),
+                label: format!("{} signal", level.as_str()),
+                level,
+                start: 0,
+                end: 1,
+            }],
+            lang,
+            rulebook_version: "test".into(),
+        },
+    }
+}
+
+fn waiting(s: &ContactState) -> bool {
+    matches!(s, ContactState::Waiting { .. })
+}
+
+fn offered_to(who: &'static [&'static str]) -> impl Fn(&ContactState) -> bool {
+    move |s| match s {
+        ContactState::Offered { to, .. } => {
+            let mut to: Vec<&str> = to.iter().map(CounsellorId::as_str).collect();
+            to.sort_unstable();
+            let mut want = who.to_vec();
+            want.sort_unstable();
+            to == want
+        }
+        _ => false,
+    }
+}
+
+async fn stored<T: nwd_proto::Event>(js: &jetstream::Context, subject: String) -> Vec<T> {
+    nwd_runtime::transcript::read_subjects(js, streams::CONTACTS, vec![subject])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| Envelope::<T>::from_bytes(&m.payload).unwrap().data)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_contact_is_offered_with_its_message_risk_and_reasons() {
+    nwd_runtime::telemetry::metrics_handle();
+    let logs = nwd_testkit::capture_logs();
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::High, Language::En, "I have the pills here")
+        .await;
+    let offer = line.pushes.wait_offer("ben", id).await;
+    assert_eq!(offer.risk, RiskLevel::High);
+    assert_eq!(offer.reasons.len(), 1);
+    assert_eq!(offer.reasons[0].rule, "rule-high");
+    assert_eq!(offer.messages.len(), 1);
+    assert_eq!(offer.messages[0].body, "I have the pills here");
+    assert_eq!(offer.messages[0].speaker, Speaker::Person);
+    assert_eq!(offer.door, "Eastside Recovery Clinic");
+    assert_eq!(offer.channel, "SMS ··42", "never the number");
+    assert!(offer.waiting_since.is_some());
+    let rec = line
+        .wait_state(id, "offered to ben", offered_to(&["ben"]))
+        .await;
+    assert_eq!(rec.risk, RiskLevel::High);
+    assert!(
+        line.pushes.offers("ana", id).is_empty(),
+        "ana is not on the floor"
+    );
+
+    let addr = line.router.as_ref().unwrap().addr;
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("nwd_offers_total"), "{metrics}");
+    assert!(metrics.contains("nwd_queue_depth"), "{metrics}");
+    let logs = logs.contents();
+    assert!(logs.contains(&id.to_string()), "contact ids are logged");
+    assert!(!logs.contains("pills"), "never a message body");
+    assert!(!logs.contains("5550142"), "never a phone number");
+}
+
+#[tokio::test]
+async fn nobody_available_means_waiting_then_the_highest_risk_is_offered_first() {
+    let line = Line::start().await;
+    // Not on the floor: away, or a heartbeat long stale.
+    line.presence("chloe", Presence::Away).await;
+    line.presence_at(
+        "ben",
+        Presence::Available,
+        OffsetDateTime::now_utc() - time::Duration::minutes(5),
+    )
+    .await;
+    let low = ContactId::new();
+    let imminent = ContactId::new();
+    let moderate = ContactId::new();
+    line.message(low, RiskLevel::Low, Language::En, "a question")
+        .await;
+    line.wait_state(low, "low waiting", waiting).await;
+    line.message(imminent, RiskLevel::Imminent, Language::En, "now")
+        .await;
+    line.message(moderate, RiskLevel::Moderate, Language::En, "cravings")
+        .await;
+    line.wait_state(imminent, "imminent waiting", waiting).await;
+    line.wait_state(moderate, "moderate waiting", waiting).await;
+
+    line.presence("ben", Presence::Available).await;
+    for id in [low, imminent, moderate] {
+        line.pushes.wait_offer("ben", id).await;
+    }
+    let order: Vec<ContactId> = line
+        .pushes
+        .all()
+        .into_iter()
+        .filter_map(|(_, m)| match m {
+            ServerMsg::Offer { contact } => Some(contact.contact_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![imminent, moderate, low],
+        "nothing offered before ben was available; then risk first"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_accepts_have_exactly_one_winner() {
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    line.presence("chloe", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::Moderate, Language::En, "hello")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    line.pushes.wait_offer("chloe", id).await;
+
+    let (a, b) = tokio::join!(line.accept(id, "ben"), line.accept(id, "chloe"));
+    let (winner, loser) = match (&a, &b) {
+        (RouterReply::Done, RouterReply::Refused { .. }) => ("ben", "chloe"),
+        (RouterReply::Refused { .. }, RouterReply::Done) => ("chloe", "ben"),
+        other => panic!("expected one Done and one Refused, got {other:?}"),
+    };
+    let reason = line.pushes.wait_withdrawn(loser, id).await;
+    assert_eq!(reason, WithdrawReason::Taken);
+    assert!(line.pushes.withdrawn(winner, id).is_empty());
+    let rec = line.record(id).await.unwrap();
+    assert_eq!(rec.assigned_to(), Some(&c(winner)));
+    let assigned: Vec<ContactAssigned> = stored(&line.js, subjects::contact_assigned(&id)).await;
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(assigned[0].counsellor, c(winner));
+    // Accepting again is harmless for the winner, refused for the loser.
+    assert_eq!(line.accept(id, winner).await, RouterReply::Done);
+    assert!(matches!(
+        line.accept(id, loser).await,
+        RouterReply::Refused { .. }
+    ));
+    assert_eq!(
+        stored::<ContactAssigned>(&line.js, subjects::contact_assigned(&id))
+            .await
+            .len(),
+        1,
+        "deduplicated by Nats-Msg-Id"
+    );
+}
+
+#[tokio::test]
+async fn later_messages_of_an_assigned_contact_go_to_the_assignee_only() {
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    line.presence("chloe", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::Low, Language::En, "first")
+        .await;
+    line.pushes.wait_offer("chloe", id).await;
+    assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+    line.message(id, RiskLevel::High, Language::En, "second")
+        .await;
+    line.pushes.wait_message("ben", id, "second").await;
+    let pushed = line.pushes.to("ben");
+    let risk = pushed.iter().find_map(|m| match m {
+        ServerMsg::Message { risk, reasons, .. } => Some((*risk, reasons.len())),
+        _ => None,
+    });
+    assert_eq!(
+        risk,
+        Some((RiskLevel::High, 2)),
+        "risk ratcheted, reasons merged"
+    );
+    // Barrier: a later message to ben means the router is past "second".
+    line.message(id, RiskLevel::Low, Language::En, "third")
+        .await;
+    line.pushes.wait_message("ben", id, "third").await;
+    assert!(line.pushes.messages("chloe", id).is_empty());
+    assert_eq!(line.pushes.offers("chloe", id).len(), 1);
+}
+
+#[tokio::test]
+async fn a_decline_puts_the_contact_back_and_it_goes_to_someone_else() {
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::Moderate, Language::En, "hi")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    let reply = line
+        .command(RouterCommand::Decline {
+            contact_id: id,
+            counsellor: c("ben"),
+        })
+        .await;
+    assert_eq!(reply, RouterReply::Done);
+    assert_eq!(
+        line.pushes.wait_withdrawn("ben", id).await,
+        WithdrawReason::Declined
+    );
+    line.wait_state(id, "back to waiting", waiting).await;
+
+    line.presence("chloe", Presence::Available).await;
+    let offer = line.pushes.wait_offer("chloe", id).await;
+    assert_eq!(
+        offer.messages.len(),
+        1,
+        "the transcript is read from the stream"
+    );
+    line.wait_state(id, "offered to chloe only", offered_to(&["chloe"]))
+        .await;
+    assert_eq!(
+        line.pushes.offers("ben", id).len(),
+        1,
+        "not offered again to the one who declined"
+    );
+}
+
+#[tokio::test]
+async fn resolve_publishes_the_event_and_a_new_message_reopens_the_contact() {
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    let first = line
+        .message(id, RiskLevel::Low, Language::En, "hello")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+
+    let not_theirs = line
+        .command(RouterCommand::Resolve {
+            contact_id: id,
+            counsellor: c("chloe"),
+            disposition: None,
+        })
+        .await;
+    assert!(matches!(not_theirs, RouterReply::Refused { .. }));
+
+    let resolve = RouterCommand::Resolve {
+        contact_id: id,
+        counsellor: c("ben"),
+        disposition: Some("support-given".into()),
+    };
+    assert_eq!(line.command(resolve.clone()).await, RouterReply::Done);
+    eventually(WITHIN, "Resolved pushed", || async {
+        line.pushes
+            .to("ben")
+            .contains(&ServerMsg::Resolved { contact_id: id })
+            .then_some(())
+    })
+    .await;
+    let rec = line.record(id).await.unwrap();
+    assert!(!rec.is_open());
+    let resolved: Vec<ContactResolved> = stored(&line.js, subjects::contact_resolved(&id)).await;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].counsellor, c("ben"));
+    assert_eq!(resolved[0].channel, first.message.channel);
+    assert_eq!(resolved[0].disposition.as_deref(), Some("support-given"));
+    // A retried resolve is done, and not published twice.
+    assert_eq!(line.command(resolve).await, RouterReply::Done);
+    assert_eq!(
+        stored::<ContactResolved>(&line.js, subjects::contact_resolved(&id))
+            .await
+            .len(),
+        1
+    );
+
+    line.message(id, RiskLevel::Moderate, Language::En, "me again")
+        .await;
+    eventually(WITHIN, "a second offer", || async {
+        (line.pushes.offers("ben", id).len() == 2).then_some(())
+    })
+    .await;
+    let offer = line.pushes.offers("ben", id).pop().unwrap();
+    let bodies: Vec<&str> = offer.messages.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, vec!["hello", "me again"]);
+    assert_eq!(offer.risk, RiskLevel::Moderate);
+}
+
+#[tokio::test]
+async fn the_same_triaged_message_delivered_twice_is_offered_once() {
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    let ev = triaged(id, RiskLevel::High, Language::En, "once");
+    // Different Nats-Msg-Ids, so the stream keeps both: a redelivery.
+    line.publish(&ev, "first-delivery").await;
+    line.publish(&ev, "second-delivery").await;
+    line.message(id, RiskLevel::Low, Language::En, "barrier")
+        .await;
+    line.pushes.wait_message("ben", id, "barrier").await;
+    assert_eq!(line.pushes.offers("ben", id).len(), 1);
+    assert!(line.pushes.messages("ben", id).iter().all(|b| b != "once"));
+    assert_eq!(line.record(id).await.unwrap().message_count, 2);
+}
+
+#[tokio::test]
+async fn a_counsellor_at_capacity_is_not_offered_and_their_offers_move_on() {
+    let line = Line::start().await;
+    // ana's capacity is 1.
+    line.presence("ana", Presence::Available).await;
+    let first = ContactId::new();
+    let second = ContactId::new();
+    line.message(first, RiskLevel::Low, Language::En, "one")
+        .await;
+    line.message(second, RiskLevel::Low, Language::En, "two")
+        .await;
+    line.pushes.wait_offer("ana", first).await;
+    line.pushes.wait_offer("ana", second).await;
+    assert_eq!(line.accept(first, "ana").await, RouterReply::Done);
+    assert_eq!(
+        line.pushes.wait_withdrawn("ana", second).await,
+        WithdrawReason::Expired,
+        "at capacity: her other offer is withdrawn"
+    );
+    line.wait_state(second, "second waiting", waiting).await;
+    let refused = line.accept(second, "ana").await;
+    assert!(
+        matches!(refused, RouterReply::Refused { .. }),
+        "{refused:?}"
+    );
+
+    let third = ContactId::new();
+    line.message(third, RiskLevel::Imminent, Language::Es, "ayuda")
+        .await;
+    line.wait_state(third, "third waiting", waiting).await;
+    line.presence("ben", Presence::Available).await;
+    line.pushes.wait_offer("ben", third).await;
+    line.pushes.wait_offer("ben", second).await;
+    line.wait_state(third, "third offered to ben only", offered_to(&["ben"]))
+        .await;
+    assert!(line.pushes.offers("ana", third).is_empty());
+    assert_eq!(line.pushes.offers("ana", second).len(), 1);
+}
+
+#[tokio::test]
+async fn going_offline_withdraws_offers_and_they_go_to_others() {
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::High, Language::En, "hi").await;
+    line.pushes.wait_offer("ben", id).await;
+    line.presence("chloe", Presence::Busy).await;
+    line.presence("ben", Presence::Offline).await;
+    assert_eq!(
+        line.pushes.wait_withdrawn("ben", id).await,
+        WithdrawReason::Expired
+    );
+    line.wait_state(id, "waiting", waiting).await;
+    line.presence("chloe", Presence::Available).await;
+    line.pushes.wait_offer("chloe", id).await;
+}
+
+#[tokio::test]
+async fn waiting_contacts_are_offered_after_a_restart() {
+    let mut line = Line::start().await;
+    let low = ContactId::new();
+    let high = ContactId::new();
+    line.message(low, RiskLevel::Low, Language::En, "a").await;
+    line.message(high, RiskLevel::High, Language::En, "b").await;
+    line.wait_state(low, "low waiting", waiting).await;
+    line.wait_state(high, "high waiting", waiting).await;
+    line.router.take().unwrap().stop().await;
+
+    line.presence("chloe", Presence::Available).await;
+    line.restart_router().await;
+    line.pushes.wait_offer("chloe", high).await;
+    line.pushes.wait_offer("chloe", low).await;
+}
+
+#[tokio::test]
+async fn malformed_input_is_refused_or_rejected_and_the_router_goes_on() {
+    let line = Line::start().await;
+    assert_eq!(
+        line.request(b"{not json".to_vec()).await,
+        RouterReply::Refused {
+            reason: "malformed command".into()
+        }
+    );
+    let unknown = line.accept(ContactId::new(), "ben").await;
+    assert!(
+        matches!(unknown, RouterReply::Refused { .. }),
+        "{unknown:?}"
+    );
+    let decline_unknown = line
+        .command(RouterCommand::Decline {
+            contact_id: ContactId::new(),
+            counsellor: c("ben"),
+        })
+        .await;
+    assert_eq!(decline_unknown, RouterReply::Done, "nothing to decline");
+
+    let id = ContactId::new();
+    line.js
+        .publish(subjects::contact_triaged(&id), "garbage".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    line.presence("ben", Presence::Available).await;
+    line.message(id, RiskLevel::Low, Language::En, "after garbage")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    let stream = line.js.get_stream(streams::CONTACTS).await.unwrap();
+    eventually(WITHIN, "nothing left pending", || {
+        let stream = stream.clone();
+        async move {
+            let info = stream
+                .consumer_info(streams::consumers::ROUTER)
+                .await
+                .ok()?;
+            (info.num_ack_pending == 0 && info.num_pending == 0).then_some(())
+        }
+    })
+    .await;
+}
