@@ -1,0 +1,87 @@
+//! What arrives from the bus for open sockets: the router's pushes (one core
+//! subscription per process) and delivery statuses of our replies.
+
+use std::sync::Arc;
+
+use async_nats::Subscriber;
+use futures::StreamExt;
+use nwd_proto::Envelope;
+use nwd_proto::contact::ContactRecord;
+use nwd_proto::dashboard::{DashboardPush, ServerMsg};
+use nwd_proto::events::OutboundStatus;
+use nwd_runtime::kv;
+
+use crate::App;
+
+fn count(feed: &'static str, outcome: &'static str) {
+    metrics::counter!(
+        "nwd_dashboard_feed_messages_total",
+        "service" => crate::NAME, "feed" => feed, "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Forwards each [`DashboardPush`] to the open sockets of its counsellor.
+pub async fn forward_pushes(app: Arc<App>, mut sub: Subscriber) {
+    loop {
+        let msg = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        match Envelope::<DashboardPush>::from_bytes(&msg.payload) {
+            Ok(env) => {
+                let push = env.data;
+                let n = app.hub.send(&push.counsellor, &push.msg);
+                tracing::debug!(counsellor = %push.counsellor, sockets = n, "push forwarded");
+                count("push", if n > 0 { "delivered" } else { "no-socket" });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable dashboard push");
+                count("push", "undecodable");
+            }
+        }
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+/// Forwards each [`OutboundStatus`] to the sockets of the counsellor the
+/// contact is assigned to.
+pub async fn forward_statuses(app: Arc<App>, mut sub: Subscriber) {
+    let Some(stores) = app.stores() else { return };
+    loop {
+        let msg = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let Ok(env) = Envelope::<OutboundStatus>::from_bytes(&msg.payload) else {
+            count("status", "undecodable");
+            continue;
+        };
+        let st = env.data;
+        let rec = match kv::get::<ContactRecord>(&stores.contacts, &st.contact_id.to_string()).await
+        {
+            Ok(v) => v.value,
+            Err(e) => {
+                tracing::warn!(contact = %st.contact_id, error = %e, "cannot read contact for a status");
+                count("status", "kv-error");
+                continue;
+            }
+        };
+        let Some(counsellor) = rec.as_ref().and_then(|r| r.assigned_to()) else {
+            count("status", "not-assigned");
+            continue;
+        };
+        let n = app.hub.send(
+            counsellor,
+            &ServerMsg::DeliveryStatus {
+                contact_id: st.contact_id,
+                outbound_id: st.outbound_id,
+                status: st.status,
+            },
+        );
+        count("status", if n > 0 { "delivered" } else { "no-socket" });
+    }
+    let _ = sub.unsubscribe().await;
+}

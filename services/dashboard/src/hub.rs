@@ -1,0 +1,201 @@
+//! The open sockets of this dashboard process, by counsellor, and each
+//! connected counsellor's chosen presence.
+//!
+//! A counsellor may have several tabs open; everything for them goes to all
+//! of them. Delivery never waits on a slow browser: a socket whose queue is
+//! full is closed, and the browser reconnects and gets a fresh snapshot.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nwd_proto::CounsellorId;
+use nwd_proto::dashboard::{Presence, ServerMsg};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Messages queued per socket before it counts as too slow and is closed.
+pub const SOCKET_QUEUE: usize = 64;
+
+struct Conn {
+    id: u64,
+    tx: mpsc::Sender<ServerMsg>,
+    close: CancellationToken,
+}
+
+struct Desk {
+    status: Presence,
+    conns: Vec<Conn>,
+}
+
+/// Registry of open sockets.
+#[derive(Default)]
+pub struct Hub {
+    desks: Mutex<HashMap<CounsellorId, Desk>>,
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+/// One registered socket: its queue and the token that closes it.
+#[derive(Debug)]
+pub struct Registration {
+    pub id: u64,
+    pub tx: mpsc::Sender<ServerMsg>,
+    pub rx: mpsc::Receiver<ServerMsg>,
+    pub close: CancellationToken,
+    /// The counsellor's presence in effect (their other sockets' if any, else `initial`).
+    pub status: Presence,
+}
+
+impl Hub {
+    fn desks(&self) -> std::sync::MutexGuard<'_, HashMap<CounsellorId, Desk>> {
+        // A poisoned lock only means a panic elsewhere; the map itself is consistent.
+        self.desks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a socket. `initial` is the presence to take if the
+    /// counsellor has no other socket here; `parent` closes the socket too.
+    pub fn register(
+        &self,
+        who: &CounsellorId,
+        initial: Presence,
+        parent: &CancellationToken,
+    ) -> Registration {
+        let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
+        let close = parent.child_token();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut desks = self.desks();
+        let desk = desks.entry(who.clone()).or_insert_with(|| Desk {
+            status: initial,
+            conns: Vec::new(),
+        });
+        desk.conns.push(Conn {
+            id,
+            tx: tx.clone(),
+            close: close.clone(),
+        });
+        Registration {
+            id,
+            tx,
+            rx,
+            close,
+            status: desk.status,
+        }
+    }
+
+    /// Removes a socket. Returns true when it was the counsellor's last one.
+    pub fn unregister(&self, who: &CounsellorId, id: u64) -> bool {
+        let mut desks = self.desks();
+        let Some(desk) = desks.get_mut(who) else {
+            return false;
+        };
+        desk.conns.retain(|c| c.id != id);
+        if desk.conns.is_empty() {
+            desks.remove(who);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The counsellor's presence, if they have a socket here.
+    pub fn status(&self, who: &CounsellorId) -> Option<Presence> {
+        self.desks().get(who).map(|d| d.status)
+    }
+
+    /// Sets the presence of a connected counsellor; false if not connected.
+    pub fn set_status(&self, who: &CounsellorId, status: Presence) -> bool {
+        match self.desks().get_mut(who) {
+            Some(d) => {
+                d.status = status;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connected counsellors whose presence is not offline.
+    pub fn present(&self) -> Vec<CounsellorId> {
+        self.desks()
+            .iter()
+            .filter(|(_, d)| d.status != Presence::Offline)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Open sockets in total.
+    pub fn socket_count(&self) -> usize {
+        self.desks().values().map(|d| d.conns.len()).sum()
+    }
+
+    /// Queues `msg` for every socket of `who`; returns how many took it.
+    /// A socket with a full queue is closed (it reconnects and re-syncs).
+    pub fn send(&self, who: &CounsellorId, msg: &ServerMsg) -> usize {
+        let mut desks = self.desks();
+        let Some(desk) = desks.get_mut(who) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        desk.conns.retain(|c| match c.tx.try_send(msg.clone()) {
+            Ok(()) => {
+                delivered += 1;
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(counsellor = %who, socket = c.id, "socket too slow; closing it");
+                metrics::counter!("nwd_dashboard_slow_sockets_total", "service" => crate::NAME)
+                    .increment(1);
+                c.close.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(s: &str) -> CounsellorId {
+        CounsellorId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn messages_reach_every_socket_of_one_counsellor_only() {
+        let hub = Hub::default();
+        let root = CancellationToken::new();
+        let mut a1 = hub.register(&c("ana"), Presence::Offline, &root);
+        let mut a2 = hub.register(&c("ana"), Presence::Available, &root);
+        assert_eq!(a2.status, Presence::Offline, "the desk's status wins");
+        let mut b = hub.register(&c("ben"), Presence::Busy, &root);
+        assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 2);
+        assert_eq!(a1.rx.try_recv().unwrap(), ServerMsg::Pong);
+        assert_eq!(a2.rx.try_recv().unwrap(), ServerMsg::Pong);
+        assert!(b.rx.try_recv().is_err());
+        assert_eq!(hub.send(&c("nobody"), &ServerMsg::Pong), 0);
+        assert!(!hub.unregister(&c("ana"), a1.id));
+        assert!(hub.unregister(&c("ana"), a2.id));
+        assert_eq!(hub.status(&c("ana")), None);
+        assert_eq!(hub.present(), vec![c("ben")]);
+    }
+
+    #[test]
+    fn a_socket_that_falls_behind_is_closed() {
+        let hub = Hub::default();
+        let root = CancellationToken::new();
+        let slow = hub.register(&c("ana"), Presence::Available, &root);
+        for _ in 0..SOCKET_QUEUE {
+            assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 1);
+        }
+        assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 0);
+        assert!(slow.close.is_cancelled());
+        assert_eq!(hub.socket_count(), 0);
+    }
+}

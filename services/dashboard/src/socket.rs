@@ -1,0 +1,539 @@
+//! One browser's websocket, generic over a frame sink and stream so it runs
+//! the same over axum's websocket and over channels in tests.
+//!
+//! A writer task drains the socket's bounded queue (fed by this socket's
+//! replies and by the hub) and pings the browser every heartbeat; the reader
+//! handles client messages one at a time, in order. On connect: `Hello`, then
+//! a snapshot of the counsellor's conversations and offers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use nwd_proto::contact::{ContactRecord, ContactState};
+use nwd_proto::dashboard::{ClientMsg, ContactView, Presence, ServerMsg, WithdrawReason};
+use nwd_proto::directory::Role;
+use nwd_proto::events::{Author, Channel, MAX_SMS_BODY_CHARS, OutboundSms};
+use nwd_proto::router::{RouterCommand, RouterReply};
+use nwd_proto::{ContactId, CounsellorId, Envelope, OutboundId, subjects};
+use nwd_runtime::{bus, kv, transcript};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{App, Stores, presence};
+
+/// A frame from the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Text(String),
+    /// A binary frame: not part of the protocol.
+    Binary,
+    /// A ping or pong: the browser is still there.
+    Alive,
+}
+
+/// A frame to the browser.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    Msg(ServerMsg),
+    /// A keep-alive ping (a websocket ping frame on a real socket).
+    KeepAlive,
+}
+
+/// An error a counsellor sees, with a stable code the page can act on.
+fn error(code: &str, message: impl Into<String>) -> ServerMsg {
+    ServerMsg::Error {
+        code: code.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn count_command(command: &'static str, outcome: &'static str) {
+    metrics::counter!(
+        "nwd_dashboard_commands_total",
+        "service" => crate::NAME, "command" => command, "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Serves one socket of `who` until the browser leaves, goes silent for the
+/// idle timeout, falls behind, or the dashboard shuts down.
+pub async fn serve<W, R>(app: Arc<App>, who: CounsellorId, writer: W, reader: R)
+where
+    W: Sink<Outbound> + Send + 'static,
+    R: Stream<Item = Inbound> + Send,
+{
+    let Some(stores) = app.stores().cloned() else {
+        let mut writer = Box::pin(writer);
+        let _ = writer
+            .send(Outbound::Msg(error(
+                "unavailable",
+                "The dashboard is starting; retry",
+            )))
+            .await;
+        let _ = writer.close().await;
+        return;
+    };
+    let initial = presence::initial(&stores.presence, &who).await;
+    let reg = app.hub.register(&who, initial, &app.shutdown);
+    metrics::gauge!("nwd_dashboard_sockets", "service" => crate::NAME)
+        .set(app.hub.socket_count() as f64);
+    let span = tracing::info_span!("socket", counsellor = %who, socket = reg.id);
+    async {
+        tracing::info!("socket opened");
+        let writer_task = tokio::spawn(write_loop(
+            Box::pin(writer),
+            reg.rx,
+            reg.close.clone(),
+            app.settings.heartbeat,
+        ));
+        let session = Session {
+            app: app.clone(),
+            stores,
+            who: who.clone(),
+            tx: reg.tx,
+        };
+        session.greet(reg.status).await;
+        session.read_loop(reader, &reg.close).await;
+
+        reg.close.cancel();
+        let last = app.hub.unregister(&who, reg.id);
+        // On shutdown the browser reconnects to the next dashboard, which
+        // takes the status back; only a counsellor who left goes offline.
+        let left = last && !app.shutdown.is_cancelled();
+        let recorded = match left {
+            true => presence::sync(&session.stores.presence, &app.hub, &who)
+                .await
+                .map(|_| ()),
+            false => Ok(()),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the counsellor offline");
+        }
+        let _ = writer_task.await;
+        metrics::gauge!("nwd_dashboard_sockets", "service" => crate::NAME)
+            .set(app.hub.socket_count() as f64);
+        tracing::info!(last, "socket closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn write_loop<W>(
+    mut writer: std::pin::Pin<Box<W>>,
+    mut rx: mpsc::Receiver<ServerMsg>,
+    close: CancellationToken,
+    keepalive: std::time::Duration,
+) where
+    W: Sink<Outbound>,
+{
+    let mut tick = tokio::time::interval(keepalive);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let out = tokio::select! {
+            biased;
+            _ = close.cancelled() => break,
+            m = rx.recv() => match m {
+                Some(m) => Outbound::Msg(m),
+                None => break,
+            },
+            _ = tick.tick() => Outbound::KeepAlive,
+        };
+        if writer.send(out).await.is_err() {
+            break;
+        }
+    }
+    close.cancel();
+    let _ = writer.close().await;
+}
+
+/// One counsellor's socket: what the reader needs to answer.
+struct Session {
+    app: Arc<App>,
+    stores: Stores,
+    who: CounsellorId,
+    tx: mpsc::Sender<ServerMsg>,
+}
+
+impl Session {
+    /// To this socket only. Waits for room: the reader is this socket's own.
+    async fn reply(&self, msg: ServerMsg) {
+        let _ = self.tx.send(msg).await;
+    }
+
+    /// To every socket of this counsellor (other tabs too).
+    fn broadcast(&self, msg: &ServerMsg) {
+        self.app.hub.send(&self.who, msg);
+    }
+
+    async fn greet(&self, status: Presence) {
+        let staff = self.app.directory.staff(&self.who);
+        self.reply(ServerMsg::Hello {
+            counsellor: self.who.clone(),
+            name: staff.map(|s| s.name.clone()).unwrap_or_default(),
+            supervisor: staff.is_some_and(|s| s.role == Role::Supervisor),
+            presence: status,
+        })
+        .await;
+        if status != Presence::Offline {
+            // Taken back from before a reconnect: refresh it now.
+            if let Err(e) = presence::refresh(&self.stores.presence, &self.app.hub, &self.who).await
+            {
+                tracing::warn!(error = %e, "cannot refresh presence");
+            }
+        }
+        match snapshot(&self.app, &self.stores, &self.who).await {
+            Ok(msgs) => {
+                for m in msgs {
+                    self.reply(m).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot failed");
+                self.reply(error(
+                    "unavailable",
+                    "Could not load your contacts; reconnect to retry",
+                ))
+                .await;
+            }
+        }
+    }
+
+    async fn read_loop<R>(&self, reader: R, close: &CancellationToken)
+    where
+        R: Stream<Item = Inbound>,
+    {
+        let mut reader = std::pin::pin!(reader);
+        let idle = self.app.settings.idle_timeout;
+        loop {
+            let next = tokio::select! {
+                _ = close.cancelled() => break,
+                n = tokio::time::timeout(idle, reader.next()) => n,
+            };
+            match next {
+                Err(_) => {
+                    tracing::info!("socket silent past the idle timeout; closing it");
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Inbound::Alive)) => {}
+                Ok(Some(Inbound::Binary)) => {
+                    self.reply(error("bad-message", "Binary frames are not understood"))
+                        .await;
+                }
+                Ok(Some(Inbound::Text(text))) => match serde_json::from_str::<ClientMsg>(&text) {
+                    Ok(msg) => self.handle(msg).await,
+                    Err(_) => {
+                        count_command("unknown", "bad-message");
+                        self.reply(error("bad-message", "Message not understood"))
+                            .await;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn handle(&self, msg: ClientMsg) {
+        match msg {
+            ClientMsg::Ping => self.reply(ServerMsg::Pong).await,
+            ClientMsg::SetPresence { status } => self.set_presence(status).await,
+            ClientMsg::Accept { contact_id } => self.accept(contact_id).await,
+            ClientMsg::Decline { contact_id } => self.decline(contact_id).await,
+            ClientMsg::Resolve {
+                contact_id,
+                disposition,
+            } => self.resolve(contact_id, disposition).await,
+            ClientMsg::Reply {
+                contact_id,
+                outbound_id,
+                body,
+            } => self.send_reply(contact_id, outbound_id, body).await,
+        }
+    }
+
+    async fn set_presence(&self, status: Presence) {
+        self.app.hub.set_status(&self.who, status);
+        match presence::sync(&self.stores.presence, &self.app.hub, &self.who).await {
+            Ok(_) => {
+                tracing::info!(status = status.as_str(), "presence set");
+                count_command("set_presence", "ok");
+                self.broadcast(&ServerMsg::Presence { status });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write presence");
+                count_command("set_presence", "unavailable");
+                self.reply(error("unavailable", "Could not save your status; retry"))
+                    .await;
+            }
+        }
+    }
+
+    /// Sends a command to the router and waits for its answer.
+    async fn command(&self, cmd: RouterCommand) -> Result<RouterReply, String> {
+        let started = Instant::now();
+        let payload = Envelope::new(cmd).to_bytes();
+        let request = self
+            .app
+            .client
+            .request(subjects::router_command(), payload.into());
+        let answer = tokio::time::timeout(self.app.settings.command_timeout, request).await;
+        metrics::histogram!("nwd_dashboard_router_request_seconds", "service" => crate::NAME)
+            .record(started.elapsed().as_secs_f64());
+        match answer {
+            Err(_) => Err("timed out".to_owned()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(msg)) => Envelope::<RouterReply>::from_bytes(&msg.payload)
+                .map(|env| env.data)
+                .map_err(|e| format!("bad reply: {e}")),
+        }
+    }
+
+    /// Runs a router command; on `Done` returns true, otherwise tells this socket why not.
+    async fn routed(&self, name: &'static str, cmd: RouterCommand) -> bool {
+        match self.command(cmd).await {
+            Ok(RouterReply::Done) => {
+                count_command(name, "done");
+                true
+            }
+            Ok(RouterReply::Refused { reason }) => {
+                count_command(name, "refused");
+                self.reply(error("refused", reason)).await;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(command = name, error = %e, "router unavailable");
+                count_command(name, "router-unavailable");
+                self.reply(error(
+                    "router-unavailable",
+                    "The router did not answer; try again",
+                ))
+                .await;
+                false
+            }
+        }
+    }
+
+    async fn accept(&self, contact_id: ContactId) {
+        let span = tracing::info_span!("accept", contact = %contact_id);
+        async {
+            let cmd = RouterCommand::Accept {
+                contact_id,
+                counsellor: self.who.clone(),
+            };
+            if !self.routed("accept", cmd).await {
+                return;
+            }
+            match conversation(&self.app, &self.stores, &contact_id).await {
+                Ok(Some(contact)) => self.broadcast(&ServerMsg::Conversation { contact }),
+                Ok(None) => {
+                    self.reply(error("unavailable", "The contact was not found"))
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load the accepted contact");
+                    self.reply(error(
+                        "unavailable",
+                        "Accepted, but the conversation could not be loaded; reconnect",
+                    ))
+                    .await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn decline(&self, contact_id: ContactId) {
+        let cmd = RouterCommand::Decline {
+            contact_id,
+            counsellor: self.who.clone(),
+        };
+        if self
+            .routed("decline", cmd)
+            .instrument(tracing::info_span!("decline", contact = %contact_id))
+            .await
+        {
+            self.broadcast(&ServerMsg::OfferWithdrawn {
+                contact_id,
+                reason: WithdrawReason::Declined,
+            });
+        }
+    }
+
+    async fn resolve(&self, contact_id: ContactId, disposition: Option<String>) {
+        let cmd = RouterCommand::Resolve {
+            contact_id,
+            counsellor: self.who.clone(),
+            disposition,
+        };
+        if self
+            .routed("resolve", cmd)
+            .instrument(tracing::info_span!("resolve", contact = %contact_id))
+            .await
+        {
+            self.broadcast(&ServerMsg::Resolved { contact_id });
+        }
+    }
+
+    async fn send_reply(&self, contact_id: ContactId, outbound_id: OutboundId, body: String) {
+        let span = tracing::info_span!("reply", contact = %contact_id, outbound = %outbound_id);
+        let result = reply(
+            &self.app,
+            &self.stores,
+            &self.who,
+            contact_id,
+            outbound_id,
+            body,
+        )
+        .instrument(span)
+        .await;
+        match result {
+            Ok(msg) => {
+                count_command("reply", "sent");
+                self.broadcast(&msg);
+            }
+            Err((code, message)) => {
+                count_command("reply", code);
+                self.reply(error(code, message)).await;
+            }
+        }
+    }
+}
+
+/// Why a reply was not sent: a stable code and a message for the counsellor.
+type ReplyError = (&'static str, &'static str);
+
+/// Validates and publishes a counsellor's reply; returns the line to show.
+async fn reply(
+    app: &App,
+    stores: &Stores,
+    who: &CounsellorId,
+    contact_id: ContactId,
+    outbound_id: OutboundId,
+    body: String,
+) -> Result<ServerMsg, ReplyError> {
+    let chars = body.chars().count();
+    if body.trim().is_empty() || chars > MAX_SMS_BODY_CHARS {
+        return Err(("bad-reply", "A reply must be 1 to 1600 characters"));
+    }
+    let rec = kv::get::<ContactRecord>(&stores.contacts, &contact_id.to_string())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot read the contact");
+            ("unavailable", "Could not send; retry")
+        })?
+        .value;
+    let Some(rec) = rec.filter(|r| r.assigned_to() == Some(who)) else {
+        return Err(("not-assigned", "This conversation is not with you"));
+    };
+    let (to, from) = match &rec.channel {
+        Channel::Sms { patient, line } => (patient.clone(), line.clone()),
+    };
+    let sms = OutboundSms {
+        outbound_id,
+        contact_id,
+        to,
+        from,
+        body,
+        author: Author::Counsellor(who.clone()),
+        created_at: OffsetDateTime::now_utc(),
+    };
+    let published = bus::publish(
+        &app.js,
+        subjects::outbound_sms(&contact_id),
+        &format!("out:{outbound_id}"),
+        &Envelope::new(sms.clone()),
+    )
+    .await
+    .map_err(|e| {
+        tracing::warn!(error = %e, "cannot publish the reply");
+        ("unavailable", "Could not send; retry")
+    })?;
+    tracing::info!(duplicate = published.duplicate, "reply published");
+    Ok(ServerMsg::Message {
+        contact_id,
+        risk: rec.risk,
+        reasons: rec.reasons.iter().map(Into::into).collect(),
+        message: transcript::outbound_view(&sms),
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Kv(#[from] nwd_runtime::kv::KvError),
+    #[error("cannot list contacts: {0}")]
+    Keys(String),
+    #[error(transparent)]
+    Transcript(#[from] transcript::TranscriptError),
+}
+
+/// A contact with its transcript, as a counsellor sees it.
+pub async fn conversation(
+    app: &App,
+    stores: &Stores,
+    contact_id: &ContactId,
+) -> Result<Option<ContactView>, LoadError> {
+    let rec = kv::get::<ContactRecord>(&stores.contacts, &contact_id.to_string())
+        .await?
+        .value;
+    let Some(rec) = rec else { return Ok(None) };
+    let messages = transcript::load(&app.js, contact_id).await?;
+    Ok(Some(transcript::contact_view(
+        &rec,
+        &app.directory,
+        messages,
+    )))
+}
+
+/// Everything open for `who`: conversations assigned to them, then offers
+/// (most urgent first, then longest waiting).
+pub async fn snapshot(
+    app: &App,
+    stores: &Stores,
+    who: &CounsellorId,
+) -> Result<Vec<ServerMsg>, LoadError> {
+    let mut keys = stores
+        .contacts
+        .keys()
+        .await
+        .map_err(|e| LoadError::Keys(e.to_string()))?;
+    let mut mine = Vec::new();
+    let mut offered = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| LoadError::Keys(e.to_string()))?;
+        let rec = match kv::get::<ContactRecord>(&stores.contacts, &key).await {
+            Ok(v) => v.value,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "skipping an unreadable contact record");
+                continue;
+            }
+        };
+        let Some(rec) = rec else { continue };
+        match &rec.state {
+            ContactState::Assigned { counsellor, .. } if counsellor == who => mine.push(rec),
+            ContactState::Offered { to, .. } if to.contains(who) => offered.push(rec),
+            _ => {}
+        }
+    }
+    offered.sort_by(|a, b| {
+        b.risk
+            .cmp(&a.risk)
+            .then(a.waiting_since().cmp(&b.waiting_since()))
+    });
+    let mut out = Vec::with_capacity(mine.len() + offered.len());
+    for rec in mine {
+        let messages = transcript::load(&app.js, &rec.id).await?;
+        let contact = transcript::contact_view(&rec, &app.directory, messages);
+        out.push(ServerMsg::Conversation { contact });
+    }
+    for rec in offered {
+        let messages = transcript::load(&app.js, &rec.id).await?;
+        let contact = transcript::contact_view(&rec, &app.directory, messages);
+        out.push(ServerMsg::Offer { contact });
+    }
+    Ok(out)
+}

@@ -1,0 +1,994 @@
+//! The dashboard against a real nats-server, over real HTTP and websockets.
+//! The tests play the router: they answer `router.command` requests, write
+//! contact records into the `contacts` bucket and publish triaged messages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv::Store};
+use futures::{SinkExt, StreamExt};
+use nwd_dashboard::session::Sessions;
+use nwd_dashboard::socket::{self, Inbound, Outbound};
+use nwd_dashboard::{App, Config};
+use nwd_proto::contact::ContactRecord;
+use nwd_proto::dashboard::{
+    ClientMsg, DashboardPush, Presence, PresenceRecord, ServerMsg, Speaker, WithdrawReason,
+};
+use nwd_proto::events::{
+    Author, Channel, ContactMessage, DeliveryStatus, MessageTriaged, OutboundSms, OutboundStatus,
+};
+use nwd_proto::router::{RouterCommand, RouterReply};
+use nwd_proto::streams::{self, buckets};
+use nwd_proto::{
+    Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, OutboundId, PhoneNumber,
+    Reason, RiskLevel, subjects,
+};
+use nwd_runtime::bus::{self, NatsArgs};
+use nwd_runtime::kv::{self, Cas};
+use nwd_runtime::service::Secret;
+use nwd_runtime::transcript;
+use nwd_testkit::{NatsServer, eventually};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "test-session-key-0123456789abcdef0123456789";
+const PATIENT: &str = "+15005550142";
+const LINE: &str = "+15005550110";
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Dashboard {
+    nats: NatsServer,
+    addr: SocketAddr,
+    js: jetstream::Context,
+    contacts: Store,
+    presence: Store,
+    stop: CancellationToken,
+    http: reqwest::Client,
+}
+
+impl Drop for Dashboard {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn config(nats_url: String, addr: SocketAddr) -> Config {
+    Config {
+        nats: NatsArgs::local(nats_url),
+        addr,
+        directory: nwd_runtime::directory::demo_path(),
+        session_key: Secret::new(KEY),
+        cookie_secure: false,
+        heartbeat_ms: 100,
+        command_timeout_ms: 1000,
+        idle_timeout_ms: 30_000,
+    }
+}
+
+fn c(s: &str) -> CounsellorId {
+    CounsellorId::parse(s).unwrap()
+}
+
+impl Dashboard {
+    async fn start() -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let nats = NatsServer::start().await;
+        let listener = nwd_testkit::listener().await;
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(nwd_dashboard::run(
+            config(nats.url(), addr),
+            listener,
+            stop.clone(),
+        ));
+        nwd_testkit::wait_ready(addr).await;
+        let args = NatsArgs::local(nats.url());
+        let js = bus::jetstream(bus::connect(&args, "test").await.unwrap(), &args);
+        let contacts = js.get_key_value(buckets::CONTACTS).await.unwrap();
+        let presence = js.get_key_value(buckets::PRESENCE).await.unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Self {
+            nats,
+            addr,
+            js,
+            contacts,
+            presence,
+            stop,
+            http,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn login(&self, user: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/login"))
+            .form(&[("username", user), ("password", password)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The `Cookie` header value of a fresh login.
+    async fn cookie(&self, user: &str) -> String {
+        let res = self.login(user, &format!("{user}-demo")).await;
+        assert_eq!(res.status(), 303);
+        let set = res.headers()["set-cookie"].to_str().unwrap();
+        set.split(';').next().unwrap().to_owned()
+    }
+
+    async fn socket(&self, user: &str) -> Ws {
+        let cookie = self.cookie(user).await;
+        self.socket_with(&cookie).await.unwrap()
+    }
+
+    async fn socket_with(&self, cookie: &str) -> Result<Ws, tungstenite::Error> {
+        let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/ws",
+            self.addr
+        ))
+        .unwrap();
+        req.headers_mut().insert("cookie", cookie.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(Ws {
+            ws,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Publishes a person's triaged message and writes the contact record the
+    /// router would have made, in the given state.
+    async fn contact(&self, body: &str, state: impl FnOnce(&mut ContactRecord)) -> ContactRecord {
+        let ev = triaged(ContactId::new(), body);
+        self.publish_triaged(&ev).await;
+        let mut rec = ContactRecord::open(&ev);
+        state(&mut rec);
+        self.put(&rec).await;
+        rec
+    }
+
+    async fn publish_triaged(&self, ev: &MessageTriaged) {
+        bus::publish(
+            &self.js,
+            subjects::contact_triaged(&ev.message.contact_id),
+            &format!("triaged:{}", ev.message.message_id),
+            &Envelope::new(ev.clone()),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn put(&self, rec: &ContactRecord) {
+        let r = rec.clone();
+        kv::cas(&self.contacts, &rec.id.to_string(), move |_| {
+            Cas::Write(r.clone(), ())
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn presence_of(&self, who: &str) -> Option<PresenceRecord> {
+        kv::get::<PresenceRecord>(&self.presence, who)
+            .await
+            .unwrap()
+            .value
+    }
+
+    /// Replies sent for a contact (OUTBOUND, `outbound.sms.<id>`).
+    async fn outbound(&self, contact: &ContactId) -> Vec<OutboundSms> {
+        transcript::read_subjects(
+            &self.js,
+            streams::OUTBOUND,
+            vec![subjects::outbound_sms(contact)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            Envelope::<OutboundSms>::from_bytes(&m.payload)
+                .unwrap()
+                .data
+        })
+        .collect()
+    }
+
+    /// A fake router answering every command with `reply`; returns the commands it saw.
+    async fn fake_router(&self, reply: RouterReply) -> mpsc::UnboundedReceiver<RouterCommand> {
+        let client = self.nats.client().await;
+        let mut sub = client
+            .queue_subscribe(
+                subjects::router_command(),
+                subjects::ROUTER_QUEUE_GROUP.into(),
+            )
+            .await
+            .unwrap();
+        nwd_dashboard::round_trip(&client).await.unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let cmd = Envelope::<RouterCommand>::from_bytes(&msg.payload).unwrap();
+                let _ = tx.send(cmd.data);
+                if let Some(inbox) = msg.reply {
+                    let answer = Envelope::new(reply.clone()).to_bytes();
+                    client.publish(inbox, answer.into()).await.unwrap();
+                }
+            }
+        });
+        rx
+    }
+}
+
+fn triaged(contact: ContactId, body: &str) -> MessageTriaged {
+    MessageTriaged {
+        message: ContactMessage {
+            contact_id: contact,
+            message_id: MessageId::new(),
+            channel: Channel::Sms {
+                patient: PhoneNumber::parse(PATIENT).unwrap(),
+                line: PhoneNumber::parse(LINE).unwrap(),
+            },
+            door: Some(nwd_proto::PartnerId::parse("eastside-clinic").unwrap()),
+            patient: None,
+            body: body.to_owned(),
+            received_at: OffsetDateTime::now_utc(),
+            opens_contact: true,
+        },
+        assessment: Assessment {
+            level: RiskLevel::High,
+            score: 0.8,
+            reasons: vec![Reason {
+                rule: "relapse.using-again".into(),
+                label: "Using again".into(),
+                level: RiskLevel::High,
+                start: 0,
+                end: 4,
+            }],
+            lang: Language::En,
+            rulebook_version: "test".into(),
+        },
+    }
+}
+
+fn offered_to(who: &'static [&'static str]) -> impl FnOnce(&mut ContactRecord) {
+    move |r| {
+        let to: Vec<_> = who.iter().map(|w| c(w)).collect();
+        r.offer(&to).unwrap();
+    }
+}
+
+fn assigned_to(who: &'static str) -> impl FnOnce(&mut ContactRecord) {
+    move |r| {
+        r.offer(&[c(who)]).unwrap();
+        r.accept(&c(who), OffsetDateTime::now_utc()).unwrap();
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A browser's socket.
+struct Ws {
+    ws: Socket,
+    seen: Vec<ServerMsg>,
+}
+
+impl Ws {
+    async fn send(&mut self, msg: &ClientMsg) {
+        self.send_text(&serde_json::to_string(msg).unwrap()).await;
+    }
+
+    async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(WsMessage::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The first message (earlier unmatched ones first) for which `pick` is `Some`.
+    async fn expect<T>(&mut self, what: &str, mut pick: impl FnMut(&ServerMsg) -> Option<T>) -> T {
+        if let Some(i) = self.seen.iter().position(|m| pick(m).is_some()) {
+            return pick(&self.seen.remove(i)).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("waited for {what}; got {:#?}", self.seen))
+                .unwrap_or_else(|| panic!("socket closed waiting for {what}"))
+                .unwrap();
+            if let WsMessage::Text(t) = frame {
+                let msg: ServerMsg = serde_json::from_str(&t).unwrap();
+                if let Some(v) = pick(&msg) {
+                    return v;
+                }
+                self.seen.push(msg);
+            }
+        }
+    }
+
+    async fn expect_error(&mut self, code: &str) -> String {
+        self.expect(code, |m| match m {
+            ServerMsg::Error { code: c, message } if c == code => Some(message.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Asserts nothing matching `pick` arrives within `window`.
+    async fn expect_none(
+        &mut self,
+        window: Duration,
+        what: &str,
+        pick: impl Fn(&ServerMsg) -> bool,
+    ) {
+        assert!(!self.seen.iter().any(&pick), "already had {what}");
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let WsMessage::Text(t) = frame {
+                let msg: ServerMsg = serde_json::from_str(&t).unwrap();
+                assert!(!pick(&msg), "unexpected {what}: {msg:?}");
+                self.seen.push(msg);
+            }
+        }
+    }
+
+    async fn hello(&mut self) -> ServerMsg {
+        self.expect("hello", |m| {
+            matches!(m, ServerMsg::Hello { .. }).then(|| m.clone())
+        })
+        .await
+    }
+}
+
+async fn problem(res: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(res.status(), status);
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    res.json().await.unwrap()
+}
+
+// ------------------------------------------------------------------ login
+
+#[tokio::test]
+async fn login_sets_an_http_only_session_cookie() {
+    let d = Dashboard::start().await;
+    let res = d.login("ana", "ana-demo").await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/");
+    let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.starts_with("nwd_session=v1.ana."), "{set}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(flag), "{set} lacks {flag}");
+    }
+    assert!(!set.contains("Secure"));
+    let cookie = set.split(';').next().unwrap();
+    let me: serde_json::Value = d
+        .http
+        .get(d.url("/api/me"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me,
+        serde_json::json!({"id": "ana", "name": "Ana García", "role": "counsellor"})
+    );
+
+    // The JSON variant, for the page's own login form.
+    let res = d
+        .http
+        .post(d.url("/login"))
+        .json(&serde_json::json!({"username": "sam", "password": "sam-demo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("set-cookie"));
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"counsellor": "sam"}));
+
+    // Logout clears the cookie.
+    let res = d.http.post(d.url("/logout")).send().await.unwrap();
+    assert_eq!(res.status(), 303);
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("nwd_session=;")
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_401() {
+    let d = Dashboard::start().await;
+    let wrong = problem(d.login("ana", "ben-demo").await, 401).await;
+    let unknown = problem(d.login("zoe", "zoe-demo").await, 401).await;
+    assert_eq!(wrong, unknown);
+    assert_eq!(
+        wrong["type"],
+        "https://nowrongdoor.org/problems/bad-credentials"
+    );
+    let res = d
+        .http
+        .post(d.url("/login"))
+        .json(&serde_json::json!({"username": "ana", "password": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(res, 401).await, wrong);
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_logins_are_problems() {
+    let d = Dashboard::start().await;
+    let res = d
+        .http
+        .post(d.url("/login"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    problem(res, 400).await;
+    let res = d
+        .http
+        .post(d.url("/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("username=ana&password={}", "a".repeat(70 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    problem(res, 413).await;
+    problem(d.http.get(d.url("/nope")).send().await.unwrap(), 404).await;
+    problem(d.http.get(d.url("/login")).send().await.unwrap(), 405).await;
+}
+
+#[tokio::test]
+async fn the_websocket_and_me_need_a_valid_session() {
+    let d = Dashboard::start().await;
+    problem(d.http.get(d.url("/ws")).send().await.unwrap(), 401).await;
+    problem(d.http.get(d.url("/api/me")).send().await.unwrap(), 401).await;
+
+    let rejected = |r: Result<Ws, tungstenite::Error>| match r {
+        Err(tungstenite::Error::Http(res)) => res.status().as_u16(),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("the socket opened"),
+    };
+    assert_eq!(rejected(d.socket_with("other=1").await), 401);
+
+    let good = d.cookie("ana").await;
+    let tampered = good.replacen("v1.ana.", "v1.sam.", 1);
+    assert_eq!(rejected(d.socket_with(&tampered).await), 401);
+    let sessions = Sessions::new(KEY.as_bytes()).unwrap();
+    let expired = sessions.issue_until(&c("ana"), OffsetDateTime::now_utc().unix_timestamp() - 1);
+    assert_eq!(
+        rejected(d.socket_with(&format!("nwd_session={expired}")).await),
+        401
+    );
+    let other_key = Sessions::new(b"another-key-0123456789abcdef0123456789")
+        .unwrap()
+        .issue(&c("ana"), OffsetDateTime::now_utc());
+    assert_eq!(
+        rejected(d.socket_with(&format!("nwd_session={other_key}")).await),
+        401
+    );
+    let res = d
+        .http
+        .get(d.url("/api/me"))
+        .header("cookie", &tampered)
+        .send()
+        .await
+        .unwrap();
+    problem(res, 401).await;
+
+    // A token signed by the same key is valid in any dashboard process (stateless).
+    let fresh = sessions.issue(&c("ana"), OffsetDateTime::now_utc());
+    let mut ws = d
+        .socket_with(&format!("nwd_session={fresh}"))
+        .await
+        .unwrap();
+    ws.hello().await;
+}
+
+// ------------------------------------------------------------------ presence
+
+#[tokio::test]
+async fn hello_presence_heartbeat_and_offline_when_the_last_socket_closes() {
+    let d = Dashboard::start().await;
+    let mut ws = d.socket("ana").await;
+    assert_eq!(
+        ws.hello().await,
+        ServerMsg::Hello {
+            counsellor: c("ana"),
+            name: "Ana García".into(),
+            supervisor: false,
+            presence: Presence::Offline,
+        }
+    );
+    ws.send(&ClientMsg::SetPresence {
+        status: Presence::Available,
+    })
+    .await;
+    ws.expect("presence", |m| {
+        (*m == ServerMsg::Presence {
+            status: Presence::Available,
+        })
+        .then_some(())
+    })
+    .await;
+    let first = d.presence_of("ana").await.unwrap();
+    assert_eq!(first.status, Presence::Available);
+    assert_eq!(first.counsellor, c("ana"));
+
+    // The heartbeat keeps the record fresh while the socket is open.
+    eventually(WAIT, "a heartbeat", || async {
+        let r = d.presence_of("ana").await?;
+        (r.heartbeat_at > first.heartbeat_at && r.status == Presence::Available).then_some(())
+    })
+    .await;
+
+    // A second tab shares the status; closing one keeps the counsellor present.
+    let mut tab = d.socket("ana").await;
+    match tab.hello().await {
+        ServerMsg::Hello { presence, .. } => assert_eq!(presence, Presence::Available),
+        _ => unreachable!(),
+    }
+    tab.ws.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        d.presence_of("ana").await.unwrap().status,
+        Presence::Available
+    );
+
+    ws.ws.close(None).await.unwrap();
+    eventually(WAIT, "offline", || async {
+        (d.presence_of("ana").await?.status == Presence::Offline).then_some(())
+    })
+    .await;
+}
+
+// ------------------------------------------------------------------ pushes
+
+#[tokio::test]
+async fn a_router_push_reaches_only_its_counsellor() {
+    let d = Dashboard::start().await;
+    let mut ana = d.socket("ana").await;
+    let mut ben = d.socket("ben").await;
+    ana.hello().await;
+    ben.hello().await;
+    let contact_id = ContactId::new();
+    let push = Envelope::new(DashboardPush {
+        counsellor: c("ana"),
+        msg: ServerMsg::OfferWithdrawn {
+            contact_id,
+            reason: WithdrawReason::Taken,
+        },
+    });
+    let client = d.nats.client().await;
+    client
+        .publish(subjects::dashboard_push(&c("ana")), push.to_bytes().into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    ana.expect("the push", |m| {
+        matches!(m, ServerMsg::OfferWithdrawn { contact_id: id, reason: WithdrawReason::Taken } if *id == contact_id)
+            .then_some(())
+    })
+    .await;
+    ben.expect_none(Duration::from_millis(500), "ana's push", |m| {
+        matches!(m, ServerMsg::OfferWithdrawn { .. })
+    })
+    .await;
+}
+
+// ------------------------------------------------------------------ router commands
+
+#[tokio::test]
+async fn accept_asks_the_router_and_opens_the_conversation_with_its_transcript() {
+    let d = Dashboard::start().await;
+    let rec = d
+        .contact("I started using again", offered_to(&["ana", "ben"]))
+        .await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    // The open offer is in the snapshot.
+    let offer = ana
+        .expect("the offer", |m| match m {
+            ServerMsg::Offer { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(offer.contact_id, rec.id);
+    assert_eq!(offer.risk, RiskLevel::High);
+    assert_eq!(offer.reasons[0].label, "Using again");
+    assert_eq!(offer.door, "Eastside Recovery Clinic");
+    assert_eq!(offer.channel, "SMS ··42");
+
+    ana.send(&ClientMsg::Accept { contact_id: rec.id }).await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Accept {
+            contact_id: rec.id,
+            counsellor: c("ana")
+        }
+    );
+    let conv = ana
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(conv.contact_id, rec.id);
+    assert_eq!(conv.messages.len(), 1);
+    assert_eq!(conv.messages[0].speaker, Speaker::Person);
+    assert_eq!(conv.messages[0].body, "I started using again");
+}
+
+#[tokio::test]
+async fn a_refused_accept_is_an_error_and_so_is_a_missing_router() {
+    let d = Dashboard::start().await;
+    let rec = d.contact("help", offered_to(&["ana"])).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+
+    // No router at all: no responders.
+    ana.send(&ClientMsg::Accept { contact_id: rec.id }).await;
+    ana.expect_error("router-unavailable").await;
+
+    let mut commands = d
+        .fake_router(RouterReply::Refused {
+            reason: "already taken".into(),
+        })
+        .await;
+    ana.send(&ClientMsg::Accept { contact_id: rec.id }).await;
+    assert_eq!(ana.expect_error("refused").await, "already taken");
+    assert!(matches!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Accept { .. }
+    ));
+    ana.expect_none(Duration::from_millis(300), "a conversation", |m| {
+        matches!(m, ServerMsg::Conversation { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_router_that_does_not_answer_times_out() {
+    let d = Dashboard::start().await;
+    // Subscribed but never replying.
+    let client = d.nats.client().await;
+    let _silent = client.subscribe(subjects::router_command()).await.unwrap();
+    nwd_dashboard::round_trip(&client).await.unwrap();
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    ana.send(&ClientMsg::Decline {
+        contact_id: ContactId::new(),
+    })
+    .await;
+    ana.expect_error("router-unavailable").await;
+}
+
+#[tokio::test]
+async fn decline_and_resolve_go_to_the_router_and_update_every_tab() {
+    let d = Dashboard::start().await;
+    let offered = d.contact("hi", offered_to(&["ana"])).await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    let mut tab = d.socket("ana").await;
+    ana.hello().await;
+    tab.hello().await;
+
+    ana.send(&ClientMsg::Decline {
+        contact_id: offered.id,
+    })
+    .await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Decline {
+            contact_id: offered.id,
+            counsellor: c("ana")
+        }
+    );
+    for ws in [&mut ana, &mut tab] {
+        ws.expect("withdrawn", |m| {
+            matches!(m, ServerMsg::OfferWithdrawn { contact_id, reason: WithdrawReason::Declined } if *contact_id == offered.id)
+                .then_some(())
+        })
+        .await;
+    }
+
+    ana.send(&ClientMsg::Resolve {
+        contact_id: mine.id,
+        disposition: Some("supported".into()),
+    })
+    .await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Resolve {
+            contact_id: mine.id,
+            counsellor: c("ana"),
+            disposition: Some("supported".into())
+        }
+    );
+    for ws in [&mut ana, &mut tab] {
+        ws.expect("resolved", |m| {
+            (*m == ServerMsg::Resolved {
+                contact_id: mine.id,
+            })
+            .then_some(())
+        })
+        .await;
+    }
+}
+
+// ------------------------------------------------------------------ replies
+
+#[tokio::test]
+async fn a_reply_is_published_once_per_outbound_id() {
+    let d = Dashboard::start().await;
+    let rec = d.contact("can you talk", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let outbound_id = OutboundId::new();
+    let reply = ClientMsg::Reply {
+        contact_id: rec.id,
+        outbound_id,
+        body: "I'm here. Are you safe right now?".into(),
+    };
+    for _ in 0..2 {
+        ana.send(&reply).await;
+        let line = ana
+            .expect("the reply line", |m| match m {
+                ServerMsg::Message {
+                    contact_id,
+                    message,
+                    risk,
+                    ..
+                } if *contact_id == rec.id => Some((message.clone(), *risk)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(line.0.id, outbound_id.to_string());
+        assert_eq!(line.0.speaker, Speaker::Counsellor);
+        assert_eq!(line.1, RiskLevel::High);
+    }
+    let sent = d.outbound(&rec.id).await;
+    assert_eq!(sent.len(), 1, "the resend was deduplicated");
+    let sms = &sent[0];
+    assert_eq!(sms.outbound_id, outbound_id);
+    assert_eq!(sms.to.as_e164(), PATIENT);
+    assert_eq!(sms.from.as_e164(), LINE);
+    assert_eq!(sms.author, Author::Counsellor(c("ana")));
+    assert_eq!(sms.body, "I'm here. Are you safe right now?");
+
+    // A reconnecting browser sees its reply in the transcript.
+    let mut again = d.socket("ana").await;
+    let conv = again
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(conv.messages.len(), 2);
+    assert_eq!(conv.messages[1].id, outbound_id.to_string());
+}
+
+#[tokio::test]
+async fn replies_are_refused_unless_assigned_and_well_sized() {
+    let d = Dashboard::start().await;
+    let bens = d.contact("hello", assigned_to("ben")).await;
+    let offered = d.contact("hello", offered_to(&["ana"])).await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let reply = |contact_id, body: String| ClientMsg::Reply {
+        contact_id,
+        outbound_id: OutboundId::new(),
+        body,
+    };
+    for contact in [bens.id, offered.id, ContactId::new()] {
+        ana.send(&reply(contact, "hi".into())).await;
+        ana.expect_error("not-assigned").await;
+    }
+    for body in [String::new(), "   ".into(), "x".repeat(1601)] {
+        ana.send(&reply(mine.id, body)).await;
+        ana.expect_error("bad-reply").await;
+    }
+    // 1600 characters (not bytes) is fine.
+    ana.send(&reply(mine.id, "é".repeat(1600))).await;
+    ana.expect("the reply", |m| {
+        matches!(m, ServerMsg::Message { .. }).then_some(())
+    })
+    .await;
+    assert!(d.outbound(&bens.id).await.is_empty());
+    assert!(d.outbound(&offered.id).await.is_empty());
+    assert_eq!(d.outbound(&mine.id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_status_reaches_the_assigned_counsellor() {
+    let d = Dashboard::start().await;
+    let rec = d.contact("hello", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    let mut ben = d.socket("ben").await;
+    ana.hello().await;
+    ben.hello().await;
+    let outbound_id = OutboundId::new();
+    let status = OutboundStatus {
+        outbound_id,
+        contact_id: rec.id,
+        status: DeliveryStatus::Delivered,
+        provider_sid: None,
+        error_code: None,
+        at: OffsetDateTime::now_utc(),
+    };
+    bus::publish(
+        &d.js,
+        subjects::outbound_status(&rec.id),
+        &format!("status:{outbound_id}:delivered"),
+        &Envelope::new(status),
+    )
+    .await
+    .unwrap();
+    ana.expect("the status", |m| {
+        (*m == ServerMsg::DeliveryStatus {
+            contact_id: rec.id,
+            outbound_id,
+            status: DeliveryStatus::Delivered,
+        })
+        .then_some(())
+    })
+    .await;
+    ben.expect_none(Duration::from_millis(300), "ana's status", |m| {
+        matches!(m, ServerMsg::DeliveryStatus { .. })
+    })
+    .await;
+}
+
+// ------------------------------------------------------------------ snapshot, frames
+
+#[tokio::test]
+async fn a_new_socket_gets_the_assigned_conversation_in_its_snapshot() {
+    let d = Dashboard::start().await;
+    let rec = d.contact("are you there", assigned_to("ana")).await;
+    let _other = d.contact("someone else", assigned_to("ben")).await;
+    let _resolved = d
+        .contact("done", |r| {
+            r.offer(&[c("ana")]).unwrap();
+            r.accept(&c("ana"), OffsetDateTime::now_utc()).unwrap();
+            r.resolve(&c("ana"), OffsetDateTime::now_utc()).unwrap();
+        })
+        .await;
+    let mut first = d.socket("ana").await;
+    first.hello().await;
+    first.ws.close(None).await.unwrap();
+
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let conv = ana
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(conv.contact_id, rec.id);
+    assert_eq!(conv.messages[0].body, "are you there");
+    ana.expect_none(Duration::from_millis(300), "another contact", |m| {
+        matches!(m, ServerMsg::Conversation { .. } | ServerMsg::Offer { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_malformed_frame_is_an_error_and_the_socket_stays_open() {
+    let d = Dashboard::start().await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    ana.send_text("not json").await;
+    ana.expect_error("bad-message").await;
+    ana.send_text(r#"{"type":"launch_rockets"}"#).await;
+    ana.expect_error("bad-message").await;
+    ana.ws
+        .send(WsMessage::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
+    ana.expect_error("bad-message").await;
+    ana.send(&ClientMsg::Ping).await;
+    ana.expect("pong", |m| (*m == ServerMsg::Pong).then_some(()))
+        .await;
+}
+
+#[tokio::test]
+async fn the_page_is_served_with_its_test_ids() {
+    let d = Dashboard::start().await;
+    let res = d.http.get(d.url("/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = res.text().await.unwrap();
+    for id in [
+        "login-form",
+        "presence-available",
+        "offers",
+        "conversations",
+        "\"accept\"",
+        "\"reply-input\"",
+        "\"reply-send\"",
+        "\"resolve\"",
+        "\"message\"",
+    ] {
+        assert!(html.contains(id), "page lacks {id}");
+    }
+}
+
+// ------------------------------------------------------------------ socket logic over channels
+
+#[tokio::test]
+async fn the_socket_logic_runs_over_plain_channels() {
+    let nats = NatsServer::start().await;
+    let stop = CancellationToken::new();
+    let cfg = config(nats.url(), "127.0.0.1:0".parse().unwrap());
+    let (app, readiness) = App::start(&cfg, stop.clone()).await.unwrap();
+    eventually(WAIT, "ready", || async {
+        readiness.is_ready().then_some(())
+    })
+    .await;
+
+    let (out_tx, mut out_rx) = futures::channel::mpsc::channel::<Outbound>(16);
+    let (mut in_tx, in_rx) = futures::channel::mpsc::channel::<Inbound>(16);
+    let served = tokio::spawn(socket::serve(Arc::clone(&app), c("sam"), out_tx, in_rx));
+    match out_rx.next().await.unwrap() {
+        Outbound::Msg(ServerMsg::Hello {
+            counsellor,
+            supervisor,
+            ..
+        }) => {
+            assert_eq!(counsellor, c("sam"));
+            assert!(supervisor);
+        }
+        other => panic!("expected hello, got {other:?}"),
+    }
+    in_tx
+        .send(Inbound::Text(r#"{"type":"ping"}"#.into()))
+        .await
+        .unwrap();
+    // Keep-alives (every heartbeat) may come first.
+    let next_msg = async |rx: &mut futures::channel::mpsc::Receiver<Outbound>| loop {
+        match rx.next().await.unwrap() {
+            Outbound::KeepAlive => continue,
+            Outbound::Msg(m) => break m,
+        }
+    };
+    assert_eq!(next_msg(&mut out_rx).await, ServerMsg::Pong);
+    eventually(WAIT, "a keep-alive", || {
+        let got = matches!(out_rx.try_recv(), Ok(Outbound::KeepAlive));
+        async move { got.then_some(()) }
+    })
+    .await;
+    assert_eq!(app.hub.socket_count(), 1);
+    drop(in_tx);
+    served.await.unwrap();
+    assert_eq!(app.hub.socket_count(), 0);
+    stop.cancel();
+    app.drain().await;
+}
