@@ -35,13 +35,48 @@ pub const MARIA: &str = "+15005550142";
 pub const JAMES: &str = "+15005550143";
 pub const STRANGER: &str = "+15005550144";
 
-type Starter = Arc<dyn Fn(TcpListener, CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+type Starter = Arc<
+    dyn Fn(TcpListener, CancellationToken) -> Pin<Box<dyn Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
+/// A service runs on its own tokio runtime, so that a crash can drop every
+/// task it spawned at once (like a killed process), not just its main task.
 struct Service {
     addr: SocketAddr,
     start: Starter,
     token: CancellationToken,
+    runtime: Option<tokio::runtime::Runtime>,
     handle: Option<JoinHandle<()>>,
+}
+
+impl Service {
+    fn launch(&mut self, listener: std::net::TcpListener) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("service runtime");
+        self.token = CancellationToken::new();
+        let start = self.start.clone();
+        let token = self.token.clone();
+        self.handle = Some(runtime.spawn(async move {
+            listener
+                .set_nonblocking(true)
+                .expect("nonblocking listener");
+            let listener = TcpListener::from_std(listener).expect("listener");
+            start(listener, token).await;
+        }));
+        self.runtime = Some(runtime);
+    }
+
+    fn kill(&mut self) {
+        self.handle = None;
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Every service of the line, running against one real nats-server.
@@ -52,8 +87,15 @@ pub struct Line {
 }
 
 /// Names of the services, in start order.
-pub const SERVICES: [&str; 7] =
-    ["gateway", "intake", "triage", "router", "notifier", "dashboard", "phone-sim"];
+pub const SERVICES: [&str; 7] = [
+    "gateway",
+    "intake",
+    "triage",
+    "router",
+    "notifier",
+    "dashboard",
+    "phone-sim",
+];
 
 fn directory() -> PathBuf {
     nwd_runtime::directory::demo_path()
@@ -85,7 +127,10 @@ fn parse<C: Parser>(args: &[String]) -> C {
 }
 
 fn flags(pairs: &[(&str, String)]) -> Vec<String> {
-    pairs.iter().flat_map(|(k, v)| [format!("--{k}"), v.clone()]).collect()
+    pairs
+        .iter()
+        .flat_map(|(k, v)| [format!("--{k}"), v.clone()])
+        .collect()
 }
 
 impl Line {
@@ -95,7 +140,9 @@ impl Line {
     }
 
     /// Like [`Line::start`], letting the test adjust each service's flags.
-    pub async fn start_with(adjust: impl Fn(&mut HashMap<&'static str, Vec<(&'static str, String)>>)) -> Line {
+    pub async fn start_with(
+        adjust: impl Fn(&mut HashMap<&'static str, Vec<(&'static str, String)>>),
+    ) -> Line {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let nats = NatsServer::start().await;
         let mut listeners = HashMap::new();
@@ -108,72 +155,136 @@ impl Line {
         let dir = directory().display().to_string();
 
         let mut opts: HashMap<&'static str, Vec<(&'static str, String)>> = HashMap::new();
-        opts.insert("gateway", vec![
-            ("nats-url", nats_url.clone()),
-            ("ack-timeout-ms", "1000".into()),
-            ("addr", addr("gateway").to_string()),
-            ("public-url", gateway_url.clone()),
-            ("twilio-auth-token", AUTH_TOKEN.into()),
-        ]);
-        opts.insert("intake", vec![
-            ("nats-url", nats_url.clone()),
-            ("metrics-addr", addr("intake").to_string()),
-            ("directory", dir.clone()),
-        ]);
-        opts.insert("triage", vec![
-            ("nats-url", nats_url.clone()),
-            ("metrics-addr", addr("triage").to_string()),
-        ]);
-        opts.insert("router", vec![
-            ("nats-url", nats_url.clone()),
-            ("metrics-addr", addr("router").to_string()),
-            ("directory", dir.clone()),
-            ("sweep-ms", "200".into()),
-        ]);
-        opts.insert("notifier", vec![
-            ("nats-url", nats_url.clone()),
-            ("metrics-addr", addr("notifier").to_string()),
-            ("twilio-api-base", format!("http://{}", addr("phone-sim"))),
-            ("account-sid", ACCOUNT_SID.into()),
-            ("auth-token", AUTH_TOKEN.into()),
-            ("status-callback-base", gateway_url.clone()),
-            ("retry-base-ms", "100".into()),
-        ]);
-        opts.insert("dashboard", vec![
-            ("nats-url", nats_url.clone()),
-            ("addr", addr("dashboard").to_string()),
-            ("directory", dir.clone()),
-            ("session-key", SESSION_KEY.into()),
-            ("heartbeat-ms", "1000".into()),
-        ]);
-        opts.insert("phone-sim", vec![
-            ("addr", addr("phone-sim").to_string()),
-            ("gateway-url", gateway_url.clone()),
-            ("account-sid", ACCOUNT_SID.into()),
-            ("auth-token", AUTH_TOKEN.into()),
-        ]);
+        opts.insert(
+            "gateway",
+            vec![
+                ("nats-url", nats_url.clone()),
+                ("ack-timeout-ms", "1000".into()),
+                ("addr", addr("gateway").to_string()),
+                ("public-url", gateway_url.clone()),
+                ("twilio-auth-token", AUTH_TOKEN.into()),
+            ],
+        );
+        opts.insert(
+            "intake",
+            vec![
+                ("nats-url", nats_url.clone()),
+                ("metrics-addr", addr("intake").to_string()),
+                ("directory", dir.clone()),
+            ],
+        );
+        opts.insert(
+            "triage",
+            vec![
+                ("nats-url", nats_url.clone()),
+                ("metrics-addr", addr("triage").to_string()),
+            ],
+        );
+        opts.insert(
+            "router",
+            vec![
+                ("nats-url", nats_url.clone()),
+                ("metrics-addr", addr("router").to_string()),
+                ("directory", dir.clone()),
+                ("sweep-ms", "200".into()),
+            ],
+        );
+        opts.insert(
+            "notifier",
+            vec![
+                ("nats-url", nats_url.clone()),
+                ("metrics-addr", addr("notifier").to_string()),
+                ("twilio-api-base", format!("http://{}", addr("phone-sim"))),
+                ("account-sid", ACCOUNT_SID.into()),
+                ("auth-token", AUTH_TOKEN.into()),
+                ("status-callback-base", gateway_url.clone()),
+                ("retry-base-ms", "100".into()),
+            ],
+        );
+        opts.insert(
+            "dashboard",
+            vec![
+                ("nats-url", nats_url.clone()),
+                ("addr", addr("dashboard").to_string()),
+                ("directory", dir.clone()),
+                ("session-key", SESSION_KEY.into()),
+                ("heartbeat-ms", "1000".into()),
+            ],
+        );
+        opts.insert(
+            "phone-sim",
+            vec![
+                ("addr", addr("phone-sim").to_string()),
+                ("gateway-url", gateway_url.clone()),
+                ("account-sid", ACCOUNT_SID.into()),
+                ("auth-token", AUTH_TOKEN.into()),
+            ],
+        );
         adjust(&mut opts);
 
         let f = |n: &str| flags(&opts[n]);
         let mut starters: HashMap<&'static str, Starter> = HashMap::new();
-        starters.insert("gateway", starter(parse::<nwd_gateway::Config>(&f("gateway")), nwd_gateway::run));
-        starters.insert("intake", starter(parse::<nwd_intake::Config>(&f("intake")), nwd_intake::run));
-        starters.insert("triage", starter(parse::<nwd_triage::Config>(&f("triage")), nwd_triage::run));
-        starters.insert("router", starter(parse::<nwd_router::Config>(&f("router")), nwd_router::run));
-        starters.insert("notifier", starter(parse::<nwd_notifier::Config>(&f("notifier")), nwd_notifier::run));
-        starters.insert("dashboard", starter(parse::<nwd_dashboard::Config>(&f("dashboard")), nwd_dashboard::run));
-        starters.insert("phone-sim", starter(parse::<nwd_phone_sim::Config>(&f("phone-sim")), nwd_phone_sim::run));
+        starters.insert(
+            "gateway",
+            starter(
+                parse::<nwd_gateway::Config>(&f("gateway")),
+                nwd_gateway::run,
+            ),
+        );
+        starters.insert(
+            "intake",
+            starter(parse::<nwd_intake::Config>(&f("intake")), nwd_intake::run),
+        );
+        starters.insert(
+            "triage",
+            starter(parse::<nwd_triage::Config>(&f("triage")), nwd_triage::run),
+        );
+        starters.insert(
+            "router",
+            starter(parse::<nwd_router::Config>(&f("router")), nwd_router::run),
+        );
+        starters.insert(
+            "notifier",
+            starter(
+                parse::<nwd_notifier::Config>(&f("notifier")),
+                nwd_notifier::run,
+            ),
+        );
+        starters.insert(
+            "dashboard",
+            starter(
+                parse::<nwd_dashboard::Config>(&f("dashboard")),
+                nwd_dashboard::run,
+            ),
+        );
+        starters.insert(
+            "phone-sim",
+            starter(
+                parse::<nwd_phone_sim::Config>(&f("phone-sim")),
+                nwd_phone_sim::run,
+            ),
+        );
 
         let mut services = HashMap::new();
         for name in SERVICES {
-            let listener = listeners.remove(name).unwrap();
+            let listener = listeners.remove(name).unwrap().into_std().unwrap();
             let addr = listener.local_addr().unwrap();
             let start = starters.remove(name).unwrap();
-            let token = CancellationToken::new();
-            let handle = tokio::spawn(start(listener, token.clone()));
-            services.insert(name, Service { addr, start, token, handle: Some(handle) });
+            let mut service = Service {
+                addr,
+                start,
+                token: CancellationToken::new(),
+                runtime: None,
+                handle: None,
+            };
+            service.launch(listener);
+            services.insert(name, service);
         }
-        let line = Line { nats, services, http: reqwest::Client::new() };
+        let line = Line {
+            nats,
+            services,
+            http: reqwest::Client::new(),
+        };
         for name in SERVICES {
             nwd_testkit::wait_ready(line.addr(name)).await;
         }
@@ -182,7 +293,10 @@ impl Line {
 
     /// The HTTP address of a service (its ops port for internal services).
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.services.get(name).unwrap_or_else(|| panic!("no service {name}")).addr
+        self.services
+            .get(name)
+            .unwrap_or_else(|| panic!("no service {name}"))
+            .addr
     }
 
     pub fn url(&self, name: &str, path: &str) -> String {
@@ -196,16 +310,15 @@ impl Line {
         if let Some(h) = s.handle.take() {
             let _ = tokio::time::timeout(Duration::from_secs(15), h).await;
         }
+        s.kill();
     }
 
-    /// Kills a service at once (its task is dropped mid-flight, like a crash:
-    /// nothing is drained or acknowledged).
+    /// Kills a service at once: every task it spawned is dropped mid-flight,
+    /// like a killed process. Nothing is drained or acknowledged.
     pub async fn crash(&mut self, name: &str) {
-        let s = self.services.get_mut(name).unwrap();
-        if let Some(h) = s.handle.take() {
-            h.abort();
-            let _ = h.await;
-        }
+        self.services.get_mut(name).unwrap().kill();
+        // Let the OS close its sockets.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     /// Starts a stopped or crashed service again on the same port and waits until ready.
@@ -214,7 +327,7 @@ impl Line {
         let s = self.services.get_mut(name).unwrap();
         let mut tries = 0;
         let listener = loop {
-            match TcpListener::bind(s.addr).await {
+            match std::net::TcpListener::bind(s.addr) {
                 Ok(l) => break l,
                 Err(e) => {
                     tries += 1;
@@ -223,8 +336,7 @@ impl Line {
                 }
             }
         };
-        s.token = CancellationToken::new();
-        s.handle = Some(tokio::spawn((s.start)(listener, s.token.clone())));
+        s.launch(listener);
         let addr = s.addr;
         nwd_testkit::wait_ready(addr).await;
     }
@@ -233,20 +345,34 @@ impl Line {
     pub async fn patient_sends(&self, from: &str, to: &str, body: &str) -> String {
         let res = self
             .http
-            .post(self.url("phone-sim", &format!("/api/phones/{}/messages", urlencode(from))))
+            .post(self.url(
+                "phone-sim",
+                &format!("/api/phones/{}/messages", urlencode(from)),
+            ))
             .json(&serde_json::json!({ "to": to, "body": body }))
             .send()
             .await
             .unwrap();
-        assert!(res.status().is_success(), "phone-sim refused the message: {}", res.status());
+        assert!(
+            res.status().is_success(),
+            "phone-sim refused the message: {}",
+            res.status()
+        );
         let v: serde_json::Value = res.json().await.unwrap();
         v["message_sid"].as_str().unwrap_or_default().to_owned()
     }
 
     /// Every message the line sent through the (simulated) Twilio REST API.
     pub async fn sent_messages(&self) -> Vec<serde_json::Value> {
-        let v: serde_json::Value =
-            self.http.get(self.url("phone-sim", "/api/messages")).send().await.unwrap().json().await.unwrap();
+        let v: serde_json::Value = self
+            .http
+            .get(self.url("phone-sim", "/api/messages"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         match v {
             serde_json::Value::Array(a) => a,
             other => other["messages"].as_array().cloned().unwrap_or_default(),
@@ -268,7 +394,9 @@ impl Line {
         ];
         let url = self.url("gateway", "/v1/sms/twilio");
         let signature = nwd_twilio::signature::compute(AUTH_TOKEN, &url, &params);
-        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&params)
+            .finish();
         (body, signature)
     }
 
@@ -298,25 +426,30 @@ impl Line {
         if subject.is_empty() {
             return info.state.messages;
         }
-        let msgs = nwd_runtime::transcript::read_subjects(&js, static_stream(stream), vec![subject.to_owned()])
-            .await
-            .unwrap();
+        let msgs = nwd_runtime::transcript::read_subjects(
+            &js,
+            static_stream(stream),
+            vec![subject.to_owned()],
+        )
+        .await
+        .unwrap();
         msgs.len() as u64
     }
 }
 
 fn static_stream(name: &str) -> &'static str {
     use nwd_proto::streams::*;
-    [INBOUND, CONTACTS, OUTBOUND, AUDIT].into_iter().find(|s| *s == name).unwrap()
+    [INBOUND, CONTACTS, OUTBOUND, AUDIT]
+        .into_iter()
+        .find(|s| *s == name)
+        .unwrap()
 }
 
 impl Drop for Line {
     fn drop(&mut self) {
         for s in self.services.values_mut() {
             s.token.cancel();
-            if let Some(h) = s.handle.take() {
-                h.abort();
-            }
+            s.kill();
         }
     }
 }
@@ -328,7 +461,9 @@ pub fn urlencode(s: &str) -> String {
 /// A counsellor in a browser: logged in, with a dashboard websocket.
 pub struct Counsellor {
     pub id: String,
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     /// Messages received but not yet matched by an `expect`.
     pub seen: Vec<ServerMsg>,
 }
@@ -340,8 +475,14 @@ impl Counsellor {
         let url = format!("ws://{}/ws", line.addr("dashboard"));
         let mut req = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
         req.headers_mut().insert("cookie", cookie.parse().unwrap());
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("dashboard websocket");
-        Counsellor { id: id.to_owned(), ws, seen: Vec::new() }
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("dashboard websocket");
+        Counsellor {
+            id: id.to_owned(),
+            ws,
+            seen: Vec::new(),
+        }
     }
 
     pub async fn send(&mut self, msg: &ClientMsg) {
@@ -351,7 +492,12 @@ impl Counsellor {
 
     /// Waits until a received message matches `pick` (checking earlier,
     /// unmatched messages first). Panics after `within`.
-    pub async fn expect<T>(&mut self, within: Duration, what: &str, mut pick: impl FnMut(&ServerMsg) -> Option<T>) -> T {
+    pub async fn expect<T>(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut pick: impl FnMut(&ServerMsg) -> Option<T>,
+    ) -> T {
         if let Some(i) = self.seen.iter().position(|m| pick(m).is_some()) {
             let m = self.seen.remove(i);
             return pick(&m).unwrap();
@@ -360,10 +506,18 @@ impl Counsellor {
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .unwrap_or_else(|_| panic!("{} waited {within:?} for {what}; got {:#?}", self.id, self.seen));
-            let frame = next.unwrap_or_else(|| panic!("{}: socket closed waiting for {what}", self.id)).unwrap();
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} waited {within:?} for {what}; got {:#?}",
+                        self.id, self.seen
+                    )
+                });
+            let frame = next
+                .unwrap_or_else(|| panic!("{}: socket closed waiting for {what}", self.id))
+                .unwrap();
             if let WsMessage::Text(t) = frame {
-                let msg: ServerMsg = serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad server frame {t}: {e}"));
+                let msg: ServerMsg = serde_json::from_str(&t)
+                    .unwrap_or_else(|e| panic!("bad server frame {t}: {e}"));
                 if let Some(v) = pick(&msg) {
                     return v;
                 }
@@ -373,8 +527,17 @@ impl Counsellor {
     }
 
     /// Sends nothing and asserts that nothing matching `pick` arrives within `window`.
-    pub async fn expect_none(&mut self, window: Duration, what: &str, pick: impl Fn(&ServerMsg) -> bool) {
-        assert!(!self.seen.iter().any(&pick), "{} already had {what}", self.id);
+    pub async fn expect_none(
+        &mut self,
+        window: Duration,
+        what: &str,
+        pick: impl Fn(&ServerMsg) -> bool,
+    ) {
+        assert!(
+            !self.seen.iter().any(&pick),
+            "{} already had {what}",
+            self.id
+        );
         let deadline = tokio::time::Instant::now() + window;
         while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
             if let WsMessage::Text(t) = frame {
@@ -392,14 +555,26 @@ impl Counsellor {
 
 /// Logs in to the dashboard and returns the `Cookie` header value.
 pub async fn login(line: &Line, user: &str, password: &str) -> String {
-    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let res = client
         .post(line.url("dashboard", "/login"))
         .form(&[("username", user), ("password", password)])
         .send()
         .await
         .unwrap();
-    assert!(res.status().is_success() || res.status().is_redirection(), "login failed: {}", res.status());
-    let set_cookie = res.headers().get("set-cookie").expect("session cookie").to_str().unwrap();
+    assert!(
+        res.status().is_success() || res.status().is_redirection(),
+        "login failed: {}",
+        res.status()
+    );
+    let set_cookie = res
+        .headers()
+        .get("set-cookie")
+        .expect("session cookie")
+        .to_str()
+        .unwrap();
     set_cookie.split(';').next().unwrap().to_owned()
 }

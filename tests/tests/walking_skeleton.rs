@@ -13,22 +13,41 @@ const T: Duration = Duration::from_secs(10);
 
 async fn available(line: &Line, id: &str) -> Counsellor {
     let mut c = Counsellor::connect(line, id).await;
-    c.expect(T, "hello", |m| matches!(m, ServerMsg::Hello { .. }).then_some(())).await;
-    c.send(&ClientMsg::SetPresence { status: Presence::Available }).await;
-    c.expect(T, "presence ack", |m| matches!(m, ServerMsg::Presence { status: Presence::Available }).then_some(()))
-        .await;
+    c.expect(T, "hello", |m| {
+        matches!(m, ServerMsg::Hello { .. }).then_some(())
+    })
+    .await;
+    c.send(&ClientMsg::SetPresence {
+        status: Presence::Available,
+    })
+    .await;
+    c.expect(T, "presence ack", |m| {
+        matches!(
+            m,
+            ServerMsg::Presence {
+                status: Presence::Available
+            }
+        )
+        .then_some(())
+    })
+    .await;
     c
 }
 
 fn offer_with(body: &'static str) -> impl FnMut(&ServerMsg) -> Option<ContactView> {
     move |m| match m {
-        ServerMsg::Offer { contact } if contact.messages.iter().any(|x| x.body == body) => Some(contact.clone()),
+        ServerMsg::Offer { contact } if contact.messages.iter().any(|x| x.body == body) => {
+            Some(contact.clone())
+        }
         _ => None,
     }
 }
 
 async fn accept(c: &mut Counsellor, contact: ContactId) -> ContactView {
-    c.send(&ClientMsg::Accept { contact_id: contact }).await;
+    c.send(&ClientMsg::Accept {
+        contact_id: contact,
+    })
+    .await;
     c.expect(T, "conversation after accept", |m| match m {
         ServerMsg::Conversation { contact: v } if v.contact_id == contact => Some(v.clone()),
         _ => None,
@@ -44,12 +63,21 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
     // A patient texts a partner's door.
     let first = "I relapsed after detox and I feel hopeless";
     line.patient_sends(MARIA, EASTSIDE_DOOR, first).await;
-    let offer = ana.expect(T, "offer with the message", offer_with(first)).await;
-    assert!(offer.risk >= RiskLevel::Moderate, "relapse after detox is at least moderate: {:?}", offer.risk);
+    let offer = ana
+        .expect(T, "offer with the message", offer_with(first))
+        .await;
+    assert!(
+        offer.risk >= RiskLevel::Moderate,
+        "relapse after detox is at least moderate: {:?}",
+        offer.risk
+    );
     assert!(!offer.reasons.is_empty(), "the offer says why");
     assert!(offer.reasons.iter().all(|r| !r.label.is_empty()));
     assert_eq!(offer.door, "Eastside Recovery Clinic");
-    assert!(!offer.channel.contains("5550142"), "the number is hidden from the counsellor");
+    assert!(
+        !offer.channel.contains("5550142"),
+        "the number is hidden from the counsellor"
+    );
 
     let conv = accept(&mut ana, offer.contact_id).await;
     assert_eq!(conv.messages.len(), 1);
@@ -59,8 +87,11 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
     let second = "are you there?";
     line.patient_sends(MARIA, EASTSIDE_DOOR, second).await;
     ana.expect(T, "second message in the same conversation", |m| match m {
-        ServerMsg::Message { contact_id, message, .. }
-            if *contact_id == offer.contact_id && message.body == second => Some(()),
+        ServerMsg::Message {
+            contact_id,
+            message,
+            ..
+        } if *contact_id == offer.contact_id && message.body == second => Some(()),
         _ => None,
     })
     .await;
@@ -68,9 +99,17 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
     // The counsellor replies; the reply reaches the phone from the number the patient texted.
     let reply = "I'm here. You did the right thing writing. Are you safe right now?";
     let outbound_id = OutboundId::new();
-    ana.send(&ClientMsg::Reply { contact_id: offer.contact_id, outbound_id, body: reply.into() }).await;
+    ana.send(&ClientMsg::Reply {
+        contact_id: offer.contact_id,
+        outbound_id,
+        body: reply.into(),
+    })
+    .await;
     let sent = nwd_testkit::eventually(T, "reply at the simulated Twilio", || async {
-        line.sent_messages().await.into_iter().find(|m| m["body"] == reply)
+        line.sent_messages()
+            .await
+            .into_iter()
+            .find(|m| m["body"] == reply)
     })
     .await;
     assert_eq!(sent["to"], MARIA);
@@ -78,7 +117,11 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
 
     // The delivery status comes back to the counsellor.
     ana.expect(T, "delivered status", |m| match m {
-        ServerMsg::DeliveryStatus { outbound_id: o, status: DeliveryStatus::Delivered, .. } if *o == outbound_id => Some(()),
+        ServerMsg::DeliveryStatus {
+            outbound_id: o,
+            status: DeliveryStatus::Delivered,
+            ..
+        } if *o == outbound_id => Some(()),
         _ => None,
     })
     .await;
@@ -86,24 +129,47 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
     // The phone shows the reply too.
     let phone: serde_json::Value = line
         .http
-        .get(line.url("phone-sim", &format!("/api/phones/{}/messages", nwd_e2e::urlencode(MARIA))))
+        .get(line.url(
+            "phone-sim",
+            &format!("/api/phones/{}/messages", nwd_e2e::urlencode(MARIA)),
+        ))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert!(phone.to_string().contains(reply), "the phone page shows the reply");
+    assert!(
+        phone.to_string().contains(reply),
+        "the phone page shows the reply"
+    );
 
     // Resolve; the next message opens a new contact, offered again.
-    ana.send(&ClientMsg::Resolve { contact_id: offer.contact_id, disposition: Some("safe-plan".into()) }).await;
-    ana.expect(T, "resolved", |m| matches!(m, ServerMsg::Resolved { contact_id } if *contact_id == offer.contact_id).then_some(()))
-        .await;
+    ana.send(&ClientMsg::Resolve {
+        contact_id: offer.contact_id,
+        disposition: Some("safe-plan".into()),
+    })
+    .await;
+    ana.expect(T, "resolved", |m| {
+        matches!(m, ServerMsg::Resolved { contact_id } if *contact_id == offer.contact_id)
+            .then_some(())
+    })
+    .await;
     let third = "thanks, one more question about my methadone dose time";
     line.patient_sends(MARIA, EASTSIDE_DOOR, third).await;
-    let next = ana.expect(T, "a new offer after resolution", offer_with(third)).await;
+    let next = ana
+        .expect(T, "a new offer after resolution", offer_with(third))
+        .await;
     assert_ne!(next.contact_id, offer.contact_id);
-    assert_eq!(line.sent_messages().await.iter().filter(|m| m["body"] == reply).count(), 1, "sent exactly once");
+    assert_eq!(
+        line.sent_messages()
+            .await
+            .iter()
+            .filter(|m| m["body"] == reply)
+            .count(),
+        1,
+        "sent exactly once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,23 +177,45 @@ async fn a_duplicate_webhook_creates_nothing_new() {
     let line = Line::start().await;
     let mut ben = available(&line, "ben").await;
     let body = "can someone call me back about my appointment";
-    let (form, sig) = line.signed_sms("SM0000000000000000000000000000dup1", JAMES, LINE_NUMBER, body);
+    let (form, sig) = line.signed_sms(
+        "SM00000000000000000000000000000d01",
+        JAMES,
+        LINE_NUMBER,
+        body,
+    );
     let a = line.post_sms_webhook(&form, Some(&sig)).await;
     let b = line.post_sms_webhook(&form, Some(&sig)).await;
     assert_eq!(a.status(), 200);
     assert_eq!(b.status(), 200);
     assert!(b.text().await.unwrap().contains("<Response"));
     ben.expect(T, "one offer", offer_with(body)).await;
-    ben.expect_none(Duration::from_secs(2), "a second offer", |m| matches!(m, ServerMsg::Offer { .. })).await;
+    ben.expect_none(Duration::from_secs(2), "a second offer", |m| {
+        matches!(m, ServerMsg::Offer { .. })
+    })
+    .await;
     assert_eq!(line.count(streams::INBOUND, "").await, 1);
-    assert_eq!(line.count(streams::CONTACTS, &nwd_proto::subjects::contact_messages_all()).await, 1);
+    assert_eq!(
+        line.count(
+            streams::CONTACTS,
+            &nwd_proto::subjects::contact_messages_all()
+        )
+        .await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_signature_gets_403_and_stores_nothing() {
     let line = Line::start().await;
-    let (form, _) = line.signed_sms("SM0000000000000000000000000000bad1", JAMES, LINE_NUMBER, "hello");
-    let res = line.post_sms_webhook(&form, Some("bm90IGEgc2lnbmF0dXJlIGF0IGFsbA==")).await;
+    let (form, _) = line.signed_sms(
+        "SM00000000000000000000000000000ba1",
+        JAMES,
+        LINE_NUMBER,
+        "hello",
+    );
+    let res = line
+        .post_sms_webhook(&form, Some("bm90IGEgc2lnbmF0dXJlIGF0IGFsbA=="))
+        .await;
     assert_eq!(res.status(), 403);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     let res = line.post_sms_webhook(&form, None).await;
@@ -141,7 +229,12 @@ async fn nats_down_gives_503_and_the_retry_succeeds_after_restart() {
     let mut line = Line::start().await;
     let mut ana = available(&line, "ana").await;
     let body = "please help i cant stop using";
-    let (form, sig) = line.signed_sms("SM0000000000000000000000000000nat1", STRANGER, LINE_NUMBER, body);
+    let (form, sig) = line.signed_sms(
+        "SM00000000000000000000000000000a71",
+        STRANGER,
+        LINE_NUMBER,
+        body,
+    );
 
     line.nats.kill();
     let res = line.post_sms_webhook(&form, Some(&sig)).await;
@@ -151,16 +244,28 @@ async fn nats_down_gives_503_and_the_retry_succeeds_after_restart() {
 
     line.nats.restart().await;
     // Twilio retries the same webhook; once NATS is back it is accepted.
-    let status = nwd_testkit::eventually(Duration::from_secs(20), "webhook accepted after restart", || async {
-        let s = line.post_sms_webhook(&form, Some(&sig)).await.status();
-        (s == 200).then_some(s)
-    })
+    let status = nwd_testkit::eventually(
+        Duration::from_secs(20),
+        "webhook accepted after restart",
+        || async {
+            let s = line.post_sms_webhook(&form, Some(&sig)).await.status();
+            (s == 200).then_some(s)
+        },
+    )
     .await;
     assert_eq!(status, 200);
     // Every service reconnected on its own: the contact still reaches a counsellor.
     // (The dashboard socket outlived the NATS restart; presence is refreshed by heartbeat.)
-    ana.send(&ClientMsg::SetPresence { status: Presence::Available }).await;
-    ana.expect(Duration::from_secs(30), "offer after the NATS restart", offer_with(body)).await;
+    ana.send(&ClientMsg::SetPresence {
+        status: Presence::Available,
+    })
+    .await;
+    ana.expect(
+        Duration::from_secs(30),
+        "offer after the NATS restart",
+        offer_with(body),
+    )
+    .await;
     line.stop("gateway").await;
 }
 
@@ -175,7 +280,10 @@ async fn services_restarted_mid_conversation_lose_nothing() {
 
     // Crash each pipeline service in turn while the patient keeps writing.
     let mut bodies = Vec::new();
-    for (i, svc) in ["intake", "triage", "router", "notifier"].into_iter().enumerate() {
+    for (i, svc) in ["intake", "triage", "router", "notifier"]
+        .into_iter()
+        .enumerate()
+    {
         line.crash(svc).await;
         let body = format!("message {i} while {svc} is down");
         line.patient_sends(JAMES, LINE_NUMBER, &body).await;
@@ -195,19 +303,41 @@ async fn services_restarted_mid_conversation_lose_nothing() {
     // A reply sent while the notifier is down is delivered once it is back, exactly once.
     line.crash("notifier").await;
     let reply = "still here with you";
-    ana.send(&ClientMsg::Reply { contact_id: offer.contact_id, outbound_id: OutboundId::new(), body: reply.into() }).await;
+    ana.send(&ClientMsg::Reply {
+        contact_id: offer.contact_id,
+        outbound_id: OutboundId::new(),
+        body: reply.into(),
+    })
+    .await;
     ana.expect(T, "reply echoed", |m| match m {
         ServerMsg::Message { message, .. } if message.body == reply => Some(()),
         _ => None,
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(line.sent_messages().await.iter().all(|m| m["body"] != reply), "not sent while the notifier is down");
+    assert!(
+        line.sent_messages()
+            .await
+            .iter()
+            .all(|m| m["body"] != reply),
+        "not sent while the notifier is down"
+    );
     line.restart("notifier").await;
     nwd_testkit::eventually(T, "reply sent after restart", || async {
-        line.sent_messages().await.iter().any(|m| m["body"] == reply).then_some(())
+        line.sent_messages()
+            .await
+            .iter()
+            .any(|m| m["body"] == reply)
+            .then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(line.sent_messages().await.iter().filter(|m| m["body"] == reply).count(), 1);
+    assert_eq!(
+        line.sent_messages()
+            .await
+            .iter()
+            .filter(|m| m["body"] == reply)
+            .count(),
+        1
+    );
 }

@@ -1,0 +1,475 @@
+//! `nwd-bench`: measures the line as a patient and a counsellor see it.
+//!
+//! It starts a real nats-server (JetStream, file storage, `sync_interval:
+//! always`) and the real service binaries (from the same target directory),
+//! logs a counsellor in over the dashboard websocket, then posts signed
+//! Twilio webhooks for new contacts at a fixed rate (open loop: requests are
+//! sent on schedule whether or not earlier ones finished) and measures
+//! **webhook POST → offer received on the counsellor's websocket**.
+//! In the same run and at the same rate it measures the raw JetStream hop
+//! (publish + ack → pull consume → ack) on a scratch stream, and prints each
+//! figure with its ratio to that hop.
+#![allow(clippy::print_stdout)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::jetstream;
+use clap::Parser;
+use futures::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+
+const AUTH_TOKEN: &str = "bench000000000000000000000000tok";
+const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// New contacts per second, one run per rate.
+    #[arg(long, value_delimiter = ',', default_value = "100,500")]
+    rates: Vec<u32>,
+    /// Seconds of load per rate.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// A short bounded run for CI: 50/s for 3 s.
+    #[arg(long)]
+    smoke: bool,
+    /// Where the service binaries are (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+struct Line {
+    _nats: nwd_testkit::NatsServer,
+    nats_url: String,
+    _procs: Procs,
+    gateway: SocketAddr,
+    dashboard: SocketAddr,
+}
+
+async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
+    let nats = nwd_testkit::NatsServer::start().await;
+    let root = nwd_testkit::workspace_root();
+    let directory = root.join("deploy/local/demo/directory.toml");
+    let addrs: HashMap<&str, SocketAddr> = [
+        "gateway",
+        "intake",
+        "triage",
+        "router",
+        "notifier",
+        "dashboard",
+        "phone-sim",
+    ]
+    .into_iter()
+    .map(|n| Ok((n, free_addr()?)))
+    .collect::<anyhow::Result<_>>()?;
+    let gateway_url = format!("http://{}", addrs["gateway"]);
+    let env: Vec<(String, String)> = vec![
+        ("NWD_NATS_URL".into(), nats.url()),
+        ("NWD_LOG".into(), "warn".into()),
+        ("NWD_DIRECTORY".into(), directory.display().to_string()),
+        ("NWD_GATEWAY_ADDR".into(), addrs["gateway"].to_string()),
+        ("NWD_GATEWAY_PUBLIC_URL".into(), gateway_url.clone()),
+        (
+            "NWD_INTAKE_METRICS_ADDR".into(),
+            addrs["intake"].to_string(),
+        ),
+        (
+            "NWD_TRIAGE_METRICS_ADDR".into(),
+            addrs["triage"].to_string(),
+        ),
+        (
+            "NWD_ROUTER_METRICS_ADDR".into(),
+            addrs["router"].to_string(),
+        ),
+        (
+            "NWD_NOTIFIER_METRICS_ADDR".into(),
+            addrs["notifier"].to_string(),
+        ),
+        ("NWD_DASHBOARD_ADDR".into(), addrs["dashboard"].to_string()),
+        ("NWD_PHONE_SIM_ADDR".into(), addrs["phone-sim"].to_string()),
+        ("NWD_PHONE_SIM_GATEWAY_URL".into(), gateway_url),
+        (
+            "NWD_TWILIO_API_BASE".into(),
+            format!("http://{}", addrs["phone-sim"]),
+        ),
+        ("NWD_TWILIO_ACCOUNT_SID".into(), ACCOUNT_SID.into()),
+        ("NWD_TWILIO_AUTH_TOKEN".into(), AUTH_TOKEN.into()),
+        (
+            "NWD_SESSION_KEY".into(),
+            "bench-session-key-0123456789abcdef".into(),
+        ),
+    ];
+    let mut procs = Procs(Vec::new());
+    for name in [
+        "gateway",
+        "intake",
+        "triage",
+        "router",
+        "notifier",
+        "dashboard",
+        "phone-sim",
+    ] {
+        let exe = bin_dir.join(format!("nwd-{name}"));
+        if !exe.exists() {
+            bail!("{} not found; build with bench/run.sh", exe.display());
+        }
+        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
+        let child = Command::new(&exe)
+            .envs(env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", exe.display()))?;
+        procs.0.push((name.to_owned(), child));
+    }
+    let http = reqwest::Client::new();
+    for (name, addr) in &addrs {
+        let url = format!("http://{addr}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{name} not ready at {url}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(Line {
+        nats_url: nats.url(),
+        _nats: nats,
+        _procs: procs,
+        gateway: addrs["gateway"],
+        dashboard: addrs["dashboard"],
+    })
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn counsellor(dashboard: SocketAddr) -> anyhow::Result<Ws> {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let res = client
+        .post(format!("http://{dashboard}/login"))
+        .form(&[("username", "ana"), ("password", "ana-demo")])
+        .send()
+        .await?;
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .context("no session cookie")?
+        .to_str()?
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{dashboard}/ws"
+    ))?;
+    req.headers_mut().insert("cookie", cookie.parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    ws.send(WsMessage::Text(
+        r#"{"type":"set_presence","status":"available"}"#.into(),
+    ))
+    .await?;
+    Ok(ws)
+}
+
+/// Microseconds, 1 µs .. 60 s (constant bounds: creation cannot fail).
+#[allow(clippy::expect_used)]
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Webhook POST → offer on the websocket, at `rate` new contacts/s for `seconds`.
+async fn webhook_to_offer(
+    line: &Line,
+    rate: u32,
+    seconds: u64,
+    run: u32,
+) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+    let mut ws = counsellor(line.dashboard).await?;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let total = u64::from(rate) * seconds;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let url = format!("http://{}/v1/sms/twilio", line.gateway);
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+
+    let reader_sent = sent.clone();
+    let reader = tokio::spawn(async move {
+        let mut h = hist();
+        let mut got = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(seconds + 30);
+        while got < total && Instant::now() < deadline {
+            let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await
+            else {
+                break;
+            };
+            let WsMessage::Text(t) = frame else { continue };
+            let now = Instant::now();
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+                continue;
+            };
+            if v["type"] != "offer" {
+                continue;
+            }
+            let Some(body) = v["contact"]["messages"][0]["body"].as_str() else {
+                continue;
+            };
+            let Some(tag) = body.split_whitespace().next() else {
+                continue;
+            };
+            let start = reader_sent.lock().ok().and_then(|mut m| m.remove(tag));
+            if let Some(start) = start {
+                let _ = h.record(now.duration_since(start).as_micros() as u64);
+                got += 1;
+            }
+        }
+        h
+    });
+
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        tick.tick().await;
+        let tag = format!("b{run}x{i}");
+        // A distinct phone per contact: +1 555 2xx xxxx.
+        let from = format!("+1555{:07}", 2_000_000 + u64::from(run) * 100_000 + i);
+        let sid = format!("SM{:032x}", (u128::from(run) << 64) | u128::from(i));
+        let params: Vec<(String, String)> = vec![
+            ("MessageSid".into(), sid.clone()),
+            ("AccountSid".into(), ACCOUNT_SID.into()),
+            ("From".into(), from),
+            ("To".into(), "+15005550100".into()),
+            (
+                "Body".into(),
+                format!("{tag} I feel really anxious tonight and need to talk to someone"),
+            ),
+            ("NumMedia".into(), "0".into()),
+        ];
+        let sig = nwd_twilio::signature::compute(AUTH_TOKEN, &url, &params);
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&params)
+            .finish();
+        let (http, url, sent, errors) = (http.clone(), url.clone(), sent.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Ok(mut m) = sent.lock() {
+                m.insert(tag, Instant::now());
+            }
+            let ok = http
+                .post(&url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("x-twilio-signature", sig)
+                .body(form)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !ok {
+                errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let h = reader.await?;
+    Ok((h, total, errors.load(std::sync::atomic::Ordering::Relaxed)))
+}
+
+/// The raw hop: publish + ack on a file-storage stream → pull consumer receives → ack.
+async fn raw_hop(
+    nats_url: &str,
+    rate: u32,
+    seconds: u64,
+    run: u32,
+) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
+    let client = async_nats::connect(nats_url).await?;
+    let js = jetstream::new(client);
+    let name = format!("BENCH{run}");
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("bench.{run}")],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("bench".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let total = u64::from(rate) * seconds;
+    let starts: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let reader_starts = starts.clone();
+    let reader = tokio::spawn(async move {
+        let mut h = hist();
+        let Ok(mut messages) = consumer.messages().await else {
+            return h;
+        };
+        let mut got = 0;
+        while got < total {
+            let Ok(Some(Ok(msg))) =
+                tokio::time::timeout(Duration::from_secs(10), messages.next()).await
+            else {
+                break;
+            };
+            let now = Instant::now();
+            let id = std::str::from_utf8(&msg.payload)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            if let Some(start) =
+                id.and_then(|id| reader_starts.lock().ok().and_then(|mut m| m.remove(&id)))
+            {
+                let _ = h.record(now.duration_since(start).as_micros() as u64);
+            }
+            let _ = msg.ack().await;
+            got += 1;
+        }
+        h
+    });
+    let ack_hist = Arc::new(Mutex::new(hist()));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    let subject = format!("bench.{run}");
+    for i in 0..total {
+        tick.tick().await;
+        let (js, starts, ack_hist, subject) = (
+            js.clone(),
+            starts.clone(),
+            ack_hist.clone(),
+            subject.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let start = Instant::now();
+            if let Ok(mut m) = starts.lock() {
+                m.insert(i, start);
+            }
+            if let Ok(ack) = js.publish(subject, bytes::Bytes::from(i.to_string())).await {
+                if ack.await.is_ok() {
+                    if let Ok(mut h) = ack_hist.lock() {
+                        let _ = h.record(start.elapsed().as_micros() as u64);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let hop = reader.await?;
+    let ack = ack_hist
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| hist());
+    Ok((hop, ack))
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+/// JetStream hops between webhook and offer: gateway→INBOUND→intake,
+/// intake→CONTACTS→triage, triage→CONTACTS→router. (Plus two KV writes: the
+/// thread record and the contact record, each one fsync.)
+const HOPS: u64 = 3;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.rates = vec![50];
+        args.seconds = 3;
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bin_dir = match args.bin_dir.clone() {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("exe dir")?
+            .to_path_buf(),
+    };
+    let log_dir = std::env::temp_dir().join(format!("nwd-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&log_dir)?;
+    println!(
+        "nwd-bench: real services from {} against nats-server (file storage, sync_interval: always)",
+        bin_dir.display()
+    );
+    println!("service logs: {}", log_dir.display());
+    let line = start_line(&bin_dir, &log_dir).await?;
+    // Warm up connections, consumers and caches.
+    let _ = webhook_to_offer(&line, 20, 1, 99).await?;
+    let _ = raw_hop(&line.nats_url, 20, 1, 99).await?;
+
+    println!();
+    println!(
+        "| rate (contacts/s) | seconds | offers | webhook errors | webhook→offer p50 | p99 | raw hop p50 | p99 | publish+ack p50 | p50 / raw hop | p50 / ({HOPS} × raw hop) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (run, rate) in args.rates.iter().copied().enumerate() {
+        let run = run as u32;
+        let (e2e, total, errors) = webhook_to_offer(&line, rate, args.seconds, run).await?;
+        let (hop, ack) = raw_hop(&line.nats_url, rate, args.seconds, run).await?;
+        let (p50, p99) = (e2e.value_at_quantile(0.5), e2e.value_at_quantile(0.99));
+        let (h50, h99) = (hop.value_at_quantile(0.5), hop.value_at_quantile(0.99));
+        println!(
+            "| {rate} | {} | {}/{total} | {errors} | {} | {} | {} | {} | {} | {:.1} | {:.2} |",
+            args.seconds,
+            e2e.len(),
+            ms(p50),
+            ms(p99),
+            ms(h50),
+            ms(h99),
+            ms(ack.value_at_quantile(0.5)),
+            p50 as f64 / h50.max(1) as f64,
+            p50 as f64 / (HOPS * h50.max(1)) as f64,
+        );
+        if e2e.len() < total {
+            println!(
+                "!! {} contacts got no offer within the run",
+                total - e2e.len()
+            );
+        }
+    }
+    println!();
+    println!(
+        "Targets (issue 3): p50 ≤ 1.5 ms and p99 ≤ 5 ms at 500/s; p50 ≤ 2 × ({HOPS} hops × raw hop p50), i.e. the last column ≤ 2."
+    );
+    Ok(())
+}
