@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Starts the whole line with up.sh on spare ports and a throwaway data dir,
+# runs the browser walkthrough against it in headless Chromium, stops the line.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+"$ROOT/deploy/local/install-tools.sh" --browser
+DATA="$(mktemp -d)"
+export NWD_PROFILE="${NWD_PROFILE:-dev}" NWD_NO_BROWSER=1 NWD_DATA_DIR="$DATA"
+export NWD_NATS_PORT=14222 NWD_NATS_MONITOR_PORT=18222
+export NWD_GATEWAY_ADDR=127.0.0.1:18080 NWD_DASHBOARD_ADDR=127.0.0.1:18090 NWD_PHONE_SIM_ADDR=127.0.0.1:18070
+export NWD_INTAKE_METRICS_ADDR=127.0.0.1:19101 NWD_TRIAGE_METRICS_ADDR=127.0.0.1:19102
+export NWD_ROUTER_METRICS_ADDR=127.0.0.1:19103 NWD_NOTIFIER_METRICS_ADDR=127.0.0.1:19104
+"$ROOT/deploy/local/up.sh" > "$DATA/up.log" 2>&1 &
+UP=$!
+cleanup() { kill -TERM "$UP" 2>/dev/null || true; wait "$UP" 2>/dev/null || true; rm -rf "$DATA"; }
+trap cleanup EXIT
+for _ in $(seq 1 600); do
+  grep -q "No Wrong Door is running" "$DATA/up.log" 2>/dev/null && break
+  if ! kill -0 "$UP" 2>/dev/null; then cat "$DATA/up.log"; echo "up.sh failed" >&2; exit 1; fi
+  sleep 0.5
+done
+grep -q "No Wrong Door is running" "$DATA/up.log" || { cat "$DATA/up.log"; exit 1; }
+DASHBOARD="http://$NWD_DASHBOARD_ADDR" PHONE="http://$NWD_PHONE_SIM_ADDR" \
+  SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" node "$ROOT/tests/browser/walkthrough.mjs" || {
+    echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }
