@@ -17,7 +17,10 @@ use nwd_proto::{ContactId, Envelope, subjects};
 #[derive(Debug, thiserror::Error)]
 pub enum TranscriptError {
     #[error("cannot read stream {stream}: {source}")]
-    Read { stream: &'static str, source: async_nats::Error },
+    Read {
+        stream: &'static str,
+        source: async_nats::Error,
+    },
     #[error("timed out reading stream {0}")]
     Timeout(&'static str),
 }
@@ -63,8 +66,18 @@ pub async fn load(
     js: &jetstream::Context,
     contact: &ContactId,
 ) -> Result<Vec<MessageView>, TranscriptError> {
-    let person = read_subjects(js, nwd_proto::streams::CONTACTS, vec![subjects::contact_triaged(contact)]).await?;
-    let ours = read_subjects(js, nwd_proto::streams::OUTBOUND, vec![subjects::outbound_for_contact(contact)]).await?;
+    let person = read_subjects(
+        js,
+        nwd_proto::streams::CONTACTS,
+        vec![subjects::contact_triaged(contact)],
+    )
+    .await?;
+    let ours = read_subjects(
+        js,
+        nwd_proto::streams::OUTBOUND,
+        vec![subjects::outbound_for_contact(contact)],
+    )
+    .await?;
     let mut views = Vec::new();
     for m in person {
         if let Ok(env) = Envelope::<MessageTriaged>::from_bytes(&m.payload) {
@@ -82,7 +95,10 @@ pub async fn load(
     }
     for r in replies {
         let status = statuses.get(&r.outbound_id).copied();
-        views.push(MessageView { status, ..outbound_view(&r) });
+        views.push(MessageView {
+            status,
+            ..outbound_view(&r)
+        });
     }
     views.sort_by_key(|v| v.at);
     Ok(views)
@@ -114,7 +130,11 @@ pub fn outbound_view(sms: &OutboundSms) -> MessageView {
 }
 
 /// A contact as a counsellor sees it (never the phone number).
-pub fn contact_view(rec: &ContactRecord, dir: &Directory, messages: Vec<MessageView>) -> ContactView {
+pub fn contact_view(
+    rec: &ContactRecord,
+    dir: &Directory,
+    messages: Vec<MessageView>,
+) -> ContactView {
     ContactView {
         contact_id: rec.id,
         risk: rec.risk,
