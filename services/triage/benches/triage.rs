@@ -1,0 +1,116 @@
+//! Per-message latency of the triage engine with the full builtin rulebook.
+//!
+//! `cargo bench -p nwd-triage --bench triage`
+//! Targets: p99 ≤ 50 µs per SMS-length message, ≥ 20,000 messages/s on one core.
+//! Criterion reports means; the `percentiles` group prints p50/p99/max over
+//! the SMS mix measured message by message.
+#![allow(clippy::expect_used)]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nwd_triage::Engine;
+
+/// SMS-length messages across levels, languages and hard cases.
+const SMS: &[&str] = &[
+    "hi is anyone there",
+    "what are your hours tomorrow?",
+    "my brother took a bunch of pills and he won't wake up",
+    "I can't do this anymore, I have the pills right here and I'm going to kill myself tonight",
+    "just got out of rehab last week and used again, first time since",
+    "this homework is killing me lol",
+    "me quiero morir, ya no aguanto más",
+    "mi hermano no despierta y tiene los labios morados",
+    "I used to cut when I was a teenager but I'm doing better now",
+    "💊💊💊💀",
+    "soooo tired of everything, nobody would even notice if i was gone",
+    "i'm not going to hurt myself, i just need someone to talk to",
+    "where can I get narcan near downtown",
+    "relapsed last night after 6 months clean, feeling like garbage",
+    "la neta ya no quiero vivir, tengo las pastillas aquí",
+    "she's not breathing!!! what do i do",
+];
+
+fn long_message() -> String {
+    let mut s = String::new();
+    let parts = [
+        "I've been having a really hard time since I lost my job and my partner left. ",
+        "Most days I just lie in bed and don't answer anyone. ",
+        "Sometimes I think everyone would be better off without me, ",
+        "but I haven't done anything about it. I used to drink a lot and I've been sober 8 months. ",
+        "Tonight the cravings are bad and there's a bottle in the kitchen. ",
+    ];
+    let mut i = 0;
+    while s.chars().count() < 1600 {
+        s.push_str(parts[i % parts.len()]);
+        i += 1;
+    }
+    s.chars().take(1600).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = Engine::builtin().expect("builtin rulebook");
+    let long = long_message();
+
+    let mut group = c.benchmark_group("triage");
+    group.throughput(Throughput::Elements(SMS.len() as u64));
+    group.bench_function("sms_mix_16", |b| {
+        b.iter(|| {
+            for m in SMS {
+                black_box(engine.assess(black_box(m)));
+            }
+        })
+    });
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sms_imminent", |b| {
+        b.iter(|| black_box(engine.assess(black_box(SMS[3]))))
+    });
+    group.bench_function("sms_low", |b| {
+        b.iter(|| black_box(engine.assess(black_box(SMS[1]))))
+    });
+    group.bench_function("long_1600_chars", |b| {
+        b.iter(|| black_box(engine.assess(black_box(long.as_str()))))
+    });
+    group.finish();
+
+    // Percentiles, message by message (criterion reports means only).
+    let mut samples: Vec<Duration> = Vec::with_capacity(SMS.len() * 20_000);
+    let started = Instant::now();
+    for _ in 0..20_000 {
+        for m in SMS {
+            let t = Instant::now();
+            black_box(engine.assess(black_box(m)));
+            samples.push(t.elapsed());
+        }
+    }
+    let wall = started.elapsed();
+    let n = samples.len();
+    samples.sort_unstable();
+    let pct = |p: f64| samples[((n as f64 * p) as usize).min(n - 1)];
+    let mut long_samples: Vec<Duration> = (0..5_000)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(engine.assess(black_box(long.as_str())));
+            t.elapsed()
+        })
+        .collect();
+    long_samples.sort_unstable();
+    let ln = long_samples.len();
+    let lp = |p: f64| long_samples[((ln as f64 * p) as usize).min(ln - 1)];
+    eprintln!(
+        "\ntriage percentiles (rulebook {}, {} patterns):\n  SMS mix  n={n}: p50 {:?}  p99 {:?}  max {:?}  throughput {:.0} msg/s (one core)\n  1600 ch  n={ln}: p50 {:?}  p99 {:?}  max {:?}",
+        engine.version(),
+        engine.pattern_count(),
+        pct(0.50),
+        pct(0.99),
+        samples[n - 1],
+        n as f64 / wall.as_secs_f64(),
+        lp(0.50),
+        lp(0.99),
+        long_samples[ln - 1],
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

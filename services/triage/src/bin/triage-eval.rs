@@ -1,0 +1,419 @@
+//! Evaluates the triage engine on a labelled JSONL file.
+//!
+//! ```text
+//! cargo run --release -p nwd-triage --bin triage-eval -- \
+//!     --input services/triage/eval/dev.jsonl --predictions /tmp/dev.pred.jsonl
+//! cargo run --release -p nwd-triage --bin triage-eval -- --cssrs   # the Reddit C-SSRS sample
+//! ```
+//!
+//! Input lines: `{"id", "text", "level"?, "lang"?, "rationale"?}`; a rationale
+//! starting with `[hard:` marks a hard case. Output lines (`--predictions`):
+//! `{"id", "level", "reasons": [rule ids]}`. With labels, prints a confusion
+//! matrix, per-level precision/recall, the under-triage rate, recall of
+//! imminent+high predicted at high or above, imminent recall, and the rate of
+//! low messages predicted imminent.
+//!
+//! Lines in the Reddit C-SSRS format (`{"id", "text", "cssrs"}`) are detected
+//! and their labels mapped (see [`cssrs_level`]); the source's known word
+//! substitutions are undone first (see [`undo_cssrs_quirks`]).
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use nwd_proto::{Language, RiskLevel};
+use nwd_triage::Engine;
+use serde::Deserialize;
+
+/// Default location of the Reddit C-SSRS sample: `shared/` beside the repository.
+const CSSRS_DEFAULT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/testdata/cssrs-reddit/posts.jsonl"
+);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "triage-eval",
+    about = "Evaluates the triage rulebook on labelled messages"
+)]
+struct Args {
+    /// JSONL input: {"id","text","level"?,"lang"?} per line (or the C-SSRS format).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Where to write {"id","level","reasons"} per line.
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Evaluate the Reddit C-SSRS sample (default: shared/testdata/cssrs-reddit/posts.jsonl).
+    #[arg(long, num_args = 0..=1, default_missing_value = CSSRS_DEFAULT)]
+    cssrs: Option<PathBuf>,
+    /// A rulebook file instead of the builtin one.
+    #[arg(long)]
+    rulebook: Option<PathBuf>,
+    /// Print each misclassified message (own eval sets only; never C-SSRS text).
+    #[arg(long)]
+    show_errors: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Row {
+    id: serde_json::Value,
+    text: String,
+    level: Option<RiskLevel>,
+    lang: Option<Language>,
+    rationale: Option<String>,
+    cssrs: Option<String>,
+}
+
+/// How the C-SSRS user labels map to our levels: Supportive and Indicator
+/// express no suicidal ideation or behaviour of their own (low); Ideation is
+/// thoughts of suicide without an act (moderate); Behavior (self-harm,
+/// preparation, aborted attempts) and Attempt are high — an imminent
+/// prediction counts as at least high. Posts are mostly in the past, so
+/// nothing in this set is labelled imminent.
+fn cssrs_level(label: &str) -> Option<RiskLevel> {
+    match label.trim() {
+        "Supportive" | "Indicator" => Some(RiskLevel::Low),
+        "Ideation" => Some(RiskLevel::Moderate),
+        "Behavior" | "Attempt" => Some(RiskLevel::High),
+        _ => None,
+    }
+}
+
+/// The source replaced everyday words by capitalised medical-concept names
+/// (README "Known quirks"); map them back so rules see the writer's words,
+/// and decode the Reddit HTML entities.
+fn undo_cssrs_quirks(text: &str) -> String {
+    const SUBSTITUTIONS: [(&str, &str); 11] = [
+        ("Hyperactive behavior", "like"),
+        ("Depressed mood", "sad"),
+        ("Sedated state", "calm"),
+        ("Social fear", "scared"),
+        ("Drug abuse", "high"),
+        ("Hypersomnia", "sleep"),
+        ("Asthenia", "week"),
+        ("Illness", "sick"),
+        ("Tired", "very"),
+        ("Pain", "hurt"),
+        ("&amp;", "&"),
+    ];
+    let mut out = text.to_owned();
+    for (from, to) in SUBSTITUTIONS {
+        out = out.replace(from, to);
+    }
+    out.replace("&gt;", ">").replace("&lt;", "<")
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    /// confusion[true][predicted]
+    confusion: [[usize; 4]; 4],
+    lang_total: usize,
+    lang_right: usize,
+    hard_total: usize,
+    hard_right: usize,
+    hard_under: usize,
+    unlabelled: usize,
+}
+
+fn idx(l: RiskLevel) -> usize {
+    match l {
+        RiskLevel::Low => 0,
+        RiskLevel::Moderate => 1,
+        RiskLevel::High => 2,
+        RiskLevel::Imminent => 3,
+    }
+}
+
+fn ratio(n: usize, d: usize) -> Option<f64> {
+    (d > 0).then(|| n as f64 / d as f64)
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "  n/a".to_owned(), |r| format!("{r:.3}"))
+}
+
+impl Tally {
+    fn total(&self) -> usize {
+        self.confusion.iter().flatten().sum()
+    }
+
+    fn report(&self, with_targets: bool) -> String {
+        let c = &self.confusion;
+        let total = self.total();
+        let mut s = String::new();
+        let names = ["low", "moderate", "high", "imminent"];
+        let _ = writeln!(s, "labelled messages: {total}");
+        if self.unlabelled > 0 {
+            let _ = writeln!(s, "unlabelled (predictions only): {}", self.unlabelled);
+        }
+        let _ = writeln!(s, "\nconfusion matrix (rows = true, columns = predicted)");
+        let _ = writeln!(
+            s,
+            "{:>10} {:>8} {:>8} {:>8} {:>8}",
+            "", "low", "moderate", "high", "imminent"
+        );
+        for (t, name) in names.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{:>10} {:>8} {:>8} {:>8} {:>8}",
+                name, c[t][0], c[t][1], c[t][2], c[t][3]
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\n{:>10} {:>9} {:>9} {:>7}",
+            "level", "precision", "recall", "n"
+        );
+        for (k, name) in names.iter().enumerate() {
+            let predicted: usize = (0..4).map(|t| c[t][k]).sum();
+            let actual: usize = c[k].iter().sum();
+            let _ = writeln!(
+                s,
+                "{:>10} {:>9} {:>9} {:>7}",
+                name,
+                fmt_ratio(ratio(c[k][k], predicted)),
+                fmt_ratio(ratio(c[k][k], actual)),
+                actual
+            );
+        }
+        let under: usize = (0..4).map(|t| (0..t).map(|p| c[t][p]).sum::<usize>()).sum();
+        let high_plus: usize = c[2].iter().sum::<usize>() + c[3].iter().sum::<usize>();
+        let high_plus_hit = c[2][2] + c[2][3] + c[3][2] + c[3][3];
+        let imminent: usize = c[3].iter().sum();
+        let low: usize = c[0].iter().sum();
+        let exact: usize = (0..4).map(|k| c[k][k]).sum();
+        let rows = [
+            ("accuracy (exact level)", ratio(exact, total), None, false),
+            (
+                "under-triage rate (predicted < true)",
+                ratio(under, total),
+                Some(0.03),
+                false,
+            ),
+            (
+                "imminent+high recall at >= high",
+                ratio(high_plus_hit, high_plus),
+                Some(0.98),
+                true,
+            ),
+            (
+                "imminent recall",
+                ratio(c[3][3], imminent),
+                Some(0.95),
+                true,
+            ),
+            (
+                "low predicted imminent",
+                ratio(c[0][3], low),
+                Some(0.10),
+                false,
+            ),
+        ];
+        let _ = writeln!(s);
+        for (name, value, target, at_least) in rows {
+            let verdict = match (with_targets, value, target) {
+                (true, Some(v), Some(t)) => {
+                    let ok = if at_least { v >= t } else { v <= t };
+                    format!(
+                        "  target {} {t:.2}  {}",
+                        if at_least { ">=" } else { "<=" },
+                        if ok { "PASS" } else { "FAIL" }
+                    )
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(s, "{name:<40} {}{verdict}", fmt_ratio(value));
+        }
+        if self.lang_total > 0 {
+            let _ = writeln!(
+                s,
+                "{:<40} {} (n={})",
+                "language accuracy",
+                fmt_ratio(ratio(self.lang_right, self.lang_total)),
+                self.lang_total
+            );
+        }
+        if self.hard_total > 0 {
+            let _ = writeln!(
+                s,
+                "{:<40} {} (n={}, under-triaged {})",
+                "hard cases: exact level",
+                fmt_ratio(ratio(self.hard_right, self.hard_total)),
+                self.hard_total,
+                self.hard_under
+            );
+        }
+        s
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let engine = match &args.rulebook {
+        Some(p) => Engine::load(p)?,
+        None => Engine::builtin()?,
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "rulebook {} ({}), {} rules, {} patterns",
+        engine.version(),
+        engine.source(),
+        engine.rule_count(),
+        engine.pattern_count()
+    )?;
+    let (input, explicit_cssrs) = match (&args.input, &args.cssrs) {
+        (Some(i), None) => (i.clone(), false),
+        (None, Some(c)) => (c.clone(), true),
+        (Some(_), Some(_)) => bail!("give either --input or --cssrs, not both"),
+        (None, None) => bail!("nothing to evaluate: give --input FILE.jsonl or --cssrs [PATH]"),
+    };
+    if !input.exists() {
+        if explicit_cssrs {
+            writeln!(
+                out,
+                "C-SSRS sample not present at {} — nothing evaluated (this set has no target).",
+                input.display()
+            )?;
+            return Ok(());
+        }
+        bail!("input file {} does not exist", input.display());
+    }
+    evaluate(&engine, &input, &args, &mut out)
+}
+
+fn evaluate(
+    engine: &Engine,
+    input: &Path,
+    args: &Args,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let reader = BufReader::new(
+        File::open(input).with_context(|| format!("cannot open {}", input.display()))?,
+    );
+    let mut predictions = match &args.predictions {
+        Some(p) => Some(BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => None,
+    };
+    let mut tally = Tally::default();
+    let mut cssrs_rows = 0usize;
+    let mut errors = Vec::new();
+    let mut elapsed = std::time::Duration::ZERO;
+    let mut chars = 0usize;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: cannot read", input.display(), n + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: Row = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not a message line", input.display(), n + 1))?;
+        let (text, truth, is_cssrs) = match &row.cssrs {
+            Some(label) => {
+                let level = cssrs_level(label).with_context(|| {
+                    format!(
+                        "{}:{}: unknown C-SSRS label {label:?}",
+                        input.display(),
+                        n + 1
+                    )
+                })?;
+                (undo_cssrs_quirks(&row.text), Some(level), true)
+            }
+            None => (row.text.clone(), row.level, false),
+        };
+        cssrs_rows += usize::from(is_cssrs);
+        chars += text.chars().count();
+        let started = Instant::now();
+        let a = engine.assess(&text);
+        elapsed += started.elapsed();
+        if let Some(w) = predictions.as_mut() {
+            let rules: Vec<&str> = a.reasons.iter().map(|r| r.rule.as_str()).collect();
+            serde_json::to_writer(
+                &mut *w,
+                &serde_json::json!({"id": row.id, "level": a.level, "reasons": rules}),
+            )?;
+            w.write_all(b"\n")?;
+        }
+        let Some(truth) = truth else {
+            tally.unlabelled += 1;
+            continue;
+        };
+        tally.confusion[idx(truth)][idx(a.level)] += 1;
+        if let Some(lang) = row.lang {
+            tally.lang_total += 1;
+            tally.lang_right += usize::from(lang == a.lang);
+            if lang != a.lang && !is_cssrs {
+                errors.push(format!(
+                    "{:>8} {} true {} → detected {} {:?}",
+                    "LANG",
+                    row.id,
+                    lang.as_str(),
+                    a.lang.as_str(),
+                    row.text
+                ));
+            }
+        }
+        if row
+            .rationale
+            .as_deref()
+            .is_some_and(|r| r.starts_with("[hard:"))
+        {
+            tally.hard_total += 1;
+            tally.hard_right += usize::from(truth == a.level);
+            tally.hard_under += usize::from(a.level < truth);
+        }
+        if truth != a.level {
+            let rules: Vec<String> = a
+                .reasons
+                .iter()
+                .map(|r| format!("{}={}", r.rule, r.level))
+                .collect();
+            let shown = if is_cssrs {
+                // Real people's posts: ids only.
+                String::new()
+            } else {
+                format!(" {:?}", row.text)
+            };
+            errors.push(format!(
+                "{:>8} {} true {truth} → predicted {}{shown} {rules:?}",
+                if a.level < truth { "UNDER" } else { "over" },
+                row.id,
+                a.level,
+            ));
+        }
+    }
+    if let Some(mut w) = predictions {
+        w.flush()?;
+    }
+    let total = tally.total() + tally.unlabelled;
+    writeln!(
+        out,
+        "input {} ({} messages{}), {:.1} µs per message on average, cold regex caches included ({} chars on average)",
+        input.display(),
+        total,
+        if cssrs_rows > 0 {
+            ", Reddit C-SSRS format: labels mapped Supportive/Indicator→low, Ideation→moderate, Behavior/Attempt→high"
+        } else {
+            ""
+        },
+        elapsed.as_secs_f64() * 1e6 / total.max(1) as f64,
+        chars / total.max(1),
+    )?;
+    if tally.total() == 0 {
+        writeln!(out, "no labels: predictions only")?;
+        return Ok(());
+    }
+    write!(out, "{}", tally.report(cssrs_rows == 0))?;
+    if args.show_errors {
+        writeln!(out, "\nmisclassified ({}):", errors.len())?;
+        for e in &errors {
+            writeln!(out, "{e}")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! Text normalisation: any string in, lowercase ASCII out, with a map from
+//! every output byte back to the characters of the original it came from.
+//!
+//! Steps, in one pass over the characters:
+//! - lowercase; strip accents and other combining marks (NFD, marks dropped);
+//! - apostrophes are dropped (`don't` → `dont`, `I’m` → `im`);
+//! - a few emoji become words (`💊` → `pill`), so rules can name them;
+//! - control characters and whitespace become one space; a line break ends a clause (`.`);
+//! - any other non-ASCII character (other scripts, symbols) becomes a space;
+//! - a run of three or more of the same letter becomes one (`soooo` → `so`);
+//!   rule patterns write double letters as `x{1,2}` (see [`pattern`]), so
+//!   `killll` and `kill` both match `kill`;
+//! - each token is looked up in the rulebook's lexicon (slang, abbreviations,
+//!   misspellings: `kms` → `kill myself`); a replacement maps back to the whole token.
+//!
+//! Because the output is ASCII, one byte is one character and every rule
+//! runs as a byte regex with Unicode off, which keeps matching fast.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use unicode_normalization::char::{decompose_canonical, is_combining_mark};
+
+/// What the token table knows about one token.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenInfo {
+    /// Replacement text (lexicon), already normalised.
+    pub replacement: Option<Box<[u8]>>,
+    /// Language evidence: positive for Spanish, negative for English.
+    pub lang: i8,
+}
+
+pub(crate) type TokenTable = HashMap<Box<[u8]>, TokenInfo, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a: tokens are short and the table is ours, so a simple fast hash
+/// beats SipHash here (every token of every message is looked up).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Word endings that are evidence for a language (`-iendo` → Spanish).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Suffixes {
+    pub en: Vec<Box<[u8]>>,
+    pub es: Vec<Box<[u8]>>,
+}
+
+impl Suffixes {
+    fn score(&self, token: &[u8]) -> i32 {
+        // Short words say little; a suffix must leave a stem of 2+ letters.
+        let ends = |list: &[Box<[u8]>]| {
+            list.iter()
+                .any(|s| token.len() >= s.len() + 2 && token.ends_with(s))
+        };
+        if ends(&self.es) {
+            1
+        } else if ends(&self.en) {
+            -1
+        } else {
+            0
+        }
+    }
+}
+
+/// Language evidence beyond which word endings are no longer checked.
+const LANG_DECIDED: i32 = 12;
+
+/// What normalisation needs from the rulebook.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lexicon<'a> {
+    pub tokens: &'a TokenTable,
+    pub suffixes: &'a Suffixes,
+}
+
+/// Normalised text with its map back to the original.
+#[derive(Debug, Default)]
+pub(crate) struct Normalised {
+    /// Lowercase ASCII.
+    pub text: Vec<u8>,
+    /// For each byte of `text`: the original character range `[start, end)` it came from.
+    pub origin: Vec<(u32, u32)>,
+    /// Language evidence: > 0 Spanish, < 0 English.
+    pub lang_score: i32,
+    /// Length of the run of the same letter just pushed (0: not in a run).
+    run: u32,
+}
+
+impl Normalised {
+    /// The original character span of the normalised byte span `[s, e)`.
+    pub fn original_span(&self, s: usize, e: usize) -> (usize, usize) {
+        let start = self.origin.get(s).map_or(0, |o| o.0);
+        let end = e
+            .checked_sub(1)
+            .and_then(|i| self.origin.get(i))
+            .map_or(start, |o| o.1);
+        (start as usize, end.max(start) as usize)
+    }
+
+    fn push(&mut self, b: u8, start: u32, end: u32) {
+        self.text.push(b);
+        self.origin.push((start, end));
+        self.run = 0;
+    }
+
+    fn push_space(&mut self, start: u32, end: u32) {
+        match self.text.last() {
+            None | Some(b' ') => {}
+            Some(_) => self.push(b' ', start, end),
+        }
+    }
+
+    fn push_word(&mut self, word: &str, start: u32, end: u32) {
+        self.push_space(start, end);
+        for b in word.bytes() {
+            self.push(b, start, end);
+        }
+        self.push(b' ', start, end);
+    }
+
+    /// Pushes a letter or digit, collapsing runs of three or more of the same
+    /// letter into one letter that spans the whole run.
+    fn push_alnum(&mut self, b: u8, start: u32, end: u32) {
+        let continues = b.is_ascii_lowercase() && self.run > 0 && self.text.last() == Some(&b);
+        if !continues {
+            self.push(b, start, end);
+            if b.is_ascii_lowercase() {
+                self.run = 1;
+            }
+            return;
+        }
+        self.run = self.run.saturating_add(1);
+        if self.run == 2 {
+            self.text.push(b);
+            self.origin.push((start, end));
+            return;
+        }
+        if self.run == 3 {
+            // Third of a run: drop the second letter, keep one for the run.
+            self.text.pop();
+            self.origin.pop();
+        }
+        if let Some(last) = self.origin.last_mut() {
+            last.1 = end;
+        }
+    }
+}
+
+/// Emoji that mean something for triage, as words.
+fn emoji_word(c: char) -> Option<&'static str> {
+    Some(match c {
+        '💊' => "pill",
+        '💉' => "syringe",
+        '🔫' => "gun",
+        '🔪' | '🗡' => "knife",
+        '🪢' => "rope",
+        '⚰' => "coffin",
+        '🪦' => "grave",
+        '💀' | '☠' => "skull",
+        '🆘' => "sos",
+        '🌉' => "bridge",
+        '🚑' => "ambulance",
+        '🩸' => "blood",
+        '🍺' | '🍻' | '🍷' | '🥃' | '🍾' => "alcohol",
+        '💔' => "heartbroken",
+        '😭' | '😢' => "crying",
+        '🙏' => "please",
+        _ => return None,
+    })
+}
+
+/// Normalises `text`. Never panics; any string is accepted.
+pub(crate) fn normalise(text: &str, tokens: Lexicon<'_>) -> Normalised {
+    let mut out = Normalised {
+        text: Vec::with_capacity(text.len() + 8),
+        origin: Vec::with_capacity(text.len() + 8),
+        lang_score: 0,
+        run: 0,
+    };
+    // Start of the current token in `out.text` (None outside a token).
+    let mut token_start: Option<usize> = None;
+    for (i, c) in text.chars().enumerate() {
+        let i = i as u32;
+        let j = i + 1;
+        if c.is_ascii() {
+            let b = c as u8;
+            if b.is_ascii_alphanumeric() {
+                token_start.get_or_insert(out.text.len());
+                out.push_alnum(b.to_ascii_lowercase(), i, j);
+                continue;
+            }
+            if b == b'\'' || b == b'`' {
+                // Dropped inside a word (don't → dont); otherwise a separator.
+                if token_start.is_some() {
+                    continue;
+                }
+                end_token(&mut out, &mut token_start, tokens);
+                out.push_space(i, j);
+                continue;
+            }
+            end_token(&mut out, &mut token_start, tokens);
+            match b {
+                b'\n' | b'\r' => {
+                    if !matches!(out.text.last(), None | Some(b'.')) {
+                        if out.text.last() == Some(&b' ') {
+                            out.text.pop();
+                            out.origin.pop();
+                        }
+                        out.push(b'.', i, j);
+                    }
+                    out.push_space(i, j);
+                }
+                b if b.is_ascii_whitespace() || b.is_ascii_control() => out.push_space(i, j),
+                _ => out.push(b, i, j),
+            }
+            continue;
+        }
+        // Non-ASCII.
+        if matches!(c, '\u{2019}' | '\u{2018}' | '\u{02BC}' | '\u{00B4}') {
+            if token_start.is_some() {
+                continue;
+            }
+            end_token(&mut out, &mut token_start, tokens);
+            out.push_space(i, j);
+            continue;
+        }
+        if is_combining_mark(c) || matches!(c, '\u{200B}'..='\u{200F}' | '\u{FE0F}' | '\u{FE0E}') {
+            // Marks and invisible joiners belong to the previous character.
+            if let Some(last) = out.origin.last_mut().filter(|l| l.1 == i) {
+                last.1 = j;
+            }
+            continue;
+        }
+        if let Some(word) = emoji_word(c) {
+            end_token(&mut out, &mut token_start, tokens);
+            out.push_word(word, i, j);
+            continue;
+        }
+        if matches!(c, 'ñ' | 'Ñ' | '¿' | '¡') {
+            out.lang_score += 3;
+        }
+        let mut pushed_letter = false;
+        let mut accent = false;
+        for lower in c.to_lowercase() {
+            decompose_canonical(lower, |d| {
+                if d.is_ascii_alphanumeric() {
+                    if !pushed_letter {
+                        token_start.get_or_insert(out.text.len());
+                    }
+                    out.push_alnum(d.to_ascii_lowercase() as u8, i, j);
+                    pushed_letter = true;
+                } else if is_combining_mark(d) {
+                    accent = true;
+                }
+            });
+        }
+        if pushed_letter {
+            if accent {
+                out.lang_score += 1;
+            }
+            continue;
+        }
+        end_token(&mut out, &mut token_start, tokens);
+        out.push_space(i, j);
+    }
+    end_token(&mut out, &mut token_start, tokens);
+    while out.text.last() == Some(&b' ') {
+        out.text.pop();
+        out.origin.pop();
+    }
+    out
+}
+
+/// Ends the token that started at `token_start`: language evidence and lexicon replacement.
+fn end_token(out: &mut Normalised, token_start: &mut Option<usize>, tokens: Lexicon<'_>) {
+    let Some(start) = token_start.take() else {
+        return;
+    };
+    let Some(token) = out.text.get(start..) else {
+        return;
+    };
+    let Some(info) = tokens.tokens.get(token) else {
+        // Once the evidence is clear, endings add nothing (long messages).
+        if out.lang_score.abs() < LANG_DECIDED {
+            out.lang_score += tokens.suffixes.score(token);
+        }
+        return;
+    };
+    out.lang_score += i32::from(info.lang);
+    if let Some(replacement) = &info.replacement {
+        let from = out.origin.get(start).map_or(0, |o| o.0);
+        let to = out.origin.last().map_or(from, |o| o.1);
+        out.text.truncate(start);
+        out.origin.truncate(start);
+        for &b in replacement.iter() {
+            out.push(b, from, to);
+        }
+    }
+}
+
+/// Normalises a word or phrase of the rulebook (lexicon keys and values,
+/// language words) the way message text is normalised.
+pub(crate) fn normalise_phrase(text: &str) -> Vec<u8> {
+    let empty = TokenTable::default();
+    let none = Suffixes::default();
+    normalise(
+        text,
+        Lexicon {
+            tokens: &empty,
+            suffixes: &none,
+        },
+    )
+    .text
+}
+
+/// Turns a rule pattern as written in the rulebook into the regex that runs
+/// over normalised text: literals are lowercased and stripped of accents,
+/// emoji become their words, apostrophes are dropped, and a double letter
+/// `ll` becomes `(?:l{1,2})` so that `kill`, `kil` (typo) and `killll`
+/// (collapsed to `kil`) all match.
+pub(crate) fn pattern(source: &str) -> String {
+    // (char, literal?) pairs after per-character normalisation.
+    let mut chars: Vec<(char, bool)> = Vec::with_capacity(source.len());
+    let mut in_class = false;
+    let mut in_brace = false;
+    let mut it = source.chars();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            chars.push((c, false));
+            if let Some(n) = it.next() {
+                chars.push((n, false));
+            }
+            continue;
+        }
+        match c {
+            '[' if !in_class => in_class = true,
+            ']' if in_class => in_class = false,
+            '{' if !in_class => in_brace = true,
+            '}' if !in_class => in_brace = false,
+            _ => {}
+        }
+        let literal = !in_class && !in_brace;
+        if c.is_ascii() {
+            if c == '\'' {
+                continue;
+            }
+            chars.push((c.to_ascii_lowercase(), literal && c.is_ascii_alphabetic()));
+            continue;
+        }
+        if matches!(c, '\u{2019}' | '\u{2018}' | '\u{02BC}') {
+            continue;
+        }
+        if let Some(word) = emoji_word(c) {
+            chars.extend(word.chars().map(|w| (w, literal)));
+            continue;
+        }
+        for lower in c.to_lowercase() {
+            decompose_canonical(lower, |d| {
+                if d.is_ascii() {
+                    chars.push((d, literal && d.is_ascii_alphabetic()));
+                } else if !is_combining_mark(d) {
+                    // Kept as is: the regex will fail to compile with a clear
+                    // message if a rule uses a character text never contains.
+                    chars.push((d, false));
+                }
+            });
+        }
+    }
+    let mut out = String::with_capacity(chars.len() + 16);
+    let mut k = 0;
+    while k < chars.len() {
+        let (c, literal) = chars[k];
+        if literal {
+            let mut run = 1;
+            while k + run < chars.len() && chars[k + run] == (c, true) {
+                run += 1;
+            }
+            if run >= 2 {
+                out.push_str("(?:");
+                out.push(c);
+                out.push_str("{1,2})");
+                k += run;
+                continue;
+            }
+        }
+        out.push(c);
+        k += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(s: &str) -> Normalised {
+        normalise(
+            s,
+            Lexicon {
+                tokens: &TokenTable::default(),
+                suffixes: &Suffixes::default(),
+            },
+        )
+    }
+
+    fn norm(s: &str) -> String {
+        String::from_utf8(plain(s).text).unwrap()
+    }
+
+    #[test]
+    fn lowercases_strips_accents_and_apostrophes() {
+        assert_eq!(norm("I’m NOT okay"), "im not okay");
+        assert_eq!(
+            norm("Ya no aguanto más, ¿sabés?"),
+            "ya no aguanto mas, sabes?"
+        );
+        assert_eq!(norm("Niño"), "nino");
+        assert_eq!(norm("e\u{301}"), "e");
+    }
+
+    #[test]
+    fn collapses_runs_and_whitespace() {
+        assert_eq!(norm("soooo   tired"), "so tired");
+        assert_eq!(norm("kill   ll"), "kill ll");
+        assert_eq!(norm("killllll"), "kil");
+        assert_eq!(norm("noooooo"), "no");
+        assert_eq!(norm("too"), "too");
+    }
+
+    #[test]
+    fn emoji_become_words_and_line_breaks_end_clauses() {
+        assert_eq!(norm("💊💊"), "pill pill");
+        assert_eq!(norm("bye\nforever"), "bye. forever");
+        assert_eq!(norm("\u{202E}abc\u{0007}"), "abc");
+    }
+
+    #[test]
+    fn spans_map_back_to_original_characters() {
+        let text = "Él tomó 💊 soooo";
+        let n = plain(text);
+        let s = String::from_utf8(n.text.clone()).unwrap();
+        assert_eq!(s, "el tomo pill so");
+        let p = s.find("pill").unwrap();
+        assert_eq!(n.original_span(p, p + 4), (8, 9));
+        let so = s.find("so").unwrap();
+        assert_eq!(n.original_span(so, so + 2), (10, 15));
+        let t = s.find("tomo").unwrap();
+        assert_eq!(n.original_span(t, t + 4), (3, 7));
+    }
+
+    #[test]
+    fn lexicon_replaces_whole_tokens() {
+        let mut t = TokenTable::default();
+        t.insert(
+            b"kms".to_vec().into_boxed_slice(),
+            TokenInfo {
+                replacement: Some(b"kill myself".to_vec().into_boxed_slice()),
+                lang: -1,
+            },
+        );
+        let n = normalise(
+            "gonna KMS tonight",
+            Lexicon {
+                tokens: &t,
+                suffixes: &Suffixes::default(),
+            },
+        );
+        assert_eq!(n.text, b"gonna kill myself tonight");
+        assert_eq!(n.original_span(6, 17), (6, 9));
+        assert_eq!(n.lang_score, -1);
+    }
+
+    #[test]
+    fn patterns_are_normalised_like_text() {
+        assert_eq!(pattern("kill"), "ki(?:l{1,2})");
+        assert_eq!(pattern(r"\bb{2}"), r"\bb{2}");
+        assert_eq!(pattern("don't [a-z]+ más"), "dont [a-z]+ mas");
+        assert_eq!(pattern("💊+"), "pi(?:l{1,2})+");
+        assert_eq!(pattern("Sé"), "se");
+    }
+}

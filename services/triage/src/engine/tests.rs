@@ -1,0 +1,422 @@
+use super::*;
+
+fn engine() -> Engine {
+    Engine::builtin().expect("builtin rulebook compiles")
+}
+
+#[track_caller]
+fn assert_levels(e: &Engine, cases: &[(&str, RiskLevel)]) {
+    let mut failures = Vec::new();
+    for (text, want) in cases {
+        let a = e.assess(text);
+        if a.level != *want {
+            let rules: Vec<_> = a
+                .reasons
+                .iter()
+                .map(|r| format!("{}={}", r.rule, r.level))
+                .collect();
+            failures.push(format!("{text:?}: want {want}, got {} {rules:?}", a.level));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+use RiskLevel::{High, Imminent, Low, Moderate};
+
+#[test]
+fn builtin_rulebook_loads_with_a_version() {
+    let e = engine();
+    assert!(!e.version().is_empty());
+    assert!(e.rule_count() > 20);
+    assert_eq!(e.assess("hi").rulebook_version, e.version());
+}
+
+#[test]
+fn imminent_phrases_en() {
+    assert_levels(
+        &engine(),
+        &[
+            (
+                "my brother took a bunch of pills and he won't wake up",
+                Imminent,
+            ),
+            ("she's not breathing and her lips are blue", Imminent),
+            ("I took all my pills", Imminent),
+            ("i just swallowed the whole bottle", Imminent),
+            (
+                "I have the pills in front of me and I'm going to kill myself tonight",
+                Imminent,
+            ),
+            ("I'm standing on the bridge", Imminent),
+            ("i think im overdosing", Imminent),
+            ("this is goodbye", Imminent),
+        ],
+    );
+}
+
+#[test]
+fn imminent_phrases_es() {
+    assert_levels(
+        &engine(),
+        &[
+            ("mi hermano no despierta", Imminent),
+            ("me tomé todas las pastillas", Imminent),
+            ("no respira y tiene los labios morados", Imminent),
+            ("me voy a matar esta noche", Imminent),
+            ("esta es mi despedida", Imminent),
+        ],
+    );
+}
+
+#[test]
+fn high_phrases_en() {
+    assert_levels(
+        &engine(),
+        &[
+            ("I'm going to kill myself", High),
+            ("i have a plan to end it", High),
+            ("I tried to kill myself last week", High),
+            ("just got out of rehab and used again", High),
+            ("first time using since I got out of prison", High),
+            ("i've been cutting myself", High),
+            ("I wrote a suicide note", High),
+        ],
+    );
+}
+
+#[test]
+fn high_phrases_es() {
+    assert_levels(
+        &engine(),
+        &[
+            ("me voy a matar", High),
+            ("tengo un plan para matarme", High),
+            ("intenté suicidarme la semana pasada", High),
+            ("salí del anexo y volví a consumir", High),
+        ],
+    );
+}
+
+#[test]
+fn moderate_phrases() {
+    assert_levels(
+        &engine(),
+        &[
+            ("I want to die", Moderate),
+            ("sometimes i think about suicide", Moderate),
+            ("I relapsed", Moderate),
+            ("dope sick and cant stop shaking", Moderate),
+            ("I feel so hopeless", Moderate),
+            ("me quiero morir", Moderate),
+            ("ya no aguanto", Moderate),
+            ("recaí otra vez", Moderate),
+            ("kms", Moderate),
+        ],
+    );
+}
+
+#[test]
+fn low_phrases() {
+    assert_levels(
+        &engine(),
+        &[
+            ("what are your hours?", Low),
+            ("where can I get narcan", Low),
+            ("just checking in, doing better today", Low),
+            ("gracias por todo", Low),
+            ("¿a qué hora abren?", Low),
+            ("", Low),
+        ],
+    );
+}
+
+#[test]
+fn negation_lowers() {
+    assert_levels(
+        &engine(),
+        &[
+            ("I'm not going to kill myself", Low),
+            ("I would never hurt myself", Low),
+            ("I don't want to die", Low),
+            ("no quiero morir", Low),
+            ("no me voy a matar", Low),
+            ("I'm not suicidal", Low),
+            // Negation in one clause does not reach the next.
+            ("I'm not okay, I want to die", Moderate),
+            ("no i want to die", Moderate),
+        ],
+    );
+}
+
+#[test]
+fn third_person_keeps_overdose_imminent() {
+    assert_levels(
+        &engine(),
+        &[
+            ("my brother took too many pills", Imminent),
+            ("my friend is unresponsive", Imminent),
+            ("my friend is going to kill himself", High),
+            ("my sister feels hopeless", Low),
+        ],
+    );
+}
+
+#[test]
+fn past_lowers() {
+    assert_levels(
+        &engine(),
+        &[
+            ("I used to cut myself when I was a teenager", Low),
+            ("I tried to kill myself years ago", Moderate),
+            ("I used to cut and now I started cutting myself again", High),
+        ],
+    );
+}
+
+#[test]
+fn idioms_are_not_risk() {
+    assert_levels(
+        &engine(),
+        &[
+            ("this homework is killing me", Low),
+            ("I'm dying to see you", Low),
+            ("me muero de risa", Low),
+            ("my mom is going to kill me lol", Low),
+            ("lol im dead 💀", Low),
+            ("my phone is dying", Low),
+        ],
+    );
+}
+
+#[test]
+fn reasons_carry_character_spans_into_the_original() {
+    let e = engine();
+    let text = "Él tomó… no, MI HERMANO no despierta";
+    let a = e.assess(text);
+    assert_eq!(a.level, Imminent);
+    let r = a
+        .reasons
+        .iter()
+        .find(|r| r.rule == "overdose.unresponsive")
+        .expect("unresponsive reason");
+    let chars: Vec<char> = text.chars().collect();
+    let span: String = chars[r.start..r.end].iter().collect();
+    assert_eq!(span, "no despierta");
+    assert_eq!(a.lang, Language::Es);
+    assert!(!r.label.is_empty());
+}
+
+#[test]
+fn emoji_span_points_at_the_emoji() {
+    let e = engine();
+    let text = "💊💊💊💀";
+    let a = e.assess(text);
+    assert!(a.level >= High, "{a:?}");
+    assert!(a.reasons.iter().all(|r| r.end <= text.chars().count()));
+}
+
+#[test]
+fn language_is_detected() {
+    let e = engine();
+    assert_eq!(e.assess("I want to talk to someone").lang, Language::En);
+    assert_eq!(e.assess("quiero hablar con alguien").lang, Language::Es);
+    assert_eq!(e.assess("hola").lang, Language::Es);
+    assert_eq!(e.assess("").lang, Language::En);
+}
+
+#[test]
+fn score_orders_within_level_and_stays_in_range() {
+    let e = engine();
+    for text in [
+        "",
+        "hi",
+        "I want to die",
+        "I took all my pills, he won't wake up",
+    ] {
+        let a = e.assess(text);
+        assert!((0.0..=1.0).contains(&a.score), "{text}: {}", a.score);
+    }
+    let one = e.assess("he won't wake up").score;
+    let more = e
+        .assess("he won't wake up, his lips are blue and he's not breathing")
+        .score;
+    assert!(more > one);
+    assert!(e.assess("I want to die").score > e.assess("what are your hours").score);
+}
+
+#[test]
+fn odd_strings_do_not_panic() {
+    let e = engine();
+    let long = "a".repeat(1600);
+    let mixed = "😀".repeat(400);
+    for text in [
+        "",
+        " ",
+        "\u{0}\u{1}\u{7f}",
+        "\u{202E}مرحبا بالعالم\u{202C}",
+        "e\u{301}\u{301}\u{301}\u{301}",
+        "\u{301}leading mark",
+        &long,
+        &mixed,
+        "ﬁ ß Ω ǅ İ",
+        "\r\n\r\n",
+        "'''' ’’’",
+    ] {
+        let a = e.assess(text);
+        for r in &a.reasons {
+            assert!(r.start <= r.end && r.end <= text.chars().count());
+        }
+    }
+}
+
+// ------------------------------------------------------------ rulebook errors
+
+const GOOD: &str = r#"
+version = "t1"
+
+[[rule]]
+id = "a.one"
+label = "One"
+level = "high"
+patterns = ['one']
+"#;
+
+#[test]
+fn a_minimal_rulebook_works() {
+    let e = Engine::from_rulebook_str(GOOD, "good.toml").unwrap();
+    assert_eq!(e.version(), "t1");
+    assert_eq!(e.assess("only ONE").level, High);
+    assert_eq!(e.assess("none").level, Low);
+}
+
+#[track_caller]
+fn rule_error(text: &str) -> String {
+    let err = Engine::from_rulebook_str(text, "rules/bad.toml").unwrap_err();
+    err.to_string()
+}
+
+#[test]
+fn unknown_level_names_file_line_and_rule() {
+    let text = format!(
+        "{GOOD}\n[[rule]]\nid = \"b.two\"\nlabel = \"Two\"\nlevel = \"severe\"\npatterns = ['two']\n"
+    );
+    let line = text.lines().position(|l| l.contains("severe")).unwrap() + 1;
+    let msg = rule_error(&text);
+    assert!(msg.contains("rules/bad.toml"), "{msg}");
+    assert!(msg.contains(&format!(":{line}:")), "{msg}");
+    assert!(msg.contains("b.two"), "{msg}");
+    assert!(msg.contains("severe"), "{msg}");
+}
+
+#[test]
+fn bad_pattern_names_file_line_and_rule() {
+    let text = format!(
+        "{GOOD}\n[[rule]]\nid = \"b.bad\"\nlabel = \"Bad\"\nlevel = \"low\"\npatterns = [\n  'fine',\n  '(unclosed',\n]\n"
+    );
+    let line = text.lines().position(|l| l.contains("(unclosed")).unwrap() + 1;
+    let msg = rule_error(&text);
+    assert!(msg.contains(&format!("rules/bad.toml:{line}:")), "{msg}");
+    assert!(msg.contains("b.bad"), "{msg}");
+}
+
+#[test]
+fn duplicate_id_names_both_lines() {
+    let text = format!(
+        "{GOOD}\n[[rule]]\nid = \"a.one\"\nlabel = \"Again\"\nlevel = \"low\"\npatterns = ['x']\n"
+    );
+    let line = text
+        .lines()
+        .collect::<Vec<_>>()
+        .iter()
+        .rposition(|l| l.contains("a.one"))
+        .unwrap()
+        + 1;
+    let msg = rule_error(&text);
+    assert!(msg.contains(&format!("rules/bad.toml:{line}:")), "{msg}");
+    assert!(msg.contains("a.one") && msg.contains("duplicate"), "{msg}");
+    assert!(msg.contains("line 5"), "{msg}");
+}
+
+#[test]
+fn empty_label_is_an_error() {
+    let text = format!(
+        "{GOOD}\n[[rule]]\nid = \"b.empty\"\nlabel = \"  \"\nlevel = \"low\"\npatterns = ['x']\n"
+    );
+    let msg = rule_error(&text);
+    assert!(
+        msg.contains("b.empty") && msg.contains("empty label"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn non_toml_and_missing_fields_are_errors_with_a_line() {
+    let msg = rule_error(
+        "version = \"x\"\n[[rule]]\nid = \"r\"\nlabel = \"L\"\nlevel = \"low\"\npatterns = ['x'\n",
+    );
+    assert!(msg.starts_with("rules/bad.toml:"), "{msg}");
+    let msg =
+        rule_error("version = \"x\"\n\n[[rule]]\nid = \"r\"\nlevel = \"low\"\npatterns = ['x']\n");
+    assert!(
+        msg.contains("rules/bad.toml:3:") && msg.contains("label"),
+        "{msg}"
+    );
+    let msg = rule_error("version = \"x\"\n");
+    assert!(msg.contains("no rules"), "{msg}");
+}
+
+#[test]
+fn combo_with_unknown_tag_is_an_error() {
+    let text = format!(
+        "{GOOD}\n[[combo]]\nid = \"c.x\"\nlabel = \"X\"\nlevel = \"high\"\nall = [\"nope\"]\n"
+    );
+    let msg = rule_error(&text);
+    assert!(msg.contains("c.x") && msg.contains("nope"), "{msg}");
+}
+
+#[test]
+fn load_reports_a_missing_file() {
+    let err = Engine::load("/nonexistent/rulebook.toml").unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/rulebook.toml"));
+}
+
+#[test]
+fn fragments_expand_and_unknown_fragments_are_errors() {
+    let text = r#"
+version = "f1"
+[define]
+FRUIT = '(apple|pear)s?'
+BOWL = 'bowl of {FRUIT}'
+
+[[rule]]
+id = "f.bowl"
+label = "Bowl"
+level = "moderate"
+patterns = ['a {BOWL}']
+"#;
+    let e = Engine::from_rulebook_str(text, "f.toml").unwrap();
+    assert_eq!(e.assess("a bowl of pears").level, Moderate);
+    assert_eq!(e.assess("a bowl of plums").level, Low);
+
+    let bad = text.replace("a {BOWL}", "a {PLUM}");
+    let msg = rule_error(&bad);
+    let line = bad.lines().position(|l| l.contains("{PLUM}")).unwrap() + 1;
+    assert!(msg.contains(&format!("rules/bad.toml:{line}:")), "{msg}");
+    assert!(msg.contains("f.bowl") && msg.contains("PLUM"), "{msg}");
+
+    let looping = text.replace("'bowl of {FRUIT}'", "'bowl of {BOWL}'");
+    assert!(rule_error(&looping).contains("nest"));
+    let lower = text.replace("[define]\n", "[define]\nfruit = 'x'\n");
+    assert!(rule_error(&lower).contains("define.fruit"));
+}
+
+#[test]
+fn combinations_need_their_matches_close_together() {
+    let e = engine();
+    assert_eq!(e.assess("I'm going to kill myself tonight").level, Imminent);
+    let far = format!(
+        "I'm going to kill myself. {} I'll see you tonight at group.",
+        "I have been thinking about a lot of things this week and talking with my sister about school and work and the weather. ".repeat(4)
+    );
+    assert_eq!(e.assess(&far).level, High);
+}

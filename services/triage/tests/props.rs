@@ -1,0 +1,155 @@
+//! Property tests of the engine with the builtin rulebook.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::OnceLock;
+
+use nwd_proto::RiskLevel;
+use nwd_triage::Engine;
+use proptest::prelude::*;
+
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| Engine::builtin().unwrap())
+}
+
+/// Risky phrases (imminent or high on their own, present tense, no context cues).
+const RISKY: &[&str] = &[
+    "I took all my pills",
+    "he won't wake up",
+    "she is not breathing",
+    "her lips are blue",
+    "I'm going to kill myself tonight",
+    "I have a plan to end my life",
+    "I tried to kill myself last week",
+    "just got out of rehab and used again",
+    "me tomé todas las pastillas",
+    "mi hermano no despierta",
+    "me voy a matar",
+    "I'm standing on the bridge",
+    "tengo un plan",
+    "im gonna kms",
+    "💊💊💊💀",
+];
+
+/// Words that exercise the context paths (negation, third person, past, idioms).
+const VOCAB: &[&str] = &[
+    "I",
+    "i'm",
+    "not",
+    "never",
+    "no",
+    "my",
+    "brother",
+    "he",
+    "she",
+    "used",
+    "to",
+    "years",
+    "ago",
+    "kill",
+    "myself",
+    "die",
+    "want",
+    "pills",
+    "took",
+    "all",
+    "tonight",
+    "now",
+    "what",
+    "if",
+    "lol",
+    "is",
+    "killing",
+    "me",
+    "dying",
+    "quiero",
+    "morir",
+    "me",
+    "muero",
+    "de",
+    "risa",
+    "y",
+    "pero",
+    "but",
+    ",",
+    ".",
+    "!",
+    "?",
+    "💊",
+    "💀",
+    "😭",
+    "soooo",
+    "kms",
+    "od",
+    "o.d.",
+    "überdose",
+    "\u{301}",
+    "\u{202E}",
+    "\n",
+    "\t",
+    "\u{0}",
+    "hope",
+    "less",
+    "ya",
+    "no",
+    "aguanto",
+];
+
+fn soup() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(VOCAB), 0..60).prop_map(|w| w.join(" "))
+}
+
+fn any_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        prop::collection::vec(any::<char>(), 0..1700).prop_map(|c| c.into_iter().collect()),
+        soup(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn any_string_gets_a_well_formed_assessment(text in any_text()) {
+        let a = engine().assess(&text);
+        let chars = text.chars().count();
+        prop_assert!((0.0..=1.0).contains(&a.score));
+        prop_assert_eq!(&a.rulebook_version, engine().version());
+        let top = a.reasons.iter().map(|r| r.level).max().unwrap_or(RiskLevel::Low);
+        prop_assert_eq!(a.level, top);
+        for r in &a.reasons {
+            prop_assert!(r.start <= r.end && r.end <= chars, "{:?} in {} chars", r, chars);
+        }
+    }
+
+    #[test]
+    fn appending_a_risky_phrase_never_lowers_the_level(
+        text in any_text(),
+        phrase in prop::sample::select(RISKY),
+    ) {
+        let before = engine().assess(&text).level;
+        let after = engine().assess(&format!("{text} {phrase}")).level;
+        prop_assert!(after >= before, "{:?} + {:?}: {} -> {}", text, phrase, before, after);
+    }
+
+    #[test]
+    fn a_risky_phrase_after_a_sentence_break_is_at_least_high(
+        text in any_text(),
+        phrase in prop::sample::select(RISKY),
+    ) {
+        let after = engine().assess(&format!("{text}\n{phrase}")).level;
+        prop_assert!(after >= RiskLevel::High, "{:?} + {:?}: {}", text, phrase, after);
+    }
+}
+
+#[test]
+fn every_risky_phrase_is_at_least_high_alone() {
+    for phrase in RISKY {
+        assert!(
+            engine().assess(phrase).level >= RiskLevel::High,
+            "{phrase}: {:?}",
+            engine().assess(phrase)
+        );
+    }
+}
