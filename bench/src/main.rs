@@ -381,12 +381,11 @@ async fn raw_hop(
             if let Ok(mut m) = starts.lock() {
                 m.insert(i, start);
             }
-            if let Ok(ack) = js.publish(subject, bytes::Bytes::from(i.to_string())).await {
-                if ack.await.is_ok() {
-                    if let Ok(mut h) = ack_hist.lock() {
-                        let _ = h.record(start.elapsed().as_micros() as u64);
-                    }
-                }
+            if let Ok(ack) = js.publish(subject, bytes::Bytes::from(i.to_string())).await
+                && ack.await.is_ok()
+                && let Ok(mut h) = ack_hist.lock()
+            {
+                let _ = h.record(start.elapsed().as_micros() as u64);
             }
         }));
     }
