@@ -124,6 +124,11 @@ proptest! {
     }
 
     #[test]
+    fn the_prefilter_changes_nothing(text in any_text()) {
+        prop_assert_eq!(engine().assess(&text), engine().assess_exhaustive(&text));
+    }
+
+    #[test]
     fn appending_a_risky_phrase_never_lowers_the_level(
         text in any_text(),
         phrase in prop::sample::select(RISKY),
@@ -141,6 +146,33 @@ proptest! {
         let after = engine().assess(&format!("{text}\n{phrase}")).level;
         prop_assert!(after >= RiskLevel::High, "{:?} + {:?}: {}", text, phrase, after);
     }
+}
+
+#[test]
+fn the_prefilter_changes_nothing_on_the_eval_sets() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/eval");
+    let mut n = 0;
+    for file in [
+        "dev.jsonl",
+        "heldout.jsonl",
+        "heldout2.jsonl",
+        "heldout3.jsonl",
+    ] {
+        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let t = v["text"].as_str().unwrap();
+            for variant in [t.to_owned(), t.to_uppercase(), format!("{t} {t}")] {
+                assert_eq!(
+                    engine().assess(&variant),
+                    engine().assess_exhaustive(&variant),
+                    "{variant:?}"
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n > 1000);
 }
 
 #[test]

@@ -10,13 +10,15 @@
 //! The engine keeps no history: the contact's risk is the router's ratchet
 //! of every message's level.
 
+mod factors;
 mod normalise;
 mod rulebook;
 
 use std::path::Path;
 
+use aho_corasick::AhoCorasick;
 use nwd_proto::{Assessment, Language, Reason, RiskLevel};
-use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
+use regex::bytes::Regex;
 
 pub use rulebook::RulebookError;
 use rulebook::{Combo, Context, Rule};
@@ -34,10 +36,11 @@ pub struct Engine {
     version: String,
     source: String,
     rules: Vec<Rule>,
-    /// Every rule pattern, matched in one pass.
-    set: RegexSet,
-    /// The same patterns one by one (for spans), with their rule index.
+    /// Every rule pattern with its rule index.
     patterns: Vec<(usize, Regex)>,
+    /// One pass over the text finds the literals that some pattern needs
+    /// (see `factors`); only patterns with a literal present run.
+    prefilter: Prefilter,
     idioms: Option<Regex>,
     combos: Vec<Combo>,
     context: Context,
@@ -68,12 +71,8 @@ impl Engine {
             rule: "(all patterns)".to_owned(),
             problem,
         };
-        let set = RegexSetBuilder::new(compiled.patterns.iter().map(|(_, p)| p.as_str()))
-            .unicode(false)
-            .size_limit(256 << 20)
-            .dfa_size_limit(64 << 20)
-            .build()
-            .map_err(|e| invalid(format!("patterns do not compile together: {e}")))?;
+        let prefilter = Prefilter::new(compiled.patterns.iter().map(|(_, p)| p.as_str()))
+            .map_err(|e| invalid(format!("prefilter does not build: {e}")))?;
         let mut patterns = Vec::with_capacity(compiled.patterns.len());
         for (rule, p) in &compiled.patterns {
             let re = rulebook::build(p).map_err(|e| invalid(e.to_string()))?;
@@ -97,8 +96,8 @@ impl Engine {
             version: compiled.version,
             source: source_name.to_owned(),
             rules: compiled.rules,
-            set,
             patterns,
+            prefilter,
             idioms,
             combos: compiled.combos,
             context: compiled.context,
@@ -138,13 +137,29 @@ impl Engine {
         self.rules.len() + self.combos.len()
     }
 
-    /// Number of patterns in the single-pass set.
+    /// Number of patterns.
     pub fn pattern_count(&self) -> usize {
         self.patterns.len()
     }
 
+    /// Patterns that run on every message (no necessary literal found).
+    pub fn unfiltered_pattern_count(&self) -> usize {
+        self.prefilter.always.len()
+    }
+
     /// Assesses one message. Any string is accepted; never panics.
     pub fn assess(&self, text: &str) -> Assessment {
+        self.assess_with(text, false)
+    }
+
+    /// Like [`Engine::assess`] but runs every pattern, skipping the
+    /// prefilter. Slow; for tests that check the prefilter changes nothing.
+    #[doc(hidden)]
+    pub fn assess_exhaustive(&self, text: &str) -> Assessment {
+        self.assess_with(text, true)
+    }
+
+    fn assess_with(&self, text: &str, exhaustive: bool) -> Assessment {
         let mut n = normalise::normalise(
             text,
             Lexicon {
@@ -168,15 +183,25 @@ impl Engine {
                 }
             }
         }
-        let matched = self.set.matches(&n.text);
-        if !matched.matched_any() {
+        let matched: Vec<usize> = if exhaustive {
+            (0..self.patterns.len())
+                .filter(|&i| {
+                    self.patterns
+                        .get(i)
+                        .is_some_and(|(_, re)| re.is_match(&n.text))
+                })
+                .collect()
+        } else {
+            self.prefilter.candidates(&n.text)
+        };
+        if matched.is_empty() {
             return self.assessment(RiskLevel::Low, Vec::new(), lang, 0);
         }
         let mut cues = Cues::new(&self.context, &n.text);
         let mut hits: Vec<Hit> = Vec::new();
         // Every unlowered match with its rule's tags, for combinations.
         let mut tagged: Vec<(u64, usize, usize)> = Vec::new();
-        for index in matched.iter() {
+        for &index in &matched {
             let Some((rule_index, re)) = self.patterns.get(index) else {
                 continue;
             };
@@ -315,6 +340,80 @@ impl Engine {
             level = level.min(l);
         }
         Some((level, level == rule.level))
+    }
+}
+
+/// Literals that patterns need, found in one Aho-Corasick pass.
+#[derive(Debug, Clone)]
+struct Prefilter {
+    literals: AhoCorasick,
+    /// Literal index → patterns that need it (one of their literals).
+    needed_by: Vec<Vec<usize>>,
+    /// Patterns without a necessary literal: they always run.
+    always: Vec<usize>,
+    count: usize,
+}
+
+impl Prefilter {
+    fn new<'a>(
+        patterns: impl Iterator<Item = &'a str>,
+    ) -> Result<Prefilter, aho_corasick::BuildError> {
+        let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+        let mut literals: Vec<Vec<u8>> = Vec::new();
+        let mut needed_by: Vec<Vec<usize>> = Vec::new();
+        let mut always = Vec::new();
+        let mut count = 0;
+        for (p, source) in patterns.enumerate() {
+            count += 1;
+            match factors::necessary_literals(source) {
+                Some(lits) => {
+                    for lit in lits {
+                        let k = *index.entry(lit.clone()).or_insert_with(|| {
+                            literals.push(lit);
+                            needed_by.push(Vec::new());
+                            literals.len() - 1
+                        });
+                        if let Some(v) = needed_by.get_mut(k) {
+                            v.push(p);
+                        }
+                    }
+                }
+                None => always.push(p),
+            }
+        }
+        Ok(Prefilter {
+            literals: AhoCorasick::new(&literals)?,
+            needed_by,
+            always,
+            count,
+        })
+    }
+
+    /// Patterns that may match `text`, in pattern order.
+    fn candidates(&self, text: &[u8]) -> Vec<usize> {
+        let mut wanted = vec![false; self.count];
+        for &p in &self.always {
+            if let Some(w) = wanted.get_mut(p) {
+                *w = true;
+            }
+        }
+        for m in self.literals.find_overlapping_iter(text) {
+            for &p in self
+                .needed_by
+                .get(m.pattern().as_usize())
+                .into_iter()
+                .flatten()
+            {
+                if let Some(w) = wanted.get_mut(p) {
+                    *w = true;
+                }
+            }
+        }
+        wanted
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.then_some(i))
+            .collect()
     }
 }
 
