@@ -223,6 +223,29 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// Ensures every stream and bucket, then opens bucket `name`, retrying with
+/// backoff until both work or `shutdown` fires ([`BusError::Stopped`]).
+pub async fn setup_bucket_with_retry(
+    js: &jetstream::Context,
+    replicas: usize,
+    name: &'static str,
+    shutdown: &CancellationToken,
+) -> Result<kv::Store, BusError> {
+    ensure_all_with_retry(js, replicas, shutdown).await?;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match bucket(js, name).await {
+            Ok(store) => return Ok(store),
+            Err(e) => tracing::warn!(bucket = name, error = %e, "cannot open bucket; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(BusError::Stopped),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
 /// Opens a KV bucket created by [`ensure_all`].
 pub async fn bucket(
     js: &jetstream::Context,

@@ -133,6 +133,13 @@ pub async fn serve(
     .await
 }
 
+/// Waits for a server task spawned with [`serve`]; a panicked task is an I/O error.
+pub async fn join_server(
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> std::io::Result<()> {
+    server.await.map_err(std::io::Error::other)?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,15 +116,19 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let threads = match setup(&js, config.nats.replicas, &shutdown).await {
-        Ok(threads) => threads,
-        Err(Error::Bus(BusError::Stopped)) => return finish(server).await,
-        Err(e) => {
-            shutdown.cancel();
-            let _ = server.await;
-            return Err(e);
-        }
-    };
+    let threads =
+        match bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::THREADS, &shutdown)
+            .await
+            .map_err(Error::Bus)
+        {
+            Ok(threads) => threads,
+            Err(Error::Bus(BusError::Stopped)) => return Ok(ops::join_server(server).await?),
+            Err(e) => {
+                shutdown.cancel();
+                let _ = server.await;
+                return Err(e);
+            }
+        };
     readiness.set("bus", true);
 
     let mut tasks = JoinSet::new();
@@ -160,38 +164,7 @@ pub async fn run(
 
     shutdown.cancelled().await;
     while tasks.join_next().await.is_some() {}
-    finish(server).await
-}
-
-/// Streams and buckets exist and the `threads` bucket is open; retries
-/// until it works or `shutdown` fires.
-async fn setup(
-    js: &jetstream::Context,
-    replicas: usize,
-    shutdown: &CancellationToken,
-) -> Result<jetstream::kv::Store, Error> {
-    bus::ensure_all_with_retry(js, replicas, shutdown).await?;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match bus::bucket(js, buckets::THREADS).await {
-            Ok(store) => return Ok(store),
-            Err(e) => {
-                tracing::warn!(bucket = buckets::THREADS, error = %e, "cannot open bucket; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(Error::Bus(BusError::Stopped)),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<(), Error> {
-    match server.await {
-        Ok(result) => result.map_err(Error::Serve),
-        Err(e) => Err(Error::Serve(std::io::Error::other(e))),
-    }
+    Ok(ops::join_server(server).await?)
 }
 
 /// The message id of an inbound SMS, derived from its MessageSid: a ULID

@@ -204,8 +204,10 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let Some(sends) = setup(&js, config.nats.replicas, &shutdown).await else {
-        return finish(server).await;
+    let Ok(sends) =
+        bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::SENDS, &shutdown).await
+    else {
+        return Ok(ops::join_server(server).await?);
     };
     readiness.set("bus", true);
 
@@ -247,39 +249,7 @@ pub async fn run(
 
     shutdown.cancelled().await;
     while tasks.join_next().await.is_some() {}
-    finish(server).await
-}
-
-/// Streams and buckets exist and `sends` is open; `None` when stopped first.
-async fn setup(
-    js: &jetstream::Context,
-    replicas: usize,
-    shutdown: &CancellationToken,
-) -> Option<jetstream::kv::Store> {
-    bus::ensure_all_with_retry(js, replicas, shutdown)
-        .await
-        .ok()?;
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match bus::bucket(js, buckets::SENDS).await {
-            Ok(store) => return Some(store),
-            Err(e) => {
-                tracing::warn!(bucket = buckets::SENDS, error = %e, "cannot open bucket; retrying");
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn finish(server: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<(), Error> {
-    match server.await {
-        Ok(result) => result.map_err(Error::Serve),
-        Err(e) => Err(Error::Serve(std::io::Error::other(e))),
-    }
+    Ok(ops::join_server(server).await?)
 }
 
 /// A decode failure without the payload (it may hold personal data).
