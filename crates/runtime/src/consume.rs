@@ -50,6 +50,13 @@ pub fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
     h.finish()
 }
 
+/// How long the server waits for an ack before redelivering. This is also
+/// how long a message delivered to a consumer that then crashed waits before
+/// another instance gets it, so it is short: a person at risk must not wait
+/// 30 s behind a dead process. Handlers that run longer keep their message
+/// with progress acks (see [`lane`]).
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// Which stream, which durable consumer, which subjects.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
@@ -76,7 +83,7 @@ impl ConsumerSpec {
             durable,
             filter_subjects,
             lanes: 16,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: DEFAULT_ACK_WAIT,
             max_ack_pending: 1024,
         }
     }
@@ -204,7 +211,9 @@ async fn lane<H: Handler>(
         );
         let started = Instant::now();
         metrics::counter!("nwd_events_received_total", "service" => spec.service, "consumer" => spec.durable).increment(1);
-        let outcome = handler.handle(&msg).instrument(span.clone()).await;
+        let outcome = with_progress(&msg, spec.ack_wait, handler.handle(&msg))
+            .instrument(span.clone())
+            .await;
         let _enter = span.enter();
         let (kind, label) = match outcome {
             Outcome::Ack => (AckKind::Ack, "ack"),
@@ -220,5 +229,28 @@ async fn lane<H: Handler>(
         metrics::counter!("nwd_events_handled_total", "service" => spec.service, "consumer" => spec.durable, "outcome" => label).increment(1);
         metrics::histogram!("nwd_event_handling_seconds", "service" => spec.service, "consumer" => spec.durable)
             .record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Runs a handler, telling the server every third of `ack_wait` that the
+/// message is still being worked on, so a slow handler (a retrying send) is
+/// not redelivered to another instance while it runs.
+async fn with_progress<F: Future<Output = Outcome>>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: F,
+) -> Outcome {
+    let period = (ack_wait / 3).max(Duration::from_millis(100));
+    let mut work = std::pin::pin!(work);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            outcome = &mut work => return outcome,
+            _ = ticker.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "progress ack failed");
+                }
+            }
+        }
     }
 }

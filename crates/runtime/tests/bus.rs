@@ -156,3 +156,138 @@ async fn cas_serialises_concurrent_writers() {
     let v = kv::get::<u32>(&store, "counter").await.unwrap();
     assert_eq!(v.value, Some(20), "every increment applied exactly once");
 }
+
+/// Counts deliveries and takes `delay` per message.
+struct Slow {
+    delay: Duration,
+    deliveries: AtomicUsize,
+}
+
+impl Handler for Slow {
+    async fn handle(&self, _msg: &jetstream::Message) -> Outcome {
+        self.deliveries.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        Outcome::Ack
+    }
+}
+
+fn short_spec(durable: &'static str) -> ConsumerSpec {
+    let mut spec = ConsumerSpec::new(
+        "test",
+        streams::CONTACTS,
+        durable,
+        vec![nwd_proto::subjects::contact_messages_all()],
+    );
+    spec.ack_wait = Duration::from_millis(600);
+    spec
+}
+
+#[tokio::test]
+async fn a_slow_handler_keeps_its_message_with_progress_acks() {
+    let (_server, js) = setup().await;
+    let handler = Arc::new(Slow {
+        delay: Duration::from_millis(2500),
+        deliveries: AtomicUsize::new(0),
+    });
+    let shutdown = CancellationToken::new();
+    let readiness = Readiness::new(Vec::<String>::new());
+    let task = tokio::spawn(consume::run(
+        js.clone(),
+        short_spec("slow"),
+        handler.clone(),
+        readiness,
+        shutdown.clone(),
+    ));
+    let subject = nwd_proto::subjects::contact_message(&ContactId::new());
+    bus::publish(&js, subject, "slow-1", &Envelope::new(Probe { n: 1 }))
+        .await
+        .unwrap();
+    let stream = js.get_stream(streams::CONTACTS).await.unwrap();
+    eventually(Duration::from_secs(10), "message acked", || {
+        let stream = stream.clone();
+        async move {
+            let info = stream.consumer_info("slow").await.ok()?;
+            (info.ack_floor.stream_sequence == 1).then_some(())
+        }
+    })
+    .await;
+    // Four ack waits passed while it ran: without progress acks the server
+    // would have redelivered it.
+    assert_eq!(handler.deliveries.load(Ordering::SeqCst), 1);
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_held_by_a_crashed_consumer_is_redelivered_after_ack_wait() {
+    let (server, js) = setup().await;
+    let spec = short_spec("crashy");
+    let stream = js.get_stream(streams::CONTACTS).await.unwrap();
+    stream
+        .get_or_create_consumer::<jetstream::consumer::pull::Config>("crashy", {
+            let mut c = jetstream::consumer::pull::Config {
+                durable_name: Some("crashy".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_deliver: -1,
+                ..Default::default()
+            };
+            c.filter_subjects = spec.filter_subjects.clone();
+            c
+        })
+        .await
+        .unwrap();
+    // A first instance takes the message and dies without acking it.
+    {
+        let args = NatsArgs::local(server.url());
+        let client = bus::connect(&args, "doomed").await.unwrap();
+        let doomed = bus::jetstream(client.clone(), &args);
+        let subject = nwd_proto::subjects::contact_message(&ContactId::new());
+        bus::publish(&js, subject, "held-1", &Envelope::new(Probe { n: 1 }))
+            .await
+            .unwrap();
+        let consumer: jetstream::consumer::PullConsumer = doomed
+            .get_stream(streams::CONTACTS)
+            .await
+            .unwrap()
+            .get_consumer("crashy")
+            .await
+            .unwrap();
+        use futures::StreamExt;
+        let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+        let held = batch.next().await.unwrap().unwrap();
+        assert_eq!(held.info().unwrap().delivered, 1);
+        drop(batch);
+        drop(client);
+    }
+    let handler = Arc::new(Slow {
+        delay: Duration::ZERO,
+        deliveries: AtomicUsize::new(0),
+    });
+    let shutdown = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let task = tokio::spawn(consume::run(
+        js.clone(),
+        spec,
+        handler.clone(),
+        Readiness::new(Vec::<String>::new()),
+        shutdown.clone(),
+    ));
+    eventually(Duration::from_secs(10), "redelivered", || async {
+        (handler.deliveries.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    // Redelivery waits for ack_wait, never for the old 30 s default.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[test]
+fn the_default_ack_wait_is_short() {
+    assert!(consume::DEFAULT_ACK_WAIT <= Duration::from_secs(5));
+}
