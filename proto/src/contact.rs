@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 
 use crate::events::{Channel, MessageTriaged};
 use crate::ids::{ContactId, CounsellorId, MessageId, PartnerId};
+use crate::ladder::Escalation;
 use crate::risk::{Language, Reason, RiskLevel};
 
 /// How many recent message ids a record remembers to make redelivery harmless.
@@ -87,6 +88,9 @@ pub struct ContactRecord {
     pub last_message_at: OffsetDateTime,
     /// Ids of recently applied messages, so a redelivered event changes nothing.
     pub seen: Vec<MessageId>,
+    /// The escalation ladder (set by the router when the contact opens).
+    #[serde(default)]
+    pub escalation: Option<Escalation>,
 }
 
 /// What applying a message did.
@@ -119,6 +123,7 @@ impl ContactRecord {
             message_count: 0,
             last_message_at: m.received_at,
             seen: Vec::new(),
+            escalation: None,
         };
         rec.apply_message(ev);
         rec
@@ -151,7 +156,21 @@ impl ContactRecord {
             self.state = ContactState::Waiting {
                 since: m.received_at,
             };
+            // A new wait climbs the ladder from the bottom again, under the
+            // policy frozen when the contact first opened.
+            if let Some(e) = self.escalation.take() {
+                self.escalation = Some(Escalation::start(e.policy, m.received_at));
+            }
             return Applied::Reopened;
+        }
+        // Risk rising to imminent while in the queue broadcasts at once.
+        if self.risk == RiskLevel::Imminent
+            && self.waiting_since().is_some()
+            && let Some(e) = self.escalation.as_mut()
+            && e.policy.imminent_broadcast
+            && !e.broadcast
+        {
+            e.due = Some(e.due.map_or(m.received_at, |d| d.min(m.received_at)));
         }
         Applied::Added
     }
@@ -211,6 +230,10 @@ impl ContactRecord {
                     counsellor: who.clone(),
                     since: now,
                 };
+                // An accept stops the ladder.
+                if let Some(e) = self.escalation.as_mut() {
+                    e.due = None;
+                }
                 Ok(())
             }
             ContactState::Offered { .. } | ContactState::Waiting { .. } => {
@@ -223,8 +246,13 @@ impl ContactRecord {
     }
 
     /// Removes a counsellor from the offer (decline, disconnect). When nobody
-    /// is left the contact goes back to waiting, keeping its place in the queue.
-    pub fn withdraw(&mut self, who: &CounsellorId) -> Result<(), TransitionError> {
+    /// is left the contact goes back to waiting, keeping its place in the
+    /// queue, and the ladder moves on at once (`now`).
+    pub fn withdraw(
+        &mut self,
+        who: &CounsellorId,
+        now: OffsetDateTime,
+    ) -> Result<(), TransitionError> {
         match &mut self.state {
             ContactState::Offered { to, since } => {
                 if !to.contains(who) {
@@ -234,6 +262,9 @@ impl ContactRecord {
                 if to.is_empty() {
                     let since = *since;
                     self.state = ContactState::Waiting { since };
+                    if let Some(e) = self.escalation.as_mut() {
+                        e.due = Some(e.due.map_or(now, |d| d.min(now)));
+                    }
                 }
                 Ok(())
             }
@@ -255,11 +286,22 @@ impl ContactRecord {
                     by: who.clone(),
                     at: now,
                 };
+                if let Some(e) = self.escalation.as_mut() {
+                    e.due = None;
+                }
                 Ok(())
             }
             ContactState::Resolved { .. } => Err(TransitionError::Resolved),
             _ => Err(TransitionError::NotAssigned),
         }
+    }
+}
+
+/// Who a contact is currently offered to (empty unless offered).
+pub fn offered(rec: &ContactRecord) -> &[CounsellorId] {
+    match &rec.state {
+        ContactState::Offered { to, .. } => to,
+        _ => &[],
     }
 }
 
@@ -370,11 +412,14 @@ mod tests {
         let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Low, "a"));
         let since = rec.waiting_since().unwrap();
         rec.offer(&[c("ana"), c("ben")]).unwrap();
-        rec.withdraw(&c("ana")).unwrap();
+        rec.withdraw(&c("ana"), NOW).unwrap();
         assert!(matches!(rec.state, ContactState::Offered { .. }));
-        rec.withdraw(&c("ben")).unwrap();
+        rec.withdraw(&c("ben"), NOW).unwrap();
         assert_eq!(rec.state, ContactState::Waiting { since });
-        assert_eq!(rec.withdraw(&c("ben")), Err(TransitionError::NotOffered));
+        assert_eq!(
+            rec.withdraw(&c("ben"), NOW),
+            Err(TransitionError::NotOffered)
+        );
     }
 
     #[test]

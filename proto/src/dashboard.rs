@@ -124,7 +124,39 @@ pub struct ContactView {
     pub opened_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub waiting_since: Option<OffsetDateTime>,
+    /// Escalation progress while waiting.
+    #[serde(default)]
+    pub escalation: Option<Box<EscalationView>>,
     pub messages: Vec<MessageView>,
+}
+
+/// Escalation progress of a waiting contact, for the dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EscalationView {
+    /// Steps fired so far.
+    pub steps: u64,
+    /// Readable name of the last rung fired ("Imminent broadcast" for the broadcast).
+    pub level: Option<String>,
+    /// Readable name of the rung that fires next.
+    pub next: Option<String>,
+    /// When it fires.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub due: Option<OffsetDateTime>,
+}
+
+impl EscalationView {
+    pub fn of(e: &crate::ladder::Escalation) -> Self {
+        Self {
+            steps: e.steps,
+            level: e.trail.last().map(|s| {
+                s.rung
+                    .map_or("Imminent broadcast", crate::ladder::Rung::label)
+                    .to_owned()
+            }),
+            next: e.next().map(|r| r.label().to_owned()),
+            due: e.due,
+        }
+    }
 }
 
 /// Why an offer disappeared from a screen.
@@ -176,6 +208,15 @@ pub enum ServerMsg {
     },
     Resolved {
         contact_id: ContactId,
+    },
+    /// Supervisors: an imminent contact was broadcast (first accept wins).
+    Alert {
+        contact: ContactView,
+    },
+    /// Where a waiting contact is on its escalation ladder.
+    Escalation {
+        contact_id: ContactId,
+        progress: Box<EscalationView>,
     },
     Error {
         code: String,

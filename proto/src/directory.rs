@@ -2,12 +2,13 @@
 //! patients with their coordinator, trusted contacts and consents. Loaded
 //! from `deploy/local/demo/directory.toml` (or `NWD_DIRECTORY`) at start.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::ids::{CounsellorId, PartnerId};
+use crate::ladder::{LadderPolicy, PolicyError};
 use crate::phone::PhoneNumber;
 use crate::risk::Language;
 
@@ -21,6 +22,22 @@ pub struct Directory {
     pub staff: Vec<Staff>,
     #[serde(default)]
     pub patients: Vec<Patient>,
+    /// One-off changes to the weekly on-call rotation.
+    #[serde(default)]
+    pub overrides: Vec<OnCallOverride>,
+}
+
+/// A one-off change to who is on call: `on_call = true` puts someone on
+/// call outside their shifts (cover), `false` takes them off (leave).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnCallOverride {
+    pub staff: CounsellorId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub until: OffsetDateTime,
+    pub on_call: bool,
 }
 
 /// The crisis line itself.
@@ -35,6 +52,13 @@ pub struct Line {
     pub emergency_number: String,
     /// External backup line, the last level of the ladder.
     pub backup_line: PhoneNumber,
+    /// The default escalation policy.
+    #[serde(default)]
+    pub ladder: LadderPolicy,
+    /// The automatic safety message for imminent risk, per language
+    /// (`{emergency}` is replaced by the emergency number).
+    #[serde(default)]
+    pub safety_messages: BTreeMap<Language, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +83,9 @@ pub struct Partner {
     /// SMS numbers that are this partner's door into the line.
     #[serde(default)]
     pub sms_numbers: Vec<PhoneNumber>,
+    /// This partner's escalation policy, instead of the line's.
+    #[serde(default)]
+    pub ladder: Option<LadderPolicy>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +116,9 @@ pub struct Staff {
     /// Home institution.
     pub partner: PartnerId,
     pub languages: Vec<Language>,
+    /// Skills (e.g. "overdose", "youth", "reentry"), for routing rules to come.
+    #[serde(default)]
+    pub skills: Vec<String>,
     /// Concurrent conversations.
     #[serde(default = "default_capacity")]
     pub capacity: u32,
@@ -167,6 +197,10 @@ pub enum DirectoryError {
     DuplicateNumber(String),
     #[error("the directory has no supervisor")]
     NoSupervisor,
+    #[error("ladder of {0}: {1}")]
+    Ladder(String, PolicyError),
+    #[error("{0}: bad time zone or shift: {1}")]
+    Schedule(String, String),
 }
 
 impl Directory {
@@ -199,6 +233,24 @@ impl Directory {
         }
         if !self.staff.iter().any(|s| s.role == Role::Supervisor) {
             return Err(DirectoryError::NoSupervisor);
+        }
+        self.line
+            .ladder
+            .validate()
+            .map_err(|e| DirectoryError::Ladder("the line".into(), e))?;
+        for p in &self.partners {
+            if let Some(l) = &p.ladder {
+                l.validate()
+                    .map_err(|e| DirectoryError::Ladder(p.id.to_string(), e))?;
+            }
+        }
+        for o in &self.overrides {
+            if self.staff(&o.staff).is_none() {
+                return Err(DirectoryError::UnknownStaff(
+                    "an on-call override".into(),
+                    o.staff.to_string(),
+                ));
+            }
         }
         for p in &self.patients {
             if !ids.insert(format!("patient:{}", p.id)) {
@@ -234,6 +286,28 @@ impl Directory {
 
     pub fn patient_by_phone(&self, phone: &PhoneNumber) -> Option<&Patient> {
         self.patients.iter().find(|p| &p.phone == phone)
+    }
+
+    /// The escalation policy for a contact through this door.
+    pub fn policy_for(&self, door: Option<&PartnerId>) -> LadderPolicy {
+        door.and_then(|d| self.partner(d))
+            .and_then(|p| p.ladder.clone())
+            .unwrap_or_else(|| self.line.ladder.clone())
+    }
+
+    /// The safety message in a language (English when missing), with the
+    /// emergency number filled in.
+    pub fn safety_message(&self, lang: Language) -> String {
+        let text = self
+            .line
+            .safety_messages
+            .get(&lang)
+            .or_else(|| self.line.safety_messages.get(&Language::En))
+            .map_or(
+                "If you are in danger now, call {emergency}. A counsellor is joining you now.",
+                String::as_str,
+            );
+        text.replace("{emergency}", &self.line.emergency_number)
     }
 
     /// Display name of a door (partner name, or the line's own name).

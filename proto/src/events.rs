@@ -199,6 +199,96 @@ impl Event for ContactResolved {
     const TYPE: &'static str = "contact.resolved";
 }
 
+/// A step of a contact's escalation ladder fired.
+/// Subject `nwd.v1.contact.escalated.<contact_id>`, `Nats-Msg-Id` = `<contact_id>:step:<n>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactEscalated {
+    pub contact_id: ContactId,
+    pub risk: crate::risk::RiskLevel,
+    pub step: crate::ladder::StepRecord,
+    /// When the next step fires, if the contact is still waiting.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_due: Option<OffsetDateTime>,
+}
+
+impl Event for ContactEscalated {
+    const TYPE: &'static str = "contact.escalated";
+}
+
+// ---------------------------------------------------------------- AUDIT
+
+/// The legal basis of a disclosure (42 CFR Part 2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "basis", rename_all = "snake_case")]
+pub enum LegalBasis {
+    /// §2.31 written consent: its fields as they were when relied on.
+    Consent {
+        purpose: String,
+        disclose: String,
+        #[serde(with = "time::serde::rfc3339")]
+        signed_at: OffsetDateTime,
+        #[serde(with = "time::serde::rfc3339::option")]
+        expires_at: Option<OffsetDateTime>,
+    },
+    /// §2.51 medical emergency: only to medical personnel; records who
+    /// received it, their affiliation, who disclosed, when, and the nature of
+    /// the emergency.
+    MedicalEmergency {
+        recipient_affiliation: String,
+        nature_of_emergency: String,
+    },
+}
+
+/// Who received (or would have received) a disclosure. Ids, never names or numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum Recipient {
+    TrustedContact(String),
+    Partner(crate::ids::PartnerId),
+    MedicalPersonnel(String),
+}
+
+/// An immutable disclosure record. Subject `nwd.v1.audit.disclosure.<contact_id>`,
+/// `Nats-Msg-Id` = `<contact_id>:step:<n>:disclosure:<recipient>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disclosure {
+    pub contact_id: ContactId,
+    /// The patient (directory id) the information is about.
+    pub patient: String,
+    pub recipient: Recipient,
+    /// What was disclosed, in words (never the message text).
+    pub what: String,
+    pub purpose: String,
+    pub basis: LegalBasis,
+    /// The service and step that disclosed.
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for Disclosure {
+    const TYPE: &'static str = "audit.disclosure";
+}
+
+/// A disclosure *not* made for lack of a valid consent, recorded so the
+/// trail shows the line considered and refused it.
+/// Subject `nwd.v1.audit.disclosure_refused.<contact_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DisclosureRefused {
+    pub contact_id: ContactId,
+    pub patient: String,
+    pub recipient: Recipient,
+    /// `no_consent`, `revoked`, `expired`, `purpose` (the consent does not cover it).
+    pub reason: String,
+    pub by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for DisclosureRefused {
+    const TYPE: &'static str = "audit.disclosure_refused";
+}
+
 // ---------------------------------------------------------------- OUTBOUND
 
 /// Who wrote an outbound message.

@@ -33,6 +33,18 @@ macro_rules! ulid_id {
                 self.0
             }
             /// Builds an id from a ULID, e.g. one derived deterministically.
+            /// A deterministic id derived from a name (e.g. `<contact>:safety`),
+            /// so a side effect repeated after a crash carries the same id.
+            pub fn derived(name: &str) -> Self {
+                use sha2::Digest;
+                let h = sha2::Sha256::digest(name.as_bytes());
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&h[..16]);
+                // Keep the timestamp bits in range; the id only needs to be stable.
+                b[0] &= 0x7f;
+                Self(ulid::Ulid::from_bytes(b))
+            }
+
             pub fn from_ulid(u: ulid::Ulid) -> Self {
                 Self(u)
             }

@@ -12,6 +12,7 @@ pub mod directory;
 pub mod envelope;
 pub mod events;
 pub mod ids;
+pub mod ladder;
 pub mod phone;
 pub mod risk;
 pub mod router;

@@ -50,6 +50,22 @@ pub fn contact_resolved_all() -> String {
     format!("{ROOT}.contact.resolved.*")
 }
 
+pub fn contact_escalated(id: &ContactId) -> String {
+    format!("{ROOT}.contact.escalated.{id}")
+}
+
+pub fn contact_escalated_all() -> String {
+    format!("{ROOT}.contact.escalated.*")
+}
+
+pub fn audit_disclosure(id: &ContactId) -> String {
+    format!("{ROOT}.audit.disclosure.{id}")
+}
+
+pub fn audit_disclosure_refused(id: &ContactId) -> String {
+    format!("{ROOT}.audit.disclosure_refused.{id}")
+}
+
 pub fn outbound_sms(contact: &ContactId) -> String {
     format!("{ROOT}.outbound.sms.{contact}")
 }

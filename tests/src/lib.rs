@@ -87,11 +87,12 @@ pub struct Line {
 }
 
 /// Names of the services, in start order.
-pub const SERVICES: [&str; 7] = [
+pub const SERVICES: [&str; 8] = [
     "gateway",
     "intake",
     "triage",
     "router",
+    "escalator",
     "notifier",
     "dashboard",
     "phone-sim",
@@ -190,6 +191,16 @@ impl Line {
             ],
         );
         opts.insert(
+            "escalator",
+            vec![
+                ("nats-url", nats_url.clone()),
+                ("metrics-addr", addr("escalator").to_string()),
+                ("directory", dir.clone()),
+                ("max-tick-ms", "100".into()),
+                ("announce-grace-ms", "500".into()),
+            ],
+        );
+        opts.insert(
             "notifier",
             vec![
                 ("nats-url", nats_url.clone()),
@@ -242,6 +253,13 @@ impl Line {
         starters.insert(
             "router",
             starter(parse::<nwd_router::Config>(&f("router")), nwd_router::run),
+        );
+        starters.insert(
+            "escalator",
+            starter(
+                parse::<nwd_escalator::Config>(&f("escalator")),
+                nwd_escalator::run,
+            ),
         );
         starters.insert(
             "notifier",

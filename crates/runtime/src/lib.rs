@@ -4,6 +4,7 @@
 pub mod bus;
 pub mod consume;
 pub mod directory;
+pub mod escalation;
 pub mod kv;
 pub mod ops;
 pub mod problem;

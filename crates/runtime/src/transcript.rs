@@ -144,6 +144,11 @@ pub fn contact_view(
         door: dir.door_name(rec.door.as_ref()),
         opened_at: rec.opened_at,
         waiting_since: rec.waiting_since(),
+        escalation: rec
+            .escalation
+            .as_ref()
+            .filter(|_| rec.waiting_since().is_some())
+            .map(|e| Box::new(nwd_proto::dashboard::EscalationView::of(e))),
         messages,
     }
 }

@@ -7,7 +7,7 @@
 //! contacts and the presence map only feed decisions; every decision is
 //! re-made inside the compare-and-swap on the record as read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,9 +19,11 @@ use nwd_proto::dashboard::{
 };
 use nwd_proto::directory::Directory;
 use nwd_proto::events::{ContactAssigned, ContactResolved, MessageTriaged};
+use nwd_proto::ladder::{Escalation, StepRecord};
 use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::{ContactId, CounsellorId, Envelope, Event, subjects};
 use nwd_runtime::bus;
+use nwd_runtime::escalation::Announcer;
 use nwd_runtime::kv::{self, Cas, KvError};
 use nwd_runtime::transcript::{self, TranscriptError};
 use time::OffsetDateTime;
@@ -29,6 +31,7 @@ use tokio::sync::Notify;
 
 use crate::NAME;
 use crate::decide::{self, Floor};
+use nwd_ladder::floor as ladder_floor;
 
 /// Why a step did not complete (it is retried: by redelivery or the sweep).
 #[derive(Debug, thiserror::Error)]
@@ -66,16 +69,13 @@ struct State {
     /// Open contacts (not resolved), with the revision they were read at.
     contacts: HashMap<ContactId, Cached>,
     presence: HashMap<CounsellorId, PresenceRecord>,
-    /// Who declined a contact during its current offer (until it is
-    /// assigned or resolved), so it is not offered to them again.
-    declined: HashMap<ContactId, HashSet<CounsellorId>>,
 }
 
 /// Result of applying a triaged message.
 struct Triaged {
     record: ContactRecord,
-    opened: bool,
-    offered: Vec<CounsellorId>,
+    /// Steps of the ladder fired in the same write (the first, on open).
+    steps: Vec<StepRecord>,
 }
 
 /// The router: shared by the consumer lanes, the command tasks, the presence
@@ -92,6 +92,8 @@ pub struct Router {
     /// Serialises accepts so that concurrent accepts by one counsellor
     /// cannot take them over capacity.
     accept_lock: tokio::sync::Mutex<()>,
+    /// Publishes the effects of ladder steps this router fired.
+    announcer: Announcer,
 }
 
 impl std::fmt::Debug for Router {
@@ -110,7 +112,15 @@ impl Router {
         directory: Arc<Directory>,
         stale_after: Duration,
     ) -> Self {
+        let announcer = Announcer {
+            client: client.clone(),
+            js: js.clone(),
+            contacts: contacts.clone(),
+            directory: directory.clone(),
+            service: NAME,
+        };
         Self {
+            announcer,
             client,
             js,
             contacts,
@@ -134,14 +144,10 @@ impl Router {
         Floor {
             directory: &self.directory,
             presence: state.presence.clone(),
-            load: decide::load(state.contacts.values().map(|c| &c.record)),
+            load: ladder_floor::load(state.contacts.values().map(|c| &c.record)),
             now: OffsetDateTime::now_utc(),
             stale_after: self.stale_after,
         }
-    }
-
-    fn declined(&self, id: &ContactId) -> HashSet<CounsellorId> {
-        self.state().declined.get(id).cloned().unwrap_or_default()
     }
 
     fn cached(&self, id: &ContactId) -> Option<ContactRecord> {
@@ -158,12 +164,6 @@ impl Router {
         if !newer {
             return;
         }
-        if !matches!(
-            record.state,
-            ContactState::Waiting { .. } | ContactState::Offered { .. }
-        ) {
-            state.declined.remove(&record.id);
-        }
         if record.is_open() {
             state.contacts.insert(
                 record.id,
@@ -175,7 +175,7 @@ impl Router {
         } else {
             state.contacts.remove(&record.id);
         }
-        for (risk, n) in decide::queue_depth(state.contacts.values().map(|c| &c.record)) {
+        for (risk, n) in ladder_floor::queue_depth(state.contacts.values().map(|c| &c.record)) {
             metrics::gauge!("nwd_queue_depth", "service" => NAME, "risk" => risk.as_str())
                 .set(n as f64);
         }
@@ -282,44 +282,33 @@ impl Router {
     pub async fn on_triaged(&self, ev: &MessageTriaged) -> Result<(), StepError> {
         let id = ev.message.contact_id;
         let floor = self.floor();
-        let declined = self.declined(&id);
         let (outcome, revision) = kv::cas(
             &self.contacts,
             &id.to_string(),
             |cur: Option<ContactRecord>| {
-                let (mut record, opened) = match cur {
-                    None => (ContactRecord::open(ev), true),
+                let mut record = match cur {
+                    None => ContactRecord::open(ev),
                     Some(mut rec) => {
                         if rec.apply_message(ev) == Applied::Duplicate {
                             return Cas::Keep(None);
                         }
-                        (rec, false)
+                        rec
                     }
                 };
-                let mut offered = Vec::new();
-                if matches!(record.state, ContactState::Waiting { .. }) {
-                    offered = floor.new_offers(&record, &declined);
-                    if !offered.is_empty() && record.offer(&offered).is_err() {
-                        offered.clear();
-                    }
+                if record.escalation.is_none() && record.waiting_since().is_some() {
+                    // The policy is frozen into the contact when it opens.
+                    let policy = self.directory.policy_for(record.door.as_ref());
+                    record.escalation = Some(Escalation::start(policy, ev.message.received_at));
                 }
-                Cas::Write(
-                    record.clone(),
-                    Some(Triaged {
-                        record,
-                        opened,
-                        offered,
-                    }),
-                )
+                // The first step (or an imminent broadcast) fires in the same
+                // write, so a new contact is offered without waiting for the
+                // escalator; later steps are the escalator's.
+                let steps = nwd_ladder::fire(&mut record, &floor);
+                Cas::Write(record.clone(), Some(Triaged { record, steps }))
             },
         )
         .await?;
-        let Some(Triaged {
-            record,
-            opened,
-            offered,
-        }) = outcome
-        else {
+        let Some(Triaged { record, steps }) = outcome else {
             tracing::debug!(contact = %id, "message already applied");
             return Ok(());
         };
@@ -331,39 +320,30 @@ impl Router {
             reasons: record.reasons.iter().map(ReasonView::from).collect(),
             message: view.clone(),
         };
+        let newly_offered: Vec<&CounsellorId> = steps
+            .iter()
+            .flat_map(|s| step_targets(&s.outcome))
+            .collect();
         match &record.state {
             ContactState::Assigned { counsellor, .. } => self.push(counsellor, line).await,
             ContactState::Offered { to, .. } => {
-                for who in to.iter().filter(|c| !offered.contains(c)) {
+                for who in to.iter().filter(|c| !newly_offered.contains(c)) {
                     self.push(who, line.clone()).await;
                 }
             }
             ContactState::Waiting { .. } | ContactState::Resolved { .. } => {}
         }
-        if !offered.is_empty() {
-            // A brand-new contact has one message, the one in hand: skip the
-            // stream read on the hot path.
-            let messages = if opened {
-                vec![view]
-            } else {
-                self.transcript_or(&id, view).await
-            };
-            self.push_offers(&record, &offered, messages).await;
-        } else if matches!(record.state, ContactState::Waiting { .. }) {
+        if !steps.is_empty()
+            && let Err(e) = self.announcer.announce(&record).await
+        {
+            // The record says the step fired; the escalator republishes its
+            // effects when it sees `announced < steps`.
+            tracing::warn!(contact = %id, error = %e, "cannot announce escalation step; the escalator will");
+        }
+        if matches!(record.state, ContactState::Waiting { .. }) {
             tracing::info!(contact = %id, risk = %record.risk, "waiting: nobody available");
         }
         Ok(())
-    }
-
-    async fn transcript_or(&self, id: &ContactId, last: MessageView) -> Vec<MessageView> {
-        match transcript::load(&self.js, id).await {
-            Ok(m) if !m.is_empty() => m,
-            Ok(_) => vec![last],
-            Err(e) => {
-                tracing::warn!(contact = %id, error = %e, "cannot load transcript; offering the last message only");
-                vec![last]
-            }
-        }
     }
 
     async fn push_offers(
@@ -393,13 +373,12 @@ impl Router {
     /// counsellor it is not offered to yet (ring-all; first accept wins).
     pub async fn offer(&self, id: ContactId) -> Result<(), StepError> {
         let floor = self.floor();
-        let declined = self.declined(&id);
         // Decide on the cached record first: no stream read and no KV round
         // trip when nobody new can be offered (the common case in a sweep).
         let Some(cached) = self.cached(&id) else {
             return Ok(());
         };
-        if floor.new_offers(&cached, &declined).is_empty() {
+        if nwd_ladder::widen(&cached, &floor).is_empty() {
             return Ok(());
         }
         let messages = transcript::load(&self.js, &id).await?;
@@ -410,7 +389,7 @@ impl Router {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
                 };
-                let new = floor.new_offers(&rec, &declined);
+                let new = nwd_ladder::widen(&rec, &floor);
                 if new.is_empty() || rec.offer(&new).is_err() {
                     return Cas::Keep(Some((rec, Vec::new())));
                 }
@@ -437,7 +416,7 @@ impl Router {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
                 };
-                match rec.withdraw(who) {
+                match rec.withdraw(who, OffsetDateTime::now_utc()) {
                     Ok(()) => Cas::Write(rec.clone(), Some((rec, true))),
                     Err(_) => Cas::Keep(Some((rec, false))),
                 }
@@ -476,7 +455,7 @@ impl Router {
                 .clone()
                 .flat_map(|r| floor.stale_offers(r).into_iter().map(|c| (r.id, c)))
                 .collect();
-            let queue: Vec<ContactId> = decide::queue(records).iter().map(|r| r.id).collect();
+            let queue: Vec<ContactId> = ladder_floor::queue(records).iter().map(|r| r.id).collect();
             (stale, queue)
         };
         for (id, who) in stale {
@@ -557,7 +536,7 @@ impl Router {
                     Err(e) => Cas::Keep(Err(e)),
                     Ok(()) if rec.state == before.state => Cas::Keep(Ok((rec, Vec::new(), None))),
                     Ok(()) => {
-                        let others: Vec<CounsellorId> = decide::offered_to(&before)
+                        let others: Vec<CounsellorId> = ladder_floor::offered_to(&before)
                             .iter()
                             .filter(|c| **c != who)
                             .cloned()
@@ -636,12 +615,7 @@ impl Router {
     }
 
     async fn decline(&self, id: ContactId, who: CounsellorId) -> (RouterReply, Vec<FollowUp>) {
-        // Before the write, so that a concurrent sweep cannot offer it back to them.
-        self.state()
-            .declined
-            .entry(id)
-            .or_default()
-            .insert(who.clone());
+        let now = OffsetDateTime::now_utc();
         let result = kv::cas(
             &self.contacts,
             &id.to_string(),
@@ -652,8 +626,16 @@ impl Router {
                 if rec.assigned_to() == Some(&who) {
                     return Cas::Keep(Declined::AlreadyTheirs);
                 }
-                match rec.withdraw(&who) {
-                    Ok(()) => Cas::Write(rec.clone(), Declined::Withdrawn(Box::new(rec))),
+                match rec.withdraw(&who, now) {
+                    Ok(()) => {
+                        // Remembered in the record, so no replica offers it back to them.
+                        if let Some(e) = rec.escalation.as_mut()
+                            && !e.declined.contains(&who)
+                        {
+                            e.declined.push(who.clone());
+                        }
+                        Cas::Write(rec.clone(), Declined::Withdrawn(Box::new(rec)))
+                    }
                     Err(e) => Cas::Keep(Declined::Refused(e)),
                 }
             },
@@ -674,11 +656,9 @@ impl Router {
                 tracing::info!(contact = %id, counsellor = %who, "declined");
                 metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "declined")
                     .increment(1);
-                let mut follow = vec![withdrawn(WithdrawReason::Declined)];
-                if matches!(record.state, ContactState::Waiting { .. }) {
-                    follow.push(FollowUp::Offer(id));
-                }
-                (RouterReply::Done, follow)
+                // When nobody holds an offer any more the next step is due
+                // now: the escalator fires it.
+                (RouterReply::Done, vec![withdrawn(WithdrawReason::Declined)])
             }
             // Nothing to decline (the offer was already withdrawn): done.
             Ok((Declined::Refused(TransitionError::NotOffered), _)) => {
@@ -809,4 +789,15 @@ fn kv_failure(id: ContactId, e: &KvError) -> (RouterReply, Vec<FollowUp>) {
         refused("the line could not record this just now; please try again"),
         Vec::new(),
     )
+}
+
+/// Staff a step offered the contact to.
+fn step_targets(o: &nwd_proto::ladder::StepOutcome) -> &[CounsellorId] {
+    use nwd_proto::ladder::StepOutcome;
+    match o {
+        StepOutcome::Offered { to }
+        | StepOutcome::Broadcast { to, .. }
+        | StepOutcome::BackupAlerted { to } => to,
+        StepOutcome::TrustedContacts { .. } | StepOutcome::Skipped { .. } => &[],
+    }
 }

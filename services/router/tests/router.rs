@@ -397,6 +397,12 @@ async fn a_new_contact_is_offered_with_its_message_risk_and_reasons() {
         .unwrap();
     assert!(metrics.contains("nwd_offers_total"), "{metrics}");
     assert!(metrics.contains("nwd_queue_depth"), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"nwd_escalation_steps_total{service="router",rung="coordinator",outcome="skipped"}"#
+        ) && metrics.contains(r#"rung="door-on-call",outcome="offered""#),
+        "the first step fired in the router: {metrics}"
+    );
     let logs = logs.contents();
     assert!(logs.contains(&id.to_string()), "contact ids are logged");
     assert!(!logs.contains("pills"), "never a message body");

@@ -1,0 +1,218 @@
+//! The staff on the floor at one instant: presence, capacity, load and who
+//! is on call — and from that, who may be offered a contact at each rung.
+
+use std::collections::HashMap;
+
+use nwd_proto::contact::{ContactRecord, ContactState};
+use nwd_proto::dashboard::{Presence, PresenceRecord};
+use nwd_proto::directory::{Directory, Role, Staff};
+use nwd_proto::ladder::Rung;
+use nwd_proto::{CounsellorId, RiskLevel};
+use time::OffsetDateTime;
+
+use crate::oncall;
+
+/// Available on the dashboard, and the dashboard vouched for it recently.
+/// The server decides presence from heartbeats, not the browser: a laptop
+/// that went to sleep with "available" selected is offline.
+pub fn is_available(p: &PresenceRecord, now: OffsetDateTime, stale_after: time::Duration) -> bool {
+    p.status == Presence::Available && now - p.heartbeat_at <= stale_after
+}
+
+/// Open conversations per counsellor (contacts assigned to them).
+pub fn load<'r>(
+    contacts: impl IntoIterator<Item = &'r ContactRecord>,
+) -> HashMap<CounsellorId, u32> {
+    let mut load = HashMap::new();
+    for c in contacts {
+        if let Some(who) = c.assigned_to() {
+            *load.entry(who.clone()).or_insert(0) += 1;
+        }
+    }
+    load
+}
+
+/// The contacts in the queue (waiting or offered), in the order they are
+/// served: highest risk first, then longest waiting, then id (stable).
+pub fn queue<'r>(contacts: impl IntoIterator<Item = &'r ContactRecord>) -> Vec<&'r ContactRecord> {
+    let mut q: Vec<&ContactRecord> = contacts
+        .into_iter()
+        .filter(|c| c.waiting_since().is_some())
+        .collect();
+    q.sort_by(|a, b| {
+        b.risk
+            .cmp(&a.risk)
+            .then(a.waiting_since().cmp(&b.waiting_since()))
+            .then(a.id.cmp(&b.id))
+    });
+    q
+}
+
+/// Queue depth (waiting + offered) per risk level, every level present.
+pub fn queue_depth<'r>(
+    contacts: impl IntoIterator<Item = &'r ContactRecord>,
+) -> [(RiskLevel, usize); 4] {
+    let mut depth = RiskLevel::ALL.map(|r| (r, 0));
+    for c in contacts {
+        if c.waiting_since().is_none() {
+            continue;
+        }
+        if let Some(slot) = depth.iter_mut().find(|(r, _)| *r == c.risk) {
+            slot.1 += 1;
+        }
+    }
+    depth
+}
+
+/// Who the contact is currently offered to (empty unless offered).
+pub fn offered_to(rec: &ContactRecord) -> &[CounsellorId] {
+    match &rec.state {
+        ContactState::Offered { to, .. } => to,
+        _ => &[],
+    }
+}
+
+/// The staff on the floor at one moment.
+#[derive(Debug, Clone)]
+pub struct Floor<'d> {
+    pub directory: &'d Directory,
+    pub presence: HashMap<CounsellorId, PresenceRecord>,
+    pub load: HashMap<CounsellorId, u32>,
+    pub now: OffsetDateTime,
+    pub stale_after: time::Duration,
+}
+
+impl Floor<'_> {
+    /// Available (status and fresh heartbeat) and known to the directory.
+    pub fn is_available(&self, who: &CounsellorId) -> bool {
+        self.directory.staff(who).is_some()
+            && self
+                .presence
+                .get(who)
+                .is_some_and(|p| is_available(p, self.now, self.stale_after))
+    }
+
+    pub fn load_of(&self, who: &CounsellorId) -> u32 {
+        self.load.get(who).copied().unwrap_or(0)
+    }
+
+    /// Below the directory's capacity (unknown staff have none).
+    pub fn has_room(&self, who: &CounsellorId) -> bool {
+        self.directory
+            .staff(who)
+            .is_some_and(|s| self.load_of(who) < s.capacity)
+    }
+
+    pub fn on_call(&self, staff: &Staff) -> bool {
+        oncall::on_call(self.directory, staff, self.now)
+    }
+
+    /// On call, available, with room, and not among those who declined.
+    fn can_take(&self, s: &Staff, rec: &ContactRecord) -> bool {
+        self.on_call(s)
+            && self.is_available(&s.id)
+            && self.has_room(&s.id)
+            && !rec
+                .escalation
+                .as_ref()
+                .is_some_and(|e| e.declined.contains(&s.id))
+    }
+
+    /// The door institution of a contact: the partner it came through, or
+    /// the patient's programme.
+    fn door<'a>(&'a self, rec: &'a ContactRecord) -> Option<&'a nwd_proto::PartnerId> {
+        rec.door.as_ref().or_else(|| {
+            rec.patient
+                .as_ref()
+                .and_then(|p| self.directory.patients.iter().find(|x| &x.id == p))
+                .map(|p| &p.programme)
+        })
+    }
+
+    /// Who a rung would offer this contact to now, before language
+    /// preference and before removing those already offered. Empty for the
+    /// rungs that notify rather than offer.
+    pub fn rung_candidates(&self, rung: Rung, rec: &ContactRecord) -> Vec<&Staff> {
+        let staff = self.directory.staff.iter();
+        match rung {
+            Rung::Coordinator => {
+                let coordinator = rec
+                    .patient
+                    .as_ref()
+                    .and_then(|p| self.directory.patients.iter().find(|x| &x.id == p))
+                    .and_then(|p| p.coordinator.as_ref());
+                staff
+                    .filter(|s| Some(&s.id) == coordinator && self.can_take(s, rec))
+                    .collect()
+            }
+            Rung::DoorOnCall => {
+                let door = self.door(rec);
+                staff
+                    .filter(|s| s.role == Role::Counsellor && Some(&s.partner) == door)
+                    .filter(|s| self.can_take(s, rec))
+                    .collect()
+            }
+            Rung::AnyOnCall => staff
+                .filter(|s| s.role == Role::Counsellor && self.can_take(s, rec))
+                .collect(),
+            Rung::Supervisor => staff
+                .filter(|s| s.role == Role::Supervisor && self.can_take(s, rec))
+                .collect(),
+            Rung::TrustedContact | Rung::BackupLine => Vec::new(),
+        }
+    }
+
+    /// Everyone on call who can take the contact (the imminent broadcast).
+    pub fn broadcast_candidates(&self, rec: &ContactRecord) -> Vec<&Staff> {
+        self.directory
+            .staff
+            .iter()
+            .filter(|s| self.can_take(s, rec))
+            .collect()
+    }
+
+    /// Supervisors on call, whatever their presence (they are alerted).
+    pub fn supervisors_on_call(&self) -> Vec<CounsellorId> {
+        self.directory
+            .staff
+            .iter()
+            .filter(|s| s.role == Role::Supervisor && self.on_call(s))
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// Keeps candidates not offered yet; while the contact has waited less
+    /// than the policy's language wait, keeps only those who speak its
+    /// language if any of them can take it — a person is never kept waiting
+    /// for a language match nobody can give.
+    pub fn choose(&self, rec: &ContactRecord, candidates: Vec<&Staff>) -> Vec<CounsellorId> {
+        let offered = offered_to(rec);
+        let language_wait = rec
+            .escalation
+            .as_ref()
+            .map_or(0, |e| e.policy.language_wait_ms);
+        let waited = rec
+            .waiting_since()
+            .map_or(time::Duration::ZERO, |since| self.now - since);
+        let within_wait = waited < time::Duration::milliseconds(language_wait as i64);
+        // Speakers among everyone who can take it, including those already
+        // offered: while one of them holds the offer, others wait their turn.
+        let speakers_exist = candidates.iter().any(|s| s.languages.contains(&rec.lang));
+        candidates
+            .into_iter()
+            .filter(|s| !offered.contains(&s.id))
+            .filter(|s| !(within_wait && speakers_exist) || s.languages.contains(&rec.lang))
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// Counsellors holding an offer of this contact they can no longer take:
+    /// gone offline, away, stale, or at capacity. Their offers are withdrawn.
+    pub fn stale_offers(&self, rec: &ContactRecord) -> Vec<CounsellorId> {
+        offered_to(rec)
+            .iter()
+            .filter(|c| !self.is_available(c) || !self.has_room(c))
+            .cloned()
+            .collect()
+    }
+}

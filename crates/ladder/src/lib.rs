@@ -1,0 +1,222 @@
+//! The escalation ladder as pure functions of a contact record, the staff
+//! on the floor and the time. No I/O: the router and the escalator call
+//! these inside the contact record's compare-and-swap, and publish the
+//! side effects of the steps they wrote (each with the step's dedupe id).
+//!
+//! Rules (from `architecture.md`, choices in `docs/adr/0006` and `0007`):
+//! - Imminent risk first broadcasts to everyone on call who can take it,
+//!   alerts the supervisors and sends the safety message, once per contact.
+//! - Then the rungs in order. A rung with nobody eligible is skipped at
+//!   once; the trusted-contact rung notifies in parallel and goes on at
+//!   once; an offering rung waits its timeout (by risk) for an accept.
+//! - Offers accumulate: reaching a rung widens the circle, it does not take
+//!   the contact away from those already offered. A decline takes one person
+//!   out; when nobody holds an offer any more the next step is due at once.
+//! - The last rung repeats after its timeout until someone accepts: the
+//!   ladder never runs out. Who is on call is resolved when a step fires.
+
+pub mod floor;
+pub mod oncall;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+use nwd_proto::contact::{ContactRecord, ContactState};
+use nwd_proto::directory::Patient;
+use nwd_proto::ladder::{Escalation, Rung, SkipReason, StepOutcome, StepRecord};
+use nwd_proto::{CounsellorId, RiskLevel};
+use time::OffsetDateTime;
+
+pub use floor::Floor;
+
+pub use nwd_proto::ladder::TRUSTED_CONTACT_PURPOSE;
+
+/// Whether the contact's next step is due at `now`.
+pub fn is_due(rec: &ContactRecord, now: OffsetDateTime) -> bool {
+    rec.waiting_since().is_some()
+        && rec
+            .escalation
+            .as_ref()
+            .and_then(|e| e.due)
+            .is_some_and(|due| due <= now)
+}
+
+fn timeout(e: &Escalation, risk: RiskLevel) -> time::Duration {
+    time::Duration::try_from(e.policy.timeouts.for_risk(risk)).unwrap_or(time::Duration::MINUTE)
+}
+
+/// The patient record of a contact, if known.
+pub fn patient<'d>(floor: &Floor<'d>, rec: &ContactRecord) -> Option<&'d Patient> {
+    let id = rec.patient.as_ref()?;
+    floor.directory.patients.iter().find(|p| &p.id == id)
+}
+
+/// Trusted contacts of the patient, split into those a valid consent
+/// covers and those it does not (ids).
+pub fn trusted_contacts(floor: &Floor<'_>, rec: &ContactRecord) -> (Vec<String>, Vec<String>) {
+    let mut covered = Vec::new();
+    let mut refused = Vec::new();
+    for t in patient(floor, rec).map_or(&[][..], |p| &p.trusted_contacts[..]) {
+        let ok = t
+            .consent
+            .as_ref()
+            .is_some_and(|c| c.covers(TRUSTED_CONTACT_PURPOSE, floor.now));
+        if ok {
+            covered.push(t.id.clone());
+        } else {
+            refused.push(t.id.clone());
+        }
+    }
+    (covered, refused)
+}
+
+/// Fires the due steps of a contact: mutates its state (offers) and its
+/// escalation (next rung, step count, next deadline, trail) and returns the
+/// steps fired, whose side effects the caller publishes. Returns nothing if
+/// no step is due, so a second replica firing the same deadline on the
+/// record as re-read changes nothing.
+pub fn fire(rec: &mut ContactRecord, floor: &Floor<'_>) -> Vec<StepRecord> {
+    let now = floor.now;
+    if !is_due(rec, now) {
+        return Vec::new();
+    }
+    // Work on a copy; the record keeps its escalation meanwhile, because
+    // eligibility reads the declined list and the language wait from it.
+    let Some(mut e) = rec.escalation.clone() else {
+        return Vec::new();
+    };
+    let mut fired = Vec::new();
+    let mut step = |e: &mut Escalation, rung: Option<Rung>, outcome: StepOutcome| {
+        e.steps += 1;
+        let r = StepRecord {
+            step: e.steps,
+            rung,
+            outcome,
+            at: now,
+        };
+        e.push_step(r.clone());
+        fired.push(r);
+    };
+
+    // Imminent: broadcast once, before (and besides) the rungs.
+    if rec.risk == RiskLevel::Imminent && e.policy.imminent_broadcast && !e.broadcast {
+        let candidates = floor.broadcast_candidates(rec);
+        let to: Vec<CounsellorId> = {
+            let offered = floor::offered_to(rec);
+            candidates
+                .into_iter()
+                .filter(|s| !offered.contains(&s.id))
+                .map(|s| s.id.clone())
+                .collect()
+        };
+        offer(rec, &to);
+        e.broadcast = true;
+        let alerted = floor.supervisors_on_call();
+        step(&mut e, None, StepOutcome::Broadcast { to, alerted });
+        e.due = Some(now + timeout(&e, rec.risk));
+        rec.escalation = Some(e);
+        return fired;
+    }
+
+    // At most one pass over the rungs: if every rung is skipped, the last
+    // one repeats after its timeout.
+    for _ in 0..e.policy.rungs.len().max(1) {
+        let Some(rung) = e.next() else { break };
+        e.next_rung = e.next_rung.saturating_add(1);
+        match rung {
+            Rung::TrustedContact => {
+                let (notified, refused) = trusted_contacts(floor, rec);
+                let outcome = if notified.is_empty() && refused.is_empty() {
+                    StepOutcome::Skipped {
+                        reason: SkipReason::NoTrustedContact,
+                    }
+                } else {
+                    StepOutcome::TrustedContacts { notified, refused }
+                };
+                step(&mut e, Some(rung), outcome);
+            }
+            Rung::BackupLine => {
+                // Alert the backup line, and offer to anyone eligible under the
+                // rungs reached so far who has become free since.
+                let to = widen_with(rec, floor, &e);
+                offer(rec, &to);
+                step(&mut e, Some(rung), StepOutcome::BackupAlerted { to });
+                e.due = Some(now + timeout(&e, rec.risk));
+                rec.escalation = Some(e);
+                return fired;
+            }
+            offering => {
+                let to = floor.choose(rec, floor.rung_candidates(offering, rec));
+                if to.is_empty() {
+                    let reason = if offering == Rung::Coordinator
+                        && patient(floor, rec)
+                            .and_then(|p| p.coordinator.as_ref())
+                            .is_none()
+                    {
+                        SkipReason::NoCoordinator
+                    } else {
+                        SkipReason::NobodyEligible
+                    };
+                    step(&mut e, Some(rung), StepOutcome::Skipped { reason });
+                    continue;
+                }
+                offer(rec, &to);
+                step(&mut e, Some(rung), StepOutcome::Offered { to });
+                e.due = Some(now + timeout(&e, rec.risk));
+                rec.escalation = Some(e);
+                return fired;
+            }
+        }
+    }
+    e.due = Some(now + timeout(&e, rec.risk));
+    rec.escalation = Some(e);
+    fired
+}
+
+fn offer(rec: &mut ContactRecord, to: &[CounsellorId]) {
+    if !to.is_empty() {
+        // Only waiting/offered contacts reach here (`is_due`), where offering cannot fail.
+        let _ = rec.offer(to);
+    }
+}
+
+/// Staff who may be offered this contact now under the rungs it has already
+/// reached (and the broadcast, if it fired) but hold no offer yet: those
+/// who became available, got room, or came on call since the step fired.
+pub fn widen(rec: &ContactRecord, floor: &Floor<'_>) -> Vec<CounsellorId> {
+    match (&rec.state, &rec.escalation) {
+        (ContactState::Waiting { .. } | ContactState::Offered { .. }, Some(e)) => {
+            widen_with(rec, floor, e)
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn widen_with(rec: &ContactRecord, floor: &Floor<'_>, e: &Escalation) -> Vec<CounsellorId> {
+    let mut candidates = Vec::new();
+    if e.broadcast {
+        candidates = floor.broadcast_candidates(rec);
+    } else {
+        for rung in e.reached().iter().copied().filter(|r| r.offers()) {
+            for s in floor.rung_candidates(rung, rec) {
+                if !candidates
+                    .iter()
+                    .any(|c: &&nwd_proto::directory::Staff| c.id == s.id)
+                {
+                    candidates.push(s);
+                }
+            }
+        }
+        // Past the offering rungs (trusted contact, backup line) anyone on
+        // call may take it: no wrong doors.
+        if e.reached().iter().any(|r| !r.offers()) {
+            for s in floor.rung_candidates(Rung::AnyOnCall, rec) {
+                if !candidates.iter().any(|c| c.id == s.id) {
+                    candidates.push(s);
+                }
+            }
+        }
+    }
+    floor.choose(rec, candidates)
+}

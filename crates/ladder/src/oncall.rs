@@ -1,0 +1,205 @@
+//! Who is on call at an instant: weekly shifts in the home partner's time
+//! zone, then one-off overrides (cover or leave), which win.
+
+use jiff::civil::Weekday;
+use jiff::tz::TimeZone;
+use nwd_proto::directory::{Directory, Shift, Staff};
+use time::OffsetDateTime;
+
+/// Why a schedule cannot be evaluated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("unknown time zone {0:?}")]
+    TimeZone(String),
+    #[error("bad day {0:?} (mon … sun)")]
+    Day(String),
+    #[error("bad time {0:?} (HH:MM, 00:00 … 24:00)")]
+    Time(String),
+}
+
+fn weekday(day: &str) -> Result<Weekday, ScheduleError> {
+    Ok(match day {
+        "mon" => Weekday::Monday,
+        "tue" => Weekday::Tuesday,
+        "wed" => Weekday::Wednesday,
+        "thu" => Weekday::Thursday,
+        "fri" => Weekday::Friday,
+        "sat" => Weekday::Saturday,
+        "sun" => Weekday::Sunday,
+        other => return Err(ScheduleError::Day(other.to_owned())),
+    })
+}
+
+/// Minutes since midnight; "24:00" is 1440.
+fn minutes(t: &str) -> Result<u32, ScheduleError> {
+    let bad = || ScheduleError::Time(t.to_owned());
+    let (h, m) = t.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 24 || m > 59 || (h == 24 && m != 0) || t.len() != 5 {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
+}
+
+/// Whether a weekly shift covers a local weekday and minute of the day. A
+/// shift whose end is before its start runs past midnight into the next day.
+pub fn shift_covers(shift: &Shift, day: Weekday, minute: u32) -> Result<bool, ScheduleError> {
+    let (start, end) = (minutes(&shift.start)?, minutes(&shift.end)?);
+    let mut days = Vec::with_capacity(shift.days.len());
+    for d in &shift.days {
+        days.push(weekday(d)?);
+    }
+    if start <= end {
+        return Ok(days.contains(&day) && start <= minute && minute < end);
+    }
+    // Overnight: the evening part on a listed day, the morning part the day after.
+    Ok((days.contains(&day) && minute >= start)
+        || (days.contains(&day.wrapping_sub(1)) && minute < end))
+}
+
+/// Checks every shift and time zone of the directory, so a bad schedule is
+/// refused when the directory is loaded rather than when a step fires.
+pub fn validate(directory: &Directory) -> Result<(), (String, ScheduleError)> {
+    for p in &directory.partners {
+        TimeZone::get(&p.timezone).map_err(|_| {
+            (
+                p.id.to_string(),
+                ScheduleError::TimeZone(p.timezone.clone()),
+            )
+        })?;
+    }
+    for s in &directory.staff {
+        for shift in &s.shifts {
+            shift_covers(shift, Weekday::Monday, 0).map_err(|e| (s.id.to_string(), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a staff member is on call at `now`: an override covering `now`
+/// decides; otherwise a weekly shift in the home partner's time zone. Staff
+/// with no shifts at all have no rota: being available on the dashboard is
+/// being on call (a volunteer who logs in to help is never turned away).
+/// Anything unreadable counts as *on call* — a schedule typo must not take
+/// someone out of rotation silently (`validate` refuses it at load).
+pub fn on_call(directory: &Directory, staff: &Staff, now: OffsetDateTime) -> bool {
+    if let Some(o) = directory
+        .overrides
+        .iter()
+        .rev()
+        .find(|o| o.staff == staff.id && o.from <= now && now < o.until)
+    {
+        return o.on_call;
+    }
+    if staff.shifts.is_empty() {
+        return true;
+    }
+    let tz = directory
+        .partner(&staff.partner)
+        .and_then(|p| TimeZone::get(&p.timezone).ok())
+        .unwrap_or(TimeZone::UTC);
+    let Ok(ts) = jiff::Timestamp::new(now.unix_timestamp(), 0) else {
+        return true;
+    };
+    let local = ts.to_zoned(tz);
+    let day = local.weekday();
+    let minute =
+        u32::from(local.hour().unsigned_abs()) * 60 + u32::from(local.minute().unsigned_abs());
+    staff
+        .shifts
+        .iter()
+        .any(|s| shift_covers(s, day, minute).unwrap_or(true))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::{directory, shift, sid};
+    use nwd_proto::directory::OnCallOverride;
+    use time::macros::datetime;
+
+    #[test]
+    fn shifts_follow_the_partners_time_zone() {
+        let mut dir = directory();
+        // The clinic is in New York: 09:00–17:00 weekdays there.
+        dir.staff[0].shifts = vec![shift(
+            &["mon", "tue", "wed", "thu", "fri"],
+            "09:00",
+            "17:00",
+        )];
+        let ana = dir.staff[0].clone();
+        // Tuesday 2026-11-24 14:30 UTC = 09:30 EST: on.
+        assert!(on_call(&dir, &ana, datetime!(2026-11-24 14:30 UTC)));
+        // 13:30 UTC = 08:30 EST: not yet.
+        assert!(!on_call(&dir, &ana, datetime!(2026-11-24 13:30 UTC)));
+        // 22:00 UTC = 17:00 EST: the end is exclusive.
+        assert!(!on_call(&dir, &ana, datetime!(2026-11-24 22:00 UTC)));
+        // Saturday.
+        assert!(!on_call(&dir, &ana, datetime!(2026-11-28 15:00 UTC)));
+    }
+
+    #[test]
+    fn overnight_shifts_run_into_the_next_day() {
+        let s = shift(&["fri"], "22:00", "06:00");
+        assert!(shift_covers(&s, Weekday::Friday, 23 * 60).unwrap());
+        assert!(shift_covers(&s, Weekday::Saturday, 5 * 60 + 59).unwrap());
+        assert!(!shift_covers(&s, Weekday::Saturday, 6 * 60).unwrap());
+        assert!(!shift_covers(&s, Weekday::Friday, 5 * 60).unwrap());
+        assert!(!shift_covers(&s, Weekday::Thursday, 23 * 60).unwrap());
+        let all_day = shift(&["sun"], "00:00", "24:00");
+        assert!(shift_covers(&all_day, Weekday::Sunday, 1439).unwrap());
+    }
+
+    #[test]
+    fn overrides_win_over_shifts() {
+        let mut dir = directory();
+        dir.staff[0].shifts = vec![shift(&["sun"], "00:00", "01:00")];
+        dir.overrides = vec![OnCallOverride {
+            staff: sid("ana"),
+            from: datetime!(2026-11-24 10:00 UTC),
+            until: datetime!(2026-11-24 12:00 UTC),
+            on_call: true,
+        }];
+        let ana = dir.staff[0].clone();
+        assert!(on_call(&dir, &ana, datetime!(2026-11-24 11:00 UTC)));
+        assert!(!on_call(&dir, &ana, datetime!(2026-11-24 12:00 UTC)));
+        // Leave: off call despite an all-week shift.
+        let ben = dir.staff[1].clone();
+        assert!(on_call(&dir, &ben, datetime!(2026-11-24 11:00 UTC)));
+        dir.overrides.push(OnCallOverride {
+            staff: sid("ben"),
+            from: datetime!(2026-11-24 00:00 UTC),
+            until: datetime!(2026-11-25 00:00 UTC),
+            on_call: false,
+        });
+        assert!(!on_call(&dir, &ben, datetime!(2026-11-24 11:00 UTC)));
+    }
+
+    #[test]
+    fn bad_schedules_are_refused_at_load() {
+        let mut dir = directory();
+        validate(&dir).unwrap();
+        dir.staff[0].shifts = vec![shift(&["monday"], "09:00", "17:00")];
+        assert_eq!(
+            validate(&dir).unwrap_err().1,
+            ScheduleError::Day("monday".into())
+        );
+        dir.staff[0].shifts = vec![shift(&["mon"], "9:00", "17:00")];
+        assert!(matches!(
+            validate(&dir).unwrap_err().1,
+            ScheduleError::Time(_)
+        ));
+        dir.staff[0].shifts = vec![shift(&["mon"], "09:00", "24:30")];
+        assert!(matches!(
+            validate(&dir).unwrap_err().1,
+            ScheduleError::Time(_)
+        ));
+        dir.staff[0].shifts = vec![];
+        dir.partners[0].timezone = "Mars/Olympus".into();
+        assert!(matches!(
+            validate(&dir).unwrap_err().1,
+            ScheduleError::TimeZone(_)
+        ));
+    }
+}

@@ -1,0 +1,469 @@
+//! The ladder with a fake clock: every rule of the module doc, and
+//! invariants over random interleavings.
+#![allow(clippy::unwrap_used)]
+
+use nwd_proto::contact::{ContactRecord, ContactState};
+use nwd_proto::dashboard::Presence;
+use nwd_proto::directory::Consent;
+use nwd_proto::ladder::{Rung, SkipReason, StepOutcome};
+use nwd_proto::{Language, RiskLevel};
+use time::Duration;
+
+use crate::testing::*;
+use crate::{fire, is_due, widen};
+
+fn rungs(steps: &[nwd_proto::ladder::StepRecord]) -> Vec<(Option<Rung>, &StepOutcome)> {
+    steps.iter().map(|s| (s.rung, &s.outcome)).collect()
+}
+
+fn due(rec: &ContactRecord) -> time::OffsetDateTime {
+    rec.escalation.as_ref().unwrap().due.unwrap()
+}
+
+#[test]
+fn the_coordinator_is_offered_first_when_on_shift_and_free() {
+    let dir = directory();
+    let f = floor(&dir, &["ana", "ben", "cy", "sam"], NOW);
+    let mut rec = contact(RiskLevel::High, Language::Es, Some("maria"), None, NOW);
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        rungs(&steps),
+        vec![(
+            Some(Rung::Coordinator),
+            &StepOutcome::Offered {
+                to: vec![sid("ana")]
+            }
+        )]
+    );
+    assert_eq!(due(&rec), NOW + Duration::seconds(30), "high: 30 s");
+    // Firing again at the same instant does nothing: the deadline moved.
+    assert!(fire(&mut rec, &f).is_empty());
+}
+
+#[test]
+fn nobody_answers_every_rung_in_order_then_the_backup_line_repeats() {
+    let dir = directory();
+    let mut now = NOW;
+    // James: no coordinator, programme = hospital, brother without consent.
+    let mut rec = contact(
+        RiskLevel::Moderate,
+        Language::En,
+        Some("james"),
+        Some("hospital"),
+        now,
+    );
+    let mut trail = Vec::new();
+    for _ in 0..6 {
+        let f = floor(&dir, &["ana", "ben", "cy", "sam"], now);
+        trail.extend(fire(&mut rec, &f));
+        now = due(&rec);
+    }
+    let got = rungs(&trail);
+    assert_eq!(
+        got,
+        vec![
+            (
+                Some(Rung::Coordinator),
+                &StepOutcome::Skipped {
+                    reason: SkipReason::NoCoordinator
+                }
+            ),
+            (
+                Some(Rung::DoorOnCall),
+                &StepOutcome::Offered {
+                    to: vec![sid("cy")]
+                }
+            ),
+            (
+                Some(Rung::AnyOnCall),
+                &StepOutcome::Offered {
+                    to: vec![sid("ana"), sid("ben")]
+                }
+            ),
+            (
+                Some(Rung::Supervisor),
+                &StepOutcome::Offered {
+                    to: vec![sid("sam")]
+                }
+            ),
+            (
+                Some(Rung::TrustedContact),
+                &StepOutcome::TrustedContacts {
+                    notified: vec![],
+                    refused: vec!["james-brother".into()]
+                }
+            ),
+            (
+                Some(Rung::BackupLine),
+                &StepOutcome::BackupAlerted { to: vec![] }
+            ),
+            (
+                Some(Rung::BackupLine),
+                &StepOutcome::BackupAlerted { to: vec![] }
+            ),
+            (
+                Some(Rung::BackupLine),
+                &StepOutcome::BackupAlerted { to: vec![] }
+            ),
+        ]
+    );
+    // Step numbers are 1, 2, 3 … with no gap or repeat.
+    let numbers: Vec<u64> = trail.iter().map(|s| s.step).collect();
+    assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
+    // Offers accumulated: everyone reached still holds the offer.
+    assert!(matches!(&rec.state, ContactState::Offered { to, .. } if to.len() == 4));
+}
+
+#[test]
+fn a_door_with_nobody_on_call_goes_to_another_partners_counsellor() {
+    let dir = directory();
+    // cy (the hospital's only counsellor) is not available.
+    let f = floor(&dir, &["ben"], NOW);
+    let mut rec = contact(RiskLevel::High, Language::En, None, Some("hospital"), NOW);
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        rungs(&steps),
+        vec![
+            (
+                Some(Rung::Coordinator),
+                &StepOutcome::Skipped {
+                    reason: SkipReason::NoCoordinator
+                }
+            ),
+            (
+                Some(Rung::DoorOnCall),
+                &StepOutcome::Skipped {
+                    reason: SkipReason::NobodyEligible
+                }
+            ),
+            (
+                Some(Rung::AnyOnCall),
+                &StepOutcome::Offered {
+                    to: vec![sid("ben")]
+                }
+            ),
+        ]
+    );
+}
+
+#[test]
+fn off_shift_staff_are_not_on_call() {
+    let mut dir = directory();
+    // cy works 09:00–17:00 Chicago; 10:00 UTC is 04:00 there.
+    dir.staff[2].shifts = vec![shift(
+        &["mon", "tue", "wed", "thu", "fri"],
+        "09:00",
+        "17:00",
+    )];
+    let f = floor(&dir, &["cy", "ben"], NOW);
+    let mut rec = contact(RiskLevel::Low, Language::En, None, Some("hospital"), NOW);
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        steps.last().unwrap().outcome,
+        StepOutcome::Offered {
+            to: vec![sid("ben")]
+        }
+    );
+}
+
+#[test]
+fn trusted_contacts_only_with_a_valid_consent() {
+    let mut dir = directory();
+    let mut rec = contact(RiskLevel::Low, Language::Es, Some("maria"), None, NOW);
+    rec.escalation.as_mut().unwrap().next_rung = 4; // the trusted-contact rung
+    let f = floor(&dir, &[], NOW);
+    let steps = fire(&mut rec.clone(), &f);
+    assert_eq!(
+        steps[0].outcome,
+        StepOutcome::TrustedContacts {
+            notified: vec!["maria-sister".into()],
+            refused: vec![]
+        }
+    );
+    // Revoked yesterday: refused (and recorded by the caller).
+    let consent: &mut Consent = dir.patients[0].trusted_contacts[0]
+        .consent
+        .as_mut()
+        .unwrap();
+    consent.revoked_at = Some(NOW - Duration::days(1));
+    let f = floor(&dir, &[], NOW);
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        steps[0].outcome,
+        StepOutcome::TrustedContacts {
+            notified: vec![],
+            refused: vec!["maria-sister".into()]
+        }
+    );
+    // Never the last word: the backup line follows at once.
+    assert_eq!(steps[1].rung, Some(Rung::BackupLine));
+}
+
+#[test]
+fn imminent_broadcasts_once_then_climbs_with_short_timeouts() {
+    let dir = directory();
+    let f = floor(&dir, &["ana", "ben", "cy", "sam"], NOW);
+    let mut rec = contact(RiskLevel::Imminent, Language::En, Some("maria"), None, NOW);
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        steps[0].outcome,
+        StepOutcome::Broadcast {
+            to: vec![sid("ana"), sid("ben"), sid("cy"), sid("sam")],
+            alerted: vec![sid("sam")],
+        }
+    );
+    assert_eq!(due(&rec), NOW + Duration::seconds(15));
+    let later = floor(&dir, &["ana", "ben", "cy", "sam"], due(&rec));
+    let steps = fire(&mut rec, &later);
+    assert!(
+        steps
+            .iter()
+            .all(|s| !matches!(s.outcome, StepOutcome::Broadcast { .. }))
+    );
+    assert_eq!(
+        rec.escalation
+            .as_ref()
+            .unwrap()
+            .trail
+            .iter()
+            .filter(|s| s.rung.is_none())
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn rising_to_imminent_while_waiting_broadcasts_at_once() {
+    let dir = directory();
+    let mut rec = contact(RiskLevel::Low, Language::En, None, None, NOW);
+    fire(&mut rec, &floor(&dir, &["ben"], NOW));
+    assert_eq!(due(&rec), NOW + Duration::seconds(120));
+    let later = NOW + Duration::seconds(5);
+    let msg = nwd_proto::events::MessageTriaged {
+        message: nwd_proto::events::ContactMessage {
+            contact_id: rec.id,
+            message_id: nwd_proto::MessageId::new(),
+            channel: rec.channel.clone(),
+            door: None,
+            patient: None,
+            body: "x".into(),
+            received_at: later,
+            opens_contact: false,
+        },
+        assessment: nwd_proto::Assessment {
+            level: RiskLevel::Imminent,
+            score: 0.9,
+            reasons: vec![],
+            lang: Language::En,
+            rulebook_version: "t".into(),
+        },
+    };
+    rec.apply_message(&msg);
+    assert_eq!(due(&rec), later);
+    let steps = fire(&mut rec, &floor(&dir, &["ben", "cy"], later));
+    assert!(
+        matches!(&steps[0].outcome, StepOutcome::Broadcast { to, .. } if to == &vec![sid("cy")])
+    );
+}
+
+#[test]
+fn spanish_speakers_first_then_anyone_after_the_language_wait() {
+    let dir = directory();
+    let f = floor(&dir, &["ana", "ben"], NOW);
+    let mut rec = contact(RiskLevel::Moderate, Language::Es, None, Some("clinic"), NOW);
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        steps.last().unwrap().outcome,
+        StepOutcome::Offered {
+            to: vec![sid("ana")]
+        }
+    );
+    assert!(
+        widen(&rec, &f).is_empty(),
+        "ben waits for the language window"
+    );
+    let after = floor(&dir, &["ana", "ben"], NOW + Duration::seconds(10));
+    assert_eq!(widen(&rec, &after), vec![sid("ben")]);
+    // Nobody speaks it: anyone at once.
+    let f = floor(&dir, &["ben"], NOW);
+    let mut rec = contact(RiskLevel::Moderate, Language::Es, None, Some("clinic"), NOW);
+    assert_eq!(
+        fire(&mut rec, &f).last().unwrap().outcome,
+        StepOutcome::Offered {
+            to: vec![sid("ben")]
+        }
+    );
+}
+
+#[test]
+fn someone_becoming_available_is_offered_what_they_are_eligible_for() {
+    let dir = directory();
+    let mut rec = contact(RiskLevel::High, Language::En, None, Some("hospital"), NOW);
+    let steps = fire(&mut rec, &floor(&dir, &["cy"], NOW));
+    assert_eq!(steps.last().unwrap().rung, Some(Rung::DoorOnCall));
+    // ben (clinic) is not on the door rung: not offered until AnyOnCall.
+    let f = floor(&dir, &["cy", "ben"], NOW + Duration::seconds(1));
+    assert!(widen(&rec, &f).is_empty());
+    let later = due(&rec);
+    fire(&mut rec, &floor(&dir, &["cy"], later));
+    let f = floor(&dir, &["cy", "ben"], later + Duration::seconds(1));
+    assert_eq!(widen(&rec, &f), vec![sid("ben")]);
+}
+
+#[test]
+fn a_decline_by_the_last_holder_moves_on_at_once() {
+    let dir = directory();
+    let f = floor(&dir, &["cy", "ben"], NOW);
+    let mut rec = contact(RiskLevel::Low, Language::En, None, Some("hospital"), NOW);
+    fire(&mut rec, &f);
+    let declined_at = NOW + Duration::seconds(3);
+    rec.escalation.as_mut().unwrap().declined.push(sid("cy"));
+    rec.withdraw(&sid("cy"), declined_at).unwrap();
+    assert!(is_due(&rec, declined_at));
+    let steps = fire(&mut rec, &floor(&dir, &["cy", "ben"], declined_at));
+    assert_eq!(
+        steps.last().unwrap().outcome,
+        StepOutcome::Offered {
+            to: vec![sid("ben")]
+        }
+    );
+    // Accept stops the ladder.
+    rec.accept(&sid("ben"), declined_at).unwrap();
+    assert_eq!(rec.escalation.as_ref().unwrap().due, None);
+    assert!(!is_due(&rec, declined_at + Duration::days(1)));
+}
+
+#[test]
+fn stale_heartbeats_and_capacity_take_people_out() {
+    let dir = directory();
+    let mut f = floor(&dir, &["ben"], NOW);
+    f.presence.insert(
+        sid("cy"),
+        presence("cy", Presence::Available, NOW - Duration::seconds(16)).1,
+    );
+    f.load.insert(sid("ben"), 1);
+    let mut rec = contact(RiskLevel::Low, Language::En, None, Some("hospital"), NOW);
+    let steps = fire(&mut rec, &f);
+    assert!(
+        steps
+            .iter()
+            .all(|s| !matches!(s.outcome, StepOutcome::Offered { .. }))
+    );
+    // Every rung skipped: the last repeats after its timeout, never "done".
+    assert_eq!(due(&rec), NOW + Duration::seconds(120));
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Act {
+        Tick(u16),
+        Accept(usize),
+        Decline(usize),
+        Disconnect(usize),
+        Message(u8),
+        Restart,
+        Fire,
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        prop_oneof![
+            (1u16..200).prop_map(Act::Tick),
+            (0usize..4).prop_map(Act::Accept),
+            (0usize..4).prop_map(Act::Decline),
+            (0usize..4).prop_map(Act::Disconnect),
+            (0u8..4).prop_map(Act::Message),
+            Just(Act::Restart),
+            Just(Act::Fire),
+        ]
+    }
+
+    const STAFF: [&str; 4] = ["ana", "ben", "cy", "sam"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn ladder_invariants_hold_under_any_interleaving(
+            acts in proptest::collection::vec(act(), 1..60),
+            patient in prop_oneof![Just(Some("maria")), Just(Some("james")), Just(None)],
+        ) {
+            let dir = directory();
+            let mut now = NOW;
+            let mut online: Vec<&str> = STAFF.to_vec();
+            let mut rec = contact(RiskLevel::Low, Language::En, patient, Some("clinic"), now);
+            let mut seen_steps = std::collections::HashSet::new();
+            let mut max_risk = rec.risk;
+            for a in acts {
+                match a {
+                    Act::Tick(s) => now += Duration::seconds(i64::from(s)),
+                    Act::Accept(i) => { let _ = rec.accept(&sid(STAFF[i]), now); }
+                    Act::Decline(i) => {
+                        if rec.withdraw(&sid(STAFF[i]), now).is_ok() {
+                            rec.escalation.as_mut().unwrap().declined.push(sid(STAFF[i]));
+                        }
+                    }
+                    Act::Disconnect(i) => {
+                        online.retain(|w| *w != STAFF[i]);
+                        let _ = rec.withdraw(&sid(STAFF[i]), now);
+                    }
+                    Act::Message(r) => {
+                        let level = RiskLevel::ALL[usize::from(r)];
+                        let ev = nwd_proto::events::MessageTriaged {
+                            message: nwd_proto::events::ContactMessage {
+                                contact_id: rec.id,
+                                message_id: nwd_proto::MessageId::new(),
+                                channel: rec.channel.clone(),
+                                door: None, patient: None, body: "x".into(),
+                                received_at: now, opens_contact: false,
+                            },
+                            assessment: nwd_proto::Assessment {
+                                level, score: 0.5, reasons: vec![], lang: Language::En,
+                                rulebook_version: "t".into(),
+                            },
+                        };
+                        rec.apply_message(&ev);
+                    }
+                    Act::Restart => {
+                        // What a restarted replica reads back from KV.
+                        let json = serde_json::to_vec(&rec).unwrap();
+                        rec = serde_json::from_slice(&json).unwrap();
+                    }
+                    Act::Fire => {}
+                }
+                let f = floor(&dir, &online, now);
+                let fired = fire(&mut rec, &f);
+                for s in &fired {
+                    // No step runs twice.
+                    prop_assert!(seen_steps.insert(s.step), "step {} fired twice", s.step);
+                    // No disclosure without a consent that covers it.
+                    if let StepOutcome::TrustedContacts { notified, .. } = &s.outcome {
+                        for t in notified {
+                            prop_assert_eq!(t, "maria-sister");
+                        }
+                    }
+                }
+                // Risk never drops without a counsellor.
+                prop_assert!(rec.risk >= max_risk);
+                max_risk = rec.risk;
+                // Every contact in the queue has a next deadline; an assigned one none.
+                let e = rec.escalation.as_ref().unwrap();
+                match &rec.state {
+                    ContactState::Waiting { .. } | ContactState::Offered { .. } => {
+                        prop_assert!(e.due.is_some(), "a waiting contact without a deadline");
+                        prop_assert!(e.due.unwrap() > now, "a deadline in the past not fired");
+                    }
+                    ContactState::Assigned { .. } => prop_assert!(e.due.is_none()),
+                    ContactState::Resolved { .. } => {}
+                }
+                // Nobody declined holds an offer.
+                if let ContactState::Offered { to, .. } = &rec.state {
+                    for d in &e.declined {
+                        prop_assert!(!to.contains(d));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Publishing the side effects of fired ladder steps — the outbox half of
+//! the escalation. A step is first written into the contact record (by a
+//! compare-and-swap, which decides it exactly once); then whoever wrote it,
+//! or anyone who later sees `announced < steps` after a crash, publishes its
+//! effects here. Every effect carries an id derived from `<contact>:step:<n>`,
+//! so publishing twice is deduplicated by JetStream (`Nats-Msg-Id`) and by the
+//! notifier (one send per outbound id): no step's SMS or audit record twice.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use nwd_proto::contact::ContactRecord;
+use nwd_proto::dashboard::{DashboardPush, EscalationView, ServerMsg};
+use nwd_proto::directory::{Directory, Patient};
+use nwd_proto::events::{
+    Author, Channel, ContactEscalated, Disclosure, DisclosureRefused, LegalBasis, OutboundSms,
+    Recipient,
+};
+use nwd_proto::ladder::{StepOutcome, StepRecord};
+use nwd_proto::{CounsellorId, Envelope, Event, OutboundId, PhoneNumber, subjects};
+use time::OffsetDateTime;
+
+use crate::bus;
+use crate::kv::{self, Cas, KvError};
+use crate::transcript;
+
+use nwd_proto::ladder::TRUSTED_CONTACT_PURPOSE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnnounceError {
+    #[error("publish failed: {0}")]
+    Publish(#[from] jetstream::context::PublishError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
+}
+
+/// Publishes step effects for one service (router or escalator).
+pub struct Announcer {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub contacts: jetstream::kv::Store,
+    pub directory: Arc<Directory>,
+    /// Recorded as `by` in audit records.
+    pub service: &'static str,
+}
+
+impl std::fmt::Debug for Announcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announcer")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Steps of a record whose effects are not published yet.
+pub fn unannounced(rec: &ContactRecord) -> Vec<StepRecord> {
+    rec.escalation.as_ref().map_or_else(Vec::new, |e| {
+        e.trail
+            .iter()
+            .filter(|s| s.step > e.announced)
+            .cloned()
+            .collect()
+    })
+}
+
+fn patient<'d>(dir: &'d Directory, rec: &ContactRecord) -> Option<&'d Patient> {
+    let id = rec.patient.as_ref()?;
+    dir.patients.iter().find(|p| &p.id == id)
+}
+
+impl Announcer {
+    async fn push(&self, who: &CounsellorId, msg: ServerMsg) {
+        let env = Envelope::new(DashboardPush {
+            counsellor: who.clone(),
+            msg,
+        });
+        if let Err(e) = self
+            .client
+            .publish(subjects::dashboard_push(who), env.to_bytes().into())
+            .await
+        {
+            tracing::warn!(counsellor = %who, error = %e, "push failed");
+        }
+    }
+
+    async fn publish<T: Event>(
+        &self,
+        subject: String,
+        msg_id: &str,
+        event: T,
+    ) -> Result<(), AnnounceError> {
+        bus::publish(&self.js, subject, msg_id, &Envelope::new(event)).await?;
+        Ok(())
+    }
+
+    async fn sms(
+        &self,
+        rec: &ContactRecord,
+        key: &str,
+        to: PhoneNumber,
+        body: String,
+    ) -> Result<(), AnnounceError> {
+        let Channel::Sms { line, .. } = &rec.channel;
+        let outbound_id = OutboundId::derived(&format!("{}:{key}", rec.id));
+        let sms = OutboundSms {
+            outbound_id,
+            contact_id: rec.id,
+            to,
+            from: line.clone(),
+            body,
+            author: Author::System,
+            created_at: OffsetDateTime::now_utc(),
+        };
+        self.publish(
+            subjects::outbound_sms(&rec.id),
+            &format!("out:{outbound_id}"),
+            sms,
+        )
+        .await
+    }
+
+    /// Publishes the effects of every unannounced step of `rec`, then marks
+    /// them announced. Pushes to dashboards are best-effort (screens rebuild
+    /// from KV on reconnect); stored effects must succeed or this fails and
+    /// is retried by whoever sees the record next.
+    pub async fn announce(&self, rec: &ContactRecord) -> Result<(), AnnounceError> {
+        let steps = unannounced(rec);
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let needs_view = steps.iter().any(|s| {
+            matches!(
+                s.outcome,
+                StepOutcome::Offered { .. }
+                    | StepOutcome::Broadcast { .. }
+                    | StepOutcome::BackupAlerted { .. }
+            )
+        });
+        let view = if needs_view {
+            let messages = transcript::load(&self.js, &rec.id)
+                .await
+                .unwrap_or_default();
+            Some(transcript::contact_view(rec, &self.directory, messages))
+        } else {
+            None
+        };
+        for step in &steps {
+            self.effects(rec, step, view.as_ref()).await?;
+        }
+        let last = steps.iter().map(|s| s.step).max().unwrap_or(0);
+        kv::cas(
+            &self.contacts,
+            &rec.id.to_string(),
+            |cur: Option<ContactRecord>| {
+                let Some(mut cur) = cur else {
+                    return Cas::Keep(());
+                };
+                match cur.escalation.as_mut() {
+                    Some(e) if e.announced < last => {
+                        e.announced = last;
+                        Cas::Write(cur, ())
+                    }
+                    _ => Cas::Keep(()),
+                }
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn effects(
+        &self,
+        rec: &ContactRecord,
+        step: &StepRecord,
+        view: Option<&nwd_proto::dashboard::ContactView>,
+    ) -> Result<(), AnnounceError> {
+        let id = rec.id;
+        let key = format!("{id}:step:{}", step.step);
+        let rung = step.rung.map_or("broadcast", |r| r.as_str());
+        match &step.outcome {
+            StepOutcome::Offered { to } | StepOutcome::BackupAlerted { to } => {
+                for who in to {
+                    metrics::counter!("nwd_offers_total", "service" => self.service, "outcome" => "offered").increment(1);
+                    if let Some(v) = view {
+                        self.push(who, ServerMsg::Offer { contact: v.clone() })
+                            .await;
+                    }
+                }
+            }
+            StepOutcome::Broadcast { to, alerted } => {
+                for who in to {
+                    metrics::counter!("nwd_offers_total", "service" => self.service, "outcome" => "offered").increment(1);
+                    if let Some(v) = view {
+                        self.push(who, ServerMsg::Offer { contact: v.clone() })
+                            .await;
+                    }
+                }
+                for who in alerted {
+                    if let Some(v) = view {
+                        self.push(who, ServerMsg::Alert { contact: v.clone() })
+                            .await;
+                    }
+                }
+                // The safety message: once per contact (the id does not name the step).
+                let Channel::Sms { patient, .. } = &rec.channel;
+                self.sms(
+                    rec,
+                    "safety",
+                    patient.clone(),
+                    self.directory.safety_message(rec.lang),
+                )
+                .await?;
+            }
+            StepOutcome::TrustedContacts { notified, refused } => {
+                self.trusted_contacts(rec, step, &key, notified, refused)
+                    .await?;
+            }
+            StepOutcome::Skipped { .. } => {}
+        }
+        if let StepOutcome::BackupAlerted { .. } = &step.outcome {
+            let waited = rec
+                .waiting_since()
+                .map_or(0, |s| (step.at - s).whole_minutes().max(0));
+            let body = format!(
+                "{}: a person has waited {waited} min (risk {}) and no counsellor has answered. Reference {id}. Please call the line.",
+                self.directory.line.name, rec.risk
+            );
+            self.sms(
+                rec,
+                &format!("step:{}:backup", step.step),
+                self.directory.line.backup_line.clone(),
+                body,
+            )
+            .await?;
+        }
+        let next_due = rec.escalation.as_ref().and_then(|e| e.due);
+        self.publish(
+            subjects::contact_escalated(&id),
+            &key,
+            ContactEscalated {
+                contact_id: id,
+                risk: rec.risk,
+                step: step.clone(),
+                next_due,
+            },
+        )
+        .await?;
+        if let Some(e) = rec.escalation.as_ref() {
+            let progress = Box::new(EscalationView::of(e));
+            let mut watchers: Vec<CounsellorId> = nwd_proto::contact::offered(rec).to_vec();
+            for s in &self.directory.staff {
+                if s.role == nwd_proto::directory::Role::Supervisor && !watchers.contains(&s.id) {
+                    watchers.push(s.id.clone());
+                }
+            }
+            for who in &watchers {
+                self.push(
+                    who,
+                    ServerMsg::Escalation {
+                        contact_id: id,
+                        progress: progress.clone(),
+                    },
+                )
+                .await;
+            }
+        }
+        metrics::counter!("nwd_escalation_steps_total", "service" => self.service, "rung" => rung, "outcome" => outcome_label(&step.outcome)).increment(1);
+        tracing::info!(contact = %id, step = step.step, rung, outcome = outcome_label(&step.outcome), "escalation step announced");
+        Ok(())
+    }
+
+    async fn trusted_contacts(
+        &self,
+        rec: &ContactRecord,
+        step: &StepRecord,
+        key: &str,
+        notified: &[String],
+        refused: &[String],
+    ) -> Result<(), AnnounceError> {
+        let Some(p) = patient(&self.directory, rec) else {
+            return Ok(());
+        };
+        for t in &p.trusted_contacts {
+            if notified.contains(&t.id) {
+                // Re-checked at publish time: a consent revoked between the
+                // step and its announcement is not relied on.
+                let Some(c) = t
+                    .consent
+                    .as_ref()
+                    .filter(|c| c.covers(TRUSTED_CONTACT_PURPOSE, step.at))
+                else {
+                    self.refusal(rec, p, &t.id, key, "revoked", step.at).await?;
+                    continue;
+                };
+                let first_name = p.name.split_whitespace().next().unwrap_or("Someone");
+                // Exactly what the consent allows: that they contacted the line.
+                let body = format!(
+                    "{}: {first_name} contacted us and may need your support. Please check in with them. In an emergency call {}.",
+                    self.directory.line.name, self.directory.line.emergency_number
+                );
+                self.sms(
+                    rec,
+                    &format!("step:{}:trusted:{}", step.step, t.id),
+                    t.phone.clone(),
+                    body,
+                )
+                .await?;
+                self.publish(
+                    subjects::audit_disclosure(&rec.id),
+                    &format!("{key}:disclosure:{}", t.id),
+                    Disclosure {
+                        contact_id: rec.id,
+                        patient: p.id.clone(),
+                        recipient: Recipient::TrustedContact(t.id.clone()),
+                        what: c.disclose.clone(),
+                        purpose: c.purpose.clone(),
+                        basis: LegalBasis::Consent {
+                            purpose: c.purpose.clone(),
+                            disclose: c.disclose.clone(),
+                            signed_at: c.signed_at,
+                            expires_at: c.expires_at,
+                        },
+                        by: format!("{}:{}", self.service, key),
+                        at: step.at,
+                    },
+                )
+                .await?;
+                metrics::counter!("nwd_disclosures_total", "service" => self.service, "outcome" => "disclosed").increment(1);
+            } else if refused.contains(&t.id) {
+                let reason = match &t.consent {
+                    None => "no_consent",
+                    Some(c) if c.revoked_at.is_some_and(|r| r <= step.at) => "revoked",
+                    Some(c) if c.expires_at.is_some_and(|x| x <= step.at) => "expired",
+                    Some(_) => "purpose",
+                };
+                self.refusal(rec, p, &t.id, key, reason, step.at).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn refusal(
+        &self,
+        rec: &ContactRecord,
+        p: &Patient,
+        recipient: &str,
+        key: &str,
+        reason: &str,
+        at: OffsetDateTime,
+    ) -> Result<(), AnnounceError> {
+        metrics::counter!("nwd_disclosures_total", "service" => self.service, "outcome" => "refused").increment(1);
+        self.publish(
+            subjects::audit_disclosure_refused(&rec.id),
+            &format!("{key}:refused:{recipient}"),
+            DisclosureRefused {
+                contact_id: rec.id,
+                patient: p.id.clone(),
+                recipient: Recipient::TrustedContact(recipient.to_owned()),
+                reason: reason.to_owned(),
+                by: format!("{}:{}", self.service, key),
+                at,
+            },
+        )
+        .await
+    }
+}
+
+/// A bounded metric label for a step outcome.
+pub fn outcome_label(o: &StepOutcome) -> &'static str {
+    match o {
+        StepOutcome::Offered { .. } => "offered",
+        StepOutcome::Broadcast { .. } => "broadcast",
+        StepOutcome::TrustedContacts { .. } => "trusted_contacts",
+        StepOutcome::BackupAlerted { .. } => "backup_alerted",
+        StepOutcome::Skipped { .. } => "skipped",
+    }
+}
