@@ -13,7 +13,7 @@ cd "$ROOT"
 PROFILE="${NWD_PROFILE:-release}"
 echo "==> building the services ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" \
-  -p nwd-gateway -p nwd-intake -p nwd-triage -p nwd-router \
+  -p nwd-gateway -p nwd-intake -p nwd-triage -p nwd-router -p nwd-escalator \
   -p nwd-dashboard -p nwd-notifier -p nwd-phone-sim
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
@@ -31,6 +31,7 @@ export NWD_PHONE_SIM_GATEWAY_URL="${NWD_PHONE_SIM_GATEWAY_URL:-$NWD_GATEWAY_PUBL
 export NWD_INTAKE_METRICS_ADDR="${NWD_INTAKE_METRICS_ADDR:-127.0.0.1:9101}"
 export NWD_TRIAGE_METRICS_ADDR="${NWD_TRIAGE_METRICS_ADDR:-127.0.0.1:9102}"
 export NWD_ROUTER_METRICS_ADDR="${NWD_ROUTER_METRICS_ADDR:-127.0.0.1:9103}"
+export NWD_ESCALATOR_METRICS_ADDR="${NWD_ESCALATOR_METRICS_ADDR:-127.0.0.1:9107}"
 export NWD_NOTIFIER_METRICS_ADDR="${NWD_NOTIFIER_METRICS_ADDR:-127.0.0.1:9104}"
 export NWD_DIRECTORY="${NWD_DIRECTORY:-$ROOT/deploy/local/demo/directory.toml}"
 # Local run: the notifier talks to the phone simulator instead of Twilio.
@@ -93,6 +94,7 @@ start gateway   "$BIN/nwd-gateway"
 start intake    "$BIN/nwd-intake"
 start triage    "$BIN/nwd-triage"
 start router    "$BIN/nwd-router"
+start escalator "$BIN/nwd-escalator"
 start notifier  "$BIN/nwd-notifier"
 start dashboard "$BIN/nwd-dashboard"
 start phone-sim "$BIN/nwd-phone-sim"
@@ -100,6 +102,7 @@ wait_http "http://$NWD_GATEWAY_ADDR/readyz" gateway
 wait_http "http://$NWD_INTAKE_METRICS_ADDR/readyz" intake
 wait_http "http://$NWD_TRIAGE_METRICS_ADDR/readyz" triage
 wait_http "http://$NWD_ROUTER_METRICS_ADDR/readyz" router
+wait_http "http://$NWD_ESCALATOR_METRICS_ADDR/readyz" escalator
 wait_http "http://$NWD_NOTIFIER_METRICS_ADDR/readyz" notifier
 wait_http "http://$NWD_DASHBOARD_ADDR/readyz" dashboard
 wait_http "http://$NWD_PHONE_SIM_ADDR/readyz" phone-sim

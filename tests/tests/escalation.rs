@@ -1,0 +1,349 @@
+//! The escalation ladder end to end with one-second timeouts: every real
+//! service (router and escalator included) against a real nats-server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nwd_e2e::{Counsellor, JAMES, LINE_NUMBER, Line, MARIA};
+use nwd_proto::contact::ContactRecord;
+use nwd_proto::dashboard::{ClientMsg, ContactView, Presence, ServerMsg};
+use nwd_proto::events::{ContactEscalated, Disclosure, DisclosureRefused, Recipient};
+use nwd_proto::ladder::{Rung, StepOutcome};
+use nwd_proto::streams::{self, buckets};
+use nwd_proto::{ContactId, Envelope, Event, subjects};
+use nwd_runtime::kv;
+
+const T: Duration = Duration::from_secs(15);
+const BACKUP_LINE: &str = "+15005550199";
+const MARIA_SISTER: &str = "+15005550152";
+const JAMES_PARTNER: &str = "+15005550153";
+
+/// The demo directory with a one-second ladder.
+fn fast_directory() -> PathBuf {
+    let demo = std::fs::read_to_string(nwd_runtime::directory::demo_path()).unwrap();
+    let fast = format!(
+        "{demo}\n[line.ladder]\ntimeouts_ms = {{ imminent = 1000, high = 1000, moderate = 1000, low = 1000 }}\nlanguage_wait_ms = 500\n"
+    );
+    let path = std::env::temp_dir().join(format!("nwd-fast-ladder-{}.toml", ulid::Ulid::new()));
+    std::fs::write(&path, fast).unwrap();
+    path
+}
+
+async fn fast_line() -> Line {
+    let dir = fast_directory().display().to_string();
+    Line::start_with(move |opts| {
+        for svc in ["router", "escalator", "intake", "dashboard"] {
+            let o = opts.get_mut(svc).unwrap();
+            o.retain(|(k, _)| *k != "directory");
+            o.push(("directory", dir.clone()));
+        }
+    })
+    .await
+}
+
+async fn available(line: &Line, id: &str) -> Counsellor {
+    let mut c = Counsellor::connect(line, id).await;
+    c.expect(T, "hello", |m| {
+        matches!(m, ServerMsg::Hello { .. }).then_some(())
+    })
+    .await;
+    c.send(&ClientMsg::SetPresence {
+        status: Presence::Available,
+    })
+    .await;
+    c.expect(T, "presence ack", |m| {
+        matches!(
+            m,
+            ServerMsg::Presence {
+                status: Presence::Available
+            }
+        )
+        .then_some(())
+    })
+    .await;
+    c
+}
+
+fn offer_with(body: &'static str) -> impl FnMut(&ServerMsg) -> Option<ContactView> {
+    move |m| match m {
+        ServerMsg::Offer { contact } if contact.messages.iter().any(|x| x.body == body) => {
+            Some(contact.clone())
+        }
+        _ => None,
+    }
+}
+
+async fn stored<E: Event>(line: &Line, stream: &'static str, subject: String) -> Vec<E> {
+    let js = line.jetstream().await;
+    nwd_runtime::transcript::read_subjects(&js, stream, vec![subject])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| Envelope::<E>::from_bytes(&m.payload).unwrap().data)
+        .collect()
+}
+
+async fn steps(line: &Line, id: &ContactId) -> Vec<ContactEscalated> {
+    stored(line, streams::CONTACTS, subjects::contact_escalated(id)).await
+}
+
+async fn sms_to(line: &Line, to: &str) -> Vec<String> {
+    line.sent_messages()
+        .await
+        .into_iter()
+        .filter(|m| m["to"] == to)
+        .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The contact the patient's first message opened.
+async fn contact_of(line: &Line) -> ContactId {
+    let js = line.jetstream().await;
+    let store = js.get_key_value(buckets::CONTACTS).await.unwrap();
+    nwd_testkit::eventually(T, "a contact record", || async {
+        let mut keys = store.keys().await.ok()?;
+        use futures::StreamExt;
+        let key = keys.next().await?.ok()?;
+        key.parse::<ContactId>().ok()
+    })
+    .await
+}
+
+async fn record(line: &Line, id: &ContactId) -> ContactRecord {
+    let js = line.jetstream().await;
+    let store = js.get_key_value(buckets::CONTACTS).await.unwrap();
+    kv::get::<ContactRecord>(&store, &id.to_string())
+        .await
+        .unwrap()
+        .value
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_answers_every_rung_in_order_then_the_backup_line_repeats_with_an_audit_trail() {
+    let line = fast_line().await;
+    line.patient_sends(JAMES, LINE_NUMBER, "hi can someone talk")
+        .await;
+    let id = contact_of(&line).await;
+    // Two backup alerts: the last rung repeats every second.
+    nwd_testkit::eventually(T, "the backup line alerted twice", || async {
+        (sms_to(&line, BACKUP_LINE).await.len() >= 2).then_some(())
+    })
+    .await;
+    let trail = steps(&line, &id).await;
+    let rungs: Vec<Option<Rung>> = trail.iter().map(|e| e.step.rung).collect();
+    assert_eq!(
+        &rungs[..6],
+        &[
+            Some(Rung::Coordinator),
+            Some(Rung::DoorOnCall),
+            Some(Rung::AnyOnCall),
+            Some(Rung::Supervisor),
+            Some(Rung::TrustedContact),
+            Some(Rung::BackupLine),
+        ]
+    );
+    assert!(rungs[6..].iter().all(|r| *r == Some(Rung::BackupLine)));
+    let numbers: Vec<u64> = trail.iter().map(|e| e.step.step).collect();
+    assert_eq!(
+        numbers,
+        (1..=trail.len() as u64).collect::<Vec<_>>(),
+        "each step once, in order"
+    );
+    // The partner has no consent: refused, recorded, never texted.
+    let refused: Vec<DisclosureRefused> = stored(
+        &line,
+        streams::AUDIT,
+        subjects::audit_disclosure_refused(&id),
+    )
+    .await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].recipient,
+        Recipient::TrustedContact("james-partner".into())
+    );
+    assert_eq!(refused[0].reason, "no_consent");
+    assert!(sms_to(&line, JAMES_PARTNER).await.is_empty());
+    let disclosed: Vec<Disclosure> =
+        stored(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+    assert!(disclosed.is_empty());
+    // The backup line learns a reference and a risk, never who.
+    for body in sms_to(&line, BACKUP_LINE).await {
+        assert!(body.contains(&id.to_string()));
+        assert!(!body.contains("James") && !body.contains("5550143"));
+    }
+    // Still waiting with a next deadline.
+    let rec = record(&line, &id).await;
+    assert!(rec.escalation.unwrap().due.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_answers_first_and_an_accept_stops_the_ladder() {
+    let line = fast_line().await;
+    let mut ben = available(&line, "ben").await;
+    let mut ana = available(&line, "ana").await; // María's coordinator
+    let body = "necesito hablar con alguien";
+    line.patient_sends(MARIA, LINE_NUMBER, body).await;
+    let offer = ana
+        .expect(T, "offer to the coordinator", offer_with(body))
+        .await;
+    ben.expect_none(
+        Duration::from_millis(300),
+        "ben is not the coordinator",
+        |m| matches!(m, ServerMsg::Offer { .. }),
+    )
+    .await;
+    ana.send(&ClientMsg::Accept {
+        contact_id: offer.contact_id,
+    })
+    .await;
+    ana.expect(T, "conversation", |m| {
+        matches!(m, ServerMsg::Conversation { .. }).then_some(())
+    })
+    .await;
+    // Several timeouts later: no further step, nobody else offered, no SMS to anyone else.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let trail = steps(&line, &offer.contact_id).await;
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert!(sms_to(&line, MARIA_SISTER).await.is_empty());
+    assert!(sms_to(&line, BACKUP_LINE).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trusted_contact_is_told_only_what_the_consent_allows_and_it_is_audited() {
+    let line = fast_line().await;
+    line.patient_sends(MARIA, LINE_NUMBER, "hola").await;
+    let id = contact_of(&line).await;
+    nwd_testkit::eventually(T, "the sister notified", || async {
+        sms_to(&line, MARIA_SISTER).await.into_iter().next()
+    })
+    .await;
+    let to_sister = sms_to(&line, MARIA_SISTER).await;
+    assert_eq!(to_sister.len(), 1, "once");
+    assert!(!to_sister[0].contains("hola"), "never the message");
+    let disclosed: Vec<Disclosure> = nwd_testkit::eventually(T, "a disclosure record", || async {
+        let d: Vec<Disclosure> =
+            stored(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(disclosed.len(), 1);
+    assert_eq!(
+        disclosed[0].recipient,
+        Recipient::TrustedContact("maria-sister".into())
+    );
+    assert_eq!(disclosed[0].purpose, "crisis-support");
+    assert!(matches!(
+        disclosed[0].basis,
+        nwd_proto::events::LegalBasis::Consent { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imminent_is_broadcast_the_first_accept_wins_and_the_safety_message_goes_once() {
+    let line = fast_line().await;
+    let mut ana = available(&line, "ana").await;
+    let mut ben = available(&line, "ben").await;
+    let mut sam = Counsellor::connect(&line, "sam").await; // supervisor, not available
+    let body = "he's not breathing, he used and his lips are blue";
+    line.patient_sends(JAMES, LINE_NUMBER, body).await;
+    let a = ana.expect(T, "broadcast to ana", offer_with(body)).await;
+    let b = ben.expect(T, "broadcast to ben", offer_with(body)).await;
+    assert_eq!(a.contact_id, b.contact_id);
+    sam.expect(T, "supervisor alerted", |m| {
+        matches!(m, ServerMsg::Alert { .. }).then_some(())
+    })
+    .await;
+    // Both accept at the same moment.
+    let id = a.contact_id;
+    let accept = ClientMsg::Accept { contact_id: id };
+    tokio::join!(ana.send(&accept), ben.send(&accept));
+    let rec = nwd_testkit::eventually(T, "assigned", || async {
+        let r = record(&line, &id).await;
+        r.assigned_to().cloned()
+    })
+    .await;
+    let loser = if rec.as_str() == "ana" {
+        &mut ben
+    } else {
+        &mut ana
+    };
+    loser
+        .expect(T, "the loser's offer withdrawn", |m| {
+            matches!(m, ServerMsg::OfferWithdrawn { contact_id, .. } if *contact_id == id)
+                .then_some(())
+        })
+        .await;
+    // The safety message reached the person, once, and not again on later messages.
+    line.patient_sends(JAMES, LINE_NUMBER, "please hurry").await;
+    nwd_testkit::eventually(T, "safety message", || async {
+        sms_to(&line, JAMES)
+            .await
+            .into_iter()
+            .find(|b| b.contains("911"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let safety = sms_to(&line, JAMES)
+        .await
+        .into_iter()
+        .filter(|b| b.contains("911"))
+        .count();
+    assert_eq!(safety, 1);
+    let trail = steps(&line, &id).await;
+    assert!(matches!(
+        trail[0].step.outcome,
+        StepOutcome::Broadcast { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalator_crashed_between_scheduling_and_firing_fires_the_step_once_after_restart() {
+    let mut line = fast_line().await;
+    line.patient_sends(JAMES, LINE_NUMBER, "anyone there").await;
+    let id = contact_of(&line).await;
+    // The router fired the first pass (through to the backup line); the next
+    // step is due in a second. Kill the escalator before it fires.
+    nwd_testkit::eventually(T, "first backup alert", || async {
+        (sms_to(&line, BACKUP_LINE).await.len() == 1).then_some(())
+    })
+    .await;
+    line.crash("escalator").await;
+    let before = record(&line, &id).await.escalation.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        record(&line, &id).await.escalation.unwrap().steps,
+        before.steps,
+        "nothing fires while it is down"
+    );
+    let restarted_at = time::OffsetDateTime::now_utc();
+    line.restart("escalator").await;
+    // The overdue step fires once, promptly (within a second of recovery).
+    nwd_testkit::eventually(Duration::from_secs(3), "overdue step fired", || async {
+        (record(&line, &id).await.escalation.unwrap().steps > before.steps).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = record(&line, &id).await.escalation.unwrap();
+    let recovered: Vec<_> = after
+        .trail
+        .iter()
+        .filter(|s| s.step > before.steps)
+        .filter(|s| s.at < restarted_at + time::Duration::milliseconds(900))
+        .collect();
+    assert_eq!(
+        recovered.len(),
+        1,
+        "one overdue step, not one per missed second: {recovered:?}"
+    );
+    nwd_testkit::eventually(T, "second backup alert", || async {
+        (sms_to(&line, BACKUP_LINE).await.len() >= 2).then_some(())
+    })
+    .await;
+    let trail = steps(&line, &id).await;
+    let numbers: Vec<u64> = trail.iter().map(|e| e.step.step).collect();
+    let mut dedup = numbers.clone();
+    dedup.dedup();
+    assert_eq!(numbers, dedup, "no step published twice");
+}
