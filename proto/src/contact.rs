@@ -91,6 +91,11 @@ pub struct ContactRecord {
     /// The escalation ladder (set by the router when the contact opens).
     #[serde(default)]
     pub escalation: Option<Escalation>,
+    /// When the assigned counsellor's connection was found gone; the
+    /// supervisors were alerted then, and after a grace the contact goes
+    /// back to the queue.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub orphaned_at: Option<OffsetDateTime>,
 }
 
 /// What applying a message did.
@@ -124,6 +129,7 @@ impl ContactRecord {
             last_message_at: m.received_at,
             seen: Vec::new(),
             escalation: None,
+            orphaned_at: None,
         };
         rec.apply_message(ev);
         rec
@@ -230,6 +236,7 @@ impl ContactRecord {
                     counsellor: who.clone(),
                     since: now,
                 };
+                self.orphaned_at = None;
                 // An accept stops the ladder.
                 if let Some(e) = self.escalation.as_mut() {
                     e.due = None;
@@ -272,6 +279,41 @@ impl ContactRecord {
             ContactState::Assigned { .. } => Err(TransitionError::Taken),
             ContactState::Resolved { .. } => Err(TransitionError::Resolved),
         }
+    }
+
+    /// Marks an assigned contact whose counsellor dropped off; `false` if
+    /// it was already marked (the supervisors were alerted once).
+    pub fn orphan(&mut self, now: OffsetDateTime) -> bool {
+        if self.assigned_to().is_none() || self.orphaned_at.is_some() {
+            return false;
+        }
+        self.orphaned_at = Some(now);
+        true
+    }
+
+    /// The counsellor is back: the contact stays with them.
+    pub fn unorphan(&mut self) -> bool {
+        self.orphaned_at.take().is_some()
+    }
+
+    /// Puts an orphaned contact back in the queue, climbing the ladder from
+    /// the bottom again at once. Returns the counsellor it was with.
+    pub fn requeue(&mut self, now: OffsetDateTime) -> Option<CounsellorId> {
+        let ContactState::Assigned { counsellor, .. } = &self.state else {
+            return None;
+        };
+        let was = counsellor.clone();
+        self.state = ContactState::Waiting { since: now };
+        self.orphaned_at = None;
+        if let Some(e) = self.escalation.take() {
+            let mut fresh = Escalation::start(e.policy, now);
+            // Keep the step numbering going: step ids stay unique per contact.
+            fresh.steps = e.steps;
+            fresh.announced = e.announced;
+            fresh.trail = e.trail;
+            self.escalation = Some(fresh);
+        }
+        Some(was)
     }
 
     /// Only the assigned counsellor resolves a contact.

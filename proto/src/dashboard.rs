@@ -130,6 +130,21 @@ pub struct ContactView {
     pub messages: Vec<MessageView>,
 }
 
+/// Why supervisors are alerted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AlertReason {
+    /// An imminent contact was broadcast to everyone on call.
+    Imminent,
+    /// A counsellor's connection dropped during a conversation; it goes
+    /// back to the queue at `requeue_at` unless they return.
+    CounsellorDisconnected {
+        counsellor: CounsellorId,
+        #[serde(with = "time::serde::rfc3339")]
+        requeue_at: OffsetDateTime,
+    },
+}
+
 /// Escalation progress of a waiting contact, for the dashboard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EscalationView {
@@ -209,9 +224,10 @@ pub enum ServerMsg {
     Resolved {
         contact_id: ContactId,
     },
-    /// Supervisors: an imminent contact was broadcast (first accept wins).
+    /// Supervisors: something needs their attention.
     Alert {
-        contact: ContactView,
+        reason: AlertReason,
+        contact: Box<ContactView>,
     },
     /// Where a waiting contact is on its escalation ladder.
     Escalation {

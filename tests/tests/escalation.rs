@@ -38,6 +38,9 @@ async fn fast_line() -> Line {
             o.retain(|(k, _)| *k != "directory");
             o.push(("directory", dir.clone()));
         }
+        opts.get_mut("router")
+            .unwrap()
+            .push(("orphan-grace-ms", "1500".into()));
     })
     .await
 }
@@ -346,4 +349,52 @@ async fn an_escalator_crashed_between_scheduling_and_firing_fires_the_step_once_
     let mut dedup = numbers.clone();
     dedup.dedup();
     assert_eq!(numbers, dedup, "no step published twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counsellor_who_drops_mid_conversation_alerts_the_supervisor_then_the_contact_is_requeued()
+ {
+    let line = fast_line().await;
+    let mut sam = Counsellor::connect(&line, "sam").await; // supervisor, watching
+    let mut ana = available(&line, "ana").await;
+    let body = "can we keep talking";
+    line.patient_sends(JAMES, LINE_NUMBER, body).await;
+    let offer = ana.expect(T, "offer to ana", offer_with(body)).await;
+    let id = offer.contact_id;
+    ana.send(&ClientMsg::Accept { contact_id: id }).await;
+    ana.expect(T, "conversation", |m| {
+        matches!(m, ServerMsg::Conversation { .. }).then_some(())
+    })
+    .await;
+    let mut ben = available(&line, "ben").await;
+    // Ana's connection drops.
+    let dropped_at = std::time::Instant::now();
+    ana.close().await;
+    sam.expect(T, "supervisor alerted", |m| match m {
+        ServerMsg::Alert {
+            reason: nwd_proto::dashboard::AlertReason::CounsellorDisconnected { counsellor, .. },
+            contact,
+        } if contact.contact_id == id && counsellor.as_str() == "ana" => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        dropped_at.elapsed() < Duration::from_secs(10),
+        "out of rotation within 10 s"
+    );
+    // After the grace it is back in the queue, and offered to ben.
+    let again = ben
+        .expect(T, "requeued offer to ben", offer_with(body))
+        .await;
+    assert_eq!(again.contact_id, id);
+    assert!(
+        dropped_at.elapsed() >= Duration::from_millis(1500),
+        "not before the grace"
+    );
+    let rec = record(&line, &id).await;
+    assert!(rec.orphaned_at.is_none());
+    assert!(
+        rec.escalation.unwrap().due.is_some(),
+        "climbing the ladder again"
+    );
 }

@@ -92,6 +92,14 @@ impl Floor<'_> {
                 .is_some_and(|p| is_available(p, self.now, self.stale_after))
     }
 
+    /// The counsellor's dashboard connection is gone: offline, no record,
+    /// or a stale heartbeat (busy and away are choices, not disconnections).
+    pub fn disconnected(&self, who: &CounsellorId) -> bool {
+        self.presence.get(who).is_none_or(|p| {
+            p.status == Presence::Offline || self.now - p.heartbeat_at > self.stale_after
+        })
+    }
+
     pub fn load_of(&self, who: &CounsellorId) -> u32 {
         self.load.get(who).copied().unwrap_or(0)
     }

@@ -197,8 +197,14 @@ impl Announcer {
                 }
                 for who in alerted {
                     if let Some(v) = view {
-                        self.push(who, ServerMsg::Alert { contact: v.clone() })
-                            .await;
+                        self.push(
+                            who,
+                            ServerMsg::Alert {
+                                reason: nwd_proto::dashboard::AlertReason::Imminent,
+                                contact: Box::new(v.clone()),
+                            },
+                        )
+                        .await;
                     }
                 }
                 // The safety message: once per contact (the id does not name the step).

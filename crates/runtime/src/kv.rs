@@ -107,3 +107,55 @@ where
         attempts: MAX_ATTEMPTS,
     })
 }
+
+/// Watches every key of a bucket — the latest value of each first, then
+/// every change — calling `on_entry` for each, until `shutdown`. Rewatches
+/// with backoff after an error. `ready_key` is ready once the history is
+/// delivered (at once for an empty bucket) and while the watch runs.
+pub async fn watch_bucket(
+    store: kv::Store,
+    ready_key: &'static str,
+    readiness: crate::ops::Readiness,
+    shutdown: tokio_util::sync::CancellationToken,
+    on_entry: impl Fn(kv::Entry) + Send + 'static,
+) {
+    use futures::StreamExt;
+    use std::time::Duration;
+    let mut delay = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match store.watch_with_history(">").await {
+            Ok(mut watch) => {
+                delay = Duration::from_millis(100);
+                let empty = store.status().await.is_ok_and(|s| s.values() == 0);
+                readiness.set(ready_key, empty);
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        next = watch.next() => next,
+                    };
+                    match next {
+                        Some(Ok(entry)) => {
+                            let caught_up = entry.delta == 0;
+                            on_entry(entry);
+                            if caught_up {
+                                readiness.set(ready_key, true);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(watch = ready_key, error = %e, "watch failed; rewatching");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                readiness.set(ready_key, false);
+            }
+            Err(e) => tracing::warn!(watch = ready_key, error = %e, "cannot watch; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}

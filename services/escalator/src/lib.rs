@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv::Operation};
-use futures::StreamExt;
 use nwd_ladder::Floor;
 use nwd_ladder::floor as ladder_floor;
 use nwd_proto::contact::{ContactRecord, offered};
@@ -63,7 +62,7 @@ pub struct Config {
     )]
     pub directory: PathBuf,
     /// A counsellor whose last heartbeat is older than this counts as offline.
-    #[arg(long, env = "NWD_PRESENCE_STALE_MS", default_value_t = 15_000)]
+    #[arg(long, env = "NWD_PRESENCE_STALE_MS", default_value_t = 9_000)]
     pub presence_stale_ms: u64,
     /// The sweeper looks at the deadline index at least this often, whatever
     /// woke it (the sweeper of last resort).
@@ -328,7 +327,7 @@ pub async fn run(
                 wake: Notify::new(),
                 announce_grace: time::Duration::milliseconds(config.announce_grace_ms as i64),
             });
-            tasks.spawn(watch(
+            tasks.spawn(kv::watch_bucket(
                 contacts,
                 READY_CONTACTS,
                 readiness.clone(),
@@ -340,7 +339,7 @@ pub async fn run(
                     }
                 },
             ));
-            tasks.spawn(watch(
+            tasks.spawn(kv::watch_bucket(
                 presence,
                 READY_PRESENCE,
                 readiness.clone(),
@@ -371,55 +370,6 @@ pub async fn run(
         Err(e) => tracing::error!(error = %e, "ops server task failed"),
     }
     Ok(())
-}
-
-/// Watches a bucket (history first, then updates); ready once caught up.
-async fn watch(
-    store: jetstream::kv::Store,
-    ready_key: &'static str,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-    on_entry: impl Fn(jetstream::kv::Entry) + Send + 'static,
-) {
-    let mut delay = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        match store.watch_with_history(">").await {
-            Ok(mut watch) => {
-                delay = Duration::from_millis(100);
-                // An empty bucket sends nothing: ready at once, or at the
-                // first entry that says nothing more is pending.
-                let empty = store.status().await.is_ok_and(|s| s.values() == 0);
-                readiness.set(ready_key, empty);
-                loop {
-                    let next = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        next = watch.next() => next,
-                    };
-                    match next {
-                        Some(Ok(entry)) => {
-                            let caught_up = entry.delta == 0;
-                            on_entry(entry);
-                            if caught_up {
-                                readiness.set(ready_key, true);
-                            }
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(bucket = ready_key, error = %e, "watch failed; rewatching");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                readiness.set(ready_key, false);
-            }
-            Err(e) => tracing::warn!(bucket = ready_key, error = %e, "cannot watch; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
 }
 
 /// Fires due deadlines as they come; at least every `max_tick` it also

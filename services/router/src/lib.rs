@@ -29,6 +29,7 @@ use nwd_proto::streams::{self, buckets, consumers};
 use nwd_proto::subjects;
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
+use nwd_runtime::kv;
 use nwd_runtime::ops::{self, Readiness};
 use nwd_runtime::service::ServiceConfig;
 use tokio::task::JoinSet;
@@ -65,8 +66,12 @@ pub struct Config {
     )]
     pub directory: PathBuf,
     /// A counsellor whose last heartbeat is older than this counts as offline.
-    #[arg(long, env = "NWD_PRESENCE_STALE_MS", default_value_t = 15_000)]
+    #[arg(long, env = "NWD_PRESENCE_STALE_MS", default_value_t = 9_000)]
     pub presence_stale_ms: u64,
+    /// How long a conversation whose counsellor's connection dropped waits
+    /// for them (supervisors are alerted at once) before it goes back to the queue.
+    #[arg(long, env = "NWD_ROUTER_ORPHAN_GRACE_MS", default_value_t = 60_000)]
+    pub orphan_grace_ms: u64,
     /// How often the queue is swept (offers, stale offers, anything missed).
     #[arg(long, env = "NWD_ROUTER_SWEEP_MS", default_value_t = 1_000)]
     pub sweep_ms: u64,
@@ -158,25 +163,38 @@ async fn start(
     else {
         return Ok(None);
     };
-    let router = Arc::new(Router::new(
-        client.clone(),
-        js.clone(),
-        contacts,
-        directory,
-        Duration::from_millis(config.presence_stale_ms),
-    ));
-    let Some(open) = retry(shutdown, "load open contacts", || router.load_contacts()).await else {
-        return Ok(None);
-    };
-    tracing::info!(open, "open contacts loaded");
-    readiness.set(READY_CONTACTS, true);
-
+    let router = Arc::new(
+        Router::new(
+            client.clone(),
+            js.clone(),
+            contacts.clone(),
+            directory,
+            Duration::from_millis(config.presence_stale_ms),
+        )
+        .with_orphan_grace(Duration::from_millis(config.orphan_grace_ms)),
+    );
+    // Every replica keeps every open contact from a watch of the bucket, so
+    // contacts opened or changed by another replica are swept here too.
     let mut tasks = JoinSet::new();
-    tasks.spawn(watch_presence(
-        router.clone(),
-        presence,
+    tasks.spawn(kv::watch_bucket(
+        contacts,
+        READY_CONTACTS,
         readiness.clone(),
         shutdown.clone(),
+        {
+            let router = router.clone();
+            move |entry| router.contact_entry(&entry)
+        },
+    ));
+    tasks.spawn(kv::watch_bucket(
+        presence,
+        READY_PRESENCE,
+        readiness.clone(),
+        shutdown.clone(),
+        {
+            let router = router.clone();
+            move |entry| router.presence_entry(&entry)
+        },
     ));
     tasks.spawn(serve_commands(
         router.clone(),
@@ -244,45 +262,6 @@ impl Handler for Triaged {
                 Outcome::Retry(Duration::from_millis(500))
             }
         }
-    }
-}
-
-/// Keeps the presence map current: every key's latest value, then updates.
-async fn watch_presence(
-    router: Arc<Router>,
-    store: jetstream::kv::Store,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-) {
-    let mut delay = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        match store.watch_with_history(">").await {
-            Ok(mut watch) => {
-                readiness.set(READY_PRESENCE, true);
-                delay = Duration::from_millis(100);
-                loop {
-                    let next = tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        next = watch.next() => next,
-                    };
-                    match next {
-                        Some(Ok(entry)) => router.presence_entry(&entry),
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "presence watch failed; rewatching");
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                readiness.set(READY_PRESENCE, false);
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot watch presence; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv::Operation};
-use futures::StreamExt;
 use nwd_proto::contact::{Applied, ContactRecord, ContactState, TransitionError};
 use nwd_proto::dashboard::{
     DashboardPush, MessageView, PresenceRecord, ReasonView, ServerMsg, WithdrawReason,
@@ -42,8 +41,6 @@ pub enum StepError {
     Publish(#[from] jetstream::context::PublishError),
     #[error(transparent)]
     Transcript(#[from] TranscriptError),
-    #[error("cannot list contacts: {0}")]
-    Keys(String),
 }
 
 /// Something to do after a command's reply was sent.
@@ -94,6 +91,9 @@ pub struct Router {
     accept_lock: tokio::sync::Mutex<()>,
     /// Publishes the effects of ladder steps this router fired.
     announcer: Announcer,
+    /// How long a conversation whose counsellor dropped off waits for them
+    /// before it goes back to the queue.
+    orphan_grace: time::Duration,
 }
 
 impl std::fmt::Debug for Router {
@@ -121,6 +121,7 @@ impl Router {
         };
         Self {
             announcer,
+            orphan_grace: time::Duration::minutes(1),
             client,
             js,
             contacts,
@@ -131,6 +132,12 @@ impl Router {
             wake: Notify::new(),
             accept_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Sets the grace before a disconnected counsellor's conversations are requeued.
+    pub fn with_orphan_grace(mut self, grace: Duration) -> Self {
+        self.orphan_grace = time::Duration::try_from(grace).unwrap_or(self.orphan_grace);
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -181,30 +188,30 @@ impl Router {
         }
     }
 
-    /// Loads every open contact from the bucket (at start).
-    pub async fn load_contacts(&self) -> Result<usize, StepError> {
-        let mut keys = self
-            .contacts
-            .keys()
-            .await
-            .map_err(|e| StepError::Keys(e.to_string()))?;
-        let mut n = 0;
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| StepError::Keys(e.to_string()))?;
-            let read = match kv::get::<ContactRecord>(&self.contacts, &key).await {
-                Ok(read) => read,
-                Err(KvError::Corrupt { .. }) => {
-                    tracing::error!(key = %key, "corrupt contact record; skipped");
-                    continue;
+    /// A contact record changed (or was first seen at start): kept if open.
+    pub fn contact_entry(&self, entry: &jetstream::kv::Entry) {
+        let Ok(id) = entry.key.parse::<ContactId>() else {
+            return;
+        };
+        match entry.operation {
+            Operation::Put => match serde_json::from_slice::<ContactRecord>(&entry.value) {
+                Ok(rec) => {
+                    let was_waiting = self
+                        .cached(&id)
+                        .is_some_and(|r| r.waiting_since().is_some());
+                    self.remember(&rec, entry.revision);
+                    // A contact newly in the queue (opened elsewhere, declined,
+                    // withdrawn): let the sweep see whether someone can take it.
+                    if !was_waiting && rec.waiting_since().is_some() {
+                        self.wake_queue();
+                    }
                 }
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(rec) = read.value.filter(ContactRecord::is_open) {
-                self.remember(&rec, read.revision);
-                n += 1;
+                Err(_) => tracing::error!(contact = %id, "corrupt contact record; skipped"),
+            },
+            Operation::Delete | Operation::Purge => {
+                self.state().contacts.remove(&id);
             }
         }
-        Ok(n)
     }
 
     /// Wakes the queue task.
@@ -468,6 +475,112 @@ impl Router {
                 tracing::warn!(contact = %id, error = %e, "offer step failed; the next sweep retries");
             }
         }
+        // Conversations whose counsellor dropped off, or came back.
+        let watch: Vec<ContactId> = {
+            let state = self.state();
+            state
+                .contacts
+                .values()
+                .filter(|c| match c.record.assigned_to() {
+                    Some(who) => floor.disconnected(who) || c.record.orphaned_at.is_some(),
+                    None => false,
+                })
+                .map(|c| c.record.id)
+                .collect()
+        };
+        for id in watch {
+            if let Err(e) = self.orphan_step(id).await {
+                tracing::warn!(contact = %id, error = %e, "orphan step failed; the next sweep retries");
+            }
+        }
+    }
+
+    /// A conversation whose counsellor's connection is gone: the supervisors
+    /// are alerted once; after the grace it goes back to the queue and up the
+    /// ladder from the bottom. If the counsellor is back, it stays with them.
+    pub async fn orphan_step(&self, id: ContactId) -> Result<(), StepError> {
+        enum Did {
+            Orphaned(ContactRecord, CounsellorId),
+            Requeued(ContactRecord, CounsellorId),
+            Back,
+        }
+        let floor = self.floor();
+        let now = floor.now;
+        let grace = self.orphan_grace;
+        let (outcome, revision) = kv::cas(
+            &self.contacts,
+            &id.to_string(),
+            |cur: Option<ContactRecord>| {
+                let Some(mut rec) = cur else {
+                    return Cas::Keep(None);
+                };
+                let Some(who) = rec.assigned_to().cloned() else {
+                    return Cas::Keep(None);
+                };
+                if !floor.disconnected(&who) {
+                    return if rec.unorphan() {
+                        Cas::Write(rec, Some(Did::Back))
+                    } else {
+                        Cas::Keep(None)
+                    };
+                }
+                match rec.orphaned_at {
+                    None => {
+                        rec.orphan(now);
+                        Cas::Write(rec.clone(), Some(Did::Orphaned(rec, who)))
+                    }
+                    Some(at) if now - at >= grace => {
+                        rec.requeue(now);
+                        nwd_ladder::fire(&mut rec, &floor);
+                        Cas::Write(rec.clone(), Some(Did::Requeued(rec, who)))
+                    }
+                    Some(_) => Cas::Keep(None),
+                }
+            },
+        )
+        .await?;
+        match outcome {
+            Some(Did::Orphaned(rec, who)) => {
+                self.remember(&rec, revision);
+                tracing::warn!(contact = %id, counsellor = %who, "counsellor disconnected mid-conversation; supervisors alerted");
+                metrics::counter!("nwd_conversations_orphaned_total", "service" => NAME, "outcome" => "alerted").increment(1);
+                let messages = transcript::load(&self.js, &id).await.unwrap_or_default();
+                let view = transcript::contact_view(&rec, &self.directory, messages);
+                let requeue_at = now + grace;
+                for s in self
+                    .directory
+                    .staff
+                    .iter()
+                    .filter(|s| s.role == nwd_proto::directory::Role::Supervisor)
+                {
+                    self.push(
+                        &s.id,
+                        ServerMsg::Alert {
+                            reason: nwd_proto::dashboard::AlertReason::CounsellorDisconnected {
+                                counsellor: who.clone(),
+                                requeue_at,
+                            },
+                            contact: Box::new(view.clone()),
+                        },
+                    )
+                    .await;
+                }
+            }
+            Some(Did::Requeued(rec, who)) => {
+                self.remember(&rec, revision);
+                tracing::warn!(contact = %id, counsellor = %who, "conversation back in the queue after the grace");
+                metrics::counter!("nwd_conversations_orphaned_total", "service" => NAME, "outcome" => "requeued").increment(1);
+                if let Err(e) = self.announcer.announce(&rec).await {
+                    tracing::warn!(contact = %id, error = %e, "cannot announce escalation step; the escalator will");
+                }
+            }
+            Some(Did::Back) => {
+                tracing::info!(contact = %id, "counsellor back; conversation stays with them");
+                metrics::counter!("nwd_conversations_orphaned_total", "service" => NAME, "outcome" => "returned").increment(1);
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     // ------------------------------------------------------------ commands

@@ -60,6 +60,7 @@ impl Running {
             metrics_addr: addr,
             directory: test_directory(),
             presence_stale_ms: 15_000,
+            orphan_grace_ms: 60_000,
             sweep_ms: 200,
         };
         let shutdown = CancellationToken::new();
