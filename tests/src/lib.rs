@@ -83,6 +83,8 @@ impl Service {
 pub struct Line {
     pub nats: NatsServer,
     services: HashMap<&'static str, Service>,
+    /// Each service's flags, so a replica can be started with the same.
+    opts: HashMap<&'static str, Vec<(&'static str, String)>>,
     pub http: reqwest::Client,
 }
 
@@ -301,6 +303,7 @@ impl Line {
         let line = Line {
             nats,
             services,
+            opts,
             http: reqwest::Client::new(),
         };
         for name in SERVICES {
@@ -337,6 +340,33 @@ impl Line {
         self.services.get_mut(name).unwrap().kill();
         // Let the OS close its sockets.
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    /// Starts another replica of `of` (router or escalator) named `name`,
+    /// with the same flags on its own ops port, and waits until it is ready.
+    pub async fn add_replica(&mut self, name: &'static str, of: &str) {
+        let listener = nwd_testkit::listener().await;
+        let addr = listener.local_addr().unwrap();
+        let mut flags = self.opts[of].clone();
+        flags.retain(|(k, _)| *k != "metrics-addr");
+        flags.push(("metrics-addr", addr.to_string()));
+        let f = crate::flags(&flags);
+        let start = match of {
+            "router" => starter(parse::<nwd_router::Config>(&f), nwd_router::run),
+            "escalator" => starter(parse::<nwd_escalator::Config>(&f), nwd_escalator::run),
+            other => panic!("no replicas of {other}"),
+        };
+        let mut service = Service {
+            addr,
+            start,
+            token: CancellationToken::new(),
+            runtime: None,
+            handle: None,
+        };
+        service.launch(listener.into_std().unwrap());
+        self.services.insert(name, service);
+        self.opts.insert(name, flags);
+        nwd_testkit::wait_ready(addr).await;
     }
 
     /// Starts a stopped or crashed service again on the same port and waits until ready.

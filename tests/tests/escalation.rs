@@ -398,3 +398,52 @@ async fn a_counsellor_who_drops_mid_conversation_alerts_the_supervisor_then_the_
         "climbing the ladder again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_between_scheduling_and_firing_the_step_fires_once_after_restart() {
+    let mut line = fast_line().await;
+    line.patient_sends(JAMES, LINE_NUMBER, "hello?").await;
+    let id = contact_of(&line).await;
+    nwd_testkit::eventually(T, "first backup alert", || async {
+        (sms_to(&line, BACKUP_LINE).await.len() == 1).then_some(())
+    })
+    .await;
+    let before = record(&line, &id).await.escalation.unwrap();
+    line.nats.kill();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    line.nats.restart().await;
+    // The step that fell due while NATS was down fires once, and the ladder goes on.
+    let after = nwd_testkit::eventually(T, "overdue step fired after the restart", || async {
+        let js = line.jetstream().await;
+        let store = js.get_key_value(buckets::CONTACTS).await.ok()?;
+        let e = kv::get::<ContactRecord>(&store, &id.to_string())
+            .await
+            .ok()?
+            .value?
+            .escalation?;
+        (e.steps >= before.steps + 2 && e.announced == e.steps).then_some(e)
+    })
+    .await;
+    let numbers: Vec<u64> = after.trail.iter().map(|s| s.step).collect();
+    let first = numbers[0];
+    assert_eq!(
+        numbers,
+        (first..first + numbers.len() as u64).collect::<Vec<_>>()
+    );
+    let backups: Vec<_> = after
+        .trail
+        .iter()
+        .filter(|s| matches!(s.outcome, StepOutcome::BackupAlerted { .. }))
+        .map(|s| s.at)
+        .collect();
+    for w in backups.windows(2) {
+        assert!(
+            w[1] - w[0] >= time::Duration::milliseconds(900),
+            "a deadline fired twice"
+        );
+    }
+    nwd_testkit::eventually(T, "backup SMS for every backup step", || async {
+        (sms_to(&line, BACKUP_LINE).await.len() == backups.len()).then_some(())
+    })
+    .await;
+}
