@@ -66,14 +66,14 @@ pub struct Config {
     pub cookie_secure: bool,
     /// How often an open dashboard refreshes the counsellor's presence heartbeat
     /// (and pings the browser), in milliseconds.
-    #[arg(long, env = "NWD_DASHBOARD_HEARTBEAT_MS", default_value_t = 5000)]
+    #[arg(long, env = "NWD_DASHBOARD_HEARTBEAT_MS", default_value_t = 3000)]
     pub heartbeat_ms: u64,
     /// How long to wait for the router to answer a command, in milliseconds.
     #[arg(long, env = "NWD_DASHBOARD_COMMAND_TIMEOUT_MS", default_value_t = 3000)]
     pub command_timeout_ms: u64,
     /// A socket silent this long (no frame, not even a pong) is closed, so a
     /// vanished laptop does not stay "available". Milliseconds.
-    #[arg(long, env = "NWD_DASHBOARD_IDLE_TIMEOUT_MS", default_value_t = 30000)]
+    #[arg(long, env = "NWD_DASHBOARD_IDLE_TIMEOUT_MS", default_value_t = 9000)]
     pub idle_timeout_ms: u64,
 }
 
