@@ -182,6 +182,13 @@ pub enum StepOutcome {
     },
     /// The backup line was alerted (and the step offered to anyone eligible).
     BackupAlerted { to: Vec<CounsellorId> },
+    /// The waiting person was told, once per wait, that they are in the
+    /// queue: how many are ahead of them and, when the line has recent
+    /// figures, how long people have been waiting.
+    Acknowledged {
+        ahead: u32,
+        typical_wait_secs: Option<u64>,
+    },
     /// Nobody eligible (or no consent): skipped at once.
     Skipped { reason: SkipReason },
 }
@@ -239,6 +246,9 @@ pub struct Escalation {
     pub announced: u64,
     /// Staff who declined this contact during this wait (not offered again).
     pub declined: Vec<CounsellorId>,
+    /// Whether the waiting person has been sent the acknowledgement this wait.
+    #[serde(default)]
+    pub acknowledged: bool,
     /// The most recent steps, newest last (bounded).
     pub trail: Vec<StepRecord>,
 }
@@ -257,6 +267,7 @@ impl Escalation {
             broadcast: false,
             announced: 0,
             declined: Vec::new(),
+            acknowledged: false,
             trail: Vec::new(),
         }
     }

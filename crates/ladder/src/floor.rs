@@ -80,6 +80,53 @@ pub struct Floor<'d> {
     pub load: HashMap<CounsellorId, u32>,
     pub now: OffsetDateTime,
     pub stale_after: time::Duration,
+    /// How the line has been doing, for the honest wait estimate.
+    pub queue: QueueStats,
+}
+
+/// The queue as the caller knows it: the waiting contacts' order keys and
+/// recent waits until an accept.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    /// (risk, waiting since, id) of every waiting contact.
+    pub waiting: Vec<(RiskLevel, OffsetDateTime, nwd_proto::ContactId)>,
+    /// Median wait until an accept over recent contacts, if known.
+    pub typical_wait: Option<time::Duration>,
+}
+
+impl QueueStats {
+    /// How many waiting contacts are served before this one (risk, then wait).
+    pub fn ahead_of(&self, rec: &ContactRecord) -> u32 {
+        let Some(since) = rec.waiting_since() else {
+            return 0;
+        };
+        let me = (std::cmp::Reverse(rec.risk), since, rec.id);
+        self.waiting
+            .iter()
+            .filter(|(risk, at, id)| *id != rec.id && (std::cmp::Reverse(*risk), *at, *id) < me)
+            .count() as u32
+    }
+}
+
+/// Recent waits until an accept (bounded), for [`QueueStats::typical_wait`].
+#[derive(Debug, Clone, Default)]
+pub struct WaitSamples(std::collections::VecDeque<time::Duration>);
+
+impl WaitSamples {
+    const KEEP: usize = 50;
+
+    pub fn record(&mut self, wait: time::Duration) {
+        self.0.push_back(wait);
+        if self.0.len() > Self::KEEP {
+            self.0.pop_front();
+        }
+    }
+
+    pub fn median(&self) -> Option<time::Duration> {
+        let mut v: Vec<time::Duration> = self.0.iter().copied().collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    }
 }
 
 impl Floor<'_> {

@@ -28,7 +28,7 @@ use nwd_proto::ladder::{Escalation, Rung, SkipReason, StepOutcome, StepRecord};
 use nwd_proto::{CounsellorId, RiskLevel};
 use time::OffsetDateTime;
 
-pub use floor::Floor;
+pub use floor::{Floor, QueueStats, WaitSamples};
 
 pub use nwd_proto::ladder::TRUSTED_CONTACT_PURPOSE;
 
@@ -119,8 +119,35 @@ pub fn fire(rec: &mut ContactRecord, floor: &Floor<'_>) -> Vec<StepRecord> {
         return fired;
     }
 
-    // At most one pass over the rungs: if every rung is skipped, the last
-    // one repeats after its timeout.
+    let fired_before = e.steps > 0;
+    climb(rec, floor, &mut e, &mut step);
+    // The waiting person hears from the line once per wait: at once if the
+    // first pass found nobody to offer, else when the first timeout passes.
+    if !e.acknowledged && (fired_before || floor::offered_to(rec).is_empty()) {
+        e.acknowledged = true;
+        let outcome = StepOutcome::Acknowledged {
+            ahead: floor.queue.ahead_of(rec),
+            typical_wait_secs: floor
+                .queue
+                .typical_wait
+                .map(|d| d.whole_seconds().max(0) as u64),
+        };
+        step(&mut e, None, outcome);
+    }
+    rec.escalation = Some(e);
+    fired
+}
+
+/// One pass up the rungs from the next one: stops at the first rung that
+/// offers to someone (or the backup line); if every rung is skipped, the
+/// last one repeats after its timeout.
+fn climb(
+    rec: &mut ContactRecord,
+    floor: &Floor<'_>,
+    e: &mut Escalation,
+    step: &mut impl FnMut(&mut Escalation, Option<Rung>, StepOutcome),
+) {
+    let now = floor.now;
     for _ in 0..e.policy.rungs.len().max(1) {
         let Some(rung) = e.next() else { break };
         e.next_rung = e.next_rung.saturating_add(1);
@@ -134,17 +161,16 @@ pub fn fire(rec: &mut ContactRecord, floor: &Floor<'_>) -> Vec<StepRecord> {
                 } else {
                     StepOutcome::TrustedContacts { notified, refused }
                 };
-                step(&mut e, Some(rung), outcome);
+                step(e, Some(rung), outcome);
             }
             Rung::BackupLine => {
                 // Alert the backup line, and offer to anyone eligible under the
                 // rungs reached so far who has become free since.
-                let to = widen_with(rec, floor, &e);
+                let to = widen_with(rec, floor, e);
                 offer(rec, &to);
-                step(&mut e, Some(rung), StepOutcome::BackupAlerted { to });
-                e.due = Some(now + timeout(&e, rec.risk));
-                rec.escalation = Some(e);
-                return fired;
+                step(e, Some(rung), StepOutcome::BackupAlerted { to });
+                e.due = Some(now + timeout(e, rec.risk));
+                return;
             }
             offering => {
                 let to = floor.choose(rec, floor.rung_candidates(offering, rec));
@@ -158,20 +184,17 @@ pub fn fire(rec: &mut ContactRecord, floor: &Floor<'_>) -> Vec<StepRecord> {
                     } else {
                         SkipReason::NobodyEligible
                     };
-                    step(&mut e, Some(rung), StepOutcome::Skipped { reason });
+                    step(e, Some(rung), StepOutcome::Skipped { reason });
                     continue;
                 }
                 offer(rec, &to);
-                step(&mut e, Some(rung), StepOutcome::Offered { to });
-                e.due = Some(now + timeout(&e, rec.risk));
-                rec.escalation = Some(e);
-                return fired;
+                step(e, Some(rung), StepOutcome::Offered { to });
+                e.due = Some(now + timeout(e, rec.risk));
+                return;
             }
         }
     }
-    e.due = Some(now + timeout(&e, rec.risk));
-    rec.escalation = Some(e);
-    fired
+    e.due = Some(now + timeout(e, rec.risk));
 }
 
 fn offer(rec: &mut ContactRecord, to: &[CounsellorId]) {

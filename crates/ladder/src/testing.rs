@@ -152,6 +152,7 @@ pub fn floor<'d>(dir: &'d Directory, available: &[&str], now: OffsetDateTime) ->
         load: HashMap::new(),
         now,
         stale_after: STALE,
+        queue: Default::default(),
     }
 }
 

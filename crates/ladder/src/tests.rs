@@ -12,8 +12,13 @@ use time::Duration;
 use crate::testing::*;
 use crate::{fire, is_due, widen};
 
+/// The rungs fired, without the acknowledgements (tested on their own).
 fn rungs(steps: &[nwd_proto::ladder::StepRecord]) -> Vec<(Option<Rung>, &StepOutcome)> {
-    steps.iter().map(|s| (s.rung, &s.outcome)).collect()
+    steps
+        .iter()
+        .filter(|s| !matches!(s.outcome, StepOutcome::Acknowledged { .. }))
+        .map(|s| (s.rung, &s.outcome))
+        .collect()
 }
 
 fn due(rec: &ContactRecord) -> time::OffsetDateTime {
@@ -107,9 +112,20 @@ fn nobody_answers_every_rung_in_order_then_the_backup_line_repeats() {
             ),
         ]
     );
-    // Step numbers are 1, 2, 3 … with no gap or repeat.
+    // Step numbers are 1, 2, 3 … with no gap or repeat (the acknowledgement
+    // to the person, after the first timeout, is one of them).
     let numbers: Vec<u64> = trail.iter().map(|s| s.step).collect();
-    assert_eq!(numbers, (1..=8).collect::<Vec<_>>());
+    assert_eq!(numbers, (1..=9).collect::<Vec<_>>());
+    let acks: Vec<_> = trail
+        .iter()
+        .filter(|s| matches!(s.outcome, StepOutcome::Acknowledged { .. }))
+        .collect();
+    assert_eq!(acks.len(), 1, "one acknowledgement per wait");
+    assert_eq!(
+        acks[0].at,
+        NOW + Duration::seconds(60),
+        "after the first timeout"
+    );
     // Offers accumulated: everyone reached still holds the offer.
     assert!(matches!(&rec.state, ContactState::Offered { to, .. } if to.len() == 4));
 }
@@ -159,7 +175,7 @@ fn off_shift_staff_are_not_on_call() {
     let mut rec = contact(RiskLevel::Low, Language::En, None, Some("hospital"), NOW);
     let steps = fire(&mut rec, &f);
     assert_eq!(
-        steps.last().unwrap().outcome,
+        *rungs(&steps).last().unwrap().1,
         StepOutcome::Offered {
             to: vec![sid("ben")]
         }
@@ -226,7 +242,7 @@ fn imminent_broadcasts_once_then_climbs_with_short_timeouts() {
             .unwrap()
             .trail
             .iter()
-            .filter(|s| s.rung.is_none())
+            .filter(|s| matches!(s.outcome, StepOutcome::Broadcast { .. }))
             .count(),
         1
     );
@@ -273,7 +289,7 @@ fn spanish_speakers_first_then_anyone_after_the_language_wait() {
     let mut rec = contact(RiskLevel::Moderate, Language::Es, None, Some("clinic"), NOW);
     let steps = fire(&mut rec, &f);
     assert_eq!(
-        steps.last().unwrap().outcome,
+        *rungs(&steps).last().unwrap().1,
         StepOutcome::Offered {
             to: vec![sid("ana")]
         }
@@ -300,7 +316,7 @@ fn someone_becoming_available_is_offered_what_they_are_eligible_for() {
     let dir = directory();
     let mut rec = contact(RiskLevel::High, Language::En, None, Some("hospital"), NOW);
     let steps = fire(&mut rec, &floor(&dir, &["cy"], NOW));
-    assert_eq!(steps.last().unwrap().rung, Some(Rung::DoorOnCall));
+    assert_eq!(rungs(&steps).last().unwrap().0, Some(Rung::DoorOnCall));
     // ben (clinic) is not on the door rung: not offered until AnyOnCall.
     let f = floor(&dir, &["cy", "ben"], NOW + Duration::seconds(1));
     assert!(widen(&rec, &f).is_empty());
@@ -322,7 +338,7 @@ fn a_decline_by_the_last_holder_moves_on_at_once() {
     assert!(is_due(&rec, declined_at));
     let steps = fire(&mut rec, &floor(&dir, &["cy", "ben"], declined_at));
     assert_eq!(
-        steps.last().unwrap().outcome,
+        *rungs(&steps).last().unwrap().1,
         StepOutcome::Offered {
             to: vec![sid("ben")]
         }
@@ -351,6 +367,61 @@ fn stale_heartbeats_and_capacity_take_people_out() {
     );
     // Every rung skipped: the last repeats after its timeout, never "done".
     assert_eq!(due(&rec), NOW + Duration::seconds(120));
+}
+
+#[test]
+fn the_acknowledgement_says_how_many_are_ahead_and_the_typical_wait() {
+    let dir = directory();
+    let mut f = floor(&dir, &[], NOW);
+    let mut rec = contact(RiskLevel::Moderate, Language::En, None, None, NOW);
+    let older_high = (
+        RiskLevel::High,
+        NOW + Duration::seconds(5),
+        nwd_proto::ContactId::new(),
+    );
+    let earlier_moderate = (
+        RiskLevel::Moderate,
+        NOW - Duration::seconds(30),
+        nwd_proto::ContactId::new(),
+    );
+    let later_low = (
+        RiskLevel::Low,
+        NOW - Duration::seconds(90),
+        nwd_proto::ContactId::new(),
+    );
+    f.queue.waiting = vec![
+        older_high,
+        earlier_moderate,
+        later_low,
+        (rec.risk, NOW, rec.id),
+    ];
+    f.queue.typical_wait = Some(Duration::seconds(240));
+    // Nobody to offer it to: the person hears at once.
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        steps.last().unwrap().outcome,
+        StepOutcome::Acknowledged {
+            ahead: 2,
+            typical_wait_secs: Some(240)
+        }
+    );
+    // Once per wait.
+    let later = floor(&dir, &[], due(&rec));
+    assert!(
+        fire(&mut rec, &later)
+            .iter()
+            .all(|s| !matches!(s.outcome, StepOutcome::Acknowledged { .. }))
+    );
+}
+
+#[test]
+fn wait_samples_keep_the_recent_median() {
+    let mut w = crate::WaitSamples::default();
+    assert_eq!(w.median(), None);
+    for s in [10, 500, 20, 30, 40] {
+        w.record(Duration::seconds(s));
+    }
+    assert_eq!(w.median(), Some(Duration::seconds(30)));
 }
 
 mod props {

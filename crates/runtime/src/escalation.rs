@@ -221,6 +221,20 @@ impl Announcer {
                 self.trusted_contacts(rec, step, &key, notified, refused)
                     .await?;
             }
+            StepOutcome::Acknowledged {
+                ahead,
+                typical_wait_secs,
+            } => {
+                let Channel::Sms { patient, .. } = &rec.channel;
+                let body = acknowledgement(&self.directory, rec.lang, *ahead, *typical_wait_secs);
+                self.sms(
+                    rec,
+                    &format!("step:{}:ack", step.step),
+                    patient.clone(),
+                    body,
+                )
+                .await?;
+            }
             StepOutcome::Skipped { .. } => {}
         }
         if let StepOutcome::BackupAlerted { .. } = &step.outcome {
@@ -371,6 +385,50 @@ impl Announcer {
     }
 }
 
+/// The acknowledgement a waiting person gets once per wait: honest about
+/// the queue (how many are ahead; the recent typical wait only when the line
+/// has figures), and the emergency number.
+pub fn acknowledgement(
+    dir: &Directory,
+    lang: nwd_proto::Language,
+    ahead: u32,
+    typical_wait_secs: Option<u64>,
+) -> String {
+    let line = &dir.line.name;
+    let emergency = &dir.line.emergency_number;
+    let minutes = typical_wait_secs.map(|s| s.div_ceil(60).max(1));
+    match lang {
+        nwd_proto::Language::Es => {
+            let queue = match ahead {
+                0 => "Eres la próxima persona en ser atendida.".to_owned(),
+                1 => "Hay 1 persona antes que tú.".to_owned(),
+                n => format!("Hay {n} personas antes que tú."),
+            };
+            let wait = minutes.map_or_else(
+                || " No podemos decirte exactamente cuánto tardará.".to_owned(),
+                |m| format!(" Últimamente la espera ha sido de unos {m} min."),
+            );
+            format!(
+                "{line}: recibimos tu mensaje y un consejero te responderá en cuanto pueda. {queue}{wait} Si estás en peligro ahora, llama al {emergency}."
+            )
+        }
+        nwd_proto::Language::En => {
+            let queue = match ahead {
+                0 => "You are next in line.".to_owned(),
+                1 => "There is 1 person ahead of you.".to_owned(),
+                n => format!("There are {n} people ahead of you."),
+            };
+            let wait = minutes.map_or_else(
+                || " We can't say exactly how long it will take.".to_owned(),
+                |m| format!(" Lately people have waited about {m} min."),
+            );
+            format!(
+                "{line}: we have your message and a counsellor will answer as soon as one is free. {queue}{wait} If you are in danger now, call {emergency}."
+            )
+        }
+    }
+}
+
 /// A bounded metric label for a step outcome.
 pub fn outcome_label(o: &StepOutcome) -> &'static str {
     match o {
@@ -378,6 +436,7 @@ pub fn outcome_label(o: &StepOutcome) -> &'static str {
         StepOutcome::Broadcast { .. } => "broadcast",
         StepOutcome::TrustedContacts { .. } => "trusted_contacts",
         StepOutcome::BackupAlerted { .. } => "backup_alerted",
+        StepOutcome::Acknowledged { .. } => "acknowledged",
         StepOutcome::Skipped { .. } => "skipped",
     }
 }

@@ -95,6 +95,7 @@ pub enum Error {
 struct State {
     open: HashMap<ContactId, ContactRecord>,
     presence: HashMap<CounsellorId, PresenceRecord>,
+    waits: nwd_ladder::WaitSamples,
 }
 
 /// Shared by the watches and the sweeper.
@@ -133,6 +134,14 @@ impl Escalator {
             load: ladder_floor::load(state.open.values()),
             now,
             stale_after: self.stale_after,
+            queue: nwd_ladder::QueueStats {
+                waiting: state
+                    .open
+                    .values()
+                    .filter_map(|r| r.waiting_since().map(|at| (r.risk, at, r.id)))
+                    .collect(),
+                typical_wait: state.waits.median(),
+            },
         }
     }
 
@@ -171,6 +180,12 @@ impl Escalator {
         let pending = index.len();
         drop(index);
         let mut state = self.state();
+        if let (Some(since), Some(nwd_proto::contact::ContactState::Assigned { since: at, .. })) = (
+            state.open.get(&id).and_then(ContactRecord::waiting_since),
+            record.as_ref().map(|r| &r.state),
+        ) {
+            state.waits.record(*at - since);
+        }
         match &record {
             Some(r) if r.is_open() => {
                 state.open.insert(id, r.clone());

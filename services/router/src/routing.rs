@@ -66,6 +66,8 @@ struct State {
     /// Open contacts (not resolved), with the revision they were read at.
     contacts: HashMap<ContactId, Cached>,
     presence: HashMap<CounsellorId, PresenceRecord>,
+    /// Recent waits until an accept, for the honest wait estimate.
+    waits: nwd_ladder::WaitSamples,
 }
 
 /// Result of applying a triaged message.
@@ -154,6 +156,18 @@ impl Router {
             load: ladder_floor::load(state.contacts.values().map(|c| &c.record)),
             now: OffsetDateTime::now_utc(),
             stale_after: self.stale_after,
+            queue: nwd_ladder::QueueStats {
+                waiting: state
+                    .contacts
+                    .values()
+                    .filter_map(|c| {
+                        c.record
+                            .waiting_since()
+                            .map(|at| (c.record.risk, at, c.record.id))
+                    })
+                    .collect(),
+                typical_wait: state.waits.median(),
+            },
         }
     }
 
@@ -170,6 +184,15 @@ impl Router {
             .is_none_or(|c| c.revision <= revision);
         if !newer {
             return;
+        }
+        if let (Some(since), Some(nwd_proto::contact::ContactState::Assigned { since: at, .. })) = (
+            state
+                .contacts
+                .get(&record.id)
+                .and_then(|c| c.record.waiting_since()),
+            Some(&record.state),
+        ) {
+            state.waits.record(*at - since);
         }
         if record.is_open() {
             state.contacts.insert(
@@ -911,6 +934,8 @@ fn step_targets(o: &nwd_proto::ladder::StepOutcome) -> &[CounsellorId] {
         StepOutcome::Offered { to }
         | StepOutcome::Broadcast { to, .. }
         | StepOutcome::BackupAlerted { to } => to,
-        StepOutcome::TrustedContacts { .. } | StepOutcome::Skipped { .. } => &[],
+        StepOutcome::TrustedContacts { .. }
+        | StepOutcome::Acknowledged { .. }
+        | StepOutcome::Skipped { .. } => &[],
     }
 }
