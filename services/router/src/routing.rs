@@ -136,6 +136,11 @@ impl Router {
         }
     }
 
+    /// The directory as it is now (it may change at run time).
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.clone()
+    }
+
     /// Sets the grace before a disconnected counsellor's conversations are requeued.
     pub fn with_orphan_grace(mut self, grace: Duration) -> Self {
         self.orphan_grace = time::Duration::try_from(grace).unwrap_or(self.orphan_grace);
