@@ -420,3 +420,240 @@ fn combinations_need_their_matches_close_together() {
     );
     assert_eq!(e.assess(&far).level, High);
 }
+
+// ---------------------------------------------- categories added in rulebook 2025.11.7
+
+/// Loss of tolerance after any release or stretch clean (county, juvie, halfway house,
+/// psych ward, months clean); look-alikes without use stay low.
+#[test]
+fn using_after_any_release_is_loss_of_tolerance() {
+    assert_levels(
+        &engine(),
+        &[
+            ("first time shooting up since my 8 months in county", High),
+            ("did my first bag since i left the halfway house", High),
+            ("got out of juvie friday and already got high", High),
+            ("first time using in about 6 months", High),
+            (
+                "i was in the psych ward for 2 weeks and used the same night",
+                High,
+            ),
+            ("primera vez que me meto desde que salí del penal", High),
+            (
+                "my cousin got out of prison yesterday and is shooting up",
+                High,
+            ),
+            ("first time in county and i'm scared", Low),
+            ("first time seeing my mom since i got out of jail", Low),
+            ("9 months clean today", Low),
+            ("got out of rehab a year ago and haven't used since", Low),
+        ],
+    );
+}
+
+/// Self-harm acts in other words (carving, burning, scratching to bleeding, hitting
+/// oneself); someone else's is moderate; accidents and the past are low.
+#[test]
+fn self_harm_acts_without_the_usual_words() {
+    assert_levels(
+        &engine(),
+        &[
+            ("i carved a word into my forearm last night", High),
+            ("burned my wrist with a lighter on purpose", High),
+            ("scratching my thighs until they bleed", High),
+            ("i keep punching myself in the head", High),
+            ("me quemé la pierna con el encendedor", High),
+            ("my brother keeps carving into his arms", Moderate),
+            ("carving a turkey for thanksgiving", Low),
+            ("burned myself making breakfast lol", Low),
+            ("the cat scratched me on my arm", Low),
+            (
+                "i used to scratch my arms until they bled when i was a teen",
+                Low,
+            ),
+        ],
+    );
+}
+
+/// A lethal means within reach plus dwelling on it or turning it on oneself; harmless
+/// or denied mentions stay low.
+#[test]
+fn means_and_thoughts_of_using_it() {
+    assert_levels(
+        &engine(),
+        &[
+            (
+                "there's a shotgun in the hall closet and i can't stop thinking about it",
+                High,
+            ),
+            (
+                "i keep thinking about turning my dad's pistol on myself",
+                High,
+            ),
+            ("i keep thinking about the razor blades in my drawer", High),
+            ("no dejo de pensar en la soga del garaje", High),
+            ("i'd never turn a gun on myself", Low),
+            ("my uncle has a rifle for deer season", Low),
+            ("i keep thinking about the new knives i want", Low),
+        ],
+    );
+}
+
+/// Burdensomeness is passive ideation; "fine without me" about an event, or "if i"
+/// without absence, is not.
+#[test]
+fn perceived_burdensomeness() {
+    assert_levels(
+        &engine(),
+        &[
+            ("everyone would be better off if i was gone", Moderate),
+            ("my kids would be happier without me around", Moderate),
+            ("i'm nothing but a burden to everyone", Moderate),
+            ("todos estarían más tranquilos sin mí", Moderate),
+            (
+                "my dad thinks everyone would be better off without him",
+                Moderate,
+            ),
+            ("the party will be fine without me", Low),
+            ("they'll be okay without me tonight", Low),
+            ("it would be easier if i had a ride", Low),
+            ("my family wouldn't be better off without me", Low),
+            (
+                "i used to think my family would be better off without me",
+                Low,
+            ),
+        ],
+    );
+}
+
+/// Spanish distress with intensifiers and slang; enduring heat or hunger "jaja" is
+/// hyperbole, but enduring pain is distress.
+#[test]
+fn spanish_intensifiers_and_hyperbole() {
+    assert_levels(
+        &engine(),
+        &[
+            ("estoy bien pinche desesperada", Moderate),
+            ("ando re mal, ya no doy más", Moderate),
+            ("me siento de la chingada", Moderate),
+            ("ya no aguanto el calor de este cuarto jaja", Low),
+            ("no aguanto el hambre jaja", Low),
+            ("estoy desesperado por que llegue la quincena", Low),
+            ("estuvo bien pinche chido", Low),
+            ("ya no aguanto este dolor", Moderate),
+        ],
+    );
+}
+
+/// Hearing voices is distress; voices telling them to harm themselves are high.
+#[test]
+fn voices_and_command_hallucinations() {
+    assert_levels(
+        &engine(),
+        &[
+            ("the voices won't leave me alone", Moderate),
+            ("i keep hearing voices at night", Moderate),
+            ("the voices keep telling me to hurt myself", High),
+            ("a voice in my head says i should die", High),
+            ("las voces me dicen que me mate", High),
+            ("i lost my voice at the concert", Low),
+            ("i don't hear voices, i'm just sad", Low),
+            ("my aunt hears voices but she's on meds and doing well", Low),
+        ],
+    );
+}
+
+/// Overdose words: only an overdose happening now is imminent; a recent one is high,
+/// a thought moderate, a distant one low.
+#[test]
+fn overdose_words_in_the_past_or_in_thoughts_are_not_in_progress() {
+    assert_levels(
+        &engine(),
+        &[
+            ("i overdosed on purpose two weeks ago", High),
+            ("i overdosed last month and ended up in the er", High),
+            ("i keep thinking about overdosing", Moderate),
+            ("i'm scared of overdosing again", Moderate),
+            ("i overdosed back in 2016", Low),
+            ("my friend overdosed years ago and it still hurts", Low),
+            ("i think i'm overdosing", Imminent),
+            ("overdosing rn please help", Imminent),
+            ("i think i overdosed, my chest hurts", Imminent),
+            ("my girlfriend just overdosed", Imminent),
+        ],
+    );
+}
+
+/// "X me va a matar si..." from family is hyperbole; from a partner (unless laughed
+/// off) or over a debt it is a threat.
+#[test]
+fn threat_hyperbole_versus_real_threats() {
+    assert_levels(
+        &engine(),
+        &[
+            ("mi tía me va a matar si llego tarde otra vez", Low),
+            (
+                "la maestra me va a matar cuando vea mis calificaciones jaja",
+                Low,
+            ),
+            ("el coach nos va a matar con tantas vueltas", Low),
+            (
+                "mi novio me va a matar jaja se me olvidó su cumpleaños",
+                Low,
+            ),
+            ("mi esposo me va a matar si se entera", High),
+            ("me van a matar si no pago", High),
+            ("my husband is going to kill me when he gets home", High),
+            ("my wife is going to kill me, i forgot to buy milk lol", Low),
+        ],
+    );
+}
+
+/// Gurgling, rattling or odd snoring after use; a gurgling stomach is not.
+#[test]
+fn agonal_breathing_sounds() {
+    assert_levels(
+        &engine(),
+        &[
+            ("he's making a gurgle sound and won't wake up", Imminent),
+            ("she's snoring really weird after using", Imminent),
+            ("my stomach keeps gurgling", Low),
+        ],
+    );
+}
+
+/// The new combinations fire, and only when their parts are close together.
+#[test]
+fn release_and_first_use_combine_only_nearby() {
+    let e = engine();
+    let a = e.assess("first bag since sober living");
+    assert_eq!(a.level, High, "{a:?}");
+    assert!(
+        a.reasons
+            .iter()
+            .any(|r| r.rule == "combo.release_first_use")
+    );
+    let a = e.assess("the rope is in the shed and i think about it every night");
+    assert_eq!(a.level, High, "{a:?}");
+    assert!(a.reasons.iter().any(|r| r.rule == "combo.lethal_fixation"));
+    let filler =
+        "I have been talking with my sister about school and work and the weather this week. "
+            .repeat(4);
+    let far = format!("first time using the new bus pass. {filler} I got out of jail in 2019.");
+    assert_eq!(e.assess(&far).level, Low);
+}
+
+/// A past overdose or a thought of one is not reported as an overdose in progress.
+#[test]
+fn recent_overdose_is_not_reported_as_in_progress() {
+    let e = engine();
+    let a = e.assess("i od'd on purpose last weekend");
+    assert_eq!(a.level, High, "{a:?}");
+    assert!(
+        a.reasons.iter().all(|r| r.rule != "overdose.in_progress"),
+        "{a:?}"
+    );
+    let a = e.assess("i keep daydreaming about overdosing");
+    assert_eq!(a.level, Moderate, "{a:?}");
+    assert!(a.reasons.iter().all(|r| r.level < Imminent), "{a:?}");
+}
