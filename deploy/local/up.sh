@@ -13,7 +13,7 @@ cd "$ROOT"
 PROFILE="${NWD_PROFILE:-release}"
 echo "==> building the services ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" \
-  -p nwd-gateway -p nwd-intake -p nwd-triage -p nwd-router -p nwd-escalator \
+  -p nwd-gateway -p nwd-intake -p nwd-triage -p nwd-router -p nwd-escalator -p nwd-runtime \
   -p nwd-dashboard -p nwd-notifier -p nwd-phone-sim
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
@@ -88,6 +88,11 @@ sed -e "s|\$NWD_NATS_PORT|$NWD_NATS_PORT|" -e "s|\$NWD_NATS_MONITOR_PORT|$NWD_NA
     -e "s|\$NWD_DATA_DIR|$NWD_DATA_DIR|" deploy/nats/nats.conf > "$NWD_DATA_DIR/nats.conf"
 start nats "$ROOT/.tools/bin/nats-server" -c "$NWD_DATA_DIR/nats.conf"
 wait_http "http://127.0.0.1:$NWD_NATS_MONITOR_PORT/healthz?js-enabled-only=true" nats
+
+echo "==> loading the directory ($NWD_DIRECTORY) into the live directory bucket"
+# Services follow the bucket; change it at run time with
+#   $BIN/nwd-directory put FILE
+"$BIN/nwd-directory" put "$NWD_DIRECTORY"
 
 echo "==> starting services"
 start gateway   "$BIN/nwd-gateway"

@@ -30,4 +30,6 @@ pub mod buckets {
     pub const PRESENCE: &str = "presence";
     /// Outbound send records (dedupe), key = outbound id. Notifier-owned.
     pub const SENDS: &str = "sends";
+    /// The directory (key `current`, JSON), changeable at run time.
+    pub const DIRECTORY: &str = "directory";
 }

@@ -459,3 +459,53 @@ async fn nats_killed_between_scheduling_and_firing_the_step_fires_once_after_res
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_changes_at_run_time_without_a_restart() {
+    const COUNTY_DOOR: &str = "+15005550120";
+    let line = fast_line().await;
+    let mut chloe = available(&line, "chloe").await; // county hospital
+    let mut ben = available(&line, "ben").await; // eastside clinic
+    line.patient_sends("+15005550210", COUNTY_DOOR, "first door message")
+        .await;
+    chloe
+        .expect(
+            T,
+            "the door's on-call counsellor",
+            offer_with("first door message"),
+        )
+        .await;
+
+    // Chloe goes on leave: a one-off override, stored in the directory bucket.
+    let js = line.jetstream().await;
+    let store = js.get_key_value(buckets::DIRECTORY).await.unwrap();
+    let mut dir = nwd_runtime::directory::load(&fast_directory()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    dir.overrides.push(nwd_proto::directory::OnCallOverride {
+        staff: nwd_proto::CounsellorId::parse("chloe").unwrap(),
+        from: now - time::Duration::minutes(1),
+        until: now + time::Duration::hours(1),
+        on_call: false,
+    });
+    nwd_runtime::directory::publish(&store, &dir).await.unwrap();
+    // A broken version is ignored: the last good one stays in force.
+    store
+        .put(nwd_runtime::directory::KEY, "{not json".into())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    line.patient_sends("+15005550211", COUNTY_DOOR, "second door message")
+        .await;
+    ben.expect(
+        T,
+        "no wrong door: another partner's counsellor",
+        offer_with("second door message"),
+    )
+    .await;
+    chloe
+        .expect_none(Duration::from_millis(500), "chloe is on leave", |m| {
+            matches!(m, ServerMsg::Offer { contact } if contact.messages.iter().any(|x| x.body == "second door message"))
+        })
+        .await;
+}

@@ -74,8 +74,8 @@ pub fn offered_to(rec: &ContactRecord) -> &[CounsellorId] {
 
 /// The staff on the floor at one moment.
 #[derive(Debug, Clone)]
-pub struct Floor<'d> {
-    pub directory: &'d Directory,
+pub struct Floor {
+    pub directory: std::sync::Arc<Directory>,
     pub presence: HashMap<CounsellorId, PresenceRecord>,
     pub load: HashMap<CounsellorId, u32>,
     pub now: OffsetDateTime,
@@ -129,7 +129,7 @@ impl WaitSamples {
     }
 }
 
-impl Floor<'_> {
+impl Floor {
     /// Available (status and fresh heartbeat) and known to the directory.
     pub fn is_available(&self, who: &CounsellorId) -> bool {
         self.directory.staff(who).is_some()
@@ -159,7 +159,7 @@ impl Floor<'_> {
     }
 
     pub fn on_call(&self, staff: &Staff) -> bool {
-        oncall::on_call(self.directory, staff, self.now)
+        oncall::on_call(&self.directory, staff, self.now)
     }
 
     /// On call, available, with room, and not among those who declined.

@@ -47,14 +47,14 @@ fn timeout(e: &Escalation, risk: RiskLevel) -> time::Duration {
 }
 
 /// The patient record of a contact, if known.
-pub fn patient<'d>(floor: &Floor<'d>, rec: &ContactRecord) -> Option<&'d Patient> {
+pub fn patient<'a>(floor: &'a Floor, rec: &ContactRecord) -> Option<&'a Patient> {
     let id = rec.patient.as_ref()?;
     floor.directory.patients.iter().find(|p| &p.id == id)
 }
 
 /// Trusted contacts of the patient, split into those a valid consent
 /// covers and those it does not (ids).
-pub fn trusted_contacts(floor: &Floor<'_>, rec: &ContactRecord) -> (Vec<String>, Vec<String>) {
+pub fn trusted_contacts(floor: &Floor, rec: &ContactRecord) -> (Vec<String>, Vec<String>) {
     let mut covered = Vec::new();
     let mut refused = Vec::new();
     for t in patient(floor, rec).map_or(&[][..], |p| &p.trusted_contacts[..]) {
@@ -76,7 +76,7 @@ pub fn trusted_contacts(floor: &Floor<'_>, rec: &ContactRecord) -> (Vec<String>,
 /// steps fired, whose side effects the caller publishes. Returns nothing if
 /// no step is due, so a second replica firing the same deadline on the
 /// record as re-read changes nothing.
-pub fn fire(rec: &mut ContactRecord, floor: &Floor<'_>) -> Vec<StepRecord> {
+pub fn fire(rec: &mut ContactRecord, floor: &Floor) -> Vec<StepRecord> {
     let now = floor.now;
     if !is_due(rec, now) {
         return Vec::new();
@@ -143,7 +143,7 @@ pub fn fire(rec: &mut ContactRecord, floor: &Floor<'_>) -> Vec<StepRecord> {
 /// last one repeats after its timeout.
 fn climb(
     rec: &mut ContactRecord,
-    floor: &Floor<'_>,
+    floor: &Floor,
     e: &mut Escalation,
     step: &mut impl FnMut(&mut Escalation, Option<Rung>, StepOutcome),
 ) {
@@ -207,7 +207,7 @@ fn offer(rec: &mut ContactRecord, to: &[CounsellorId]) {
 /// Staff who may be offered this contact now under the rungs it has already
 /// reached (and the broadcast, if it fired) but hold no offer yet: those
 /// who became available, got room, or came on call since the step fired.
-pub fn widen(rec: &ContactRecord, floor: &Floor<'_>) -> Vec<CounsellorId> {
+pub fn widen(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
     match (&rec.state, &rec.escalation) {
         (ContactState::Waiting { .. } | ContactState::Offered { .. }, Some(e)) => {
             widen_with(rec, floor, e)
@@ -216,7 +216,7 @@ pub fn widen(rec: &ContactRecord, floor: &Floor<'_>) -> Vec<CounsellorId> {
     }
 }
 
-fn widen_with(rec: &ContactRecord, floor: &Floor<'_>, e: &Escalation) -> Vec<CounsellorId> {
+fn widen_with(rec: &ContactRecord, floor: &Floor, e: &Escalation) -> Vec<CounsellorId> {
     let mut candidates = Vec::new();
     if e.broadcast {
         candidates = floor.broadcast_candidates(rec);

@@ -142,9 +142,9 @@ pub fn presence(who: &str, status: Presence, at: OffsetDateTime) -> (CounsellorI
 }
 
 /// A floor where the listed staff are available (fresh heartbeat at `now`).
-pub fn floor<'d>(dir: &'d Directory, available: &[&str], now: OffsetDateTime) -> Floor<'d> {
+pub fn floor(dir: &Directory, available: &[&str], now: OffsetDateTime) -> Floor {
     Floor {
-        directory: dir,
+        directory: std::sync::Arc::new(dir.clone()),
         presence: available
             .iter()
             .map(|w| presence(w, Presence::Available, now))

@@ -140,6 +140,7 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
         base(buckets::THREADS, 1, Duration::ZERO),
         base(buckets::PRESENCE, 1, Duration::ZERO),
         base(buckets::SENDS, 1, 30 * DAY),
+        base(buckets::DIRECTORY, 10, Duration::ZERO),
     ]
 }
 

@@ -1,8 +1,22 @@
-//! Loading the directory file.
+//! The directory: loaded from a file at start, then kept in the
+//! `directory` KV bucket (key `current`) and followed by every service that
+//! uses it, so an operator can change staff, schedules, overrides, patients,
+//! consents and the ladder at run time without a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
+use async_nats::jetstream::kv::{self, Operation};
 use nwd_proto::directory::{Directory, DirectoryError};
+use tokio_util::sync::CancellationToken;
+
+use crate::ops::Readiness;
+
+/// The key of the current directory in the `directory` bucket.
+pub const KEY: &str = "current";
+
+/// The readiness condition [`follow`] maintains.
+pub const READY: &str = "directory";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -40,6 +54,82 @@ pub fn load(path: &Path) -> Result<Directory, LoadError> {
     Ok(dir)
 }
 
+/// Parses and validates a directory stored as JSON (the bucket's form).
+pub fn from_json(bytes: &[u8]) -> Result<Directory, String> {
+    let dir: Directory = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    dir.validate().map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+/// The directory as a service sees it now. Cheap to clone and to read
+/// (`get` hands out the current version; a change swaps it whole).
+#[derive(Debug, Clone)]
+pub struct Live(Arc<RwLock<Arc<Directory>>>);
+
+impl Live {
+    pub fn new(dir: Directory) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(dir))))
+    }
+
+    pub fn get(&self) -> Arc<Directory> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, dir: Directory) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dir);
+    }
+}
+
+/// Writes a directory as the current one (validated first).
+pub async fn publish(store: &kv::Store, dir: &Directory) -> Result<u64, String> {
+    dir.validate().map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec(dir).map_err(|e| e.to_string())?;
+    store.put(KEY, json.into()).await.map_err(|e| e.to_string())
+}
+
+/// Follows the bucket until `shutdown`: seeds it with `live`'s directory
+/// (the file's) if it holds none, then applies every stored version. A
+/// version that does not parse or validate is logged and ignored — the last
+/// good directory stays in force, so a bad edit never empties the line.
+pub async fn follow(
+    store: kv::Store,
+    live: Live,
+    readiness: Readiness,
+    service: &'static str,
+    shutdown: CancellationToken,
+) {
+    let seed = serde_json::to_vec(&*live.get()).unwrap_or_default();
+    // `create` only writes if the key is absent: the first service up seeds it.
+    match store.create(KEY, seed.into()).await {
+        Ok(_) => tracing::info!(service, "directory bucket seeded from the file"),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => tracing::warn!(service, error = %e, "cannot seed the directory bucket"),
+    }
+    let apply = move |entry: kv::Entry| {
+        if entry.key != KEY || entry.operation != Operation::Put {
+            return;
+        }
+        match from_json(&entry.value) {
+            Ok(dir) => {
+                tracing::info!(
+                    service,
+                    revision = entry.revision,
+                    staff = dir.staff.len(),
+                    patients = dir.patients.len(),
+                    "directory updated"
+                );
+                metrics::counter!("nwd_directory_updates_total", "service" => service, "outcome" => "applied").increment(1);
+                live.set(dir);
+            }
+            Err(e) => {
+                tracing::error!(service, revision = entry.revision, error = %e, "invalid directory in the bucket; keeping the last good one");
+                metrics::counter!("nwd_directory_updates_total", "service" => service, "outcome" => "rejected").increment(1);
+            }
+        }
+    };
+    crate::kv::watch_bucket(store, READY, readiness, shutdown, apply).await;
+}
+
 /// The demo directory shipped in `deploy/local/demo/`, for tests and local runs.
 pub fn demo_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/demo/directory.toml")
@@ -64,6 +154,22 @@ mod tests {
                 .iter()
                 .any(|p| p.trusted_contacts.iter().any(|t| t.consent.is_none()))
         );
+    }
+
+    #[test]
+    fn json_round_trip_and_bad_versions_are_refused() {
+        let dir = load(&demo_path()).unwrap();
+        let json = serde_json::to_vec(&dir).unwrap();
+        assert_eq!(from_json(&json).unwrap(), dir);
+        assert!(from_json(b"{").is_err());
+        let mut broken = dir.clone();
+        broken
+            .staff
+            .retain(|s| s.role != nwd_proto::directory::Role::Supervisor);
+        assert!(from_json(&serde_json::to_vec(&broken).unwrap()).is_err());
+        let live = Live::new(dir.clone());
+        live.set(broken.clone());
+        assert_eq!(*live.get(), broken);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub struct Announcer {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub contacts: jetstream::kv::Store,
-    pub directory: Arc<Directory>,
+    pub directory: crate::directory::Live,
     /// Recorded as `by` in audit records.
     pub service: &'static str,
 }
@@ -69,6 +69,10 @@ fn patient<'d>(dir: &'d Directory, rec: &ContactRecord) -> Option<&'d Patient> {
 }
 
 impl Announcer {
+    fn dir(&self) -> Arc<Directory> {
+        self.directory.get()
+    }
+
     async fn push(&self, who: &CounsellorId, msg: ServerMsg) {
         let env = Envelope::new(DashboardPush {
             counsellor: who.clone(),
@@ -140,7 +144,7 @@ impl Announcer {
             let messages = transcript::load(&self.js, &rec.id)
                 .await
                 .unwrap_or_default();
-            Some(transcript::contact_view(rec, &self.directory, messages))
+            Some(transcript::contact_view(rec, &self.dir(), messages))
         } else {
             None
         };
@@ -213,7 +217,7 @@ impl Announcer {
                     rec,
                     "safety",
                     patient.clone(),
-                    self.directory.safety_message(rec.lang),
+                    self.dir().safety_message(rec.lang),
                 )
                 .await?;
             }
@@ -226,7 +230,7 @@ impl Announcer {
                 typical_wait_secs,
             } => {
                 let Channel::Sms { patient, .. } = &rec.channel;
-                let body = acknowledgement(&self.directory, rec.lang, *ahead, *typical_wait_secs);
+                let body = acknowledgement(&self.dir(), rec.lang, *ahead, *typical_wait_secs);
                 self.sms(
                     rec,
                     &format!("step:{}:ack", step.step),
@@ -243,12 +247,13 @@ impl Announcer {
                 .map_or(0, |s| (step.at - s).whole_minutes().max(0));
             let body = format!(
                 "{}: a person has waited {waited} min (risk {}) and no counsellor has answered. Reference {id}. Please call the line.",
-                self.directory.line.name, rec.risk
+                self.dir().line.name,
+                rec.risk
             );
             self.sms(
                 rec,
                 &format!("step:{}:backup", step.step),
-                self.directory.line.backup_line.clone(),
+                self.dir().line.backup_line.clone(),
                 body,
             )
             .await?;
@@ -268,7 +273,7 @@ impl Announcer {
         if let Some(e) = rec.escalation.as_ref() {
             let progress = Box::new(EscalationView::of(e));
             let mut watchers: Vec<CounsellorId> = nwd_proto::contact::offered(rec).to_vec();
-            for s in &self.directory.staff {
+            for s in &self.dir().staff {
                 if s.role == nwd_proto::directory::Role::Supervisor && !watchers.contains(&s.id) {
                     watchers.push(s.id.clone());
                 }
@@ -297,7 +302,8 @@ impl Announcer {
         notified: &[String],
         refused: &[String],
     ) -> Result<(), AnnounceError> {
-        let Some(p) = patient(&self.directory, rec) else {
+        let dir = self.dir();
+        let Some(p) = patient(&dir, rec) else {
             return Ok(());
         };
         for t in &p.trusted_contacts {
@@ -316,7 +322,7 @@ impl Announcer {
                 // Exactly what the consent allows: that they contacted the line.
                 let body = format!(
                     "{}: {first_name} contacted us and may need your support. Please check in with them. In an emergency call {}.",
-                    self.directory.line.name, self.directory.line.emergency_number
+                    dir.line.name, dir.line.emergency_number
                 );
                 self.sms(
                     rec,

@@ -72,14 +72,18 @@ async fn method_not_allowed() -> Problem {
 }
 
 /// The logged-in staff member of a request.
-fn authenticate<'a>(app: &'a App, headers: &HeaderMap) -> Result<&'a Staff, Problem> {
+fn authenticate(app: &App, headers: &HeaderMap) -> Result<Staff, Problem> {
     let token = session::from_headers(headers).ok_or_else(unauthenticated)?;
     let who = app
         .sessions
         .verify(token, OffsetDateTime::now_utc())
         .ok_or_else(unauthenticated)?;
     // Someone removed from the directory loses access at once.
-    app.directory.staff(&who).ok_or_else(unauthenticated)
+    app.directory
+        .get()
+        .staff(&who)
+        .cloned()
+        .ok_or_else(unauthenticated)
 }
 
 async fn page() -> Response {
@@ -148,7 +152,7 @@ async fn login(
     };
     let Some(who) = app
         .credentials
-        .check(&app.directory, &form.username, &form.password)
+        .check(&app.directory.get(), &form.username, &form.password)
         .await
     else {
         count_login("refused");

@@ -19,7 +19,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use nwd_proto::directory::Directory;
 use nwd_proto::streams::buckets;
 use nwd_proto::subjects;
 use nwd_runtime::bus::{self, BusError, NatsArgs};
@@ -116,7 +115,9 @@ pub struct Stores {
 
 /// Everything a request or a socket needs.
 pub struct App {
-    pub directory: Directory,
+    /// The directory, kept current from the `directory` bucket (a staff
+    /// member removed there loses access at once).
+    pub directory: nwd_runtime::directory::Live,
     pub sessions: session::Sessions,
     pub credentials: credentials::Credentials,
     pub client: async_nats::Client,
@@ -154,7 +155,8 @@ impl App {
         config: &Config,
         shutdown: CancellationToken,
     ) -> Result<(Arc<App>, Readiness), Error> {
-        let directory = nwd_runtime::directory::load(&config.directory)?;
+        let directory =
+            nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
         if config.session_key.expose().len() < MIN_SESSION_KEY_BYTES {
             return Err(Error::WeakSessionKey);
         }
@@ -257,6 +259,18 @@ async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
     };
     let _ = app.stores.set(stores);
     readiness.set("bus", true);
+    match bus::bucket(&app.js, buckets::DIRECTORY).await {
+        Ok(store) => {
+            app.tasks.spawn(nwd_runtime::directory::follow(
+                store,
+                app.directory.clone(),
+                readiness.clone(),
+                NAME,
+                shutdown.clone(),
+            ));
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot open the directory bucket; using the file"),
+    }
 
     let pushes = loop {
         let subscribed = async {

@@ -170,10 +170,10 @@ impl Session {
     }
 
     async fn greet(&self, status: Presence) {
-        let staff = self.app.directory.staff(&self.who);
+        let staff = self.app.directory.get().staff(&self.who).cloned();
         self.reply(ServerMsg::Hello {
             counsellor: self.who.clone(),
-            name: staff.map(|s| s.name.clone()).unwrap_or_default(),
+            name: staff.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
             supervisor: staff.is_some_and(|s| s.role == Role::Supervisor),
             presence: status,
         })
@@ -484,7 +484,7 @@ pub async fn conversation(
     let messages = transcript::load(&app.js, contact_id).await?;
     Ok(Some(transcript::contact_view(
         &rec,
-        &app.directory,
+        &app.directory.get(),
         messages,
     )))
 }
@@ -527,12 +527,12 @@ pub async fn snapshot(
     let mut out = Vec::with_capacity(mine.len() + offered.len());
     for rec in mine {
         let messages = transcript::load(&app.js, &rec.id).await?;
-        let contact = transcript::contact_view(&rec, &app.directory, messages);
+        let contact = transcript::contact_view(&rec, &app.directory.get(), messages);
         out.push(ServerMsg::Conversation { contact });
     }
     for rec in offered {
         let messages = transcript::load(&app.js, &rec.id).await?;
-        let contact = transcript::contact_view(&rec, &app.directory, messages);
+        let contact = transcript::contact_view(&rec, &app.directory.get(), messages);
         out.push(ServerMsg::Offer { contact });
     }
     Ok(out)

@@ -22,7 +22,6 @@ use nwd_ladder::Floor;
 use nwd_ladder::floor as ladder_floor;
 use nwd_proto::contact::{ContactRecord, offered};
 use nwd_proto::dashboard::PresenceRecord;
-use nwd_proto::directory::Directory;
 use nwd_proto::streams::buckets;
 use nwd_proto::{ContactId, CounsellorId};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
@@ -101,7 +100,7 @@ struct State {
 /// Shared by the watches and the sweeper.
 pub struct Escalator {
     contacts: jetstream::kv::Store,
-    directory: Arc<Directory>,
+    directory: nwd_runtime::directory::Live,
     stale_after: time::Duration,
     state: Mutex<State>,
     /// Next deadline of every waiting contact (its own lock: the sweeper sleeps on it).
@@ -126,10 +125,10 @@ impl Escalator {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn floor(&self, now: OffsetDateTime) -> Floor<'_> {
+    fn floor(&self, now: OffsetDateTime) -> Floor {
         let state = self.state();
         Floor {
-            directory: &self.directory,
+            directory: self.directory.get(),
             presence: state.presence.clone(),
             load: ladder_floor::load(state.open.values()),
             now,
@@ -303,8 +302,13 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let directory = Arc::new(nwd_runtime::directory::load(&config.directory)?);
-    let readiness = Readiness::new([READY_CONTACTS.to_owned(), READY_PRESENCE.to_owned()]);
+    let directory =
+        nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
+    let readiness = Readiness::new([
+        READY_CONTACTS.to_owned(),
+        READY_PRESENCE.to_owned(),
+        nwd_runtime::directory::READY.to_owned(),
+    ]);
     let client = bus::connect(&config.nats, NAME).await?;
     readiness.watch_client(client.clone());
     let js = bus::jetstream(client.clone(), &config.nats);
@@ -321,11 +325,21 @@ pub async fn run(
         let presence =
             bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::PRESENCE, &shutdown)
                 .await?;
-        Ok::<_, BusError>((contacts, presence))
+        let directory_bucket =
+            bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::DIRECTORY, &shutdown)
+                .await?;
+        Ok::<_, BusError>((contacts, presence, directory_bucket))
     }
     .await;
     match buckets {
-        Ok((contacts, presence)) => {
+        Ok((contacts, presence, directory_bucket)) => {
+            tasks.spawn(nwd_runtime::directory::follow(
+                directory_bucket,
+                directory.clone(),
+                readiness.clone(),
+                NAME,
+                shutdown.clone(),
+            ));
             let escalator = Arc::new(Escalator {
                 announcer: Announcer {
                     client: client.clone(),

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use nwd_proto::contact::ThreadRecord;
-use nwd_proto::directory::Directory;
 use nwd_proto::envelope::DecodeError;
 use nwd_proto::events::{Channel, ContactMessage, ContactResolved, InboundSms};
 use nwd_proto::streams::{self, buckets, consumers};
@@ -94,15 +93,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let directory = Arc::new(nwd_runtime::directory::load(&config.directory)?);
+    let directory =
+        nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
     tracing::info!(
-        partners = directory.partners.len(),
-        patients = directory.patients.len(),
+        partners = directory.get().partners.len(),
+        patients = directory.get().patients.len(),
         "directory loaded"
     );
 
     let readiness = Readiness::new([
         "bus".to_owned(),
+        nwd_runtime::directory::READY.to_owned(),
         format!("consumer:{}", consumers::INTAKE_SMS),
         format!("consumer:{}", consumers::INTAKE_RESOLVED),
     ]);
@@ -132,6 +133,23 @@ pub async fn run(
     readiness.set("bus", true);
 
     let mut tasks = JoinSet::new();
+    match bus::bucket(&js, buckets::DIRECTORY).await {
+        Ok(store) => {
+            tasks.spawn(nwd_runtime::directory::follow(
+                store,
+                directory.clone(),
+                readiness.clone(),
+                NAME,
+                shutdown.clone(),
+            ));
+        }
+        Err(e) => {
+            // The file's directory stays in force; ready anyway (a contact
+            // is never refused for want of a directory update).
+            tracing::warn!(error = %e, "cannot open the directory bucket; using the file");
+            readiness.set(nwd_runtime::directory::READY, true);
+        }
+    }
     let sms = Arc::new(SmsHandler {
         js: js.clone(),
         threads: threads.clone(),
@@ -260,7 +278,7 @@ enum HandleError {
 struct SmsHandler {
     js: jetstream::Context,
     threads: jetstream::kv::Store,
-    directory: Arc<Directory>,
+    directory: nwd_runtime::directory::Live,
 }
 
 impl SmsHandler {
@@ -272,14 +290,9 @@ impl SmsHandler {
         })
         .await?;
         let opens_contact = thread.opened_by == message_id;
-        let door = self
-            .directory
-            .partner_for_number(&sms.to)
-            .map(|p| p.id.clone());
-        let patient = self
-            .directory
-            .patient_by_phone(&sms.from)
-            .map(|p| p.id.clone());
+        let directory = self.directory.get();
+        let door = directory.partner_for_number(&sms.to).map(|p| p.id.clone());
+        let patient = directory.patient_by_phone(&sms.from).map(|p| p.id.clone());
         let channel = Channel::Sms {
             patient: sms.from.clone(),
             line: sms.to.clone(),

@@ -100,9 +100,11 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let directory = Arc::new(nwd_runtime::directory::load(&config.directory)?);
+    let directory =
+        nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
     let readiness = Readiness::new([
         READY_CONTACTS.to_owned(),
+        nwd_runtime::directory::READY.to_owned(),
         READY_PRESENCE.to_owned(),
         READY_COMMANDS.to_owned(),
         format!("consumer:{}", consumers::ROUTER),
@@ -140,7 +142,7 @@ async fn start(
     config: &Config,
     client: async_nats::Client,
     js: jetstream::Context,
-    directory: Arc<nwd_proto::directory::Directory>,
+    directory: nwd_runtime::directory::Live,
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<Option<JoinSet<()>>, Error> {
@@ -163,6 +165,21 @@ async fn start(
     else {
         return Ok(None);
     };
+    let Some(directory_bucket) = retry(shutdown, "open directory bucket", || {
+        bus::bucket(&js, buckets::DIRECTORY)
+    })
+    .await
+    else {
+        return Ok(None);
+    };
+    let mut tasks = JoinSet::new();
+    tasks.spawn(nwd_runtime::directory::follow(
+        directory_bucket,
+        directory.clone(),
+        readiness.clone(),
+        NAME,
+        shutdown.clone(),
+    ));
     let router = Arc::new(
         Router::new(
             client.clone(),
@@ -175,7 +192,6 @@ async fn start(
     );
     // Every replica keeps every open contact from a watch of the bucket, so
     // contacts opened or changed by another replica are swept here too.
-    let mut tasks = JoinSet::new();
     tasks.spawn(kv::watch_bucket(
         contacts,
         READY_CONTACTS,

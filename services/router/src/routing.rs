@@ -83,7 +83,7 @@ pub struct Router {
     client: async_nats::Client,
     js: jetstream::Context,
     contacts: jetstream::kv::Store,
-    directory: Arc<Directory>,
+    directory: nwd_runtime::directory::Live,
     stale_after: time::Duration,
     state: Mutex<State>,
     /// Wakes the queue task (coalesced).
@@ -111,7 +111,7 @@ impl Router {
         client: async_nats::Client,
         js: jetstream::Context,
         contacts: jetstream::kv::Store,
-        directory: Arc<Directory>,
+        directory: nwd_runtime::directory::Live,
         stale_after: Duration,
     ) -> Self {
         let announcer = Announcer {
@@ -138,7 +138,7 @@ impl Router {
 
     /// The directory as it is now (it may change at run time).
     pub fn directory(&self) -> Arc<Directory> {
-        self.directory.clone()
+        self.directory.get()
     }
 
     /// Sets the grace before a disconnected counsellor's conversations are requeued.
@@ -153,10 +153,10 @@ impl Router {
     }
 
     /// The floor as the router knows it now.
-    pub fn floor(&self) -> Floor<'_> {
+    pub fn floor(&self) -> Floor {
         let state = self.state();
         Floor {
-            directory: &self.directory,
+            directory: self.directory(),
             presence: state.presence.clone(),
             load: ladder_floor::load(state.contacts.values().map(|c| &c.record)),
             now: OffsetDateTime::now_utc(),
@@ -332,7 +332,7 @@ impl Router {
                 };
                 if record.escalation.is_none() && record.waiting_since().is_some() {
                     // The policy is frozen into the contact when it opens.
-                    let policy = self.directory.policy_for(record.door.as_ref());
+                    let policy = self.directory().policy_for(record.door.as_ref());
                     record.escalation = Some(Escalation::start(policy, ev.message.received_at));
                 }
                 // The first step (or an imminent broadcast) fires in the same
@@ -387,7 +387,7 @@ impl Router {
         to: &[CounsellorId],
         messages: Vec<MessageView>,
     ) {
-        let view = transcript::contact_view(record, &self.directory, messages);
+        let view = transcript::contact_view(record, &self.directory(), messages);
         for who in to {
             tracing::info!(contact = %record.id, counsellor = %who, risk = %record.risk, "offered");
             metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "offered")
@@ -573,10 +573,10 @@ impl Router {
                 tracing::warn!(contact = %id, counsellor = %who, "counsellor disconnected mid-conversation; supervisors alerted");
                 metrics::counter!("nwd_conversations_orphaned_total", "service" => NAME, "outcome" => "alerted").increment(1);
                 let messages = transcript::load(&self.js, &id).await.unwrap_or_default();
-                let view = transcript::contact_view(&rec, &self.directory, messages);
+                let view = transcript::contact_view(&rec, &self.directory(), messages);
                 let requeue_at = now + grace;
                 for s in self
-                    .directory
+                    .directory()
                     .staff
                     .iter()
                     .filter(|s| s.role == nwd_proto::directory::Role::Supervisor)
