@@ -509,3 +509,47 @@ async fn the_directory_changes_at_run_time_without_a_restart() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_consent_skips_the_trusted_contact_and_the_refusal_is_audited() {
+    let line = fast_line().await;
+    // María revokes her consent; the change goes live through the directory bucket.
+    let js = line.jetstream().await;
+    let store = js.get_key_value(buckets::DIRECTORY).await.unwrap();
+    let mut dir = nwd_runtime::directory::load(&fast_directory()).unwrap();
+    let maria = dir.patients.iter_mut().find(|p| p.id == "maria").unwrap();
+    let consent = maria.trusted_contacts[0].consent.as_mut().unwrap();
+    consent.revoked_at = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(5));
+    nwd_runtime::directory::publish(&store, &dir).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    line.patient_sends(MARIA, LINE_NUMBER, "hola, hay alguien")
+        .await;
+    let id = contact_of(&line).await;
+    let refused: Vec<DisclosureRefused> =
+        nwd_testkit::eventually(T, "the refusal audited", || async {
+            let r: Vec<DisclosureRefused> = stored(
+                &line,
+                streams::AUDIT,
+                subjects::audit_disclosure_refused(&id),
+            )
+            .await;
+            (!r.is_empty()).then_some(r)
+        })
+        .await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].recipient,
+        Recipient::TrustedContact("maria-sister".into())
+    );
+    assert_eq!(refused[0].reason, "revoked");
+    // The ladder went on to the backup line; the sister was never texted.
+    nwd_testkit::eventually(T, "backup line alerted", || async {
+        (!sms_to(&line, BACKUP_LINE).await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(sms_to(&line, MARIA_SISTER).await.is_empty());
+    let disclosed: Vec<Disclosure> =
+        stored(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+    assert!(disclosed.is_empty());
+}
