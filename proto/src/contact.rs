@@ -96,6 +96,58 @@ pub struct ContactRecord {
     /// back to the queue.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub orphaned_at: Option<OffsetDateTime>,
+    /// Medical-emergency disclosures (42 CFR §2.51) made in the last
+    /// [`EMERGENCY_RETRY_WINDOW`], so that a retried request republishes the
+    /// same audit record and SMS (same ids) instead of making a second one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emergencies: Vec<EmergencyMark>,
+}
+
+/// How long an identical medical-emergency request (same counsellor,
+/// hospital and nature) counts as a retry of the disclosure already made.
+/// Well inside the streams' one-hour duplicate window, so a republish under
+/// the same `Nats-Msg-Id` is always deduplicated.
+pub const EMERGENCY_RETRY_WINDOW: time::Duration = time::Duration::minutes(10);
+
+/// One medical-emergency disclosure decided on a contact. The nature of the
+/// emergency itself is only in the audit record; the record keeps a digest
+/// to recognise a retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmergencyMark {
+    pub partner: PartnerId,
+    pub by: CounsellorId,
+    pub nature_digest: String,
+    /// When the disclosure was made: names its audit record and SMS.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// What a medical-emergency request is, given the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emergency {
+    /// A new disclosure made at this time (write the record).
+    New(OffsetDateTime),
+    /// A retry of the disclosure made at this time (nothing to write;
+    /// republish its effects under the same ids).
+    Retry(OffsetDateTime),
+}
+
+impl Emergency {
+    pub fn at(self) -> OffsetDateTime {
+        match self {
+            Emergency::New(at) | Emergency::Retry(at) => at,
+        }
+    }
+}
+
+/// A short digest of a text, to recognise it again without keeping it.
+pub fn text_digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.trim().as_bytes())
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What applying a message did.
@@ -130,6 +182,7 @@ impl ContactRecord {
             seen: Vec::new(),
             escalation: None,
             orphaned_at: None,
+            emergencies: Vec::new(),
         };
         rec.apply_message(ev);
         rec
@@ -339,6 +392,55 @@ impl ContactRecord {
     }
 }
 
+/// Medical-emergency disclosures.
+impl ContactRecord {
+    /// Decides a medical-emergency disclosure (42 CFR §2.51) by `who` to
+    /// `partner`: only the counsellor the contact is assigned to may make
+    /// one. The same request again within [`EMERGENCY_RETRY_WINDOW`] is a
+    /// retry of the first. Two different disclosures to one partner never
+    /// share a second (the second names their records).
+    pub fn medical_emergency(
+        &mut self,
+        who: &CounsellorId,
+        partner: &PartnerId,
+        nature: &str,
+        now: OffsetDateTime,
+    ) -> Result<Emergency, TransitionError> {
+        match &self.state {
+            ContactState::Assigned { counsellor, .. } if counsellor == who => {}
+            ContactState::Resolved { .. } => return Err(TransitionError::Resolved),
+            _ => return Err(TransitionError::NotAssigned),
+        }
+        let digest = text_digest(nature);
+        let recent = |m: &EmergencyMark| now - m.at < EMERGENCY_RETRY_WINDOW;
+        if let Some(m) = self.emergencies.iter().find(|m| {
+            recent(m) && m.partner == *partner && m.by == *who && m.nature_digest == digest
+        }) {
+            return Ok(Emergency::Retry(m.at));
+        }
+        self.emergencies.retain(|m| recent(m));
+        let mut at = now;
+        if let Some(last) = self
+            .emergencies
+            .iter()
+            .filter(|m| m.partner == *partner)
+            .map(|m| m.at.unix_timestamp())
+            .max()
+            && last >= at.unix_timestamp()
+            && let Ok(next) = OffsetDateTime::from_unix_timestamp(last + 1)
+        {
+            at = next;
+        }
+        self.emergencies.push(EmergencyMark {
+            partner: partner.clone(),
+            by: who.clone(),
+            nature_digest: digest,
+            at,
+        });
+        Ok(Emergency::New(at))
+    }
+}
+
 /// Who a contact is currently offered to (empty unless offered).
 pub fn offered(rec: &ContactRecord) -> &[CounsellorId] {
     match &rec.state {
@@ -486,5 +588,55 @@ mod tests {
             Applied::Reopened
         );
         assert!(matches!(rec.state, ContactState::Waiting { .. }));
+    }
+
+    #[test]
+    fn a_medical_emergency_is_the_assignees_and_a_retry_is_the_same_disclosure() {
+        let id = ContactId::new();
+        let mut rec = ContactRecord::open(&triaged(id, RiskLevel::High, "a"));
+        let hospital = PartnerId::parse("county-hospital").unwrap();
+        let nature = "took a whole bottle of pills, drowsy";
+        assert_eq!(
+            rec.medical_emergency(&c("ana"), &hospital, nature, NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        rec.offer(&[c("ana")]).unwrap();
+        rec.accept(&c("ana"), NOW).unwrap();
+        assert_eq!(
+            rec.medical_emergency(&c("ben"), &hospital, nature, NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        assert_eq!(
+            rec.medical_emergency(&c("ana"), &hospital, nature, NOW),
+            Ok(Emergency::New(NOW))
+        );
+        let later = NOW + time::Duration::seconds(30);
+        assert_eq!(
+            rec.medical_emergency(&c("ana"), &hospital, &format!(" {nature} "), later),
+            Ok(Emergency::Retry(NOW)),
+            "the same request again is a retry"
+        );
+        assert_eq!(rec.emergencies.len(), 1);
+        assert!(!serde_json::to_string(&rec).unwrap().contains("pills"));
+        // Another nature in the same second gets the next second (its own ids).
+        assert_eq!(
+            rec.medical_emergency(&c("ana"), &hospital, "not breathing", NOW),
+            Ok(Emergency::New(NOW + time::Duration::seconds(1)))
+        );
+        // Past the window the same request is a new disclosure; old marks go.
+        let much_later = NOW + EMERGENCY_RETRY_WINDOW + time::Duration::seconds(2);
+        assert_eq!(
+            rec.medical_emergency(&c("ana"), &hospital, nature, much_later),
+            Ok(Emergency::New(much_later))
+        );
+        assert_eq!(rec.emergencies.len(), 1);
+        let back: ContactRecord =
+            serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert_eq!(back, rec);
+        rec.resolve(&c("ana"), much_later).unwrap();
+        assert_eq!(
+            rec.medical_emergency(&c("ana"), &hospital, nature, much_later),
+            Err(TransitionError::Resolved)
+        );
     }
 }

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::envelope::Event;
 use crate::events::DeliveryStatus;
-use crate::ids::{ContactId, CounsellorId, OutboundId};
+use crate::ids::{ContactId, CounsellorId, OutboundId, PartnerId};
 use crate::risk::{Language, Reason, RiskLevel};
 
 /// A counsellor's availability, chosen on the dashboard.
@@ -67,7 +67,22 @@ pub enum ClientMsg {
         contact_id: ContactId,
         disposition: Option<String>,
     },
+    /// Disclose to medical personnel without consent for a medical
+    /// emergency (42 CFR §2.51): `partner` is a hospital from `Hello`,
+    /// `nature` the nature of the emergency (1 to 500 characters).
+    MedicalEmergency {
+        contact_id: ContactId,
+        partner: PartnerId,
+        nature: String,
+    },
     Ping,
+}
+
+/// A partner a counsellor can choose on screen (ids and institution names only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerOption {
+    pub id: PartnerId,
+    pub name: String,
 }
 
 /// Who wrote a message in a conversation.
@@ -193,6 +208,10 @@ pub enum ServerMsg {
         name: String,
         supervisor: bool,
         presence: Presence,
+        /// Medical personnel for a medical-emergency disclosure: the
+        /// directory's hospital partners.
+        #[serde(default)]
+        hospitals: Vec<PartnerOption>,
     },
     Presence {
         status: Presence,
@@ -223,6 +242,12 @@ pub enum ServerMsg {
     },
     Resolved {
         contact_id: ContactId,
+    },
+    /// A medical-emergency disclosure was recorded and the hospital notified:
+    /// the counsellor calls them now.
+    MedicalEmergencyRecorded {
+        contact_id: ContactId,
+        partner: PartnerId,
     },
     /// Supervisors: something needs their attention.
     Alert {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Event;
-use crate::ids::{ContactId, CounsellorId};
+use crate::ids::{ContactId, CounsellorId, PartnerId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -23,6 +23,25 @@ pub enum RouterCommand {
         counsellor: CounsellorId,
         disposition: Option<String>,
     },
+    /// 42 CFR §2.51: the counsellor holding the contact discloses to medical
+    /// personnel (a hospital partner) without consent, for a bona fide
+    /// medical emergency. `nature` is the nature of the emergency, recorded
+    /// in the audit record (never logged).
+    MedicalEmergency {
+        contact_id: ContactId,
+        counsellor: CounsellorId,
+        partner: PartnerId,
+        nature: String,
+    },
+}
+
+/// Longest description of the nature of a medical emergency, in characters.
+pub const MAX_EMERGENCY_NATURE_CHARS: usize = 500;
+
+/// A description of the nature of a medical emergency is 1 to
+/// [`MAX_EMERGENCY_NATURE_CHARS`] characters, not only blanks.
+pub fn valid_emergency_nature(nature: &str) -> bool {
+    !nature.trim().is_empty() && nature.chars().count() <= MAX_EMERGENCY_NATURE_CHARS
 }
 
 impl Event for RouterCommand {

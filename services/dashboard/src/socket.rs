@@ -11,11 +11,15 @@ use std::time::Instant;
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use nwd_proto::contact::{ContactRecord, ContactState};
-use nwd_proto::dashboard::{ClientMsg, ContactView, Presence, ServerMsg, WithdrawReason};
-use nwd_proto::directory::Role;
+use nwd_proto::dashboard::{
+    ClientMsg, ContactView, PartnerOption, Presence, ServerMsg, WithdrawReason,
+};
+use nwd_proto::directory::{PartnerKind, Role};
 use nwd_proto::events::{Author, Channel, MAX_SMS_BODY_CHARS, OutboundSms};
-use nwd_proto::router::{RouterCommand, RouterReply};
-use nwd_proto::{ContactId, CounsellorId, Envelope, OutboundId, subjects};
+use nwd_proto::router::{
+    MAX_EMERGENCY_NATURE_CHARS, RouterCommand, RouterReply, valid_emergency_nature,
+};
+use nwd_proto::{ContactId, CounsellorId, Envelope, OutboundId, PartnerId, subjects};
 use nwd_runtime::{bus, kv, transcript};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -176,6 +180,18 @@ impl Session {
             name: staff.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
             supervisor: staff.is_some_and(|s| s.role == Role::Supervisor),
             presence: status,
+            hospitals: self
+                .app
+                .directory
+                .get()
+                .partners
+                .iter()
+                .filter(|p| p.kind == PartnerKind::Hospital)
+                .map(|p| PartnerOption {
+                    id: p.id.clone(),
+                    name: p.name.clone(),
+                })
+                .collect(),
         })
         .await;
         if status != Presence::Offline {
@@ -251,6 +267,11 @@ impl Session {
                 outbound_id,
                 body,
             } => self.send_reply(contact_id, outbound_id, body).await,
+            ClientMsg::MedicalEmergency {
+                contact_id,
+                partner,
+                nature,
+            } => self.medical_emergency(contact_id, partner, nature).await,
         }
     }
 
@@ -375,6 +396,41 @@ impl Session {
             .await
         {
             self.broadcast(&ServerMsg::Resolved { contact_id });
+        }
+    }
+
+    /// A medical-emergency disclosure (42 CFR §2.51): the router checks that
+    /// the contact is theirs and the partner a hospital, records it and
+    /// notifies the hospital. The nature is never logged.
+    async fn medical_emergency(&self, contact_id: ContactId, partner: PartnerId, nature: String) {
+        if !valid_emergency_nature(&nature) {
+            count_command("medical_emergency", "bad-emergency");
+            self.reply(error(
+                "bad-emergency",
+                format!(
+                    "Describe the nature of the emergency (1 to {MAX_EMERGENCY_NATURE_CHARS} characters)"
+                ),
+            ))
+            .await;
+            return;
+        }
+        let cmd = RouterCommand::MedicalEmergency {
+            contact_id,
+            counsellor: self.who.clone(),
+            partner: partner.clone(),
+            nature,
+        };
+        if self
+            .routed("medical_emergency", cmd)
+            .instrument(
+                tracing::info_span!("medical_emergency", contact = %contact_id, partner = %partner),
+            )
+            .await
+        {
+            self.broadcast(&ServerMsg::MedicalEmergencyRecorded {
+                contact_id,
+                partner,
+            });
         }
     }
 

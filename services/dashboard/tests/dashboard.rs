@@ -14,7 +14,8 @@ use nwd_dashboard::socket::{self, Inbound, Outbound};
 use nwd_dashboard::{App, Config};
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{
-    ClientMsg, DashboardPush, Presence, PresenceRecord, ServerMsg, Speaker, WithdrawReason,
+    ClientMsg, DashboardPush, PartnerOption, Presence, PresenceRecord, ServerMsg, Speaker,
+    WithdrawReason,
 };
 use nwd_proto::events::{
     Author, Channel, ContactMessage, DeliveryStatus, MessageTriaged, OutboundSms, OutboundStatus,
@@ -22,8 +23,8 @@ use nwd_proto::events::{
 use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::streams::{self, buckets};
 use nwd_proto::{
-    Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, OutboundId, PhoneNumber,
-    Reason, RiskLevel, subjects,
+    Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, OutboundId, PartnerId,
+    PhoneNumber, Reason, RiskLevel, subjects,
 };
 use nwd_runtime::bus::{self, NatsArgs};
 use nwd_runtime::kv::{self, Cas};
@@ -517,6 +518,11 @@ async fn hello_presence_heartbeat_and_offline_when_the_last_socket_closes() {
             name: "Ana García".into(),
             supervisor: false,
             presence: Presence::Offline,
+            // Medical personnel for a §2.51 disclosure: the hospitals only.
+            hospitals: vec![PartnerOption {
+                id: PartnerId::parse("county-hospital").unwrap(),
+                name: "County General Hospital ED".into(),
+            }],
         }
     );
     ws.send(&ClientMsg::SetPresence {
@@ -737,6 +743,83 @@ async fn decline_and_resolve_go_to_the_router_and_update_every_tab() {
     }
 }
 
+#[tokio::test]
+async fn a_medical_emergency_goes_to_the_router_and_is_confirmed_on_every_tab() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("I took everything", assigned_to("ana")).await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    let mut tab = d.socket("ana").await;
+    ana.hello().await;
+    tab.hello().await;
+    let hospital = PartnerId::parse("county-hospital").unwrap();
+
+    // The nature is required and bounded: refused here, the router never asked.
+    for nature in [String::new(), "  ".into(), "x".repeat(501)] {
+        ana.send(&ClientMsg::MedicalEmergency {
+            contact_id: mine.id,
+            partner: hospital.clone(),
+            nature,
+        })
+        .await;
+        assert!(ana.expect_error("bad-emergency").await.contains("nature"));
+    }
+    ana.send(&ClientMsg::MedicalEmergency {
+        contact_id: mine.id,
+        partner: hospital.clone(),
+        nature: "overdose, barely conscious".into(),
+    })
+    .await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::MedicalEmergency {
+            contact_id: mine.id,
+            counsellor: c("ana"),
+            partner: hospital.clone(),
+            nature: "overdose, barely conscious".into(),
+        }
+    );
+    for ws in [&mut ana, &mut tab] {
+        ws.expect("recorded", |m| {
+            (*m == ServerMsg::MedicalEmergencyRecorded {
+                contact_id: mine.id,
+                partner: hospital.clone(),
+            })
+            .then_some(())
+        })
+        .await;
+    }
+    assert!(commands.try_recv().is_err(), "one command only");
+}
+
+#[tokio::test]
+async fn a_refused_medical_emergency_is_an_error_and_not_confirmed() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("help", assigned_to("ana")).await;
+    let _commands = d
+        .fake_router(RouterReply::Refused {
+            reason: "Eastside Recovery Clinic is not medical personnel".into(),
+        })
+        .await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    ana.send(&ClientMsg::MedicalEmergency {
+        contact_id: mine.id,
+        partner: PartnerId::parse("eastside-clinic").unwrap(),
+        nature: "overdose".into(),
+    })
+    .await;
+    assert!(
+        ana.expect_error("refused")
+            .await
+            .contains("not medical personnel")
+    );
+    ana.expect_none(Duration::from_millis(300), "a confirmation", |m| {
+        matches!(m, ServerMsg::MedicalEmergencyRecorded { .. })
+    })
+    .await;
+}
+
 // ------------------------------------------------------------------ replies
 
 #[tokio::test]
@@ -936,6 +1019,10 @@ async fn the_page_is_served_with_its_test_ids() {
         "\"reply-send\"",
         "\"resolve\"",
         "\"message\"",
+        "\"emergency-partner\"",
+        "\"emergency-nature\"",
+        "\"emergency-send\"",
+        "\"emergency-status\"",
     ] {
         assert!(html.contains(id), "page lacks {id}");
     }

@@ -375,6 +375,11 @@ async fn command(router: Arc<Router>, client: async_nats::Client, msg: async_nat
             counsellor,
             ..
         } => ("resolve", contact_id, counsellor),
+        RouterCommand::MedicalEmergency {
+            contact_id,
+            counsellor,
+            ..
+        } => ("medical_emergency", contact_id, counsellor),
     };
     let span = tracing::info_span!("command", kind, contact = %contact, counsellor = %counsellor);
     async {

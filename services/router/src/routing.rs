@@ -30,6 +30,11 @@ use tokio::sync::Notify;
 
 use crate::NAME;
 use crate::decide::{self, Floor};
+
+/// The medical-emergency disclosure (42 CFR §2.51). A child of this module
+/// (not declared in `lib.rs`) so it can use the router's private parts.
+#[path = "emergency.rs"]
+pub mod emergency;
 use nwd_ladder::floor as ladder_floor;
 
 /// Why a step did not complete (it is retried: by redelivery or the sweep).
@@ -629,6 +634,15 @@ impl Router {
                 counsellor,
                 disposition,
             } => self.resolve(contact_id, counsellor, disposition).await,
+            RouterCommand::MedicalEmergency {
+                contact_id,
+                counsellor,
+                partner,
+                nature,
+            } => {
+                self.medical_emergency(contact_id, counsellor, partner, nature)
+                    .await
+            }
         }
     }
 

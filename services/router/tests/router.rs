@@ -760,3 +760,305 @@ async fn malformed_input_is_refused_or_rejected_and_the_router_goes_on() {
     })
     .await;
 }
+
+// ------------------------------------------------------------ medical emergency (42 CFR §2.51)
+
+mod medical_emergency {
+    use super::*;
+    use nwd_proto::events::{
+        Author, Disclosure, DisclosureRefused, LegalBasis, OutboundSms, Recipient,
+    };
+    use nwd_proto::{OutboundId, PartnerId};
+
+    const HOSPITAL_NUMBER: &str = "+15005550120";
+    const NATURE: &str = "took a whole bottle of pills an hour ago, now very drowsy";
+
+    fn p(s: &str) -> PartnerId {
+        PartnerId::parse(s).unwrap()
+    }
+
+    async fn emergency(
+        line: &Line,
+        contact: ContactId,
+        who: &str,
+        partner: &str,
+        nature: &str,
+    ) -> RouterReply {
+        line.command(RouterCommand::MedicalEmergency {
+            contact_id: contact,
+            counsellor: c(who),
+            partner: p(partner),
+            nature: nature.to_owned(),
+        })
+        .await
+    }
+
+    /// A contact of María's (a known patient) that `who` accepted.
+    async fn held_by(line: &Line, who: &str) -> ContactId {
+        line.presence(who, Presence::Available).await;
+        let id = ContactId::new();
+        let mut ev = triaged(id, RiskLevel::High, Language::En, "I took all my pills");
+        ev.message.patient = Some("maria".into());
+        line.publish(&ev, &format!("triaged:{}", ev.message.message_id))
+            .await;
+        line.pushes.wait_offer(who, id).await;
+        assert_eq!(line.accept(id, who).await, RouterReply::Done);
+        id
+    }
+
+    /// Events on a subject of a stream, each with its `Nats-Msg-Id`.
+    async fn on<T: nwd_proto::Event>(
+        line: &Line,
+        stream: &'static str,
+        subject: String,
+    ) -> Vec<(String, T)> {
+        nwd_runtime::transcript::read_subjects(&line.js, stream, vec![subject])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                let id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                (id, Envelope::<T>::from_bytes(&m.payload).unwrap().data)
+            })
+            .collect()
+    }
+
+    async fn disclosures(line: &Line, id: ContactId) -> Vec<(String, Disclosure)> {
+        on(line, streams::AUDIT, subjects::audit_disclosure(&id)).await
+    }
+
+    async fn refusals(line: &Line, id: ContactId) -> Vec<(String, DisclosureRefused)> {
+        on(
+            line,
+            streams::AUDIT,
+            subjects::audit_disclosure_refused(&id),
+        )
+        .await
+    }
+
+    async fn sms_to_hospital(line: &Line, id: ContactId) -> Vec<(String, OutboundSms)> {
+        on::<OutboundSms>(line, streams::OUTBOUND, subjects::outbound_sms(&id))
+            .await
+            .into_iter()
+            .filter(|(_, s)| s.to.as_e164() == HOSPITAL_NUMBER)
+            .collect()
+    }
+
+    fn refusal_reason(reply: RouterReply) -> String {
+        match reply {
+            RouterReply::Refused { reason } => reason,
+            RouterReply::Done => panic!("expected a refusal"),
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_unless_the_contact_is_assigned_to_the_requester_and_the_request_is_complete() {
+        let line = Line::start().await;
+        // Nobody holds a waiting contact.
+        let waiting_id = ContactId::new();
+        line.message(waiting_id, RiskLevel::High, Language::En, "help")
+            .await;
+        line.wait_state(waiting_id, "waiting", waiting).await;
+        let r = emergency(&line, waiting_id, "ben", "county-hospital", NATURE).await;
+        assert_eq!(
+            refusal_reason(r),
+            "the contact is not assigned to this counsellor"
+        );
+        // No such contact.
+        let r = emergency(&line, ContactId::new(), "ben", "county-hospital", NATURE).await;
+        assert!(matches!(r, RouterReply::Refused { .. }), "{r:?}");
+
+        // Ben holds it: not Chloe's to disclose.
+        let id = held_by(&line, "ben").await;
+        let r = emergency(&line, id, "chloe", "county-hospital", NATURE).await;
+        assert_eq!(
+            refusal_reason(r),
+            "the contact is not assigned to this counsellor"
+        );
+        // The nature of the emergency is required, and bounded.
+        for nature in ["", "   ", &"x".repeat(501)] {
+            let r = emergency(&line, id, "ben", "county-hospital", nature).await;
+            assert!(
+                refusal_reason(r).contains("nature of the emergency"),
+                "nature of {} chars",
+                nature.len()
+            );
+        }
+        let r = emergency(&line, id, "ben", "nowhere-hospital", NATURE).await;
+        assert_eq!(refusal_reason(r), "unknown partner");
+        let r = emergency(&line, id, "ben", "northside-hospital", NATURE).await;
+        assert!(refusal_reason(r).contains("no number"));
+
+        // Nothing disclosed, recorded or sent for any of them.
+        for contact in [waiting_id, id] {
+            assert!(disclosures(&line, contact).await.is_empty());
+            assert!(refusals(&line, contact).await.is_empty());
+            assert!(sms_to_hospital(&line, contact).await.is_empty());
+        }
+        assert!(line.record(id).await.unwrap().emergencies.is_empty());
+        // The 500-character maximum is allowed.
+        let r = emergency(&line, id, "ben", "county-hospital", &"x".repeat(500)).await;
+        assert_eq!(r, RouterReply::Done);
+    }
+
+    #[tokio::test]
+    async fn a_partner_that_is_not_a_hospital_is_refused_and_the_refusal_is_audited() {
+        let line = Line::start().await;
+        let id = held_by(&line, "ben").await;
+        let r = emergency(&line, id, "ben", "eastside-clinic", NATURE).await;
+        let reason = refusal_reason(r);
+        assert!(reason.contains("not medical personnel"), "{reason}");
+        let refused = refusals(&line, id).await;
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        let (msg_id, refused) = &refused[0];
+        assert_eq!(refused.contact_id, id);
+        assert_eq!(refused.patient, "maria");
+        assert_eq!(refused.recipient, Recipient::Partner(p("eastside-clinic")));
+        assert_eq!(refused.reason, "not_medical_personnel");
+        assert_eq!(refused.by, "ben");
+        assert_eq!(
+            msg_id,
+            &format!(
+                "{id}:emergency:eastside-clinic:{}:refused",
+                refused.at.unix_timestamp()
+            )
+        );
+        assert!(disclosures(&line, id).await.is_empty(), "nothing disclosed");
+        assert!(
+            on::<OutboundSms>(&line, streams::OUTBOUND, subjects::outbound_sms(&id))
+                .await
+                .is_empty(),
+            "nobody texted"
+        );
+        assert!(line.record(id).await.unwrap().emergencies.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_disclosure_is_recorded_once_with_the_2_51_fields_and_the_hospital_texted_once_even_when_sent_twice()
+     {
+        let logs = nwd_testkit::capture_logs();
+        let line = Line::start().await;
+        let id = held_by(&line, "ben").await;
+        let before = OffsetDateTime::now_utc();
+        assert_eq!(
+            emergency(&line, id, "ben", "county-hospital", NATURE).await,
+            RouterReply::Done
+        );
+        // The dashboard's retry, a second or more later: the same disclosure.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(
+            emergency(&line, id, "ben", "county-hospital", NATURE).await,
+            RouterReply::Done
+        );
+        let after = OffsetDateTime::now_utc();
+
+        let disclosed = disclosures(&line, id).await;
+        assert_eq!(disclosed.len(), 1, "{disclosed:?}");
+        let (msg_id, d) = &disclosed[0];
+        assert_eq!(d.contact_id, id);
+        assert_eq!(d.patient, "maria");
+        assert_eq!(d.recipient, Recipient::Partner(p("county-hospital")));
+        assert_eq!(
+            d.basis,
+            LegalBasis::MedicalEmergency {
+                recipient_affiliation: "County General Hospital ED".into(),
+                nature_of_emergency: NATURE.into(),
+            }
+        );
+        assert_eq!(
+            d.what,
+            "identity, location of contact and risk summary for a medical emergency"
+        );
+        assert_eq!(d.purpose, "medical-emergency");
+        assert_eq!(d.by, "ben");
+        assert!(before <= d.at && d.at <= after, "{}", d.at);
+        let key = format!("{id}:emergency:county-hospital:{}", d.at.unix_timestamp());
+        assert_eq!(msg_id, &key);
+
+        let sent = sms_to_hospital(&line, id).await;
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let (sms_msg_id, sms) = &sent[0];
+        assert_eq!(sms.outbound_id, OutboundId::derived(&format!("{key}:sms")));
+        assert_eq!(sms_msg_id, &format!("out:{}", sms.outbound_id));
+        assert_eq!(sms.from.as_e164(), "+15005550110", "the contact's line");
+        assert_eq!(sms.author, Author::System);
+        assert!(
+            sms.body
+                .contains("a person in a medical emergency needs help")
+                && sms.body.contains("counsellor will call")
+                && sms.body.contains(&id.to_string()),
+            "{}",
+            sms.body
+        );
+        for secret in ["pills", "drowsy", "5550142", "Maria", "María"] {
+            assert!(!sms.body.contains(secret), "the SMS holds no {secret}");
+        }
+        assert_eq!(line.record(id).await.unwrap().emergencies.len(), 1);
+
+        // A different emergency is a new disclosure, with its own ids.
+        assert_eq!(
+            emergency(&line, id, "ben", "county-hospital", "not breathing now").await,
+            RouterReply::Done
+        );
+        assert_eq!(disclosures(&line, id).await.len(), 2);
+        assert_eq!(sms_to_hospital(&line, id).await.len(), 2);
+
+        let logs = logs.contents();
+        assert!(logs.contains(&id.to_string()), "ids are logged");
+        for secret in [
+            "drowsy",
+            "not breathing",
+            "County General",
+            "5550120",
+            "5550142",
+        ] {
+            assert!(!logs.contains(secret), "never logged: {secret}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_audit_record_that_cannot_be_written_is_a_refusal_and_the_retry_completes_the_same_disclosure()
+     {
+        let line = Line::start().await;
+        let id = held_by(&line, "ben").await;
+        // AUDIT is gone: no disclosure may happen without its record.
+        line.js.delete_stream(streams::AUDIT).await.unwrap();
+        // Nor a refusal without its record: the counsellor is asked to retry.
+        let r = emergency(&line, id, "ben", "eastside-clinic", NATURE).await;
+        assert_eq!(
+            refusal_reason(r),
+            "the line could not record this just now; please try again"
+        );
+        let r = emergency(&line, id, "ben", "county-hospital", NATURE).await;
+        assert_eq!(
+            refusal_reason(r),
+            "the line could not record this just now; please try again"
+        );
+        assert!(
+            on::<OutboundSms>(&line, streams::OUTBOUND, subjects::outbound_sms(&id))
+                .await
+                .is_empty(),
+            "the hospital is not texted without the record"
+        );
+        let decided = line.record(id).await.unwrap().emergencies;
+        assert_eq!(decided.len(), 1);
+
+        bus::ensure_all(&line.js, 1).await.unwrap();
+        assert_eq!(
+            emergency(&line, id, "ben", "county-hospital", NATURE).await,
+            RouterReply::Done
+        );
+        let disclosed = disclosures(&line, id).await;
+        assert_eq!(disclosed.len(), 1);
+        assert_eq!(
+            disclosed[0].1.at, decided[0].at,
+            "the disclosure first decided"
+        );
+        assert_eq!(sms_to_hospital(&line, id).await.len(), 1);
+    }
+}
