@@ -74,6 +74,12 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id while it runs (e.g. to read its memory in
+    /// `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("js")
     }

@@ -215,8 +215,9 @@ pub enum Wake {
 /// The sweeper loop calls this, then `pop_due(now, ..)` after **every** wake
 /// (whatever the reason): a wall-clock jump, a missed notification or a bug
 /// elsewhere then costs at most `max_tick` of lateness. Writers call
-/// `wake.notify_one()` after `set` (a notification that arrives while nobody
-/// waits is kept for the next call, so none is lost).
+/// `wake.notify_one()` after a `set` that makes the deadline the earliest
+/// (`next_due` was later or `None`); a notification that arrives while nobody
+/// waits is kept for the next call, so none is lost.
 ///
 /// Deadlines are wall-clock instants (they are persisted and compared across
 /// replicas), so the wait is computed from [`OffsetDateTime::now_utc`].
