@@ -1,84 +1,246 @@
-//! Necessary literals of a pattern, for the Aho-Corasick prefilter.
+//! What a pattern needs, for the Aho-Corasick prefilter and the search.
 //!
-//! For a (normalised) rule pattern we compute a set of literal strings such
-//! that every match of the pattern contains at least one of them. A message
-//! that contains none of a pattern's literals cannot match it, so the pattern
-//! need not run. `None` means "no such set found": the pattern always runs.
-//! Being conservative is the point: when in doubt, return `None`.
+//! For a (normalised, compiled) pattern we compute from its syntax tree
+//! (`regex_syntax::hir`):
 //!
-//! The parser understands the regex subset rulebooks use: literals, escapes,
-//! `.`, classes `[...]`, groups `(...)`/`(?:...)`, alternation and the
-//! quantifiers `? * + {m} {m,} {m,n}` (greedy or lazy). Anything else
-//! (inline flags, look-around) makes it give up with `None`.
+//! - a set of **necessary literals**: every match contains one of them. A
+//!   message that contains none of a pattern's literals cannot match it, so
+//!   the pattern need not run. `None` means "no such set found": the pattern
+//!   runs on every message.
+//! - **`pre`**: how far into a match that literal can start — every match
+//!   `[s, e)` contains an occurrence `[l, …)` of one of the literals with
+//!   `l - s ≤ pre`. So a match can only start in `[l - pre, l]` of some
+//!   occurrence, and the engine tries an anchored DFA at those positions only.
+//! - **`max`**: the longest match.
+//!
+//! Lengths are [`Bound`]s: `fixed + runs × w`, where `w` is the longest run of
+//! word bytes (`[0-9A-Za-z_]`) in the text searched, because an unbounded
+//! repetition of something that only matches word bytes (`\w+`, `\d*`)
+//! matches within one such run. Anything else unbounded is `None`.
+//!
+//! Every rule is sound rather than clever: look-arounds count as empty,
+//! classes of more than [`MAX_CLASS`] bytes are unknown, sets that grow past
+//! [`MAX_EXACT`] strings are dropped.
+
+use regex_syntax::hir::{Class, Hir, HirKind};
 
 /// Most strings an exact set may hold before it is dropped.
 const MAX_EXACT: usize = 64;
 /// Longest string an exact set may hold.
 const MAX_LEN: usize = 48;
+/// Largest class expanded into its bytes.
+const MAX_CLASS: usize = 10;
+/// Literals at least this long are taken as selective enough: among sets
+/// whose shortest literal is this long, a smaller `pre` wins.
+const SELECTIVE: usize = 5;
 
 type Set = Vec<Vec<u8>>;
 
+/// A length that may grow with the longest run of word bytes in the text:
+/// `fixed + runs × w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub(crate) struct Bound {
+    pub fixed: usize,
+    pub runs: usize,
+}
+
+impl Bound {
+    const ZERO: Bound = Bound { fixed: 0, runs: 0 };
+    /// At most one run of word bytes.
+    const RUN: Bound = Bound { fixed: 0, runs: 1 };
+
+    fn fixed(n: usize) -> Bound {
+        Bound { fixed: n, runs: 0 }
+    }
+
+    /// The bound for a text whose longest run of word bytes is `word_run`.
+    pub fn at(self, word_run: usize) -> usize {
+        self.fixed
+            .saturating_add(self.runs.saturating_mul(word_run))
+    }
+
+    fn add(self, o: Bound) -> Bound {
+        Bound {
+            fixed: self.fixed.saturating_add(o.fixed),
+            runs: self.runs.saturating_add(o.runs),
+        }
+    }
+
+    fn max(self, o: Bound) -> Bound {
+        Bound {
+            fixed: self.fixed.max(o.fixed),
+            runs: self.runs.max(o.runs),
+        }
+    }
+
+    fn times(self, n: usize) -> Bound {
+        Bound {
+            fixed: self.fixed.saturating_mul(n),
+            runs: self.runs.saturating_mul(n),
+        }
+    }
+}
+
+fn add(a: Option<Bound>, b: Option<Bound>) -> Option<Bound> {
+    Some(a?.add(b?))
+}
+
+/// Is `b` a word byte (ASCII `\w`)?
+pub(crate) fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Longest run of word bytes in `text`.
+pub(crate) fn longest_word_run(text: &[u8]) -> usize {
+    text.split(|&b| !is_word(b))
+        .map(<[u8]>::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// What the engine needs to know about a pattern.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Analysis {
+    /// Necessary literals (sorted, distinct, none empty), each with how
+    /// far into a match it can start (`None`: unbounded), or `None`.
+    pub literals: Option<Vec<(Vec<u8>, Option<Bound>)>>,
+    /// The largest of those (`None`: unbounded, or no literals).
+    pub pre: Option<Bound>,
+    /// Longest match (`None`: unbounded).
+    pub max: Option<Bound>,
+}
+
+/// Analyses a pattern's syntax tree.
+pub(crate) fn analyse(hir: &Hir) -> Analysis {
+    let mut analyser = Analyser { positional: true };
+    let mut info = analyser.info(hir);
+    if analyser
+        .usable(&info)
+        .is_some_and(|f| max_pre(&f).is_none())
+    {
+        // No literal sits at a bounded distance from the match start, so
+        // the search cannot start near one: pick the most selective
+        // literals instead.
+        analyser = Analyser { positional: false };
+        info = analyser.info(hir);
+    }
+    let max = info.max;
+    let Some(mut set) = analyser.usable(&info) else {
+        return Analysis {
+            literals: None,
+            pre: None,
+            max,
+        };
+    };
+    // One entry per literal, with the largest `pre` it was found with.
+    set.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut merged: Factors = Vec::with_capacity(set.len());
+    for (lit, pre) in set {
+        match merged.last_mut() {
+            Some(last) if last.0 == lit => {
+                last.1 = last.1.zip(pre).map(|(a, b)| a.max(b));
+            }
+            _ => merged.push((lit, pre)),
+        }
+    }
+    Analysis {
+        pre: max_pre(&merged),
+        literals: Some(merged),
+        max,
+    }
+}
+
+/// A necessary literal and how far into a match it can start.
+type Lit = (Vec<u8>, Option<Bound>);
+/// A set of necessary literals.
+type Factors = Vec<Lit>;
+
+fn with_pre(set: Set, pre: Option<Bound>) -> Factors {
+    set.into_iter().map(|s| (s, pre)).collect()
+}
+
+/// The literals of a sub-expression that starts at most `before` into the match.
+fn shift(f: Factors, before: Option<Bound>) -> Factors {
+    f.into_iter().map(|(s, p)| (s, add(before, p))).collect()
+}
+
+/// The largest `pre` of a set (`None` if any is unbounded).
+fn max_pre(f: &Factors) -> Option<Bound> {
+    f.iter()
+        .try_fold(Bound::ZERO, |acc, (_, p)| Some(acc.max((*p)?)))
+}
+
 /// What we know about a sub-expression.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Info {
     /// Every string it can match, when that set is small.
     exact: Option<Set>,
-    /// A set of literals one of which every match contains.
-    factors: Option<Set>,
+    /// A set of literals one of which every match contains, and how far
+    /// into the match it can start.
+    factors: Option<Factors>,
+    /// Longest match.
+    max: Option<Bound>,
+    /// Every match consists of word bytes only.
+    word_only: bool,
 }
 
-impl Info {
-    fn unknown() -> Info {
-        Info::default()
-    }
-
-    fn literal(bytes: &[u8]) -> Info {
-        let s = vec![bytes.to_vec()];
-        Info {
-            exact: Some(s.clone()),
-            factors: Some(s),
-        }
-    }
-
-    fn empty() -> Info {
-        Info {
-            exact: Some(vec![Vec::new()]),
-            factors: None,
-        }
-    }
-
-    /// Factors usable for the prefilter: from the exact set when known.
-    fn usable(&self) -> Option<Set> {
-        match &self.exact {
-            Some(e) if e.iter().all(|s| !s.is_empty()) => Some(e.clone()),
-            _ => self.factors.clone(),
-        }
-    }
+/// Chooses among factor sets.
+#[derive(Debug, Clone, Copy)]
+struct Analyser {
+    /// Where the literal sits matters (the search starts near it).
+    positional: bool,
 }
 
-/// Necessary literals of `pattern`, or `None`.
-pub(crate) fn necessary_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
-    let mut p = Parser {
-        b: pattern.as_bytes(),
-        i: 0,
-    };
-    let info = p.alternation()?;
-    if p.i != p.b.len() {
-        return None;
+impl Analyser {
+    /// Is `a` a better factor set than `b`? When positional: bounded `pre`
+    /// first (the search can start near the literal), then selective
+    /// literals (the shortest one, counted up to [`SELECTIVE`]), then a
+    /// smaller `pre` (fewer start positions), then fewer literals (a
+    /// smaller automaton), then longer ones. Otherwise the longest shortest
+    /// literal, then fewer literals.
+    fn better(self, a: &Factors, b: &Factors) -> bool {
+        let key = |f: &Factors| {
+            let min = f.iter().map(|(s, _)| s.len()).min().unwrap_or(0);
+            let pre = max_pre(f);
+            if self.positional {
+                (
+                    pre.is_some(),
+                    min.min(SELECTIVE),
+                    std::cmp::Reverse(pre.unwrap_or_default()),
+                    std::cmp::Reverse(f.len()),
+                    min,
+                )
+            } else {
+                (
+                    true,
+                    min,
+                    std::cmp::Reverse(Bound::ZERO),
+                    std::cmp::Reverse(f.len()),
+                    min,
+                )
+            }
+        };
+        key(a) > key(b)
     }
-    let mut set = info.usable()?;
-    if set.iter().any(Vec::is_empty) {
-        return None;
-    }
-    set.sort();
-    set.dedup();
-    Some(set)
-}
 
-/// A better factor set has a longer shortest literal, then fewer literals.
-fn better(a: &Set, b: &Set) -> bool {
-    let min = |s: &Set| s.iter().map(Vec::len).min().unwrap_or(0);
-    (min(a), std::cmp::Reverse(a.len())) > (min(b), std::cmp::Reverse(b.len()))
+    /// Factors usable for the prefilter: the better of the exact set (it
+    /// starts at the start of the match) and the factors.
+    fn usable(self, info: &Info) -> Option<Factors> {
+        let mut best = None;
+        self.consider(
+            &mut best,
+            info.exact.clone().map(|e| with_pre(e, Some(Bound::ZERO))),
+        );
+        self.consider(&mut best, info.factors.clone());
+        best
+    }
+
+    fn consider(self, best: &mut Option<Factors>, cand: Option<Factors>) {
+        let usable = cand.filter(|c| !c.is_empty() && c.iter().all(|(s, _)| !s.is_empty()));
+        if let Some(c) = usable.filter(|c| best.as_ref().is_none_or(|b| self.better(c, b))) {
+            *best = Some(c);
+        }
+    }
 }
 
 fn cross(a: &Set, b: &Set) -> Option<Set> {
@@ -114,29 +276,124 @@ fn repeat(e: &Set, min: usize, max: usize) -> Option<Set> {
     (all.len() <= MAX_EXACT).then_some(all)
 }
 
-struct Parser<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
+impl Analyser {
+    fn info(self, hir: &Hir) -> Info {
+        let mut info = match hir.kind() {
+            HirKind::Empty | HirKind::Look(_) => Info {
+                exact: Some(vec![Vec::new()]),
+                factors: None,
+                max: Some(Bound::ZERO),
+                word_only: true,
+            },
+            HirKind::Literal(l) => {
+                let bytes = l.0.to_vec();
+                Info {
+                    exact: (bytes.len() <= MAX_LEN).then(|| vec![bytes.clone()]),
+                    max: Some(Bound::fixed(bytes.len())),
+                    word_only: bytes.iter().all(|&b| is_word(b)),
+                    factors: Some(vec![(bytes, Some(Bound::ZERO))]),
+                }
+            }
+            HirKind::Class(class) => {
+                let strings = class_strings(class);
+                Info {
+                    factors: strings.clone().map(|s| with_pre(s, Some(Bound::ZERO))),
+                    exact: strings,
+                    max: hir.properties().maximum_len().map(Bound::fixed),
+                    word_only: class_is_word(class),
+                }
+            }
+            HirKind::Capture(c) => self.info(&c.sub),
+            HirKind::Repetition(r) => {
+                let sub = self.info(&r.sub);
+                let min = usize::try_from(r.min).unwrap_or(usize::MAX);
+                let max = r.max.map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+                let exact = match (&sub.exact, max) {
+                    (Some(e), Some(max)) if max <= 3 => repeat(e, min, max),
+                    _ => None,
+                };
+                // The first repetition starts the match and holds a literal.
+                let factors = if min >= 1 { self.usable(&sub) } else { None };
+                Info {
+                    exact,
+                    factors,
+                    max: max.and_then(|m| Some(sub.max?.times(m))),
+                    word_only: sub.word_only,
+                }
+            }
+            HirKind::Concat(subs) => self.concat(subs),
+            HirKind::Alternation(subs) => self.alternation(subs),
+        };
+        if info.word_only && info.max.is_none_or(|m| m.runs > 0) {
+            // Word bytes only: the match is within one run of them.
+            info.max = Some(Bound::RUN);
+        }
+        info
     }
 
-    /// alternation := concat ('|' concat)*
-    fn alternation(&mut self) -> Option<Info> {
-        let mut branches = vec![self.concat()?];
-        while self.peek() == Some(b'|') {
-            self.i += 1;
-            branches.push(self.concat()?);
+    fn concat(self, subs: &[Hir]) -> Info {
+        // The current run of consecutive exact items, crossed together, and how
+        // far into the match it starts.
+        let mut run: Option<Set> = Some(vec![Vec::new()]);
+        let mut run_pre: Option<Bound> = Some(Bound::ZERO);
+        let mut best: Option<Factors> = None;
+        let mut whole_exact: Option<Set> = Some(vec![Vec::new()]);
+        // Longest prefix of a match before the current item.
+        let mut before: Option<Bound> = Some(Bound::ZERO);
+        let mut word_only = true;
+        for sub in subs {
+            let item = self.info(sub);
+            word_only &= item.word_only;
+            whole_exact = match (&whole_exact, &item.exact) {
+                (Some(w), Some(e)) => cross(w, e),
+                _ => None,
+            };
+            let after = add(before, item.max);
+            match &item.exact {
+                Some(e) => {
+                    // The run so far is a factor set too (every longer run
+                    // string starts with one of it), with fewer literals.
+                    self.consider(&mut best, run.clone().map(|r| with_pre(r, run_pre)));
+                    let joined = run.as_ref().and_then(|r| cross(r, e));
+                    match joined {
+                        Some(j) => run = Some(j),
+                        None => {
+                            self.consider(&mut best, run.take().map(|r| with_pre(r, run_pre)));
+                            run = Some(e.clone());
+                            run_pre = before;
+                        }
+                    }
+                }
+                None => {
+                    self.consider(&mut best, run.take().map(|r| with_pre(r, run_pre)));
+                    self.consider(&mut best, item.factors.clone().map(|f| shift(f, before)));
+                    run = Some(vec![Vec::new()]);
+                    run_pre = after;
+                }
+            }
+            before = after;
         }
-        if branches.len() == 1 {
-            return branches.pop();
+        self.consider(&mut best, run.map(|r| with_pre(r, run_pre)));
+        Info {
+            exact: whole_exact,
+            factors: best,
+            max: before,
+            word_only,
         }
+    }
+
+    fn alternation(self, subs: &[Hir]) -> Info {
         let mut exact: Option<Set> = Some(Vec::new());
-        let mut factors: Option<Set> = Some(Vec::new());
-        for br in &branches {
+        let mut factors: Option<Factors> = Some(Vec::new());
+        let mut max: Option<Bound> = Some(Bound::ZERO);
+        let mut word_only = true;
+        for sub in subs {
+            let br = self.info(sub);
+            word_only &= br.word_only;
+            max = match (max, br.max) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            };
             exact = match (exact, &br.exact) {
                 (Some(mut acc), Some(e)) if acc.len() + e.len() <= MAX_EXACT => {
                     acc.extend(e.iter().cloned());
@@ -144,7 +401,7 @@ impl Parser<'_> {
                 }
                 _ => None,
             };
-            factors = match (factors, br.usable()) {
+            factors = match (factors, self.usable(&br)) {
                 (Some(mut acc), Some(f)) => {
                     acc.extend(f);
                     Some(acc)
@@ -152,148 +409,54 @@ impl Parser<'_> {
                 _ => None,
             };
         }
-        Some(Info { exact, factors })
-    }
-
-    /// concat := (atom quantifier?)*
-    fn concat(&mut self) -> Option<Info> {
-        let mut run: Option<Set> = Some(vec![Vec::new()]);
-        let mut best: Option<Set> = None;
-        let mut whole_exact: Option<Set> = Some(vec![Vec::new()]);
-        let consider = |best: &mut Option<Set>, cand: Option<Set>| {
-            let usable = cand.filter(|c| !c.is_empty() && c.iter().all(|s| !s.is_empty()));
-            if let Some(c) = usable.filter(|c| best.as_ref().is_none_or(|b| better(c, b))) {
-                *best = Some(c);
-            }
-        };
-        while let Some(c) = self.peek() {
-            if c == b'|' || c == b')' {
-                break;
-            }
-            let atom = self.atom()?;
-            let item = self.quantified(atom)?;
-            whole_exact = match (&whole_exact, &item.exact) {
-                (Some(w), Some(e)) => cross(w, e),
-                _ => None,
-            };
-            match &item.exact {
-                Some(e) => {
-                    let joined = run.as_ref().and_then(|r| cross(r, e));
-                    match joined {
-                        Some(j) => run = Some(j),
-                        None => {
-                            consider(&mut best, run.take());
-                            run = Some(e.clone());
-                        }
-                    }
-                }
-                None => {
-                    consider(&mut best, run.take());
-                    consider(&mut best, item.factors.clone());
-                    run = Some(vec![Vec::new()]);
-                }
-            }
+        Info {
+            exact,
+            factors,
+            max,
+            word_only,
         }
-        consider(&mut best, run);
-        Some(Info {
-            exact: whole_exact,
-            factors: best,
-        })
     }
+}
 
-    fn atom(&mut self) -> Option<Info> {
-        let c = self.peek()?;
-        self.i += 1;
-        match c {
-            b'(' => {
-                if self.peek() == Some(b'?') {
-                    // Only non-capturing groups `(?:`.
-                    if self.b.get(self.i + 1) != Some(&b':') {
+/// The one-byte (or one-character) strings of a small class.
+fn class_strings(class: &Class) -> Option<Set> {
+    let mut out = Vec::new();
+    match class {
+        Class::Bytes(c) => {
+            for r in c.ranges() {
+                for b in r.start()..=r.end() {
+                    if out.len() >= MAX_CLASS {
                         return None;
                     }
-                    self.i += 2;
-                }
-                let inner = self.alternation()?;
-                if self.peek() != Some(b')') {
-                    return None;
-                }
-                self.i += 1;
-                Some(inner)
-            }
-            b'[' => {
-                self.class()?;
-                Some(Info::unknown())
-            }
-            b'.' => Some(Info::unknown()),
-            b'^' | b'$' => Some(Info::empty()),
-            b'\\' => {
-                let e = self.peek()?;
-                self.i += 1;
-                match e {
-                    b'b' | b'B' | b'A' | b'z' => Some(Info::empty()),
-                    b'w' | b'W' | b'd' | b'D' | b's' | b'S' => Some(Info::unknown()),
-                    b'x' | b'p' | b'P' | b'u' | b'U' => None,
-                    e if e.is_ascii_alphanumeric() => None,
-                    e => Some(Info::literal(&[e])),
+                    out.push(vec![b]);
                 }
             }
-            b'*' | b'+' | b'?' | b'{' | b')' | b'|' => None,
-            c if c.is_ascii() => Some(Info::literal(&[c])),
-            _ => None,
         }
-    }
-
-    /// Skips a character class; the opening `[` is consumed.
-    fn class(&mut self) -> Option<()> {
-        if self.peek() == Some(b'^') {
-            self.i += 1;
-        }
-        if self.peek() == Some(b']') {
-            self.i += 1;
-        }
-        while let Some(c) = self.peek() {
-            self.i += 1;
-            match c {
-                b'\\' => self.i += 1,
-                b'[' => return None,
-                b']' => return Some(()),
-                _ => {}
-            }
-        }
-        None
-    }
-
-    fn quantified(&mut self, atom: Info) -> Option<Info> {
-        let (min, max) = match self.peek() {
-            Some(b'?') => (0, Some(1)),
-            Some(b'*') => (0, None),
-            Some(b'+') => (1, None),
-            Some(b'{') => {
-                let close = self.b[self.i..].iter().position(|&c| c == b'}')? + self.i;
-                let body = std::str::from_utf8(&self.b[self.i + 1..close]).ok()?;
-                let (lo, hi) = match body.split_once(',') {
-                    None => {
-                        let n: usize = body.parse().ok()?;
-                        (n, Some(n))
+        Class::Unicode(c) => {
+            for r in c.ranges() {
+                for ch in r.start()..=r.end() {
+                    if out.len() >= MAX_CLASS {
+                        return None;
                     }
-                    Some((lo, "")) => (lo.parse().ok()?, None),
-                    Some((lo, hi)) => (lo.parse().ok()?, Some(hi.parse().ok()?)),
-                };
-                self.i = close;
-                (lo, hi)
+                    let mut buf = [0; 4];
+                    out.push(ch.encode_utf8(&mut buf).as_bytes().to_vec());
+                }
             }
-            _ => return Some(atom),
-        };
-        self.i += 1;
-        if self.peek() == Some(b'?') {
-            self.i += 1;
         }
-        let exact = match (&atom.exact, max) {
-            (Some(e), Some(max)) if max <= 3 => repeat(e, min, max),
-            _ => None,
-        };
-        let factors = if min >= 1 { atom.usable() } else { None };
-        Some(Info { exact, factors })
+    }
+    Some(out)
+}
+
+/// Does the class hold word bytes only?
+fn class_is_word(class: &Class) -> bool {
+    match class {
+        Class::Bytes(c) => c
+            .ranges()
+            .iter()
+            .all(|r| (r.start()..=r.end()).all(is_word)),
+        Class::Unicode(c) => c.ranges().iter().all(|r| {
+            (r.start()..=r.end()).all(|ch| u8::try_from(u32::from(ch)).is_ok_and(is_word))
+        }),
     }
 }
 
@@ -301,12 +464,31 @@ impl Parser<'_> {
 mod tests {
     use super::*;
 
+    fn parse(p: &str) -> Hir {
+        let config = regex_automata::util::syntax::Config::new()
+            .unicode(false)
+            .utf8(false);
+        regex_automata::util::syntax::parse_with(p, &config).unwrap()
+    }
+
     fn lits(p: &str) -> Option<Vec<String>> {
-        necessary_literals(p).map(|s| {
+        analyse(&parse(p)).literals.map(|s| {
             s.into_iter()
-                .map(|b| String::from_utf8(b).unwrap())
+                .map(|(b, _)| String::from_utf8(b).unwrap())
                 .collect()
         })
+    }
+
+    fn pre(p: &str) -> Option<Bound> {
+        analyse(&parse(p)).pre
+    }
+
+    fn max(p: &str) -> Option<Bound> {
+        analyse(&parse(p)).max
+    }
+
+    fn b(fixed: usize, runs: usize) -> Option<Bound> {
+        Some(Bound { fixed, runs })
     }
 
     #[test]
@@ -318,6 +500,7 @@ mod tests {
             vec!["cant wake up", "wont wake up"]
         );
         assert_eq!(lits(r"ki(?:l{1,2})").unwrap(), vec!["kil", "kill"]);
+        assert_eq!(lits(r"[ab]c").unwrap(), vec!["ac", "bc"]);
     }
 
     #[test]
@@ -329,17 +512,70 @@ mod tests {
     }
 
     #[test]
-    fn picks_the_longest_required_part_around_unknowns() {
-        assert_eq!(lits(r"took \d+ pills").unwrap(), vec![" pills"]);
+    fn picks_a_selective_literal_near_the_start() {
+        assert_eq!(lits(r"took \d+ pills").unwrap(), vec!["took "]);
+        assert_eq!(pre(r"took \d+ pills"), b(0, 0));
         assert_eq!(lits(r"took .{0,20}pills").unwrap(), vec!["took "]);
         assert_eq!(lits(r"[a-z]+"), None);
         assert_eq!(lits(r"\d+ ?mg").unwrap(), vec![" mg", "mg"]);
+        assert_eq!(pre(r"\d+ ?mg"), b(0, 1));
+        // Small exact sets cross into whole phrases.
+        assert_eq!(lits(r"(he|she) (wont|cant) wake up").unwrap().len(), 4);
+        assert_eq!(pre(r"(he|she) (wont|cant) wake up"), b(0, 0));
+        // The short first word loses to the selective later phrase.
+        assert_eq!(
+            lits(r"(he|my \w+) (wont|cant) wake up").unwrap(),
+            vec![" cant wake up", " wont wake up"]
+        );
+        assert_eq!(pre(r"(he|my \w+) (wont|cant) wake up"), b(3, 1));
+        // A literal at a bounded distance from the start wins ...
+        assert_eq!(lits(r"a.*bcdef").unwrap(), vec!["a"]);
+        assert_eq!(pre(r"a.*bcdef"), b(0, 0));
+        // ... and when there is none, the most selective one.
+        assert_eq!(lits(r"\w+ ab .*bcdef").unwrap(), vec![" ab "]);
+        assert_eq!(lits(r".*ab .*bcdef").unwrap(), vec!["bcdef"]);
+        assert_eq!(pre(r".*ab .*bcdef"), None);
     }
 
     #[test]
-    fn gives_up_on_what_it_does_not_understand() {
-        assert_eq!(lits(r"(?i)abc"), None);
-        assert_eq!(lits(r"\x41"), None);
-        assert_eq!(lits(r"(abc"), None);
+    fn each_literal_has_its_own_pre() {
+        let a = analyse(&parse(r"(kills me|the \w+ kills you)"));
+        assert_eq!(
+            a.literals.unwrap(),
+            vec![
+                (b" kills you".to_vec(), b(4, 1)),
+                (b"kills me".to_vec(), b(0, 0))
+            ]
+        );
+        assert_eq!(a.pre, b(4, 1));
+    }
+
+    #[test]
+    fn longest_match() {
+        assert_eq!(max(r"\b(?:kill myself)\b"), b(11, 0));
+        assert_eq!(max(r"my \w+ died"), b(8, 1));
+        assert_eq!(max(r"(a|bcd)?x{2,3}"), b(6, 0));
+        assert_eq!(max(r"took .{0,20}pills"), b(30, 0));
+        assert_eq!(max(r"haha\w*"), b(0, 1));
+        assert_eq!(max(r"(\w+ )+"), None);
+        assert_eq!(max(r"a.*b"), None);
+        assert_eq!(max(r"[^ ]+"), None);
+        assert_eq!(Bound { fixed: 8, runs: 2 }.at(10), 28);
+    }
+
+    #[test]
+    fn word_runs() {
+        assert_eq!(longest_word_run(b""), 0);
+        assert_eq!(longest_word_run(b"ab cde_1 f"), 5);
+    }
+
+    #[test]
+    fn understands_what_the_old_parser_did_not() {
+        assert_eq!(lits(r"(?i)ab").unwrap().len(), 4);
+        assert_eq!(lits(r"\x41").unwrap(), vec!["A"]);
+        assert_eq!(
+            lits(r"[^\x00-\xff]").unwrap_or_default(),
+            Vec::<String>::new()
+        );
     }
 }

@@ -1,24 +1,34 @@
 //! The triage engine: a compiled rulebook that assesses one message at a time.
 //!
 //! ```text
-//! text ──normalise──▶ ascii + char map ──idioms blanked──▶ RegexSet (every pattern, one pass)
-//!      ──▶ for each pattern that matched: spans ──context (clause, negation,
-//!          third person, past, hypothesis)──▶ effective level per rule
+//! text ──normalise──▶ ascii + char map
+//!      ──▶ one Aho-Corasick pass over the literals every pattern needs
+//!          (rules, idioms, context cues): candidates, and where their matches
+//!          can start
+//!      ──▶ idioms blanked ──▶ candidate patterns' DFAs from those starts: spans
+//!      ──context (clause, negation, third person, past, hypothesis)──▶
+//!          effective level per rule
 //!      ──▶ combinations of tags ──▶ Assessment (max level, score, reasons, lang)
 //! ```
+//!
+//! Every automaton is a full DFA built at load (`matcher`), so text the engine
+//! has never seen costs what text it has seen costs.
 //!
 //! The engine keeps no history: the contact's risk is the router's ratchet
 //! of every message's level.
 
 mod factors;
+mod matcher;
 mod normalise;
 mod rulebook;
 
 use std::path::Path;
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use nwd_proto::{Assessment, Language, Reason, RiskLevel};
-use regex::bytes::Regex;
+
+use factors::Bound;
+use matcher::Matcher;
 
 pub use rulebook::RulebookError;
 use rulebook::{Combo, Context, Rule};
@@ -37,15 +47,41 @@ pub struct Engine {
     source: String,
     rules: Vec<Rule>,
     /// Every rule pattern with its rule index.
-    patterns: Vec<(usize, Regex)>,
-    /// One pass over the text finds the literals that some pattern needs
-    /// (see `factors`); only patterns with a literal present run.
+    patterns: Vec<(usize, Matcher)>,
+    /// One pass over the text finds the literals that some matcher needs
+    /// (see `factors`): only matchers with a literal present run, and only
+    /// from where their matches can start.
     prefilter: Prefilter,
-    idioms: Option<Regex>,
+    idioms: Option<Matcher>,
     combos: Vec<Combo>,
     context: Context,
     tokens: TokenTable,
     suffixes: Suffixes,
+}
+
+/// Matchers other than rule patterns, by their place after the rule
+/// patterns in the prefilter (`patterns.len() + slot`).
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Idioms,
+    Breaks,
+    Negation,
+    ThirdPerson,
+    Past,
+    Present,
+    Hypothetical,
+}
+
+impl Slot {
+    const ALL: [Slot; 7] = [
+        Slot::Idioms,
+        Slot::Breaks,
+        Slot::Negation,
+        Slot::ThirdPerson,
+        Slot::Past,
+        Slot::Present,
+        Slot::Hypothetical,
+    ];
 }
 
 /// One rule's best match in a message.
@@ -61,6 +97,26 @@ struct Hit {
     matches: u32,
 }
 
+/// What [`Engine::stats`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Compiled matchers: rule patterns, the joined idioms, the context cue
+    /// lists and clause breaks.
+    pub matchers: usize,
+    /// Of those, how many run an anchored DFA from the prefilter's starts.
+    pub anchored: usize,
+    /// How many run on a lazy regex because their DFA is over the limit.
+    pub lazy_fallbacks: usize,
+    /// How many run on every message (no necessary literal).
+    pub always: usize,
+    /// Memory of all DFAs.
+    pub dfa_bytes: usize,
+    /// Memory of the Aho-Corasick automaton.
+    pub prefilter_bytes: usize,
+    /// Distinct literals in the prefilter.
+    pub literals: usize,
+}
+
 impl Engine {
     /// Compiles a rulebook from its text; `source_name` names it in errors.
     pub fn from_rulebook_str(text: &str, source_name: &str) -> Result<Engine, RulebookError> {
@@ -71,13 +127,11 @@ impl Engine {
             rule: "(all patterns)".to_owned(),
             problem,
         };
-        let prefilter = Prefilter::new(compiled.patterns.iter().map(|(_, p)| p.as_str()))
-            .map_err(|e| invalid(format!("prefilter does not build: {e}")))?;
-        let mut patterns = Vec::with_capacity(compiled.patterns.len());
-        for (rule, p) in &compiled.patterns {
-            let re = rulebook::build(p).map_err(|e| invalid(e.to_string()))?;
-            patterns.push((*rule, re));
-        }
+        let patterns: Vec<(usize, Matcher)> = compiled
+            .patterns
+            .into_iter()
+            .map(|(rule, re)| (rule, Matcher::new(re)))
+            .collect();
         let idioms = if compiled.idioms.is_empty() {
             None
         } else {
@@ -87,23 +141,28 @@ impl Engine {
                 .map(|p| format!("(?:{p})"))
                 .collect::<Vec<_>>()
                 .join("|");
-            Some(
-                rulebook::build(&rulebook::wrap(&joined))
-                    .map_err(|e| invalid(format!("idioms do not compile together: {e}")))?,
-            )
+            let re = rulebook::build(&rulebook::wrap(&joined))
+                .map_err(|e| invalid(format!("idioms do not compile together: {e}")))?;
+            Some(Matcher::new(re))
         };
-        Ok(Engine {
+        let mut engine = Engine {
             version: compiled.version,
             source: source_name.to_owned(),
             rules: compiled.rules,
             patterns,
-            prefilter,
+            prefilter: Prefilter::default(),
             idioms,
             combos: compiled.combos,
             context: compiled.context,
             tokens: compiled.tokens,
             suffixes: compiled.suffixes,
-        })
+        };
+        let matchers: Vec<Option<&Matcher>> = (0..engine.matcher_count())
+            .map(|id| engine.matcher(id))
+            .collect();
+        engine.prefilter = Prefilter::new(&matchers)
+            .map_err(|e| invalid(format!("prefilter does not build: {e}")))?;
+        Ok(engine)
     }
 
     /// Reads and compiles a rulebook file.
@@ -144,7 +203,55 @@ impl Engine {
 
     /// Patterns that run on every message (no necessary literal found).
     pub fn unfiltered_pattern_count(&self) -> usize {
-        self.prefilter.always.len()
+        self.prefilter
+            .always
+            .iter()
+            .filter(|&&id| id < self.patterns.len())
+            .count()
+    }
+
+    /// What was built at load: automata, their memory, and which matchers
+    /// fall back to a lazy regex (a DFA over the size limit).
+    pub fn stats(&self) -> EngineStats {
+        let all = || (0..self.matcher_count()).filter_map(|id| self.matcher(id));
+        EngineStats {
+            matchers: all().count(),
+            anchored: all().filter(|m| m.is_anchored()).count(),
+            lazy_fallbacks: all().filter(|m| !m.has_dfa()).count(),
+            always: self.prefilter.always.len(),
+            dfa_bytes: all().map(Matcher::dfa_memory).sum(),
+            prefilter_bytes: self
+                .prefilter
+                .literals
+                .as_ref()
+                .map_or(0, AhoCorasick::memory_usage),
+            literals: self.prefilter.need_at.len().saturating_sub(1),
+        }
+    }
+
+    /// Rule patterns, then the [`Slot`]s.
+    fn matcher_count(&self) -> usize {
+        self.patterns.len() + Slot::ALL.len()
+    }
+
+    fn slot_id(&self, slot: Slot) -> usize {
+        self.patterns.len() + slot as usize
+    }
+
+    fn matcher(&self, id: usize) -> Option<&Matcher> {
+        if let Some((_, m)) = self.patterns.get(id) {
+            return Some(m);
+        }
+        let ctx = &self.context;
+        match Slot::ALL.get(id.checked_sub(self.patterns.len())?)? {
+            Slot::Idioms => self.idioms.as_ref(),
+            Slot::Breaks => ctx.clause_breaks.as_ref(),
+            Slot::Negation => ctx.negation.as_ref(),
+            Slot::ThirdPerson => ctx.third_person.as_ref(),
+            Slot::Past => ctx.past.as_ref(),
+            Slot::Present => ctx.present.as_ref(),
+            Slot::Hypothetical => ctx.hypothetical.as_ref(),
+        }
     }
 
     /// Assesses one message. Any string is accepted; never panics.
@@ -152,8 +259,9 @@ impl Engine {
         self.assess_with(text, false)
     }
 
-    /// Like [`Engine::assess`] but runs every pattern, skipping the
-    /// prefilter. Slow; for tests that check the prefilter changes nothing.
+    /// Like [`Engine::assess`] but with the reference engine: no prefilter,
+    /// every pattern's lazy regex over the whole text. Slow; for tests that
+    /// check the prefilter and the DFAs change nothing.
     #[doc(hidden)]
     pub fn assess_exhaustive(&self, text: &str) -> Assessment {
         self.assess_with(text, true)
@@ -172,56 +280,76 @@ impl Engine {
         } else {
             Language::En
         };
+        let word_run = factors::longest_word_run(&n.text);
+        let mut starts = if exhaustive {
+            Starts::default()
+        } else {
+            self.prefilter.scan(&n.text, word_run)
+        };
+        let mut found: Vec<(usize, usize)> = Vec::new();
         if let Some(idioms) = &self.idioms {
-            let spans: Vec<(usize, usize)> = idioms
-                .find_iter(&n.text)
-                .map(|m| (m.start(), m.end()))
-                .collect();
-            for (s, e) in spans {
+            if exhaustive {
+                idioms.find_all(&n.text, true, &mut found);
+            } else if let Some(at) = starts.of(self.slot_id(Slot::Idioms)) {
+                idioms.find_from(&n.text, at, &mut found);
+            }
+            for &(s, e) in &found {
                 if let Some(bytes) = n.text.get_mut(s..e) {
                     bytes.fill(b' ');
                 }
             }
+            if !found.is_empty() && !exhaustive {
+                // Blanking changed the text: find the literals again.
+                starts = self.prefilter.scan(&n.text, word_run);
+            }
         }
-        let matched: Vec<usize> = if exhaustive {
+        // Candidate patterns in pattern order.
+        let candidates: Vec<usize> = if exhaustive {
             (0..self.patterns.len())
                 .filter(|&i| {
                     self.patterns
                         .get(i)
-                        .is_some_and(|(_, re)| re.is_match(&n.text))
+                        .is_some_and(|(_, m)| m.lazy().is_some_and(|re| re.is_match(&n.text)))
                 })
                 .collect()
         } else {
-            self.prefilter.candidates(&n.text)
+            starts
+                .ids()
+                .filter(|&id| id < self.patterns.len())
+                .collect()
         };
-        if matched.is_empty() {
+        if candidates.is_empty() {
             return self.assessment(RiskLevel::Low, Vec::new(), lang, 0);
         }
-        let mut cues = Cues::new(&self.context, &n.text);
+        let mut cues = Cues::new(self, &n.text, (!exhaustive).then_some(&starts));
         let mut hits: Vec<Hit> = Vec::new();
         // Every unlowered match with its rule's tags, for combinations.
         let mut tagged: Vec<(u64, usize, usize)> = Vec::new();
-        for &index in &matched {
-            let Some((rule_index, re)) = self.patterns.get(index) else {
+        for &index in &candidates {
+            let Some((rule_index, m)) = self.patterns.get(index) else {
                 continue;
             };
             let Some(rule) = self.rules.get(*rule_index) else {
                 continue;
             };
-            for m in re.find_iter(&n.text) {
-                let Some((level, full)) = self.effective(rule, m.start(), m.end(), &mut cues, &n)
-                else {
+            found.clear();
+            match starts.of(index).filter(|_| !exhaustive) {
+                Some(at) => m.find_from(&n.text, at, &mut found),
+                None => m.find_all(&n.text, exhaustive, &mut found),
+            }
+            for &(start, end) in &found {
+                let Some((level, full)) = self.effective(rule, start, end, &mut cues, &n) else {
                     continue;
                 };
                 if full && rule.tags != 0 {
-                    tagged.push((rule.tags, m.start(), m.end()));
+                    tagged.push((rule.tags, start, end));
                 }
                 let hit = Hit {
                     rule: *rule_index,
                     level,
                     full,
-                    start: m.start(),
-                    end: m.end(),
+                    start,
+                    end,
                     matches: 1,
                 };
                 match hits.iter_mut().find(|h| h.rule == *rule_index) {
@@ -343,83 +471,236 @@ impl Engine {
     }
 }
 
-/// Literals that patterns need, found in one Aho-Corasick pass.
-#[derive(Debug, Clone)]
+/// Up to this many (matcher, start range) entries are sorted directly;
+/// more are grouped by matcher first.
+const SMALL_SCAN: usize = 64;
+
+/// A matcher that needs a literal, and how far into its matches the
+/// literal can start (`fixed == u32::MAX`: unbounded).
+#[derive(Debug, Clone, Copy)]
+struct Need {
+    id: usize,
+    fixed: u32,
+    runs: u32,
+}
+
+impl Need {
+    fn new(id: usize, pre: Option<Bound>) -> Need {
+        let narrow = |n: usize| u32::try_from(n).ok().filter(|&n| n != u32::MAX);
+        let pre = pre.and_then(|p| Some((narrow(p.fixed)?, narrow(p.runs)?)));
+        Need {
+            id,
+            fixed: pre.map_or(u32::MAX, |p| p.0),
+            runs: pre.map_or(0, |p| p.1),
+        }
+    }
+
+    fn pre(self) -> Option<Bound> {
+        (self.fixed != u32::MAX).then_some(Bound {
+            fixed: self.fixed as usize,
+            runs: self.runs as usize,
+        })
+    }
+}
+
+/// Literals that matchers need, found in one Aho-Corasick pass.
+#[derive(Debug, Clone, Default)]
 struct Prefilter {
-    literals: AhoCorasick,
-    /// Literal index → patterns that need it (one of their literals).
-    needed_by: Vec<Vec<usize>>,
-    /// Patterns without a necessary literal: they always run.
+    /// `None` when no matcher has literals.
+    literals: Option<AhoCorasick>,
+    /// Literal `k` is needed by `needs[need_at[k]..need_at[k + 1]]`: one
+    /// flat array, so a hit costs no pointer chase.
+    needs: Vec<Need>,
+    need_at: Vec<usize>,
+    /// Matchers without necessary literals: they always run.
     always: Vec<usize>,
-    count: usize,
+    /// Number of matcher ids.
+    ids: usize,
 }
 
 impl Prefilter {
-    fn new<'a>(
-        patterns: impl Iterator<Item = &'a str>,
-    ) -> Result<Prefilter, aho_corasick::BuildError> {
-        let mut index: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
-        let mut literals: Vec<Vec<u8>> = Vec::new();
-        let mut needed_by: Vec<Vec<usize>> = Vec::new();
+    fn new(matchers: &[Option<&Matcher>]) -> Result<Prefilter, aho_corasick::BuildError> {
+        let mut index: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+        let mut literals: Vec<&[u8]> = Vec::new();
+        let mut needed_by: Vec<Vec<Need>> = Vec::new();
         let mut always = Vec::new();
-        let mut count = 0;
-        for (p, source) in patterns.enumerate() {
-            count += 1;
-            match factors::necessary_literals(source) {
-                Some(lits) => {
-                    for lit in lits {
-                        let k = *index.entry(lit.clone()).or_insert_with(|| {
-                            literals.push(lit);
-                            needed_by.push(Vec::new());
-                            literals.len() - 1
-                        });
-                        if let Some(v) = needed_by.get_mut(k) {
-                            v.push(p);
-                        }
-                    }
+        for (id, m) in matchers.iter().enumerate() {
+            let Some(m) = m else {
+                continue;
+            };
+            let Some(lits) = &m.analysis().literals else {
+                always.push(id);
+                continue;
+            };
+            for (lit, pre) in lits {
+                let k = *index.entry(lit.as_slice()).or_insert_with(|| {
+                    literals.push(lit.as_slice());
+                    needed_by.push(Vec::new());
+                    literals.len() - 1
+                });
+                if let Some(v) = needed_by.get_mut(k) {
+                    v.push(Need::new(id, *pre));
                 }
-                None => always.push(p),
             }
         }
+        let literals = if literals.is_empty() {
+            None
+        } else {
+            // Overlapping search needs standard match semantics.
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::Standard)
+                    .kind(Some(AhoCorasickKind::ContiguousNFA))
+                    .build(&literals)
+                    .or_else(|_| AhoCorasick::new(&literals))?,
+            )
+        };
+        let mut need_at = Vec::with_capacity(needed_by.len() + 1);
+        let mut needs = Vec::new();
+        for v in needed_by {
+            need_at.push(needs.len());
+            needs.extend(v);
+        }
+        need_at.push(needs.len());
         Ok(Prefilter {
-            literals: AhoCorasick::new(&literals)?,
-            needed_by,
+            literals,
+            needs,
+            need_at,
             always,
-            count,
+            ids: matchers.len(),
         })
     }
 
-    /// Patterns that may match `text`, in pattern order.
-    fn candidates(&self, text: &[u8]) -> Vec<usize> {
-        let mut wanted = vec![false; self.count];
-        for &p in &self.always {
-            if let Some(w) = wanted.get_mut(p) {
-                *w = true;
+    /// For each matcher that may match `text`, where its matches can start:
+    /// a matcher without literals anywhere, one with literals only in
+    /// `[l - pre, l]` of an occurrence `l` of one of them. `word_run` is the
+    /// longest run of word bytes in `text` (see [`Bound`]).
+    fn scan(&self, text: &[u8], word_run: usize) -> Starts {
+        let len = text.len();
+        let mut raw: Vec<(usize, usize, usize)> =
+            self.always.iter().map(|&id| (id, 0, len)).collect();
+        for m in self
+            .literals
+            .iter()
+            .flat_map(|ac| ac.find_overlapping_iter(text))
+        {
+            let k = m.pattern().as_usize();
+            let (from, to) = (
+                self.need_at.get(k).copied().unwrap_or(0),
+                self.need_at.get(k + 1).copied().unwrap_or(0),
+            );
+            for need in self.needs.get(from..to).into_iter().flatten() {
+                let (lo, hi) = matcher::start_range(need.pre(), m.start(), word_run);
+                raw.push((need.id, lo, hi));
             }
         }
-        for m in self.literals.find_overlapping_iter(text) {
-            for &p in self
-                .needed_by
-                .get(m.pattern().as_usize())
-                .into_iter()
-                .flatten()
-            {
-                if let Some(w) = wanted.get_mut(p) {
-                    *w = true;
+        let sorted = if raw.len() <= SMALL_SCAN {
+            raw.sort_unstable();
+            raw
+        } else {
+            self.group(&raw)
+        };
+        let mut starts = Starts::default();
+        for (id, lo, hi) in sorted {
+            match (starts.groups.last_mut(), starts.spans.last_mut()) {
+                (Some(g), Some(last)) if g.0 == id && lo <= last.1.saturating_add(1) => {
+                    last.1 = last.1.max(hi);
+                }
+                (Some(g), _) if g.0 == id => {
+                    starts.spans.push((lo, hi));
+                    g.2 = starts.spans.len();
+                }
+                _ => {
+                    starts.spans.push((lo, hi));
+                    let end = starts.spans.len();
+                    starts.groups.push((id, end - 1, end));
                 }
             }
         }
-        wanted
+        starts
+    }
+
+    /// `raw` sorted, for many entries: grouped by matcher with a counting
+    /// sort (ids are small), then each group sorted by start (hits arrive
+    /// nearly in order, so that is cheap).
+    fn group(&self, raw: &[(usize, usize, usize)]) -> Vec<(usize, usize, usize)> {
+        let mut offsets = vec![0usize; self.ids + 1];
+        for &(id, _, _) in raw {
+            if let Some(c) = offsets.get_mut(id + 1) {
+                *c += 1;
+            }
+        }
+        for i in 1..offsets.len() {
+            let before = offsets.get(i - 1).copied().unwrap_or(0);
+            if let Some(c) = offsets.get_mut(i) {
+                *c += before;
+            }
+        }
+        let mut next = offsets.clone();
+        let mut sorted = vec![(0usize, 0usize, 0usize); raw.len()];
+        for &entry in raw {
+            if let Some(at) = next.get_mut(entry.0)
+                && let Some(slot) = sorted.get_mut(*at)
+            {
+                *slot = entry;
+                *at += 1;
+            }
+        }
+        for bounds in offsets.windows(2) {
+            if let &[from, to] = bounds
+                && let Some(group) = sorted.get_mut(from..to)
+            {
+                group.sort_unstable();
+            }
+        }
+        sorted
+    }
+}
+
+/// Where each candidate matcher's matches can start.
+#[derive(Debug, Default)]
+struct Starts {
+    /// Inclusive position ranges `[lo, hi]`, sorted and disjoint per matcher.
+    spans: Vec<(usize, usize)>,
+    /// `(matcher id, first span, end of spans)`, ids ascending.
+    groups: Vec<(usize, usize, usize)>,
+}
+
+impl Starts {
+    /// The candidate matchers, ascending.
+    fn ids(&self) -> impl Iterator<Item = usize> + '_ {
+        self.groups.iter().map(|g| g.0)
+    }
+
+    /// The start ranges of matcher `id`, or `None` if it cannot match.
+    fn of(&self, id: usize) -> Option<&[(usize, usize)]> {
+        let i = self.groups.binary_search_by_key(&id, |g| g.0).ok()?;
+        let &(_, from, to) = self.groups.get(i)?;
+        self.spans.get(from..to)
+    }
+
+    /// The start ranges of matcher `id` inside `text[start..end]`, relative
+    /// to it, for a search of that slice alone; `None` if there are none.
+    /// (A match in the slice holds a literal occurrence in the slice, so
+    /// its start is among these.)
+    fn within(&self, id: usize, start: usize, end: usize) -> Option<Vec<(usize, usize)>> {
+        let within: Vec<(usize, usize)> = self
+            .of(id)?
             .iter()
-            .enumerate()
-            .filter_map(|(i, w)| w.then_some(i))
-            .collect()
+            .filter(|&&(lo, hi)| hi >= start && lo <= end)
+            .map(|&(lo, hi)| (lo.max(start) - start, hi.min(end) - start))
+            .collect();
+        (!within.is_empty()).then_some(within)
     }
 }
 
 /// Where a combination fires: the span covering one match of each of its
 /// tags, all within `window` bytes of normalised text; `None` if it does not.
 fn combo_span(all: u64, tagged: &[(u64, usize, usize)], window: usize) -> Option<(usize, usize)> {
+    // Quick reject: some tag occurs nowhere.
+    if tagged.iter().fold(0, |acc, (t, _, _)| acc | (t & all)) != all {
+        return None;
+    }
     let candidates = || tagged.iter().filter(|(t, _, _)| t & all != 0);
     for &(_, anchor, _) in candidates() {
         let limit = anchor.saturating_add(window);
@@ -461,8 +742,11 @@ fn score(level: RiskLevel, reasons: &[Reason], repeats: usize) -> f32 {
 /// Context cues of one message, found clause by clause and only for the
 /// clauses that hold a match that needs them.
 struct Cues<'a> {
-    ctx: &'a Context,
+    engine: &'a Engine,
     text: &'a [u8],
+    /// Where cue matches can start (`None`: the reference engine, lazy
+    /// regexes over each clause).
+    starts: Option<&'a Starts>,
     /// Clause breaks of the whole message.
     breaks: Vec<(usize, usize)>,
     /// Clauses whose cues were already found.
@@ -487,24 +771,47 @@ fn any_within(cues: &[(usize, usize)], from: usize, to: usize) -> bool {
 }
 
 impl<'a> Cues<'a> {
-    fn new(ctx: &'a Context, text: &'a [u8]) -> Cues<'a> {
-        let breaks = ctx
-            .clause_breaks
-            .as_ref()
-            .map(|re| re.find_iter(text).map(|m| (m.start(), m.end())).collect())
-            .unwrap_or_default();
-        Cues {
-            ctx,
+    fn new(engine: &'a Engine, text: &'a [u8], starts: Option<&'a Starts>) -> Cues<'a> {
+        let mut cues = Cues {
+            engine,
             text,
-            breaks,
+            starts,
+            breaks: Vec::new(),
             clauses: Vec::new(),
+        };
+        let mut breaks = Vec::new();
+        cues.find(Slot::Breaks, 0, text.len(), &mut breaks);
+        cues.breaks = breaks;
+        cues
+    }
+
+    /// Matches of a slot's matcher in `text[start..end]` searched alone (its
+    /// edges are text edges), at offsets into the whole text.
+    fn find(&self, slot: Slot, start: usize, end: usize, out: &mut Vec<(usize, usize)>) {
+        let id = self.engine.slot_id(slot);
+        let Some(m) = self.engine.matcher(id) else {
+            return;
+        };
+        let slice = self.text.get(start..end).unwrap_or_default();
+        let first = out.len();
+        match self.starts {
+            None => m.find_all(slice, true, out),
+            Some(starts) => {
+                let Some(within) = starts.within(id, start, end) else {
+                    return;
+                };
+                m.find_from(slice, &within, out);
+            }
+        }
+        for c in out.iter_mut().skip(first) {
+            *c = (start + c.0, start + c.1);
         }
     }
 
     /// The clause around `[s, e)` — from the end of the last break before it
     /// to the start of the first break after it — with its cues.
     fn clause(&mut self, s: usize, e: usize) -> &Clause {
-        // Breaks come from find_iter: sorted and non-overlapping.
+        // Breaks are leftmost-first matches: sorted and non-overlapping.
         let before = self.breaks.partition_point(|b| b.1 <= s);
         let start = before
             .checked_sub(1)
@@ -519,26 +826,17 @@ impl<'a> Cues<'a> {
         {
             Some(i) => i,
             None => {
-                let slice = self.text.get(start..end).unwrap_or_default();
-                let present = self.ctx.cue_set.matches(slice);
-                let find = |k: usize, re: &Option<Regex>| -> Vec<(usize, usize)> {
-                    match re.as_ref().filter(|_| present.matched(k)) {
-                        Some(re) => re
-                            .find_iter(slice)
-                            .map(|m| (start + m.start(), start + m.end()))
-                            .collect(),
-                        None => Vec::new(),
-                    }
-                };
-                self.clauses.push(Clause {
+                let mut clause = Clause {
                     start,
                     end,
-                    negation: find(0, &self.ctx.negation),
-                    third_person: find(1, &self.ctx.third_person),
-                    past: find(2, &self.ctx.past),
-                    present: find(3, &self.ctx.present),
-                    hypothetical: find(4, &self.ctx.hypothetical),
-                });
+                    ..Clause::default()
+                };
+                self.find(Slot::Negation, start, end, &mut clause.negation);
+                self.find(Slot::ThirdPerson, start, end, &mut clause.third_person);
+                self.find(Slot::Past, start, end, &mut clause.past);
+                self.find(Slot::Present, start, end, &mut clause.present);
+                self.find(Slot::Hypothetical, start, end, &mut clause.hypothetical);
+                self.clauses.push(clause);
                 self.clauses.len() - 1
             }
         };
@@ -585,5 +883,7 @@ impl Clause {
     }
 }
 
+#[cfg(test)]
+mod equivalence;
 #[cfg(test)]
 mod tests;

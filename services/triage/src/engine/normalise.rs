@@ -30,28 +30,59 @@ pub(crate) struct TokenInfo {
     pub lang: i8,
 }
 
-pub(crate) type TokenTable = HashMap<Box<[u8]>, TokenInfo, BuildHasherDefault<Fnv>>;
+pub(crate) type TokenTable = HashMap<Box<[u8]>, TokenInfo, BuildHasherDefault<TokenHasher>>;
 
-/// FNV-1a: tokens are short and the table is ours, so a simple fast hash
-/// beats SipHash here (every token of every message is looked up).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv(u64);
+/// A fast hash for tokens: eight bytes at a time, then a 64-bit finaliser
+/// (every token of every message is looked up; the table is ours, so
+/// SipHash's flood resistance buys nothing here).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TokenHasher(u64);
 
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
+const K: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl TokenHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(K).rotate_left(29);
     }
 }
 
-impl Hasher for Fnv {
+/// Up to eight bytes as a little-endian word.
+fn word(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .take(8)
+        .enumerate()
+        .fold(0, |w, (i, &b)| w | (u64::from(b) << (8 * i)))
+}
+
+impl Hasher for TokenHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // murmur3's fmix64: every input bit reaches the top bits, which
+        // the table's probing uses.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
+
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        // Words are assembled in registers (a copy through memory would
+        // stall on store forwarding).
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.mix(word(c));
         }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            // The length keeps "a" and "a\0" apart.
+            self.mix(word(rest) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
     }
 }
 

@@ -9,10 +9,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 
 use nwd_proto::RiskLevel;
-use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::matcher::Matcher;
 use super::normalise::{Suffixes, TokenTable, normalise_phrase, pattern};
 
 /// Why a rulebook cannot be used.
@@ -182,22 +183,19 @@ pub(crate) struct Combo {
     pub all: u64,
 }
 
-/// Context cues, each compiled into one regex over normalised text.
+/// Context cues, each list compiled into one matcher over normalised text.
 #[derive(Debug, Clone)]
 pub(crate) struct Context {
-    pub clause_breaks: Option<Regex>,
-    pub negation: Option<Regex>,
+    pub clause_breaks: Option<Matcher>,
+    pub negation: Option<Matcher>,
     pub negation_fillers: HashSet<Box<[u8]>>,
     pub negation_window: usize,
-    pub third_person: Option<Regex>,
+    pub third_person: Option<Matcher>,
     pub first_person: HashSet<Box<[u8]>>,
-    pub past: Option<Regex>,
-    pub present: Option<Regex>,
-    pub hypothetical: Option<Regex>,
+    pub past: Option<Matcher>,
+    pub present: Option<Matcher>,
+    pub hypothetical: Option<Matcher>,
     pub combo_window: usize,
-    /// The five clause cues above in one set, to see which occur in a clause
-    /// before looking for where (index: negation, third person, past, present, hypothetical).
-    pub cue_set: RegexSet,
 }
 
 /// A checked, compiled rulebook.
@@ -205,8 +203,8 @@ pub(crate) struct Context {
 pub(crate) struct Compiled {
     pub version: String,
     pub rules: Vec<Rule>,
-    /// (rule index, compiled pattern) in rulebook order; the RegexSet uses the same order.
-    pub patterns: Vec<(usize, String)>,
+    /// (rule index, pattern wrapped in word boundaries and compiled) in rulebook order.
+    pub patterns: Vec<(usize, Regex)>,
     pub idioms: Vec<String>,
     pub combos: Vec<Combo>,
     pub context: Context,
@@ -309,7 +307,7 @@ impl Checker<'_> {
         list: &[Spanned<String>],
         name: &str,
         bounded: bool,
-    ) -> Result<Option<Regex>, RulebookError> {
+    ) -> Result<Option<Matcher>, RulebookError> {
         if list.is_empty() {
             return Ok(None);
         }
@@ -327,7 +325,7 @@ impl Checker<'_> {
         };
         let span = list.first().map_or(0..0, |c| c.span());
         build(&joined)
-            .map(Some)
+            .map(|re| Some(Matcher::new(re)))
             .map_err(|e| self.err(span, name, format!("cues do not compile together: {e}")))
     }
 }
@@ -454,8 +452,7 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Compiled, RulebookError> {
         let index = rules.len();
         for p in &r.patterns {
             let normalised = c.pattern(p.get_ref(), p.span(), &id)?;
-            c.regex(&normalised, p.span(), &id)?;
-            patterns.push((index, wrap(&normalised)));
+            patterns.push((index, c.regex(&normalised, p.span(), &id)?));
         }
         rules.push(Rule {
             id,
@@ -538,23 +535,6 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Compiled, RulebookError> {
     let past = c.cues(&ctx.past, "context.past", true)?;
     let present = c.cues(&ctx.present, "context.present", true)?;
     let hypothetical = c.cues(&ctx.hypothetical, "context.hypothetical", true)?;
-    // A cue list that is absent never matches (`[^\x00-\xff]` matches nothing).
-    let never = r"[^\x00-\xff]";
-    let cue_set = RegexSetBuilder::new(
-        [&negation, &third_person, &past, &present, &hypothetical]
-            .map(|re| re.as_ref().map_or(never, |re| re.as_str())),
-    )
-    .unicode(false)
-    .size_limit(32 << 20)
-    .dfa_size_limit(32 << 20)
-    .build()
-    .map_err(|e| {
-        c.err(
-            0..0,
-            "context",
-            format!("cues do not compile together: {e}"),
-        )
-    })?;
     let context = Context {
         clause_breaks: c.cues(&ctx.clause_breaks, "context.clause_breaks", false)?,
         negation,
@@ -566,7 +546,6 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Compiled, RulebookError> {
         present,
         hypothetical,
         combo_window: ctx.combo_window,
-        cue_set,
     };
 
     let mut tokens = TokenTable::default();
