@@ -128,6 +128,17 @@ impl Announcer {
     /// from KV on reconnect); stored effects must succeed or this fails and
     /// is retried by whoever sees the record next.
     pub async fn announce(&self, rec: &ContactRecord) -> Result<(), AnnounceError> {
+        self.announce_with(rec, None).await
+    }
+
+    /// [`Self::announce`] with the contact's messages when the caller has
+    /// them (a brand-new contact's only message), saving a stream read on
+    /// the hot path.
+    pub async fn announce_with(
+        &self,
+        rec: &ContactRecord,
+        messages: Option<Vec<nwd_proto::dashboard::MessageView>>,
+    ) -> Result<(), AnnounceError> {
         let steps = unannounced(rec);
         if steps.is_empty() {
             return Ok(());
@@ -141,9 +152,12 @@ impl Announcer {
             )
         });
         let view = if needs_view {
-            let messages = transcript::load(&self.js, &rec.id)
-                .await
-                .unwrap_or_default();
+            let messages = match messages {
+                Some(m) => m,
+                None => transcript::load(&self.js, &rec.id)
+                    .await
+                    .unwrap_or_default(),
+            };
             Some(transcript::contact_view(rec, &self.dir(), messages))
         } else {
             None

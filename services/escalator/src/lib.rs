@@ -218,10 +218,10 @@ impl Escalator {
         };
     }
 
-    /// Fires one contact's due steps (compare-and-swap), then announces them.
-    pub async fn fire(&self, id: ContactId) {
-        let now = OffsetDateTime::now_utc();
-        let floor = self.floor(now);
+    /// Fires one contact's due steps (compare-and-swap) against the floor
+    /// as of this batch, then announces them.
+    pub async fn fire(&self, id: ContactId, floor: &Floor) {
+        let now = floor.now;
         let result = kv::cas(
             &self.contacts,
             &id.to_string(),
@@ -422,12 +422,14 @@ async fn sweep(
             tracing::debug!(n = due.len(), "deadlines due");
         }
         let mut firing = JoinSet::new();
+        // One view of the floor per batch (building it is linear in the open contacts).
+        let floor = (!due.is_empty()).then(|| Arc::new(escalator.floor(now)));
         for d in due {
-            let Ok(id) = d.key.parse::<ContactId>() else {
+            let (Ok(id), Some(floor)) = (d.key.parse::<ContactId>(), floor.clone()) else {
                 continue;
             };
             let e = escalator.clone();
-            firing.spawn(async move { e.fire(id).await });
+            firing.spawn(async move { e.fire(id, &floor).await });
         }
         while firing.join_next().await.is_some() {}
         if readiness.is_ready() {

@@ -374,7 +374,15 @@ impl Router {
             ContactState::Waiting { .. } | ContactState::Resolved { .. } => {}
         }
         if !steps.is_empty()
-            && let Err(e) = self.announcer.announce(&record).await
+            && let Err(e) = self
+                .announcer
+                .announce_with(
+                    &record,
+                    // A brand-new contact has one message, the one in hand:
+                    // no stream read on the hot path.
+                    (record.message_count == 1).then(|| vec![view.clone()]),
+                )
+                .await
         {
             // The record says the step fired; the escalator republishes its
             // effects when it sees `announced < steps`.
