@@ -231,7 +231,7 @@ impl Escalator {
                 };
                 let due = rec.escalation.as_ref().and_then(|e| e.due);
                 let timed_out = offered(&rec).len();
-                let steps = nwd_ladder::fire(&mut rec, &floor);
+                let steps = nwd_ladder::fire(&mut rec, floor);
                 if steps.is_empty() {
                     return Cas::Keep(None);
                 }
