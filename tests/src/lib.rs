@@ -626,3 +626,148 @@ pub async fn login(line: &Line, user: &str, password: &str) -> String {
         .unwrap();
     set_cookie.split(';').next().unwrap().to_owned()
 }
+
+// ------------------------------------------------------------ shared helpers
+
+/// The external backup line of the demo directory.
+pub const BACKUP_LINE: &str = "+15005550199";
+
+/// How long the helpers below wait for something to happen.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The demo directory with a one-second ladder (and a short language wait),
+/// written to a fresh temporary file.
+pub fn fast_directory() -> PathBuf {
+    let demo = std::fs::read_to_string(directory()).unwrap();
+    let fast = format!(
+        "{demo}\n[line.ladder]\ntimeouts_ms = {{ imminent = 1000, high = 1000, moderate = 1000, low = 1000 }}\nlanguage_wait_ms = 500\n"
+    );
+    let path = std::env::temp_dir().join(format!("nwd-fast-ladder-{}.toml", ulid::Ulid::new()));
+    std::fs::write(&path, fast).unwrap();
+    path
+}
+
+impl Line {
+    /// The whole line with the one-second ladder of [`fast_directory`] and a
+    /// 1.5 s grace before a disconnected counsellor's conversations are requeued.
+    pub async fn start_fast() -> Line {
+        let dir = fast_directory().display().to_string();
+        Line::start_with(move |opts| {
+            for svc in ["router", "escalator", "intake", "dashboard"] {
+                let o = opts.get_mut(svc).unwrap();
+                o.retain(|(k, _)| *k != "directory");
+                o.push(("directory", dir.clone()));
+            }
+            opts.get_mut("router")
+                .unwrap()
+                .push(("orphan-grace-ms", "1500".into()));
+        })
+        .await
+    }
+
+    /// Every event stored on `subject` in `stream`, decoded.
+    pub async fn stored<E: nwd_proto::Event>(
+        &self,
+        stream: &'static str,
+        subject: String,
+    ) -> Vec<E> {
+        let js = self.jetstream().await;
+        nwd_runtime::transcript::read_subjects(&js, stream, vec![subject])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                nwd_proto::Envelope::<E>::from_bytes(&m.payload)
+                    .unwrap()
+                    .data
+            })
+            .collect()
+    }
+
+    /// Bodies of the SMS the phone simulator received for `to`.
+    pub async fn sms_to(&self, to: &str) -> Vec<String> {
+        self.sent_messages()
+            .await
+            .into_iter()
+            .filter(|m| m["to"] == to)
+            .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    async fn contacts_bucket(&self) -> async_nats::jetstream::kv::Store {
+        let js = self.jetstream().await;
+        js.get_key_value(nwd_proto::streams::buckets::CONTACTS)
+            .await
+            .unwrap()
+    }
+
+    /// Every contact record.
+    pub async fn records(&self) -> Vec<nwd_proto::contact::ContactRecord> {
+        let store = self.contacts_bucket().await;
+        let mut keys = store.keys().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.unwrap();
+            if let Some(r) = nwd_runtime::kv::get(&store, &k).await.unwrap().value {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// One contact record (it must exist).
+    pub async fn record(&self, id: &nwd_proto::ContactId) -> nwd_proto::contact::ContactRecord {
+        let store = self.contacts_bucket().await;
+        nwd_runtime::kv::get(&store, &id.to_string())
+            .await
+            .unwrap()
+            .value
+            .unwrap()
+    }
+
+    /// The first contact record to appear (for tests with one contact).
+    pub async fn first_contact(&self) -> nwd_proto::ContactId {
+        nwd_testkit::eventually(WAIT, "a contact record", || async {
+            self.records().await.first().map(|r| r.id)
+        })
+        .await
+    }
+}
+
+impl Counsellor {
+    /// Logs in, waits for the hello, and goes available.
+    pub async fn available(line: &Line, id: &str) -> Counsellor {
+        let mut c = Counsellor::connect(line, id).await;
+        c.expect(WAIT, "hello", |m| {
+            matches!(m, ServerMsg::Hello { .. }).then_some(())
+        })
+        .await;
+        c.send(&ClientMsg::SetPresence {
+            status: nwd_proto::dashboard::Presence::Available,
+        })
+        .await;
+        c.expect(WAIT, "presence ack", |m| {
+            matches!(
+                m,
+                ServerMsg::Presence {
+                    status: nwd_proto::dashboard::Presence::Available
+                }
+            )
+            .then_some(())
+        })
+        .await;
+        c
+    }
+}
+
+/// Picks the offer whose messages include `body`.
+pub fn offer_with(
+    body: &'static str,
+) -> impl FnMut(&ServerMsg) -> Option<nwd_proto::dashboard::ContactView> {
+    move |m| match m {
+        ServerMsg::Offer { contact } if contact.messages.iter().any(|x| x.body == body) => {
+            Some(contact.clone())
+        }
+        _ => None,
+    }
+}

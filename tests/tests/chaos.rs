@@ -6,55 +6,18 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use nwd_e2e::{LINE_NUMBER, Line};
-use nwd_proto::contact::ContactRecord;
+use nwd_e2e::{BACKUP_LINE, LINE_NUMBER, Line};
 use nwd_proto::ladder::StepOutcome;
-use nwd_proto::streams::buckets;
-use nwd_runtime::kv;
 
-const BACKUP_LINE: &str = "+15005550199";
 const CONTACTS: usize = 16;
-
-fn fast_directory() -> std::path::PathBuf {
-    let demo = std::fs::read_to_string(nwd_runtime::directory::demo_path()).unwrap();
-    let fast = format!(
-        "{demo}\n[line.ladder]\ntimeouts_ms = {{ imminent = 1000, high = 1000, moderate = 1000, low = 1000 }}\n"
-    );
-    let path = std::env::temp_dir().join(format!("nwd-chaos-{}.toml", ulid::Ulid::new()));
-    std::fs::write(&path, fast).unwrap();
-    path
-}
 
 fn phone(i: usize) -> String {
     format!("+150055502{i:02}")
 }
 
-async fn records(line: &Line) -> Vec<ContactRecord> {
-    use futures::StreamExt;
-    let js = line.jetstream().await;
-    let store = js.get_key_value(buckets::CONTACTS).await.unwrap();
-    let mut keys = store.keys().await.unwrap();
-    let mut out = Vec::new();
-    while let Some(k) = keys.next().await {
-        let k = k.unwrap();
-        if let Some(r) = kv::get::<ContactRecord>(&store, &k).await.unwrap().value {
-            out.push(r);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_each_with_crashes_under_load_lose_and_double_nothing() {
-    let dir = fast_directory().display().to_string();
-    let mut line = Line::start_with(move |opts| {
-        for svc in ["router", "escalator", "intake", "dashboard"] {
-            let o = opts.get_mut(svc).unwrap();
-            o.retain(|(k, _)| *k != "directory");
-            o.push(("directory", dir.clone()));
-        }
-    })
-    .await;
+    let mut line = Line::start_fast().await;
     line.add_replica("router-b", "router").await;
     line.add_replica("escalator-b", "escalator").await;
 
@@ -85,7 +48,7 @@ async fn two_replicas_each_with_crashes_under_load_lose_and_double_nothing() {
         Duration::from_secs(15),
         "every contact with both messages, every step announced",
         || async {
-            let recs = records(&line).await;
+            let recs = line.records().await;
             (recs.len() == CONTACTS
                 && recs.iter().all(|r| {
                     let e = r.escalation.as_ref().unwrap();

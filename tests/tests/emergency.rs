@@ -6,57 +6,15 @@
 use std::time::Duration;
 
 use nwd_e2e::{Counsellor, LINE_NUMBER, Line, MARIA};
-use nwd_proto::dashboard::{ClientMsg, ContactView, Presence, ServerMsg};
+use nwd_proto::dashboard::{ClientMsg, ContactView, ServerMsg};
 use nwd_proto::events::{Disclosure, DisclosureRefused, LegalBasis, Recipient};
 use nwd_proto::streams;
-use nwd_proto::{ContactId, Envelope, Event, PartnerId, subjects};
+use nwd_proto::{ContactId, PartnerId, subjects};
 
 const T: Duration = Duration::from_secs(15);
 /// County General Hospital ED (kind `hospital` in the demo directory).
 const HOSPITAL_NUMBER: &str = "+15005550120";
 const NATURE: &str = "she says she took her whole script an hour ago and is falling asleep";
-
-async fn available(line: &Line, id: &str) -> Counsellor {
-    let mut c = Counsellor::connect(line, id).await;
-    c.expect(T, "hello", |m| {
-        matches!(m, ServerMsg::Hello { .. }).then_some(())
-    })
-    .await;
-    c.send(&ClientMsg::SetPresence {
-        status: Presence::Available,
-    })
-    .await;
-    c.expect(T, "presence ack", |m| {
-        matches!(
-            m,
-            ServerMsg::Presence {
-                status: Presence::Available
-            }
-        )
-        .then_some(())
-    })
-    .await;
-    c
-}
-
-async fn stored<E: Event>(line: &Line, stream: &'static str, subject: String) -> Vec<E> {
-    let js = line.jetstream().await;
-    nwd_runtime::transcript::read_subjects(&js, stream, vec![subject])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| Envelope::<E>::from_bytes(&m.payload).unwrap().data)
-        .collect()
-}
-
-async fn sms_to(line: &Line, to: &str) -> Vec<String> {
-    line.sent_messages()
-        .await
-        .into_iter()
-        .filter(|m| m["to"] == to)
-        .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
 
 fn partner(id: &str) -> PartnerId {
     PartnerId::parse(id).unwrap()
@@ -73,7 +31,7 @@ fn emergency(contact_id: ContactId, to: &str) -> ClientMsg {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counsellor_discloses_to_the_hospital_in_a_medical_emergency_and_not_to_a_clinic() {
     let line = Line::start().await;
-    let mut ana = available(&line, "ana").await;
+    let mut ana = Counsellor::available(&line, "ana").await;
     let body = "I took all my pills";
     line.patient_sends(MARIA, LINE_NUMBER, body).await;
     let offer: ContactView = ana
@@ -103,8 +61,9 @@ async fn a_counsellor_discloses_to_the_hospital_in_a_medical_emergency_and_not_t
         })
         .await;
     }
-    let disclosed: Vec<Disclosure> =
-        stored(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+    let disclosed: Vec<Disclosure> = line
+        .stored(streams::AUDIT, subjects::audit_disclosure(&id))
+        .await;
     assert_eq!(disclosed.len(), 1, "{disclosed:?}");
     let d = &disclosed[0];
     assert_eq!(d.patient, "maria");
@@ -119,7 +78,7 @@ async fn a_counsellor_discloses_to_the_hospital_in_a_medical_emergency_and_not_t
         }
     );
     let to_hospital = nwd_testkit::eventually(T, "the hospital texted", || async {
-        let sent = sms_to(&line, HOSPITAL_NUMBER).await;
+        let sent = line.sms_to(HOSPITAL_NUMBER).await;
         (!sent.is_empty()).then_some(sent)
     })
     .await;
@@ -140,24 +99,22 @@ async fn a_counsellor_discloses_to_the_hospital_in_a_medical_emergency_and_not_t
         })
         .await;
     assert!(why.contains("not medical personnel"), "{why}");
-    let refused: Vec<DisclosureRefused> = stored(
-        &line,
-        streams::AUDIT,
-        subjects::audit_disclosure_refused(&id),
-    )
-    .await;
+    let refused: Vec<DisclosureRefused> = line
+        .stored(streams::AUDIT, subjects::audit_disclosure_refused(&id))
+        .await;
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert_eq!(
         refused[0].recipient,
         Recipient::Partner(partner("eastside-clinic"))
     );
     assert_eq!(refused[0].reason, "not_medical_personnel");
-    let disclosed: Vec<Disclosure> =
-        stored(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+    let disclosed: Vec<Disclosure> = line
+        .stored(streams::AUDIT, subjects::audit_disclosure(&id))
+        .await;
     assert_eq!(disclosed.len(), 1, "still only the hospital's");
     assert!(
-        sms_to(&line, "+15005550110").await.is_empty(),
+        line.sms_to("+15005550110").await.is_empty(),
         "the clinic is never texted"
     );
-    assert_eq!(sms_to(&line, HOSPITAL_NUMBER).await.len(), 1);
+    assert_eq!(line.sms_to(HOSPITAL_NUMBER).await.len(), 1);
 }

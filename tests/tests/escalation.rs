@@ -2,136 +2,35 @@
 //! service (router and escalator included) against a real nats-server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use nwd_e2e::{Counsellor, JAMES, LINE_NUMBER, Line, MARIA};
+use nwd_e2e::{BACKUP_LINE, Counsellor, JAMES, LINE_NUMBER, Line, MARIA, offer_with};
 use nwd_proto::contact::ContactRecord;
-use nwd_proto::dashboard::{ClientMsg, ContactView, Presence, ServerMsg};
+use nwd_proto::dashboard::{ClientMsg, ServerMsg};
 use nwd_proto::events::{ContactEscalated, Disclosure, DisclosureRefused, Recipient};
 use nwd_proto::ladder::{Rung, StepOutcome};
 use nwd_proto::streams::{self, buckets};
-use nwd_proto::{ContactId, Envelope, Event, subjects};
+use nwd_proto::{ContactId, subjects};
 use nwd_runtime::kv;
 
 const T: Duration = Duration::from_secs(15);
-const BACKUP_LINE: &str = "+15005550199";
 const MARIA_SISTER: &str = "+15005550152";
 const JAMES_PARTNER: &str = "+15005550153";
 
-/// The demo directory with a one-second ladder.
-fn fast_directory() -> PathBuf {
-    let demo = std::fs::read_to_string(nwd_runtime::directory::demo_path()).unwrap();
-    let fast = format!(
-        "{demo}\n[line.ladder]\ntimeouts_ms = {{ imminent = 1000, high = 1000, moderate = 1000, low = 1000 }}\nlanguage_wait_ms = 500\n"
-    );
-    let path = std::env::temp_dir().join(format!("nwd-fast-ladder-{}.toml", ulid::Ulid::new()));
-    std::fs::write(&path, fast).unwrap();
-    path
-}
-
-async fn fast_line() -> Line {
-    let dir = fast_directory().display().to_string();
-    Line::start_with(move |opts| {
-        for svc in ["router", "escalator", "intake", "dashboard"] {
-            let o = opts.get_mut(svc).unwrap();
-            o.retain(|(k, _)| *k != "directory");
-            o.push(("directory", dir.clone()));
-        }
-        opts.get_mut("router")
-            .unwrap()
-            .push(("orphan-grace-ms", "1500".into()));
-    })
-    .await
-}
-
-async fn available(line: &Line, id: &str) -> Counsellor {
-    let mut c = Counsellor::connect(line, id).await;
-    c.expect(T, "hello", |m| {
-        matches!(m, ServerMsg::Hello { .. }).then_some(())
-    })
-    .await;
-    c.send(&ClientMsg::SetPresence {
-        status: Presence::Available,
-    })
-    .await;
-    c.expect(T, "presence ack", |m| {
-        matches!(
-            m,
-            ServerMsg::Presence {
-                status: Presence::Available
-            }
-        )
-        .then_some(())
-    })
-    .await;
-    c
-}
-
-fn offer_with(body: &'static str) -> impl FnMut(&ServerMsg) -> Option<ContactView> {
-    move |m| match m {
-        ServerMsg::Offer { contact } if contact.messages.iter().any(|x| x.body == body) => {
-            Some(contact.clone())
-        }
-        _ => None,
-    }
-}
-
-async fn stored<E: Event>(line: &Line, stream: &'static str, subject: String) -> Vec<E> {
-    let js = line.jetstream().await;
-    nwd_runtime::transcript::read_subjects(&js, stream, vec![subject])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| Envelope::<E>::from_bytes(&m.payload).unwrap().data)
-        .collect()
-}
-
 async fn steps(line: &Line, id: &ContactId) -> Vec<ContactEscalated> {
-    stored(line, streams::CONTACTS, subjects::contact_escalated(id)).await
-}
-
-async fn sms_to(line: &Line, to: &str) -> Vec<String> {
-    line.sent_messages()
+    line.stored(streams::CONTACTS, subjects::contact_escalated(id))
         .await
-        .into_iter()
-        .filter(|m| m["to"] == to)
-        .map(|m| m["body"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-/// The contact the patient's first message opened.
-async fn contact_of(line: &Line) -> ContactId {
-    let js = line.jetstream().await;
-    let store = js.get_key_value(buckets::CONTACTS).await.unwrap();
-    nwd_testkit::eventually(T, "a contact record", || async {
-        let mut keys = store.keys().await.ok()?;
-        use futures::StreamExt;
-        let key = keys.next().await?.ok()?;
-        key.parse::<ContactId>().ok()
-    })
-    .await
-}
-
-async fn record(line: &Line, id: &ContactId) -> ContactRecord {
-    let js = line.jetstream().await;
-    let store = js.get_key_value(buckets::CONTACTS).await.unwrap();
-    kv::get::<ContactRecord>(&store, &id.to_string())
-        .await
-        .unwrap()
-        .value
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_answers_every_rung_in_order_then_the_backup_line_repeats_with_an_audit_trail() {
-    let line = fast_line().await;
+    let line = Line::start_fast().await;
     line.patient_sends(JAMES, LINE_NUMBER, "hi can someone talk")
         .await;
-    let id = contact_of(&line).await;
+    let id = line.first_contact().await;
     // Two backup alerts: the last rung repeats every second.
     nwd_testkit::eventually(T, "the backup line alerted twice", || async {
-        (sms_to(&line, BACKUP_LINE).await.len() >= 2).then_some(())
+        (line.sms_to(BACKUP_LINE).await.len() >= 2).then_some(())
     })
     .await;
     let trail = steps(&line, &id).await;
@@ -159,29 +58,27 @@ async fn nobody_answers_every_rung_in_order_then_the_backup_line_repeats_with_an
         "each step once, in order"
     );
     // The partner has no consent: refused, recorded, never texted.
-    let refused: Vec<DisclosureRefused> = stored(
-        &line,
-        streams::AUDIT,
-        subjects::audit_disclosure_refused(&id),
-    )
-    .await;
+    let refused: Vec<DisclosureRefused> = line
+        .stored(streams::AUDIT, subjects::audit_disclosure_refused(&id))
+        .await;
     assert_eq!(refused.len(), 1);
     assert_eq!(
         refused[0].recipient,
         Recipient::TrustedContact("james-partner".into())
     );
     assert_eq!(refused[0].reason, "no_consent");
-    assert!(sms_to(&line, JAMES_PARTNER).await.is_empty());
-    let disclosed: Vec<Disclosure> =
-        stored(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+    assert!(line.sms_to(JAMES_PARTNER).await.is_empty());
+    let disclosed: Vec<Disclosure> = line
+        .stored(streams::AUDIT, subjects::audit_disclosure(&id))
+        .await;
     assert!(disclosed.is_empty());
     // The backup line learns a reference and a risk, never who.
-    for body in sms_to(&line, BACKUP_LINE).await {
+    for body in line.sms_to(BACKUP_LINE).await {
         assert!(body.contains(&id.to_string()));
         assert!(!body.contains("James") && !body.contains("5550143"));
     }
     // The person was told once that they are waiting, with the emergency number.
-    let acks: Vec<String> = sms_to(&line, JAMES).await;
+    let acks: Vec<String> = line.sms_to(JAMES).await;
     assert_eq!(acks.len(), 1, "{acks:?}");
     assert!(
         acks[0].contains("You are next in line") && acks[0].contains("call 911"),
@@ -189,15 +86,15 @@ async fn nobody_answers_every_rung_in_order_then_the_backup_line_repeats_with_an
         acks[0]
     );
     // Still waiting with a next deadline.
-    let rec = record(&line, &id).await;
+    let rec = line.record(&id).await;
     assert!(rec.escalation.unwrap().due.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_answers_first_and_an_accept_stops_the_ladder() {
-    let line = fast_line().await;
-    let mut ben = available(&line, "ben").await;
-    let mut ana = available(&line, "ana").await; // María's coordinator
+    let line = Line::start_fast().await;
+    let mut ben = Counsellor::available(&line, "ben").await;
+    let mut ana = Counsellor::available(&line, "ana").await; // María's coordinator
     let body = "necesito hablar con alguien";
     line.patient_sends(MARIA, LINE_NUMBER, body).await;
     let offer = ana
@@ -221,25 +118,26 @@ async fn the_coordinator_answers_first_and_an_accept_stops_the_ladder() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let trail = steps(&line, &offer.contact_id).await;
     assert_eq!(trail.len(), 1, "{trail:?}");
-    assert!(sms_to(&line, MARIA_SISTER).await.is_empty());
-    assert!(sms_to(&line, BACKUP_LINE).await.is_empty());
+    assert!(line.sms_to(MARIA_SISTER).await.is_empty());
+    assert!(line.sms_to(BACKUP_LINE).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trusted_contact_is_told_only_what_the_consent_allows_and_it_is_audited() {
-    let line = fast_line().await;
+    let line = Line::start_fast().await;
     line.patient_sends(MARIA, LINE_NUMBER, "hola").await;
-    let id = contact_of(&line).await;
+    let id = line.first_contact().await;
     nwd_testkit::eventually(T, "the sister notified", || async {
-        sms_to(&line, MARIA_SISTER).await.into_iter().next()
+        line.sms_to(MARIA_SISTER).await.into_iter().next()
     })
     .await;
-    let to_sister = sms_to(&line, MARIA_SISTER).await;
+    let to_sister = line.sms_to(MARIA_SISTER).await;
     assert_eq!(to_sister.len(), 1, "once");
     assert!(!to_sister[0].contains("hola"), "never the message");
     let disclosed: Vec<Disclosure> = nwd_testkit::eventually(T, "a disclosure record", || async {
-        let d: Vec<Disclosure> =
-            stored(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+        let d: Vec<Disclosure> = line
+            .stored(streams::AUDIT, subjects::audit_disclosure(&id))
+            .await;
         (!d.is_empty()).then_some(d)
     })
     .await;
@@ -257,9 +155,9 @@ async fn the_trusted_contact_is_told_only_what_the_consent_allows_and_it_is_audi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imminent_is_broadcast_the_first_accept_wins_and_the_safety_message_goes_once() {
-    let line = fast_line().await;
-    let mut ana = available(&line, "ana").await;
-    let mut ben = available(&line, "ben").await;
+    let line = Line::start_fast().await;
+    let mut ana = Counsellor::available(&line, "ana").await;
+    let mut ben = Counsellor::available(&line, "ben").await;
     let mut sam = Counsellor::connect(&line, "sam").await; // supervisor, not available
     let body = "he's not breathing, he used and his lips are blue";
     line.patient_sends(JAMES, LINE_NUMBER, body).await;
@@ -275,7 +173,7 @@ async fn imminent_is_broadcast_the_first_accept_wins_and_the_safety_message_goes
     let accept = ClientMsg::Accept { contact_id: id };
     tokio::join!(ana.send(&accept), ben.send(&accept));
     let rec = nwd_testkit::eventually(T, "assigned", || async {
-        let r = record(&line, &id).await;
+        let r = line.record(&id).await;
         r.assigned_to().cloned()
     })
     .await;
@@ -293,14 +191,15 @@ async fn imminent_is_broadcast_the_first_accept_wins_and_the_safety_message_goes
     // The safety message reached the person, once, and not again on later messages.
     line.patient_sends(JAMES, LINE_NUMBER, "please hurry").await;
     nwd_testkit::eventually(T, "safety message", || async {
-        sms_to(&line, JAMES)
+        line.sms_to(JAMES)
             .await
             .into_iter()
             .find(|b| b.contains("911"))
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let safety = sms_to(&line, JAMES)
+    let safety = line
+        .sms_to(JAMES)
         .await
         .into_iter()
         .filter(|b| b.contains("joining you now"))
@@ -315,20 +214,20 @@ async fn imminent_is_broadcast_the_first_accept_wins_and_the_safety_message_goes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_escalator_crashed_between_scheduling_and_firing_fires_the_step_once_after_restart() {
-    let mut line = fast_line().await;
+    let mut line = Line::start_fast().await;
     line.patient_sends(JAMES, LINE_NUMBER, "anyone there").await;
-    let id = contact_of(&line).await;
+    let id = line.first_contact().await;
     // The router fired the first pass (through to the backup line); the next
     // step is due in a second. Kill the escalator before it fires.
     nwd_testkit::eventually(T, "first backup alert", || async {
-        (sms_to(&line, BACKUP_LINE).await.len() == 1).then_some(())
+        (line.sms_to(BACKUP_LINE).await.len() == 1).then_some(())
     })
     .await;
     line.crash("escalator").await;
-    let before = record(&line, &id).await.escalation.unwrap();
+    let before = line.record(&id).await.escalation.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
-        record(&line, &id).await.escalation.unwrap().steps,
+        line.record(&id).await.escalation.unwrap().steps,
         before.steps,
         "nothing fires while it is down"
     );
@@ -336,11 +235,11 @@ async fn an_escalator_crashed_between_scheduling_and_firing_fires_the_step_once_
     line.restart("escalator").await;
     // The overdue step fires once, promptly (within a second of recovery).
     nwd_testkit::eventually(Duration::from_secs(3), "overdue step fired", || async {
-        (record(&line, &id).await.escalation.unwrap().steps > before.steps).then_some(())
+        (line.record(&id).await.escalation.unwrap().steps > before.steps).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = record(&line, &id).await.escalation.unwrap();
+    let after = line.record(&id).await.escalation.unwrap();
     let recovered: Vec<_> = after
         .trail
         .iter()
@@ -353,7 +252,7 @@ async fn an_escalator_crashed_between_scheduling_and_firing_fires_the_step_once_
         "one overdue step, not one per missed second: {recovered:?}"
     );
     nwd_testkit::eventually(T, "second backup alert", || async {
-        (sms_to(&line, BACKUP_LINE).await.len() >= 2).then_some(())
+        (line.sms_to(BACKUP_LINE).await.len() >= 2).then_some(())
     })
     .await;
     let trail = steps(&line, &id).await;
@@ -366,9 +265,9 @@ async fn an_escalator_crashed_between_scheduling_and_firing_fires_the_step_once_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counsellor_who_drops_mid_conversation_alerts_the_supervisor_then_the_contact_is_requeued()
  {
-    let line = fast_line().await;
+    let line = Line::start_fast().await;
     let mut sam = Counsellor::connect(&line, "sam").await; // supervisor, watching
-    let mut ana = available(&line, "ana").await;
+    let mut ana = Counsellor::available(&line, "ana").await;
     let body = "can we keep talking";
     line.patient_sends(JAMES, LINE_NUMBER, body).await;
     let offer = ana.expect(T, "offer to ana", offer_with(body)).await;
@@ -378,7 +277,7 @@ async fn a_counsellor_who_drops_mid_conversation_alerts_the_supervisor_then_the_
         matches!(m, ServerMsg::Conversation { .. }).then_some(())
     })
     .await;
-    let mut ben = available(&line, "ben").await;
+    let mut ben = Counsellor::available(&line, "ben").await;
     // Ana's connection drops.
     let dropped_at = std::time::Instant::now();
     ana.close().await;
@@ -403,7 +302,7 @@ async fn a_counsellor_who_drops_mid_conversation_alerts_the_supervisor_then_the_
         dropped_at.elapsed() >= Duration::from_millis(1500),
         "not before the grace"
     );
-    let rec = record(&line, &id).await;
+    let rec = line.record(&id).await;
     assert!(rec.orphaned_at.is_none());
     assert!(
         rec.escalation.unwrap().due.is_some(),
@@ -413,14 +312,14 @@ async fn a_counsellor_who_drops_mid_conversation_alerts_the_supervisor_then_the_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_between_scheduling_and_firing_the_step_fires_once_after_restart() {
-    let mut line = fast_line().await;
+    let mut line = Line::start_fast().await;
     line.patient_sends(JAMES, LINE_NUMBER, "hello?").await;
-    let id = contact_of(&line).await;
+    let id = line.first_contact().await;
     nwd_testkit::eventually(T, "first backup alert", || async {
-        (sms_to(&line, BACKUP_LINE).await.len() == 1).then_some(())
+        (line.sms_to(BACKUP_LINE).await.len() == 1).then_some(())
     })
     .await;
-    let before = record(&line, &id).await.escalation.unwrap();
+    let before = line.record(&id).await.escalation.unwrap();
     line.nats.kill();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     line.nats.restart().await;
@@ -455,7 +354,7 @@ async fn nats_killed_between_scheduling_and_firing_the_step_fires_once_after_res
         );
     }
     nwd_testkit::eventually(T, "backup SMS for every backup step", || async {
-        (sms_to(&line, BACKUP_LINE).await.len() == backups.len()).then_some(())
+        (line.sms_to(BACKUP_LINE).await.len() == backups.len()).then_some(())
     })
     .await;
 }
@@ -463,9 +362,9 @@ async fn nats_killed_between_scheduling_and_firing_the_step_fires_once_after_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_changes_at_run_time_without_a_restart() {
     const COUNTY_DOOR: &str = "+15005550120";
-    let line = fast_line().await;
-    let mut chloe = available(&line, "chloe").await; // county hospital
-    let mut ben = available(&line, "ben").await; // eastside clinic
+    let line = Line::start_fast().await;
+    let mut chloe = Counsellor::available(&line, "chloe").await; // county hospital
+    let mut ben = Counsellor::available(&line, "ben").await; // eastside clinic
     line.patient_sends("+15005550210", COUNTY_DOOR, "first door message")
         .await;
     chloe
@@ -479,7 +378,7 @@ async fn the_directory_changes_at_run_time_without_a_restart() {
     // Chloe goes on leave: a one-off override, stored in the directory bucket.
     let js = line.jetstream().await;
     let store = js.get_key_value(buckets::DIRECTORY).await.unwrap();
-    let mut dir = nwd_runtime::directory::load(&fast_directory()).unwrap();
+    let mut dir = nwd_runtime::directory::load(&nwd_e2e::fast_directory()).unwrap();
     let now = time::OffsetDateTime::now_utc();
     dir.overrides.push(nwd_proto::directory::OnCallOverride {
         staff: nwd_proto::CounsellorId::parse("chloe").unwrap(),
@@ -512,11 +411,11 @@ async fn the_directory_changes_at_run_time_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_consent_skips_the_trusted_contact_and_the_refusal_is_audited() {
-    let line = fast_line().await;
+    let line = Line::start_fast().await;
     // María revokes her consent; the change goes live through the directory bucket.
     let js = line.jetstream().await;
     let store = js.get_key_value(buckets::DIRECTORY).await.unwrap();
-    let mut dir = nwd_runtime::directory::load(&fast_directory()).unwrap();
+    let mut dir = nwd_runtime::directory::load(&nwd_e2e::fast_directory()).unwrap();
     let maria = dir.patients.iter_mut().find(|p| p.id == "maria").unwrap();
     let consent = maria.trusted_contacts[0].consent.as_mut().unwrap();
     consent.revoked_at = Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(5));
@@ -525,15 +424,12 @@ async fn a_revoked_consent_skips_the_trusted_contact_and_the_refusal_is_audited(
 
     line.patient_sends(MARIA, LINE_NUMBER, "hola, hay alguien")
         .await;
-    let id = contact_of(&line).await;
+    let id = line.first_contact().await;
     let refused: Vec<DisclosureRefused> =
         nwd_testkit::eventually(T, "the refusal audited", || async {
-            let r: Vec<DisclosureRefused> = stored(
-                &line,
-                streams::AUDIT,
-                subjects::audit_disclosure_refused(&id),
-            )
-            .await;
+            let r: Vec<DisclosureRefused> = line
+                .stored(streams::AUDIT, subjects::audit_disclosure_refused(&id))
+                .await;
             (!r.is_empty()).then_some(r)
         })
         .await;
@@ -545,11 +441,12 @@ async fn a_revoked_consent_skips_the_trusted_contact_and_the_refusal_is_audited(
     assert_eq!(refused[0].reason, "revoked");
     // The ladder went on to the backup line; the sister was never texted.
     nwd_testkit::eventually(T, "backup line alerted", || async {
-        (!sms_to(&line, BACKUP_LINE).await.is_empty()).then_some(())
+        (!line.sms_to(BACKUP_LINE).await.is_empty()).then_some(())
     })
     .await;
-    assert!(sms_to(&line, MARIA_SISTER).await.is_empty());
-    let disclosed: Vec<Disclosure> =
-        stored(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+    assert!(line.sms_to(MARIA_SISTER).await.is_empty());
+    let disclosed: Vec<Disclosure> = line
+        .stored(streams::AUDIT, subjects::audit_disclosure(&id))
+        .await;
     assert!(disclosed.is_empty());
 }

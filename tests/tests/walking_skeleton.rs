@@ -3,45 +3,13 @@
 
 use std::time::Duration;
 
-use nwd_e2e::{Counsellor, EASTSIDE_DOOR, JAMES, LINE_NUMBER, Line, MARIA, STRANGER};
+use nwd_e2e::{Counsellor, EASTSIDE_DOOR, JAMES, LINE_NUMBER, Line, MARIA, STRANGER, offer_with};
 use nwd_proto::dashboard::{ClientMsg, ContactView, Presence, ServerMsg, Speaker};
 use nwd_proto::events::DeliveryStatus;
 use nwd_proto::streams;
 use nwd_proto::{ContactId, OutboundId, RiskLevel};
 
 const T: Duration = Duration::from_secs(10);
-
-async fn available(line: &Line, id: &str) -> Counsellor {
-    let mut c = Counsellor::connect(line, id).await;
-    c.expect(T, "hello", |m| {
-        matches!(m, ServerMsg::Hello { .. }).then_some(())
-    })
-    .await;
-    c.send(&ClientMsg::SetPresence {
-        status: Presence::Available,
-    })
-    .await;
-    c.expect(T, "presence ack", |m| {
-        matches!(
-            m,
-            ServerMsg::Presence {
-                status: Presence::Available
-            }
-        )
-        .then_some(())
-    })
-    .await;
-    c
-}
-
-fn offer_with(body: &'static str) -> impl FnMut(&ServerMsg) -> Option<ContactView> {
-    move |m| match m {
-        ServerMsg::Offer { contact } if contact.messages.iter().any(|x| x.body == body) => {
-            Some(contact.clone())
-        }
-        _ => None,
-    }
-}
 
 async fn accept(c: &mut Counsellor, contact: ContactId) -> ContactView {
     c.send(&ClientMsg::Accept {
@@ -58,7 +26,7 @@ async fn accept(c: &mut Counsellor, contact: ContactId) -> ContactView {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
     let line = Line::start().await;
-    let mut ana = available(&line, "ana").await;
+    let mut ana = Counsellor::available(&line, "ana").await;
 
     // A patient texts a partner's door.
     let first = "I relapsed after detox and I feel hopeless";
@@ -175,7 +143,7 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_webhook_creates_nothing_new() {
     let line = Line::start().await;
-    let mut ben = available(&line, "ben").await;
+    let mut ben = Counsellor::available(&line, "ben").await;
     let body = "can someone call me back about my appointment";
     let (form, sig) = line.signed_sms(
         "SM00000000000000000000000000000d01",
@@ -227,7 +195,7 @@ async fn a_bad_signature_gets_403_and_stores_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_gives_503_and_the_retry_succeeds_after_restart() {
     let mut line = Line::start().await;
-    let mut ana = available(&line, "ana").await;
+    let mut ana = Counsellor::available(&line, "ana").await;
     let body = "please help i cant stop using";
     let (form, sig) = line.signed_sms(
         "SM00000000000000000000000000000a71",
@@ -272,7 +240,7 @@ async fn nats_down_gives_503_and_the_retry_succeeds_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_restarted_mid_conversation_lose_nothing() {
     let mut line = Line::start().await;
-    let mut ana = available(&line, "ana").await;
+    let mut ana = Counsellor::available(&line, "ana").await;
     let first = "hi, I need to talk";
     line.patient_sends(JAMES, LINE_NUMBER, first).await;
     let offer = ana.expect(T, "offer", offer_with(first)).await;
