@@ -76,6 +76,11 @@ pub fn validate(directory: &Directory) -> Result<(), (String, ScheduleError)> {
     Ok(())
 }
 
+/// [`validate`] as a `nwd_runtime::directory::Check`.
+pub fn check(directory: &Directory) -> Result<(), String> {
+    validate(directory).map_err(|(who, e)| format!("{who}: {e}"))
+}
+
 /// Whether a staff member is on call at `now`: an override covering `now`
 /// decides; otherwise a weekly shift in the home partner's time zone. Staff
 /// with no shifts at all have no rota: being available on the dashboard is

@@ -61,22 +61,46 @@ pub fn from_json(bytes: &[u8]) -> Result<Directory, String> {
     Ok(dir)
 }
 
+/// A service's own extra check of a directory (e.g. that every schedule
+/// parses), on top of [`Directory::validate`].
+pub type Check = fn(&Directory) -> Result<(), String>;
+
 /// The directory as a service sees it now. Cheap to clone and to read
 /// (`get` hands out the current version; a change swaps it whole).
 #[derive(Debug, Clone)]
-pub struct Live(Arc<RwLock<Arc<Directory>>>);
+pub struct Live {
+    current: Arc<RwLock<Arc<Directory>>>,
+    check: Check,
+}
 
 impl Live {
     pub fn new(dir: Directory) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(dir))))
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(dir))),
+            check: |_| Ok(()),
+        }
+    }
+
+    /// A live directory whose versions must also pass `check`: the file's
+    /// now (an error stops the service at start), and every later version
+    /// (one that fails is ignored, like an invalid one).
+    pub fn checked(dir: Directory, check: Check) -> Result<Self, String> {
+        check(&dir)?;
+        Ok(Self {
+            check,
+            ..Self::new(dir)
+        })
     }
 
     pub fn get(&self) -> Arc<Directory> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn set(&self, dir: Directory) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dir);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(dir);
     }
 }
 
@@ -109,7 +133,7 @@ pub async fn follow(
         if entry.key != KEY || entry.operation != Operation::Put {
             return;
         }
-        match from_json(&entry.value) {
+        match from_json(&entry.value).and_then(|d| (live.check)(&d).map(|()| d)) {
             Ok(dir) => {
                 tracing::info!(
                     service,
@@ -170,6 +194,14 @@ mod tests {
         let live = Live::new(dir.clone());
         live.set(broken.clone());
         assert_eq!(*live.get(), broken);
+    }
+
+    #[test]
+    fn a_checked_directory_refuses_what_its_check_refuses() {
+        let dir = load(&demo_path()).unwrap();
+        assert!(Live::checked(dir.clone(), |_| Ok(())).is_ok());
+        let err = Live::checked(dir, |_| Err("no".into())).unwrap_err();
+        assert_eq!(err, "no");
     }
 
     #[test]

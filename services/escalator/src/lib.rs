@@ -84,6 +84,8 @@ impl ServiceConfig for Config {
 pub enum Error {
     #[error(transparent)]
     Directory(#[from] nwd_runtime::directory::LoadError),
+    #[error("directory schedules: {0}")]
+    Schedule(String),
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error("ops server failed: {0}")]
@@ -302,8 +304,11 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let directory =
-        nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
+    let directory = nwd_runtime::directory::Live::checked(
+        nwd_runtime::directory::load(&config.directory)?,
+        nwd_ladder::oncall::check,
+    )
+    .map_err(Error::Schedule)?;
     let readiness = Readiness::new([
         READY_CONTACTS.to_owned(),
         READY_PRESENCE.to_owned(),
