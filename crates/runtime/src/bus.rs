@@ -233,6 +233,16 @@ pub async fn setup_bucket_with_retry(
     shutdown: &CancellationToken,
 ) -> Result<kv::Store, BusError> {
     ensure_all_with_retry(js, replicas, shutdown).await?;
+    open_bucket_with_retry(js, name, shutdown).await
+}
+
+/// Opens bucket `name` (created by [`ensure_all`]), retrying with backoff
+/// until it works or `shutdown` fires ([`BusError::Stopped`]).
+pub async fn open_bucket_with_retry(
+    js: &jetstream::Context,
+    name: &'static str,
+    shutdown: &CancellationToken,
+) -> Result<kv::Store, BusError> {
     let mut delay = Duration::from_millis(100);
     loop {
         match bucket(js, name).await {

@@ -324,16 +324,13 @@ pub async fn run(
     ));
     let mut tasks = JoinSet::new();
     let buckets = async {
-        let contacts =
-            bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::CONTACTS, &shutdown)
-                .await?;
-        let presence =
-            bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::PRESENCE, &shutdown)
-                .await?;
-        let directory_bucket =
-            bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::DIRECTORY, &shutdown)
-                .await?;
-        Ok::<_, BusError>((contacts, presence, directory_bucket))
+        bus::ensure_all_with_retry(&js, config.nats.replicas, &shutdown).await?;
+        let open = |name| bus::open_bucket_with_retry(&js, name, &shutdown);
+        Ok::<_, BusError>((
+            open(buckets::CONTACTS).await?,
+            open(buckets::PRESENCE).await?,
+            open(buckets::DIRECTORY).await?,
+        ))
     }
     .await;
     match buckets {

@@ -156,26 +156,19 @@ async fn start(
         Err(BusError::Stopped) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let Some(contacts) = retry(shutdown, "open contacts bucket", || {
-        bus::bucket(&js, buckets::CONTACTS)
-    })
+    let open = |name| bus::open_bucket_with_retry(&js, name, shutdown);
+    let (contacts, presence, directory_bucket) = match async {
+        Ok::<_, BusError>((
+            open(buckets::CONTACTS).await?,
+            open(buckets::PRESENCE).await?,
+            open(buckets::DIRECTORY).await?,
+        ))
+    }
     .await
-    else {
-        return Ok(None);
-    };
-    let Some(presence) = retry(shutdown, "open presence bucket", || {
-        bus::bucket(&js, buckets::PRESENCE)
-    })
-    .await
-    else {
-        return Ok(None);
-    };
-    let Some(directory_bucket) = retry(shutdown, "open directory bucket", || {
-        bus::bucket(&js, buckets::DIRECTORY)
-    })
-    .await
-    else {
-        return Ok(None);
+    {
+        Ok(stores) => stores,
+        Err(BusError::Stopped) => return Ok(None),
+        Err(e) => return Err(e.into()),
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(nwd_runtime::directory::follow(
@@ -242,27 +235,6 @@ async fn start(
         shutdown.clone(),
     ));
     Ok(Some(tasks))
-}
-
-/// Retries `op` with backoff until it succeeds; `None` if stopped first.
-async fn retry<T, E, F, Fut>(shutdown: &CancellationToken, what: &str, mut op: F) -> Option<T>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Ok(v) => return Some(v),
-            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying"),
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(2));
-    }
 }
 
 /// Consumer of triaged messages (lane = subject = contact, so one contact's
