@@ -330,7 +330,14 @@ impl Router {
                     None => ContactRecord::open(ev),
                     Some(mut rec) => {
                         if rec.apply_message(ev) == Applied::Duplicate {
-                            return Cas::Keep(None);
+                            // A redelivery: an earlier attempt wrote the
+                            // message but may have crashed before pushing it
+                            // to the screen. Push again (the dashboard keys
+                            // messages by id); fire nothing.
+                            return Cas::Keep(Triaged {
+                                record: rec,
+                                steps: Vec::new(),
+                            });
                         }
                         rec
                     }
@@ -344,14 +351,11 @@ impl Router {
                 // write, so a new contact is offered without waiting for the
                 // escalator; later steps are the escalator's.
                 let steps = nwd_ladder::fire(&mut record, &floor);
-                Cas::Write(record.clone(), Some(Triaged { record, steps }))
+                Cas::Write(record.clone(), Triaged { record, steps })
             },
         )
         .await?;
-        let Some(Triaged { record, steps }) = outcome else {
-            tracing::debug!(contact = %id, "message already applied");
-            return Ok(());
-        };
+        let Triaged { record, steps } = outcome;
         self.remember(&record, revision);
         let view = transcript::person_view(ev);
         let line = ServerMsg::Message {

@@ -13,7 +13,8 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use nwd_proto::contact::{ContactRecord, ContactState};
 use nwd_proto::dashboard::{
-    ContactView, DashboardPush, Presence, PresenceRecord, ServerMsg, Speaker, WithdrawReason,
+    ContactView, DashboardPush, MessageView, Presence, PresenceRecord, ServerMsg, Speaker,
+    WithdrawReason,
 };
 use nwd_proto::events::{
     Channel, ContactAssigned, ContactMessage, ContactResolved, MessageTriaged,
@@ -120,6 +121,13 @@ impl Pushes {
     }
 
     fn messages(&self, who: &str, contact: ContactId) -> Vec<String> {
+        self.message_views(who, contact)
+            .into_iter()
+            .map(|m| m.body)
+            .collect()
+    }
+
+    fn message_views(&self, who: &str, contact: ContactId) -> Vec<MessageView> {
         self.to(who)
             .into_iter()
             .filter_map(|m| match m {
@@ -127,7 +135,7 @@ impl Pushes {
                     contact_id,
                     message,
                     ..
-                } if contact_id == contact => Some(message.body),
+                } if contact_id == contact => Some(message),
                 _ => None,
             })
             .collect()
@@ -636,7 +644,50 @@ async fn the_same_triaged_message_delivered_twice_is_offered_once() {
         .await;
     line.pushes.wait_message("ben", id, "barrier").await;
     assert_eq!(line.pushes.offers("ben", id).len(), 1);
-    assert!(line.pushes.messages("ben", id).iter().all(|b| b != "once"));
+    // A redelivery may push the line again, but as the same message (the
+    // screen keys messages by id), never as a new one.
+    let id_of_once = ev.message.message_id.to_string();
+    assert!(
+        line.pushes
+            .message_views("ben", id)
+            .iter()
+            .filter(|m| m.body == "once")
+            .all(|m| m.id == id_of_once)
+    );
+    assert_eq!(line.record(id).await.unwrap().message_count, 2);
+}
+
+/// The router writes a message into the record, then pushes it to the
+/// assignee's screen. A crash between the two means a redelivery finds the
+/// message already applied: it must still reach the screen.
+#[tokio::test]
+async fn a_redelivered_message_of_an_assigned_contact_is_pushed_again() {
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::Low, Language::En, "first")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+    let ev = triaged(id, RiskLevel::Low, Language::En, "again");
+    line.publish(&ev, "first-delivery").await;
+    line.pushes.wait_message("ben", id, "again").await;
+    // The same event delivered again (a different Nats-Msg-Id, so the
+    // stream keeps it), as after a crash between the write and the push.
+    line.publish(&ev, "redelivery").await;
+    let id_of_again = ev.message.message_id.to_string();
+    eventually(WITHIN, "the message pushed a second time", || async {
+        let again: Vec<_> = line
+            .pushes
+            .message_views("ben", id)
+            .into_iter()
+            .filter(|m| m.body == "again")
+            .collect();
+        (again.len() == 2).then_some(again)
+    })
+    .await
+    .iter()
+    .for_each(|m| assert_eq!(m.id, id_of_again, "the same message, not a new one"));
     assert_eq!(line.record(id).await.unwrap().message_count, 2);
 }
 
