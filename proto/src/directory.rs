@@ -83,6 +83,11 @@ pub struct Partner {
     /// SMS numbers that are this partner's door into the line.
     #[serde(default)]
     pub sms_numbers: Vec<PhoneNumber>,
+    /// Hospitals: the number of the medical staff who take a §2.51
+    /// medical-emergency disclosure (the emergency department's desk). Never
+    /// a door number: those lead back into the line.
+    #[serde(default)]
+    pub medical_emergency_number: Option<PhoneNumber>,
     /// This partner's escalation policy, instead of the line's.
     #[serde(default)]
     pub ladder: Option<LadderPolicy>,
@@ -214,7 +219,7 @@ impl Directory {
         }
         let mut numbers: HashSet<&str> = self.line.numbers.iter().map(|n| n.as_e164()).collect();
         for p in &self.partners {
-            for n in &p.sms_numbers {
+            for n in p.sms_numbers.iter().chain(&p.medical_emergency_number) {
                 if !numbers.insert(n.as_e164()) {
                     return Err(DirectoryError::DuplicateNumber(p.id.to_string()));
                 }
@@ -340,5 +345,46 @@ mod tests {
             ..c
         };
         assert!(!revoked.covers("crisis-support", now));
+    }
+
+    fn with_hospital_emergency_number(number: &str) -> Result<Directory, serde_json::Error> {
+        serde_json::from_value(serde_json::json!({
+            "line": {
+                "name": "Test line",
+                "numbers": ["+15005550100"],
+                "emergency_number": "911",
+                "backup_line": "+15005550199",
+            },
+            "partners": [{
+                "id": "county-hospital",
+                "name": "County General",
+                "kind": "hospital",
+                "timezone": "America/Chicago",
+                "sms_numbers": ["+15005550120"],
+                "medical_emergency_number": number,
+            }],
+            "staff": [{
+                "id": "sam",
+                "name": "Sam",
+                "role": "supervisor",
+                "partner": "county-hospital",
+                "languages": ["en"],
+                "password_hash": "x",
+            }],
+        }))
+    }
+
+    #[test]
+    fn a_medical_emergency_number_must_not_be_a_door_or_line_number() {
+        let ok = with_hospital_emergency_number("+15005550121").unwrap();
+        assert_eq!(ok.validate(), Ok(()));
+        for taken in ["+15005550120", "+15005550100"] {
+            let dir = with_hospital_emergency_number(taken).unwrap();
+            assert_eq!(
+                dir.validate(),
+                Err(DirectoryError::DuplicateNumber("county-hospital".into())),
+                "{taken}"
+            );
+        }
     }
 }

@@ -12,8 +12,10 @@ use nwd_proto::streams;
 use nwd_proto::{ContactId, PartnerId, subjects};
 
 const T: Duration = Duration::from_secs(15);
-/// County General Hospital ED (kind `hospital` in the demo directory).
-const HOSPITAL_NUMBER: &str = "+15005550120";
+/// County General Hospital ED's desk for §2.51 disclosures (kind `hospital`
+/// in the demo directory); its door number is +15005550120.
+const HOSPITAL_NUMBER: &str = "+15005550121";
+const HOSPITAL_DOOR: &str = "+15005550120";
 const NATURE: &str = "she says she took her whole script an hour ago and is falling asleep";
 
 fn partner(id: &str) -> PartnerId {
@@ -89,6 +91,10 @@ async fn a_counsellor_discloses_to_the_hospital_in_a_medical_emergency_and_not_t
         to_hospital[0]
     );
     assert!(!to_hospital[0].contains("pills") && !to_hospital[0].contains("script"));
+    assert!(
+        line.sms_to(HOSPITAL_DOOR).await.is_empty(),
+        "the hospital's door number leads back into the line: never used for the disclosure"
+    );
 
     // A clinic is not medical personnel: refused, and the refusal recorded.
     ana.send(&emergency(id, "eastside-clinic")).await;

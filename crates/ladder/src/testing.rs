@@ -71,6 +71,7 @@ pub fn directory() -> Directory {
         kind: PartnerKind::Clinic,
         timezone: tz.into(),
         sms_numbers: vec![],
+        medical_emergency_number: None,
         ladder: None,
     };
     let consent = Consent {

@@ -86,11 +86,13 @@ impl Router {
             return (refused("unknown partner"), Vec::new());
         };
         let medical = is_medical_personnel(partner);
-        let hospital_number = partner.sms_numbers.first().cloned();
+        let hospital_number = partner.medical_emergency_number.clone();
         if medical && hospital_number.is_none() {
-            tracing::warn!(contact = %id, counsellor = %who, partner = %partner_id, "medical emergency refused: the hospital has no number");
+            tracing::warn!(contact = %id, counsellor = %who, partner = %partner_id, "medical emergency refused: the hospital has no emergency number");
             return (
-                refused("the directory has no number for this hospital; call them directly"),
+                refused(
+                    "the directory has no medical-emergency number for this hospital; call them directly",
+                ),
                 Vec::new(),
             );
         }

@@ -821,7 +821,8 @@ mod medical_emergency {
     };
     use nwd_proto::{OutboundId, PartnerId};
 
-    const HOSPITAL_NUMBER: &str = "+15005550120";
+    /// County General's ED desk (its `medical_emergency_number`), not its door.
+    const HOSPITAL_NUMBER: &str = "+15005550121";
     const NATURE: &str = "took a whole bottle of pills an hour ago, now very drowsy";
 
     fn p(s: &str) -> PartnerId {
@@ -943,7 +944,7 @@ mod medical_emergency {
         let r = emergency(&line, id, "ben", "nowhere-hospital", NATURE).await;
         assert_eq!(refusal_reason(r), "unknown partner");
         let r = emergency(&line, id, "ben", "northside-hospital", NATURE).await;
-        assert!(refusal_reason(r).contains("no number"));
+        assert!(refusal_reason(r).contains("no medical-emergency number"));
 
         // Nothing disclosed, recorded or sent for any of them.
         for contact in [waiting_id, id] {
@@ -1066,6 +1067,7 @@ mod medical_emergency {
             "not breathing",
             "County General",
             "5550120",
+            "5550121",
             "5550142",
         ] {
             assert!(!logs.contains(secret), "never logged: {secret}");
