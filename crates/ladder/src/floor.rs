@@ -1,13 +1,15 @@
 //! The staff on the floor at one instant: presence, capacity, load and who
 //! is on call — and from that, who may be offered a contact at each rung.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use nwd_proto::contact::{ContactRecord, ContactState};
 use nwd_proto::dashboard::{Presence, PresenceRecord};
 use nwd_proto::directory::{Directory, Role, Staff};
 use nwd_proto::ladder::Rung;
-use nwd_proto::{CounsellorId, RiskLevel};
+use nwd_proto::{ContactId, CounsellorId, RiskLevel};
 use time::OffsetDateTime;
 
 use crate::oncall;
@@ -84,12 +86,23 @@ pub struct Floor {
     pub queue: QueueStats,
 }
 
-/// The queue as the caller knows it: the waiting contacts' order keys and
-/// recent waits until an accept.
+/// A waiting contact's place in the queue: highest risk first, then longest
+/// waiting, then id (stable). Sorting these is serving order.
+pub type QueueKey = (Reverse<RiskLevel>, OffsetDateTime, ContactId);
+
+/// The queue key of a contact, if it is in the queue (waiting or offered).
+pub fn queue_key(rec: &ContactRecord) -> Option<QueueKey> {
+    rec.waiting_since()
+        .map(|at| (Reverse(rec.risk), at, rec.id))
+}
+
+/// The queue as the caller knows it: the waiting contacts in serving order
+/// and recent waits until an accept.
 #[derive(Debug, Clone, Default)]
 pub struct QueueStats {
-    /// (risk, waiting since, id) of every waiting contact.
-    pub waiting: Vec<(RiskLevel, OffsetDateTime, nwd_proto::ContactId)>,
+    /// Every waiting contact, in serving order (shared, not copied, by each
+    /// floor built from a [`Board`]).
+    pub waiting: Arc<BTreeSet<QueueKey>>,
     /// Median wait until an accept over recent contacts, if known.
     pub typical_wait: Option<time::Duration>,
 }
@@ -97,14 +110,155 @@ pub struct QueueStats {
 impl QueueStats {
     /// How many waiting contacts are served before this one (risk, then wait).
     pub fn ahead_of(&self, rec: &ContactRecord) -> u32 {
-        let Some(since) = rec.waiting_since() else {
+        let Some(me) = queue_key(rec) else {
             return 0;
         };
-        let me = (std::cmp::Reverse(rec.risk), since, rec.id);
-        self.waiting
-            .iter()
-            .filter(|(risk, at, id)| *id != rec.id && (std::cmp::Reverse(*risk), *at, *id) < me)
-            .count() as u32
+        self.waiting.range(..me).count() as u32
+    }
+}
+
+/// What a service knows of the floor, kept up to date change by change:
+/// the open contacts (with the revision each was read at), presence, recent
+/// waits, and from them each counsellor's load and the queue in serving
+/// order. Building a [`Floor`] from it does not pass over every contact, so
+/// a decision costs the same with 10 or 10,000 contacts open.
+#[derive(Debug, Default)]
+pub struct Board {
+    open: HashMap<ContactId, (ContactRecord, u64)>,
+    presence: HashMap<CounsellorId, PresenceRecord>,
+    waits: WaitSamples,
+    load: HashMap<CounsellorId, u32>,
+    queue: Arc<BTreeSet<QueueKey>>,
+    depth: [usize; 4],
+}
+
+impl Board {
+    /// An open contact as last seen.
+    pub fn get(&self, id: &ContactId) -> Option<&ContactRecord> {
+        self.open.get(id).map(|(r, _)| r)
+    }
+
+    /// Every open contact, in no particular order.
+    pub fn records(&self) -> impl Iterator<Item = &ContactRecord> {
+        self.open.values().map(|(r, _)| r)
+    }
+
+    /// The contacts in the queue, in serving order.
+    pub fn queue(&self) -> Vec<ContactId> {
+        self.queue.iter().map(|(_, _, id)| *id).collect()
+    }
+
+    /// Contacts in the queue per risk level, every level present.
+    pub fn depth(&self) -> [(RiskLevel, usize); 4] {
+        let mut depth = self.depth.iter();
+        RiskLevel::ALL.map(|r| (r, depth.next().copied().unwrap_or(0)))
+    }
+
+    /// How many contacts are in the queue.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// A record read or written at `revision`: kept if newer than what is
+    /// known (closed ones are dropped). A contact that went from the queue
+    /// to a counsellor adds its wait to the samples. Returns whether it was
+    /// newer.
+    pub fn put(&mut self, record: ContactRecord, revision: u64) -> bool {
+        if self
+            .open
+            .get(&record.id)
+            .is_some_and(|(_, known)| *known > revision)
+        {
+            return false;
+        }
+        let old = self.forget(&record.id);
+        if let (Some(since), ContactState::Assigned { since: at, .. }) = (
+            old.as_ref().and_then(ContactRecord::waiting_since),
+            &record.state,
+        ) {
+            self.waits.record(*at - since);
+        }
+        if record.is_open() {
+            self.count(&record, true);
+            self.open.insert(record.id, (record, revision));
+        }
+        true
+    }
+
+    /// A contact deleted from the store.
+    pub fn remove(&mut self, id: &ContactId) {
+        self.forget(id);
+    }
+
+    fn forget(&mut self, id: &ContactId) -> Option<ContactRecord> {
+        let (old, _) = self.open.remove(id)?;
+        self.count(&old, false);
+        Some(old)
+    }
+
+    /// Adds (or takes away) a record's share of load, queue and depth.
+    fn count(&mut self, rec: &ContactRecord, add: bool) {
+        if let Some(who) = rec.assigned_to() {
+            if add {
+                *self.load.entry(who.clone()).or_insert(0) += 1;
+            } else if let Some(n) = self.load.get_mut(who) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.load.remove(who);
+                }
+            }
+        }
+        if let Some(key) = queue_key(rec) {
+            let slot = RiskLevel::ALL
+                .iter()
+                .position(|r| *r == rec.risk)
+                .unwrap_or(0);
+            // Copy-on-write: floors handed out keep the queue they were given.
+            let queue = Arc::make_mut(&mut self.queue);
+            if add {
+                queue.insert(key);
+                self.depth[slot] += 1;
+            } else {
+                queue.remove(&key);
+                self.depth[slot] = self.depth[slot].saturating_sub(1);
+            }
+        }
+    }
+
+    /// A counsellor's presence (None: gone). Returns the previous record.
+    pub fn set_presence(
+        &mut self,
+        who: CounsellorId,
+        record: Option<PresenceRecord>,
+    ) -> Option<PresenceRecord> {
+        match record {
+            Some(r) => self.presence.insert(who, r),
+            None => self.presence.remove(&who),
+        }
+    }
+
+    pub fn presence(&self, who: &CounsellorId) -> Option<&PresenceRecord> {
+        self.presence.get(who)
+    }
+
+    /// The floor at `now` under `directory`.
+    pub fn floor(
+        &self,
+        directory: Arc<Directory>,
+        now: OffsetDateTime,
+        stale_after: time::Duration,
+    ) -> Floor {
+        Floor {
+            directory,
+            presence: self.presence.clone(),
+            load: self.load.clone(),
+            now,
+            stale_after,
+            queue: QueueStats {
+                waiting: self.queue.clone(),
+                typical_wait: self.waits.median(),
+            },
+        }
     }
 }
 

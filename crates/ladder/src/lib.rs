@@ -28,7 +28,7 @@ use nwd_proto::ladder::{Escalation, Rung, SkipReason, StepOutcome, StepRecord};
 use nwd_proto::{CounsellorId, RiskLevel};
 use time::OffsetDateTime;
 
-pub use floor::{Floor, QueueStats, WaitSamples};
+pub use floor::{Board, Floor, QueueStats, WaitSamples};
 
 pub use nwd_proto::ladder::TRUSTED_CONTACT_PURPOSE;
 

@@ -389,12 +389,17 @@ fn the_acknowledgement_says_how_many_are_ahead_and_the_typical_wait() {
         NOW - Duration::seconds(90),
         nwd_proto::ContactId::new(),
     );
-    f.queue.waiting = vec![
-        older_high,
-        earlier_moderate,
-        later_low,
-        (rec.risk, NOW, rec.id),
-    ];
+    f.queue.waiting = std::sync::Arc::new(
+        [
+            older_high,
+            earlier_moderate,
+            later_low,
+            (rec.risk, NOW, rec.id),
+        ]
+        .into_iter()
+        .map(|(risk, at, id)| (std::cmp::Reverse(risk), at, id))
+        .collect(),
+    );
     f.queue.typical_wait = Some(Duration::seconds(240));
     // Nobody to offer it to: the person hears at once.
     let steps = fire(&mut rec, &f);
@@ -536,5 +541,126 @@ mod props {
                 }
             }
         }
+    }
+}
+
+mod board {
+    use super::*;
+    use crate::Board;
+    use crate::floor::{load, queue, queue_depth};
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Change {
+        Offer(usize, usize),
+        Accept(usize, usize),
+        Withdraw(usize, usize),
+        Requeue(usize),
+        Resolve(usize),
+        Delete(usize),
+        /// A stale read of the contact arrives late (an older revision).
+        Stale(usize),
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        let c = 0usize..6;
+        let s = 0usize..3;
+        prop_oneof![
+            (c.clone(), s.clone()).prop_map(|(c, s)| Change::Offer(c, s)),
+            (c.clone(), s.clone()).prop_map(|(c, s)| Change::Accept(c, s)),
+            (c.clone(), s).prop_map(|(c, s)| Change::Withdraw(c, s)),
+            c.clone().prop_map(Change::Requeue),
+            c.clone().prop_map(Change::Resolve),
+            c.clone().prop_map(Change::Delete),
+            c.prop_map(Change::Stale),
+        ]
+    }
+
+    const STAFF: [&str; 3] = ["ana", "ben", "cy"];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Whatever happens to the contacts, the board's load, queue order
+        /// and depth equal what a pass over every open contact computes.
+        #[test]
+        fn the_board_equals_a_recount_after_any_changes(
+            risks in proptest::collection::vec(0usize..4, 6),
+            changes in proptest::collection::vec(change(), 0..80),
+        ) {
+            let mut truth: Vec<Option<(ContactRecord, u64)>> = risks
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let at = NOW + Duration::seconds(i as i64 % 3);
+                    Some((contact(RiskLevel::ALL[*r], Language::En, None, None, at), 1))
+                })
+                .collect();
+            let mut board = Board::default();
+            for (rec, rev) in truth.iter().flatten() {
+                board.put(rec.clone(), *rev);
+            }
+            let mut now = NOW;
+            for ch in changes {
+                now += Duration::seconds(1);
+                let i = match &ch {
+                    Change::Offer(i, _) | Change::Accept(i, _) | Change::Withdraw(i, _)
+                    | Change::Requeue(i) | Change::Resolve(i) | Change::Delete(i)
+                    | Change::Stale(i) => *i,
+                };
+                let Some((rec, rev)) = truth[i].clone() else { continue };
+                let mut next = rec.clone();
+                match ch {
+                    Change::Offer(_, s) => { let _ = next.offer(&[sid(STAFF[s])]); }
+                    Change::Accept(_, s) => { let _ = next.accept(&sid(STAFF[s]), now); }
+                    Change::Withdraw(_, s) => { let _ = next.withdraw(&sid(STAFF[s]), now); }
+                    Change::Requeue(_) => { next.requeue(now); }
+                    Change::Resolve(_) => {
+                        if let Some(who) = next.assigned_to().cloned() {
+                            let _ = next.resolve(&who, now);
+                        }
+                    }
+                    Change::Delete(_) => {
+                        board.remove(&rec.id);
+                        truth[i] = None;
+                        continue;
+                    }
+                    Change::Stale(_) => {
+                        // An older revision never replaces a newer one.
+                        let mut old = rec.clone();
+                        let _ = old.offer(&[sid("stale")]);
+                        prop_assert!(rev == 1 || !board.put(old, rev - 1));
+                        if rev == 1 { board.put(rec.clone(), rev); }
+                        continue;
+                    }
+                }
+                prop_assert!(board.put(next.clone(), rev + 1));
+                truth[i] = next.is_open().then_some((next, rev + 1));
+                let open: Vec<&ContactRecord> = truth.iter().flatten().map(|(r, _)| r).collect();
+                prop_assert_eq!(&board.floor(std::sync::Arc::new(directory()), now, STALE).load, &load(open.iter().copied()));
+                let ids: Vec<nwd_proto::ContactId> = queue(open.iter().copied()).iter().map(|r| r.id).collect();
+                prop_assert_eq!(board.queue(), ids);
+                prop_assert_eq!(board.depth(), queue_depth(open.iter().copied()));
+                let floor = board.floor(std::sync::Arc::new(directory()), now, STALE);
+                for (pos, r) in queue(open.iter().copied()).into_iter().enumerate() {
+                    prop_assert_eq!(floor.queue.ahead_of(r) as usize, pos);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_contact_answered_from_the_queue_adds_its_wait() {
+        let mut board = Board::default();
+        let mut rec = contact(RiskLevel::High, Language::En, None, None, NOW);
+        board.put(rec.clone(), 1);
+        rec.offer(&[sid("ana")]).unwrap();
+        board.put(rec.clone(), 2);
+        rec.accept(&sid("ana"), NOW + Duration::seconds(40))
+            .unwrap();
+        board.put(rec.clone(), 3);
+        let floor = board.floor(std::sync::Arc::new(directory()), NOW, STALE);
+        assert_eq!(floor.queue.typical_wait, Some(Duration::seconds(40)));
+        assert_eq!(floor.load.get(&sid("ana")), Some(&1));
+        assert_eq!(board.waiting(), 0);
     }
 }

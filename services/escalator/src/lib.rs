@@ -11,15 +11,14 @@
 //! record left with unannounced steps by a crash is announced by whoever
 //! sees it, under the same dedupe ids.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv::Operation};
+use nwd_ladder::Board;
 use nwd_ladder::Floor;
-use nwd_ladder::floor as ladder_floor;
 use nwd_proto::contact::{ContactRecord, offered};
 use nwd_proto::dashboard::PresenceRecord;
 use nwd_proto::streams::buckets;
@@ -92,19 +91,13 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
-#[derive(Debug, Default)]
-struct State {
-    open: HashMap<ContactId, ContactRecord>,
-    presence: HashMap<CounsellorId, PresenceRecord>,
-    waits: nwd_ladder::WaitSamples,
-}
-
 /// Shared by the watches and the sweeper.
 pub struct Escalator {
     contacts: jetstream::kv::Store,
     directory: nwd_runtime::directory::Live,
     stale_after: time::Duration,
-    state: Mutex<State>,
+    /// Open contacts, presence and recent waits, kept change by change.
+    state: Mutex<Board>,
     /// Next deadline of every waiting contact (its own lock: the sweeper sleeps on it).
     index: Mutex<DeadlineIndex>,
     wake: Notify,
@@ -119,7 +112,7 @@ impl std::fmt::Debug for Escalator {
 }
 
 impl Escalator {
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, Board> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -128,22 +121,8 @@ impl Escalator {
     }
 
     fn floor(&self, now: OffsetDateTime) -> Floor {
-        let state = self.state();
-        Floor {
-            directory: self.directory.get(),
-            presence: state.presence.clone(),
-            load: ladder_floor::load(state.open.values()),
-            now,
-            stale_after: self.stale_after,
-            queue: nwd_ladder::QueueStats {
-                waiting: state
-                    .open
-                    .values()
-                    .filter_map(|r| r.waiting_since().map(|at| (r.risk, at, r.id)))
-                    .collect(),
-                typical_wait: state.waits.median(),
-            },
-        }
+        self.state()
+            .floor(self.directory.get(), now, self.stale_after)
     }
 
     /// A contact record changed (or was first seen on start).
@@ -181,25 +160,14 @@ impl Escalator {
         let pending = index.len();
         drop(index);
         let mut state = self.state();
-        if let (Some(since), Some(nwd_proto::contact::ContactState::Assigned { since: at, .. })) = (
-            state.open.get(&id).and_then(ContactRecord::waiting_since),
-            record.as_ref().map(|r| &r.state),
-        ) {
-            state.waits.record(*at - since);
-        }
         match &record {
-            Some(r) if r.is_open() => {
-                state.open.insert(id, r.clone());
+            Some(r) => {
+                state.put(r.clone(), entry.revision);
             }
-            _ => {
-                state.open.remove(&id);
-            }
+            None => state.remove(&id),
         }
-        let waiting: usize = state
-            .open
-            .values()
-            .filter(|r| r.waiting_since().is_some())
-            .count();
+        let waiting = state.waiting();
+        drop(state);
         metrics::gauge!("nwd_escalator_waiting_contacts", "service" => NAME).set(waiting as f64);
         metrics::gauge!("nwd_escalator_pending_deadlines", "service" => NAME).set(pending as f64);
         record
@@ -213,11 +181,7 @@ impl Escalator {
             Operation::Put => serde_json::from_slice::<PresenceRecord>(&entry.value).ok(),
             Operation::Delete | Operation::Purge => None,
         };
-        let mut state = self.state();
-        match record {
-            Some(r) => state.presence.insert(who, r),
-            None => state.presence.remove(&who),
-        };
+        self.state().set_presence(who, record);
     }
 
     /// Fires one contact's due steps (compare-and-swap) against the floor
@@ -275,8 +239,7 @@ impl Escalator {
         let stragglers: Vec<ContactRecord> = {
             let state = self.state();
             state
-                .open
-                .values()
+                .records()
                 .filter(|r| {
                     escalation::unannounced(r)
                         .iter()
@@ -353,7 +316,7 @@ pub async fn run(
                 contacts: contacts.clone(),
                 directory,
                 stale_after: time::Duration::milliseconds(config.presence_stale_ms as i64),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(Board::default()),
                 index: Mutex::new(DeadlineIndex::new()),
                 wake: Notify::new(),
                 announce_grace: time::Duration::milliseconds(config.announce_grace_ms as i64),

@@ -7,7 +7,6 @@
 //! contacts and the presence map only feed decisions; every decision is
 //! re-made inside the compare-and-swap on the record as read.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +34,7 @@ use crate::decide::{self, Floor};
 /// (not declared in `lib.rs`) so it can use the router's private parts.
 #[path = "emergency.rs"]
 pub mod emergency;
+use nwd_ladder::Board;
 use nwd_ladder::floor as ladder_floor;
 
 /// Why a step did not complete (it is retried: by redelivery or the sweep).
@@ -60,21 +60,6 @@ pub enum FollowUp {
     WakeQueue,
 }
 
-#[derive(Debug, Clone)]
-struct Cached {
-    record: ContactRecord,
-    revision: u64,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Open contacts (not resolved), with the revision they were read at.
-    contacts: HashMap<ContactId, Cached>,
-    presence: HashMap<CounsellorId, PresenceRecord>,
-    /// Recent waits until an accept, for the honest wait estimate.
-    waits: nwd_ladder::WaitSamples,
-}
-
 /// Result of applying a triaged message.
 struct Triaged {
     record: ContactRecord,
@@ -90,7 +75,9 @@ pub struct Router {
     contacts: jetstream::kv::Store,
     directory: nwd_runtime::directory::Live,
     stale_after: time::Duration,
-    state: Mutex<State>,
+    /// Open contacts, presence and recent waits, kept up to date change by
+    /// change (a decision does not pass over every contact).
+    state: Mutex<Board>,
     /// Wakes the queue task (coalesced).
     wake: Notify,
     /// Serialises accepts so that concurrent accepts by one counsellor
@@ -135,7 +122,7 @@ impl Router {
             directory,
             stale_after: time::Duration::try_from(stale_after)
                 .unwrap_or(time::Duration::seconds(15)),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(Board::default()),
             wake: Notify::new(),
             accept_lock: tokio::sync::Mutex::new(()),
         }
@@ -152,72 +139,32 @@ impl Router {
         self
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, Board> {
         // Nothing panics while holding the lock; recover the data if it ever did.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The floor as the router knows it now.
     pub fn floor(&self) -> Floor {
-        let state = self.state();
-        Floor {
-            directory: self.directory(),
-            presence: state.presence.clone(),
-            load: ladder_floor::load(state.contacts.values().map(|c| &c.record)),
-            now: OffsetDateTime::now_utc(),
-            stale_after: self.stale_after,
-            queue: nwd_ladder::QueueStats {
-                waiting: state
-                    .contacts
-                    .values()
-                    .filter_map(|c| {
-                        c.record
-                            .waiting_since()
-                            .map(|at| (c.record.risk, at, c.record.id))
-                    })
-                    .collect(),
-                typical_wait: state.waits.median(),
-            },
-        }
+        self.state().floor(
+            self.directory(),
+            OffsetDateTime::now_utc(),
+            self.stale_after,
+        )
     }
 
     fn cached(&self, id: &ContactId) -> Option<ContactRecord> {
-        self.state().contacts.get(id).map(|c| c.record.clone())
+        self.state().get(id).cloned()
     }
 
     /// Records what was read or written at `revision` (newer wins).
     fn remember(&self, record: &ContactRecord, revision: u64) {
         let mut state = self.state();
-        let newer = state
-            .contacts
-            .get(&record.id)
-            .is_none_or(|c| c.revision <= revision);
-        if !newer {
-            return;
-        }
-        if let (Some(since), Some(nwd_proto::contact::ContactState::Assigned { since: at, .. })) = (
-            state
-                .contacts
-                .get(&record.id)
-                .and_then(|c| c.record.waiting_since()),
-            Some(&record.state),
-        ) {
-            state.waits.record(*at - since);
-        }
-        if record.is_open() {
-            state.contacts.insert(
-                record.id,
-                Cached {
-                    record: record.clone(),
-                    revision,
-                },
-            );
-        } else {
-            state.contacts.remove(&record.id);
-        }
-        for (risk, n) in ladder_floor::queue_depth(state.contacts.values().map(|c| &c.record)) {
-            metrics::gauge!("nwd_queue_depth", "service" => NAME, "risk" => risk.as_str())
-                .set(n as f64);
+        if state.put(record.clone(), revision) {
+            for (risk, n) in state.depth() {
+                metrics::gauge!("nwd_queue_depth", "service" => NAME, "risk" => risk.as_str())
+                    .set(n as f64);
+            }
         }
     }
 
@@ -242,7 +189,7 @@ impl Router {
                 Err(_) => tracing::error!(contact = %id, "corrupt contact record; skipped"),
             },
             Operation::Delete | Operation::Purge => {
-                self.state().contacts.remove(&id);
+                self.state().remove(&id);
             }
         }
     }
@@ -285,13 +232,9 @@ impl Router {
         };
         let changed = {
             let mut state = self.state();
-            let before = available(state.presence.get(&who));
             let after = available(record.as_ref());
-            match record {
-                Some(r) => state.presence.insert(who.clone(), r),
-                None => state.presence.remove(&who),
-            };
-            before != after
+            let before = state.set_presence(who.clone(), record);
+            available(before.as_ref()) != after
         };
         if changed {
             tracing::info!(counsellor = %who, "availability changed");
@@ -424,13 +367,18 @@ impl Router {
     /// The offer step: offers a waiting or offered contact to every eligible
     /// counsellor it is not offered to yet (ring-all; first accept wins).
     pub async fn offer(&self, id: ContactId) -> Result<(), StepError> {
-        let floor = self.floor();
+        self.offer_on(id, &self.floor()).await
+    }
+
+    /// [`Self::offer`] against a given view of the floor (a sweep builds one
+    /// for all the contacts it looks at).
+    async fn offer_on(&self, id: ContactId, floor: &Floor) -> Result<(), StepError> {
         // Decide on the cached record first: no stream read and no KV round
         // trip when nobody new can be offered (the common case in a sweep).
         let Some(cached) = self.cached(&id) else {
             return Ok(());
         };
-        if nwd_ladder::widen(&cached, &floor).is_empty() {
+        if nwd_ladder::widen(&cached, floor).is_empty() {
             return Ok(());
         }
         let messages = transcript::load(&self.js, &id).await?;
@@ -441,7 +389,7 @@ impl Router {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
                 };
-                let new = nwd_ladder::widen(&rec, &floor);
+                let new = nwd_ladder::widen(&rec, floor);
                 if new.is_empty() || rec.offer(&new).is_err() {
                     return Cas::Keep(Some((rec, Vec::new())));
                 }
@@ -502,13 +450,11 @@ impl Router {
         let floor = self.floor();
         let (stale, queue) = {
             let state = self.state();
-            let records = state.contacts.values().map(|c| &c.record);
-            let stale: Vec<(ContactId, CounsellorId)> = records
-                .clone()
+            let stale: Vec<(ContactId, CounsellorId)> = state
+                .records()
                 .flat_map(|r| floor.stale_offers(r).into_iter().map(|c| (r.id, c)))
                 .collect();
-            let queue: Vec<ContactId> = ladder_floor::queue(records).iter().map(|r| r.id).collect();
-            (stale, queue)
+            (stale, state.queue())
         };
         for (id, who) in stale {
             if let Err(e) = self.expire(id, &who).await {
@@ -516,7 +462,7 @@ impl Router {
             }
         }
         for id in queue {
-            if let Err(e) = self.offer(id).await {
+            if let Err(e) = self.offer_on(id, &floor).await {
                 tracing::warn!(contact = %id, error = %e, "offer step failed; the next sweep retries");
             }
         }
@@ -524,13 +470,12 @@ impl Router {
         let watch: Vec<ContactId> = {
             let state = self.state();
             state
-                .contacts
-                .values()
-                .filter(|c| match c.record.assigned_to() {
-                    Some(who) => floor.disconnected(who) || c.record.orphaned_at.is_some(),
+                .records()
+                .filter(|r| match r.assigned_to() {
+                    Some(who) => floor.disconnected(who) || r.orphaned_at.is_some(),
                     None => false,
                 })
-                .map(|c| c.record.id)
+                .map(|r| r.id)
                 .collect()
         };
         for id in watch {
