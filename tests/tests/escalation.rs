@@ -262,6 +262,62 @@ async fn an_escalator_crashed_between_scheduling_and_firing_fires_the_step_once_
     assert_eq!(numbers, dedup, "no step published twice");
 }
 
+/// The router fires a contact's first pass inside the write that opens it
+/// and leaves the later steps to the escalator. Killed right after that
+/// write, and started again after the next deadline: every step once, every
+/// backup alert once, and the restarted router fires nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_crashed_after_opening_a_contact_repeats_no_step_after_restart() {
+    let mut line = Line::start_fast().await;
+    line.patient_sends(JAMES, LINE_NUMBER, "is anyone awake")
+        .await;
+    let id = line.first_contact().await;
+    line.crash("router").await;
+    let opened = line.record(&id).await.escalation.unwrap();
+    // The next deadlines pass while the router is down: the escalator fires them.
+    nwd_testkit::eventually(T, "a later step while the router is down", || async {
+        (line.record(&id).await.escalation.unwrap().steps > opened.steps).then_some(())
+    })
+    .await;
+    line.restart("router").await;
+    let mut ben = Counsellor::available(&line, "ben").await;
+    // Someone comes: the contact is offered and the ladder stops on accept.
+    let offer = ben
+        .expect(T, "offer after the restart", offer_with("is anyone awake"))
+        .await;
+    ben.send(&ClientMsg::Accept {
+        contact_id: offer.contact_id,
+    })
+    .await;
+    ben.expect(T, "conversation", |m| {
+        matches!(m, ServerMsg::Conversation { .. }).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rec = line.record(&id).await;
+    let esc = rec.escalation.unwrap();
+    let trail = steps(&line, &id).await;
+    let numbers: Vec<u64> = trail.iter().map(|e| e.step.step).collect();
+    assert_eq!(
+        numbers,
+        (1..=esc.steps).collect::<Vec<_>>(),
+        "every step published once, in order"
+    );
+    let backup_steps = trail
+        .iter()
+        .filter(|e| e.step.rung == Some(Rung::BackupLine))
+        .count();
+    assert!(backup_steps >= 2, "{trail:?}");
+    // Sending is asynchronous: wait for the alerts, then make sure no extra one follows.
+    nwd_testkit::eventually(T, "one backup alert per backup step", || async {
+        (line.sms_to(BACKUP_LINE).await.len() >= backup_steps).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(line.sms_to(BACKUP_LINE).await.len(), backup_steps);
+    assert_eq!(line.sms_to(JAMES).await.len(), 1, "one acknowledgement");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counsellor_who_drops_mid_conversation_alerts_the_supervisor_then_the_contact_is_requeued()
  {
