@@ -162,8 +162,14 @@ impl Announcer {
         } else {
             None
         };
+        // Screens first: an offer is a core NATS push that waits for nothing,
+        // so it must not queue behind the stored effects (each an fsync) of
+        // the steps skipped before it.
         for step in &steps {
-            self.effects(rec, step, view.as_ref()).await?;
+            self.offer_pushes(step, view.as_ref()).await;
+        }
+        for step in &steps {
+            self.effects(rec, step).await?;
         }
         let last = steps.iter().map(|s| s.step).max().unwrap_or(0);
         kv::cas(
@@ -186,45 +192,48 @@ impl Announcer {
         Ok(())
     }
 
-    async fn effects(
+    /// A step's offers and alerts on the screens (best effort: screens
+    /// rebuild from KV on reconnect).
+    async fn offer_pushes(
         &self,
-        rec: &ContactRecord,
         step: &StepRecord,
         view: Option<&nwd_proto::dashboard::ContactView>,
-    ) -> Result<(), AnnounceError> {
+    ) {
+        let (to, alerted): (&[CounsellorId], &[CounsellorId]) = match &step.outcome {
+            StepOutcome::Offered { to } | StepOutcome::BackupAlerted { to } => (to, &[]),
+            StepOutcome::Broadcast { to, alerted } => (to, alerted),
+            _ => return,
+        };
+        for who in to {
+            metrics::counter!("nwd_offers_total", "service" => self.service, "outcome" => "offered").increment(1);
+            if let Some(v) = view {
+                self.push(who, ServerMsg::Offer { contact: v.clone() })
+                    .await;
+            }
+        }
+        for who in alerted {
+            if let Some(v) = view {
+                self.push(
+                    who,
+                    ServerMsg::Alert {
+                        reason: nwd_proto::dashboard::AlertReason::Imminent,
+                        contact: Box::new(v.clone()),
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    /// A step's stored effects (SMS, audit records, the step event) and the
+    /// progress shown to those watching the contact.
+    async fn effects(&self, rec: &ContactRecord, step: &StepRecord) -> Result<(), AnnounceError> {
         let id = rec.id;
         let key = format!("{id}:step:{}", step.step);
         let rung = step.rung.map_or("broadcast", |r| r.as_str());
         match &step.outcome {
-            StepOutcome::Offered { to } | StepOutcome::BackupAlerted { to } => {
-                for who in to {
-                    metrics::counter!("nwd_offers_total", "service" => self.service, "outcome" => "offered").increment(1);
-                    if let Some(v) = view {
-                        self.push(who, ServerMsg::Offer { contact: v.clone() })
-                            .await;
-                    }
-                }
-            }
-            StepOutcome::Broadcast { to, alerted } => {
-                for who in to {
-                    metrics::counter!("nwd_offers_total", "service" => self.service, "outcome" => "offered").increment(1);
-                    if let Some(v) = view {
-                        self.push(who, ServerMsg::Offer { contact: v.clone() })
-                            .await;
-                    }
-                }
-                for who in alerted {
-                    if let Some(v) = view {
-                        self.push(
-                            who,
-                            ServerMsg::Alert {
-                                reason: nwd_proto::dashboard::AlertReason::Imminent,
-                                contact: Box::new(v.clone()),
-                            },
-                        )
-                        .await;
-                    }
-                }
+            StepOutcome::Offered { .. } | StepOutcome::BackupAlerted { .. } => {}
+            StepOutcome::Broadcast { .. } => {
                 // The safety message: once per contact (the id does not name the step).
                 let Channel::Sms { patient, .. } = &rec.channel;
                 self.sms(
