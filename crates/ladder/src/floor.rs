@@ -138,6 +138,11 @@ impl Board {
         self.open.get(id).map(|(r, _)| r)
     }
 
+    /// An open contact as last seen and the revision it was seen at.
+    pub fn versioned(&self, id: &ContactId) -> Option<(&ContactRecord, u64)> {
+        self.open.get(id).map(|(r, rev)| (r, *rev))
+    }
+
     /// Every open contact, in no particular order.
     pub fn records(&self) -> impl Iterator<Item = &ContactRecord> {
         self.open.values().map(|(r, _)| r)

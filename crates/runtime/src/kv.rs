@@ -67,16 +67,39 @@ const MAX_ATTEMPTS: u32 = 64;
 /// Reads the record, lets `decide` choose, and writes with the expected
 /// revision. A lost race re-reads and re-decides: `decide` must be a pure
 /// function of the record it is given.
-pub async fn cas<T, R, F>(store: &kv::Store, key: &str, mut decide: F) -> Result<(R, u64), KvError>
+pub async fn cas<T, R, F>(store: &kv::Store, key: &str, decide: F) -> Result<(R, u64), KvError>
+where
+    T: Serialize + DeserializeOwned,
+    F: FnMut(Option<T>) -> Cas<T, R>,
+{
+    cas_from(store, key, None, decide).await
+}
+
+/// [`cas`] starting from a guess of the current record (a cached copy and
+/// its revision, or "absent" for a key that is new) instead of a read: a
+/// right guess saves a round trip; a wrong one loses the write race and is
+/// re-read. A decision to change nothing is never taken on a guess: the
+/// record is read and decided again.
+pub async fn cas_from<T, R, F>(
+    store: &kv::Store,
+    key: &str,
+    mut guess: Option<Versioned<T>>,
+    mut decide: F,
+) -> Result<(R, u64), KvError>
 where
     T: Serialize + DeserializeOwned,
     F: FnMut(Option<T>) -> Cas<T, R>,
 {
     for _ in 0..MAX_ATTEMPTS {
-        let current = get::<T>(store, key).await?;
+        let guessed = guess.is_some();
+        let current = match guess.take() {
+            Some(g) => g,
+            None => get::<T>(store, key).await?,
+        };
         let revision = current.revision;
         let exists = current.value.is_some();
         match decide(current.value) {
+            Cas::Keep(_) if guessed => continue,
             Cas::Keep(r) => return Ok((r, revision)),
             Cas::Write(value, r) => {
                 let bytes = serde_json::to_vec(&value)
@@ -98,7 +121,9 @@ where
                 if let Some(rev) = written {
                     return Ok((r, rev));
                 }
-                metrics::counter!("nwd_kv_cas_conflicts_total").increment(1);
+                if !guessed {
+                    metrics::counter!("nwd_kv_cas_conflicts_total").increment(1);
+                }
             }
         }
     }

@@ -157,6 +157,46 @@ async fn cas_serialises_concurrent_writers() {
     assert_eq!(v.value, Some(20), "every increment applied exactly once");
 }
 
+#[tokio::test]
+async fn cas_from_a_wrong_guess_re_reads_and_never_keeps_on_a_guess() {
+    let (_server, js) = setup().await;
+    let store = bus::bucket(&js, buckets::CONTACTS).await.unwrap();
+    let absent = || kv::Versioned::<u32> {
+        value: None,
+        revision: 0,
+    };
+    // A right guess (the key is new) writes.
+    let (_, rev1) = kv::cas_from(&store, "n", Some(absent()), |v: Option<u32>| {
+        Cas::Write(v.unwrap_or(0) + 1, ())
+    })
+    .await
+    .unwrap();
+    // A guess of "absent" for a key that exists: the create fails, it re-reads.
+    kv::cas_from(&store, "n", Some(absent()), |v: Option<u32>| {
+        Cas::Write(v.unwrap_or(0) + 1, ())
+    })
+    .await
+    .unwrap();
+    // A stale guess (an old revision and value): the update fails, it re-reads.
+    let stale = kv::Versioned {
+        value: Some(1),
+        revision: rev1,
+    };
+    let (_, rev3) = kv::cas_from(&store, "n", Some(stale.clone()), |v: Option<u32>| {
+        Cas::Write(v.unwrap_or(0) + 1, ())
+    })
+    .await
+    .unwrap();
+    assert_eq!(kv::get::<u32>(&store, "n").await.unwrap().value, Some(3));
+    // "Nothing to do" decided on a stale guess is re-decided on the record as read.
+    let (seen, rev) = kv::cas_from(&store, "n", Some(stale), |v: Option<u32>| {
+        Cas::<u32, Option<u32>>::Keep(v)
+    })
+    .await
+    .unwrap();
+    assert_eq!((seen, rev), (Some(3), rev3));
+}
+
 /// Counts deliveries and takes `delay` per message.
 struct Slow {
     delay: Duration,

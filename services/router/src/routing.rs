@@ -157,6 +157,21 @@ impl Router {
         self.state().get(id).cloned()
     }
 
+    /// The cached record as a first guess for a compare-and-swap (a right
+    /// guess saves the read), or "absent" for a contact known to be new.
+    fn guess(&self, id: &ContactId, new: bool) -> Option<kv::Versioned<ContactRecord>> {
+        match self.state().versioned(id) {
+            Some((record, revision)) => Some(kv::Versioned {
+                value: Some(record.clone()),
+                revision,
+            }),
+            None => new.then_some(kv::Versioned {
+                value: None,
+                revision: 0,
+            }),
+        }
+    }
+
     /// Records what was read or written at `revision` (newer wins).
     fn remember(&self, record: &ContactRecord, revision: u64) {
         let mut state = self.state();
@@ -265,9 +280,10 @@ impl Router {
     pub async fn on_triaged(&self, ev: &MessageTriaged) -> Result<(), StepError> {
         let id = ev.message.contact_id;
         let floor = self.floor();
-        let (outcome, revision) = kv::cas(
+        let (outcome, revision) = kv::cas_from(
             &self.contacts,
             &id.to_string(),
+            self.guess(&id, ev.message.opens_contact),
             |cur: Option<ContactRecord>| {
                 let mut record = match cur {
                     None => ContactRecord::open(ev),
@@ -382,9 +398,10 @@ impl Router {
             return Ok(());
         }
         let messages = transcript::load(&self.js, &id).await?;
-        let (outcome, revision) = kv::cas(
+        let (outcome, revision) = kv::cas_from(
             &self.contacts,
             &id.to_string(),
+            self.guess(&id, false),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
@@ -409,9 +426,10 @@ impl Router {
 
     /// Withdraws one counsellor's offer because they can no longer take it.
     pub async fn expire(&self, id: ContactId, who: &CounsellorId) -> Result<(), StepError> {
-        let (outcome, revision) = kv::cas(
+        let (outcome, revision) = kv::cas_from(
             &self.contacts,
             &id.to_string(),
+            self.guess(&id, false),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
@@ -636,9 +654,10 @@ impl Router {
             );
         }
         let now = OffsetDateTime::now_utc();
-        let result = kv::cas(
+        let result = kv::cas_from(
             &self.contacts,
             &id.to_string(),
+            self.guess(&id, false),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(Err(TransitionError::NotOffered));
