@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -154,6 +154,7 @@ pub async fn run(
         js: js.clone(),
         threads: threads.clone(),
         directory,
+        seen: Mutex::new(Seen::default()),
     });
     tasks.spawn(consume::run(
         js.clone(),
@@ -279,13 +280,53 @@ struct SmsHandler {
     js: jetstream::Context,
     threads: jetstream::kv::Store,
     directory: nwd_runtime::directory::Live,
+    /// Thread keys this instance has met recently.
+    seen: Mutex<Seen>,
+}
+
+/// Thread keys met recently (bounded, oldest forgotten first). A sender not
+/// among them is most likely new, so their thread is created without reading
+/// first: the first message of a new contact saves a round trip. A wrong
+/// guess (a known sender after a restart) costs one failed create.
+#[derive(Debug, Default)]
+pub struct Seen {
+    keys: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Seen {
+    const KEEP: usize = 50_000;
+
+    /// Whether `key` was met before; remembers it either way.
+    pub fn check(&mut self, key: &str) -> bool {
+        if self.keys.contains(key) {
+            return true;
+        }
+        self.keys.insert(key.to_owned());
+        self.order.push_back(key.to_owned());
+        if self.order.len() > Self::KEEP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.keys.remove(&old);
+        }
+        false
+    }
 }
 
 impl SmsHandler {
     async fn process(&self, sms: &InboundSms) -> Result<(), HandleError> {
         let message_id = message_id_for(&sms.message_sid, sms.received_at);
         let key = thread_key(&sms.from);
-        let (thread, _) = kv::cas(&self.threads, &key, |current| {
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(&key);
+        let guess = (!seen).then_some(kv::Versioned {
+            value: None,
+            revision: 0,
+        });
+        let (thread, _) = kv::cas_from(&self.threads, &key, guess, |current| {
             decide_thread(current, message_id, sms.received_at)
         })
         .await?;
@@ -395,6 +436,20 @@ impl Handler for ResolvedHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seen_remembers_keys_and_forgets_the_oldest_beyond_its_bound() {
+        let mut seen = Seen::default();
+        assert!(!seen.check("sms.a"));
+        assert!(seen.check("sms.a"));
+        for i in 0..Seen::KEEP {
+            seen.check(&format!("sms.{i}"));
+        }
+        assert!(!seen.check("sms.a"), "the oldest was forgotten");
+        assert!(seen.check(&format!("sms.{}", Seen::KEEP - 1)));
+        assert_eq!(seen.keys.len(), Seen::KEEP);
+        assert_eq!(seen.order.len(), Seen::KEEP);
+    }
     use time::macros::datetime;
 
     fn sid(s: &str) -> MessageSid {
