@@ -424,8 +424,11 @@ impl Router {
         Ok(())
     }
 
-    /// Withdraws one counsellor's offer because they can no longer take it.
-    pub async fn expire(&self, id: ContactId, who: &CounsellorId) -> Result<(), StepError> {
+    /// Withdraws the offers of counsellors who can no longer take the
+    /// contact, all in one write (after a wave of accepts one contact may
+    /// have many such holders).
+    pub async fn expire(&self, id: ContactId, holders: &[CounsellorId]) -> Result<(), StepError> {
+        let now = OffsetDateTime::now_utc();
         let (outcome, revision) = kv::cas_from(
             &self.contacts,
             &id.to_string(),
@@ -434,9 +437,15 @@ impl Router {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
                 };
-                match rec.withdraw(who, OffsetDateTime::now_utc()) {
-                    Ok(()) => Cas::Write(rec.clone(), Some((rec, true))),
-                    Err(_) => Cas::Keep(Some((rec, false))),
+                let withdrawn: Vec<CounsellorId> = holders
+                    .iter()
+                    .filter(|who| rec.withdraw(who, now).is_ok())
+                    .cloned()
+                    .collect();
+                if withdrawn.is_empty() {
+                    Cas::Keep(None)
+                } else {
+                    Cas::Write(rec.clone(), Some((rec, withdrawn)))
                 }
             },
         )
@@ -445,7 +454,7 @@ impl Router {
             return Ok(());
         };
         self.remember(&record, revision);
-        if withdrawn {
+        for who in &withdrawn {
             tracing::info!(contact = %id, counsellor = %who, "offer withdrawn: counsellor cannot take it");
             metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "withdrawn")
                 .increment(1);
@@ -468,15 +477,16 @@ impl Router {
         let floor = self.floor();
         let (stale, queue) = {
             let state = self.state();
-            let stale: Vec<(ContactId, CounsellorId)> = state
+            let stale: Vec<(ContactId, Vec<CounsellorId>)> = state
                 .records()
-                .flat_map(|r| floor.stale_offers(r).into_iter().map(|c| (r.id, c)))
+                .map(|r| (r.id, floor.stale_offers(r)))
+                .filter(|(_, holders)| !holders.is_empty())
                 .collect();
             (stale, state.queue())
         };
-        for (id, who) in stale {
-            if let Err(e) = self.expire(id, &who).await {
-                tracing::warn!(contact = %id, counsellor = %who, error = %e, "cannot withdraw offer");
+        for (id, holders) in stale {
+            if let Err(e) = self.expire(id, &holders).await {
+                tracing::warn!(contact = %id, error = %e, "cannot withdraw offers; the next sweep retries");
             }
         }
         for id in queue {
@@ -632,7 +642,7 @@ impl Router {
                     }
                 }
                 FollowUp::Expire(id, who) => {
-                    if let Err(e) = self.expire(id, &who).await {
+                    if let Err(e) = self.expire(id, std::slice::from_ref(&who)).await {
                         tracing::warn!(contact = %id, counsellor = %who, error = %e, "cannot withdraw offer; the sweep retries");
                     }
                 }
