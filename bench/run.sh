@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds the services and the benches in release mode and runs them:
-# nwd-bench (the line, webhook → offer) then nwd-bench-deadlines (durable
-# deadlines, ADR 0006).
-#   bench/run.sh                  full run (100 and 500 contacts/s, 20 s each; 100,000 deadlines)
-#   bench/run.sh --smoke          bounded run of both for CI
+# nwd-bench (the line, webhook → offer), nwd-bench-deadlines (durable
+# deadlines, ADR 0006), then nwd-bench-queue (queue decisions with 1,000
+# contacts waiting and 200 counsellors, issue 5).
+#   bench/run.sh                  full run (100 and 500 contacts/s, 20 s each; 100,000 deadlines; 1,000 waiting / 200 staff)
+#   bench/run.sh --smoke          bounded run of all three for CI
 #   bench/run.sh deadlines [...]  only nwd-bench-deadlines, with its own flags
+#   bench/run.sh queue [...]      only nwd-bench-queue, with its own flags (--waiting, --counsellors, --smoke, ...)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -16,12 +18,20 @@ if [[ "${1:-}" == "deadlines" ]]; then
   cargo build --release --quiet -p nwd-bench --bin nwd-bench-deadlines
   exec "$BIN/nwd-bench-deadlines" "$@"
 fi
+if [[ "${1:-}" == "queue" ]]; then
+  shift
+  # Both packages whole: `--bin` would filter out the nwd-router binary.
+  cargo build --release --quiet -p nwd-bench -p nwd-router
+  exec "$BIN/nwd-bench-queue" "$@"
+fi
 cargo build --release --quiet -p nwd-bench -p nwd-gateway -p nwd-intake -p nwd-triage \
   -p nwd-router -p nwd-dashboard -p nwd-notifier -p nwd-phone-sim
 "$BIN/nwd-bench" "$@"
 echo
-deadline_args=()
+smoke_args=()
 for arg in "$@"; do
-  if [[ "$arg" == "--smoke" ]]; then deadline_args+=(--smoke); fi
+  if [[ "$arg" == "--smoke" ]]; then smoke_args+=(--smoke); fi
 done
-exec "$BIN/nwd-bench-deadlines" "${deadline_args[@]}"
+"$BIN/nwd-bench-deadlines" "${smoke_args[@]}"
+echo
+exec "$BIN/nwd-bench-queue" "${smoke_args[@]}"

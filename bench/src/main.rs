@@ -14,15 +14,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use async_nats::jetstream;
+use anyhow::Context;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use nwd_bench::{Procs, free_addr, hist, ms, raw_hop};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 const AUTH_TOKEN: &str = "bench000000000000000000000000tok";
@@ -44,21 +43,16 @@ struct Args {
     bin_dir: Option<PathBuf>,
 }
 
-struct Procs(Vec<(String, Child)>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
-}
+/// The services of the line, each started from its release binary `nwd-<name>`.
+const SERVICES: [&str; 7] = [
+    "gateway",
+    "intake",
+    "triage",
+    "router",
+    "notifier",
+    "dashboard",
+    "phone-sim",
+];
 
 struct Line {
     _nats: nwd_testkit::NatsServer,
@@ -72,18 +66,10 @@ async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
     let nats = nwd_testkit::NatsServer::start().await;
     let root = nwd_testkit::workspace_root();
     let directory = root.join("deploy/local/demo/directory.toml");
-    let addrs: HashMap<&str, SocketAddr> = [
-        "gateway",
-        "intake",
-        "triage",
-        "router",
-        "notifier",
-        "dashboard",
-        "phone-sim",
-    ]
-    .into_iter()
-    .map(|n| Ok((n, free_addr()?)))
-    .collect::<anyhow::Result<_>>()?;
+    let addrs: HashMap<&str, SocketAddr> = SERVICES
+        .into_iter()
+        .map(|n| Ok((n, free_addr()?)))
+        .collect::<anyhow::Result<_>>()?;
     let gateway_url = format!("http://{}", addrs["gateway"]);
     let env: Vec<(String, String)> = vec![
         ("NWD_NATS_URL".into(), nats.url()),
@@ -121,48 +107,11 @@ async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
             "bench-session-key-0123456789abcdef".into(),
         ),
     ];
-    let mut procs = Procs(Vec::new());
-    for name in [
-        "gateway",
-        "intake",
-        "triage",
-        "router",
-        "notifier",
-        "dashboard",
-        "phone-sim",
-    ] {
-        let exe = bin_dir.join(format!("nwd-{name}"));
-        if !exe.exists() {
-            bail!("{} not found; build with bench/run.sh", exe.display());
-        }
-        let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-        let child = Command::new(&exe)
-            .envs(env.iter().cloned())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("start {}", exe.display()))?;
-        procs.0.push((name.to_owned(), child));
+    let mut procs = Procs::default();
+    for name in SERVICES {
+        procs.spawn(bin_dir, name, &env, log_dir)?;
     }
-    let http = reqwest::Client::new();
-    for (name, addr) in &addrs {
-        let url = format!("http://{addr}/readyz");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{name} not ready at {url}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    nwd_bench::wait_ready(addrs.iter().map(|(n, a)| (*n, *a))).await?;
     Ok(Line {
         nats_url: nats.url(),
         _nats: nats,
@@ -203,12 +152,6 @@ async fn counsellor(dashboard: SocketAddr) -> anyhow::Result<Ws> {
     ))
     .await?;
     Ok(ws)
-}
-
-/// Microseconds, 1 µs .. 60 s (constant bounds: creation cannot fail).
-#[allow(clippy::expect_used)]
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Webhook POST → offer on the websocket, at `rate` new contacts/s for `seconds`.
@@ -309,101 +252,6 @@ async fn webhook_to_offer(
     Ok((h, total, errors.load(std::sync::atomic::Ordering::Relaxed)))
 }
 
-/// The raw hop: publish + ack on a file-storage stream → pull consumer receives → ack.
-async fn raw_hop(
-    nats_url: &str,
-    rate: u32,
-    seconds: u64,
-    run: u32,
-) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
-    let client = async_nats::connect(nats_url).await?;
-    let js = jetstream::new(client);
-    let name = format!("BENCH{run}");
-    let stream = js
-        .create_stream(jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![format!("bench.{run}")],
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some("bench".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await?;
-    let total = u64::from(rate) * seconds;
-    let starts: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let reader_starts = starts.clone();
-    let reader = tokio::spawn(async move {
-        let mut h = hist();
-        let Ok(mut messages) = consumer.messages().await else {
-            return h;
-        };
-        let mut got = 0;
-        while got < total {
-            let Ok(Some(Ok(msg))) =
-                tokio::time::timeout(Duration::from_secs(10), messages.next()).await
-            else {
-                break;
-            };
-            let now = Instant::now();
-            let id = std::str::from_utf8(&msg.payload)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok());
-            if let Some(start) =
-                id.and_then(|id| reader_starts.lock().ok().and_then(|mut m| m.remove(&id)))
-            {
-                let _ = h.record(now.duration_since(start).as_micros() as u64);
-            }
-            let _ = msg.ack().await;
-            got += 1;
-        }
-        h
-    });
-    let ack_hist = Arc::new(Mutex::new(hist()));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut tasks = Vec::new();
-    let subject = format!("bench.{run}");
-    for i in 0..total {
-        tick.tick().await;
-        let (js, starts, ack_hist, subject) = (
-            js.clone(),
-            starts.clone(),
-            ack_hist.clone(),
-            subject.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let start = Instant::now();
-            if let Ok(mut m) = starts.lock() {
-                m.insert(i, start);
-            }
-            if let Ok(ack) = js.publish(subject, bytes::Bytes::from(i.to_string())).await
-                && ack.await.is_ok()
-                && let Ok(mut h) = ack_hist.lock()
-            {
-                let _ = h.record(start.elapsed().as_micros() as u64);
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let hop = reader.await?;
-    let ack = ack_hist
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| hist());
-    Ok((hop, ack))
-}
-
-fn ms(us: u64) -> String {
-    format!("{:.2} ms", us as f64 / 1000.0)
-}
-
 /// JetStream hops between webhook and offer: gateway→INBOUND→intake,
 /// intake→CONTACTS→triage, triage→CONTACTS→router. (Plus two KV writes: the
 /// thread record and the contact record, each one fsync.)
@@ -416,16 +264,9 @@ async fn main() -> anyhow::Result<()> {
         args.rates = vec![50];
         args.seconds = 3;
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let bin_dir = match args.bin_dir.clone() {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .context("exe dir")?
-            .to_path_buf(),
-    };
-    let log_dir = std::env::temp_dir().join(format!("nwd-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&log_dir)?;
+    nwd_bench::install_crypto();
+    let bin_dir = nwd_bench::bin_dir(args.bin_dir.clone())?;
+    let log_dir = nwd_bench::log_dir("nwd-bench")?;
     println!(
         "nwd-bench: real services from {} against nats-server (file storage, sync_interval: always)",
         bin_dir.display()

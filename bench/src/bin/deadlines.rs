@@ -31,7 +31,7 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -41,6 +41,7 @@ use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use nwd_bench::{hist, lock, ms, progress, rss_kib, secs};
 use nwd_timers::{DeadlineIndex, sleep_until_due};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -101,22 +102,8 @@ fn record(token: u64, due: Option<OffsetDateTime>, fired: bool) -> anyhow::Resul
     .into())
 }
 
-/// Microseconds, 1 µs .. 20 min (constant bounds: creation cannot fail).
-#[allow(clippy::expect_used)]
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 1_200_000_000, 3).expect("valid histogram bounds")
-}
-
 fn micros(d: time::Duration) -> u64 {
     d.whole_microseconds().clamp(1, i128::from(u64::MAX)) as u64
-}
-
-fn ms(us: u64) -> String {
-    format!("{:.1} ms", us as f64 / 1000.0)
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2} s", d.as_secs_f64())
 }
 
 fn mib(kib: u64) -> String {
@@ -127,30 +114,8 @@ fn rfc3339(t: OffsetDateTime) -> anyhow::Result<String> {
     Ok(t.format(&Rfc3339)?)
 }
 
-/// `VmRSS` of a process, in KiB.
-fn rss_kib(pid: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmRSS")
-}
-
 fn server_rss(server: &nwd_testkit::NatsServer) -> anyhow::Result<u64> {
     rss_kib(&server.pid().context("nats-server not running")?.to_string())
-}
-
-/// A progress line on stderr (the figures go to stdout).
-fn progress(msg: &str) {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let t = START.get_or_init(Instant::now).elapsed();
-    eprintln!("[{:>6.1} s] {msg}", t.as_secs_f64());
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// When deadlines fall due. Live deadlines (keys `l<i>`) are due
