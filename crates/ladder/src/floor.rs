@@ -2,7 +2,7 @@
 //! is on call — and from that, who may be offered a contact at each rung.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use nwd_proto::contact::{ContactRecord, ContactState};
@@ -84,6 +84,16 @@ pub struct Floor {
     pub stale_after: time::Duration,
     /// How the line has been doing, for the honest wait estimate.
     pub queue: QueueStats,
+    /// Derived from `directory` and `now` on first use (so set those first).
+    roster: std::sync::OnceLock<Roster>,
+}
+
+/// Staff by id and who is on call, once per floor: a decision looks each
+/// person up in constant time instead of scanning the directory.
+#[derive(Debug, Clone)]
+struct Roster {
+    index: HashMap<CounsellorId, usize>,
+    on_call: Vec<bool>,
 }
 
 /// A waiting contact's place in the queue: highest risk first, then longest
@@ -253,17 +263,17 @@ impl Board {
         now: OffsetDateTime,
         stale_after: time::Duration,
     ) -> Floor {
-        Floor {
+        Floor::new(
             directory,
-            presence: self.presence.clone(),
-            load: self.load.clone(),
+            self.presence.clone(),
+            self.load.clone(),
             now,
             stale_after,
-            queue: QueueStats {
+            QueueStats {
                 waiting: self.queue.clone(),
                 typical_wait: self.waits.median(),
             },
-        }
+        )
     }
 }
 
@@ -289,13 +299,53 @@ impl WaitSamples {
 }
 
 impl Floor {
+    pub fn new(
+        directory: Arc<Directory>,
+        presence: HashMap<CounsellorId, PresenceRecord>,
+        load: HashMap<CounsellorId, u32>,
+        now: OffsetDateTime,
+        stale_after: time::Duration,
+        queue: QueueStats,
+    ) -> Self {
+        Self {
+            directory,
+            presence,
+            load,
+            now,
+            stale_after,
+            queue,
+            roster: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn roster(&self) -> &Roster {
+        self.roster.get_or_init(|| Roster {
+            index: self
+                .directory
+                .staff
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.id.clone(), i))
+                .collect(),
+            on_call: oncall::on_call_all(&self.directory, self.now),
+        })
+    }
+
+    /// A staff member of the directory, by id.
+    pub fn staff(&self, who: &CounsellorId) -> Option<&Staff> {
+        let i = *self.roster().index.get(who)?;
+        self.directory.staff.get(i)
+    }
+
+    fn present(&self, who: &CounsellorId) -> bool {
+        self.presence
+            .get(who)
+            .is_some_and(|p| is_available(p, self.now, self.stale_after))
+    }
+
     /// Available (status and fresh heartbeat) and known to the directory.
     pub fn is_available(&self, who: &CounsellorId) -> bool {
-        self.directory.staff(who).is_some()
-            && self
-                .presence
-                .get(who)
-                .is_some_and(|p| is_available(p, self.now, self.stale_after))
+        self.staff(who).is_some() && self.present(who)
     }
 
     /// The counsellor's dashboard connection is gone: offline, no record,
@@ -312,20 +362,28 @@ impl Floor {
 
     /// Below the directory's capacity (unknown staff have none).
     pub fn has_room(&self, who: &CounsellorId) -> bool {
-        self.directory
-            .staff(who)
+        self.staff(who)
             .is_some_and(|s| self.load_of(who) < s.capacity)
     }
 
     pub fn on_call(&self, staff: &Staff) -> bool {
-        oncall::on_call(&self.directory, staff, self.now)
+        let roster = self.roster();
+        match roster
+            .index
+            .get(&staff.id)
+            .and_then(|i| roster.on_call.get(*i))
+        {
+            Some(on) => *on,
+            None => oncall::on_call(&self.directory, staff, self.now),
+        }
     }
 
     /// On call, available, with room, and not among those who declined.
+    /// `s` is a directory entry (from iterating the directory's staff).
     fn can_take(&self, s: &Staff, rec: &ContactRecord) -> bool {
         self.on_call(s)
-            && self.is_available(&s.id)
-            && self.has_room(&s.id)
+            && self.present(&s.id)
+            && self.load_of(&s.id) < s.capacity
             && !rec
                 .escalation
                 .as_ref()
@@ -400,7 +458,7 @@ impl Floor {
     /// language if any of them can take it — a person is never kept waiting
     /// for a language match nobody can give.
     pub fn choose(&self, rec: &ContactRecord, candidates: Vec<&Staff>) -> Vec<CounsellorId> {
-        let offered = offered_to(rec);
+        let offered: HashSet<&CounsellorId> = offered_to(rec).iter().collect();
         let language_wait = rec
             .escalation
             .as_ref()

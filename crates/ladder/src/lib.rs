@@ -217,29 +217,21 @@ pub fn widen(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
 }
 
 fn widen_with(rec: &ContactRecord, floor: &Floor, e: &Escalation) -> Vec<CounsellorId> {
-    let mut candidates = Vec::new();
-    if e.broadcast {
-        candidates = floor.broadcast_candidates(rec);
+    let candidates = if e.broadcast {
+        floor.broadcast_candidates(rec)
     } else {
-        for rung in e.reached().iter().copied().filter(|r| r.offers()) {
-            for s in floor.rung_candidates(rung, rec) {
-                if !candidates
-                    .iter()
-                    .any(|c: &&nwd_proto::directory::Staff| c.id == s.id)
-                {
-                    candidates.push(s);
-                }
-            }
-        }
+        let mut rungs: Vec<Rung> = e.reached().iter().copied().filter(|r| r.offers()).collect();
         // Past the offering rungs (trusted contact, backup line) anyone on
         // call may take it: no wrong doors.
         if e.reached().iter().any(|r| !r.offers()) {
-            for s in floor.rung_candidates(Rung::AnyOnCall, rec) {
-                if !candidates.iter().any(|c| c.id == s.id) {
-                    candidates.push(s);
-                }
-            }
+            rungs.push(Rung::AnyOnCall);
         }
-    }
+        let mut seen = std::collections::HashSet::new();
+        rungs
+            .into_iter()
+            .flat_map(|rung| floor.rung_candidates(rung, rec))
+            .filter(|s| seen.insert(&s.id))
+            .collect()
+    };
     floor.choose(rec, candidates)
 }

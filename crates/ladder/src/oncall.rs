@@ -3,6 +3,9 @@
 
 use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
+use std::collections::HashMap;
+
+use nwd_proto::PartnerId;
 use nwd_proto::directory::{Directory, Shift, Staff};
 use time::OffsetDateTime;
 
@@ -88,6 +91,53 @@ pub fn check(directory: &Directory) -> Result<(), String> {
 /// Anything unreadable counts as *on call* — a schedule typo must not take
 /// someone out of rotation silently (`validate` refuses it at load).
 pub fn on_call(directory: &Directory, staff: &Staff, now: OffsetDateTime) -> bool {
+    on_call_at(directory, staff, now, || {
+        local_time(directory, &staff.partner, now)
+    })
+}
+
+/// [`on_call`] for every staff member, in directory order, reading each
+/// partner's time zone once.
+pub fn on_call_all(directory: &Directory, now: OffsetDateTime) -> Vec<bool> {
+    let mut local: HashMap<&PartnerId, Option<(Weekday, u32)>> = HashMap::new();
+    directory
+        .staff
+        .iter()
+        .map(|s| {
+            on_call_at(directory, s, now, || {
+                *local
+                    .entry(&s.partner)
+                    .or_insert_with(|| local_time(directory, &s.partner, now))
+            })
+        })
+        .collect()
+}
+
+/// The weekday and minute of the day at `now` in the partner's time zone
+/// (UTC if unknown); `None` if `now` is out of range.
+fn local_time(
+    directory: &Directory,
+    partner: &PartnerId,
+    now: OffsetDateTime,
+) -> Option<(Weekday, u32)> {
+    let tz = directory
+        .partner(partner)
+        .and_then(|p| TimeZone::get(&p.timezone).ok())
+        .unwrap_or(TimeZone::UTC);
+    let local = jiff::Timestamp::new(now.unix_timestamp(), 0)
+        .ok()?
+        .to_zoned(tz);
+    let minute =
+        u32::from(local.hour().unsigned_abs()) * 60 + u32::from(local.minute().unsigned_abs());
+    Some((local.weekday(), minute))
+}
+
+fn on_call_at(
+    directory: &Directory,
+    staff: &Staff,
+    now: OffsetDateTime,
+    local: impl FnOnce() -> Option<(Weekday, u32)>,
+) -> bool {
     if let Some(o) = directory
         .overrides
         .iter()
@@ -99,17 +149,9 @@ pub fn on_call(directory: &Directory, staff: &Staff, now: OffsetDateTime) -> boo
     if staff.shifts.is_empty() {
         return true;
     }
-    let tz = directory
-        .partner(&staff.partner)
-        .and_then(|p| TimeZone::get(&p.timezone).ok())
-        .unwrap_or(TimeZone::UTC);
-    let Ok(ts) = jiff::Timestamp::new(now.unix_timestamp(), 0) else {
+    let Some((day, minute)) = local() else {
         return true;
     };
-    let local = ts.to_zoned(tz);
-    let day = local.weekday();
-    let minute =
-        u32::from(local.hour().unsigned_abs()) * 60 + u32::from(local.minute().unsigned_abs());
     staff
         .shifts
         .iter()
@@ -123,6 +165,25 @@ mod tests {
     use crate::testing::{directory, shift, sid};
     use nwd_proto::directory::OnCallOverride;
     use time::macros::datetime;
+
+    #[test]
+    fn on_call_all_agrees_with_on_call_for_everyone_at_every_hour() {
+        let mut dir = directory();
+        dir.overrides.push(OnCallOverride {
+            staff: sid("ana"),
+            from: datetime!(2026-11-24 12:00 UTC),
+            until: datetime!(2026-11-24 15:00 UTC),
+            on_call: false,
+        });
+        let mut seen = std::collections::HashSet::new();
+        for hour in 0..(24 * 7) {
+            let now = datetime!(2026-11-23 0:00 UTC) + time::Duration::hours(hour);
+            let each: Vec<bool> = dir.staff.iter().map(|s| on_call(&dir, s, now)).collect();
+            assert_eq!(on_call_all(&dir, now), each, "{now}");
+            seen.extend(each);
+        }
+        assert_eq!(seen.len(), 2, "the week has people on and off call");
+    }
 
     #[test]
     fn shifts_follow_the_partners_time_zone() {

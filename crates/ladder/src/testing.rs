@@ -144,17 +144,17 @@ pub fn presence(who: &str, status: Presence, at: OffsetDateTime) -> (CounsellorI
 
 /// A floor where the listed staff are available (fresh heartbeat at `now`).
 pub fn floor(dir: &Directory, available: &[&str], now: OffsetDateTime) -> Floor {
-    Floor {
-        directory: std::sync::Arc::new(dir.clone()),
-        presence: available
+    Floor::new(
+        std::sync::Arc::new(dir.clone()),
+        available
             .iter()
             .map(|w| presence(w, Presence::Available, now))
             .collect(),
-        load: HashMap::new(),
+        HashMap::new(),
         now,
-        stale_after: STALE,
-        queue: Default::default(),
-    }
+        STALE,
+        Default::default(),
+    )
 }
 
 /// An open contact with a fresh ladder due at `at`.
