@@ -7,6 +7,7 @@
 //! contacts and the presence map only feed decisions; every decision is
 //! re-made inside the compare-and-swap on the record as read.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -80,9 +81,10 @@ pub struct Router {
     state: Mutex<Board>,
     /// Wakes the queue task (coalesced).
     wake: Notify,
-    /// Serialises accepts so that concurrent accepts by one counsellor
-    /// cannot take them over capacity.
-    accept_lock: tokio::sync::Mutex<()>,
+    /// Serialises each counsellor's accepts (one lock per counsellor), so
+    /// that two accepts by one counsellor cannot take them over capacity
+    /// while accepts by different counsellors run in parallel.
+    accept_locks: Mutex<HashMap<CounsellorId, Arc<tokio::sync::Mutex<()>>>>,
     /// Publishes the effects of ladder steps this router fired.
     announcer: Announcer,
     /// How long a conversation whose counsellor dropped off waits for them
@@ -124,7 +126,7 @@ impl Router {
                 .unwrap_or(time::Duration::seconds(15)),
             state: Mutex::new(Board::default()),
             wake: Notify::new(),
-            accept_lock: tokio::sync::Mutex::new(()),
+            accept_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -652,7 +654,14 @@ impl Router {
     }
 
     async fn accept(&self, id: ContactId, who: CounsellorId) -> (RouterReply, Vec<FollowUp>) {
-        let _serial = self.accept_lock.lock().await;
+        let lock = self
+            .accept_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(who.clone())
+            .or_default()
+            .clone();
+        let _serial = lock.lock().await;
         let already_theirs = self
             .cached(&id)
             .is_some_and(|r| r.assigned_to() == Some(&who));

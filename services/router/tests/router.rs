@@ -730,6 +730,38 @@ async fn a_counsellor_at_capacity_is_not_offered_and_their_offers_move_on() {
     assert_eq!(line.pushes.offers("ana", second).len(), 1);
 }
 
+/// Accepts are serialised per counsellor: two at the same moment by one
+/// counsellor with room for one give one conversation and one refusal.
+#[tokio::test]
+async fn two_accepts_at_once_by_one_counsellor_never_exceed_capacity() {
+    let line = Line::start().await;
+    // ana's capacity is 1.
+    line.presence("ana", Presence::Available).await;
+    let first = ContactId::new();
+    let second = ContactId::new();
+    line.message(first, RiskLevel::Low, Language::En, "one")
+        .await;
+    line.message(second, RiskLevel::Low, Language::En, "two")
+        .await;
+    line.pushes.wait_offer("ana", first).await;
+    line.pushes.wait_offer("ana", second).await;
+    let (a, b) = tokio::join!(line.accept(first, "ana"), line.accept(second, "ana"));
+    let done = [&a, &b]
+        .iter()
+        .filter(|r| ***r == RouterReply::Done)
+        .count();
+    assert_eq!(done, 1, "{a:?} {b:?}");
+    let assigned = [first, second].len()
+        - [
+            line.record(first).await.unwrap(),
+            line.record(second).await.unwrap(),
+        ]
+        .iter()
+        .filter(|r| r.assigned_to().is_none())
+        .count();
+    assert_eq!(assigned, 1);
+}
+
 #[tokio::test]
 async fn going_offline_withdraws_offers_and_they_go_to_others() {
     let line = Line::start().await;
