@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv::Operation};
+use futures::StreamExt;
 use nwd_proto::contact::{Applied, ContactRecord, ContactState, TransitionError};
 use nwd_proto::dashboard::{
     DashboardPush, MessageView, PresenceRecord, ReasonView, ServerMsg, WithdrawReason,
@@ -61,6 +62,13 @@ pub enum FollowUp {
     WakeQueue,
 }
 
+/// Offers written into a contact's record, to be pushed.
+struct Offers {
+    record: ContactRecord,
+    to: Vec<CounsellorId>,
+    messages: Vec<MessageView>,
+}
+
 /// Result of applying a triaged message.
 struct Triaged {
     record: ContactRecord,
@@ -99,6 +107,9 @@ impl std::fmt::Debug for Router {
 }
 
 const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Contacts a sweep decides at once.
+const SWEEP_CONCURRENCY: usize = 8;
 
 impl Router {
     pub fn new(
@@ -391,13 +402,28 @@ impl Router {
     /// [`Self::offer`] against a given view of the floor (a sweep builds one
     /// for all the contacts it looks at).
     async fn offer_on(&self, id: ContactId, floor: &Floor) -> Result<(), StepError> {
+        if let Some(made) = self.decide_offer(id, floor).await? {
+            self.push_offers(&made.record, &made.to, made.messages)
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The offer step up to the write: whom to offer, written into the
+    /// record. The caller pushes the offers (a sweep decides several
+    /// contacts at once and pushes in queue order).
+    async fn decide_offer(
+        &self,
+        id: ContactId,
+        floor: &Floor,
+    ) -> Result<Option<Offers>, StepError> {
         // Decide on the cached record first: no stream read and no KV round
         // trip when nobody new can be offered (the common case in a sweep).
         let Some(cached) = self.cached(&id) else {
-            return Ok(());
+            return Ok(None);
         };
         if nwd_ladder::widen(&cached, floor).is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let messages = transcript::load(&self.js, &id).await?;
         let (outcome, revision) = kv::cas_from(
@@ -416,14 +442,15 @@ impl Router {
             },
         )
         .await?;
-        let Some((record, new)) = outcome else {
-            return Ok(());
+        let Some((record, to)) = outcome else {
+            return Ok(None);
         };
         self.remember(&record, revision);
-        if !new.is_empty() {
-            self.push_offers(&record, &new, messages).await;
-        }
-        Ok(())
+        Ok((!to.is_empty()).then_some(Offers {
+            record,
+            to,
+            messages,
+        }))
     }
 
     /// Withdraws the offers of counsellors who can no longer take the
@@ -486,14 +513,33 @@ impl Router {
                 .collect();
             (stale, state.queue())
         };
-        for (id, holders) in stale {
-            if let Err(e) = self.expire(id, &holders).await {
-                tracing::warn!(contact = %id, error = %e, "cannot withdraw offers; the next sweep retries");
-            }
-        }
-        for id in queue {
-            if let Err(e) = self.offer_on(id, &floor).await {
-                tracing::warn!(contact = %id, error = %e, "offer step failed; the next sweep retries");
+        // Contacts are independent (each write is its own compare-and-swap),
+        // so a few at a time: the waits on the store overlap. They start in
+        // queue order, so the most urgent are decided first.
+        futures::stream::iter(stale)
+            .for_each_concurrent(SWEEP_CONCURRENCY, |(id, holders)| async move {
+                if let Err(e) = self.expire(id, &holders).await {
+                    tracing::warn!(contact = %id, error = %e, "cannot withdraw offers; the next sweep retries");
+                }
+            })
+            .await;
+        // Decided a few at a time, pushed in queue order (`buffered` keeps it).
+        let floor = &floor;
+        let mut decided = std::pin::pin!(
+            futures::stream::iter(queue)
+                .map(|id| async move { (id, self.decide_offer(id, floor).await) })
+                .buffered(SWEEP_CONCURRENCY)
+        );
+        while let Some((id, result)) = decided.next().await {
+            match result {
+                Ok(Some(made)) => {
+                    self.push_offers(&made.record, &made.to, made.messages)
+                        .await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(contact = %id, error = %e, "offer step failed; the next sweep retries");
+                }
             }
         }
         // Conversations whose counsellor dropped off, or came back.
