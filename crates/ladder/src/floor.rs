@@ -2,7 +2,7 @@
 //! is on call — and from that, who may be offered a contact at each rung.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use nwd_proto::contact::{ContactRecord, ContactState};
@@ -110,9 +110,10 @@ pub fn queue_key(rec: &ContactRecord) -> Option<QueueKey> {
 /// and recent waits until an accept.
 #[derive(Debug, Clone, Default)]
 pub struct QueueStats {
-    /// Every waiting contact, in serving order (shared, not copied, by each
-    /// floor built from a [`Board`]).
-    pub waiting: Arc<BTreeSet<QueueKey>>,
+    /// Every waiting contact, in serving order. A persistent set: each floor
+    /// built from a [`Board`] shares it, and the board's next change copies
+    /// only the path it touches, not the whole queue.
+    pub waiting: imbl::OrdSet<QueueKey>,
     /// Median wait until an accept over recent contacts, if known.
     pub typical_wait: Option<time::Duration>,
 }
@@ -138,7 +139,7 @@ pub struct Board {
     presence: HashMap<CounsellorId, PresenceRecord>,
     waits: WaitSamples,
     load: HashMap<CounsellorId, u32>,
-    queue: Arc<BTreeSet<QueueKey>>,
+    queue: imbl::OrdSet<QueueKey>,
     depth: [usize; 4],
 }
 
@@ -228,8 +229,8 @@ impl Board {
                 .iter()
                 .position(|r| *r == rec.risk)
                 .unwrap_or(0);
-            // Copy-on-write: floors handed out keep the queue they were given.
-            let queue = Arc::make_mut(&mut self.queue);
+            // Floors handed out keep the queue they were given.
+            let queue = &mut self.queue;
             if add {
                 queue.insert(key);
                 self.depth[slot] += 1;

@@ -389,17 +389,15 @@ fn the_acknowledgement_says_how_many_are_ahead_and_the_typical_wait() {
         NOW - Duration::seconds(90),
         nwd_proto::ContactId::new(),
     );
-    f.queue.waiting = std::sync::Arc::new(
-        [
-            older_high,
-            earlier_moderate,
-            later_low,
-            (rec.risk, NOW, rec.id),
-        ]
-        .into_iter()
-        .map(|(risk, at, id)| (std::cmp::Reverse(risk), at, id))
-        .collect(),
-    );
+    f.queue.waiting = [
+        older_high,
+        earlier_moderate,
+        later_low,
+        (rec.risk, NOW, rec.id),
+    ]
+    .into_iter()
+    .map(|(risk, at, id)| (std::cmp::Reverse(risk), at, id))
+    .collect();
     f.queue.typical_wait = Some(Duration::seconds(240));
     // Nobody to offer it to: the person hears at once.
     let steps = fire(&mut rec, &f);

@@ -207,14 +207,26 @@ pub async fn publish<T: Event>(
     msg_id: &str,
     envelope: &Envelope<T>,
 ) -> Result<Published, jetstream::context::PublishError> {
-    let publish = jetstream::message::PublishMessage::build()
-        .message_id(msg_id)
-        .payload(envelope.to_bytes().into());
-    let ack = js.send_publish(subject, publish).await?.await?;
+    let ack = send(js, subject, msg_id, envelope).await?.await?;
     Ok(Published {
         sequence: ack.sequence,
         duplicate: ack.duplicate,
     })
+}
+
+/// Sends an event like [`publish`] without waiting for the server's ack:
+/// the caller awaits the returned future (several sends in a row overlap
+/// their round trips; one connection keeps their order).
+pub async fn send<T: Event>(
+    js: &jetstream::Context,
+    subject: String,
+    msg_id: &str,
+    envelope: &Envelope<T>,
+) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+    let publish = jetstream::message::PublishMessage::build()
+        .message_id(msg_id)
+        .payload(envelope.to_bytes().into());
+    js.send_publish(subject, publish).await
 }
 
 /// The server's answer to a publish.

@@ -168,8 +168,15 @@ impl Announcer {
         for step in &steps {
             self.offer_pushes(step, view.as_ref()).await;
         }
+        // The step events are sent in a row and their acks awaited together
+        // (the SMS and audit records before them are awaited one by one: an
+        // audit record is stored before the disclosure it records is sent).
+        let mut step_events = Vec::with_capacity(steps.len());
         for step in &steps {
-            self.effects(rec, step).await?;
+            step_events.push(self.effects(rec, step).await?);
+        }
+        for ack in step_events {
+            ack.await?;
         }
         let last = steps.iter().map(|s| s.step).max().unwrap_or(0);
         kv::cas(
@@ -227,7 +234,12 @@ impl Announcer {
 
     /// A step's stored effects (SMS, audit records, the step event) and the
     /// progress shown to those watching the contact.
-    async fn effects(&self, rec: &ContactRecord, step: &StepRecord) -> Result<(), AnnounceError> {
+    /// Returns the pending ack of the step's event.
+    async fn effects(
+        &self,
+        rec: &ContactRecord,
+        step: &StepRecord,
+    ) -> Result<jetstream::context::PublishAckFuture, AnnounceError> {
         let id = rec.id;
         let key = format!("{id}:step:{}", step.step);
         let rung = step.rung.map_or("broadcast", |r| r.as_str());
@@ -282,15 +294,16 @@ impl Announcer {
             .await?;
         }
         let next_due = rec.escalation.as_ref().and_then(|e| e.due);
-        self.publish(
+        let event = bus::send(
+            &self.js,
             subjects::contact_escalated(&id),
             &key,
-            ContactEscalated {
+            &Envelope::new(ContactEscalated {
                 contact_id: id,
                 risk: rec.risk,
                 step: step.clone(),
                 next_due,
-            },
+            }),
         )
         .await?;
         if let Some(e) = rec.escalation.as_ref() {
@@ -314,7 +327,7 @@ impl Announcer {
         }
         metrics::counter!("nwd_escalation_steps_total", "service" => self.service, "rung" => rung, "outcome" => outcome_label(&step.outcome)).increment(1);
         tracing::info!(contact = %id, step = step.step, rung, outcome = outcome_label(&step.outcome), "escalation step announced");
-        Ok(())
+        Ok(event)
     }
 
     async fn trusted_contacts(
