@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,7 @@ pub fn log_dir(bench: &str) -> anyhow::Result<PathBuf> {
 pub struct Procs(pub Vec<(String, Child)>);
 
 impl Procs {
-    /// Starts `nwd-<name>` from `bin_dir` with `env`, stderr to `<log_dir>/<name>.log`.
+    /// Starts `nwd-<name>` from `bin_dir` with `env`, its output to `<log_dir>/<name>.log`.
     pub fn spawn(
         &mut self,
         bin_dir: &Path,
@@ -105,7 +105,8 @@ impl Procs {
         let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
         let child = Command::new(&exe)
             .envs(env.iter().cloned())
-            .stdout(Stdio::null())
+            // Services log to stdout; panics and early errors go to stderr.
+            .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {}", exe.display()))?;

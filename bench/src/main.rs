@@ -73,7 +73,10 @@ async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
     let gateway_url = format!("http://{}", addrs["gateway"]);
     let env: Vec<(String, String)> = vec![
         ("NWD_NATS_URL".into(), nats.url()),
-        ("NWD_LOG".into(), "warn".into()),
+        (
+            "NWD_LOG".into(),
+            std::env::var("NWD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
         ("NWD_DIRECTORY".into(), directory.display().to_string()),
         ("NWD_GATEWAY_ADDR".into(), addrs["gateway"].to_string()),
         ("NWD_GATEWAY_PUBLIC_URL".into(), gateway_url.clone()),

@@ -15,7 +15,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Messages queued per socket before it counts as too slow and is closed.
-pub const SOCKET_QUEUE: usize = 64;
+/// Large enough for a burst: a counsellor who logs in while hundreds of
+/// contacts wait is offered all of them at once by the next sweep, and a
+/// small queue closed their socket, which took them offline, which withdrew
+/// the offers, which came back on reconnect — a loop (found by nwd-bench:
+/// 64 was overrun by 800 waiting contacts). At about 2 KB a message this
+/// bounds a socket at about 8 MiB. Beyond that many waiting contacts the
+/// loop returns; capping the offers one counsellor holds is the real fix
+/// (see docs/adr/0007).
+pub const SOCKET_QUEUE: usize = 4096;
 
 struct Conn {
     id: u64,

@@ -258,6 +258,9 @@ impl Handler for Triaged {
     }
 }
 
+/// The least time between two sweeps.
+const MIN_SWEEP_GAP: Duration = Duration::from_millis(20);
+
 /// Runs the queue when woken (capacity or availability changed) and every
 /// `every` (stale heartbeats, anything missed).
 async fn run_queue(router: Arc<Router>, every: Duration, shutdown: CancellationToken) {
@@ -270,6 +273,12 @@ async fn run_queue(router: Arc<Router>, every: Duration, shutdown: CancellationT
             _ = router.woken() => {}
         }
         router.sweep().await;
+        // Wake-ups that came during the sweep are served by one more sweep
+        // after a short pause, not one each: a sweep passes over the queue.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(MIN_SWEEP_GAP) => {}
+        }
     }
 }
 

@@ -204,13 +204,18 @@ impl Router {
         match entry.operation {
             Operation::Put => match serde_json::from_slice::<ContactRecord>(&entry.value) {
                 Ok(rec) => {
-                    let was_waiting = self
-                        .cached(&id)
-                        .is_some_and(|r| r.waiting_since().is_some());
+                    let was_unheld = self
+                        .state()
+                        .get(&id)
+                        .is_some_and(|r| matches!(r.state, ContactState::Waiting { .. }));
                     self.remember(&rec, entry.revision);
-                    // A contact newly in the queue (opened elsewhere, declined,
-                    // withdrawn): let the sweep see whether someone can take it.
-                    if !was_waiting && rec.waiting_since().is_some() {
+                    // A contact newly waiting with nobody holding an offer
+                    // (opened elsewhere, declined, withdrawn): let the sweep
+                    // see whether someone can take it. Not for contacts held
+                    // by offers (a new contact this router just offered: a
+                    // sweep per new contact would pass over the whole queue
+                    // for each).
+                    if !was_unheld && matches!(rec.state, ContactState::Waiting { .. }) {
                         self.wake_queue();
                     }
                 }
@@ -419,10 +424,12 @@ impl Router {
     ) -> Result<Option<Offers>, StepError> {
         // Decide on the cached record first: no stream read and no KV round
         // trip when nobody new can be offered (the common case in a sweep).
-        let Some(cached) = self.cached(&id) else {
-            return Ok(None);
-        };
-        if nwd_ladder::widen(&cached, floor).is_empty() {
+        // (On the record in place, under the lock: no copy of it.)
+        let worth_a_write = self
+            .state()
+            .get(&id)
+            .is_some_and(|cached| !nwd_ladder::widen(cached, floor).is_empty());
+        if !worth_a_write {
             return Ok(None);
         }
         let messages = transcript::load(&self.js, &id).await?;
