@@ -63,6 +63,7 @@ struct Line {
 }
 
 async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
+    std::fs::create_dir_all(log_dir)?;
     let nats = nwd_testkit::NatsServer::start().await;
     let root = nwd_testkit::workspace_root();
     let directory = root.join("deploy/local/demo/directory.toml");
@@ -275,11 +276,6 @@ async fn main() -> anyhow::Result<()> {
         bin_dir.display()
     );
     println!("service logs: {}", log_dir.display());
-    let line = start_line(&bin_dir, &log_dir).await?;
-    // Warm up connections, consumers and caches.
-    let _ = webhook_to_offer(&line, 20, 1, 99).await?;
-    let _ = raw_hop(&line.nats_url, 20, 1, 99).await?;
-
     println!();
     println!(
         "| rate (contacts/s) | seconds | offers | webhook errors | webhook→offer p50 | p99 | raw hop p50 | p99 | publish+ack p50 | p50 / raw hop | p50 / ({HOPS} × raw hop) |"
@@ -287,6 +283,12 @@ async fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (run, rate) in args.rates.iter().copied().enumerate() {
         let run = run as u32;
+        // Each rate on a fresh line (its own nats-server and services): the
+        // contacts of one run, never answered, must not load the next.
+        let line = start_line(&bin_dir, &log_dir.join(format!("rate-{rate}"))).await?;
+        // Warm up connections, consumers and caches.
+        let _ = webhook_to_offer(&line, 20, 1, 99).await?;
+        let _ = raw_hop(&line.nats_url, 20, 1, 99).await?;
         let (e2e, total, errors) = webhook_to_offer(&line, rate, args.seconds, run).await?;
         let (hop, ack) = raw_hop(&line.nats_url, rate, args.seconds, run).await?;
         let (p50, p99) = (e2e.value_at_quantile(0.5), e2e.value_at_quantile(0.99));
