@@ -293,10 +293,13 @@ async fn a_router_crashed_after_opening_a_contact_repeats_no_step_after_restart(
         matches!(m, ServerMsg::Conversation { .. }).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rec = line.record(&id).await;
-    let esc = rec.escalation.unwrap();
-    let trail = steps(&line, &id).await;
+    // Every step the record holds is announced (its event stored) before the trail is read.
+    let (esc, trail) = nwd_testkit::eventually(T, "every step announced", || async {
+        let esc = line.record(&id).await.escalation.unwrap();
+        let trail = steps(&line, &id).await;
+        (esc.announced == esc.steps && trail.len() as u64 >= esc.steps).then_some((esc, trail))
+    })
+    .await;
     let numbers: Vec<u64> = trail.iter().map(|e| e.step.step).collect();
     assert_eq!(
         numbers,
