@@ -691,10 +691,8 @@ async fn a_redelivered_message_of_an_assigned_contact_is_pushed_again() {
     assert_eq!(line.record(id).await.unwrap().message_count, 2);
 }
 
-#[tokio::test]
-async fn a_counsellor_at_capacity_is_not_offered_and_their_offers_move_on() {
-    let line = Line::start().await;
-    // ana's capacity is 1.
+/// ana (capacity 1) available and offered two new contacts.
+async fn two_offers_to_ana(line: &Line) -> (ContactId, ContactId) {
     line.presence("ana", Presence::Available).await;
     let first = ContactId::new();
     let second = ContactId::new();
@@ -704,6 +702,13 @@ async fn a_counsellor_at_capacity_is_not_offered_and_their_offers_move_on() {
         .await;
     line.pushes.wait_offer("ana", first).await;
     line.pushes.wait_offer("ana", second).await;
+    (first, second)
+}
+
+#[tokio::test]
+async fn a_counsellor_at_capacity_is_not_offered_and_their_offers_move_on() {
+    let line = Line::start().await;
+    let (first, second) = two_offers_to_ana(&line).await;
     assert_eq!(line.accept(first, "ana").await, RouterReply::Done);
     assert_eq!(
         line.pushes.wait_withdrawn("ana", second).await,
@@ -735,16 +740,7 @@ async fn a_counsellor_at_capacity_is_not_offered_and_their_offers_move_on() {
 #[tokio::test]
 async fn two_accepts_at_once_by_one_counsellor_never_exceed_capacity() {
     let line = Line::start().await;
-    // ana's capacity is 1.
-    line.presence("ana", Presence::Available).await;
-    let first = ContactId::new();
-    let second = ContactId::new();
-    line.message(first, RiskLevel::Low, Language::En, "one")
-        .await;
-    line.message(second, RiskLevel::Low, Language::En, "two")
-        .await;
-    line.pushes.wait_offer("ana", first).await;
-    line.pushes.wait_offer("ana", second).await;
+    let (first, second) = two_offers_to_ana(&line).await;
     let (a, b) = tokio::join!(line.accept(first, "ana"), line.accept(second, "ana"));
     let done = [&a, &b]
         .iter()
