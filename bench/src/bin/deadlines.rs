@@ -505,18 +505,33 @@ struct Figures {
     notes: Vec<String>,
 }
 
-async fn approach_a(args: &Args) -> anyhow::Result<Figures> {
+/// A fresh nats-server for one approach: its raw publish + ack (p50, p99)
+/// measured first, and the file-backed bucket of contact records.
+async fn fresh_server(
+    args: &Args,
+    bucket: &str,
+) -> anyhow::Result<(
+    nwd_testkit::NatsServer,
+    jetstream::Context,
+    (u64, u64),
+    kv::Store,
+)> {
     let server = nwd_testkit::NatsServer::start().await;
     let js = jetstream::new(server.client().await);
-    let (raw_p50, raw_p99) = raw_publish(&js, if args.smoke { 300 } else { 2_000 }).await?;
+    let raw = raw_publish(&js, if args.smoke { 300 } else { 2_000 }).await?;
     let store = js
         .create_key_value(kv::Config {
-            bucket: "DEADLINES".into(),
+            bucket: bucket.into(),
             history: 1,
             storage: stream::StorageType::File,
             ..Default::default()
         })
         .await?;
+    Ok((server, js, raw, store))
+}
+
+async fn approach_a(args: &Args) -> anyhow::Result<Figures> {
+    let (server, _js, (raw_p50, raw_p99), store) = fresh_server(args, "DEADLINES").await?;
     let server_rss_empty = server_rss(&server)?;
     let plan = Arc::new(Plan::new(args));
 
@@ -731,17 +746,7 @@ async fn consume_b(
 }
 
 async fn approach_b(args: &Args) -> anyhow::Result<Figures> {
-    let mut server = nwd_testkit::NatsServer::start().await;
-    let js = jetstream::new(server.client().await);
-    let (raw_p50, raw_p99) = raw_publish(&js, if args.smoke { 300 } else { 2_000 }).await?;
-    let store = js
-        .create_key_value(kv::Config {
-            bucket: "CONTACTS_B".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await?;
+    let (mut server, js, (raw_p50, raw_p99), store) = fresh_server(args, "CONTACTS_B").await?;
     // async-nats 0.51 exposes `allow_msg_schedules` (feature server_2_12).
     js.create_stream(stream::Config {
         name: "SCHED".into(),

@@ -166,10 +166,6 @@ impl Router {
         )
     }
 
-    fn cached(&self, id: &ContactId) -> Option<ContactRecord> {
-        self.state().get(id).cloned()
-    }
-
     /// The cached record as a first guess for a compare-and-swap (a right
     /// guess saves the read), or "absent" for a contact known to be new.
     fn guess(&self, id: &ContactId, new: bool) -> Option<kv::Versioned<ContactRecord>> {
@@ -716,7 +712,8 @@ impl Router {
             .clone();
         let _serial = lock.lock().await;
         let already_theirs = self
-            .cached(&id)
+            .state()
+            .get(&id)
             .is_some_and(|r| r.assigned_to() == Some(&who));
         if !already_theirs && !self.floor().has_room(&who) {
             tracing::info!(contact = %id, counsellor = %who, "accept refused: at capacity");
