@@ -18,6 +18,8 @@ else
   "$ROOT/deploy/local/install-tools.sh"
 fi
 export NWD_NATS_SERVER="$ROOT/.tools/bin/nats-server"
+# One clean build, so incremental caches would only cost disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step "cargo fmt --check"
 cargo fmt --all --check
