@@ -9,6 +9,7 @@
 //! Logs carry ids, the level and rule ids — never the text.
 
 pub mod engine;
+pub mod eval;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use engine::{Engine, RulebookError};
+pub use engine::{Engine, Feature, Model, RulebookError};
 
 /// Service name in logs and metric labels.
 pub const NAME: &str = "triage";

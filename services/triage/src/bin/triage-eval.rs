@@ -17,7 +17,6 @@
 //! and their labels mapped (see [`cssrs_level`]); the source's known word
 //! substitutions are undone first (see [`undo_cssrs_quirks`]).
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -26,7 +25,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Parser;
 use nwd_proto::{Language, RiskLevel};
-use nwd_triage::Engine;
+use nwd_triage::eval::Tally;
+use nwd_triage::{Engine, Model};
 use serde::Deserialize;
 
 /// Default location of the Reddit C-SSRS sample: `shared/` beside the repository.
@@ -53,6 +53,12 @@ struct Args {
     /// A rulebook file instead of the builtin one.
     #[arg(long)]
     rulebook: Option<PathBuf>,
+    /// A learned model file instead of the builtin one.
+    #[arg(long, conflicts_with = "no_model")]
+    model: Option<PathBuf>,
+    /// Rules only, without the learned model.
+    #[arg(long)]
+    no_model: bool,
     /// Print each misclassified message (own eval sets only; never C-SSRS text).
     #[arg(long)]
     show_errors: bool,
@@ -107,156 +113,18 @@ fn undo_cssrs_quirks(text: &str) -> String {
     out.replace("&gt;", ">").replace("&lt;", "<")
 }
 
-#[derive(Debug, Default)]
-struct Tally {
-    /// confusion[true][predicted]
-    confusion: [[usize; 4]; 4],
-    lang_total: usize,
-    lang_right: usize,
-    hard_total: usize,
-    hard_right: usize,
-    hard_under: usize,
-    unlabelled: usize,
-}
-
-fn idx(l: RiskLevel) -> usize {
-    match l {
-        RiskLevel::Low => 0,
-        RiskLevel::Moderate => 1,
-        RiskLevel::High => 2,
-        RiskLevel::Imminent => 3,
-    }
-}
-
-fn ratio(n: usize, d: usize) -> Option<f64> {
-    (d > 0).then(|| n as f64 / d as f64)
-}
-
-fn fmt_ratio(r: Option<f64>) -> String {
-    r.map_or_else(|| "  n/a".to_owned(), |r| format!("{r:.3}"))
-}
-
-impl Tally {
-    fn total(&self) -> usize {
-        self.confusion.iter().flatten().sum()
-    }
-
-    fn report(&self, with_targets: bool) -> String {
-        let c = &self.confusion;
-        let total = self.total();
-        let mut s = String::new();
-        let names = ["low", "moderate", "high", "imminent"];
-        let _ = writeln!(s, "labelled messages: {total}");
-        if self.unlabelled > 0 {
-            let _ = writeln!(s, "unlabelled (predictions only): {}", self.unlabelled);
-        }
-        let _ = writeln!(s, "\nconfusion matrix (rows = true, columns = predicted)");
-        let _ = writeln!(
-            s,
-            "{:>10} {:>8} {:>8} {:>8} {:>8}",
-            "", "low", "moderate", "high", "imminent"
-        );
-        for (t, name) in names.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "{:>10} {:>8} {:>8} {:>8} {:>8}",
-                name, c[t][0], c[t][1], c[t][2], c[t][3]
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\n{:>10} {:>9} {:>9} {:>7}",
-            "level", "precision", "recall", "n"
-        );
-        for (k, name) in names.iter().enumerate() {
-            let predicted: usize = (0..4).map(|t| c[t][k]).sum();
-            let actual: usize = c[k].iter().sum();
-            let _ = writeln!(
-                s,
-                "{:>10} {:>9} {:>9} {:>7}",
-                name,
-                fmt_ratio(ratio(c[k][k], predicted)),
-                fmt_ratio(ratio(c[k][k], actual)),
-                actual
-            );
-        }
-        let under: usize = (0..4).map(|t| (0..t).map(|p| c[t][p]).sum::<usize>()).sum();
-        let high_plus: usize = c[2].iter().sum::<usize>() + c[3].iter().sum::<usize>();
-        let high_plus_hit = c[2][2] + c[2][3] + c[3][2] + c[3][3];
-        let imminent: usize = c[3].iter().sum();
-        let low: usize = c[0].iter().sum();
-        let exact: usize = (0..4).map(|k| c[k][k]).sum();
-        let rows = [
-            ("accuracy (exact level)", ratio(exact, total), None, false),
-            (
-                "under-triage rate (predicted < true)",
-                ratio(under, total),
-                Some(0.03),
-                false,
-            ),
-            (
-                "imminent+high recall at >= high",
-                ratio(high_plus_hit, high_plus),
-                Some(0.98),
-                true,
-            ),
-            (
-                "imminent recall",
-                ratio(c[3][3], imminent),
-                Some(0.95),
-                true,
-            ),
-            (
-                "low predicted imminent",
-                ratio(c[0][3], low),
-                Some(0.10),
-                false,
-            ),
-        ];
-        let _ = writeln!(s);
-        for (name, value, target, at_least) in rows {
-            let verdict = match (with_targets, value, target) {
-                (true, Some(v), Some(t)) => {
-                    let ok = if at_least { v >= t } else { v <= t };
-                    format!(
-                        "  target {} {t:.2}  {}",
-                        if at_least { ">=" } else { "<=" },
-                        if ok { "PASS" } else { "FAIL" }
-                    )
-                }
-                _ => String::new(),
-            };
-            let _ = writeln!(s, "{name:<40} {}{verdict}", fmt_ratio(value));
-        }
-        if self.lang_total > 0 {
-            let _ = writeln!(
-                s,
-                "{:<40} {} (n={})",
-                "language accuracy",
-                fmt_ratio(ratio(self.lang_right, self.lang_total)),
-                self.lang_total
-            );
-        }
-        if self.hard_total > 0 {
-            let _ = writeln!(
-                s,
-                "{:<40} {} (n={}, under-triaged {})",
-                "hard cases: exact level",
-                fmt_ratio(ratio(self.hard_right, self.hard_total)),
-                self.hard_total,
-                self.hard_under
-            );
-        }
-        s
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let engine = match &args.rulebook {
+    let rules = match &args.rulebook {
         Some(p) => Engine::load(p)?,
-        None => Engine::builtin()?,
+        None => Engine::builtin_rules()?,
     };
+    let model = match (&args.model, args.no_model) {
+        (_, true) => None,
+        (Some(p), false) => Some(Model::load(p)?),
+        (None, false) => Some(Model::builtin()?),
+    };
+    let engine = rules.with_model(model);
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -343,7 +211,7 @@ fn evaluate(
             tally.unlabelled += 1;
             continue;
         };
-        tally.confusion[idx(truth)][idx(a.level)] += 1;
+        tally.add(truth, a.level);
         if let Some(lang) = row.lang {
             tally.lang_total += 1;
             tally.lang_right += usize::from(lang == a.lang);

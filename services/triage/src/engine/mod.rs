@@ -19,6 +19,7 @@
 
 mod factors;
 mod matcher;
+mod model;
 mod normalise;
 mod rulebook;
 
@@ -30,6 +31,7 @@ use nwd_proto::{Assessment, Language, Reason, RiskLevel};
 use factors::Bound;
 use matcher::Matcher;
 
+pub use model::{BUILTIN_MODEL_NAME, Feature, Model};
 pub use rulebook::RulebookError;
 use rulebook::{Combo, Context, Rule};
 
@@ -43,7 +45,7 @@ pub const BUILTIN_RULEBOOK_NAME: &str = "services/triage/rules/rulebook.toml (bu
 /// A compiled rulebook.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    version: String,
+    rulebook_version: String,
     source: String,
     rules: Vec<Rule>,
     /// Every rule pattern with its rule index.
@@ -57,6 +59,10 @@ pub struct Engine {
     context: Context,
     tokens: TokenTable,
     suffixes: Suffixes,
+    /// The learned second opinion, which may only raise the rules' level.
+    model: Option<Model>,
+    /// `rulebook version` or `rulebook version+model version`.
+    version: String,
 }
 
 /// Matchers other than rule patterns, by their place after the rule
@@ -146,7 +152,9 @@ impl Engine {
             Some(Matcher::new(re))
         };
         let mut engine = Engine {
-            version: compiled.version,
+            version: compiled.version.clone(),
+            model: None,
+            rulebook_version: compiled.version,
             source: source_name.to_owned(),
             rules: compiled.rules,
             patterns,
@@ -176,14 +184,42 @@ impl Engine {
         Engine::from_rulebook_str(&text, &name)
     }
 
-    /// The rulebook compiled into the binary (`services/triage/rules/rulebook.toml`).
+    /// The rulebook and the model compiled into the binary
+    /// (`services/triage/rules/rulebook.toml`, `rules/model.toml`).
     pub fn builtin() -> Result<Engine, RulebookError> {
+        Ok(Engine::builtin_rules()?.with_model(Some(Model::builtin()?)))
+    }
+
+    /// The builtin rulebook without the model.
+    pub fn builtin_rules() -> Result<Engine, RulebookError> {
         Engine::from_rulebook_str(BUILTIN_RULEBOOK, BUILTIN_RULEBOOK_NAME)
     }
 
-    /// The rulebook's `version`.
+    /// Replaces the learned model (`None`: rules only).
+    #[must_use]
+    pub fn with_model(mut self, model: Option<Model>) -> Engine {
+        self.version = match &model {
+            Some(m) => format!("{}+model.{}", self.rulebook_version, m.version()),
+            None => self.rulebook_version.clone(),
+        };
+        self.model = model;
+        self
+    }
+
+    /// The learned model, if any.
+    pub fn model(&self) -> Option<&Model> {
+        self.model.as_ref()
+    }
+
+    /// What every assessment records: the rulebook's `version`, and the
+    /// model's when there is one (`2025.11.7+model.2026.11.1`).
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The rulebook's own `version`.
+    pub fn rulebook_version(&self) -> &str {
+        &self.rulebook_version
     }
 
     /// Where the rulebook came from (a path, or the builtin name).
@@ -267,7 +303,8 @@ impl Engine {
         self.assess_with(text, true)
     }
 
-    fn assess_with(&self, text: &str, exhaustive: bool) -> Assessment {
+    /// The rules' verdict, before the model.
+    fn judge(&self, text: &str, exhaustive: bool) -> Judged {
         let mut n = normalise::normalise(
             text,
             Lexicon {
@@ -319,10 +356,19 @@ impl Engine {
                 .collect()
         };
         if candidates.is_empty() {
-            return self.assessment(RiskLevel::Low, Vec::new(), lang, 0);
+            return Judged {
+                n,
+                lang,
+                unsaid: Vec::new(),
+                reasons: Vec::new(),
+                level: RiskLevel::Low,
+                repeats: 0,
+            };
         }
         let mut cues = Cues::new(self, &n.text, (!exhaustive).then_some(&starts));
         let mut hits: Vec<Hit> = Vec::new();
+        // Matches the context negated: not evidence for the model.
+        let mut unsaid: Vec<(usize, usize)> = Vec::new();
         // Every unlowered match with its rule's tags, for combinations.
         let mut tagged: Vec<(u64, usize, usize)> = Vec::new();
         for &index in &candidates {
@@ -339,6 +385,7 @@ impl Engine {
             }
             for &(start, end) in &found {
                 let Some((level, full)) = self.effective(rule, start, end, &mut cues, &n) else {
+                    unsaid.push((start, end));
                     continue;
                 };
                 if full && rule.tags != 0 {
@@ -407,7 +454,57 @@ impl Engine {
             .filter(|h| h.level == level)
             .map(|h| h.matches.saturating_sub(1) as usize)
             .sum();
-        self.assessment(level, reasons, lang, repeats)
+        Judged {
+            n,
+            lang,
+            unsaid,
+            reasons,
+            level,
+            repeats,
+        }
+    }
+
+    fn assess_with(&self, text: &str, exhaustive: bool) -> Assessment {
+        let mut j = self.judge(text, exhaustive);
+        if let Some(model) = &self.model {
+            let mut scorer = model.scorer();
+            each_feature(&j, |key, s, e| scorer.add(key, s, e));
+            let opinion = scorer.opinion();
+            if let Some(level) = opinion.level.filter(|&l| l > j.level) {
+                let (start, end) = opinion
+                    .span
+                    .map_or((0, 0), |(s, e)| j.n.original_span(s, e));
+                j.reasons.insert(
+                    0,
+                    Reason {
+                        rule: format!("model.{}", level.as_str()),
+                        label: model_label(level).to_owned(),
+                        level,
+                        start,
+                        end,
+                    },
+                );
+                j.level = level;
+                j.repeats = 0;
+            }
+        }
+        self.assessment(j.level, j.reasons, j.lang, j.repeats)
+    }
+
+    /// The features the model sees for `text`: its words and word pairs
+    /// (idioms blanked) and the rules that fired, with their levels. For
+    /// `triage-train`.
+    #[doc(hidden)]
+    pub fn learning_features(&self, text: &str) -> Vec<Feature> {
+        let mut out = Vec::new();
+        each_feature(&self.judge(text, false), |key, start, end| {
+            out.push(Feature {
+                key: String::from_utf8_lossy(key).into_owned(),
+                start,
+                end,
+            });
+        });
+        out
     }
 
     fn assessment(
@@ -468,6 +565,55 @@ impl Engine {
             level = level.min(l);
         }
         Some((level, level == rule.level))
+    }
+}
+
+/// The rules' verdict on one message, with its normalised text.
+struct Judged {
+    n: Normalised,
+    lang: Language,
+    /// Spans of matches the context negated ("no me voy a matar"): the
+    /// model does not see their words.
+    unsaid: Vec<(usize, usize)>,
+    reasons: Vec<Reason>,
+    level: RiskLevel,
+    repeats: usize,
+}
+
+/// The model's features of a judged message: words, word pairs and
+/// character 4-grams (negated matches blanked), and `r:<rule>:<level>` for
+/// every reason.
+fn each_feature(j: &Judged, mut f: impl FnMut(&[u8], usize, usize)) {
+    if j.unsaid.is_empty() {
+        model::each_word_feature(&j.n.text, &mut f);
+    } else {
+        let mut text = j.n.text.clone();
+        for &(s, e) in &j.unsaid {
+            if let Some(bytes) = text.get_mut(s..e) {
+                bytes.fill(b' ');
+            }
+        }
+        model::each_word_feature(&text, &mut f);
+    }
+    let mut key = Vec::with_capacity(64);
+    for r in &j.reasons {
+        key.clear();
+        key.extend_from_slice(b"r:");
+        key.extend_from_slice(r.rule.as_bytes());
+        key.push(b':');
+        key.extend_from_slice(r.level.as_str().as_bytes());
+        f(&key, 0, 0);
+    }
+}
+
+/// How a raise by the model reads on the counsellor's screen.
+fn model_label(level: RiskLevel) -> &'static str {
+    match level {
+        RiskLevel::Imminent => "Worded like messages from people in danger now (learned model)",
+        RiskLevel::High => "Worded like messages from people at high risk (learned model)",
+        RiskLevel::Moderate | RiskLevel::Low => {
+            "Worded like messages from people at moderate risk (learned model)"
+        }
     }
 }
 

@@ -30,13 +30,16 @@ pub(crate) struct TokenInfo {
     pub lang: i8,
 }
 
-pub(crate) type TokenTable = HashMap<Box<[u8]>, TokenInfo, BuildHasherDefault<TokenHasher>>;
+pub(crate) type TokenTable = TokenMap<TokenInfo>;
 
 /// A fast hash for tokens: eight bytes at a time, then a 64-bit finaliser
 /// (every token of every message is looked up; the table is ours, so
 /// SipHash's flood resistance buys nothing here).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TokenHasher(u64);
+
+/// A map keyed by tokens with [`TokenHasher`].
+pub(crate) type TokenMap<V> = HashMap<Box<[u8]>, V, BuildHasherDefault<TokenHasher>>;
 
 const K: u64 = 0x9e37_79b9_7f4a_7c15;
 

@@ -1,7 +1,13 @@
 use super::*;
 
+/// The rules alone: these tests are about the rulebook's logic. The
+/// learned model on top is tested in `model_*` below.
 fn engine() -> Engine {
-    Engine::builtin().expect("builtin rulebook compiles")
+    Engine::builtin_rules().expect("builtin rulebook compiles")
+}
+
+fn with_model() -> Engine {
+    Engine::builtin().expect("builtin rulebook and model load")
 }
 
 #[track_caller]
@@ -656,4 +662,94 @@ fn recent_overdose_is_not_reported_as_in_progress() {
     let a = e.assess("i keep daydreaming about overdosing");
     assert_eq!(a.level, Moderate, "{a:?}");
     assert!(a.reasons.iter().all(|r| r.level < Imminent), "{a:?}");
+}
+
+/// Every labelled message of the sets the model was trained on.
+fn training_texts() -> Vec<String> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/eval");
+    ["dev", "heldout", "heldout2", "heldout3", "heldout4"]
+        .iter()
+        .flat_map(|set| {
+            let text = std::fs::read_to_string(format!("{dir}/{set}.jsonl")).expect("eval set");
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                    v["text"].as_str().expect("text").to_owned()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The model only raises: with it, no message is below the rules' level,
+/// and a raise is explained by a `model.<level>` reason at that level
+/// whose span lies in the text.
+#[test]
+fn model_only_raises_and_says_so() {
+    let (rules, full) = (engine(), with_model());
+    let mut raised = 0;
+    for text in training_texts() {
+        let (r, m) = (rules.assess(&text), full.assess(&text));
+        assert!(m.level >= r.level, "{text:?}: {r:?} -> {m:?}");
+        let reason = m.reasons.iter().find(|x| x.rule.starts_with("model."));
+        if m.level > r.level {
+            raised += 1;
+            let reason = reason.unwrap_or_else(|| panic!("{text:?}: raise without reason {m:?}"));
+            assert_eq!(reason.rule, format!("model.{}", m.level.as_str()));
+            assert_eq!(reason.level, m.level);
+            assert!(!reason.label.is_empty());
+            assert!(reason.end <= text.chars().count(), "{reason:?}");
+        } else {
+            assert!(reason.is_none(), "{text:?}: {m:?}");
+        }
+    }
+    assert!(raised > 10, "the model raised only {raised} messages");
+    assert_eq!(
+        full.version(),
+        format!(
+            "{}+model.{}",
+            rules.version(),
+            full.model().map_or("", |m| m.version())
+        )
+    );
+}
+
+/// Risk worded in a way no rule foresaw: the rules see a farewell or
+/// nothing at all; the model, trained on such messages, raises them.
+/// (These texts are in its training data: this checks the model is wired
+/// in, not how well it generalises — docs/triage.md has those figures.)
+#[test]
+fn model_raises_risk_the_rules_miss() {
+    let (rules, full) = (engine(), with_model());
+    for (text, want) in [
+        (
+            "🙏🖤 tell lil mike i love him. im sorry for everything",
+            Imminent,
+        ),
+        ("wrote a note. its in my wallet. havent decided when", High),
+        (
+            "i cnat feel my face i thinl i did to much, my breathing is rlly slow",
+            Imminent,
+        ),
+    ] {
+        assert!(rules.assess(text).level < want, "{text:?}");
+        let a = full.assess(text);
+        assert!(a.level >= want, "{text:?}: {a:?}");
+    }
+}
+
+/// What the rules negated is not evidence for the model either.
+#[test]
+fn model_does_not_see_negated_words() {
+    let e = with_model();
+    assert_levels(
+        &e,
+        &[
+            ("no me voy a matar", Low),
+            ("I'm not going to kill myself", Low),
+            ("i would never hurt myself", Low),
+            ("nunca me haría daño", Low),
+        ],
+    );
 }

@@ -1,0 +1,359 @@
+//! Trains the learned second opinion (`rules/model.toml`) on labelled sets.
+//!
+//! ```text
+//! cargo run --release -p nwd-triage --bin triage-train -- \
+//!     --input services/triage/eval/dev.jsonl --input … --cv 5 --out services/triage/rules/model.toml
+//! ```
+//!
+//! Features are what `Engine::learning_features` gives with the rules alone:
+//! words and word pairs of the normalised message (idioms blanked) and every
+//! rule that fired, with its level. Each head (≥ moderate, ≥ high, imminent)
+//! is a logistic regression with **non-negative** weights (projected
+//! gradient descent, Adam, L2), classes balanced, so that a word can only add
+//! risk. Deterministic: same inputs, same model.
+//!
+//! `--cv K` first reports out-of-fold figures (the rules plus a model trained
+//! without the fold) for a grid of thresholds, so thresholds are chosen on
+//! messages the model has not seen.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use nwd_proto::RiskLevel;
+use nwd_triage::Engine;
+use nwd_triage::eval::{Figures, Tally};
+use serde::Deserialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "triage-train",
+    about = "Trains the triage model on labelled messages"
+)]
+struct Args {
+    /// Labelled JSONL files ({"id","text","level"} per line); repeat.
+    #[arg(long, required = true)]
+    input: Vec<PathBuf>,
+    /// Where to write the model (TOML).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The model's version.
+    #[arg(long, default_value = "dev")]
+    version: String,
+    /// Report K-fold out-of-fold figures for a grid of thresholds first.
+    #[arg(long)]
+    cv: Option<usize>,
+    /// A feature must occur in at least this many training messages.
+    #[arg(long, default_value_t = 2)]
+    min_df: usize,
+    /// L2 penalty.
+    #[arg(long, default_value_t = 0.003)]
+    l2: f64,
+    /// Gradient steps.
+    #[arg(long, default_value_t = 400)]
+    epochs: usize,
+    /// Thresholds written into the model: moderate, high, imminent.
+    #[arg(long, num_args = 3, default_values_t = [0.5, 0.5, 0.5])]
+    thresholds: Vec<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Row {
+    text: String,
+    level: RiskLevel,
+}
+
+/// A trained head: bias and one weight per vocabulary feature.
+type Head = (f64, Vec<f64>);
+
+/// One training message: its feature indices (distinct) and labels.
+struct Example {
+    features: Vec<usize>,
+    level: RiskLevel,
+    rules: RiskLevel,
+}
+
+const HEADS: [RiskLevel; 3] = [RiskLevel::Moderate, RiskLevel::High, RiskLevel::Imminent];
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.thresholds.iter().any(|t| !(*t > 0.0 && *t < 1.0)) {
+        bail!("thresholds lie strictly between 0 and 1");
+    }
+    let engine = Engine::builtin_rules()?;
+    let mut texts: Vec<(Vec<String>, RiskLevel, RiskLevel)> = Vec::new();
+    let mut names = Vec::new();
+    for path in &args.input {
+        let reader = BufReader::new(
+            File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
+        );
+        for (n, line) in reader.lines().enumerate() {
+            let line = line?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let row: Row = serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: not a labelled line", path.display(), n + 1))?;
+            let keys = engine
+                .learning_features(&row.text)
+                .into_iter()
+                .map(|f| f.key)
+                .collect();
+            texts.push((keys, row.level, engine.assess(&row.text).level));
+        }
+        names.push(
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} labelled messages from {}",
+        texts.len(),
+        names.join(", ")
+    )?;
+    if let Some(k) = args.cv.filter(|&k| k > 1) {
+        cross_validate(&texts, k, &args, &mut out)?;
+    }
+    let (vocab, examples) = featurise(&texts, &(0..texts.len()).collect::<Vec<_>>(), args.min_df);
+    let heads: Vec<Head> = HEADS
+        .iter()
+        .map(|&h| train(&examples, vocab.len(), h, &args))
+        .collect();
+    writeln!(out, "features: {} (min_df {})", vocab.len(), args.min_df)?;
+    if let Some(path) = &args.out {
+        let toml = render(&args, &names, &vocab, &heads);
+        std::fs::write(path, toml).with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(())
+}
+
+/// The vocabulary of the chosen messages (features in ≥ `min_df` of them)
+/// and those messages as index lists.
+fn featurise(
+    texts: &[(Vec<String>, RiskLevel, RiskLevel)],
+    chosen: &[usize],
+    min_df: usize,
+) -> (Vec<String>, Vec<Example>) {
+    let mut df: BTreeMap<&str, usize> = BTreeMap::new();
+    for &i in chosen {
+        let Some((keys, _, _)) = texts.get(i) else {
+            continue;
+        };
+        let mut distinct: Vec<&str> = keys.iter().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for k in distinct {
+            *df.entry(k).or_default() += 1;
+        }
+    }
+    let vocab: Vec<String> = df
+        .into_iter()
+        .filter(|&(_, n)| n >= min_df)
+        .map(|(k, _)| k.to_owned())
+        .collect();
+    let examples = chosen
+        .iter()
+        .filter_map(|&i| texts.get(i))
+        .map(|(keys, level, rules)| example(&vocab, keys, *level, *rules))
+        .collect();
+    (vocab, examples)
+}
+
+fn example(vocab: &[String], keys: &[String], level: RiskLevel, rules: RiskLevel) -> Example {
+    let mut features: Vec<usize> = keys
+        .iter()
+        .filter_map(|k| vocab.binary_search(k).ok())
+        .collect();
+    features.sort_unstable();
+    features.dedup();
+    Example {
+        features,
+        level,
+        rules,
+    }
+}
+
+/// One head: bias and non-negative weights.
+fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Head {
+    let positives = examples.iter().filter(|e| e.level >= head).count();
+    let n = examples.len().max(1) as f64;
+    // Balanced classes: each side weighs half.
+    let w_pos = n / (2.0 * positives.max(1) as f64);
+    let w_neg = n / (2.0 * (examples.len() - positives).max(1) as f64);
+    let mut w = vec![0.0f64; dims];
+    let mut bias = 0.0f64;
+    let (mut m, mut v) = (vec![0.0f64; dims + 1], vec![0.0f64; dims + 1]);
+    let (lr, b1, b2, eps) = (0.05, 0.9, 0.999, 1e-8);
+    let mut grad = vec![0.0f64; dims + 1];
+    for step in 1..=args.epochs {
+        grad.iter_mut().for_each(|g| *g = 0.0);
+        for e in examples {
+            let z = bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>();
+            let p = 1.0 / (1.0 + (-z).exp());
+            let (y, c) = if e.level >= head {
+                (1.0, w_pos)
+            } else {
+                (0.0, w_neg)
+            };
+            let g = c * (p - y) / n;
+            for &f in &e.features {
+                if let Some(gf) = grad.get_mut(f) {
+                    *gf += g;
+                }
+            }
+            if let Some(gb) = grad.get_mut(dims) {
+                *gb += g;
+            }
+        }
+        let t = step as i32;
+        for i in 0..=dims {
+            let param = if i == dims {
+                bias
+            } else {
+                w.get(i).copied().unwrap_or(0.0)
+            };
+            let g =
+                grad.get(i).copied().unwrap_or(0.0) + if i == dims { 0.0 } else { args.l2 * param };
+            let (Some(mi), Some(vi)) = (m.get_mut(i), v.get_mut(i)) else {
+                continue;
+            };
+            *mi = b1 * *mi + (1.0 - b1) * g;
+            *vi = b2 * *vi + (1.0 - b2) * g * g;
+            let mh = *mi / (1.0 - b1.powi(t));
+            let vh = *vi / (1.0 - b2.powi(t));
+            let next = param - lr * mh / (vh.sqrt() + eps);
+            if i == dims {
+                bias = next;
+            } else if let Some(wi) = w.get_mut(i) {
+                *wi = next.max(0.0);
+            }
+        }
+    }
+    (bias, w)
+}
+
+/// The model's level for one example.
+fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel> {
+    let mut level = None;
+    for ((head, (bias, w)), t) in HEADS.iter().zip(heads).zip(thresholds) {
+        let z = bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>();
+        if 1.0 / (1.0 + (-z).exp()) >= *t {
+            level = Some(*head);
+        }
+    }
+    level
+}
+
+fn cross_validate(
+    texts: &[(Vec<String>, RiskLevel, RiskLevel)],
+    k: usize,
+    args: &Args,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    // Out-of-fold: for each message, its features in the fold model's vocab
+    // and that model's heads.
+    let mut folds: Vec<(Vec<Head>, Vec<Example>)> = Vec::new();
+    for fold in 0..k {
+        let train_ix: Vec<usize> = (0..texts.len()).filter(|i| i % k != fold).collect();
+        let (vocab, examples) = featurise(texts, &train_ix, args.min_df);
+        let heads = HEADS
+            .iter()
+            .map(|&h| train(&examples, vocab.len(), h, args))
+            .collect();
+        let held = (0..texts.len())
+            .filter(|i| i % k == fold)
+            .filter_map(|i| texts.get(i))
+            .map(|(keys, level, rules)| example(&vocab, keys, *level, *rules))
+            .collect();
+        folds.push((heads, held));
+    }
+    let figures = |thresholds: &[f64]| -> Figures {
+        let mut tally = Tally::default();
+        for (heads, held) in &folds {
+            for e in held {
+                let model = predict(heads, e, thresholds).unwrap_or(RiskLevel::Low);
+                tally.add(e.level, e.rules.max(model));
+            }
+        }
+        tally.figures()
+    };
+    let show = |x: Option<f64>| x.map_or_else(|| "  n/a".to_owned(), |x| format!("{x:.3}"));
+    let mut rules_only = Tally::default();
+    for (_, held) in &folds {
+        for e in held {
+            rules_only.add(e.level, e.rules);
+        }
+    }
+    writeln!(
+        out,
+        "{k}-fold out-of-fold figures (rules + model; thresholds moderate/high/imminent)"
+    )?;
+    writeln!(
+        out,
+        "{:>18} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "thresholds", "accuracy", "under", "imm+high", "imminent", "low→imm"
+    )?;
+    let row = |out: &mut dyn Write, name: String, f: Figures| {
+        writeln!(
+            out,
+            "{name:>18} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            show(f.accuracy),
+            show(f.under_triage),
+            show(f.high_plus_recall),
+            show(f.imminent_recall),
+            show(f.low_as_imminent)
+        )
+    };
+    row(out, "rules only".to_owned(), rules_only.figures())?;
+    let grid = [0.3, 0.4, 0.5, 0.6, 0.7];
+    for &tm in &[0.5, 0.7] {
+        for &th in &grid {
+            for &ti in &grid {
+                let t = [tm, th, ti];
+                row(out, format!("{tm:.1}/{th:.1}/{ti:.1}"), figures(&t))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn render(args: &Args, names: &[String], vocab: &[String], heads: &[Head]) -> String {
+    let mut weights: BTreeMap<&str, [f64; 3]> = BTreeMap::new();
+    for (h, (_, w)) in heads.iter().enumerate() {
+        for (i, &wi) in w.iter().enumerate() {
+            let rounded = (wi * 10_000.0).round() / 10_000.0;
+            if rounded > 0.0
+                && let Some(key) = vocab.get(i)
+                && let Some(entry) = weights.entry(key.as_str()).or_default().get_mut(h)
+            {
+                *entry = rounded;
+            }
+        }
+    }
+    let mut s = String::new();
+    s.push_str("# Generated by triage-train; do not edit by hand. See docs/triage.md.\n");
+    s.push_str(&format!("version = {:?}\n", args.version));
+    s.push_str(&format!("trained_on = {names:?}\n"));
+    s.push_str(&format!(
+        "# min_df {}, l2 {}, epochs {}\n",
+        args.min_df, args.l2, args.epochs
+    ));
+    let head_names = ["moderate", "high", "imminent"];
+    for ((name, (bias, _)), t) in head_names.iter().zip(heads).zip(&args.thresholds) {
+        s.push_str(&format!(
+            "\n[heads.{name}]\nbias = {:.4}\nthreshold = {t:?}\n",
+            (bias * 10_000.0).round() / 10_000.0
+        ));
+    }
+    s.push_str("\n[weights]\n");
+    for (key, w) in weights {
+        s.push_str(&format!("{key:?} = [{:?}, {:?}, {:?}]\n", w[0], w[1], w[2]));
+    }
+    s
+}

@@ -1,0 +1,488 @@
+//! The learned second opinion: a linear model over the words of a message
+//! and the rules that fired, trained on the labelled sets (`triage-train`)
+//! and stored as data next to the rulebook (`rules/model.toml`).
+//!
+//! The rules say *why*; they miss risk that is worded in a way no rule
+//! foresaw ("tell lil mike i love him. im sorry for everything"). The model
+//! only ever **raises** the rules' level, never lowers it, and its weights
+//! are non-negative, so more words never make a message look safer to it.
+//!
+//! Three heads share the features, one per threshold of the ordinal scale:
+//! P(level ≥ moderate), P(level ≥ high), P(level = imminent). The model's
+//! level is the highest head whose probability reaches its threshold.
+
+use std::collections::BTreeMap;
+
+use nwd_proto::RiskLevel;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::normalise::TokenMap;
+use super::rulebook::{RulebookError, line_of};
+
+/// The model shipped with the service.
+pub const BUILTIN_MODEL: &str = include_str!("../../rules/model.toml");
+/// How the builtin model is named in errors and logs.
+pub const BUILTIN_MODEL_NAME: &str = "services/triage/rules/model.toml (builtin)";
+
+/// The raised levels, in head order.
+pub(crate) const HEADS: [RiskLevel; 3] =
+    [RiskLevel::Moderate, RiskLevel::High, RiskLevel::Imminent];
+
+/// One head: `P = sigmoid(bias + Σ weights)`, raising at `threshold`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Head {
+    pub bias: f32,
+    pub threshold: f32,
+}
+
+/// A loaded model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    version: String,
+    heads: [Head; 3],
+    /// Feature → row of `rows`.
+    index: TokenMap<u32>,
+    /// Weights per head.
+    rows: Vec<[f32; 3]>,
+}
+
+/// A feature of one message: its key and the normalised byte span it
+/// covers (empty for rule features).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    pub key: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// What the model says about one message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Opinion {
+    /// The highest head that reached its threshold.
+    pub level: Option<RiskLevel>,
+    /// P per head.
+    pub p: [f32; 3],
+    /// The word feature that added most to the raising head, as a
+    /// normalised byte span.
+    pub span: Option<(usize, usize)>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    version: Spanned<String>,
+    /// Which labelled sets it was trained on (documentation only).
+    #[serde(default)]
+    #[allow(dead_code)]
+    trained_on: Vec<String>,
+    heads: RawHeads,
+    #[serde(default)]
+    weights: BTreeMap<String, Spanned<Vec<f32>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeads {
+    moderate: Spanned<RawHead>,
+    high: Spanned<RawHead>,
+    imminent: Spanned<RawHead>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHead {
+    bias: f32,
+    threshold: f32,
+}
+
+impl Model {
+    /// Parses and checks a model file; errors name the file, the line and
+    /// the feature or head.
+    pub fn from_str(text: &str, file: &str) -> Result<Model, RulebookError> {
+        let raw: RawModel = toml::from_str(text).map_err(|e| RulebookError::Parse {
+            file: file.to_owned(),
+            line: e.span().map_or(1, |s| line_of(text, s.start)),
+            message: e.message().trim().to_owned(),
+        })?;
+        let err = |span: std::ops::Range<usize>, what: &str, problem: &str| RulebookError::Rule {
+            file: file.to_owned(),
+            line: line_of(text, span.start),
+            rule: what.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let version = raw.version.get_ref().trim().to_owned();
+        if version.is_empty() {
+            return Err(err(raw.version.span(), "version", "empty version"));
+        }
+        let mut heads = [Head {
+            bias: 0.0,
+            threshold: 1.0,
+        }; 3];
+        let named = [
+            ("heads.moderate", &raw.heads.moderate),
+            ("heads.high", &raw.heads.high),
+            ("heads.imminent", &raw.heads.imminent),
+        ];
+        for (slot, (name, head)) in heads.iter_mut().zip(named) {
+            let h = head.get_ref();
+            if !h.bias.is_finite() {
+                return Err(err(head.span(), name, "bias is not a finite number"));
+            }
+            if !(h.threshold > 0.0 && h.threshold < 1.0) {
+                return Err(err(
+                    head.span(),
+                    name,
+                    "threshold must lie strictly between 0 and 1",
+                ));
+            }
+            *slot = Head {
+                bias: h.bias,
+                threshold: h.threshold,
+            };
+        }
+        let mut index = TokenMap::default();
+        let mut rows = Vec::with_capacity(raw.weights.len());
+        for (key, w) in &raw.weights {
+            let ok_key = ["w:", "b:", "c:", "r:"].iter().any(|p| key.starts_with(p))
+                && key.len() > 2
+                && key.is_ascii();
+            if !ok_key {
+                return Err(err(
+                    w.span(),
+                    key,
+                    "a feature is `w:<word>`, `b:<word> <word>` or `r:<rule>`, in ASCII",
+                ));
+            }
+            let v = w.get_ref();
+            let [a, b, c] = v.as_slice() else {
+                return Err(err(w.span(), key, "a weight is [moderate, high, imminent]"));
+            };
+            if [a, b, c].iter().any(|x| !x.is_finite() || **x < 0.0) {
+                return Err(err(
+                    w.span(),
+                    key,
+                    "weights are finite and not negative (more words never lower the risk)",
+                ));
+            }
+            let row =
+                u32::try_from(rows.len()).map_err(|_| err(w.span(), key, "too many features"))?;
+            rows.push([*a, *b, *c]);
+            index.insert(key.as_bytes().into(), row);
+        }
+        Ok(Model {
+            version,
+            heads,
+            index,
+            rows,
+        })
+    }
+
+    /// The builtin model.
+    pub fn builtin() -> Result<Model, RulebookError> {
+        Model::from_str(BUILTIN_MODEL, BUILTIN_MODEL_NAME)
+    }
+
+    /// Reads and checks a model file.
+    pub fn load(path: &std::path::Path) -> Result<Model, RulebookError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| RulebookError::Read {
+            file: name.clone(),
+            source,
+        })?;
+        Model::from_str(&text, &name)
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Number of features with a weight.
+    pub fn feature_count(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Starts scoring one message: feed it features, then
+    /// [`Scorer::opinion`].
+    pub(crate) fn scorer(&self) -> Scorer<'_> {
+        Scorer {
+            model: self,
+            hits: Vec::new(),
+        }
+    }
+
+    /// Scores one message's features (each counted once).
+    #[cfg(test)]
+    pub(crate) fn opinion(&self, features: &[Feature]) -> Opinion {
+        let mut scorer = self.scorer();
+        for f in features {
+            scorer.add(f.key.as_bytes(), f.start, f.end);
+        }
+        scorer.opinion()
+    }
+}
+
+/// The features of one message that the model knows, as they come.
+pub(crate) struct Scorer<'m> {
+    model: &'m Model,
+    /// (weight row, start, end) per known feature occurrence.
+    hits: Vec<(u32, usize, usize)>,
+}
+
+impl Scorer<'_> {
+    pub(crate) fn add(&mut self, key: &[u8], start: usize, end: usize) {
+        if let Some(&row) = self.model.index.get(key) {
+            self.hits.push((row, start, end));
+        }
+    }
+
+    /// Each known feature counts once (its first occurrence gives the span).
+    pub(crate) fn opinion(mut self) -> Opinion {
+        self.hits.sort_by_key(|h| h.0);
+        self.hits.dedup_by_key(|h| h.0);
+        let mut z = self.model.heads.map(|h| h.bias);
+        // Best word feature per head: (weight, span).
+        let mut best: [Option<(f32, (usize, usize))>; 3] = [None; 3];
+        for &(row, start, end) in &self.hits {
+            let Some(w) = self.model.rows.get(row as usize) else {
+                continue;
+            };
+            for (i, wi) in w.iter().enumerate() {
+                if let Some(zi) = z.get_mut(i) {
+                    *zi += wi;
+                }
+                if let Some(b) = best.get_mut(i).filter(|_| start < end && *wi > 0.0)
+                    && b.is_none_or(|(bw, (bs, _))| *wi > bw || (*wi == bw && start < bs))
+                {
+                    *b = Some((*wi, (start, end)));
+                }
+            }
+        }
+        let p = z.map(sigmoid);
+        let mut level = None;
+        let mut span = None;
+        for (i, head) in self.model.heads.iter().enumerate().rev() {
+            if p.get(i).is_some_and(|&pi| pi >= head.threshold) {
+                level = HEADS.get(i).copied();
+                span = best.get(i).copied().flatten().map(|(_, s)| s);
+                break;
+            }
+        }
+        Opinion { level, p, span }
+    }
+}
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Calls `f(key, start, end)` for every word (`w:`), word pair (`b:`) and
+/// character 4-gram (`c:`) feature of normalised text (lowercase ASCII,
+/// idioms blanked). Tokens are runs of letters and digits; pairs do not
+/// cross a clause break (`. , ; : ! ?`); 4-grams are of the word padded
+/// with `_` and carry misspellings ("thinl", "cnat") to the words they
+/// resemble. Spans are normalised byte offsets.
+pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usize)) {
+    let mut key: Vec<u8> = Vec::with_capacity(64);
+    let mut prev: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < text.len() {
+        let b = text.get(i).copied().unwrap_or(b' ');
+        if b.is_ascii_alphanumeric() {
+            let start = i;
+            while text.get(i).is_some_and(u8::is_ascii_alphanumeric) {
+                i += 1;
+            }
+            let word = text.get(start..i).unwrap_or_default();
+            let n = word.len() + 2;
+            for g in 0..n.saturating_sub(3) {
+                key.clear();
+                key.extend_from_slice(b"c:");
+                key.extend((g..g + 4).map(|k| match k {
+                    0 => b'_',
+                    k if k == n - 1 => b'_',
+                    k => word.get(k - 1).copied().unwrap_or(b'_'),
+                }));
+                f(&key, start, i);
+            }
+            key.clear();
+            key.extend_from_slice(b"w:");
+            key.extend_from_slice(word);
+            f(&key, start, i);
+            if let Some((ps, pe)) = prev {
+                key.clear();
+                key.extend_from_slice(b"b:");
+                key.extend_from_slice(text.get(ps..pe).unwrap_or_default());
+                key.push(b' ');
+                key.extend_from_slice(word);
+                f(&key, ps, i);
+            }
+            prev = Some((start, i));
+            continue;
+        }
+        if matches!(b, b'.' | b',' | b';' | b':' | b'!' | b'?') {
+            prev = None;
+        }
+        i += 1;
+    }
+}
+
+/// [`each_word_feature`] collected.
+#[cfg(test)]
+pub(crate) fn word_features(text: &[u8], out: &mut Vec<Feature>) {
+    each_word_feature(text, |key, start, end| {
+        out.push(Feature {
+            key: String::from_utf8_lossy(key).into_owned(),
+            start,
+            end,
+        });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const SMALL: &str = r#"
+version = "t1"
+[heads.moderate]
+bias = -2.0
+threshold = 0.5
+[heads.high]
+bias = -3.0
+threshold = 0.5
+[heads.imminent]
+bias = -4.0
+threshold = 0.5
+[weights]
+"w:ledge" = [3.0, 3.5, 1.0]
+"b:night night" = [3.0, 3.5, 4.5]
+"r:farewell:low" = [2.5, 0.0, 0.0]
+"#;
+
+    fn feats(text: &str) -> Vec<Feature> {
+        let mut v = Vec::new();
+        word_features(text.as_bytes(), &mut v);
+        v
+    }
+
+    #[test]
+    fn words_and_pairs_within_clauses() {
+        let keys: Vec<String> = feats("on the ledge, night night")
+            .into_iter()
+            .map(|f| f.key)
+            .filter(|k| !k.starts_with("c:"))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "w:on",
+                "w:the",
+                "b:on the",
+                "w:ledge",
+                "b:the ledge",
+                "w:night",
+                "w:night",
+                "b:night night"
+            ]
+        );
+        let ledge: Vec<(String, usize, usize)> = feats("on the ledge")
+            .into_iter()
+            .filter(|f| f.start == 7)
+            .map(|f| (f.key, f.start, f.end))
+            .collect();
+        let grams = ["c:_led", "c:ledg", "c:edge", "c:dge_", "w:ledge"];
+        assert_eq!(
+            ledge.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(),
+            grams
+        );
+        assert!(ledge.iter().all(|f| (f.1, f.2) == (7, 12)));
+    }
+
+    #[test]
+    fn heads_raise_to_the_highest_threshold_reached() {
+        let m = Model::from_str(SMALL, "small.toml").unwrap();
+        assert_eq!(m.version(), "t1");
+        assert_eq!(m.opinion(&feats("hello")).level, None);
+        let o = m.opinion(&feats("on the ledge"));
+        assert_eq!(o.level, Some(RiskLevel::High));
+        assert_eq!(o.span, Some((7, 12)));
+        let o = m.opinion(&feats("night night forever"));
+        assert_eq!(o.level, Some(RiskLevel::Imminent));
+        assert_eq!(o.span, Some((0, 11)));
+        // A rule feature counts, has no span.
+        let rule = Feature {
+            key: "r:farewell:low".into(),
+            start: 0,
+            end: 0,
+        };
+        let o = m.opinion(&[rule.clone(), rule]);
+        assert_eq!(o.level, Some(RiskLevel::Moderate), "{o:?}");
+        assert_eq!(o.span, None);
+    }
+
+    #[test]
+    fn repeated_features_count_once() {
+        let m = Model::from_str(SMALL, "small.toml").unwrap();
+        let once = m.opinion(&feats("ledge")).p;
+        let thrice = m.opinion(&feats("ledge ledge, ledge")).p;
+        assert_eq!(once, thrice);
+    }
+
+    #[test]
+    fn bad_models_name_file_line_and_feature() {
+        let cases = [
+            (
+                SMALL.replace("3.5, 1.0]", "-3.5, 1.0]"),
+                13,
+                "w:ledge",
+                "not negative",
+            ),
+            (
+                SMALL.replace("[3.0, 3.5, 1.0]", "[3.0]"),
+                13,
+                "w:ledge",
+                "[moderate, high, imminent]",
+            ),
+            (
+                SMALL.replace("\"w:ledge\"", "\"ledge\""),
+                13,
+                "ledge",
+                "a feature is",
+            ),
+            (
+                SMALL.replace(
+                    "threshold = 0.5\n[heads.high]",
+                    "threshold = 1.5\n[heads.high]",
+                ),
+                0,
+                "heads.moderate",
+                "strictly between",
+            ),
+            (
+                SMALL.replace("version = \"t1\"", "version = \" \""),
+                2,
+                "version",
+                "empty version",
+            ),
+        ];
+        for (text, line, what, problem) in cases {
+            let e = Model::from_str(&text, "m.toml").unwrap_err();
+            let shown = e.to_string();
+            assert!(shown.starts_with("m.toml:"), "{shown}");
+            assert!(shown.contains(what) && shown.contains(problem), "{shown}");
+            if line > 0 {
+                assert_eq!(e.line(), line, "{shown}");
+            }
+        }
+        let e = Model::from_str("version = 3", "m.toml").unwrap_err();
+        assert!(matches!(e, RulebookError::Parse { line: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn the_builtin_model_loads() {
+        let m = Model::builtin().unwrap();
+        assert!(m.feature_count() > 100, "{}", m.feature_count());
+    }
+}
