@@ -52,6 +52,14 @@ pub struct Config {
     /// A rulebook file to use instead of the builtin one.
     #[arg(long, env = "NWD_TRIAGE_RULEBOOK")]
     pub rulebook: Option<PathBuf>,
+    /// A learned model file to use instead of the builtin one. With
+    /// `--rulebook` and no `--model`, the rules run alone: the builtin model
+    /// learned from the builtin rules' verdicts.
+    #[arg(long, env = "NWD_TRIAGE_MODEL", conflicts_with = "no_model")]
+    pub model: Option<PathBuf>,
+    /// Rules only, without the learned model.
+    #[arg(long, env = "NWD_TRIAGE_NO_MODEL")]
+    pub no_model: bool,
 }
 
 impl ServiceConfig for Config {
@@ -72,12 +80,19 @@ pub enum Error {
     Serve(#[from] std::io::Error),
 }
 
-/// Loads the rulebook named by the config, or the builtin one.
+/// Loads the rulebook and the model named by the config, or the builtin
+/// ones (see [`Config::model`]).
 pub fn load_engine(config: &Config) -> Result<Engine, RulebookError> {
-    match &config.rulebook {
-        Some(path) => Engine::load(path),
-        None => Engine::builtin(),
-    }
+    let rules = match &config.rulebook {
+        Some(path) => Engine::load(path)?,
+        None => Engine::builtin_rules()?,
+    };
+    let model = match (&config.model, config.no_model, &config.rulebook) {
+        (_, true, _) | (None, false, Some(_)) => None,
+        (Some(path), false, _) => Some(Model::load(path)?),
+        (None, false, None) => Some(Model::builtin()?),
+    };
+    Ok(rules.with_model(model))
 }
 
 /// Runs the service until `shutdown`. The rulebook is loaded first: a bad
@@ -91,6 +106,7 @@ pub async fn run(
     tracing::info!(
         rulebook = engine.source(),
         rulebook_version = engine.version(),
+        model_features = engine.model().map_or(0, Model::feature_count),
         rules = engine.rule_count(),
         patterns = engine.pattern_count(),
         "rulebook loaded"

@@ -41,6 +41,8 @@ async fn start(server: &NatsServer) -> Running {
         nats: NatsArgs::local(server.url()),
         metrics_addr,
         rulebook: None,
+        model: None,
+        no_model: false,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(nwd_triage::run(config, listener, shutdown.clone()));
@@ -230,6 +232,8 @@ async fn a_bad_rulebook_stops_the_service_before_it_starts() {
         nats: NatsArgs::local("nats://127.0.0.1:1"),
         metrics_addr: listener.local_addr().unwrap(),
         rulebook: Some(path.clone()),
+        model: None,
+        no_model: false,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(5),
@@ -247,6 +251,8 @@ async fn a_bad_rulebook_stops_the_service_before_it_starts() {
         nats: NatsArgs::local("nats://127.0.0.1:1"),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         rulebook: Some(dir.path().join("absent.toml")),
+        model: None,
+        no_model: false,
     };
     let err = nwd_triage::run(
         missing,
@@ -256,6 +262,40 @@ async fn a_bad_rulebook_stops_the_service_before_it_starts() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("absent.toml"));
+}
+
+#[tokio::test]
+async fn a_bad_model_stops_the_service_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.toml");
+    std::fs::write(
+        &path,
+        "version = \"m\"\n[heads.moderate]\nbias = -1.0\nthreshold = 0.5\n[heads.high]\nbias = -1.0\nthreshold = 0.5\n[heads.imminent]\nbias = -1.0\nthreshold = 0.5\n[weights]\n\"w:rope\" = [0.5, -2.0, 0.0]\n",
+    )
+    .unwrap();
+    let listener = listener().await;
+    let config = Config {
+        // Nothing listens here: the model error must come first.
+        nats: NatsArgs::local("nats://127.0.0.1:1"),
+        metrics_addr: listener.local_addr().unwrap(),
+        rulebook: None,
+        model: Some(path.clone()),
+        no_model: false,
+    };
+    let err = tokio::time::timeout(
+        Duration::from_secs(5),
+        nwd_triage::run(config, listener, CancellationToken::new()),
+    )
+    .await
+    .expect("returns at once")
+    .unwrap_err();
+    assert!(matches!(err, Error::Rulebook(_)));
+    let text = err.to_string();
+    assert!(text.contains(&format!("{}:12:", path.display())), "{text}");
+    assert!(
+        text.contains("w:rope") && text.contains("not negative"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -274,6 +314,8 @@ async fn a_custom_rulebook_file_is_used() {
         nats: NatsArgs::local(server.url()),
         metrics_addr: addr,
         rulebook: Some(path),
+        model: None,
+        no_model: false,
     };
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(nwd_triage::run(config, listener, shutdown.clone()));

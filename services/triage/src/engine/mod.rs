@@ -360,6 +360,7 @@ impl Engine {
                 n,
                 lang,
                 unsaid: Vec::new(),
+                fired: Vec::new(),
                 reasons: Vec::new(),
                 level: RiskLevel::Low,
                 repeats: 0,
@@ -416,10 +417,17 @@ impl Engine {
             }
         }
         let mut reasons: Vec<Reason> = Vec::with_capacity(hits.len() + 1);
-        for combo in &self.combos {
+        let mut fired: Vec<Fired> = Vec::with_capacity(hits.len() + 1);
+        for (index, combo) in self.combos.iter().enumerate() {
             let Some((s, e)) = combo_span(combo.all, &tagged, self.context.combo_window) else {
                 continue;
             };
+            fired.push(Fired {
+                combo: true,
+                index,
+                level: combo.level,
+                at: s,
+            });
             let (start, end) = n.original_span(s, e);
             reasons.push(Reason {
                 rule: combo.id.clone(),
@@ -433,6 +441,12 @@ impl Engine {
             let Some(rule) = self.rules.get(h.rule) else {
                 continue;
             };
+            fired.push(Fired {
+                combo: false,
+                index: h.rule,
+                level: h.level,
+                at: h.start,
+            });
             let (start, end) = n.original_span(h.start, h.end);
             reasons.push(Reason {
                 rule: rule.id.clone(),
@@ -458,6 +472,7 @@ impl Engine {
             n,
             lang,
             unsaid,
+            fired,
             reasons,
             level,
             repeats,
@@ -468,7 +483,7 @@ impl Engine {
         let mut j = self.judge(text, exhaustive);
         if let Some(model) = &self.model {
             let mut scorer = model.scorer();
-            each_feature(&j, |key, s, e| scorer.add(key, s, e));
+            self.each_feature(&j, |key, t, s, e| scorer.add(key, t, s, e));
             let opinion = scorer.opinion();
             if let Some(level) = opinion.level.filter(|&l| l > j.level) {
                 let (start, end) = opinion
@@ -497,7 +512,7 @@ impl Engine {
     #[doc(hidden)]
     pub fn learning_features(&self, text: &str) -> Vec<Feature> {
         let mut out = Vec::new();
-        each_feature(&self.judge(text, false), |key, start, end| {
+        self.each_feature(&self.judge(text, false), |key, _, start, end| {
             out.push(Feature {
                 key: String::from_utf8_lossy(key).into_owned(),
                 start,
@@ -575,34 +590,66 @@ struct Judged {
     /// Spans of matches the context negated ("no me voy a matar"): the
     /// model does not see their words.
     unsaid: Vec<(usize, usize)>,
+    /// The rules and combinations that fired, for the model.
+    fired: Vec<Fired>,
     reasons: Vec<Reason>,
     level: RiskLevel,
     repeats: usize,
 }
 
-/// The model's features of a judged message: words, word pairs and
-/// character 4-grams (negated matches blanked), and `r:<rule>:<level>` for
-/// every reason.
-fn each_feature(j: &Judged, mut f: impl FnMut(&[u8], usize, usize)) {
-    if j.unsaid.is_empty() {
-        model::each_word_feature(&j.n.text, &mut f);
-    } else {
-        let mut text = j.n.text.clone();
-        for &(s, e) in &j.unsaid {
-            if let Some(bytes) = text.get_mut(s..e) {
-                bytes.fill(b' ');
+/// A rule or combination that fired, at a normalised offset.
+#[derive(Debug, Clone, Copy)]
+struct Fired {
+    combo: bool,
+    index: usize,
+    level: RiskLevel,
+    at: usize,
+}
+
+impl Engine {
+    /// The model's features of a judged message, with the index of the
+    /// word they belong to: words, word pairs and character 4-grams
+    /// (negated matches blanked), and `r:<rule>:<level>` for every rule and
+    /// combination that fired, at the word where its match starts.
+    fn each_feature(&self, j: &Judged, mut f: impl FnMut(&[u8], usize, usize, usize)) {
+        let mut word_starts: Vec<usize> = Vec::new();
+        let mut emit = |key: &[u8], token: usize, start: usize, end: usize| {
+            if key.starts_with(b"w:") {
+                word_starts.push(start);
             }
+            f(key, token, start, end);
+        };
+        if j.unsaid.is_empty() {
+            model::each_word_feature(&j.n.text, &mut emit);
+        } else {
+            let mut text = j.n.text.clone();
+            for &(s, e) in &j.unsaid {
+                if let Some(bytes) = text.get_mut(s..e) {
+                    bytes.fill(b' ');
+                }
+            }
+            model::each_word_feature(&text, &mut emit);
         }
-        model::each_word_feature(&text, &mut f);
-    }
-    let mut key = Vec::with_capacity(64);
-    for r in &j.reasons {
-        key.clear();
-        key.extend_from_slice(b"r:");
-        key.extend_from_slice(r.rule.as_bytes());
-        key.push(b':');
-        key.extend_from_slice(r.level.as_str().as_bytes());
-        f(&key, 0, 0);
+        let mut key = Vec::with_capacity(64);
+        for r in &j.fired {
+            let id = if r.combo {
+                self.combos.get(r.index).map(|c| c.id.as_str())
+            } else {
+                self.rules.get(r.index).map(|c| c.id.as_str())
+            };
+            let Some(id) = id else {
+                continue;
+            };
+            key.clear();
+            key.extend_from_slice(b"r:");
+            key.extend_from_slice(id.as_bytes());
+            key.push(b':');
+            key.extend_from_slice(r.level.as_str().as_bytes());
+            let token = word_starts
+                .partition_point(|&s| s <= r.at)
+                .saturating_sub(1);
+            f(&key, token, 0, 0);
+        }
     }
 }
 

@@ -11,13 +11,14 @@
 //! P(level ≥ moderate), P(level ≥ high), P(level = imminent). The model's
 //! level is the highest head whose probability reaches its threshold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 
 use nwd_proto::RiskLevel;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::normalise::TokenMap;
+use super::normalise::{TokenHasher, TokenMap};
 use super::rulebook::{RulebookError, line_of};
 
 /// The model shipped with the service.
@@ -43,6 +44,10 @@ pub struct Model {
     heads: [Head; 3],
     /// Feature → row of `rows`.
     index: TokenMap<u32>,
+    /// Character 4-gram (`c:` + four bytes, little-endian) → row: most
+    /// features of a message are 4-grams, so they get a map keyed by one
+    /// integer.
+    grams: HashMap<u32, u32, BuildHasherDefault<TokenHasher>>,
     /// Weights per head.
     rows: Vec<[f32; 3]>,
 }
@@ -56,7 +61,7 @@ pub struct Feature {
     pub end: usize,
 }
 
-/// What the model says about one message.
+/// What the model says about one message (or one window of it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Opinion {
     /// The highest head that reached its threshold.
@@ -142,6 +147,7 @@ impl Model {
             };
         }
         let mut index = TokenMap::default();
+        let mut grams = HashMap::default();
         let mut rows = Vec::with_capacity(raw.weights.len());
         for (key, w) in &raw.weights {
             let ok_key = ["w:", "b:", "c:", "r:"].iter().any(|p| key.starts_with(p))
@@ -168,12 +174,16 @@ impl Model {
             let row =
                 u32::try_from(rows.len()).map_err(|_| err(w.span(), key, "too many features"))?;
             rows.push([*a, *b, *c]);
-            index.insert(key.as_bytes().into(), row);
+            match gram(key.as_bytes()) {
+                Some(g) => grams.insert(g, row),
+                None => index.insert(key.as_bytes().into(), row),
+            };
         }
         Ok(Model {
             version,
             heads,
             index,
+            grams,
             rows,
         })
     }
@@ -216,34 +226,77 @@ impl Model {
     pub(crate) fn opinion(&self, features: &[Feature]) -> Opinion {
         let mut scorer = self.scorer();
         for f in features {
-            scorer.add(f.key.as_bytes(), f.start, f.end);
+            scorer.add(f.key.as_bytes(), 0, f.start, f.end);
         }
         scorer.opinion()
     }
 }
 
+/// The model reads a message in windows of this many words, overlapping
+/// by half, and takes the riskiest: a long text is as risky as its riskiest
+/// SMS-length stretch, not the sum of all its words (SMS-length messages
+/// are one window).
+pub const WINDOW_WORDS: usize = 48;
+
 /// The features of one message that the model knows, as they come.
 pub(crate) struct Scorer<'m> {
     model: &'m Model,
-    /// (weight row, start, end) per known feature occurrence.
-    hits: Vec<(u32, usize, usize)>,
+    /// (word index, weight row, start, end) per known feature occurrence.
+    hits: Vec<(usize, u32, usize, usize)>,
 }
 
 impl Scorer<'_> {
-    pub(crate) fn add(&mut self, key: &[u8], start: usize, end: usize) {
-        if let Some(&row) = self.model.index.get(key) {
-            self.hits.push((row, start, end));
+    pub(crate) fn add(&mut self, key: &[u8], token: usize, start: usize, end: usize) {
+        let row = match gram(key) {
+            Some(g) => self.model.grams.get(&g),
+            None => self.model.index.get(key),
+        };
+        if let Some(&row) = row {
+            self.hits.push((token, row, start, end));
         }
     }
 
-    /// Each known feature counts once (its first occurrence gives the span).
+    /// The riskiest window's opinion: the first whose top raised level is
+    /// highest, by probability of that head.
     pub(crate) fn opinion(mut self) -> Opinion {
         self.hits.sort_by_key(|h| h.0);
-        self.hits.dedup_by_key(|h| h.0);
+        let last = self.hits.last().map_or(0, |h| h.0);
+        let stride = WINDOW_WORDS / 2;
+        let mut best: Option<Opinion> = None;
+        let mut window: Vec<(u32, usize, usize)> = Vec::new();
+        let mut from = 0;
+        loop {
+            let lo = self.hits.partition_point(|h| h.0 < from);
+            let hi = self.hits.partition_point(|h| h.0 < from + WINDOW_WORDS);
+            window.clear();
+            window.extend(
+                self.hits
+                    .get(lo..hi)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|h| (h.1, h.2, h.3)),
+            );
+            let o = self.window_opinion(&mut window);
+            if best.is_none_or(|b| (o.level, o.top()) > (b.level, b.top())) {
+                best = Some(o);
+            }
+            if from + WINDOW_WORDS > last {
+                break;
+            }
+            from += stride;
+        }
+        best.unwrap_or_else(|| self.window_opinion(&mut Vec::new()))
+    }
+
+    /// One window: each known feature counts once (its first occurrence
+    /// gives the span).
+    fn window_opinion(&self, hits: &mut Vec<(u32, usize, usize)>) -> Opinion {
+        hits.sort_by_key(|h| h.0);
+        hits.dedup_by_key(|h| h.0);
         let mut z = self.model.heads.map(|h| h.bias);
         // Best word feature per head: (weight, span).
         let mut best: [Option<(f32, (usize, usize))>; 3] = [None; 3];
-        for &(row, start, end) in &self.hits {
+        for &(row, start, end) in hits.iter() {
             let Some(w) = self.model.rows.get(row as usize) else {
                 continue;
             };
@@ -272,19 +325,41 @@ impl Scorer<'_> {
     }
 }
 
+impl Opinion {
+    /// The probability of the raising head (0 when none raises).
+    fn top(&self) -> f32 {
+        let head = match self.level {
+            Some(RiskLevel::Imminent) => 2,
+            Some(RiskLevel::High) => 1,
+            Some(_) => 0,
+            None => return 0.0,
+        };
+        self.p.get(head).copied().unwrap_or(0.0)
+    }
+}
+
+/// A character 4-gram key (`c:abcd`) as one integer.
+fn gram(key: &[u8]) -> Option<u32> {
+    match key {
+        [b'c', b':', a, b, c, d] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
 fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// Calls `f(key, start, end)` for every word (`w:`), word pair (`b:`) and
+/// Calls `f(key, word index, start, end)` for every word (`w:`), word pair (`b:`) and
 /// character 4-gram (`c:`) feature of normalised text (lowercase ASCII,
 /// idioms blanked). Tokens are runs of letters and digits; pairs do not
 /// cross a clause break (`. , ; : ! ?`); 4-grams are of the word padded
 /// with `_` and carry misspellings ("thinl", "cnat") to the words they
 /// resemble. Spans are normalised byte offsets.
-pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usize)) {
+pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usize, usize)) {
     let mut key: Vec<u8> = Vec::with_capacity(64);
     let mut prev: Option<(usize, usize)> = None;
+    let mut token = 0;
     let mut i = 0;
     while i < text.len() {
         let b = text.get(i).copied().unwrap_or(b' ');
@@ -303,21 +378,22 @@ pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usi
                     k if k == n - 1 => b'_',
                     k => word.get(k - 1).copied().unwrap_or(b'_'),
                 }));
-                f(&key, start, i);
+                f(&key, token, start, i);
             }
             key.clear();
             key.extend_from_slice(b"w:");
             key.extend_from_slice(word);
-            f(&key, start, i);
+            f(&key, token, start, i);
             if let Some((ps, pe)) = prev {
                 key.clear();
                 key.extend_from_slice(b"b:");
                 key.extend_from_slice(text.get(ps..pe).unwrap_or_default());
                 key.push(b' ');
                 key.extend_from_slice(word);
-                f(&key, ps, i);
+                f(&key, token, ps, i);
             }
             prev = Some((start, i));
+            token += 1;
             continue;
         }
         if matches!(b, b'.' | b',' | b';' | b':' | b'!' | b'?') {
@@ -330,7 +406,7 @@ pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usi
 /// [`each_word_feature`] collected.
 #[cfg(test)]
 pub(crate) fn word_features(text: &[u8], out: &mut Vec<Feature>) {
-    each_word_feature(text, |key, start, end| {
+    each_word_feature(text, |key, _, start, end| {
         out.push(Feature {
             key: String::from_utf8_lossy(key).into_owned(),
             start,
