@@ -3,6 +3,7 @@
 //! Test code: helpers fail loudly, so the panic lints are relaxed here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,6 +218,26 @@ async fn an_undecodable_message_is_rejected_and_does_not_block_the_contact() {
     svc.stop().await;
 }
 
+/// Runs the service with these files against a bus nobody listens on: a
+/// bad file must stop it before it connects.
+async fn error_before_connecting(rulebook: Option<PathBuf>, model: Option<PathBuf>) -> Error {
+    let listener = listener().await;
+    let config = Config {
+        nats: NatsArgs::local("nats://127.0.0.1:1"),
+        metrics_addr: listener.local_addr().unwrap(),
+        rulebook,
+        model,
+        no_model: false,
+    };
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        nwd_triage::run(config, listener, CancellationToken::new()),
+    )
+    .await
+    .expect("returns at once")
+    .unwrap_err()
+}
+
 #[tokio::test]
 async fn a_bad_rulebook_stops_the_service_before_it_starts() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,41 +247,13 @@ async fn a_bad_rulebook_stops_the_service_before_it_starts() {
         "version = \"bad\"\n\n[[rule]]\nid = \"x.bad\"\nlabel = \"Bad\"\nlevel = \"urgent\"\npatterns = ['x']\n",
     )
     .unwrap();
-    let listener = listener().await;
-    let config = Config {
-        // Nothing listens here: the rulebook error must come first.
-        nats: NatsArgs::local("nats://127.0.0.1:1"),
-        metrics_addr: listener.local_addr().unwrap(),
-        rulebook: Some(path.clone()),
-        model: None,
-        no_model: false,
-    };
-    let result = tokio::time::timeout(
-        Duration::from_secs(5),
-        nwd_triage::run(config, listener, CancellationToken::new()),
-    )
-    .await
-    .expect("returns at once");
-    let err = result.unwrap_err();
+    let err = error_before_connecting(Some(path.clone()), None).await;
     assert!(matches!(err, Error::Rulebook(_)));
     let text = err.to_string();
     assert!(text.contains(&path.display().to_string()), "{text}");
     assert!(text.contains(":6:") && text.contains("x.bad"), "{text}");
 
-    let missing = Config {
-        nats: NatsArgs::local("nats://127.0.0.1:1"),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        rulebook: Some(dir.path().join("absent.toml")),
-        model: None,
-        no_model: false,
-    };
-    let err = nwd_triage::run(
-        missing,
-        nwd_testkit::listener().await,
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap_err();
+    let err = error_before_connecting(Some(dir.path().join("absent.toml")), None).await;
     assert!(err.to_string().contains("absent.toml"));
 }
 
@@ -273,22 +266,7 @@ async fn a_bad_model_stops_the_service_before_it_starts() {
         "version = \"m\"\n[heads.moderate]\nbias = -1.0\nthreshold = 0.5\n[heads.high]\nbias = -1.0\nthreshold = 0.5\n[heads.imminent]\nbias = -1.0\nthreshold = 0.5\n[weights]\n\"w:rope\" = [0.5, -2.0, 0.0]\n",
     )
     .unwrap();
-    let listener = listener().await;
-    let config = Config {
-        // Nothing listens here: the model error must come first.
-        nats: NatsArgs::local("nats://127.0.0.1:1"),
-        metrics_addr: listener.local_addr().unwrap(),
-        rulebook: None,
-        model: Some(path.clone()),
-        no_model: false,
-    };
-    let err = tokio::time::timeout(
-        Duration::from_secs(5),
-        nwd_triage::run(config, listener, CancellationToken::new()),
-    )
-    .await
-    .expect("returns at once")
-    .unwrap_err();
+    let err = error_before_connecting(None, Some(path.clone())).await;
     assert!(matches!(err, Error::Rulebook(_)));
     let text = err.to_string();
     assert!(text.contains(&format!("{}:12:", path.display())), "{text}");
@@ -296,6 +274,9 @@ async fn a_bad_model_stops_the_service_before_it_starts() {
         text.contains("w:rope") && text.contains("not negative"),
         "{text}"
     );
+
+    let err = error_before_connecting(None, Some(dir.path().join("absent-model.toml"))).await;
+    assert!(err.to_string().contains("absent-model.toml"));
 }
 
 #[tokio::test]

@@ -175,12 +175,7 @@ impl Engine {
 
     /// Reads and compiles a rulebook file.
     pub fn load(path: impl AsRef<Path>) -> Result<Engine, RulebookError> {
-        let path = path.as_ref();
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RulebookError::Read {
-            file: name.clone(),
-            source,
-        })?;
+        let (text, name) = rulebook::read(path.as_ref())?;
         Engine::from_rulebook_str(&text, &name)
     }
 
@@ -506,9 +501,8 @@ impl Engine {
         self.assessment(j.level, j.reasons, j.lang, j.repeats)
     }
 
-    /// The features the model sees for `text`: its words and word pairs
-    /// (idioms blanked) and the rules that fired, with their levels. For
-    /// `triage-train`.
+    /// The features the model sees for `text` (see `each_feature`), with
+    /// normalised spans. For `triage-train`.
     #[doc(hidden)]
     pub fn learning_features(&self, text: &str) -> Vec<Feature> {
         let mut out = Vec::new();

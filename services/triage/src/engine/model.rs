@@ -195,11 +195,7 @@ impl Model {
 
     /// Reads and checks a model file.
     pub fn load(path: &std::path::Path) -> Result<Model, RulebookError> {
-        let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RulebookError::Read {
-            file: name.clone(),
-            source,
-        })?;
+        let (text, name) = super::rulebook::read(path)?;
         Model::from_str(&text, &name)
     }
 

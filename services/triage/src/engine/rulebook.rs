@@ -213,6 +213,15 @@ pub(crate) struct Compiled {
 }
 
 /// 1-based line of a byte offset.
+/// Reads a rulebook or model file: its text and its name for errors.
+pub(crate) fn read(path: &std::path::Path) -> Result<(String, String), RulebookError> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, name)),
+        Err(source) => Err(RulebookError::Read { file: name, source }),
+    }
+}
+
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
