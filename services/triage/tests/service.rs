@@ -263,7 +263,7 @@ async fn a_bad_model_stops_the_service_before_it_starts() {
     let path = dir.path().join("model.toml");
     std::fs::write(
         &path,
-        "version = \"m\"\n[heads.moderate]\nbias = -1.0\nthreshold = 0.5\n[heads.high]\nbias = -1.0\nthreshold = 0.5\n[heads.imminent]\nbias = -1.0\nthreshold = 0.5\n[weights]\n\"w:rope\" = [0.5, -2.0, 0.0]\n",
+        "version = \"m\"\n[heads.moderate]\nbias = -1.0\nthreshold = 0.5\n[heads.high]\nbias = -1.0\nthreshold = 0.5\n[heads.imminent]\nbias = -1.0\nthreshold = 0.5\n[weights]\n\"w:rope\" = [0.5, 2.0, -0.1]\n",
     )
     .unwrap();
     let err = error_before_connecting(None, Some(path.clone())).await;

@@ -6,15 +6,17 @@
 //! ```
 //!
 //! Features are what `Engine::learning_features` gives with the rules alone:
-//! words and word pairs of the normalised message (idioms blanked) and every
-//! rule that fired, with its level. Each head (≥ moderate, ≥ high, imminent)
-//! is a logistic regression with **non-negative** weights (projected
-//! gradient descent, Adam, L2), classes balanced, so that a word can only add
-//! risk. Deterministic: same inputs, same model.
+//! words, word pairs and character 4-grams of the normalised message (idioms
+//! and negated matches blanked) and every rule that fired, with its level.
+//! Each head (≥ moderate, ≥ high, imminent) is a logistic regression (Adam,
+//! L2), classes balanced; the **imminent head's weights are kept
+//! non-negative** (projected gradient), so no word can talk a message down
+//! from imminent. Deterministic: same inputs, same model.
 //!
-//! `--cv K` first reports out-of-fold figures (the rules plus a model trained
-//! without the fold) for a grid of thresholds, so thresholds are chosen on
-//! messages the model has not seen.
+//! `--cv K` or `--hold-out FILE…` first reports out-of-fold figures (the
+//! rules plus a model trained without the fold) for a grid of thresholds, so
+//! thresholds are chosen on messages — and with `--hold-out`, authors — the
+//! model has not seen.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -46,6 +48,11 @@ struct Args {
     /// Report K-fold out-of-fold figures for a grid of thresholds first.
     #[arg(long)]
     cv: Option<usize>,
+    /// Instead of K folds, hold out each of these input files in turn (its
+    /// author unseen by the model that predicts it); repeat.
+    #[arg(long)]
+    hold_out: Vec<PathBuf>,
+
     /// A feature must occur in at least this many training messages.
     #[arg(long, default_value_t = 2)]
     min_df: usize,
@@ -85,8 +92,9 @@ fn main() -> anyhow::Result<()> {
     }
     let engine = Engine::builtin_rules()?;
     let mut texts: Vec<(Vec<String>, RiskLevel, RiskLevel)> = Vec::new();
+    let mut file_of: Vec<usize> = Vec::new();
     let mut names = Vec::new();
-    for path in &args.input {
+    for (file, path) in args.input.iter().enumerate() {
         let reader = BufReader::new(
             File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
         );
@@ -103,6 +111,7 @@ fn main() -> anyhow::Result<()> {
                 .map(|f| f.key)
                 .collect();
             texts.push((keys, row.level, engine.assess(&row.text).level));
+            file_of.push(file);
         }
         names.push(
             path.file_name()
@@ -116,8 +125,25 @@ fn main() -> anyhow::Result<()> {
         texts.len(),
         names.join(", ")
     )?;
+    let mut folds: Vec<Vec<usize>> = Vec::new();
     if let Some(k) = args.cv.filter(|&k| k > 1) {
-        cross_validate(&texts, k, &args, &mut out)?;
+        folds.extend((0..k).map(|f| (0..texts.len()).filter(|i| i % k == f).collect()));
+    }
+    for held in &args.hold_out {
+        let Some(file) = args.input.iter().position(|p| p == held) else {
+            bail!(
+                "--hold-out {} is not one of the --input files",
+                held.display()
+            );
+        };
+        folds.push(
+            (0..texts.len())
+                .filter(|&i| file_of.get(i) == Some(&file))
+                .collect(),
+        );
+    }
+    if !folds.is_empty() {
+        cross_validate(&texts, &folds, &args, &mut out)?;
     }
     let (vocab, examples) = featurise(&texts, &(0..texts.len()).collect::<Vec<_>>(), args.min_df);
     let heads: Vec<Head> = HEADS
@@ -231,7 +257,12 @@ fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Hea
             if i == dims {
                 bias = next;
             } else if let Some(wi) = w.get_mut(i) {
-                *wi = next.max(0.0);
+                // Only the imminent head is kept non-negative (see model.rs).
+                *wi = if head < RiskLevel::Imminent {
+                    next
+                } else {
+                    next.max(0.0)
+                };
             }
         }
     }
@@ -250,29 +281,31 @@ fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel>
     level
 }
 
+/// Out-of-fold figures: each fold (message indices) is predicted by a
+/// model trained on every other message.
 fn cross_validate(
     texts: &[(Vec<String>, RiskLevel, RiskLevel)],
-    k: usize,
+    held_out: &[Vec<usize>],
     args: &Args,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    // Out-of-fold: for each message, its features in the fold model's vocab
-    // and that model's heads.
+    // For each fold: the fold model's heads and the fold's messages in its vocab.
     let mut folds: Vec<(Vec<Head>, Vec<Example>)> = Vec::new();
-    for fold in 0..k {
-        let train_ix: Vec<usize> = (0..texts.len()).filter(|i| i % k != fold).collect();
+    for fold in held_out {
+        let train_ix: Vec<usize> = (0..texts.len()).filter(|i| !fold.contains(i)).collect();
         let (vocab, examples) = featurise(texts, &train_ix, args.min_df);
         let heads = HEADS
             .iter()
             .map(|&h| train(&examples, vocab.len(), h, args))
             .collect();
-        let held = (0..texts.len())
-            .filter(|i| i % k == fold)
-            .filter_map(|i| texts.get(i))
+        let held = fold
+            .iter()
+            .filter_map(|&i| texts.get(i))
             .map(|(keys, level, rules)| example(&vocab, keys, *level, *rules))
             .collect();
         folds.push((heads, held));
     }
+    let k = held_out.len();
     let figures = |thresholds: &[f64]| -> Figures {
         let mut tally = Tally::default();
         for (heads, held) in &folds {
@@ -292,7 +325,7 @@ fn cross_validate(
     }
     writeln!(
         out,
-        "{k}-fold out-of-fold figures (rules + model; thresholds moderate/high/imminent)"
+        "out-of-fold figures over {k} folds (rules + model; thresholds moderate/high/imminent)"
     )?;
     writeln!(
         out,
@@ -328,7 +361,7 @@ fn render(args: &Args, names: &[String], vocab: &[String], heads: &[Head]) -> St
     for (h, (_, w)) in heads.iter().enumerate() {
         for (i, &wi) in w.iter().enumerate() {
             let rounded = (wi * 10_000.0).round() / 10_000.0;
-            if rounded > 0.0
+            if rounded != 0.0
                 && let Some(key) = vocab.get(i)
                 && let Some(entry) = weights.entry(key.as_str()).or_default().get_mut(h)
             {

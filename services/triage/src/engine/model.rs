@@ -4,8 +4,12 @@
 //!
 //! The rules say *why*; they miss risk that is worded in a way no rule
 //! foresaw ("tell lil mike i love him. im sorry for everything"). The model
-//! only ever **raises** the rules' level, never lowers it, and its weights
-//! are non-negative, so more words never make a message look safer to it.
+//! only ever **raises** the rules' level, never lowers it. Words may count
+//! against the ≥ moderate and ≥ high heads ("lol", "years ago", "shaving"),
+//! but the imminent head's weights are non-negative: more words never take a
+//! message out of imminent, and a phrase the rules rate high or imminent
+//! keeps the message at least there, so adding a risky phrase never lowers
+//! the level.
 //!
 //! Three heads share the features, one per threshold of the ordinal scale:
 //! P(level ≥ moderate), P(level ≥ high), P(level = imminent). The model's
@@ -164,11 +168,14 @@ impl Model {
             let [a, b, c] = v.as_slice() else {
                 return Err(err(w.span(), key, "a weight is [moderate, high, imminent]"));
             };
-            if [a, b, c].iter().any(|x| !x.is_finite() || **x < 0.0) {
+            if [a, b, c].iter().any(|x| !x.is_finite()) {
+                return Err(err(w.span(), key, "weights are finite numbers"));
+            }
+            if *c < 0.0 {
                 return Err(err(
                     w.span(),
                     key,
-                    "weights are finite and not negative (more words never lower the risk)",
+                    "imminent weights are not negative (no word talks a message down from imminent)",
                 ));
             }
             let row =
@@ -255,24 +262,17 @@ impl Scorer<'_> {
     /// The riskiest window's opinion: the first whose top raised level is
     /// highest, by probability of that head.
     pub(crate) fn opinion(mut self) -> Opinion {
+        // Word features come in word order; rule features at the end.
         self.hits.sort_by_key(|h| h.0);
         let last = self.hits.last().map_or(0, |h| h.0);
         let stride = WINDOW_WORDS / 2;
+        let mut seen = vec![0u64; self.model.rows.len().div_ceil(64)];
         let mut best: Option<Opinion> = None;
-        let mut window: Vec<(u32, usize, usize)> = Vec::new();
         let mut from = 0;
         loop {
             let lo = self.hits.partition_point(|h| h.0 < from);
             let hi = self.hits.partition_point(|h| h.0 < from + WINDOW_WORDS);
-            window.clear();
-            window.extend(
-                self.hits
-                    .get(lo..hi)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|h| (h.1, h.2, h.3)),
-            );
-            let o = self.window_opinion(&mut window);
+            let o = self.window_opinion(self.hits.get(lo..hi).unwrap_or_default(), &mut seen);
             if best.is_none_or(|b| (o.level, o.top()) > (b.level, b.top())) {
                 best = Some(o);
             }
@@ -281,18 +281,22 @@ impl Scorer<'_> {
             }
             from += stride;
         }
-        best.unwrap_or_else(|| self.window_opinion(&mut Vec::new()))
+        best.unwrap_or_else(|| self.window_opinion(&[], &mut seen))
     }
 
-    /// One window: each known feature counts once (its first occurrence
-    /// gives the span).
-    fn window_opinion(&self, hits: &mut Vec<(u32, usize, usize)>) -> Opinion {
-        hits.sort_by_key(|h| h.0);
-        hits.dedup_by_key(|h| h.0);
+    /// One window, in word order: each known feature counts once (its
+    /// first occurrence gives the span). `seen` is a bit per weight row.
+    fn window_opinion(&self, hits: &[(usize, u32, usize, usize)], seen: &mut [u64]) -> Opinion {
+        seen.fill(0);
         let mut z = self.model.heads.map(|h| h.bias);
         // Best word feature per head: (weight, span).
         let mut best: [Option<(f32, (usize, usize))>; 3] = [None; 3];
-        for &(row, start, end) in hits.iter() {
+        for &(_, row, start, end) in hits {
+            let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
+            let Some(bits) = seen.get_mut(word).filter(|b| **b & bit == 0) else {
+                continue;
+            };
+            *bits |= bit;
             let Some(w) = self.model.rows.get(row as usize) else {
                 continue;
             };
@@ -495,6 +499,20 @@ threshold = 0.5
     }
 
     #[test]
+    fn words_may_count_against_moderate_and_high() {
+        let m = Model::from_str(
+            &SMALL.replace("\"w:ledge\"", "\"w:lol\" = [-9.0, -9.0, 0.0]\n\"w:ledge\""),
+            "small.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            m.opinion(&feats("on the ledge")).level,
+            Some(RiskLevel::High)
+        );
+        assert_eq!(m.opinion(&feats("on the ledge lol")).level, None);
+    }
+
+    #[test]
     fn repeated_features_count_once() {
         let m = Model::from_str(SMALL, "small.toml").unwrap();
         let once = m.opinion(&feats("ledge")).p;
@@ -506,10 +524,16 @@ threshold = 0.5
     fn bad_models_name_file_line_and_feature() {
         let cases = [
             (
-                SMALL.replace("3.5, 1.0]", "-3.5, 1.0]"),
+                SMALL.replace("3.5, 1.0]", "3.5, -1.0]"),
                 13,
                 "w:ledge",
-                "not negative",
+                "imminent weights are not negative",
+            ),
+            (
+                SMALL.replace("3.5, 1.0]", "3.5, nan]"),
+                13,
+                "w:ledge",
+                "finite",
             ),
             (
                 SMALL.replace("[3.0, 3.5, 1.0]", "[3.0]"),
