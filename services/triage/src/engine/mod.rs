@@ -207,7 +207,7 @@ impl Engine {
     }
 
     /// What every assessment records: the rulebook's `version`, and the
-    /// model's when there is one (`2025.11.7+model.2026.11.1`).
+    /// model's when there is one (`2025.11.7+model.2026.11.3`).
     pub fn version(&self) -> &str {
         &self.version
     }

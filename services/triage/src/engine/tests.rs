@@ -667,19 +667,21 @@ fn recent_overdose_is_not_reported_as_in_progress() {
 /// Every labelled message of the sets the model was trained on.
 fn training_texts() -> Vec<String> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/eval");
-    ["dev", "heldout", "heldout2", "heldout3", "heldout4"]
-        .iter()
-        .flat_map(|set| {
-            let text = std::fs::read_to_string(format!("{dir}/{set}.jsonl")).expect("eval set");
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| {
-                    let v: serde_json::Value = serde_json::from_str(l).expect("json line");
-                    v["text"].as_str().expect("text").to_owned()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    [
+        "dev", "heldout", "heldout2", "heldout3", "heldout4", "blind-a", "blind-b", "blind-c",
+    ]
+    .iter()
+    .flat_map(|set| {
+        let text = std::fs::read_to_string(format!("{dir}/{set}.jsonl")).expect("eval set");
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+                v["text"].as_str().expect("text").to_owned()
+            })
+            .collect::<Vec<_>>()
+    })
+    .collect()
 }
 
 /// The model only raises: with it, no message is below the rules' level,
