@@ -146,10 +146,7 @@ fn main() -> anyhow::Result<()> {
         cross_validate(&texts, &folds, &args, &mut out)?;
     }
     let (vocab, examples) = featurise(&texts, &(0..texts.len()).collect::<Vec<_>>(), args.min_df);
-    let heads: Vec<Head> = HEADS
-        .iter()
-        .map(|&h| train(&examples, vocab.len(), h, &args))
-        .collect();
+    let heads = train_heads(&examples, vocab.len(), &args);
     writeln!(out, "features: {} (min_df {})", vocab.len(), args.min_df)?;
     if let Some(path) = &args.out {
         let toml = render(&args, &names, &vocab, &heads);
@@ -183,12 +180,29 @@ fn featurise(
         .filter(|&(_, n)| n >= min_df)
         .map(|(k, _)| k.to_owned())
         .collect();
-    let examples = chosen
+    let examples = examples_in(texts, chosen, &vocab);
+    (vocab, examples)
+}
+
+/// The chosen messages as examples over `vocab`.
+fn examples_in(
+    texts: &[(Vec<String>, RiskLevel, RiskLevel)],
+    chosen: &[usize],
+    vocab: &[String],
+) -> Vec<Example> {
+    chosen
         .iter()
         .filter_map(|&i| texts.get(i))
-        .map(|(keys, level, rules)| example(&vocab, keys, *level, *rules))
-        .collect();
-    (vocab, examples)
+        .map(|(keys, level, rules)| example(vocab, keys, *level, *rules))
+        .collect()
+}
+
+/// All three heads.
+fn train_heads(examples: &[Example], dims: usize, args: &Args) -> Vec<Head> {
+    HEADS
+        .iter()
+        .map(|&h| train(examples, dims, h, args))
+        .collect()
 }
 
 fn example(vocab: &[String], keys: &[String], level: RiskLevel, rules: RiskLevel) -> Example {
@@ -294,16 +308,8 @@ fn cross_validate(
     for fold in held_out {
         let train_ix: Vec<usize> = (0..texts.len()).filter(|i| !fold.contains(i)).collect();
         let (vocab, examples) = featurise(texts, &train_ix, args.min_df);
-        let heads = HEADS
-            .iter()
-            .map(|&h| train(&examples, vocab.len(), h, args))
-            .collect();
-        let held = fold
-            .iter()
-            .filter_map(|&i| texts.get(i))
-            .map(|(keys, level, rules)| example(&vocab, keys, *level, *rules))
-            .collect();
-        folds.push((heads, held));
+        let heads = train_heads(&examples, vocab.len(), args);
+        folds.push((heads, examples_in(texts, fold, &vocab)));
     }
     let k = held_out.len();
     let figures = |thresholds: &[f64]| -> Figures {
