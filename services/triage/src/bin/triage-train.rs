@@ -27,6 +27,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use nwd_proto::RiskLevel;
 use nwd_triage::Engine;
+use nwd_triage::engine::MODEL_HEADS as HEADS;
 use nwd_triage::eval::{Figures, Tally};
 use serde::Deserialize;
 
@@ -82,8 +83,6 @@ struct Example {
     level: RiskLevel,
     rules: RiskLevel,
 }
-
-const HEADS: [RiskLevel; 3] = [RiskLevel::Moderate, RiskLevel::High, RiskLevel::Imminent];
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -383,8 +382,8 @@ fn render(args: &Args, names: &[String], vocab: &[String], heads: &[Head]) -> St
         "# min_df {}, l2 {}, epochs {}\n",
         args.min_df, args.l2, args.epochs
     ));
-    let head_names = ["moderate", "high", "imminent"];
-    for ((name, (bias, _)), t) in head_names.iter().zip(heads).zip(&args.thresholds) {
+    for ((level, (bias, _)), t) in HEADS.iter().zip(heads).zip(&args.thresholds) {
+        let name = level.as_str();
         s.push_str(&format!(
             "\n[heads.{name}]\nbias = {:.4}\nthreshold = {t:?}\n",
             (bias * 10_000.0).round() / 10_000.0

@@ -31,7 +31,7 @@ use nwd_proto::{Assessment, Language, Reason, RiskLevel};
 use factors::Bound;
 use matcher::Matcher;
 
-pub use model::{BUILTIN_MODEL_NAME, Feature, Model};
+pub use model::{BUILTIN_MODEL_NAME, Feature, HEADS as MODEL_HEADS, Model};
 pub use rulebook::RulebookError;
 use rulebook::{Combo, Context, Rule};
 

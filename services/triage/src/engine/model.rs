@@ -30,15 +30,15 @@ pub const BUILTIN_MODEL: &str = include_str!("../../rules/model.toml");
 /// How the builtin model is named in errors and logs.
 pub const BUILTIN_MODEL_NAME: &str = "services/triage/rules/model.toml (builtin)";
 
-/// The raised levels, in head order.
-pub(crate) const HEADS: [RiskLevel; 3] =
-    [RiskLevel::Moderate, RiskLevel::High, RiskLevel::Imminent];
+/// The levels the heads raise to, in the order of a weight triple and of
+/// `[heads.*]` (`moderate`, `high`, `imminent`).
+pub const HEADS: [RiskLevel; 3] = [RiskLevel::Moderate, RiskLevel::High, RiskLevel::Imminent];
 
 /// One head: `P = sigmoid(bias + Σ weights)`, raising at `threshold`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Head {
-    pub bias: f32,
-    pub threshold: f32,
+struct Head {
+    bias: f32,
+    threshold: f32,
 }
 
 /// A loaded model.
@@ -267,21 +267,21 @@ impl Scorer<'_> {
         let last = self.hits.last().map_or(0, |h| h.0);
         let stride = WINDOW_WORDS / 2;
         let mut seen = vec![0u64; self.model.rows.len().div_ceil(64)];
-        let mut best: Option<Opinion> = None;
-        let mut from = 0;
-        loop {
+        let window = |from: usize| {
             let lo = self.hits.partition_point(|h| h.0 < from);
             let hi = self.hits.partition_point(|h| h.0 < from + WINDOW_WORDS);
-            let o = self.window_opinion(self.hits.get(lo..hi).unwrap_or_default(), &mut seen);
-            if best.is_none_or(|b| (o.level, o.top()) > (b.level, b.top())) {
-                best = Some(o);
-            }
-            if from + WINDOW_WORDS > last {
-                break;
+            self.hits.get(lo..hi).unwrap_or_default()
+        };
+        let mut best = self.window_opinion(window(0), &mut seen);
+        let mut from = stride;
+        while from + stride <= last {
+            let o = self.window_opinion(window(from), &mut seen);
+            if (o.level, o.top()) > (best.level, best.top()) {
+                best = o;
             }
             from += stride;
         }
-        best.unwrap_or_else(|| self.window_opinion(&[], &mut seen))
+        best
     }
 
     /// One window, in word order: each known feature counts once (its
