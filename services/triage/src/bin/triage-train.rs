@@ -104,12 +104,9 @@ fn main() -> anyhow::Result<()> {
             }
             let row: Row = serde_json::from_str(&line)
                 .with_context(|| format!("{}:{}: not a labelled line", path.display(), n + 1))?;
-            let keys = engine
-                .learning_features(&row.text)
-                .into_iter()
-                .map(|f| f.key)
-                .collect();
-            texts.push((keys, row.level, engine.assess(&row.text).level));
+            let (features, rules) = engine.learning_features(&row.text);
+            let keys = features.into_iter().map(|f| f.key).collect();
+            texts.push((keys, row.level, rules));
             file_of.push(file);
         }
         names.push(
@@ -218,7 +215,7 @@ fn example(vocab: &[String], keys: &[String], level: RiskLevel, rules: RiskLevel
     }
 }
 
-/// One head: bias and non-negative weights.
+/// One head: bias and weights (non-negative for the imminent head).
 fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Head {
     let positives = examples.iter().filter(|e| e.level >= head).count();
     let n = examples.len().max(1) as f64;
@@ -234,7 +231,7 @@ fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Hea
         grad.iter_mut().for_each(|g| *g = 0.0);
         for e in examples {
             let z = bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>();
-            let p = 1.0 / (1.0 + (-z).exp());
+            let p = sigmoid(z);
             let (y, c) = if e.level >= head {
                 (1.0, w_pos)
             } else {
@@ -282,12 +279,16 @@ fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Hea
     (bias, w)
 }
 
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
 /// The model's level for one example.
 fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel> {
     let mut level = None;
     for ((head, (bias, w)), t) in HEADS.iter().zip(heads).zip(thresholds) {
         let z = bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>();
-        if 1.0 / (1.0 + (-z).exp()) >= *t {
+        if sigmoid(z) >= *t {
             level = Some(*head);
         }
     }

@@ -502,18 +502,19 @@ impl Engine {
     }
 
     /// The features the model sees for `text` (see `each_feature`), with
-    /// normalised spans. For `triage-train`.
+    /// normalised spans, and the rules' level. For `triage-train`.
     #[doc(hidden)]
-    pub fn learning_features(&self, text: &str) -> Vec<Feature> {
+    pub fn learning_features(&self, text: &str) -> (Vec<Feature>, RiskLevel) {
+        let judged = self.judge(text, false);
         let mut out = Vec::new();
-        self.each_feature(&self.judge(text, false), |key, _, start, end| {
+        self.each_feature(&judged, |key, _, start, end| {
             out.push(Feature {
                 key: String::from_utf8_lossy(key).into_owned(),
                 start,
                 end,
             });
         });
-        out
+        (out, judged.level)
     }
 
     fn assessment(
