@@ -70,6 +70,7 @@ impl Tally {
             high_plus_recall: ratio(high_plus_hit, high_plus),
             imminent_recall: ratio(c[3][3], imminent),
             low_as_imminent: ratio(c[0][3], low),
+            imminent_precision: ratio(c[3][3], (0..4).map(|t| c[t][3]).sum()),
         }
     }
 
@@ -182,4 +183,6 @@ pub struct Figures {
     pub high_plus_recall: Option<f64>,
     pub imminent_recall: Option<f64>,
     pub low_as_imminent: Option<f64>,
+    /// Of the messages predicted imminent, the share that are.
+    pub imminent_precision: Option<f64>,
 }

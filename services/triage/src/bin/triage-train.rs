@@ -66,6 +66,10 @@ struct Args {
     /// Thresholds written into the model: moderate, high, imminent.
     #[arg(long, num_args = 3, default_values_t = [0.5, 0.5, 0.5])]
     thresholds: Vec<f64>,
+    /// Thresholds tried for the ≥ high and imminent heads in the
+    /// out-of-fold grid (≥ moderate: 0.5 and 0.7).
+    #[arg(long, num_args = 1.., default_values_t = [0.3, 0.4, 0.5, 0.6, 0.7])]
+    grid: Vec<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,7 +129,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(k) = args.cv.filter(|&k| k > 1) {
         folds.extend((0..k).map(|f| (0..texts.len()).filter(|i| i % k == f).collect()));
     }
+    let mut fold_names: Vec<String> = (0..folds.len()).map(|k| format!("fold {k}")).collect();
     for held in &args.hold_out {
+        fold_names.push(
+            held.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        );
         let Some(file) = args.input.iter().position(|p| p == held) else {
             bail!(
                 "--hold-out {} is not one of the --input files",
@@ -139,7 +148,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if !folds.is_empty() {
-        cross_validate(&texts, &folds, &args, &mut out)?;
+        cross_validate(&texts, &folds, &fold_names, &args, &mut out)?;
     }
     let (vocab, examples) = featurise(&texts, &(0..texts.len()).collect::<Vec<_>>(), args.min_df);
     let heads = train_heads(&examples, vocab.len(), &args);
@@ -283,16 +292,24 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// The model's level for one example.
+/// The model's level for one example: the highest head over its
+/// threshold, the imminent head only when the example is already at high
+/// (rules or ≥ high head), as `Scorer::window_opinion` does.
 fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel> {
-    let mut level = None;
-    for ((head, (bias, w)), t) in HEADS.iter().zip(heads).zip(thresholds) {
-        let z = bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>();
-        if sigmoid(z) >= *t {
-            level = Some(*head);
-        }
-    }
-    level
+    let reached: Vec<bool> = heads
+        .iter()
+        .zip(thresholds)
+        .map(|((bias, w), t)| {
+            sigmoid(bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>()) >= *t
+        })
+        .collect();
+    let at_high = e.rules >= RiskLevel::High || reached.get(1) == Some(&true);
+    HEADS
+        .iter()
+        .zip(&reached)
+        .rev()
+        .find(|&(&head, &r)| r && (head < RiskLevel::Imminent || at_high))
+        .map(|(&head, _)| head)
 }
 
 /// Out-of-fold figures: each fold (message indices) is predicted by a
@@ -300,6 +317,7 @@ fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel>
 fn cross_validate(
     texts: &[(Vec<String>, RiskLevel, RiskLevel)],
     held_out: &[Vec<usize>],
+    fold_names: &[String],
     args: &Args,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -335,29 +353,46 @@ fn cross_validate(
     )?;
     writeln!(
         out,
-        "{:>18} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "thresholds", "accuracy", "under", "imm+high", "imminent", "low→imm"
+        "{:>18} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "thresholds", "accuracy", "under", "imm+high", "imminent", "low→imm", "imm prec"
     )?;
     let row = |out: &mut dyn Write, name: String, f: Figures| {
         writeln!(
             out,
-            "{name:>18} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "{name:>18} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
             show(f.accuracy),
             show(f.under_triage),
             show(f.high_plus_recall),
             show(f.imminent_recall),
-            show(f.low_as_imminent)
+            show(f.low_as_imminent),
+            show(f.imminent_precision)
         )
     };
     row(out, "rules only".to_owned(), rules_only.figures())?;
-    let grid = [0.3, 0.4, 0.5, 0.6, 0.7];
     for &tm in &[0.5, 0.7] {
-        for &th in &grid {
-            for &ti in &grid {
+        for &th in &args.grid {
+            for &ti in &args.grid {
                 let t = [tm, th, ti];
-                row(out, format!("{tm:.1}/{th:.1}/{ti:.1}"), figures(&t))?;
+                row(out, format!("{tm}/{th}/{ti}"), figures(&t))?;
             }
         }
+    }
+    writeln!(
+        out,
+        "per held-out part at --thresholds {:?}:",
+        args.thresholds
+    )?;
+    for (k, (heads, held)) in folds.iter().enumerate() {
+        let mut tally = Tally::default();
+        for e in held {
+            let model = predict(heads, e, &args.thresholds).unwrap_or(RiskLevel::Low);
+            tally.add(e.level, e.rules.max(model));
+        }
+        let name = fold_names
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| format!("fold {k}"));
+        row(out, name, tally.figures())?;
     }
     Ok(())
 }

@@ -479,7 +479,7 @@ impl Engine {
         if let Some(model) = &self.model {
             let mut scorer = model.scorer();
             self.each_feature(&j, |key, t, s, e| scorer.add(key, t, s, e));
-            let opinion = scorer.opinion();
+            let opinion = scorer.opinion(j.level);
             if let Some(level) = opinion.level.filter(|&l| l > j.level) {
                 let (start, end) = opinion
                     .span

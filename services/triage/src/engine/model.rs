@@ -3,7 +3,7 @@
 //! and stored as data next to the rulebook (`rules/model.toml`).
 //!
 //! The rules say *why*; they miss risk that is worded in a way no rule
-//! foresaw ("tell lil mike i love him. im sorry for everything"). The model
+//! foresaw ("wrote a note. its in my wallet. havent decided when"). The model
 //! only ever **raises** the rules' level, never lowers it. Words may count
 //! against the ≥ moderate and ≥ high heads ("lol", "years ago", "shaving"),
 //! but the imminent head's weights are non-negative: more words never take a
@@ -224,14 +224,15 @@ impl Model {
         }
     }
 
-    /// Scores one message's features (each counted once).
+    /// Scores one message's features (each counted once), the rules having
+    /// said `rules`.
     #[cfg(test)]
-    pub(crate) fn opinion(&self, features: &[Feature]) -> Opinion {
+    pub(crate) fn opinion(&self, features: &[Feature], rules: RiskLevel) -> Opinion {
         let mut scorer = self.scorer();
         for f in features {
             scorer.add(f.key.as_bytes(), 0, f.start, f.end);
         }
-        scorer.opinion()
+        scorer.opinion(rules)
     }
 }
 
@@ -240,6 +241,14 @@ impl Model {
 /// SMS-length stretch, not the sum of all its words (SMS-length messages
 /// are one window).
 pub const WINDOW_WORDS: usize = 48;
+
+/// Beyond this many words (two windows) the model raises to high at most.
+/// It was fitted and measured on SMS-length messages (the longest labelled
+/// one has 81 words); over the many windows of a long forum-style text the
+/// riskiest window reaches imminent by chance (docs/triage.md, C-SSRS: 127
+/// of 135 Supportive/Indicator users without this cap, 24 with it, 18 with
+/// the rules alone). The rules still say imminent in a text of any length.
+pub const MODEL_IMMINENT_MAX_WORDS: usize = 96;
 
 /// The features of one message that the model knows, as they come.
 pub(crate) struct Scorer<'m> {
@@ -260,8 +269,9 @@ impl Scorer<'_> {
     }
 
     /// The riskiest window's opinion: the first whose top raised level is
-    /// highest, by probability of that head.
-    pub(crate) fn opinion(mut self) -> Opinion {
+    /// highest, by probability of that head. `rules` is the rules' level of
+    /// the whole message (see [`Scorer::window_opinion`] for its use).
+    pub(crate) fn opinion(mut self, rules: RiskLevel) -> Opinion {
         // Word features come in word order; rule features at the end.
         self.hits.sort_by_key(|h| h.0);
         let last = self.hits.last().map_or(0, |h| h.0);
@@ -272,21 +282,38 @@ impl Scorer<'_> {
             let hi = self.hits.partition_point(|h| h.0 < from + WINDOW_WORDS);
             self.hits.get(lo..hi).unwrap_or_default()
         };
-        let mut best = self.window_opinion(window(0), &mut seen);
+        let mut best = self.window_opinion(window(0), rules, &mut seen);
         let mut from = stride;
         while from + stride <= last {
-            let o = self.window_opinion(window(from), &mut seen);
+            let o = self.window_opinion(window(from), rules, &mut seen);
             if (o.level, o.top()) > (best.level, best.top()) {
                 best = o;
             }
             from += stride;
+        }
+        if last >= MODEL_IMMINENT_MAX_WORDS && best.level == Some(RiskLevel::Imminent) {
+            // The window reached high too (the imminent head only counts
+            // there, see `window_opinion`); the span stays on its word.
+            best.level = Some(RiskLevel::High);
         }
         best
     }
 
     /// One window, in word order: each known feature counts once (its
     /// first occurrence gives the span). `seen` is a bit per weight row.
-    fn window_opinion(&self, hits: &[(usize, u32, usize, usize)], seen: &mut [u64]) -> Opinion {
+    ///
+    /// The imminent head only refines a message already at high: it counts
+    /// when the rules said high or more, or this window's ≥ high head
+    /// reached its threshold. Its weights are non-negative, so on its own it
+    /// cannot tell "years ago" or "lol" from a crisis; the signed ≥ high head
+    /// can, and gating on it halves the lows called imminent for the same
+    /// imminent recall (docs/triage.md).
+    fn window_opinion(
+        &self,
+        hits: &[(usize, u32, usize, usize)],
+        rules: RiskLevel,
+        seen: &mut [u64],
+    ) -> Opinion {
         seen.fill(0);
         let mut z = self.model.heads.map(|h| h.bias);
         // Best word feature per head: (weight, span).
@@ -312,10 +339,16 @@ impl Scorer<'_> {
             }
         }
         let p = z.map(sigmoid);
+        let reached = |i: usize| {
+            p.get(i)
+                .zip(self.model.heads.get(i))
+                .is_some_and(|(&pi, head)| pi >= head.threshold)
+        };
+        let at_high = rules >= RiskLevel::High || reached(1);
         let mut level = None;
         let mut span = None;
-        for (i, head) in self.model.heads.iter().enumerate().rev() {
-            if p.get(i).is_some_and(|&pi| pi >= head.threshold) {
+        for i in (0..self.model.heads.len()).rev() {
+            if reached(i) && (i < 2 || at_high) {
                 level = HEADS.get(i).copied();
                 span = best.get(i).copied().flatten().map(|(_, s)| s);
                 break;
@@ -480,11 +513,11 @@ threshold = 0.5
     fn heads_raise_to_the_highest_threshold_reached() {
         let m = Model::from_str(SMALL, "small.toml").unwrap();
         assert_eq!(m.version(), "t1");
-        assert_eq!(m.opinion(&feats("hello")).level, None);
-        let o = m.opinion(&feats("on the ledge"));
+        assert_eq!(m.opinion(&feats("hello"), RiskLevel::Low).level, None);
+        let o = m.opinion(&feats("on the ledge"), RiskLevel::Low);
         assert_eq!(o.level, Some(RiskLevel::High));
         assert_eq!(o.span, Some((7, 12)));
-        let o = m.opinion(&feats("night night forever"));
+        let o = m.opinion(&feats("night night forever"), RiskLevel::Low);
         assert_eq!(o.level, Some(RiskLevel::Imminent));
         assert_eq!(o.span, Some((0, 11)));
         // A rule feature counts, has no span.
@@ -493,9 +526,46 @@ threshold = 0.5
             start: 0,
             end: 0,
         };
-        let o = m.opinion(&[rule.clone(), rule]);
+        let o = m.opinion(&[rule.clone(), rule], RiskLevel::Low);
         assert_eq!(o.level, Some(RiskLevel::Moderate), "{o:?}");
         assert_eq!(o.span, None);
+    }
+
+    #[test]
+    fn the_imminent_head_only_refines_a_high() {
+        let m = Model::from_str(
+            &SMALL.replace("\"w:ledge\"", "\"w:rattle\" = [0.0, 0.0, 9.0]\n\"w:ledge\""),
+            "small.toml",
+        )
+        .unwrap();
+        // P(imminent) is high but neither the ≥ high head nor the rules
+        // put the message at high: no raise.
+        assert_eq!(m.opinion(&feats("rattle"), RiskLevel::Low).level, None);
+        assert_eq!(m.opinion(&feats("rattle"), RiskLevel::Moderate).level, None);
+        // The rules at high, or the ≥ high head over its threshold, open it.
+        assert_eq!(
+            m.opinion(&feats("rattle"), RiskLevel::High).level,
+            Some(RiskLevel::Imminent)
+        );
+        assert_eq!(
+            m.opinion(&feats("rattle on the ledge"), RiskLevel::Low)
+                .level,
+            Some(RiskLevel::Imminent)
+        );
+    }
+
+    #[test]
+    fn past_two_windows_the_model_raises_to_high_at_most() {
+        let m = Model::from_str(SMALL, "small.toml").unwrap();
+        let o = m.opinion(&feats("night night forever"), RiskLevel::Low);
+        assert_eq!(o.level, Some(RiskLevel::Imminent));
+        // Word indices matter here (windows), so feed the scorer directly.
+        let long = format!("{}night night forever", "and so on ".repeat(40));
+        let mut scorer = m.scorer();
+        each_word_feature(long.as_bytes(), |key, t, s, e| scorer.add(key, t, s, e));
+        let o = scorer.opinion(RiskLevel::Low);
+        assert_eq!(o.level, Some(RiskLevel::High), "{o:?}");
+        assert!(o.span.is_some());
     }
 
     #[test]
@@ -506,17 +576,20 @@ threshold = 0.5
         )
         .unwrap();
         assert_eq!(
-            m.opinion(&feats("on the ledge")).level,
+            m.opinion(&feats("on the ledge"), RiskLevel::Low).level,
             Some(RiskLevel::High)
         );
-        assert_eq!(m.opinion(&feats("on the ledge lol")).level, None);
+        assert_eq!(
+            m.opinion(&feats("on the ledge lol"), RiskLevel::Low).level,
+            None
+        );
     }
 
     #[test]
     fn repeated_features_count_once() {
         let m = Model::from_str(SMALL, "small.toml").unwrap();
-        let once = m.opinion(&feats("ledge")).p;
-        let thrice = m.opinion(&feats("ledge ledge, ledge")).p;
+        let once = m.opinion(&feats("ledge"), RiskLevel::Low).p;
+        let thrice = m.opinion(&feats("ledge ledge, ledge"), RiskLevel::Low).p;
         assert_eq!(once, thrice);
     }
 

@@ -668,7 +668,8 @@ fn recent_overdose_is_not_reported_as_in_progress() {
 fn training_texts() -> Vec<String> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/eval");
     [
-        "dev", "heldout", "heldout2", "heldout3", "heldout4", "blind-a", "blind-b", "blind-c",
+        "dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "blind-a",
+        "blind-b", "blind-c", "blind-d", "blind-e", "blind-f", "blind-g",
     ]
     .iter()
     .flat_map(|set| {
@@ -726,7 +727,7 @@ fn model_raises_risk_the_rules_miss() {
     let (rules, full) = (engine(), with_model());
     for (text, want) in [
         (
-            "🙏🖤 tell lil mike i love him. im sorry for everything",
+            "my shift ends at 11. ive got the whole bundle in my locker and nobody is expecting me home. after tonight it wont matter",
             Imminent,
         ),
         ("wrote a note. its in my wallet. havent decided when", High),
@@ -754,4 +755,88 @@ fn model_does_not_see_negated_words() {
             ("nunca me haría daño", Low),
         ],
     );
+}
+
+// --------------------------------------------- categories added in rulebook 2026.11.24
+
+/// An attempt under way said without the usual words: a ligature on, a
+/// height reached, gas with the windows sealed, bleeding that won't stop,
+/// a child who got into the take-homes, a goodbye in other words. The
+/// look-alikes stay below imminent.
+#[test]
+fn attempts_under_way_in_other_words() {
+    let e = engine();
+    assert_levels(
+        &e,
+        &[
+            ("rope's up. stool is right here", Imminent),
+            ("🪢 its around my neck now", Imminent),
+            ("ya tengo la cuerda en el cuello", Imminent),
+            ("estoy parada arriba del edificio", Imminent),
+            (
+                "climbed to the top of the parking garage, its windy",
+                Imminent,
+            ),
+            ("opened the gas and taped the windows shut", Imminent),
+            ("sitting in the tub with my wrists open", Imminent),
+            (
+                "my 3 year old got into my methadone and shes so sleepy",
+                Imminent,
+            ),
+            ("mi hijo se encerró en el baño con un cinturón", Imminent),
+            ("tell my kids daddy loves them", Imminent),
+            ("diganle a mis hijas que las quise mucho", Imminent),
+            ("goodnight forever 💊", Imminent),
+            ("i already took them all. dont be sad ok", Imminent),
+            ("if i dont answer in 20 min call 911 to my place", Imminent),
+            ("tonights the night. got the gun", Imminent),
+            // Means at hand alone is high; with "now" it is imminent.
+            ("got the pistol loaded on my lap", High),
+            ("got the pistol loaded on my lap rn", Imminent),
+            ("i already took them, thanks for the reminder", Low),
+            ("opened the gas bill today, ouch", Low),
+            ("the kids got into the cookies lol", Low),
+        ],
+    );
+    for text in [
+        "we climbed to the top of the tower last summer",
+        "my necklace is around my neck lol",
+        "he has had seizures since he was a kid",
+    ] {
+        assert!(e.assess(text).level < Imminent, "{text:?}");
+    }
+}
+
+/// Overdose signs said other ways (grey lips "kinda", someone "all blue",
+/// narcan that did nothing, a weak pulse, seizing, Caribbean Spanish), and
+/// the writer's own body signs after using, a release or a depressant mix.
+#[test]
+fn overdose_signs_in_other_words() {
+    let e = engine();
+    assert_levels(
+        &e,
+        &[
+            ("his lips are kinda gray and he nodded out", Imminent),
+            ("my cousin is all blue", Imminent),
+            ("gave him 2 narcans and nothing happened", Imminent),
+            ("le pusimos narcan y sigue sin reaccionar", Imminent),
+            ("pulse is really weak and hes cold", Imminent),
+            ("hes seizing after a shot", Imminent),
+            ("el pana ta morao y no ta respirando", Imminent),
+            ("mi primo está roncando bien raro", Imminent),
+            ("used after 90 days clean and i cant feel my legs", Imminent),
+            ("me meti la chiva y siento q me voy", Imminent),
+            ("mixed my bars with the fetty on purpose", Imminent),
+            ("my car is blue lol", Low),
+            ("mixed the paint colors on purpose", Low),
+        ],
+    );
+    // Body signs alone are not an overdose: a panic attack says it too.
+    for text in [
+        "i cant breathe, panic attack again",
+        "cant feel my legs after leg day",
+    ] {
+        let level = e.assess(text).level;
+        assert!(level < High, "{text:?}: {level}");
+    }
 }
