@@ -242,14 +242,6 @@ impl Model {
 /// are one window).
 pub const WINDOW_WORDS: usize = 48;
 
-/// Beyond this many words (two windows) the model raises to high at most.
-/// It was fitted and measured on SMS-length messages (the longest labelled
-/// one has 81 words); over the many windows of a long forum-style text the
-/// riskiest window reaches imminent by chance (docs/triage.md, C-SSRS: 127
-/// of 135 Supportive/Indicator users without this cap, 24 with it, 18 with
-/// the rules alone). The rules still say imminent in a text of any length.
-pub const MODEL_IMMINENT_MAX_WORDS: usize = 96;
-
 /// The features of one message that the model knows, as they come.
 pub(crate) struct Scorer<'m> {
     model: &'m Model,
@@ -291,11 +283,6 @@ impl Scorer<'_> {
             }
             from += stride;
         }
-        if last >= MODEL_IMMINENT_MAX_WORDS && best.level == Some(RiskLevel::Imminent) {
-            // The window reached high too (the imminent head only counts
-            // there, see `window_opinion`); the span stays on its word.
-            best.level = Some(RiskLevel::High);
-        }
         best
     }
 
@@ -306,7 +293,7 @@ impl Scorer<'_> {
     /// when the rules said high or more, or this window's ≥ high head
     /// reached its threshold. Its weights are non-negative, so on its own it
     /// cannot tell "years ago" or "lol" from a crisis; the signed ≥ high head
-    /// can, and gating on it halves the lows called imminent for the same
+    /// can, and gating on it calls fewer lows imminent for the same
     /// imminent recall (docs/triage.md).
     fn window_opinion(
         &self,
@@ -552,20 +539,6 @@ threshold = 0.5
                 .level,
             Some(RiskLevel::Imminent)
         );
-    }
-
-    #[test]
-    fn past_two_windows_the_model_raises_to_high_at_most() {
-        let m = Model::from_str(SMALL, "small.toml").unwrap();
-        let o = m.opinion(&feats("night night forever"), RiskLevel::Low);
-        assert_eq!(o.level, Some(RiskLevel::Imminent));
-        // Word indices matter here (windows), so feed the scorer directly.
-        let long = format!("{}night night forever", "and so on ".repeat(40));
-        let mut scorer = m.scorer();
-        each_word_feature(long.as_bytes(), |key, t, s, e| scorer.add(key, t, s, e));
-        let o = scorer.opinion(RiskLevel::Low);
-        assert_eq!(o.level, Some(RiskLevel::High), "{o:?}");
-        assert!(o.span.is_some());
     }
 
     #[test]
