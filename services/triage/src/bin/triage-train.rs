@@ -303,7 +303,11 @@ fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel>
             sigmoid(bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>()) >= *t
         })
         .collect();
-    let at_high = e.rules >= RiskLevel::High || reached.get(1) == Some(&true);
+    let at_high = e.rules >= RiskLevel::High
+        || HEADS
+            .iter()
+            .zip(&reached)
+            .any(|(&head, &r)| head == RiskLevel::High && r);
     HEADS
         .iter()
         .zip(&reached)
@@ -382,17 +386,13 @@ fn cross_validate(
         "per held-out part at --thresholds {:?}:",
         args.thresholds
     )?;
-    for (k, (heads, held)) in folds.iter().enumerate() {
+    for ((heads, held), name) in folds.iter().zip(fold_names) {
         let mut tally = Tally::default();
         for e in held {
             let model = predict(heads, e, &args.thresholds).unwrap_or(RiskLevel::Low);
             tally.add(e.level, e.rules.max(model));
         }
-        let name = fold_names
-            .get(k)
-            .cloned()
-            .unwrap_or_else(|| format!("fold {k}"));
-        row(out, name, tally.figures())?;
+        row(out, name.clone(), tally.figures())?;
     }
     Ok(())
 }

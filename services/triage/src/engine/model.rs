@@ -33,6 +33,9 @@ pub const BUILTIN_MODEL_NAME: &str = "services/triage/rules/model.toml (builtin)
 /// The levels the heads raise to, in the order of a weight triple and of
 /// `[heads.*]` (`moderate`, `high`, `imminent`).
 pub const HEADS: [RiskLevel; 3] = [RiskLevel::Moderate, RiskLevel::High, RiskLevel::Imminent];
+/// Positions in [`HEADS`].
+const HIGH_HEAD: usize = 1;
+const IMMINENT_HEAD: usize = 2;
 
 /// One head: `P = sigmoid(bias + Σ weights)`, raising at `threshold`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -331,11 +334,11 @@ impl Scorer<'_> {
                 .zip(self.model.heads.get(i))
                 .is_some_and(|(&pi, head)| pi >= head.threshold)
         };
-        let at_high = rules >= RiskLevel::High || reached(1);
+        let at_high = rules >= RiskLevel::High || reached(HIGH_HEAD);
         let mut level = None;
         let mut span = None;
         for i in (0..self.model.heads.len()).rev() {
-            if reached(i) && (i < 2 || at_high) {
+            if reached(i) && (i != IMMINENT_HEAD || at_high) {
                 level = HEADS.get(i).copied();
                 span = best.get(i).copied().flatten().map(|(_, s)| s);
                 break;
@@ -348,13 +351,10 @@ impl Scorer<'_> {
 impl Opinion {
     /// The probability of the raising head (0 when none raises).
     fn top(&self) -> f32 {
-        let head = match self.level {
-            Some(RiskLevel::Imminent) => 2,
-            Some(RiskLevel::High) => 1,
-            Some(_) => 0,
-            None => return 0.0,
-        };
-        self.p.get(head).copied().unwrap_or(0.0)
+        self.level
+            .and_then(|level| HEADS.iter().position(|&h| h == level))
+            .and_then(|head| self.p.get(head).copied())
+            .unwrap_or(0.0)
     }
 }
 
