@@ -640,6 +640,10 @@ async fn the_same_triaged_message_delivered_twice_is_offered_once() {
     // Different Nats-Msg-Ids, so the stream keeps both: a redelivery.
     line.publish(&ev, "first-delivery").await;
     line.publish(&ev, "second-delivery").await;
+    // The offer comes when the router has both the contact and ben's
+    // presence, in whichever order they reach it; only then is a new
+    // message pushed to ben as a message (before, it is part of the offer).
+    line.pushes.wait_offer("ben", id).await;
     line.message(id, RiskLevel::Low, Language::En, "barrier")
         .await;
     line.pushes.wait_message("ben", id, "barrier").await;
