@@ -274,69 +274,69 @@ async fn signed_messages_are_stored_and_flagged_whatever_their_fields() {
     let long = "I can't stop thinking about it. ".repeat(125);
     assert!(long.chars().count() >= 4000);
 
-    let cases: Vec<(&str, Vec<(String, String)>, &[InboundFlag])> = vec![
+    let cases = vec![
         (
             "a 4,000-character body",
             inbound_with("", "Body", Some(&long)),
-            &[InboundFlag::LongBody],
+            InboundFlag::LongBody,
         ),
         (
             "a WhatsApp sender",
             inbound_with("hola", "From", Some("whatsapp:+15005550142")),
-            &[InboundFlag::ChannelSender],
+            InboundFlag::ChannelSender,
         ),
         (
             "an alphanumeric sender",
             inbound_with("hi", "From", Some("NWDALERT")),
-            &[InboundFlag::AlphanumericSender],
+            InboundFlag::AlphanumericSender,
         ),
         (
             "a short code",
             inbound_with("hi", "From", Some("55555")),
-            &[InboundFlag::ShortCodeSender],
+            InboundFlag::ShortCodeSender,
         ),
         (
             "NumMedia not a number",
             inbound_with("hi", "NumMedia", Some("abc")),
-            &[InboundFlag::InvalidNumMedia],
+            InboundFlag::InvalidNumMedia,
         ),
         (
             "a From that is no known form",
             inbound_with("hi", "From", Some("4155550123")),
-            &[InboundFlag::UnrecognisedSender],
+            InboundFlag::UnrecognisedSender,
         ),
         (
             "no From",
             inbound_with("hi", "From", None),
-            &[InboundFlag::MissingSender],
+            InboundFlag::MissingSender,
         ),
         (
             "no To",
             inbound_with("hi", "To", None),
-            &[InboundFlag::MissingLine],
+            InboundFlag::MissingLine,
         ),
         (
             "no Body",
             inbound_with("hi", "Body", None),
-            &[InboundFlag::MissingBody],
+            InboundFlag::MissingBody,
         ),
         (
             "no AccountSid",
             inbound_with("hi", "AccountSid", None),
-            &[InboundFlag::MissingAccountSid],
+            InboundFlag::MissingAccountSid,
         ),
         (
             "media",
             inbound_with("", "NumMedia", Some("2")),
-            &[InboundFlag::Media],
+            InboundFlag::Media,
         ),
     ];
-    for (case, params, flags) in &cases {
+    for (case, params, flag) in &cases {
         let res = gw.post_signed(SMS_PATH, params).await;
         assert_eq!(res.status(), 200, "{case}");
         assert_eq!(res.text().await.unwrap(), EMPTY_TWIML, "{case}");
         let sms = stored(&server, &sid_of(params)).await;
-        assert_eq!(&sms.flags, flags, "{case}");
+        assert_eq!(sms.flags, [*flag], "{case}");
     }
     let wa = stored(&server, &sid_of(&cases[1].1)).await;
     assert_eq!(wa.from.as_str(), "whatsapp:+15005550142");

@@ -557,7 +557,7 @@ async fn thread_keys_are_keyed_pseudonyms() {
     let expected = other.thread_key(&phone(MARIA));
     assert_eq!(
         keys,
-        [expected.clone()],
+        std::slice::from_ref(&expected),
         "the configured key names the thread"
     );
     assert_ne!(
