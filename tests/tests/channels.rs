@@ -37,6 +37,7 @@ async fn accept(c: &mut Counsellor, contact: ContactId) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_whatsapp_and_alphanumeric_messages_reach_a_counsellor_and_whatsapp_is_answered_on_whatsapp()
  {
+    let logs = nwd_testkit::capture_logs();
     let line = Line::start().await;
     let mut ana = Counsellor::available(&line, "ana").await;
 
@@ -168,4 +169,25 @@ async fn long_whatsapp_and_alphanumeric_messages_reach_a_counsellor_and_whatsapp
     .value
     .unwrap();
     assert_eq!(thread.contact_id, wa_offer.contact_id);
+
+    // Channel addresses are as private as numbers: no log line holds one, nor a body.
+    let text = logs.contents();
+    assert!(
+        text.contains("SM000000000000000000000000000001a2"),
+        "logs carry ids"
+    );
+    for secret in [
+        "5550145",
+        "NWDALERT",
+        "brother died",
+        "writing on WhatsApp",
+        "safe right now",
+    ] {
+        let hit = text.lines().find(|l| l.contains(secret));
+        assert!(
+            hit.is_none(),
+            "a log line contains {secret:?}: {}",
+            hit.unwrap_or_default()
+        );
+    }
 }
