@@ -110,6 +110,10 @@ async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
             "NWD_SESSION_KEY".into(),
             "bench-session-key-0123456789abcdef".into(),
         ),
+        (
+            "NWD_PSEUDONYM_KEY".into(),
+            "bench-pseudonym-key-0123456789abcdef0123".into(),
+        ),
     ];
     let mut procs = Procs::default();
     for name in SERVICES {

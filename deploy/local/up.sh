@@ -45,6 +45,13 @@ if [[ -z "${NWD_SESSION_KEY:-}" ]]; then
   NWD_SESSION_KEY="$(cat "$NWD_DATA_DIR/session.key")"
   export NWD_SESSION_KEY
 fi
+# Dev pseudonym key (keys senders' threads; intake has no default): made
+# once per data dir and kept, so that open threads survive a restart.
+if [[ -z "${NWD_PSEUDONYM_KEY:-}" ]]; then
+  [[ -s "$NWD_DATA_DIR/pseudonym.key" ]] || { printf 'dev-only-'; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; } > "$NWD_DATA_DIR/pseudonym.key"
+  NWD_PSEUDONYM_KEY="$(cat "$NWD_DATA_DIR/pseudonym.key")"
+  export NWD_PSEUDONYM_KEY
+fi
 
 PIDS=()
 stop_all() {

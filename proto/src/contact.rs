@@ -450,7 +450,8 @@ pub fn offered(rec: &ContactRecord) -> &[CounsellorId] {
 }
 
 /// Intake's thread record: which contact is open for one sender.
-/// Bucket `threads`, key `sms.<PhoneNumber::key>`.
+/// Bucket `threads`, key [`crate::pseudonym::Pseudonymiser::thread_key`]
+/// (`sms.<keyed pseudonym of the sender>`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ThreadRecord {
     pub contact_id: ContactId,
@@ -467,8 +468,8 @@ pub struct ThreadRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::address::Address;
     use crate::events::ContactMessage;
-    use crate::phone::PhoneNumber;
     use crate::risk::Assessment;
     use time::macros::datetime;
 
@@ -478,8 +479,8 @@ mod tests {
                 contact_id: contact,
                 message_id: MessageId::new(),
                 channel: Channel::Sms {
-                    patient: PhoneNumber::parse("+15005550142").unwrap(),
-                    line: PhoneNumber::parse("+15005550100").unwrap(),
+                    patient: Address::parse("+15005550142"),
+                    line: Address::parse("+15005550100"),
                 },
                 door: None,
                 patient: None,

@@ -3,29 +3,94 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::address::Address;
 use crate::envelope::Event;
 use crate::ids::{ContactId, CounsellorId, MessageId, MessageSid, OutboundId, PartnerId};
-use crate::phone::PhoneNumber;
 use crate::risk::Assessment;
 
-/// Twilio's limit for one SMS body (concatenated segments).
+/// Twilio's limit for one SMS body (concatenated segments), and so for our
+/// own replies. A longer *inbound* body (WhatsApp allows 4,096) is taken and
+/// flagged [`InboundFlag::LongBody`], never refused.
 pub const MAX_SMS_BODY_CHARS: usize = 1600;
 
 // ---------------------------------------------------------------- INBOUND
 
-/// An SMS a person sent to one of the line's numbers, as Twilio posted it.
+/// A message a person sent to one of the line's numbers (SMS, or another
+/// channel Twilio carries such as WhatsApp), as Twilio posted it.
 /// Published by the gateway with `Nats-Msg-Id` = the MessageSid.
+///
+/// A correctly signed request is a person's message and is always taken:
+/// anything odd about it is recorded in `flags`, never a reason to refuse.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InboundSms {
     pub message_sid: MessageSid,
+    /// Empty when Twilio did not send one (flagged).
     pub account_sid: String,
-    pub from: PhoneNumber,
-    /// The line number the person texted: the door.
-    pub to: PhoneNumber,
+    /// The person: a phone number or a channel address (`whatsapp:+1…`).
+    pub from: Address,
+    /// The line address the person wrote to: the door, and where replies come from.
+    pub to: Address,
     pub body: String,
     pub num_media: u32,
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
+    /// What was unusual about the request, if anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<InboundFlag>,
+}
+
+/// Something unusual about an inbound message that was taken anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboundFlag {
+    /// Body longer than [`MAX_SMS_BODY_CHARS`].
+    LongBody,
+    /// No `Body` parameter (taken as empty).
+    MissingBody,
+    /// No `AccountSid` parameter.
+    MissingAccountSid,
+    /// No `From` parameter.
+    MissingSender,
+    /// `From` is a channel address (`whatsapp:`, `messenger:`, …).
+    ChannelSender,
+    /// `From` is an alphanumeric sender id: replies cannot reach it.
+    AlphanumericSender,
+    /// `From` is a short code.
+    ShortCodeSender,
+    /// `From` is none of the forms above.
+    UnrecognisedSender,
+    /// No `To` parameter: the door is unknown and replies have no line.
+    MissingLine,
+    /// `To` is neither a phone number nor a channel address.
+    UnrecognisedLine,
+    /// `NumMedia` is not a number (taken as 0).
+    InvalidNumMedia,
+    /// The message carries media that the line does not show.
+    Media,
+    /// A flag this reader does not know (written by a newer gateway).
+    #[serde(other)]
+    Unknown,
+}
+
+impl InboundFlag {
+    /// Bounded value for the `kind` label of `nwd_gateway_inbound_oddities_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundFlag::LongBody => "long_body",
+            InboundFlag::MissingBody => "missing_body",
+            InboundFlag::MissingAccountSid => "missing_account_sid",
+            InboundFlag::MissingSender => "missing_sender",
+            InboundFlag::ChannelSender => "channel_sender",
+            InboundFlag::AlphanumericSender => "alphanumeric_sender",
+            InboundFlag::ShortCodeSender => "short_code_sender",
+            InboundFlag::UnrecognisedSender => "unrecognised_sender",
+            InboundFlag::MissingLine => "missing_line",
+            InboundFlag::UnrecognisedLine => "unrecognised_line",
+            InboundFlag::InvalidNumMedia => "invalid_num_media",
+            InboundFlag::Media => "media",
+            InboundFlag::Unknown => "unknown",
+        }
+    }
 }
 
 impl Event for InboundSms {
@@ -109,26 +174,41 @@ impl Event for SmsStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Channel {
-    /// SMS: the person's number, and the line number they texted (replies go
-    /// out from that same number, never from a counsellor's own).
-    Sms {
-        patient: PhoneNumber,
-        line: PhoneNumber,
-    },
+    /// A message through Twilio (SMS, WhatsApp, …): the person's address,
+    /// and the line address they wrote to (replies go out from that same
+    /// line, on the person's channel, never from a counsellor's own number).
+    Sms { patient: Address, line: Address },
 }
 
 impl Channel {
-    /// What a counsellor sees instead of the number.
+    /// What a counsellor sees instead of the address ("WhatsApp ··67").
     pub fn label(&self) -> String {
         match self {
-            Channel::Sms { patient, .. } => format!("SMS {}", patient.redacted()),
+            Channel::Sms { patient, .. } => patient.label(),
         }
     }
 
-    /// Bounded value for metric labels.
+    /// Bounded value for metric labels (`sms`, `whatsapp`, …).
     pub fn kind(&self) -> &'static str {
         match self {
-            Channel::Sms { .. } => "sms",
+            Channel::Sms { patient, .. } => patient.channel_kind(),
+        }
+    }
+
+    /// Where a reply to the person goes, and the line address it goes from:
+    /// the person's own channel (`whatsapp:<line>` to `whatsapp:+1…`).
+    pub fn reply_route(&self) -> (Address, Address) {
+        match self {
+            Channel::Sms { patient, line } => (patient.clone(), line.on_channel_of(patient)),
+        }
+    }
+
+    /// The line address a message to `to` goes from: a plain SMS from the
+    /// line's number to a trusted contact or partner, the person's channel
+    /// for the person.
+    pub fn line_towards(&self, to: &Address) -> Address {
+        match self {
+            Channel::Sms { line, .. } => line.on_channel_of(to),
         }
     }
 }
@@ -306,9 +386,10 @@ pub enum Author {
 pub struct OutboundSms {
     pub outbound_id: OutboundId,
     pub contact_id: ContactId,
-    pub to: PhoneNumber,
-    /// Always one of the line's numbers.
-    pub from: PhoneNumber,
+    /// A phone number or channel address (`whatsapp:+1…`).
+    pub to: Address,
+    /// Always one of the line's numbers, on `to`'s channel.
+    pub from: Address,
     pub body: String,
     pub author: Author,
     #[serde(with = "time::serde::rfc3339")]
@@ -359,11 +440,56 @@ mod tests {
     #[test]
     fn channel_label_hides_the_number() {
         let ch = Channel::Sms {
-            patient: PhoneNumber::parse("+15005550142").unwrap(),
-            line: PhoneNumber::parse("+15005550100").unwrap(),
+            patient: Address::parse("+15005550142"),
+            line: Address::parse("+15005550100"),
         };
         assert_eq!(ch.label(), "SMS ··42");
+        assert_eq!(ch.kind(), "sms");
         let json = serde_json::to_string(&ch).unwrap();
         assert_eq!(serde_json::from_str::<Channel>(&json).unwrap(), ch);
+        let wa = Channel::Sms {
+            patient: Address::parse("whatsapp:+15005550167"),
+            line: Address::parse("+15005550100"),
+        };
+        assert_eq!(wa.label(), "WhatsApp ··67");
+        assert_eq!(wa.kind(), "whatsapp");
+    }
+
+    #[test]
+    fn channel_of_a_plain_number_reads_as_before() {
+        // Written by a version whose addresses were all E.164 numbers.
+        let old = r#"{"kind":"sms","patient":"+15005550142","line":"+15005550100"}"#;
+        let ch: Channel = serde_json::from_str(old).unwrap();
+        assert_eq!(ch.kind(), "sms");
+        assert_eq!(serde_json::to_string(&ch).unwrap(), old);
+    }
+
+    #[test]
+    fn replies_go_out_on_the_persons_channel() {
+        let wa = Channel::Sms {
+            patient: Address::parse("whatsapp:+15005550167"),
+            line: Address::parse("whatsapp:+15005550100"),
+        };
+        let (to, from) = wa.reply_route();
+        assert_eq!(to.as_str(), "whatsapp:+15005550167");
+        assert_eq!(from.as_str(), "whatsapp:+15005550100");
+        let trusted = Address::parse("+15005550150");
+        assert_eq!(wa.line_towards(&trusted).as_str(), "+15005550100");
+    }
+
+    #[test]
+    fn inbound_without_flags_reads_and_unknown_flags_are_kept_as_unknown() {
+        let json = r#"{"message_sid":"SM0123456789abcdef0123456789abcdef","account_sid":"AC1",
+            "from":"+15005550142","to":"+15005550100","body":"hi","num_media":0,
+            "received_at":"2026-11-24T10:00:00Z"}"#;
+        let sms: InboundSms = serde_json::from_str(json).unwrap();
+        assert!(sms.flags.is_empty());
+        assert!(!serde_json::to_string(&sms).unwrap().contains("flags"));
+        let newer = json.replace(
+            "\"num_media\":0",
+            "\"num_media\":0,\"flags\":[\"long_body\",\"from_the_future\"]",
+        );
+        let sms: InboundSms = serde_json::from_str(&newer).unwrap();
+        assert_eq!(sms.flags, [InboundFlag::LongBody, InboundFlag::Unknown]);
     }
 }

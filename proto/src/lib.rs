@@ -6,6 +6,7 @@
 //! never on each other. A breaking change to an event bumps the subject
 //! version token (`v1` → `v2`).
 
+pub mod address;
 pub mod contact;
 pub mod dashboard;
 pub mod directory;
@@ -14,12 +15,15 @@ pub mod events;
 pub mod ids;
 pub mod ladder;
 pub mod phone;
+pub mod pseudonym;
 pub mod risk;
 pub mod router;
 pub mod streams;
 pub mod subjects;
 
+pub use address::{Address, AddressKind};
 pub use envelope::{Envelope, Event};
 pub use ids::{ContactId, CounsellorId, EventId, MessageId, MessageSid, OutboundId, PartnerId};
 pub use phone::PhoneNumber;
+pub use pseudonym::Pseudonymiser;
 pub use risk::{Assessment, Language, Reason, RiskLevel};

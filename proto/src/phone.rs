@@ -1,10 +1,10 @@
 //! E.164 phone numbers. A phone number is personal data: it never appears in
-//! logs or metric labels; use [`PhoneNumber::redacted`] or [`PhoneNumber::key`].
+//! logs or metric labels; use [`PhoneNumber::redacted`], and for KV keys a
+//! keyed pseudonym ([`crate::pseudonym::Pseudonymiser`]).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("phone number must be E.164: '+' then 8 to 15 digits, not starting with 0")]
@@ -40,13 +40,6 @@ impl PhoneNumber {
     pub fn redacted(&self) -> String {
         let tail = &self.0[self.0.len().saturating_sub(2)..];
         format!("··{tail}")
-    }
-
-    /// A stable, non-reversible key (hex SHA-256, 32 chars) for KV keys and
-    /// subjects, so that numbers never appear in bucket keys.
-    pub fn key(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -114,8 +107,6 @@ mod tests {
         let p = PhoneNumber::parse("+15005550167").unwrap();
         assert_eq!(p.to_string(), "··67");
         assert!(!format!("{p:?}").contains("5550167"));
-        assert_eq!(p.key().len(), 32);
-        assert!(!p.key().contains("5550167"));
     }
 
     proptest! {

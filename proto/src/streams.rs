@@ -24,7 +24,8 @@ pub mod consumers {
 pub mod buckets {
     /// Contact state records, key = contact id. Router-owned.
     pub const CONTACTS: &str = "contacts";
-    /// Open thread per sender, key = `sms.<phone key>`. Intake-owned.
+    /// Open thread per sender, key = [`crate::pseudonym::Pseudonymiser::thread_key`]
+    /// (a keyed pseudonym, never the address). Intake-owned.
     pub const THREADS: &str = "threads";
     /// Counsellor presence, key = counsellor id. Dashboard writes, router reads.
     pub const PRESENCE: &str = "presence";

@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 pub const AUTH_TOKEN: &str = "e2e0000000000000000000000000auth";
 pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
 pub const SESSION_KEY: &str = "e2e-session-key-0123456789abcdef0123456789";
+/// Intake's pseudonym key in tests (never used outside tests).
+pub const PSEUDONYM_KEY: &str = "e2e-pseudonym-key-0123456789abcdef0123456789";
 /// The line's own number and two partner doors in the demo directory.
 pub const LINE_NUMBER: &str = "+15005550100";
 pub const EASTSIDE_DOOR: &str = "+15005550110";
@@ -174,6 +176,7 @@ impl Line {
                 ("nats-url", nats_url.clone()),
                 ("metrics-addr", addr("intake").to_string()),
                 ("directory", dir.clone()),
+                ("pseudonym-key", PSEUDONYM_KEY.into()),
             ],
         );
         opts.insert(
@@ -459,6 +462,13 @@ impl Line {
             req = req.header("x-twilio-signature", s);
         }
         req.send().await.unwrap()
+    }
+
+    /// Intake's KV key of the thread of `sender` (a number or channel address).
+    pub fn thread_key(&self, sender: &str) -> String {
+        nwd_proto::Pseudonymiser::new(PSEUDONYM_KEY.as_bytes())
+            .expect("test pseudonym key")
+            .thread_key(&nwd_proto::Address::parse(sender))
     }
 
     /// A JetStream context on the line's server, for assertions.

@@ -133,7 +133,7 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
         .get_key_value(nwd_proto::streams::buckets::THREADS)
         .await
         .unwrap();
-    let key = nwd_intake::thread_key(&nwd_proto::PhoneNumber::parse(MARIA).unwrap());
+    let key = line.thread_key(MARIA);
     nwd_testkit::eventually(T, "thread closed", || async {
         nwd_runtime::kv::get::<nwd_proto::contact::ThreadRecord>(&threads, &key)
             .await

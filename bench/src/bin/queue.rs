@@ -214,8 +214,8 @@ fn triaged(
             contact_id: ContactId::new(),
             message_id: MessageId::new(),
             channel: Channel::Sms {
-                patient: PhoneNumber::parse(&format!("+1555{:07}", 3_000_000 + i))?,
-                line,
+                patient: PhoneNumber::parse(&format!("+1555{:07}", 3_000_000 + i))?.into(),
+                line: line.into(),
             },
             door: Some(door),
             patient: None,

@@ -170,8 +170,8 @@ pub fn contact(
             contact_id: ContactId::new(),
             message_id: MessageId::new(),
             channel: Channel::Sms {
-                patient: PhoneNumber::parse("+15005550142").unwrap(),
-                line: PhoneNumber::parse("+15005550100").unwrap(),
+                patient: nwd_proto::Address::parse("+15005550142"),
+                line: nwd_proto::Address::parse("+15005550100"),
             },
             door: door.map(pid),
             patient: patient.map(str::to_owned),

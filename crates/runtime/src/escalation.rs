@@ -17,7 +17,7 @@ use nwd_proto::events::{
     Recipient,
 };
 use nwd_proto::ladder::{StepOutcome, StepRecord};
-use nwd_proto::{CounsellorId, Envelope, Event, OutboundId, PhoneNumber, subjects};
+use nwd_proto::{Address, CounsellorId, Envelope, Event, OutboundId, subjects};
 use time::OffsetDateTime;
 
 use crate::bus;
@@ -101,16 +101,18 @@ impl Announcer {
         &self,
         rec: &ContactRecord,
         key: &str,
-        to: PhoneNumber,
+        to: impl Into<Address>,
         body: String,
     ) -> Result<(), AnnounceError> {
-        let Channel::Sms { line, .. } = &rec.channel;
+        let to = to.into();
+        // The person on their own channel; anyone else by SMS from the line.
+        let from = rec.channel.line_towards(&to);
         let outbound_id = OutboundId::derived(&format!("{}:{key}", rec.id));
         let sms = OutboundSms {
             outbound_id,
             contact_id: rec.id,
             to,
-            from: line.clone(),
+            from,
             body,
             author: Author::System,
             created_at: OffsetDateTime::now_utc(),

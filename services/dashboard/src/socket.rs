@@ -15,7 +15,7 @@ use nwd_proto::dashboard::{
     ClientMsg, ContactView, PartnerOption, Presence, ServerMsg, WithdrawReason,
 };
 use nwd_proto::directory::{PartnerKind, Role};
-use nwd_proto::events::{Author, Channel, MAX_SMS_BODY_CHARS, OutboundSms};
+use nwd_proto::events::{Author, MAX_SMS_BODY_CHARS, OutboundSms};
 use nwd_proto::router::{
     MAX_EMERGENCY_NATURE_CHARS, RouterCommand, RouterReply, valid_emergency_nature,
 };
@@ -485,9 +485,8 @@ async fn reply(
     let Some(rec) = rec.filter(|r| r.assigned_to() == Some(who)) else {
         return Err(("not-assigned", "This conversation is not with you"));
     };
-    let (to, from) = match &rec.channel {
-        Channel::Sms { patient, line } => (patient.clone(), line.clone()),
-    };
+    // Back on the person's own channel (SMS, WhatsApp, …), from the line they wrote to.
+    let (to, from) = rec.channel.reply_route();
     let sms = OutboundSms {
         outbound_id,
         contact_id,

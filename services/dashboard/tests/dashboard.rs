@@ -24,7 +24,7 @@ use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::streams::{self, buckets};
 use nwd_proto::{
     Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, OutboundId, PartnerId,
-    PhoneNumber, Reason, RiskLevel, subjects,
+    Reason, RiskLevel, subjects,
 };
 use nwd_runtime::bus::{self, NatsArgs};
 use nwd_runtime::kv::{self, Cas};
@@ -234,8 +234,8 @@ fn triaged(contact: ContactId, body: &str) -> MessageTriaged {
             contact_id: contact,
             message_id: MessageId::new(),
             channel: Channel::Sms {
-                patient: PhoneNumber::parse(PATIENT).unwrap(),
-                line: PhoneNumber::parse(LINE).unwrap(),
+                patient: nwd_proto::Address::parse(PATIENT),
+                line: nwd_proto::Address::parse(LINE),
             },
             door: Some(nwd_proto::PartnerId::parse("eastside-clinic").unwrap()),
             patient: None,
@@ -855,8 +855,8 @@ async fn a_reply_is_published_once_per_outbound_id() {
     assert_eq!(sent.len(), 1, "the resend was deduplicated");
     let sms = &sent[0];
     assert_eq!(sms.outbound_id, outbound_id);
-    assert_eq!(sms.to.as_e164(), PATIENT);
-    assert_eq!(sms.from.as_e164(), LINE);
+    assert_eq!(sms.to.as_str(), PATIENT);
+    assert_eq!(sms.from.as_str(), LINE);
     assert_eq!(sms.author, Author::Counsellor(c("ana")));
     assert_eq!(sms.body, "I'm here. Are you safe right now?");
 

@@ -1,11 +1,20 @@
 //! The HTTP edge: Twilio's inbound SMS webhook and delivery status callbacks.
 //!
 //! Every request is checked in a fixed order — size (413), content type
-//! (400), `X-Twilio-Signature` (403), fields (400) — then published to the
+//! (400), `X-Twilio-Signature` (403), fields — then published to the
 //! INBOUND stream with the MessageSid as `Nats-Msg-Id`, and answered only
 //! after JetStream acknowledged it. If the bus can't take it, the answer is
 //! 503 with `Retry-After`, so Twilio retries; a retry of a stored message is
 //! swallowed by the stream's duplicate window and answered 200.
+//!
+//! Twilio never retries a 4xx, so a refused message is gone for good. A
+//! correctly signed inbound message is therefore a person's message: it is
+//! stored and answered 200 whatever its fields look like (a 4,000-character
+//! WhatsApp body, `From=whatsapp:+1…`, an alphanumeric sender, a short code,
+//! a bad `NumMedia`). Oddities are flagged on the event ([`InboundFlag`]) and
+//! counted in `nwd_gateway_inbound_oddities_total{kind}`. Only unsigned,
+//! badly signed, unreadable (not a form, no usable MessageSid) and oversized
+//! requests are refused, each logged with its MessageSid when it has one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use nwd_proto::events::{DeliveryStatus, InboundSms, MAX_SMS_BODY_CHARS, SmsStatus};
-use nwd_proto::{Envelope, Event, MessageSid, OutboundId, PhoneNumber, subjects};
+use nwd_proto::events::{DeliveryStatus, InboundFlag, InboundSms, MAX_SMS_BODY_CHARS, SmsStatus};
+use nwd_proto::{Address, AddressKind, Envelope, Event, MessageSid, OutboundId, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs, Published};
 use nwd_runtime::ops::{self, Readiness};
 use nwd_runtime::problem::Problem;
@@ -163,11 +172,32 @@ impl AppState {
 }
 
 /// The webhook routes (without the ops routes), for `run` and for tests.
+/// Unknown paths and wrong methods are answered with problem+json too.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route(SMS_PATH, post(inbound_sms))
         .route(STATUS_PATH, post(status_callback))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
         .with_state(state)
+}
+
+async fn not_found() -> Response {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "There is nothing at this path",
+    )
+    .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "This path does not take this method",
+    )
+    .into_response()
 }
 
 /// The URL Twilio signed: public URL + path + `?` + raw query if present.
@@ -312,7 +342,8 @@ async fn instrumented(
                 twiml()
             }
             Err(rejection) => {
-                tracing::info!(outcome, reason = %rejection, "webhook rejected");
+                // Inside the span: the MessageSid is logged when the form had one.
+                tracing::warn!(outcome, reason = %rejection, "webhook refused");
                 rejection.problem().into_response()
             }
         }
@@ -338,7 +369,14 @@ async fn handle_sms(
 ) -> Result<Accepted, Rejection> {
     let params = verified_form(&state, &uri, &headers, body).await?;
     let sms = parse_inbound(&params, OffsetDateTime::now_utc())?;
-    tracing::Span::current().record("message_sid", sms.message_sid.as_str());
+    for flag in &sms.flags {
+        metrics::counter!("nwd_gateway_inbound_oddities_total", "kind" => flag.as_str())
+            .increment(1);
+    }
+    if !sms.flags.is_empty() {
+        let kinds: Vec<&str> = sms.flags.iter().map(|f| f.as_str()).collect();
+        tracing::info!(flags = ?kinds, "inbound message taken with oddities");
+    }
     let msg_id = sms.message_sid.as_str().to_owned();
     publish(&state, subjects::inbound_sms(), &msg_id, sms).await
 }
@@ -352,7 +390,6 @@ async fn handle_status(
     let params = verified_form(&state, &uri, &headers, body).await?;
     let outbound_id = parse_outbound_query(&uri)?;
     let status = parse_status(&params, outbound_id, OffsetDateTime::now_utc())?;
-    tracing::Span::current().record("message_sid", status.message_sid.as_str());
     let msg_id = format!("status:{}:{}", status.message_sid, status.status.as_str());
     publish(&state, subjects::inbound_sms_status(), &msg_id, status).await
 }
@@ -366,10 +403,15 @@ async fn verified_form(
 ) -> Result<Vec<(String, String)>, Rejection> {
     let limit = state.inner.max_body_bytes;
     let bytes = read_limited(headers, body, limit).await?;
+    let params = form::decode(&bytes);
+    // Before any check, so that a refusal is logged with the MessageSid the
+    // request claimed (an id, never personal data).
+    if let Some(sid) = form::get(&params, "MessageSid").and_then(|s| MessageSid::parse(s).ok()) {
+        tracing::Span::current().record("message_sid", sid.as_str());
+    }
     if !is_form(headers) {
         return Err(Rejection::ContentType);
     }
-    let params = form::decode(&bytes);
     let url = signed_url(&state.inner.public_url, uri);
     let given = headers
         .get(nwd_twilio::SIGNATURE_HEADER)
@@ -407,46 +449,81 @@ fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Validates an inbound SMS form. Error details name the field, never its value.
+/// Reads a signed inbound message form. Only a missing or malformed
+/// MessageSid refuses it (without one it cannot be stored exactly once);
+/// every other oddity is taken and flagged.
 fn parse_inbound(
     params: &[(String, String)],
     received_at: OffsetDateTime,
 ) -> Result<InboundSms, Rejection> {
     let message_sid = parse_sid(params)?;
-    let account_sid = form::get(params, "AccountSid")
-        .filter(|s| !s.is_empty())
-        .ok_or(Rejection::Invalid("the AccountSid parameter is missing"))?;
-    let from = match form::get(params, "From") {
-        None => return Err(Rejection::Invalid("the From parameter is missing")),
-        Some(v) => PhoneNumber::parse(v)
-            .map_err(|_| Rejection::Invalid("the From parameter is not an E.164 number"))?,
+    let mut flags = Vec::new();
+    let account_sid = match form::get(params, "AccountSid").filter(|s| !s.is_empty()) {
+        Some(v) => v.to_owned(),
+        None => {
+            flags.push(InboundFlag::MissingAccountSid);
+            String::new()
+        }
     };
-    let to = match form::get(params, "To") {
-        None => return Err(Rejection::Invalid("the To parameter is missing")),
-        Some(v) => PhoneNumber::parse(v)
-            .map_err(|_| Rejection::Invalid("the To parameter is not an E.164 number"))?,
+    let from = match form::get(params, "From").filter(|s| !s.is_empty()) {
+        None => {
+            flags.push(InboundFlag::MissingSender);
+            Address::parse("")
+        }
+        Some(v) => {
+            let from = Address::parse(v);
+            match from.kind() {
+                AddressKind::Phone => {}
+                AddressKind::Channel => flags.push(InboundFlag::ChannelSender),
+                AddressKind::Alphanumeric => flags.push(InboundFlag::AlphanumericSender),
+                AddressKind::ShortCode => flags.push(InboundFlag::ShortCodeSender),
+                AddressKind::Unrecognised => flags.push(InboundFlag::UnrecognisedSender),
+            }
+            from
+        }
     };
-    let body =
-        form::get(params, "Body").ok_or(Rejection::Invalid("the Body parameter is missing"))?;
+    let to = match form::get(params, "To").filter(|s| !s.is_empty()) {
+        None => {
+            flags.push(InboundFlag::MissingLine);
+            Address::parse("")
+        }
+        Some(v) => {
+            let to = Address::parse(v);
+            if !matches!(to.kind(), AddressKind::Phone | AddressKind::Channel) {
+                flags.push(InboundFlag::UnrecognisedLine);
+            }
+            to
+        }
+    };
+    let body = match form::get(params, "Body") {
+        Some(v) => v.to_owned(),
+        None => {
+            flags.push(InboundFlag::MissingBody);
+            String::new()
+        }
+    };
     if body.chars().count() > MAX_SMS_BODY_CHARS {
-        return Err(Rejection::Invalid(
-            "the Body parameter is longer than 1600 characters",
-        ));
+        flags.push(InboundFlag::LongBody);
     }
-    let num_media = match form::get(params, "NumMedia") {
+    let num_media = match form::get(params, "NumMedia").map(str::trim) {
         None | Some("") => 0,
-        Some(v) => v
-            .parse::<u32>()
-            .map_err(|_| Rejection::Invalid("the NumMedia parameter is not a number"))?,
+        Some(v) => v.parse::<u32>().unwrap_or_else(|_| {
+            flags.push(InboundFlag::InvalidNumMedia);
+            0
+        }),
     };
+    if num_media > 0 {
+        flags.push(InboundFlag::Media);
+    }
     Ok(InboundSms {
         message_sid,
-        account_sid: account_sid.to_owned(),
+        account_sid,
         from,
         to,
-        body: body.to_owned(),
+        body,
         num_media,
         received_at,
+        flags,
     })
 }
 
@@ -563,7 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn inbound_validation_names_the_field() {
+    fn inbound_is_taken_with_flags_and_only_a_bad_sid_refuses() {
         let now = OffsetDateTime::now_utc();
         let good = p(&[
             ("MessageSid", "SM0123456789abcdef0123456789abcdef"),
@@ -575,27 +652,56 @@ mod tests {
         let sms = parse_inbound(&good, now).unwrap();
         assert_eq!(sms.num_media, 0);
         assert_eq!(sms.body, "");
-        let without = |name: &str| -> Vec<(String, String)> {
-            good.iter().filter(|(k, _)| k != name).cloned().collect()
+        assert!(sms.flags.is_empty());
+        let with = |name: &str, value: Option<&str>| -> Vec<(String, String)> {
+            let mut p: Vec<(String, String)> =
+                good.iter().filter(|(k, _)| k != name).cloned().collect();
+            if let Some(v) = value {
+                p.push((name.to_owned(), v.to_owned()));
+            }
+            p
         };
-        for name in ["MessageSid", "AccountSid", "From", "To", "Body"] {
-            match parse_inbound(&without(name), now) {
-                Err(Rejection::Invalid(detail)) => assert!(detail.contains(name), "{detail}"),
-                other => panic!("{name}: {other:?}"),
+        let cases = [
+            (with("AccountSid", None), InboundFlag::MissingAccountSid),
+            (with("From", None), InboundFlag::MissingSender),
+            (with("From", Some("")), InboundFlag::MissingSender),
+            (
+                with("From", Some("whatsapp:+15005550142")),
+                InboundFlag::ChannelSender,
+            ),
+            (
+                with("From", Some("NWDALERT")),
+                InboundFlag::AlphanumericSender,
+            ),
+            (with("From", Some("55555")), InboundFlag::ShortCodeSender),
+            (
+                with("From", Some("4155550123")),
+                InboundFlag::UnrecognisedSender,
+            ),
+            (with("To", None), InboundFlag::MissingLine),
+            (with("To", Some("line")), InboundFlag::UnrecognisedLine),
+            (with("Body", None), InboundFlag::MissingBody),
+            (with("Body", Some(&"ñ".repeat(1601))), InboundFlag::LongBody),
+            (with("NumMedia", Some("two")), InboundFlag::InvalidNumMedia),
+            (with("NumMedia", Some("2")), InboundFlag::Media),
+        ];
+        for (params, flag) in cases {
+            let sms = parse_inbound(&params, now).unwrap();
+            assert_eq!(sms.flags, [flag]);
+        }
+        assert!(
+            parse_inbound(&with("Body", Some(&"é".repeat(1600))), now)
+                .unwrap()
+                .flags
+                .is_empty(),
+            "1600 chars of 2 bytes each is not long"
+        );
+        for sid in [None, Some("SM123")] {
+            match parse_inbound(&with("MessageSid", sid), now) {
+                Err(Rejection::Invalid(detail)) => assert!(detail.contains("MessageSid")),
+                other => panic!("{sid:?}: {other:?}"),
             }
         }
-        let mut media = good.clone();
-        media.push(("NumMedia".into(), "two".into()));
-        assert!(matches!(
-            parse_inbound(&media, now),
-            Err(Rejection::Invalid(_))
-        ));
-        let mut long = without("Body");
-        long.push(("Body".into(), "é".repeat(1600)));
-        assert!(
-            parse_inbound(&long, now).is_ok(),
-            "1600 chars of 2 bytes each is fine"
-        );
     }
 
     #[test]

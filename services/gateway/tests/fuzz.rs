@@ -1,6 +1,7 @@
 //! Fuzz-style: random and truncated bodies, signed and unsigned, to both
 //! endpoints through the router (in process) with a real nats-server
-//! behind it. Never a 5xx, never a panic.
+//! behind it. Never a 5xx, never a panic; unsigned never passes; and a
+//! signed inbound form with a MessageSid is always taken (200).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use async_nats::jetstream;
@@ -106,6 +107,7 @@ fn random_and_truncated_bodies_never_give_5xx() {
                     (full[..at].to_vec(), false)
                 }
             };
+            let sent = body.clone();
             let res = rt
                 .block_on(
                     router
@@ -126,6 +128,69 @@ fn random_and_truncated_bodies_never_give_5xx() {
                     "unsigned must never pass: {status}"
                 );
             }
+            if sign
+                && path == SMS_PATH
+                && content_type.starts_with("application/x-www-form-urlencoded")
+                && has_sid(&sent)
+            {
+                prop_assert_eq!(
+                    status.as_u16(),
+                    200,
+                    "a signed form with a MessageSid is a person's message"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Whether a form body carries a well-formed MessageSid (first value wins).
+fn has_sid(body: &[u8]) -> bool {
+    let params = form::decode(body);
+    form::get(&params, "MessageSid").is_some_and(|sid| nwd_proto::MessageSid::parse(sid).is_ok())
+}
+
+/// Any value in any field of a signed inbound form: stored and answered 200.
+#[test]
+fn signed_forms_with_a_message_sid_are_always_taken() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_server, router, _js) = rt.block_on(setup());
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 120,
+        ..ProptestConfig::default()
+    });
+    let field = || proptest::option::of(".{0,40}");
+    let strategy = (
+        field(),
+        field(),
+        proptest::option::of(".{0,4100}"),
+        field(),
+        field(),
+    );
+    runner
+        .run(&strategy, |(from, to, body, num_media, account)| {
+            let mut params = vec![("MessageSid".to_owned(), new_message_sid())];
+            for (name, value) in [
+                ("From", from),
+                ("To", to),
+                ("Body", body),
+                ("NumMedia", num_media),
+                ("AccountSid", account),
+            ] {
+                if let Some(v) = value {
+                    params.push((name.to_owned(), v));
+                }
+            }
+            let body = form::encode(&params).into_bytes();
+            let res = rt
+                .block_on(router.clone().oneshot(request(
+                    SMS_PATH,
+                    body,
+                    "application/x-www-form-urlencoded",
+                    true,
+                )))
+                .unwrap();
+            prop_assert_eq!(res.status().as_u16(), 200);
             Ok(())
         })
         .unwrap();

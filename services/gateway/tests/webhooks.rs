@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use nwd_gateway::{Config, EMPTY_TWIML, SMS_PATH, STATUS_PATH};
-use nwd_proto::events::{DeliveryStatus, InboundSms, SmsStatus};
+use nwd_proto::events::{DeliveryStatus, InboundFlag, InboundSms, SmsStatus};
 use nwd_proto::streams;
 use nwd_proto::{Envelope, OutboundId};
 use nwd_runtime::bus::NatsArgs;
@@ -176,8 +176,9 @@ async fn valid_sms_is_stored_once_and_answered_with_twiml() {
     let env = Envelope::<InboundSms>::from_bytes(&m.payload).unwrap();
     assert_eq!(env.data.message_sid.as_str(), form.message_sid);
     assert_eq!(env.data.account_sid, ACCOUNT);
-    assert_eq!(env.data.from.as_e164(), PATIENT);
-    assert_eq!(env.data.to.as_e164(), LINE);
+    assert_eq!(env.data.from.as_str(), PATIENT);
+    assert_eq!(env.data.to.as_str(), LINE);
+    assert!(env.data.flags.is_empty());
     assert_eq!(env.data.body, form.body);
     assert_eq!(env.data.num_media, 0);
 
@@ -234,60 +235,165 @@ async fn bad_signatures_are_refused_and_nothing_is_stored() {
     gw.stop().await;
 }
 
+/// The params of an inbound message with `name` replaced by `value` (or removed).
+fn inbound_with(body: &str, name: &str, value: Option<&str>) -> Vec<(String, String)> {
+    let mut params: Vec<(String, String)> = inbound(body)
+        .params()
+        .into_iter()
+        .filter(|(k, _)| k != name)
+        .collect();
+    if let Some(v) = value {
+        params.push((name.to_owned(), v.to_owned()));
+    }
+    params
+}
+
+/// The stored inbound message of `sid`.
+async fn stored(server: &NatsServer, sid: &str) -> InboundSms {
+    inbound_messages(server)
+        .await
+        .iter()
+        .map(|m| Envelope::<InboundSms>::from_bytes(&m.payload).unwrap().data)
+        .find(|sms| sms.message_sid.as_str() == sid)
+        .unwrap_or_else(|| panic!("{sid} is not in INBOUND"))
+}
+
+fn sid_of(params: &[(String, String)]) -> String {
+    nwd_twilio::form::get(params, "MessageSid")
+        .unwrap()
+        .to_owned()
+}
+
+/// Twilio never retries a 4xx: a signed message that the gateway refused
+/// would be lost. Every one of these is a person's message.
 #[tokio::test]
-async fn invalid_forms_are_bad_requests() {
+async fn signed_messages_are_stored_and_flagged_whatever_their_fields() {
+    nwd_runtime::telemetry::metrics_handle();
+    let server = NatsServer::start().await;
+    let gw = Gateway::start(&server).await;
+    let long = "I can't stop thinking about it. ".repeat(125);
+    assert!(long.chars().count() >= 4000);
+
+    let cases = vec![
+        (
+            "a 4,000-character body",
+            inbound_with("", "Body", Some(&long)),
+            InboundFlag::LongBody,
+        ),
+        (
+            "a WhatsApp sender",
+            inbound_with("hola", "From", Some("whatsapp:+15005550142")),
+            InboundFlag::ChannelSender,
+        ),
+        (
+            "an alphanumeric sender",
+            inbound_with("hi", "From", Some("NWDALERT")),
+            InboundFlag::AlphanumericSender,
+        ),
+        (
+            "a short code",
+            inbound_with("hi", "From", Some("55555")),
+            InboundFlag::ShortCodeSender,
+        ),
+        (
+            "NumMedia not a number",
+            inbound_with("hi", "NumMedia", Some("abc")),
+            InboundFlag::InvalidNumMedia,
+        ),
+        (
+            "a From that is no known form",
+            inbound_with("hi", "From", Some("4155550123")),
+            InboundFlag::UnrecognisedSender,
+        ),
+        (
+            "no From",
+            inbound_with("hi", "From", None),
+            InboundFlag::MissingSender,
+        ),
+        (
+            "no To",
+            inbound_with("hi", "To", None),
+            InboundFlag::MissingLine,
+        ),
+        (
+            "no Body",
+            inbound_with("hi", "Body", None),
+            InboundFlag::MissingBody,
+        ),
+        (
+            "no AccountSid",
+            inbound_with("hi", "AccountSid", None),
+            InboundFlag::MissingAccountSid,
+        ),
+        (
+            "media",
+            inbound_with("", "NumMedia", Some("2")),
+            InboundFlag::Media,
+        ),
+    ];
+    for (case, params, flag) in &cases {
+        let res = gw.post_signed(SMS_PATH, params).await;
+        assert_eq!(res.status(), 200, "{case}");
+        assert_eq!(res.text().await.unwrap(), EMPTY_TWIML, "{case}");
+        let sms = stored(&server, &sid_of(params)).await;
+        assert_eq!(sms.flags, [*flag], "{case}");
+    }
+    let wa = stored(&server, &sid_of(&cases[1].1)).await;
+    assert_eq!(wa.from.as_str(), "whatsapp:+15005550142");
+    assert_eq!(wa.body, "hola");
+    let long_one = stored(&server, &sid_of(&cases[0].1)).await;
+    assert_eq!(long_one.body, long, "the whole body, not cut");
+    assert_eq!(inbound_messages(&server).await.len(), cases.len());
+
+    let text = gw
+        .http
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for kind in [
+        "long_body",
+        "channel_sender",
+        "alphanumeric_sender",
+        "short_code_sender",
+        "invalid_num_media",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("nwd_gateway_inbound_oddities_total")
+                    && l.contains(&format!("kind=\"{kind}\""))),
+            "{kind} not counted:\n{text}"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn only_unreadable_requests_are_bad_requests() {
+    let logs = nwd_testkit::capture_logs();
     let server = NatsServer::start().await;
     let gw = Gateway::start(&server).await;
 
-    let with = |name: &str, value: Option<&str>| -> Vec<(String, String)> {
-        let mut params: Vec<(String, String)> = inbound("hello")
-            .params()
-            .into_iter()
-            .filter(|(k, _)| k != name)
-            .collect();
-        if let Some(v) = value {
-            params.push((name.to_owned(), v.to_owned()));
-        }
-        params
-    };
-    let cases = [
-        ("missing From", with("From", None), "From"),
-        ("From not E.164", with("From", Some("4155550123")), "From"),
-        ("missing To", with("To", None), "To"),
-        ("missing Body", with("Body", None), "Body"),
-        (
-            "Body of 1601 chars",
-            with("Body", Some(&"ñ".repeat(1601))),
-            "Body",
-        ),
+    // Without a usable MessageSid a message cannot be stored exactly once.
+    for (case, params) in [
         (
             "bad MessageSid",
-            with("MessageSid", Some("SM123")),
-            "MessageSid",
+            inbound_with("hi", "MessageSid", Some("SM123")),
         ),
-        ("missing MessageSid", with("MessageSid", None), "MessageSid"),
-        ("missing AccountSid", with("AccountSid", None), "AccountSid"),
-        (
-            "NumMedia not a number",
-            with("NumMedia", Some("two")),
-            "NumMedia",
-        ),
-    ];
-    for (case, params, field) in cases {
+        ("missing MessageSid", inbound_with("hi", "MessageSid", None)),
+    ] {
         let res = gw.post_signed(SMS_PATH, &params).await;
         let body = assert_problem(res, 400).await;
         let detail = body["detail"].as_str().unwrap_or_default();
-        assert!(detail.contains(field), "{case}: {detail}");
+        assert!(detail.contains("MessageSid"), "{case}: {detail}");
     }
 
-    // 1600 characters is the limit, not over it.
-    let res = gw
-        .post_signed(SMS_PATH, &with("Body", Some(&"ñ".repeat(1600))))
-        .await;
-    assert_eq!(res.status(), 200);
-
-    // Wrong content type, even when correctly signed over the same params.
-    let params = inbound("hello").params();
+    // Not a form, even when correctly signed over the same params.
+    let form = inbound("hello from the wrong content type");
+    let params = form.params();
     let sig = signature::compute(TOKEN, &format!("{}{SMS_PATH}", gw.public_url), &params);
     let res = gw
         .http
@@ -299,12 +405,52 @@ async fn invalid_forms_are_bad_requests() {
         .await
         .unwrap();
     assert_problem(res, 400).await;
+    assert!(inbound_messages(&server).await.is_empty());
 
-    assert_eq!(
-        inbound_messages(&server).await.len(),
-        1,
-        "only the 1600-char message"
-    );
+    // Each refusal is logged with the MessageSid it claimed, never the body or number.
+    let logged = logs.contents();
+    let refusal = logged
+        .lines()
+        .find(|l| l.contains("webhook refused") && l.contains(&form.message_sid))
+        .unwrap_or_else(|| panic!("no refusal logged with the MessageSid:\n{logged}"));
+    assert!(!refusal.contains("5550142"));
+    assert!(!logged.contains("wrong content type"), "no body in logs");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_are_problems() {
+    let server = NatsServer::start().await;
+    let gw = Gateway::start(&server).await;
+    let res = gw
+        .http
+        .get(format!("http://{}/nope", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 404).await;
+    let res = gw
+        .http
+        .get(format!("http://{}{SMS_PATH}", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 405).await;
+    let res = gw
+        .http
+        .put(format!("http://{}{STATUS_PATH}", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 405).await;
+    // The ops routes still answer.
+    let res = gw
+        .http
+        .get(format!("http://{}/healthz", gw.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
     gw.stop().await;
 }
 

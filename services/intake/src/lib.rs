@@ -1,7 +1,9 @@
 //! Intake: turns inbound SMS into contacts.
 //!
 //! Each sender has at most one open contact, kept as a [`ThreadRecord`] in
-//! the `threads` bucket under `sms.<phone key>`. A message from a sender
+//! the `threads` bucket under [`Pseudonymiser::thread_key`]: a keyed
+//! pseudonym of the sender's address (a phone number, or a channel address
+//! such as `whatsapp:+1…`), never the address itself. A message from a sender
 //! without an open thread opens a new contact; later messages join it until
 //! the contact is resolved (`ContactResolved` closes the thread). Every
 //! message is published to `nwd.v1.contact.message.<contact_id>` with
@@ -21,13 +23,14 @@ use async_nats::jetstream;
 use nwd_proto::contact::ThreadRecord;
 use nwd_proto::envelope::DecodeError;
 use nwd_proto::events::{Channel, ContactMessage, ContactResolved, InboundSms};
+use nwd_proto::pseudonym::PseudonymKeyError;
 use nwd_proto::streams::{self, buckets, consumers};
-use nwd_proto::{ContactId, Envelope, MessageId, MessageSid, PhoneNumber, subjects};
+use nwd_proto::{ContactId, Envelope, MessageId, MessageSid, Pseudonymiser, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
 use nwd_runtime::kv::{self, Cas, KvError};
 use nwd_runtime::ops::{self, Readiness};
-use nwd_runtime::service::ServiceConfig;
+use nwd_runtime::service::{Secret, ServiceConfig};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -60,6 +63,11 @@ pub struct Config {
         default_value = "deploy/local/demo/directory.toml"
     )]
     pub directory: PathBuf,
+    /// Secret key of the pseudonyms that key senders' threads (at least 32
+    /// bytes, e.g. 64 random hex characters). No default: changing it opens
+    /// a new contact at each sender's next message.
+    #[arg(long, env = "NWD_PSEUDONYM_KEY")]
+    pub pseudonym_key: Secret,
 }
 
 impl ServiceConfig for Config {
@@ -72,6 +80,8 @@ impl ServiceConfig for Config {
 /// Why intake stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("NWD_PSEUDONYM_KEY: {0}")]
+    PseudonymKey(#[from] PseudonymKeyError),
     #[error(transparent)]
     Directory(#[from] nwd_runtime::directory::LoadError),
     #[error(transparent)]
@@ -93,6 +103,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let pseudonyms = Pseudonymiser::new(config.pseudonym_key.expose().as_bytes())?;
     let directory =
         nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
     tracing::info!(
@@ -154,6 +165,7 @@ pub async fn run(
         js: js.clone(),
         threads: threads.clone(),
         directory,
+        pseudonyms: pseudonyms.clone(),
         seen: Mutex::new(Seen::default()),
     });
     tasks.spawn(consume::run(
@@ -176,7 +188,10 @@ pub async fn run(
             consumers::INTAKE_RESOLVED,
             vec![subjects::contact_resolved_all()],
         ),
-        Arc::new(ResolvedHandler { threads }),
+        Arc::new(ResolvedHandler {
+            threads,
+            pseudonyms,
+        }),
         readiness.clone(),
         shutdown.clone(),
     ));
@@ -201,11 +216,6 @@ pub fn message_id_for(sid: &MessageSid, received_at: OffsetDateTime) -> MessageI
     // `ms` is clamped to 48 bits, so the conversion cannot fail.
     let ms = u64::try_from(ms).unwrap_or(0);
     MessageId::from_ulid(ulid::Ulid::from_parts(ms, random))
-}
-
-/// KV key of a sender's thread: `sms.<phone key>` (never the number itself).
-pub fn thread_key(sender: &PhoneNumber) -> String {
-    format!("sms.{}", sender.key())
 }
 
 /// Decides the thread a message joins (pure, for `kv::cas`).
@@ -280,6 +290,7 @@ struct SmsHandler {
     js: jetstream::Context,
     threads: jetstream::kv::Store,
     directory: nwd_runtime::directory::Live,
+    pseudonyms: Pseudonymiser,
     /// Thread keys this instance has met recently.
     seen: Mutex<Seen>,
 }
@@ -316,7 +327,7 @@ impl Seen {
 impl SmsHandler {
     async fn process(&self, sms: &InboundSms) -> Result<(), HandleError> {
         let message_id = message_id_for(&sms.message_sid, sms.received_at);
-        let key = thread_key(&sms.from);
+        let key = self.pseudonyms.inbound_thread_key(sms);
         let seen = self
             .seen
             .lock()
@@ -332,8 +343,16 @@ impl SmsHandler {
         .await?;
         let opens_contact = thread.opened_by == message_id;
         let directory = self.directory.get();
-        let door = directory.partner_for_number(&sms.to).map(|p| p.id.clone());
-        let patient = directory.patient_by_phone(&sms.from).map(|p| p.id.clone());
+        // A channel address of a number (`whatsapp:+1…`) is that number's
+        // door and person.
+        let door = sms
+            .to
+            .phone()
+            .and_then(|n| directory.partner_for_number(&n).map(|p| p.id.clone()));
+        let patient = sms
+            .from
+            .phone()
+            .and_then(|n| directory.patient_by_phone(&n).map(|p| p.id.clone()));
         let channel = Channel::Sms {
             patient: sms.from.clone(),
             line: sms.to.clone(),
@@ -393,7 +412,7 @@ impl Handler for SmsHandler {
     /// One lane per sender, so a person's messages are threaded in order.
     fn lane_key(&self, msg: &jetstream::Message) -> u64 {
         match Envelope::<InboundSms>::from_bytes(&msg.payload) {
-            Ok(env) => consume::hash(&env.data.from.key()),
+            Ok(env) => consume::hash(&self.pseudonyms.inbound_thread_key(&env.data)),
             Err(_) => consume::hash(msg.subject.as_str()),
         }
     }
@@ -402,6 +421,7 @@ impl Handler for SmsHandler {
 /// Consumer `intake-resolved`: closes the sender's thread when its contact is resolved.
 struct ResolvedHandler {
     threads: jetstream::kv::Store,
+    pseudonyms: Pseudonymiser,
 }
 
 impl Handler for ResolvedHandler {
@@ -415,7 +435,7 @@ impl Handler for ResolvedHandler {
         };
         let ev = env.data;
         let Channel::Sms { patient, .. } = &ev.channel;
-        let key = thread_key(patient);
+        let key = self.pseudonyms.thread_key(patient);
         match kv::cas(&self.threads, &key, |current| {
             decide_close(current, ev.contact_id, ev.at)
         })

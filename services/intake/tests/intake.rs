@@ -5,13 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use nwd_intake::{Config, Error, message_id_for, run, thread_key};
+use nwd_intake::{Config, Error, message_id_for, run};
 use nwd_proto::contact::ThreadRecord;
 use nwd_proto::events::{Channel, ContactMessage, ContactResolved, InboundSms};
 use nwd_proto::streams::{self, buckets, consumers};
-use nwd_proto::{ContactId, CounsellorId, Envelope, MessageSid, PhoneNumber, subjects};
+use nwd_proto::{Address, ContactId, CounsellorId, Envelope, MessageSid, Pseudonymiser, subjects};
 use nwd_runtime::bus::{self, NatsArgs};
 use nwd_runtime::kv;
+use nwd_runtime::service::Secret;
 use nwd_testkit::{NatsServer, eventually, wait_ready};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
@@ -23,8 +24,20 @@ const MARIA: &str = "+15005550142";
 const STRANGER: &str = "+15005550177";
 const WAIT: Duration = Duration::from_secs(15);
 
-fn phone(s: &str) -> PhoneNumber {
-    PhoneNumber::parse(s).unwrap()
+/// Test pseudonym keys (never used outside tests).
+const PSEUDONYM_KEY: &str = "intake-test-pseudonym-key-0123456789abcdef";
+const OTHER_PSEUDONYM_KEY: &str = "intake-test-other-pseudonym-key-0123456789";
+
+fn phone(s: &str) -> Address {
+    Address::parse(s)
+}
+
+fn pseudonyms() -> Pseudonymiser {
+    Pseudonymiser::new(PSEUDONYM_KEY.as_bytes()).unwrap()
+}
+
+fn thread_key(sender: &Address) -> String {
+    pseudonyms().thread_key(sender)
 }
 
 fn config(url: &str, directory: std::path::PathBuf) -> Config {
@@ -32,6 +45,7 @@ fn config(url: &str, directory: std::path::PathBuf) -> Config {
         nats: NatsArgs::local(url),
         metrics_addr: "127.0.0.1:0".parse().unwrap(),
         directory,
+        pseudonym_key: Secret::new(PSEUDONYM_KEY),
     }
 }
 
@@ -42,16 +56,20 @@ struct Intake {
 
 impl Intake {
     async fn start(url: &str) -> Self {
+        Self::start_with_key(url, PSEUDONYM_KEY).await
+    }
+
+    async fn start_with_key(url: &str, key: &str) -> Self {
         // testkit polls /readyz with reqwest, built without a default TLS provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = nwd_testkit::listener().await;
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run(
-            config(url, nwd_runtime::directory::demo_path()),
-            listener,
-            shutdown.clone(),
-        ));
+        let config = Config {
+            pseudonym_key: Secret::new(key),
+            ..config(url, nwd_runtime::directory::demo_path())
+        };
+        let task = tokio::spawn(run(config, listener, shutdown.clone()));
         wait_ready(addr).await;
         Self { shutdown, task }
     }
@@ -80,6 +98,7 @@ fn sms(from: &str, to: &str) -> InboundSms {
         body: "I need to talk to someone".into(),
         num_media: 0,
         received_at: OffsetDateTime::now_utc(),
+        flags: Vec::new(),
     }
 }
 
@@ -386,7 +405,7 @@ async fn a_restart_mid_stream_loses_nothing() {
     for m in &all {
         let Channel::Sms { patient, .. } = &m.channel;
         contacts
-            .entry(patient.key())
+            .entry(patient.as_str().to_owned())
             .or_default()
             .insert(m.contact_id);
     }
@@ -454,4 +473,135 @@ async fn a_bad_directory_stops_the_service_with_a_clear_error() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("not valid"), "{err}");
+}
+
+#[tokio::test]
+async fn whatsapp_senders_thread_like_phones_and_keep_their_channel() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url()).await;
+    let wa_maria = "whatsapp:+15005550142";
+    let wa_door = "whatsapp:+15005550110";
+
+    let first = sms(wa_maria, wa_door);
+    publish_sms(&js, &first, first.message_sid.as_str()).await;
+    let m1 = message_for(&js, &first).await;
+    assert!(m1.opens_contact);
+    assert_eq!(
+        m1.channel,
+        Channel::Sms {
+            patient: phone(wa_maria),
+            line: phone(wa_door),
+        }
+    );
+    assert_eq!(m1.channel.label(), "WhatsApp ··42");
+    // The number behind the WhatsApp address is the door and the person.
+    assert_eq!(
+        m1.door.as_ref().map(|d| d.as_str()),
+        Some("eastside-clinic")
+    );
+    assert_eq!(m1.patient.as_deref(), Some("maria"));
+
+    let second = sms(wa_maria, wa_door);
+    publish_sms(&js, &second, second.message_sid.as_str()).await;
+    let m2 = message_for(&js, &second).await;
+    assert_eq!(
+        m2.contact_id, m1.contact_id,
+        "one contact per WhatsApp sender"
+    );
+    assert!(!m2.opens_contact);
+
+    // Her SMS is another channel: its own thread, so replies go back where she wrote.
+    let by_sms = sms(MARIA, EASTSIDE);
+    publish_sms(&js, &by_sms, by_sms.message_sid.as_str()).await;
+    let m3 = message_for(&js, &by_sms).await;
+    assert_ne!(m3.contact_id, m1.contact_id);
+
+    // An alphanumeric sender and a short code are taken and threaded too.
+    for sender in ["NWDALERT", "55555"] {
+        let a = sms(sender, LINE);
+        let b = sms(sender, LINE);
+        publish_sms(&js, &a, a.message_sid.as_str()).await;
+        publish_sms(&js, &b, b.message_sid.as_str()).await;
+        let (ma, mb) = (message_for(&js, &a).await, message_for(&js, &b).await);
+        assert_eq!(ma.contact_id, mb.contact_id, "{sender}");
+        assert_eq!(ma.patient, None);
+    }
+
+    let threads = bus::bucket(&js, buckets::THREADS).await.unwrap();
+    let thread = kv::get::<ThreadRecord>(&threads, &thread_key(&phone(wa_maria)))
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!(thread.contact_id, m1.contact_id);
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn thread_keys_are_keyed_pseudonyms() {
+    use sha2::Digest;
+    let (server, js) = setup().await;
+    let intake = Intake::start_with_key(&server.url(), OTHER_PSEUDONYM_KEY).await;
+
+    let s = sms(MARIA, LINE);
+    publish_sms(&js, &s, s.message_sid.as_str()).await;
+    let m = message_for(&js, &s).await;
+
+    let threads = bus::bucket(&js, buckets::THREADS).await.unwrap();
+    let mut keys = Vec::new();
+    let mut listed = threads.keys().await.unwrap();
+    while let Some(k) = futures::StreamExt::next(&mut listed).await {
+        keys.push(k.unwrap());
+    }
+    let other = Pseudonymiser::new(OTHER_PSEUDONYM_KEY.as_bytes()).unwrap();
+    let expected = other.thread_key(&phone(MARIA));
+    assert_eq!(
+        keys,
+        std::slice::from_ref(&expected),
+        "the configured key names the thread"
+    );
+    assert_ne!(
+        expected,
+        thread_key(&phone(MARIA)),
+        "another key, another name"
+    );
+    // Not the old unkeyed form, which anyone could recompute from a number.
+    let unkeyed: String = sha2::Sha256::digest(MARIA.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_ne!(expected, format!("sms.{unkeyed}"));
+    let t = kv::get::<ThreadRecord>(&threads, &expected)
+        .await
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!(t.contact_id, m.contact_id);
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn a_short_or_missing_pseudonym_key_stops_the_service() {
+    let err = run(
+        Config {
+            pseudonym_key: Secret::new("short"),
+            ..config("nats://127.0.0.1:1", nwd_runtime::directory::demo_path())
+        },
+        nwd_testkit::listener().await,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::PseudonymKey(_)));
+    assert!(!err.to_string().contains("short"), "the key is not echoed");
+    use clap::Parser;
+    let missing = Config::try_parse_from(["nwd-intake", "--directory", "x.toml"]);
+    if std::env::var_os("NWD_PSEUDONYM_KEY").is_none() {
+        assert!(missing.is_err(), "no default key");
+    }
+    let parsed = Config::try_parse_from(["nwd-intake", "--pseudonym-key", PSEUDONYM_KEY]).unwrap();
+    assert!(
+        !format!("{parsed:?}").contains(PSEUDONYM_KEY),
+        "printed config redacts it"
+    );
 }

@@ -332,8 +332,8 @@ impl Twilio {
             .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
             .header(IDEMPOTENCY_HEADER, out.outbound_id.to_string())
             .form(&[
-                ("To", out.to.as_e164()),
-                ("From", out.from.as_e164()),
+                ("To", out.to.as_str()),
+                ("From", out.from.as_str()),
                 ("Body", out.body.as_str()),
                 ("StatusCallback", callback),
             ])

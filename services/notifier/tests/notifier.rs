@@ -16,7 +16,7 @@ use base64::Engine;
 use nwd_notifier::{Config, Error, SendRecord, SendState, run};
 use nwd_proto::events::{Author, DeliveryStatus, OutboundSms, OutboundStatus, SmsStatus};
 use nwd_proto::streams::{self, buckets, consumers};
-use nwd_proto::{ContactId, Envelope, MessageSid, OutboundId, PhoneNumber, subjects};
+use nwd_proto::{Address, ContactId, Envelope, MessageSid, OutboundId, subjects};
 use nwd_runtime::bus::{self, NatsArgs};
 use nwd_runtime::kv;
 use nwd_runtime::service::Secret;
@@ -217,8 +217,8 @@ fn outbound() -> OutboundSms {
     OutboundSms {
         outbound_id: OutboundId::new(),
         contact_id: ContactId::new(),
-        to: PhoneNumber::parse("+15005550142").unwrap(),
-        from: PhoneNumber::parse("+15005550110").unwrap(),
+        to: Address::parse("+15005550142"),
+        from: Address::parse("+15005550110"),
         body: "Hi, this is Ana from the line. I'm here with you.".into(),
         author: Author::System,
         created_at: OffsetDateTime::now_utc(),

@@ -25,7 +25,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use bytes::Bytes;
-use nwd_proto::PhoneNumber;
+use nwd_proto::Address;
 use nwd_runtime::ops::{self, Readiness};
 use nwd_runtime::problem::Problem;
 use nwd_runtime::service::{Secret, ServiceConfig};
@@ -324,6 +324,12 @@ fn authorized(headers: &HeaderMap, account_sid: &str, token: &str) -> bool {
 }
 
 /// Error codes of Twilio's magic test numbers.
+/// A phone number, or a channel address of one (`whatsapp:+1…`), as
+/// Twilio's Messages API takes them.
+fn is_number_address(s: &str) -> bool {
+    Address::parse(s).phone().is_some()
+}
+
 fn magic_number_error(to: &str) -> Option<(u32, &'static str)> {
     match to {
         "+15005550001" => Some((
@@ -402,7 +408,7 @@ async fn create_message(
             "A 'To' phone number is required.",
         );
     };
-    if PhoneNumber::parse(to).is_err() {
+    if !is_number_address(to) {
         let message = format!("The 'To' number {to} is not a valid phone number.");
         return twilio_error(StatusCode::BAD_REQUEST, codes::INVALID_TO, &message);
     }
@@ -412,7 +418,7 @@ async fn create_message(
     let messaging_service_sid = field("MessagingServiceSid").map(str::to_owned);
     let from = match (field("From"), &messaging_service_sid) {
         (Some(from), _) => {
-            if PhoneNumber::parse(from).is_err() {
+            if !is_number_address(from) {
                 let message = format!("The 'From' number {from} is not a valid phone number.");
                 return twilio_error(StatusCode::BAD_REQUEST, codes::INVALID_FROM, &message);
             }
@@ -626,8 +632,11 @@ pub struct SendAccepted {
 }
 
 async fn patient_sends(State(sim): State<Sim>, Path(phone): Path<String>, body: Bytes) -> Response {
-    if PhoneNumber::parse(&phone).is_err() {
-        return Problem::bad_request("the phone must be an E.164 number").into_response();
+    if !is_number_address(&phone) {
+        return Problem::bad_request(
+            "the phone must be an E.164 number or a channel address of one (whatsapp:+1…)",
+        )
+        .into_response();
     }
     let request: SendRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -636,8 +645,9 @@ async fn patient_sends(State(sim): State<Sim>, Path(phone): Path<String>, body: 
                 .into_response();
         }
     };
-    if PhoneNumber::parse(&request.to).is_err() {
-        return Problem::bad_request("`to` must be an E.164 number").into_response();
+    if !is_number_address(&request.to) {
+        return Problem::bad_request("`to` must be an E.164 number or a channel address of one")
+            .into_response();
     }
     let sid = nwd_twilio::new_message_sid();
     let form = InboundSmsForm::new(

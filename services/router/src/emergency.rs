@@ -18,7 +18,7 @@
 use nwd_proto::contact::{ContactRecord, Emergency, TransitionError};
 use nwd_proto::directory::{Partner, PartnerKind};
 use nwd_proto::events::{
-    Author, Channel, Disclosure, DisclosureRefused, LegalBasis, OutboundSms, Recipient,
+    Author, Disclosure, DisclosureRefused, LegalBasis, OutboundSms, Recipient,
 };
 use nwd_proto::router::{MAX_EMERGENCY_NATURE_CHARS, RouterReply, valid_emergency_nature};
 use nwd_proto::{ContactId, CounsellorId, Envelope, OutboundId, PartnerId, subjects};
@@ -201,14 +201,16 @@ impl Router {
             &Envelope::new(disclosure),
         )
         .await?;
-        let Channel::Sms { line, .. } = &record.channel;
+        let to = nwd_proto::Address::from(to);
+        // A plain SMS from the line's number, whatever channel the person used.
+        let from = record.channel.line_towards(&to);
         let line_name = self.directory().line.name.clone();
         let outbound_id = OutboundId::derived(&format!("{key}:sms"));
         let sms = OutboundSms {
             outbound_id,
             contact_id: id,
             to,
-            from: line.clone(),
+            from,
             body: format!(
                 "{line_name}: a person in a medical emergency needs help. A {line_name} counsellor will call you now. Reference {id}."
             ),

@@ -22,8 +22,7 @@ use nwd_proto::events::{
 use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::streams::{self, buckets};
 use nwd_proto::{
-    Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, PhoneNumber, Reason,
-    RiskLevel, subjects,
+    Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, Reason, RiskLevel, subjects,
 };
 use nwd_router::{Config, Error};
 use nwd_runtime::bus::{self, NatsArgs};
@@ -318,8 +317,8 @@ fn triaged(contact: ContactId, level: RiskLevel, lang: Language, body: &str) -> 
             contact_id: contact,
             message_id: MessageId::new(),
             channel: Channel::Sms {
-                patient: PhoneNumber::parse("+15005550142").unwrap(),
-                line: PhoneNumber::parse("+15005550110").unwrap(),
+                patient: nwd_proto::Address::parse("+15005550142"),
+                line: nwd_proto::Address::parse("+15005550110"),
             },
             door: Some(nwd_proto::PartnerId::parse("eastside-clinic").unwrap()),
             patient: None,
@@ -929,7 +928,7 @@ mod medical_emergency {
         on::<OutboundSms>(line, streams::OUTBOUND, subjects::outbound_sms(&id))
             .await
             .into_iter()
-            .filter(|(_, s)| s.to.as_e164() == HOSPITAL_NUMBER)
+            .filter(|(_, s)| s.to.as_str() == HOSPITAL_NUMBER)
             .collect()
     }
 
@@ -1069,7 +1068,7 @@ mod medical_emergency {
         let (sms_msg_id, sms) = &sent[0];
         assert_eq!(sms.outbound_id, OutboundId::derived(&format!("{key}:sms")));
         assert_eq!(sms_msg_id, &format!("out:{}", sms.outbound_id));
-        assert_eq!(sms.from.as_e164(), "+15005550110", "the contact's line");
+        assert_eq!(sms.from.as_str(), "+15005550110", "the contact's line");
         assert_eq!(sms.author, Author::System);
         assert!(
             sms.body

@@ -11,7 +11,7 @@ use async_nats::jetstream;
 use futures::TryStreamExt;
 use nwd_proto::events::{Channel, ContactMessage, MessageTriaged};
 use nwd_proto::streams::{self, consumers};
-use nwd_proto::{ContactId, Envelope, MessageId, PhoneNumber, RiskLevel, subjects};
+use nwd_proto::{Address, ContactId, Envelope, MessageId, RiskLevel, subjects};
 use nwd_runtime::bus::{self, NatsArgs};
 use nwd_runtime::consume::Outcome;
 use nwd_testkit::{NatsServer, eventually, listener, wait_ready};
@@ -63,8 +63,8 @@ fn contact_message(body: &str) -> ContactMessage {
         contact_id: ContactId::new(),
         message_id: MessageId::new(),
         channel: Channel::Sms {
-            patient: PhoneNumber::parse("+15005550142").unwrap(),
-            line: PhoneNumber::parse("+15005550100").unwrap(),
+            patient: Address::parse("+15005550142"),
+            line: Address::parse("+15005550100"),
         },
         door: None,
         patient: None,
