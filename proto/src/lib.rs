@@ -18,8 +18,11 @@ pub mod risk;
 pub mod router;
 pub mod streams;
 pub mod subjects;
+pub mod wire;
 
 pub use envelope::{Envelope, Event};
-pub use ids::{ContactId, CounsellorId, EventId, MessageId, MessageSid, OutboundId, PartnerId};
+pub use ids::{
+    ClientReplyId, ContactId, CounsellorId, EventId, MessageId, MessageSid, OutboundId, PartnerId,
+};
 pub use phone::PhoneNumber;
 pub use risk::{Assessment, Language, Reason, RiskLevel};
