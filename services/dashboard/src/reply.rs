@@ -16,6 +16,7 @@
 //! body is refused, so the screen never says "sent" for a message that
 //! was not.
 
+use async_nats::jetstream;
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{ReplyRecord, ServerMsg};
 use nwd_proto::events::{
@@ -148,7 +149,10 @@ pub async fn reply(
             tracing::warn!(error = %e, "cannot publish the reply");
             UNAVAILABLE
         })?;
-        mark_published(stores, &outbound_id).await;
+        // Off the reply's path: until it lands, a resend is deduplicated by
+        // the stream.
+        app.tasks
+            .spawn(mark_published(stores.replies.clone(), outbound_id));
         seen && published.duplicate
     };
     tracing::info!(outbound = %outbound_id, resent, "reply accepted");
@@ -177,11 +181,11 @@ const UNAVAILABLE: ReplyError = ("unavailable", "Could not send; retry");
 /// Records that the reply is on the stream, so a later resend does not
 /// publish it again (after the stream's duplicate window it would be stored
 /// twice). Best effort: a resend before this lands is deduplicated by the
-/// stream.
-async fn mark_published(stores: &Stores, outbound_id: &OutboundId) {
+/// stream (its duplicate window is an hour).
+async fn mark_published(replies: jetstream::kv::Store, outbound_id: OutboundId) {
     let marked = kv::cas(
-        &stores.replies,
-        &wire::key::reply(outbound_id),
+        &replies,
+        &wire::key::reply(&outbound_id),
         |cur: Option<ReplyRecord>| match cur {
             Some(mut r) if !r.published => {
                 r.published = true;

@@ -446,6 +446,9 @@ impl Session {
         .await;
         match result {
             Ok(replied) => {
+                // The outcome first: it settles this tab's pending line
+                // before the echo to every tab arrives.
+                self.reply(replied.outcome).await;
                 match replied.line {
                     Some(line) => {
                         count_command("reply", "sent");
@@ -453,7 +456,6 @@ impl Session {
                     }
                     None => count_command("reply", "resent"),
                 }
-                self.reply(replied.outcome).await;
             }
             Err((code, message)) => {
                 count_command("reply", code);

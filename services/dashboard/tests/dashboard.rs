@@ -14,8 +14,8 @@ use nwd_dashboard::socket::{self, Inbound, Outbound};
 use nwd_dashboard::{App, Config};
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{
-    ClientMsg, DashboardPush, MessageView, PartnerOption, Presence, PresenceRecord, ServerMsg,
-    Speaker, WithdrawReason,
+    ClientMsg, DashboardPush, MessageView, PartnerOption, Presence, PresenceRecord, ReplyRecord,
+    ServerMsg, Speaker, WithdrawReason,
 };
 use nwd_proto::events::{
     Author, Channel, ContactMessage, DeliveryStatus, MessageTriaged, OutboundSms, OutboundStatus,
@@ -998,6 +998,41 @@ async fn a_resend_is_sent_once_and_reported_with_the_originals_status() {
         })
         .await;
     assert_eq!(d.outbound(&rec.id).await.len(), 1, "sent once");
+}
+
+#[tokio::test]
+async fn a_reply_recorded_but_not_published_before_a_crash_is_sent_on_its_resend() {
+    let d = Dashboard::start().await;
+    let rec = d.contact("can you talk", assigned_to("ana")).await;
+    let x = ClientReplyId::new();
+    let body = "I'm still here";
+    // A dashboard recorded the reply and died before publishing it.
+    let id = wire::outbound::counsellor_reply(&rec.id, &c("ana"), &x);
+    let replies = d.js.get_key_value(buckets::REPLIES).await.unwrap();
+    let record = ReplyRecord {
+        contact_id: rec.id,
+        counsellor: c("ana"),
+        client_id: x,
+        body_sha256: ReplyRecord::hash(body),
+        created_at: OffsetDateTime::now_utc(),
+        published: false,
+    };
+    kv::cas(&replies, &wire::key::reply(&id), move |_| {
+        Cas::Write(record.clone(), ())
+    })
+    .await
+    .unwrap();
+    assert!(d.outbound(&rec.id).await.is_empty());
+
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    ana.send(&reply(rec.id, x, body)).await;
+    let (line, resent) = outcome(&mut ana, x).await;
+    assert!(!resent, "it had not been sent");
+    assert_eq!(line.id, id.to_string());
+    let sent = d.outbound(&rec.id).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body, body);
 }
 
 #[tokio::test]
