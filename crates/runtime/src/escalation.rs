@@ -412,6 +412,7 @@ impl Announcer {
         }
         for gone in notified
             .iter()
+            .chain(refused)
             .filter(|id| !p.trusted_contacts.iter().any(|t| &t.id == *id))
         {
             self.refusal(
