@@ -322,6 +322,20 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever id a browser sends, its reply never takes the id of one
+        /// of the line's own messages for that contact.
+        #[test]
+        fn no_browser_id_yields_a_system_id(client in proptest::prelude::any::<u128>(), step in 1u64..64) {
+            let c = contact();
+            let reply = outbound::counsellor_reply(&c, &ana(), &ClientReplyId::from_ulid(ulid::Ulid(client)));
+            proptest::prop_assert_ne!(reply, outbound::safety_message(&c));
+            proptest::prop_assert_ne!(reply, outbound::acknowledgement(&c, step));
+            proptest::prop_assert_ne!(reply, outbound::backup_alert(&c, step));
+            proptest::prop_assert_ne!(reply, outbound::trusted_contact(&c, step, "maria-sister"));
+        }
+    }
+
     #[test]
     fn kv_keys_are_todays_strings() {
         let c = contact();
