@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use crate::envelope::Event;
 use crate::events::DeliveryStatus;
-use crate::ids::{ContactId, CounsellorId, OutboundId, PartnerId};
+use crate::ids::{ClientReplyId, ContactId, CounsellorId, OutboundId, PartnerId};
 use crate::risk::{Language, Reason, RiskLevel};
 
 /// A counsellor's availability, chosen on the dashboard.
@@ -56,11 +56,17 @@ pub enum ClientMsg {
     Decline {
         contact_id: ContactId,
     },
-    /// `outbound_id` is made by the browser so that a resend after a dropped
-    /// socket is deduplicated rather than sent twice.
+    /// `client_id` is made by the browser so that a resend after a dropped
+    /// socket is recognised rather than sent twice. The dashboard derives the
+    /// reply's [`OutboundId`] from it with the contact and the counsellor
+    /// (`wire::outbound::counsellor_reply`): the same `client_id` in another
+    /// contact, or from another counsellor, is another reply. The same
+    /// `client_id` with another body is refused (`reply-id-reused`).
+    /// (`outbound_id` is its name in pages served before this change.)
     Reply {
         contact_id: ContactId,
-        outbound_id: OutboundId,
+        #[serde(alias = "outbound_id")]
+        client_id: ClientReplyId,
         body: String,
     },
     Resolve {
@@ -240,6 +246,17 @@ pub enum ServerMsg {
         outbound_id: OutboundId,
         status: DeliveryStatus,
     },
+    /// To the socket that sent a [`ClientMsg::Reply`]: what became of it.
+    /// `message.id` is the reply's outbound id (which later
+    /// [`ServerMsg::DeliveryStatus`] pushes name); `message.status` its
+    /// delivery status as known now. `resent` says the reply had already
+    /// been accepted: nothing new was sent, and the status is the original's.
+    ReplyOutcome {
+        contact_id: ContactId,
+        client_id: ClientReplyId,
+        message: MessageView,
+        resent: bool,
+    },
     Resolved {
         contact_id: ContactId,
     },
@@ -277,6 +294,36 @@ impl Event for DashboardPush {
     const TYPE: &'static str = "dashboard.push";
 }
 
+/// The dashboard's record of one counsellor reply, in the `replies` bucket
+/// (key = the reply's derived outbound id, `wire::key::reply`). It keeps a
+/// hash of the body, never the body: enough to tell a resend from another
+/// message under the same browser id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRecord {
+    pub contact_id: ContactId,
+    pub counsellor: CounsellorId,
+    pub client_id: ClientReplyId,
+    /// SHA-256 of the body, lowercase hex.
+    pub body_sha256: String,
+    /// The reply's time as first accepted (a resend republishes it unchanged).
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Set once the reply is on the OUTBOUND stream.
+    #[serde(default)]
+    pub published: bool,
+}
+
+impl ReplyRecord {
+    /// SHA-256 of a reply body, lowercase hex.
+    pub fn hash(body: &str) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(body.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,5 +342,35 @@ mod tests {
         let json = serde_json::to_string(&ClientMsg::Accept { contact_id: id }).unwrap();
         assert_eq!(json, format!(r#"{{"type":"accept","contact_id":"{id}"}}"#));
         assert!(serde_json::from_str::<ClientMsg>(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn a_reply_names_the_browsers_id_client_id_and_still_reads_outbound_id() {
+        let contact = ContactId::new();
+        let client = ClientReplyId::new();
+        let msg = ClientMsg::Reply {
+            contact_id: contact,
+            client_id: client,
+            body: "hi".into(),
+        };
+        let json = serde_json::to_string(&msg).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"type":"reply","contact_id":"{contact}","client_id":"{client}","body":"hi"}}"#
+            )
+        );
+        let old = format!(
+            r#"{{"type":"reply","contact_id":"{contact}","outbound_id":"{client}","body":"hi"}}"#
+        );
+        assert_eq!(serde_json::from_str::<ClientMsg>(&old).unwrap(), msg);
+    }
+
+    #[test]
+    fn reply_records_keep_a_hash_of_the_body_not_the_body() {
+        let h = ReplyRecord::hash("I'm here");
+        assert_eq!(h.len(), 64);
+        assert_eq!(h, ReplyRecord::hash("I'm here"));
+        assert_ne!(h, ReplyRecord::hash("I'm here."));
     }
 }

@@ -88,6 +88,13 @@ ulid_id!(
     /// The id of one envelope on the bus.
     EventId
 );
+ulid_id!(
+    /// The browser's id of one reply a counsellor wrote: it only makes that
+    /// browser's resends of the reply recognisable. It is never a dedupe key
+    /// on its own; the reply's [`OutboundId`] is derived from it together with
+    /// the contact and the counsellor (`wire::outbound::counsellor_reply`).
+    ClientReplyId
+);
 
 macro_rules! slug_id {
     ($(#[$doc:meta])* $name:ident) => {

@@ -20,10 +20,13 @@ pub mod risk;
 pub mod router;
 pub mod streams;
 pub mod subjects;
+pub mod wire;
 
 pub use address::{Address, AddressKind};
 pub use envelope::{Envelope, Event};
-pub use ids::{ContactId, CounsellorId, EventId, MessageId, MessageSid, OutboundId, PartnerId};
+pub use ids::{
+    ClientReplyId, ContactId, CounsellorId, EventId, MessageId, MessageSid, OutboundId, PartnerId,
+};
 pub use phone::PhoneNumber;
 pub use pseudonym::Pseudonymiser;
 pub use risk::{Assessment, Language, Reason, RiskLevel};

@@ -31,6 +31,9 @@ pub mod buckets {
     pub const PRESENCE: &str = "presence";
     /// Outbound send records (dedupe), key = outbound id. Notifier-owned.
     pub const SENDS: &str = "sends";
+    /// Counsellor replies (dedupe of browser resends), key = the reply's
+    /// derived outbound id. Dashboard-owned.
+    pub const REPLIES: &str = "replies";
     /// The directory (key `current`, JSON), changeable at run time.
     pub const DIRECTORY: &str = "directory";
 }

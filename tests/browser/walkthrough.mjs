@@ -67,6 +67,11 @@ try {
   step("second message joined the same conversation");
   await conv.locator('[data-testid="message"][data-status="delivered"]').first().waitFor({ timeout: 10_000 });
   step("delivery status shown");
+  // The server names the reply by an id it derives: the page must settle its
+  // pending line (browser id) into that one, not show both.
+  const mine = await conv.locator('[data-testid="message"][data-speaker="counsellor"]').count();
+  if (mine !== 1) throw new Error(`expected one reply line, saw ${mine}`);
+  step("one reply line, settled");
 
   await dash.screenshot({ path: join(SHOTS, "dashboard-conversation.png"), fullPage: true });
   await phone.screenshot({ path: join(SHOTS, "phone-sim.png"), fullPage: true });

@@ -91,6 +91,36 @@ async fn a_counsellor_discloses_to_the_hospital_in_a_medical_emergency_and_not_t
         to_hospital[0]
     );
     assert!(!to_hospital[0].contains("pills") && !to_hospital[0].contains("script"));
+    // The record is stored before the hospital's SMS is queued.
+    let js = line.jetstream().await;
+    let read = |stream, subject| {
+        let js = js.clone();
+        async move {
+            nwd_runtime::transcript::read_subjects(&js, stream, vec![subject])
+                .await
+                .unwrap()
+        }
+    };
+    let audited_at = read(streams::AUDIT, subjects::audit_disclosure(&id)).await[0]
+        .info()
+        .unwrap()
+        .published;
+    let notice_at = read(streams::OUTBOUND, subjects::outbound_sms(&id))
+        .await
+        .iter()
+        .find(|m| {
+            nwd_proto::Envelope::<nwd_proto::events::OutboundSms>::from_bytes(&m.payload)
+                .unwrap()
+                .data
+                .to
+                .as_str()
+                == HOSPITAL_NUMBER
+        })
+        .unwrap()
+        .info()
+        .unwrap()
+        .published;
+    assert!(audited_at < notice_at, "{audited_at} < {notice_at}");
     assert!(
         line.sms_to(HOSPITAL_DOOR).await.is_empty(),
         "the hospital's door number leads back into the line: never used for the disclosure"

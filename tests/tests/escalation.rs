@@ -509,3 +509,364 @@ async fn a_revoked_consent_skips_the_trusted_contact_and_the_refusal_is_audited(
         .await;
     assert!(disclosed.is_empty());
 }
+
+// ------------------------------------------------------------------ disclosures, as announced
+//
+// The announcer (the outbox of fired steps) against a real nats-server, with
+// the directory as the test makes it: what a trusted-contact step publishes,
+// in which order, and what it refuses.
+
+mod disclosures {
+    use nwd_proto::directory::Directory;
+    use nwd_proto::events::{
+        Author, Channel, ContactMessage, Disclosure, DisclosureRefused, MessageTriaged,
+        OutboundSms, Recipient,
+    };
+    use nwd_proto::ladder::{Escalation, LadderPolicy, Rung, SkipReason, StepOutcome, StepRecord};
+    use nwd_proto::streams::{self, buckets};
+    use nwd_proto::{
+        Assessment, ContactId, Envelope, Language, MessageId, PhoneNumber, RiskLevel, subjects,
+        wire,
+    };
+    use nwd_runtime::bus::{self, NatsArgs};
+    use nwd_runtime::escalation::{self, Announcer};
+    use nwd_runtime::transcript;
+    use nwd_testkit::NatsServer;
+    use time::{Duration, OffsetDateTime};
+
+    use super::MARIA_SISTER;
+
+    struct Outbox {
+        _nats: NatsServer,
+        js: async_nats::jetstream::Context,
+        client: async_nats::Client,
+        contacts: async_nats::jetstream::kv::Store,
+    }
+
+    impl Outbox {
+        async fn start() -> Self {
+            let nats = NatsServer::start().await;
+            let args = NatsArgs::local(nats.url());
+            let client = bus::connect(&args, "test").await.unwrap();
+            let js = bus::jetstream(client.clone(), &args);
+            bus::ensure_all(&js, 1).await.unwrap();
+            let contacts = js.get_key_value(buckets::CONTACTS).await.unwrap();
+            Self {
+                _nats: nats,
+                js,
+                client,
+                contacts,
+            }
+        }
+
+        fn announcer(&self, dir: Directory) -> Announcer {
+            Announcer {
+                client: self.client.clone(),
+                js: self.js.clone(),
+                contacts: self.contacts.clone(),
+                directory: nwd_runtime::directory::Live::new(dir),
+                service: "test",
+            }
+        }
+
+        async fn stored(
+            &self,
+            stream: &'static str,
+            subject: String,
+        ) -> Vec<async_nats::jetstream::Message> {
+            transcript::read_subjects(&self.js, stream, vec![subject])
+                .await
+                .unwrap()
+        }
+
+        async fn disclosures(&self, id: &ContactId) -> Vec<Disclosure> {
+            decode(
+                self.stored(streams::AUDIT, subjects::audit_disclosure(id))
+                    .await,
+            )
+        }
+
+        async fn refusals(&self, id: &ContactId) -> Vec<DisclosureRefused> {
+            decode(
+                self.stored(streams::AUDIT, subjects::audit_disclosure_refused(id))
+                    .await,
+            )
+        }
+
+        async fn sms(&self, id: &ContactId) -> Vec<OutboundSms> {
+            decode(
+                self.stored(streams::OUTBOUND, subjects::outbound_sms(id))
+                    .await,
+            )
+        }
+    }
+
+    fn decode<E: nwd_proto::Event>(messages: Vec<async_nats::jetstream::Message>) -> Vec<E> {
+        messages
+            .iter()
+            .map(|m| Envelope::<E>::from_bytes(&m.payload).unwrap().data)
+            .collect()
+    }
+
+    fn demo() -> Directory {
+        nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap()
+    }
+
+    /// María's contact with one fired, unannounced step `outcome` at `at`.
+    fn maria_step(
+        rung: Rung,
+        outcome: StepOutcome,
+        at: OffsetDateTime,
+    ) -> nwd_proto::contact::ContactRecord {
+        let ev = MessageTriaged {
+            message: ContactMessage {
+                contact_id: ContactId::new(),
+                message_id: MessageId::new(),
+                channel: Channel::Sms {
+                    patient: PhoneNumber::parse(nwd_e2e::MARIA).unwrap().into(),
+                    line: PhoneNumber::parse(nwd_e2e::LINE_NUMBER).unwrap().into(),
+                },
+                door: None,
+                patient: Some("maria".into()),
+                body: "hola".into(),
+                received_at: at - Duration::minutes(5),
+                opens_contact: true,
+            },
+            assessment: Assessment {
+                level: RiskLevel::High,
+                score: 0.8,
+                reasons: Vec::new(),
+                lang: Language::Es,
+                rulebook_version: "test".into(),
+            },
+        };
+        let mut rec = nwd_proto::contact::ContactRecord::open(&ev);
+        let mut e = Escalation::start(LadderPolicy::default(), at);
+        e.steps = 5;
+        e.push_step(StepRecord {
+            step: 5,
+            rung: Some(rung),
+            outcome,
+            at,
+        });
+        rec.escalation = Some(e);
+        rec
+    }
+
+    fn notify_sister() -> StepOutcome {
+        StepOutcome::TrustedContacts {
+            notified: vec!["maria-sister".into()],
+            refused: Vec::new(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_disclosure_is_stored_in_audit_before_its_sms_is_published() {
+        let o = Outbox::start().await;
+        let rec = maria_step(
+            Rung::TrustedContact,
+            notify_sister(),
+            OffsetDateTime::now_utc(),
+        );
+        let announcer = o.announcer(demo());
+        announcer.announce(&rec).await.unwrap();
+
+        let audit = o
+            .stored(streams::AUDIT, subjects::audit_disclosure(&rec.id))
+            .await;
+        let sms: Vec<_> = o
+            .stored(streams::OUTBOUND, subjects::outbound_sms(&rec.id))
+            .await;
+        assert_eq!(audit.len(), 1);
+        assert_eq!(sms.len(), 1);
+        let audited_at = audit[0].info().unwrap().published;
+        let sent_at = sms[0].info().unwrap().published;
+        assert!(
+            audited_at < sent_at,
+            "the AUDIT record ({audited_at}) is stored before the SMS ({sent_at})"
+        );
+        let sent: Vec<OutboundSms> = decode(sms);
+        assert_eq!(sent[0].to.as_str(), MARIA_SISTER);
+        assert_eq!(sent[0].author, Author::System);
+        assert_eq!(
+            sent[0].outbound_id,
+            wire::outbound::trusted_contact(&rec.id, 5, "maria-sister")
+        );
+        let d = &o.disclosures(&rec.id).await[0];
+        assert_eq!(
+            d.recipient,
+            Recipient::TrustedContact("maria-sister".into())
+        );
+
+        // Announced again (a redelivery, another replica): nothing twice.
+        announcer.announce(&rec).await.unwrap();
+        assert_eq!(o.disclosures(&rec.id).await.len(), 1);
+        assert_eq!(o.sms(&rec.id).await.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_between_the_audit_record_and_the_sms_sends_the_sms_once_on_retry() {
+        let o = Outbox::start().await;
+        let rec = maria_step(
+            Rung::TrustedContact,
+            notify_sister(),
+            OffsetDateTime::now_utc(),
+        );
+        // The record made it to AUDIT; the process died before the SMS.
+        let consent = demo().patients[0].trusted_contacts[0]
+            .consent
+            .clone()
+            .unwrap();
+        bus::publish(
+            &o.js,
+            subjects::audit_disclosure(&rec.id),
+            &wire::msg_id::step_disclosure(&rec.id, 5, "maria-sister"),
+            &Envelope::new(Disclosure {
+                contact_id: rec.id,
+                patient: "maria".into(),
+                recipient: Recipient::TrustedContact("maria-sister".into()),
+                what: consent.disclose.clone(),
+                purpose: consent.purpose.clone(),
+                basis: nwd_proto::events::LegalBasis::Consent {
+                    purpose: consent.purpose.clone(),
+                    disclose: consent.disclose.clone(),
+                    signed_at: consent.signed_at,
+                    expires_at: consent.expires_at,
+                },
+                by: "test:crashed".into(),
+                at: OffsetDateTime::now_utc(),
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(o.sms(&rec.id).await.is_empty());
+
+        o.announcer(demo()).announce(&rec).await.unwrap();
+        let disclosed = o.disclosures(&rec.id).await;
+        assert_eq!(disclosed.len(), 1, "the record is not doubled");
+        assert_eq!(disclosed[0].by, "test:crashed", "the first record stands");
+        let sent = o.sms(&rec.id).await;
+        assert_eq!(sent.len(), 1, "the SMS is not skipped");
+        assert_eq!(sent[0].to.as_str(), MARIA_SISTER);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consent_revoked_after_the_step_fired_is_refused_when_sending_and_audited() {
+        let o = Outbox::start().await;
+        let now = OffsetDateTime::now_utc();
+        // The step fired ten seconds ago, when the consent was valid...
+        let rec = maria_step(
+            Rung::TrustedContact,
+            notify_sister(),
+            now - Duration::seconds(10),
+        );
+        // ...and María revoked it five seconds ago, before it was announced.
+        let mut dir = demo();
+        let maria = dir.patients.iter_mut().find(|p| p.id == "maria").unwrap();
+        maria.trusted_contacts[0]
+            .consent
+            .as_mut()
+            .unwrap()
+            .revoked_at = Some(now - Duration::seconds(5));
+        o.announcer(dir).announce(&rec).await.unwrap();
+
+        assert!(o.sms(&rec.id).await.is_empty(), "the sister is not texted");
+        assert!(o.disclosures(&rec.id).await.is_empty());
+        let refused = o.refusals(&rec.id).await;
+        assert_eq!(refused.len(), 1);
+        assert_eq!(
+            refused[0].recipient,
+            Recipient::TrustedContact("maria-sister".into())
+        );
+        assert_eq!(refused[0].reason, escalation::REFUSED_REVOKED);
+        assert_eq!(refused[0].patient, "maria");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consent_expired_after_the_step_fired_is_refused_when_sending_and_audited() {
+        let o = Outbox::start().await;
+        let now = OffsetDateTime::now_utc();
+        let rec = maria_step(
+            Rung::TrustedContact,
+            notify_sister(),
+            now - Duration::seconds(10),
+        );
+        let mut dir = demo();
+        let maria = dir.patients.iter_mut().find(|p| p.id == "maria").unwrap();
+        maria.trusted_contacts[0]
+            .consent
+            .as_mut()
+            .unwrap()
+            .expires_at = Some(now - Duration::seconds(5));
+        o.announcer(dir).announce(&rec).await.unwrap();
+
+        assert!(o.sms(&rec.id).await.is_empty());
+        let refused = o.refusals(&rec.id).await;
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].reason, escalation::REFUSED_EXPIRED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patient_missing_from_the_directory_is_an_audited_refusal() {
+        let o = Outbox::start().await;
+        let mut dir = demo();
+        dir.patients.retain(|p| p.id != "maria");
+        let announcer = o.announcer(dir);
+
+        // Gone between the step and its announcement.
+        let rec = maria_step(
+            Rung::TrustedContact,
+            notify_sister(),
+            OffsetDateTime::now_utc(),
+        );
+        announcer.announce(&rec).await.unwrap();
+        assert!(o.sms(&rec.id).await.is_empty());
+        let refused = o.refusals(&rec.id).await;
+        assert_eq!(refused.len(), 1);
+        assert_eq!(
+            refused[0].reason,
+            escalation::REFUSED_PATIENT_NOT_IN_DIRECTORY
+        );
+        assert_eq!(refused[0].patient, "maria");
+        assert_eq!(
+            refused[0].recipient,
+            Recipient::TrustedContact("maria-sister".into())
+        );
+
+        // Gone already when the step fired: the ladder skipped the rung.
+        let skipped = maria_step(
+            Rung::TrustedContact,
+            StepOutcome::Skipped {
+                reason: SkipReason::NoTrustedContact,
+            },
+            OffsetDateTime::now_utc(),
+        );
+        announcer.announce(&skipped).await.unwrap();
+        let refused = o.refusals(&skipped.id).await;
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(
+            refused[0].reason,
+            escalation::REFUSED_PATIENT_NOT_IN_DIRECTORY
+        );
+        assert_eq!(refused[0].patient, "maria");
+        assert!(o.sms(&skipped.id).await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patient_without_trusted_contacts_is_skipped_without_a_refusal() {
+        let o = Outbox::start().await;
+        let mut dir = demo();
+        let maria = dir.patients.iter_mut().find(|p| p.id == "maria").unwrap();
+        maria.trusted_contacts.clear();
+        let rec = maria_step(
+            Rung::TrustedContact,
+            StepOutcome::Skipped {
+                reason: SkipReason::NoTrustedContact,
+            },
+            OffsetDateTime::now_utc(),
+        );
+        o.announcer(dir).announce(&rec).await.unwrap();
+        assert!(o.refusals(&rec.id).await.is_empty(), "nothing was withheld");
+        assert!(o.sms(&rec.id).await.is_empty());
+    }
+}

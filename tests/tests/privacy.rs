@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use nwd_e2e::{Counsellor, EASTSIDE_DOOR, Line, MARIA};
-use nwd_proto::OutboundId;
+use nwd_proto::ClientReplyId;
 use nwd_proto::dashboard::{ClientMsg, Presence, ServerMsg};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,7 +39,7 @@ async fn no_log_line_contains_a_body_or_a_phone_number() {
     let reply = "okapi-canary please stay with me";
     ana.send(&ClientMsg::Reply {
         contact_id: contact,
-        outbound_id: OutboundId::new(),
+        client_id: ClientReplyId::new(),
         body: reply.into(),
     })
     .await;

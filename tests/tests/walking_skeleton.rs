@@ -7,7 +7,7 @@ use nwd_e2e::{Counsellor, EASTSIDE_DOOR, JAMES, LINE_NUMBER, Line, MARIA, STRANG
 use nwd_proto::dashboard::{ClientMsg, ContactView, Presence, ServerMsg, Speaker};
 use nwd_proto::events::DeliveryStatus;
 use nwd_proto::streams;
-use nwd_proto::{ContactId, OutboundId, RiskLevel};
+use nwd_proto::{ClientReplyId, ContactId, RiskLevel, wire};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -66,13 +66,19 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
 
     // The counsellor replies; the reply reaches the phone from the number the patient texted.
     let reply = "I'm here. You did the right thing writing. Are you safe right now?";
-    let outbound_id = OutboundId::new();
+    let client_id = ClientReplyId::new();
     ana.send(&ClientMsg::Reply {
         contact_id: offer.contact_id,
-        outbound_id,
+        client_id,
         body: reply.into(),
     })
     .await;
+    // The dashboard names the reply by an id it derives, never the browser's.
+    let outbound_id = wire::outbound::counsellor_reply(
+        &offer.contact_id,
+        &nwd_proto::CounsellorId::parse("ana").unwrap(),
+        &client_id,
+    );
     let sent = nwd_testkit::eventually(T, "reply at the simulated Twilio", || async {
         line.sent_messages()
             .await
@@ -292,7 +298,7 @@ async fn services_restarted_mid_conversation_lose_nothing() {
     let reply = "still here with you";
     ana.send(&ClientMsg::Reply {
         contact_id: offer.contact_id,
-        outbound_id: OutboundId::new(),
+        client_id: ClientReplyId::new(),
         body: reply.into(),
     })
     .await;
@@ -326,5 +332,72 @@ async fn services_restarted_mid_conversation_lose_nothing() {
             .filter(|m| m["body"] == reply)
             .count(),
         1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_browser_id_reused_in_two_conversations_reaches_both_phones_and_a_changed_body_is_refused()
+ {
+    let line = Line::start().await;
+    let mut ana = Counsellor::available(&line, "ana").await;
+    let mut contacts = Vec::new();
+    for (phone, body) in [
+        (MARIA, "first person here"),
+        (STRANGER, "second person here"),
+    ] {
+        line.patient_sends(phone, EASTSIDE_DOOR, body).await;
+        let offer = ana.expect(T, "the offer", offer_with(body)).await;
+        accept(&mut ana, offer.contact_id).await;
+        contacts.push(offer.contact_id);
+    }
+    // A browser (buggy, or replaying) uses one id for two replies.
+    let x = ClientReplyId::new();
+    for (contact, reply) in contacts.iter().zip(["for the first", "for the second"]) {
+        ana.send(&ClientMsg::Reply {
+            contact_id: *contact,
+            client_id: x,
+            body: reply.into(),
+        })
+        .await;
+        ana.expect(T, "the reply accepted", |m| match m {
+            ServerMsg::ReplyOutcome {
+                contact_id,
+                resent: false,
+                ..
+            } if contact_id == contact => Some(()),
+            _ => None,
+        })
+        .await;
+    }
+    // Both reach their phones: neither was taken for the other's resend.
+    for (phone, reply) in [(MARIA, "for the first"), (STRANGER, "for the second")] {
+        nwd_testkit::eventually(T, "the reply at the simulated Twilio", || async {
+            line.sent_messages()
+                .await
+                .into_iter()
+                .find(|m| m["to"] == phone && m["body"] == reply)
+        })
+        .await;
+    }
+    // The same id with another body in the first conversation: refused, not sent.
+    ana.send(&ClientMsg::Reply {
+        contact_id: contacts[0],
+        client_id: x,
+        body: "something else".into(),
+    })
+    .await;
+    ana.expect(T, "the refusal", |m| match m {
+        ServerMsg::Error { code, .. } if code == "reply-id-reused" => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        line.count(
+            streams::OUTBOUND,
+            &nwd_proto::subjects::outbound_sms(&contacts[0])
+        )
+        .await,
+        1,
+        "nothing more was queued for the first person"
     );
 }

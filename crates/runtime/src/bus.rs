@@ -140,6 +140,8 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
         base(buckets::THREADS, 1, Duration::ZERO),
         base(buckets::PRESENCE, 1, Duration::ZERO),
         base(buckets::SENDS, 1, 30 * DAY),
+        // A browser resends a reply only while its tab is open: a month is ample.
+        base(buckets::REPLIES, 1, 30 * DAY),
         base(buckets::DIRECTORY, 10, Duration::ZERO),
     ]
 }
@@ -192,6 +194,7 @@ fn static_name(name: &str) -> &'static str {
         buckets::THREADS,
         buckets::PRESENCE,
         buckets::SENDS,
+        buckets::REPLIES,
     ]
     .into_iter()
     .find(|n| *n == name)

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ops::Readiness;
 
 /// The key of the current directory in the `directory` bucket.
-pub const KEY: &str = "current";
+pub const KEY: &str = nwd_proto::wire::key::DIRECTORY_CURRENT;
 
 /// The readiness condition [`follow`] maintains.
 pub const READY: &str = "directory";

@@ -2,22 +2,31 @@
 //! the escalation. A step is first written into the contact record (by a
 //! compare-and-swap, which decides it exactly once); then whoever wrote it,
 //! or anyone who later sees `announced < steps` after a crash, publishes its
-//! effects here. Every effect carries an id derived from `<contact>:step:<n>`,
-//! so publishing twice is deduplicated by JetStream (`Nats-Msg-Id`) and by the
-//! notifier (one send per outbound id): no step's SMS or audit record twice.
+//! effects here. Every effect carries an id derived from `<contact>:step:<n>`
+//! (built in [`nwd_proto::wire`]), so publishing twice is deduplicated by
+//! JetStream (`Nats-Msg-Id`) and by the notifier (one send per outbound id):
+//! no step's SMS or audit record twice.
+//!
+//! Disclosures to trusted contacts: the consent is checked again at the
+//! moment of sending, now, against the directory in force (a consent revoked
+//! or expired since the step fired is not relied on); the AUDIT record is
+//! stored (its ack awaited) before the SMS is published; every disclosure not
+//! made is audited as refused, with why (see the `REFUSED_*` reasons). A
+//! crash between the record and the SMS republishes both under the same ids:
+//! the record is deduplicated and the SMS then goes out, once.
 
 use std::sync::Arc;
 
 use async_nats::jetstream;
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{DashboardPush, EscalationView, ServerMsg};
-use nwd_proto::directory::{Directory, Patient};
+use nwd_proto::directory::{Consent, Directory, Patient, TrustedContact};
 use nwd_proto::events::{
     Author, Channel, ContactEscalated, Disclosure, DisclosureRefused, LegalBasis, OutboundSms,
     Recipient,
 };
-use nwd_proto::ladder::{StepOutcome, StepRecord};
-use nwd_proto::{Address, CounsellorId, Envelope, Event, OutboundId, subjects};
+use nwd_proto::ladder::{Rung, SkipReason, StepOutcome, StepRecord};
+use nwd_proto::{Address, CounsellorId, Envelope, Event, OutboundId, subjects, wire};
 use time::OffsetDateTime;
 
 use crate::bus;
@@ -25,6 +34,32 @@ use crate::kv::{self, Cas, KvError};
 use crate::transcript;
 
 use nwd_proto::ladder::TRUSTED_CONTACT_PURPOSE;
+
+/// `DisclosureRefused.reason`s of the trusted-contact rung.
+/// No consent on record for this trusted contact.
+pub const REFUSED_NO_CONSENT: &str = "no_consent";
+/// The consent was revoked (at or before the moment of sending).
+pub const REFUSED_REVOKED: &str = "revoked";
+/// The consent expired (at or before the moment of sending).
+pub const REFUSED_EXPIRED: &str = "expired";
+/// The consent does not cover this purpose (or is not signed yet).
+pub const REFUSED_PURPOSE: &str = "purpose";
+/// The patient is no longer in the directory: no consent can be checked.
+pub const REFUSED_PATIENT_NOT_IN_DIRECTORY: &str = "patient_not_in_directory";
+/// The trusted contact is no longer in the patient's directory record.
+pub const REFUSED_RECIPIENT_NOT_IN_DIRECTORY: &str = "recipient_not_in_directory";
+/// `patient` / `recipient` of an audit record when they are not known.
+const UNKNOWN: &str = "unknown";
+
+/// Why `consent` does not cover notifying a trusted contact at `at`.
+pub fn refusal_reason(consent: Option<&Consent>, at: OffsetDateTime) -> &'static str {
+    match consent {
+        None => REFUSED_NO_CONSENT,
+        Some(c) if c.revoked_at.is_some_and(|r| r <= at) => REFUSED_REVOKED,
+        Some(c) if c.expires_at.is_some_and(|x| x <= at) => REFUSED_EXPIRED,
+        Some(_) => REFUSED_PURPOSE,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
@@ -100,14 +135,13 @@ impl Announcer {
     async fn sms(
         &self,
         rec: &ContactRecord,
-        key: &str,
+        outbound_id: OutboundId,
         to: impl Into<Address>,
         body: String,
     ) -> Result<(), AnnounceError> {
         let to = to.into();
         // The person on their own channel; anyone else by SMS from the line.
         let from = rec.channel.line_towards(&to);
-        let outbound_id = OutboundId::derived(&format!("{}:{key}", rec.id));
         let sms = OutboundSms {
             outbound_id,
             contact_id: rec.id,
@@ -119,7 +153,7 @@ impl Announcer {
         };
         self.publish(
             subjects::outbound_sms(&rec.id),
-            &format!("out:{outbound_id}"),
+            &wire::msg_id::outbound_sms(&outbound_id),
             sms,
         )
         .await
@@ -183,7 +217,7 @@ impl Announcer {
         let last = steps.iter().map(|s| s.step).max().unwrap_or(0);
         kv::cas(
             &self.contacts,
-            &rec.id.to_string(),
+            &wire::key::contact(&rec.id),
             |cur: Option<ContactRecord>| {
                 let Some(mut cur) = cur else {
                     return Cas::Keep(());
@@ -243,7 +277,7 @@ impl Announcer {
         step: &StepRecord,
     ) -> Result<jetstream::context::PublishAckFuture, AnnounceError> {
         let id = rec.id;
-        let key = format!("{id}:step:{}", step.step);
+        let key = wire::msg_id::escalation_step(&id, step.step);
         let rung = step.rung.map_or("broadcast", |r| r.as_str());
         match &step.outcome {
             StepOutcome::Offered { .. } | StepOutcome::BackupAlerted { .. } => {}
@@ -252,15 +286,14 @@ impl Announcer {
                 let Channel::Sms { patient, .. } = &rec.channel;
                 self.sms(
                     rec,
-                    "safety",
+                    wire::outbound::safety_message(&id),
                     patient.clone(),
                     self.dir().safety_message(rec.lang),
                 )
                 .await?;
             }
             StepOutcome::TrustedContacts { notified, refused } => {
-                self.trusted_contacts(rec, step, &key, notified, refused)
-                    .await?;
+                self.trusted_contacts(rec, step, notified, refused).await?;
             }
             StepOutcome::Acknowledged {
                 ahead,
@@ -270,11 +303,16 @@ impl Announcer {
                 let body = acknowledgement(&self.dir(), rec.lang, *ahead, *typical_wait_secs);
                 self.sms(
                     rec,
-                    &format!("step:{}:ack", step.step),
+                    wire::outbound::acknowledgement(&id, step.step),
                     patient.clone(),
                     body,
                 )
                 .await?;
+            }
+            StepOutcome::Skipped {
+                reason: SkipReason::NoTrustedContact,
+            } if step.rung == Some(Rung::TrustedContact) => {
+                self.patient_gone(rec, step).await?;
             }
             StepOutcome::Skipped { .. } => {}
         }
@@ -289,7 +327,7 @@ impl Announcer {
             );
             self.sms(
                 rec,
-                &format!("step:{}:backup", step.step),
+                wire::outbound::backup_alert(&id, step.step),
                 self.dir().line.backup_line.clone(),
                 body,
             )
@@ -332,96 +370,162 @@ impl Announcer {
         Ok(event)
     }
 
+    /// The trusted-contact rung's disclosures. The ladder chose whom to
+    /// notify when the step fired; the consent is checked again here, now,
+    /// against the directory in force, and each notice is recorded before
+    /// it is sent.
     async fn trusted_contacts(
         &self,
         rec: &ContactRecord,
         step: &StepRecord,
-        key: &str,
         notified: &[String],
         refused: &[String],
     ) -> Result<(), AnnounceError> {
         let dir = self.dir();
+        let now = OffsetDateTime::now_utc();
         let Some(p) = patient(&dir, rec) else {
+            // Removed from the directory since the step fired: no consent
+            // can be checked, so nobody is told, and that is recorded.
+            let who = rec.patient.as_deref().unwrap_or(UNKNOWN);
+            for t in notified.iter().chain(refused) {
+                self.refusal(rec, step, who, t, REFUSED_PATIENT_NOT_IN_DIRECTORY, now)
+                    .await?;
+            }
             return Ok(());
         };
         for t in &p.trusted_contacts {
-            if notified.contains(&t.id) {
-                // Re-checked at publish time: a consent revoked between the
-                // step and its announcement is not relied on.
-                let Some(c) = t
-                    .consent
-                    .as_ref()
-                    .filter(|c| c.covers(TRUSTED_CONTACT_PURPOSE, step.at))
-                else {
-                    self.refusal(rec, p, &t.id, key, "revoked", step.at).await?;
-                    continue;
-                };
-                let first_name = p.name.split_whitespace().next().unwrap_or("Someone");
-                // Exactly what the consent allows: that they contacted the line.
-                let body = format!(
-                    "{}: {first_name} contacted us and may need your support. Please check in with them. In an emergency call {}.",
-                    dir.line.name, dir.line.emergency_number
-                );
-                self.sms(
-                    rec,
-                    &format!("step:{}:trusted:{}", step.step, t.id),
-                    t.phone.clone(),
-                    body,
-                )
-                .await?;
-                self.publish(
-                    subjects::audit_disclosure(&rec.id),
-                    &format!("{key}:disclosure:{}", t.id),
-                    Disclosure {
-                        contact_id: rec.id,
-                        patient: p.id.clone(),
-                        recipient: Recipient::TrustedContact(t.id.clone()),
-                        what: c.disclose.clone(),
-                        purpose: c.purpose.clone(),
-                        basis: LegalBasis::Consent {
-                            purpose: c.purpose.clone(),
-                            disclose: c.disclose.clone(),
-                            signed_at: c.signed_at,
-                            expires_at: c.expires_at,
-                        },
-                        by: format!("{}:{}", self.service, key),
-                        at: step.at,
-                    },
-                )
-                .await?;
-                metrics::counter!("nwd_disclosures_total", "service" => self.service, "outcome" => "disclosed").increment(1);
-            } else if refused.contains(&t.id) {
-                let reason = match &t.consent {
-                    None => "no_consent",
-                    Some(c) if c.revoked_at.is_some_and(|r| r <= step.at) => "revoked",
-                    Some(c) if c.expires_at.is_some_and(|x| x <= step.at) => "expired",
-                    Some(_) => "purpose",
-                };
-                self.refusal(rec, p, &t.id, key, reason, step.at).await?;
+            let chosen = notified.contains(&t.id);
+            if !chosen && !refused.contains(&t.id) {
+                continue;
+            }
+            match t
+                .consent
+                .as_ref()
+                .filter(|c| c.covers(TRUSTED_CONTACT_PURPOSE, now))
+            {
+                Some(c) if chosen => self.disclose(rec, step, p, t, c, now).await?,
+                _ => {
+                    // Refused by the ladder at the step's time, or since.
+                    let at = if chosen { now } else { step.at };
+                    let reason = refusal_reason(t.consent.as_ref(), at);
+                    self.refusal(rec, step, &p.id, &t.id, reason, now).await?;
+                }
             }
         }
+        for gone in notified
+            .iter()
+            .chain(refused)
+            .filter(|id| !p.trusted_contacts.iter().any(|t| &t.id == *id))
+        {
+            self.refusal(
+                rec,
+                step,
+                &p.id,
+                gone,
+                REFUSED_RECIPIENT_NOT_IN_DIRECTORY,
+                now,
+            )
+            .await?;
+        }
         Ok(())
+    }
+
+    /// One notice to a trusted contact: the AUDIT record first (stored, its
+    /// ack awaited), then the SMS.
+    async fn disclose(
+        &self,
+        rec: &ContactRecord,
+        step: &StepRecord,
+        p: &Patient,
+        t: &TrustedContact,
+        c: &Consent,
+        now: OffsetDateTime,
+    ) -> Result<(), AnnounceError> {
+        let key = wire::msg_id::escalation_step(&rec.id, step.step);
+        self.publish(
+            subjects::audit_disclosure(&rec.id),
+            &wire::msg_id::step_disclosure(&rec.id, step.step, &t.id),
+            Disclosure {
+                contact_id: rec.id,
+                patient: p.id.clone(),
+                recipient: Recipient::TrustedContact(t.id.clone()),
+                what: c.disclose.clone(),
+                purpose: c.purpose.clone(),
+                basis: LegalBasis::Consent {
+                    purpose: c.purpose.clone(),
+                    disclose: c.disclose.clone(),
+                    signed_at: c.signed_at,
+                    expires_at: c.expires_at,
+                },
+                by: format!("{}:{key}", self.service),
+                at: now,
+            },
+        )
+        .await?;
+        let dir = self.dir();
+        let first_name = p.name.split_whitespace().next().unwrap_or("Someone");
+        // Exactly what the consent allows: that they contacted the line.
+        let body = format!(
+            "{}: {first_name} contacted us and may need your support. Please check in with them. In an emergency call {}.",
+            dir.line.name, dir.line.emergency_number
+        );
+        self.sms(
+            rec,
+            wire::outbound::trusted_contact(&rec.id, step.step, &t.id),
+            t.phone.clone(),
+            body,
+        )
+        .await?;
+        metrics::counter!("nwd_disclosures_total", "service" => self.service, "outcome" => "disclosed").increment(1);
+        Ok(())
+    }
+
+    /// A trusted-contact rung skipped because the contact's patient is not
+    /// in the directory (any more): recorded as a refusal, since the line
+    /// could not check whom the patient consented to tell.
+    async fn patient_gone(
+        &self,
+        rec: &ContactRecord,
+        step: &StepRecord,
+    ) -> Result<(), AnnounceError> {
+        let Some(id) = rec.patient.as_deref() else {
+            return Ok(());
+        };
+        if patient(&self.dir(), rec).is_some() {
+            return Ok(());
+        }
+        let now = OffsetDateTime::now_utc();
+        self.refusal(
+            rec,
+            step,
+            id,
+            UNKNOWN,
+            REFUSED_PATIENT_NOT_IN_DIRECTORY,
+            now,
+        )
+        .await
     }
 
     async fn refusal(
         &self,
         rec: &ContactRecord,
-        p: &Patient,
+        step: &StepRecord,
+        patient: &str,
         recipient: &str,
-        key: &str,
         reason: &str,
         at: OffsetDateTime,
     ) -> Result<(), AnnounceError> {
         metrics::counter!("nwd_disclosures_total", "service" => self.service, "outcome" => "refused").increment(1);
+        let key = wire::msg_id::escalation_step(&rec.id, step.step);
         self.publish(
             subjects::audit_disclosure_refused(&rec.id),
-            &format!("{key}:refused:{recipient}"),
+            &wire::msg_id::step_disclosure_refused(&rec.id, step.step, recipient),
             DisclosureRefused {
                 contact_id: rec.id,
-                patient: p.id.clone(),
+                patient: patient.to_owned(),
                 recipient: Recipient::TrustedContact(recipient.to_owned()),
                 reason: reason.to_owned(),
-                by: format!("{}:{}", self.service, key),
+                by: format!("{}:{key}", self.service),
                 at,
             },
         )

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use async_nats::Subscriber;
 use futures::StreamExt;
-use nwd_proto::Envelope;
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{DashboardPush, ServerMsg};
 use nwd_proto::events::OutboundStatus;
+use nwd_proto::{Envelope, wire};
 use nwd_runtime::kv;
 
 use crate::App;
@@ -60,7 +60,11 @@ pub async fn forward_statuses(app: Arc<App>, mut sub: Subscriber) {
             continue;
         };
         let st = env.data;
-        let rec = match kv::get::<ContactRecord>(&stores.contacts, &st.contact_id.to_string()).await
+        let rec = match kv::get::<ContactRecord>(
+            &stores.contacts,
+            &wire::key::contact(&st.contact_id),
+        )
+        .await
         {
             Ok(v) => v.value,
             Err(e) => {

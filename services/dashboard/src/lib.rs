@@ -5,11 +5,13 @@
 //! browser ──ws──► dashboard ──request──► router          (accept / decline / resolve)
 //!                     │ ◄──core push─── router          (offers, withdrawals, messages)
 //!                     │ ──publish────► OUTBOUND          (replies)
+//!                     │ ──cas────────► replies bucket    (a reply's body hash: resends)
 //!                     │ ◄──core sub─── OUTBOUND status   (delivery ticks)
 //!                     └ ──cas────────► presence bucket   (status + heartbeat)
 //! ```
 //!
-//! The dashboard keeps no state of its own beyond the open sockets: contacts
+//! The dashboard keeps no state of its own beyond the open sockets and the
+//! `replies` bucket (which browser resends it has accepted): contacts
 //! are read from the `contacts` bucket and transcripts from the streams, so a
 //! reconnecting browser (or a restarted dashboard) gets the same picture.
 
@@ -33,6 +35,7 @@ pub mod feeds;
 pub mod http;
 pub mod hub;
 pub mod presence;
+pub mod reply;
 pub mod session;
 pub mod socket;
 
@@ -111,6 +114,8 @@ pub struct Settings {
 pub struct Stores {
     pub contacts: jetstream::kv::Store,
     pub presence: jetstream::kv::Store,
+    /// Replies accepted from browsers (dedupe of resends).
+    pub replies: jetstream::kv::Store,
 }
 
 /// Everything a request or a socket needs.
@@ -245,6 +250,7 @@ async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
             Ok::<_, jetstream::context::KeyValueError>(Stores {
                 contacts: bus::bucket(&app.js, buckets::CONTACTS).await?,
                 presence: bus::bucket(&app.js, buckets::PRESENCE).await?,
+                replies: bus::bucket(&app.js, buckets::REPLIES).await?,
             })
         };
         match opened.await {

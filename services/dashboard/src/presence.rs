@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::Store;
-use nwd_proto::CounsellorId;
 use nwd_proto::dashboard::{Presence, PresenceRecord};
+use nwd_proto::{CounsellorId, wire};
 use nwd_runtime::kv::{self, Cas, KvError};
 use time::OffsetDateTime;
 
@@ -35,7 +35,7 @@ fn record(who: &CounsellorId, status: Presence) -> PresenceRecord {
 /// The status a newly connected counsellor starts with: their recorded one if
 /// it is recent, else offline.
 pub async fn initial(store: &Store, who: &CounsellorId) -> Presence {
-    match kv::get::<PresenceRecord>(store, who.as_str()).await {
+    match kv::get::<PresenceRecord>(store, &wire::key::presence(who)).await {
         Ok(v) => v
             .value
             .filter(|r| OffsetDateTime::now_utc() - r.heartbeat_at < ADOPT_WITHIN)
@@ -50,10 +50,14 @@ pub async fn initial(store: &Store, who: &CounsellorId) -> Presence {
 /// Writes the counsellor's current status from the hub (offline when they
 /// have no socket here any more).
 pub async fn sync(store: &Store, hub: &Hub, who: &CounsellorId) -> Result<Presence, KvError> {
-    let (status, _) = kv::cas(store, who.as_str(), |_: Option<PresenceRecord>| {
-        let status = hub.status(who).unwrap_or(Presence::Offline);
-        Cas::Write(record(who, status), status)
-    })
+    let (status, _) = kv::cas(
+        store,
+        &wire::key::presence(who),
+        |_: Option<PresenceRecord>| {
+            let status = hub.status(who).unwrap_or(Presence::Offline);
+            Cas::Write(record(who, status), status)
+        },
+    )
     .await?;
     Ok(status)
 }
@@ -61,12 +65,14 @@ pub async fn sync(store: &Store, hub: &Hub, who: &CounsellorId) -> Result<Presen
 /// Refreshes the heartbeat of a connected, not-offline counsellor; leaves the
 /// record alone otherwise.
 pub async fn refresh(store: &Store, hub: &Hub, who: &CounsellorId) -> Result<(), KvError> {
-    kv::cas(store, who.as_str(), |_: Option<PresenceRecord>| {
-        match hub.status(who) {
+    kv::cas(
+        store,
+        &wire::key::presence(who),
+        |_: Option<PresenceRecord>| match hub.status(who) {
             Some(status) if status != Presence::Offline => Cas::Write(record(who, status), ()),
             _ => Cas::Keep(()),
-        }
-    })
+        },
+    )
     .await?;
     Ok(())
 }

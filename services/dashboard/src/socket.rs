@@ -15,13 +15,11 @@ use nwd_proto::dashboard::{
     ClientMsg, ContactView, PartnerOption, Presence, ServerMsg, WithdrawReason,
 };
 use nwd_proto::directory::{PartnerKind, Role};
-use nwd_proto::events::{Author, MAX_SMS_BODY_CHARS, OutboundSms};
 use nwd_proto::router::{
     MAX_EMERGENCY_NATURE_CHARS, RouterCommand, RouterReply, valid_emergency_nature,
 };
-use nwd_proto::{ContactId, CounsellorId, Envelope, OutboundId, PartnerId, subjects};
-use nwd_runtime::{bus, kv, transcript};
-use time::OffsetDateTime;
+use nwd_proto::{ClientReplyId, ContactId, CounsellorId, Envelope, PartnerId, subjects, wire};
+use nwd_runtime::{kv, transcript};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -264,9 +262,9 @@ impl Session {
             } => self.resolve(contact_id, disposition).await,
             ClientMsg::Reply {
                 contact_id,
-                outbound_id,
+                client_id,
                 body,
-            } => self.send_reply(contact_id, outbound_id, body).await,
+            } => self.send_reply(contact_id, client_id, body).await,
             ClientMsg::MedicalEmergency {
                 contact_id,
                 partner,
@@ -434,22 +432,30 @@ impl Session {
         }
     }
 
-    async fn send_reply(&self, contact_id: ContactId, outbound_id: OutboundId, body: String) {
-        let span = tracing::info_span!("reply", contact = %contact_id, outbound = %outbound_id);
-        let result = reply(
+    async fn send_reply(&self, contact_id: ContactId, client_id: ClientReplyId, body: String) {
+        let span = tracing::info_span!("reply", contact = %contact_id, client = %client_id);
+        let result = crate::reply::reply(
             &self.app,
             &self.stores,
             &self.who,
             contact_id,
-            outbound_id,
+            client_id,
             body,
         )
         .instrument(span)
         .await;
         match result {
-            Ok(msg) => {
-                count_command("reply", "sent");
-                self.broadcast(&msg);
+            Ok(replied) => {
+                // The outcome first: it settles this tab's pending line
+                // before the echo to every tab arrives.
+                self.reply(replied.outcome).await;
+                match replied.line {
+                    Some(line) => {
+                        count_command("reply", "sent");
+                        self.broadcast(&line);
+                    }
+                    None => count_command("reply", "resent"),
+                }
             }
             Err((code, message)) => {
                 count_command("reply", code);
@@ -457,63 +463,6 @@ impl Session {
             }
         }
     }
-}
-
-/// Why a reply was not sent: a stable code and a message for the counsellor.
-type ReplyError = (&'static str, &'static str);
-
-/// Validates and publishes a counsellor's reply; returns the line to show.
-async fn reply(
-    app: &App,
-    stores: &Stores,
-    who: &CounsellorId,
-    contact_id: ContactId,
-    outbound_id: OutboundId,
-    body: String,
-) -> Result<ServerMsg, ReplyError> {
-    let chars = body.chars().count();
-    if body.trim().is_empty() || chars > MAX_SMS_BODY_CHARS {
-        return Err(("bad-reply", "A reply must be 1 to 1600 characters"));
-    }
-    let rec = kv::get::<ContactRecord>(&stores.contacts, &contact_id.to_string())
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "cannot read the contact");
-            ("unavailable", "Could not send; retry")
-        })?
-        .value;
-    let Some(rec) = rec.filter(|r| r.assigned_to() == Some(who)) else {
-        return Err(("not-assigned", "This conversation is not with you"));
-    };
-    // Back on the person's own channel (SMS, WhatsApp, …), from the line they wrote to.
-    let (to, from) = rec.channel.reply_route();
-    let sms = OutboundSms {
-        outbound_id,
-        contact_id,
-        to,
-        from,
-        body,
-        author: Author::Counsellor(who.clone()),
-        created_at: OffsetDateTime::now_utc(),
-    };
-    let published = bus::publish(
-        &app.js,
-        subjects::outbound_sms(&contact_id),
-        &format!("out:{outbound_id}"),
-        &Envelope::new(sms.clone()),
-    )
-    .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, "cannot publish the reply");
-        ("unavailable", "Could not send; retry")
-    })?;
-    tracing::info!(duplicate = published.duplicate, "reply published");
-    Ok(ServerMsg::Message {
-        contact_id,
-        risk: rec.risk,
-        reasons: rec.reasons.iter().map(Into::into).collect(),
-        message: transcript::outbound_view(&sms),
-    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -532,7 +481,7 @@ pub async fn conversation(
     stores: &Stores,
     contact_id: &ContactId,
 ) -> Result<Option<ContactView>, LoadError> {
-    let rec = kv::get::<ContactRecord>(&stores.contacts, &contact_id.to_string())
+    let rec = kv::get::<ContactRecord>(&stores.contacts, &wire::key::contact(contact_id))
         .await?
         .value;
     let Some(rec) = rec else { return Ok(None) };

@@ -14,19 +14,21 @@ use nwd_dashboard::socket::{self, Inbound, Outbound};
 use nwd_dashboard::{App, Config};
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{
-    ClientMsg, DashboardPush, PartnerOption, Presence, PresenceRecord, ServerMsg, Speaker,
-    WithdrawReason,
+    ClientMsg, DashboardPush, MessageView, PartnerOption, Presence, PresenceRecord, ReplyRecord,
+    ServerMsg, Speaker, WithdrawReason,
 };
 use nwd_proto::events::{
     Author, Channel, ContactMessage, DeliveryStatus, MessageTriaged, OutboundSms, OutboundStatus,
 };
+use nwd_proto::ladder::{Escalation, LadderPolicy, StepOutcome, StepRecord};
 use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::streams::{self, buckets};
 use nwd_proto::{
-    Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, OutboundId, PartnerId,
-    Reason, RiskLevel, subjects,
+    Assessment, ClientReplyId, ContactId, CounsellorId, Envelope, Language, MessageId, OutboundId,
+    PartnerId, Reason, RiskLevel, subjects, wire,
 };
 use nwd_runtime::bus::{self, NatsArgs};
+use nwd_runtime::escalation::Announcer;
 use nwd_runtime::kv::{self, Cas};
 use nwd_runtime::service::Secret;
 use nwd_runtime::transcript;
@@ -161,7 +163,7 @@ impl Dashboard {
         bus::publish(
             &self.js,
             subjects::contact_triaged(&ev.message.contact_id),
-            &format!("triaged:{}", ev.message.message_id),
+            &wire::msg_id::message_triaged(&ev.message.message_id),
             &Envelope::new(ev.clone()),
         )
         .await
@@ -170,7 +172,7 @@ impl Dashboard {
 
     async fn put(&self, rec: &ContactRecord) {
         let r = rec.clone();
-        kv::cas(&self.contacts, &rec.id.to_string(), move |_| {
+        kv::cas(&self.contacts, &wire::key::contact(&rec.id), move |_| {
             Cas::Write(r.clone(), ())
         })
         .await
@@ -200,6 +202,31 @@ impl Dashboard {
                 .data
         })
         .collect()
+    }
+
+    /// A delivery status of one of our messages, as the notifier publishes it.
+    async fn publish_status(
+        &self,
+        contact: ContactId,
+        outbound_id: OutboundId,
+        status: DeliveryStatus,
+    ) {
+        let st = OutboundStatus {
+            outbound_id,
+            contact_id: contact,
+            status,
+            provider_sid: None,
+            error_code: None,
+            at: OffsetDateTime::now_utc(),
+        };
+        bus::publish(
+            &self.js,
+            subjects::outbound_status(&contact),
+            &wire::msg_id::outbound_status(&outbound_id, status),
+            &Envelope::new(st),
+        )
+        .await
+        .unwrap();
     }
 
     /// A fake router answering every command with `reply`; returns the commands it saw.
@@ -822,39 +849,67 @@ async fn a_refused_medical_emergency_is_an_error_and_not_confirmed() {
 
 // ------------------------------------------------------------------ replies
 
+/// What came back to the socket that sent reply `client_id`.
+async fn outcome(ws: &mut Ws, client_id: ClientReplyId) -> (MessageView, bool) {
+    ws.expect("the reply's outcome", |m| match m {
+        ServerMsg::ReplyOutcome {
+            client_id: c,
+            message,
+            resent,
+            ..
+        } if *c == client_id => Some((message.clone(), *resent)),
+        _ => None,
+    })
+    .await
+}
+
+fn reply(contact_id: ContactId, client_id: ClientReplyId, body: &str) -> ClientMsg {
+    ClientMsg::Reply {
+        contact_id,
+        client_id,
+        body: body.into(),
+    }
+}
+
 #[tokio::test]
-async fn a_reply_is_published_once_per_outbound_id() {
+async fn a_reply_is_published_under_an_id_the_server_derives_and_echoed_to_every_tab() {
     let d = Dashboard::start().await;
     let rec = d.contact("can you talk", assigned_to("ana")).await;
     let mut ana = d.socket("ana").await;
+    let mut other_tab = d.socket("ana").await;
     ana.hello().await;
-    let outbound_id = OutboundId::new();
-    let reply = ClientMsg::Reply {
-        contact_id: rec.id,
-        outbound_id,
-        body: "I'm here. Are you safe right now?".into(),
-    };
-    for _ in 0..2 {
-        ana.send(&reply).await;
-        let line = ana
-            .expect("the reply line", |m| match m {
-                ServerMsg::Message {
-                    contact_id,
-                    message,
-                    risk,
-                    ..
-                } if *contact_id == rec.id => Some((message.clone(), *risk)),
-                _ => None,
-            })
-            .await;
-        assert_eq!(line.0.id, outbound_id.to_string());
-        assert_eq!(line.0.speaker, Speaker::Counsellor);
-        assert_eq!(line.1, RiskLevel::High);
-    }
+    other_tab.hello().await;
+    let client_id = ClientReplyId::new();
+    let expected = wire::outbound::counsellor_reply(&rec.id, &c("ana"), &client_id);
+    ana.send(&reply(
+        rec.id,
+        client_id,
+        "I'm here. Are you safe right now?",
+    ))
+    .await;
+    let (line, resent) = outcome(&mut ana, client_id).await;
+    assert!(!resent);
+    assert_eq!(line.id, expected.to_string());
+    assert_eq!(line.speaker, Speaker::Counsellor);
+    assert_eq!(line.status, None);
+    let echoed = other_tab
+        .expect("the reply line", |m| match m {
+            ServerMsg::Message {
+                contact_id,
+                message,
+                risk,
+                ..
+            } if *contact_id == rec.id => Some((message.clone(), *risk)),
+            _ => None,
+        })
+        .await;
+    assert_eq!(echoed.0.id, expected.to_string());
+    assert_eq!(echoed.1, RiskLevel::High);
+
     let sent = d.outbound(&rec.id).await;
-    assert_eq!(sent.len(), 1, "the resend was deduplicated");
+    assert_eq!(sent.len(), 1);
     let sms = &sent[0];
-    assert_eq!(sms.outbound_id, outbound_id);
+    assert_eq!(sms.outbound_id, expected);
     assert_eq!(sms.to.as_str(), PATIENT);
     assert_eq!(sms.from.as_str(), LINE);
     assert_eq!(sms.author, Author::Counsellor(c("ana")));
@@ -869,7 +924,197 @@ async fn a_reply_is_published_once_per_outbound_id() {
         })
         .await;
     assert_eq!(conv.messages.len(), 2);
-    assert_eq!(conv.messages[1].id, outbound_id.to_string());
+    assert_eq!(conv.messages[1].id, expected.to_string());
+}
+
+#[tokio::test]
+async fn the_same_browser_id_in_two_conversations_sends_both_replies() {
+    let d = Dashboard::start().await;
+    let a = d.contact("first person", assigned_to("ana")).await;
+    let b = d.contact("second person", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let x = ClientReplyId::new();
+    ana.send(&reply(a.id, x, "hello A")).await;
+    let (to_a, resent_a) = outcome(&mut ana, x).await;
+    ana.send(&reply(b.id, x, "hello B")).await;
+    let (to_b, resent_b) = outcome(&mut ana, x).await;
+    assert!(!resent_a && !resent_b, "neither is a resend");
+    assert_ne!(to_a.id, to_b.id);
+    let sent_a = d.outbound(&a.id).await;
+    let sent_b = d.outbound(&b.id).await;
+    assert_eq!(sent_a.len(), 1, "{sent_a:?}");
+    assert_eq!(
+        sent_b.len(),
+        1,
+        "B's reply was not swallowed by A's: {sent_b:?}"
+    );
+    assert_eq!(sent_a[0].body, "hello A");
+    assert_eq!(sent_b[0].body, "hello B");
+    assert_ne!(sent_a[0].outbound_id, sent_b[0].outbound_id);
+    // Another counsellor's reply with the same browser id is theirs too.
+    let c2 = d.contact("third person", assigned_to("ben")).await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&reply(c2.id, x, "hello C")).await;
+    let (_, resent) = outcome(&mut ben, x).await;
+    assert!(!resent);
+    assert_eq!(d.outbound(&c2.id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_resend_is_sent_once_and_reported_with_the_originals_status() {
+    let d = Dashboard::start().await;
+    let rec = d.contact("can you talk", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let x = ClientReplyId::new();
+    let body = "I'm here. Are you safe right now?";
+    ana.send(&reply(rec.id, x, body)).await;
+    let (first, resent) = outcome(&mut ana, x).await;
+    assert!(!resent);
+    assert_eq!(first.status, None);
+    // The notifier reports it delivered.
+    let outbound_id: OutboundId = first.id.parse().unwrap();
+    d.publish_status(rec.id, outbound_id, DeliveryStatus::Delivered)
+        .await;
+
+    // The browser lost its socket and resends, on a new one.
+    let mut again = d.socket("ana").await;
+    again.hello().await;
+    again.send(&reply(rec.id, x, body)).await;
+    let (second, resent) = outcome(&mut again, x).await;
+    assert!(resent, "reported as a resend, not a fresh send");
+    assert_eq!(second.id, first.id);
+    assert_eq!(
+        second.status,
+        Some(DeliveryStatus::Delivered),
+        "the original's outcome"
+    );
+    assert_eq!(second.at, first.at, "the original's time");
+    again
+        .expect_none(Duration::from_millis(300), "a second reply line", |m| {
+            matches!(m, ServerMsg::Message { .. })
+        })
+        .await;
+    assert_eq!(d.outbound(&rec.id).await.len(), 1, "sent once");
+}
+
+#[tokio::test]
+async fn a_reply_recorded_but_not_published_before_a_crash_is_sent_on_its_resend() {
+    let d = Dashboard::start().await;
+    let rec = d.contact("can you talk", assigned_to("ana")).await;
+    let x = ClientReplyId::new();
+    let body = "I'm still here";
+    // A dashboard recorded the reply and died before publishing it.
+    let id = wire::outbound::counsellor_reply(&rec.id, &c("ana"), &x);
+    let replies = d.js.get_key_value(buckets::REPLIES).await.unwrap();
+    let record = ReplyRecord {
+        contact_id: rec.id,
+        counsellor: c("ana"),
+        client_id: x,
+        body_sha256: ReplyRecord::hash(body),
+        created_at: OffsetDateTime::now_utc(),
+        published: false,
+    };
+    kv::cas(&replies, &wire::key::reply(&id), move |_| {
+        Cas::Write(record.clone(), ())
+    })
+    .await
+    .unwrap();
+    assert!(d.outbound(&rec.id).await.is_empty());
+
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    ana.send(&reply(rec.id, x, body)).await;
+    let (line, resent) = outcome(&mut ana, x).await;
+    assert!(!resent, "it had not been sent");
+    assert_eq!(line.id, id.to_string());
+    let sent = d.outbound(&rec.id).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body, body);
+}
+
+#[tokio::test]
+async fn the_same_browser_id_with_another_body_is_refused_and_nothing_is_sent() {
+    let d = Dashboard::start().await;
+    let rec = d.contact("can you talk", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let x = ClientReplyId::new();
+    ana.send(&reply(rec.id, x, "first words")).await;
+    outcome(&mut ana, x).await;
+    ana.expect("the first reply's line", |m| {
+        matches!(m, ServerMsg::Message { .. }).then_some(())
+    })
+    .await;
+    ana.send(&reply(rec.id, x, "other words")).await;
+    let message = ana.expect_error("reply-id-reused").await;
+    assert!(message.contains("Not sent"), "{message}");
+    ana.expect_none(
+        Duration::from_millis(300),
+        "an outcome for the refused reply",
+        |m| {
+            matches!(
+                m,
+                ServerMsg::ReplyOutcome { .. } | ServerMsg::Message { .. }
+            )
+        },
+    )
+    .await;
+    let sent = d.outbound(&rec.id).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body, "first words");
+}
+
+#[tokio::test]
+async fn a_browser_id_equal_to_a_system_messages_id_does_not_suppress_the_safety_message() {
+    let d = Dashboard::start().await;
+    let mut rec = d
+        .contact("i have the pills in my hand", assigned_to("ana"))
+        .await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    // Anyone can derive the safety message's id from the contact id.
+    let safety = wire::outbound::safety_message(&rec.id);
+    let spoof = ClientReplyId::from_ulid(safety.ulid());
+    ana.send(&reply(rec.id, spoof, "stay with me")).await;
+    let (line, _) = outcome(&mut ana, spoof).await;
+    assert_ne!(line.id, safety.to_string());
+
+    // Then the line sends the safety message, as the escalation does.
+    let mut escalation = Escalation::start(LadderPolicy::default(), OffsetDateTime::now_utc());
+    escalation.steps = 1;
+    escalation.push_step(StepRecord {
+        step: 1,
+        rung: None,
+        outcome: StepOutcome::Broadcast {
+            to: Vec::new(),
+            alerted: Vec::new(),
+        },
+        at: OffsetDateTime::now_utc(),
+    });
+    rec.escalation = Some(escalation);
+    d.put(&rec).await;
+    let announcer = Announcer {
+        client: d.nats.client().await,
+        js: d.js.clone(),
+        contacts: d.contacts.clone(),
+        directory: nwd_runtime::directory::Live::new(
+            nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap(),
+        ),
+        service: "test",
+    };
+    announcer.announce(&rec).await.unwrap();
+
+    let sent = d.outbound(&rec.id).await;
+    assert_eq!(sent.len(), 2, "the reply and the safety message: {sent:?}");
+    let safety_sms = sent
+        .iter()
+        .find(|s| s.outbound_id == safety)
+        .expect("the safety message is on OUTBOUND");
+    assert_eq!(safety_sms.author, Author::System);
+    assert!(sent.iter().any(|s| s.body == "stay with me"));
 }
 
 #[tokio::test]
@@ -882,7 +1127,7 @@ async fn replies_are_refused_unless_assigned_and_well_sized() {
     ana.hello().await;
     let reply = |contact_id, body: String| ClientMsg::Reply {
         contact_id,
-        outbound_id: OutboundId::new(),
+        client_id: ClientReplyId::new(),
         body,
     };
     for contact in [bens.id, offered.id, ContactId::new()] {
@@ -896,7 +1141,7 @@ async fn replies_are_refused_unless_assigned_and_well_sized() {
     // 1600 characters (not bytes) is fine.
     ana.send(&reply(mine.id, "é".repeat(1600))).await;
     ana.expect("the reply", |m| {
-        matches!(m, ServerMsg::Message { .. }).then_some(())
+        matches!(m, ServerMsg::ReplyOutcome { resent: false, .. }).then_some(())
     })
     .await;
     assert!(d.outbound(&bens.id).await.is_empty());
@@ -913,22 +1158,8 @@ async fn a_delivery_status_reaches_the_assigned_counsellor() {
     ana.hello().await;
     ben.hello().await;
     let outbound_id = OutboundId::new();
-    let status = OutboundStatus {
-        outbound_id,
-        contact_id: rec.id,
-        status: DeliveryStatus::Delivered,
-        provider_sid: None,
-        error_code: None,
-        at: OffsetDateTime::now_utc(),
-    };
-    bus::publish(
-        &d.js,
-        subjects::outbound_status(&rec.id),
-        &format!("status:{outbound_id}:delivered"),
-        &Envelope::new(status),
-    )
-    .await
-    .unwrap();
+    d.publish_status(rec.id, outbound_id, DeliveryStatus::Delivered)
+        .await;
     ana.expect("the status", |m| {
         (*m == ServerMsg::DeliveryStatus {
             contact_id: rec.id,

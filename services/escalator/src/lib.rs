@@ -22,7 +22,7 @@ use nwd_ladder::Floor;
 use nwd_proto::contact::{ContactRecord, offered};
 use nwd_proto::dashboard::PresenceRecord;
 use nwd_proto::streams::buckets;
-use nwd_proto::{ContactId, CounsellorId};
+use nwd_proto::{ContactId, CounsellorId, wire};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::escalation::{self, Announcer};
 use nwd_runtime::kv::{self, Cas};
@@ -190,7 +190,7 @@ impl Escalator {
         let now = floor.now;
         let result = kv::cas(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
@@ -250,7 +250,8 @@ impl Escalator {
         };
         for rec in stragglers {
             // Re-read: the watch may lag behind the announcement.
-            if let Ok(read) = kv::get::<ContactRecord>(&self.contacts, &rec.id.to_string()).await
+            if let Ok(read) =
+                kv::get::<ContactRecord>(&self.contacts, &wire::key::contact(&rec.id)).await
                 && let Some(cur) = read.value
                 && !escalation::unannounced(&cur).is_empty()
             {

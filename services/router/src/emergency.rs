@@ -8,7 +8,7 @@
 //! The decision is a compare-and-swap on the contact record: only its
 //! assignee may disclose, and the record keeps when the disclosure was made,
 //! so a retried request republishes the same audit record and SMS under the
-//! same ids (`<contact>:emergency:<partner>:<unix-seconds>`) and nothing is
+//! same ids (`wire::msg_id::emergency_disclosure`) and nothing is
 //! recorded or sent twice. The reply is `Done` only once both are on their
 //! streams. A partner that is not a hospital is refused, and the refusal is
 //! itself audited (`not_medical_personnel`).
@@ -21,7 +21,7 @@ use nwd_proto::events::{
     Author, Disclosure, DisclosureRefused, LegalBasis, OutboundSms, Recipient,
 };
 use nwd_proto::router::{MAX_EMERGENCY_NATURE_CHARS, RouterReply, valid_emergency_nature};
-use nwd_proto::{ContactId, CounsellorId, Envelope, OutboundId, PartnerId, subjects};
+use nwd_proto::{ContactId, CounsellorId, Envelope, PartnerId, subjects, wire};
 use nwd_runtime::kv::{self, Cas};
 use time::OffsetDateTime;
 
@@ -42,11 +42,6 @@ const TRY_AGAIN: &str = "the line could not record this just now; please try aga
 /// Only hospitals count as medical personnel (ADR 0007, "Medical emergency").
 pub fn is_medical_personnel(partner: &Partner) -> bool {
     partner.kind == PartnerKind::Hospital
-}
-
-/// The `Nats-Msg-Id` stem of one disclosure: the same for a retried request.
-pub fn disclosure_key(contact: &ContactId, partner: &PartnerId, at: OffsetDateTime) -> String {
-    format!("{contact}:emergency:{partner}:{}", at.unix_timestamp())
 }
 
 /// What the compare-and-swap decided.
@@ -99,7 +94,7 @@ impl Router {
         let now = OffsetDateTime::now_utc();
         let result = kv::cas(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             |cur: Option<ContactRecord>| {
                 let Some(rec) = cur else {
                     return Cas::Keep(Decided::Refused(TransitionError::NotAssigned));
@@ -178,7 +173,6 @@ impl Router {
         at: OffsetDateTime,
     ) -> Result<(), StepError> {
         let id = record.id;
-        let key = disclosure_key(&id, &partner.id, at);
         let disclosure = Disclosure {
             contact_id: id,
             patient: record
@@ -197,7 +191,7 @@ impl Router {
         };
         self.publish(
             subjects::audit_disclosure(&id),
-            &key,
+            &wire::msg_id::emergency_disclosure(&id, &partner.id, at),
             &Envelope::new(disclosure),
         )
         .await?;
@@ -205,7 +199,7 @@ impl Router {
         // A plain SMS from the line's number, whatever channel the person used.
         let from = record.channel.line_towards(&to);
         let line_name = self.directory().line.name.clone();
-        let outbound_id = OutboundId::derived(&format!("{key}:sms"));
+        let outbound_id = wire::outbound::emergency_notice(&id, &partner.id, at);
         let sms = OutboundSms {
             outbound_id,
             contact_id: id,
@@ -219,7 +213,7 @@ impl Router {
         };
         self.publish(
             subjects::outbound_sms(&id),
-            &format!("out:{outbound_id}"),
+            &wire::msg_id::outbound_sms(&outbound_id),
             &Envelope::new(sms),
         )
         .await
@@ -235,7 +229,6 @@ impl Router {
         patient: String,
         now: OffsetDateTime,
     ) -> (RouterReply, Vec<FollowUp>) {
-        let key = format!("{}:refused", disclosure_key(&id, &partner.id, now));
         let refusal = DisclosureRefused {
             contact_id: id,
             patient,
@@ -247,7 +240,7 @@ impl Router {
         if let Err(e) = self
             .publish(
                 subjects::audit_disclosure_refused(&id),
-                &key,
+                &wire::msg_id::emergency_refused(&id, &partner.id, now),
                 &Envelope::new(refusal),
             )
             .await

@@ -21,7 +21,7 @@ use nwd_proto::directory::Directory;
 use nwd_proto::events::{ContactAssigned, ContactResolved, MessageTriaged};
 use nwd_proto::ladder::{Escalation, StepRecord};
 use nwd_proto::router::{RouterCommand, RouterReply};
-use nwd_proto::{ContactId, CounsellorId, Envelope, Event, subjects};
+use nwd_proto::{ContactId, CounsellorId, Envelope, Event, subjects, wire};
 use nwd_runtime::bus;
 use nwd_runtime::escalation::Announcer;
 use nwd_runtime::kv::{self, Cas, KvError};
@@ -296,7 +296,7 @@ impl Router {
         let floor = self.floor();
         let (outcome, revision) = kv::cas_from(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             self.guess(&id, ev.message.opens_contact),
             |cur: Option<ContactRecord>| {
                 let mut record = match cur {
@@ -431,7 +431,7 @@ impl Router {
         let messages = transcript::load(&self.js, &id).await?;
         let (outcome, revision) = kv::cas_from(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             self.guess(&id, false),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
@@ -463,7 +463,7 @@ impl Router {
         let now = OffsetDateTime::now_utc();
         let (outcome, revision) = kv::cas_from(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             self.guess(&id, false),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
@@ -578,7 +578,7 @@ impl Router {
         let grace = self.orphan_grace;
         let (outcome, revision) = kv::cas(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
@@ -725,7 +725,7 @@ impl Router {
         let now = OffsetDateTime::now_utc();
         let result = kv::cas_from(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             self.guess(&id, false),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
@@ -781,7 +781,7 @@ impl Router {
         if let Err(e) = self
             .publish(
                 subjects::contact_assigned(&id),
-                &format!("assigned:{id}:{who}"),
+                &wire::msg_id::contact_assigned(&id, &who),
                 &event,
             )
             .await
@@ -818,7 +818,7 @@ impl Router {
         let now = OffsetDateTime::now_utc();
         let result = kv::cas(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(Declined::Refused(TransitionError::NotOffered));
@@ -885,7 +885,7 @@ impl Router {
         let now = OffsetDateTime::now_utc();
         let result = kv::cas(
             &self.contacts,
-            &id.to_string(),
+            &wire::key::contact(&id),
             |cur: Option<ContactRecord>| {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(Err(TransitionError::NotAssigned));
@@ -926,7 +926,7 @@ impl Router {
         // Intake closes the sender's thread on this event: it must be on the
         // stream before we say done. A retry takes the path above and
         // republishes under the same id.
-        let msg_id = format!("resolved:{id}:{}", at.unix_timestamp_nanos());
+        let msg_id = wire::msg_id::contact_resolved(&id, at);
         if let Err(e) = self
             .publish(subjects::contact_resolved(&id), &msg_id, &event)
             .await

@@ -252,8 +252,11 @@ impl Line {
         body: &str,
     ) -> MessageTriaged {
         let ev = triaged(contact, level, lang, body);
-        self.publish(&ev, &format!("triaged:{}", ev.message.message_id))
-            .await;
+        self.publish(
+            &ev,
+            &nwd_proto::wire::msg_id::message_triaged(&ev.message.message_id),
+        )
+        .await;
         ev
     }
 
@@ -882,8 +885,11 @@ mod medical_emergency {
         let id = ContactId::new();
         let mut ev = triaged(id, RiskLevel::High, Language::En, "I took all my pills");
         ev.message.patient = Some("maria".into());
-        line.publish(&ev, &format!("triaged:{}", ev.message.message_id))
-            .await;
+        line.publish(
+            &ev,
+            &nwd_proto::wire::msg_id::message_triaged(&ev.message.message_id),
+        )
+        .await;
         line.pushes.wait_offer(who, id).await;
         assert_eq!(line.accept(id, who).await, RouterReply::Done);
         id

@@ -1,0 +1,350 @@
+//! Dedupe ids (`Nats-Msg-Id`), deterministic outbound ids and KV keys, built
+//! in one place next to the subjects. Never write one with `format!` in a
+//! service.
+//!
+//! These strings are stored: in each stream's duplicate window, as KV keys,
+//! as the outbound ids of messages already sent (the notifier's `sends`
+//! records and Twilio's status callbacks name them). Changing one is a wire
+//! change: a step republished after an upgrade would get a new id and be
+//! sent twice. The tests below pin today's exact strings.
+//!
+//! Namespaces of derived outbound ids: the line's own messages are derived
+//! from names that start with the contact id (`<contact>:safety`,
+//! `<contact>:step:<n>:…`, `<contact>:emergency:…`); a counsellor's reply
+//! from a name that starts with `reply:`. A contact id is a ULID (uppercase
+//! Crockford base32), so no reply name equals a system name and no browser
+//! can make its reply take the id of a safety message.
+
+use time::OffsetDateTime;
+
+use crate::events::DeliveryStatus;
+use crate::ids::PartnerId;
+use crate::ids::{ClientReplyId, ContactId, CounsellorId, MessageId, MessageSid, OutboundId};
+
+/// `Nats-Msg-Id`s: the idempotency key of each publish.
+pub mod msg_id {
+    use super::*;
+
+    /// An inbound SMS (INBOUND): Twilio's MessageSid, so Twilio's retries dedupe.
+    pub fn inbound_sms(sid: &MessageSid) -> String {
+        sid.as_str().to_owned()
+    }
+
+    /// A delivery-status callback (INBOUND): one per message and status.
+    pub fn sms_status(sid: &MessageSid, status: DeliveryStatus) -> String {
+        format!("status:{sid}:{}", status.as_str())
+    }
+
+    /// A person's message threaded into a contact (CONTACTS).
+    pub fn contact_message(message: &MessageId) -> String {
+        format!("msg:{message}")
+    }
+
+    /// A person's message with its risk assessment (CONTACTS).
+    pub fn message_triaged(message: &MessageId) -> String {
+        format!("triaged:{message}")
+    }
+
+    /// A contact accepted by a counsellor (CONTACTS).
+    pub fn contact_assigned(contact: &ContactId, counsellor: &CounsellorId) -> String {
+        format!("assigned:{contact}:{counsellor}")
+    }
+
+    /// A contact resolved at `at` (CONTACTS): a retried resolve republishes
+    /// under the same id because the record keeps `at`.
+    pub fn contact_resolved(contact: &ContactId, at: OffsetDateTime) -> String {
+        format!("resolved:{contact}:{}", at.unix_timestamp_nanos())
+    }
+
+    /// An SMS to send (OUTBOUND): the notifier also sends each outbound id once.
+    pub fn outbound_sms(outbound: &OutboundId) -> String {
+        format!("out:{outbound}")
+    }
+
+    /// What became of an outbound SMS (OUTBOUND): one per message and status.
+    pub fn outbound_status(outbound: &OutboundId, status: DeliveryStatus) -> String {
+        format!("status:{outbound}:{}", status.as_str())
+    }
+
+    /// Escalation step `step` of a contact (CONTACTS, `ContactEscalated`),
+    /// and the stem of the ids of the step's audit records.
+    pub fn escalation_step(contact: &ContactId, step: u64) -> String {
+        format!("{contact}:step:{step}")
+    }
+
+    /// The disclosure record (AUDIT) of a step's notice to a trusted contact.
+    pub fn step_disclosure(contact: &ContactId, step: u64, recipient: &str) -> String {
+        format!("{}:disclosure:{recipient}", escalation_step(contact, step))
+    }
+
+    /// The refusal record (AUDIT) of a step's disclosure to a trusted contact.
+    pub fn step_disclosure_refused(contact: &ContactId, step: u64, recipient: &str) -> String {
+        format!("{}:refused:{recipient}", escalation_step(contact, step))
+    }
+
+    /// A medical-emergency disclosure (AUDIT) made at `at` (whole seconds):
+    /// a retried request carries the record's time, so the same id.
+    pub fn emergency_disclosure(
+        contact: &ContactId,
+        partner: &PartnerId,
+        at: OffsetDateTime,
+    ) -> String {
+        format!("{contact}:emergency:{partner}:{}", at.unix_timestamp())
+    }
+
+    /// A refused medical-emergency disclosure (AUDIT) considered at `at`.
+    pub fn emergency_refused(
+        contact: &ContactId,
+        partner: &PartnerId,
+        at: OffsetDateTime,
+    ) -> String {
+        format!("{}:refused", emergency_disclosure(contact, partner, at))
+    }
+}
+
+/// Deterministic outbound ids: a side effect repeated after a crash carries
+/// the same id, so it is stored and sent once.
+pub mod outbound {
+    use super::*;
+
+    fn system(contact: &ContactId, name: &str) -> OutboundId {
+        OutboundId::derived(&format!("{contact}:{name}"))
+    }
+
+    /// The safety message of an imminent contact: once per contact.
+    pub fn safety_message(contact: &ContactId) -> OutboundId {
+        system(contact, "safety")
+    }
+
+    /// The acknowledgement sent by escalation step `step`.
+    pub fn acknowledgement(contact: &ContactId, step: u64) -> OutboundId {
+        system(contact, &format!("step:{step}:ack"))
+    }
+
+    /// The backup line's alert sent by escalation step `step`.
+    pub fn backup_alert(contact: &ContactId, step: u64) -> OutboundId {
+        system(contact, &format!("step:{step}:backup"))
+    }
+
+    /// The notice to trusted contact `recipient` sent by escalation step `step`.
+    pub fn trusted_contact(contact: &ContactId, step: u64, recipient: &str) -> OutboundId {
+        system(contact, &format!("step:{step}:trusted:{recipient}"))
+    }
+
+    /// The SMS telling a hospital of a medical-emergency disclosure made at `at`.
+    pub fn emergency_notice(
+        contact: &ContactId,
+        partner: &PartnerId,
+        at: OffsetDateTime,
+    ) -> OutboundId {
+        OutboundId::derived(&format!(
+            "{}:sms",
+            super::msg_id::emergency_disclosure(contact, partner, at)
+        ))
+    }
+
+    /// A counsellor's reply: derived from the contact, the counsellor of the
+    /// authenticated session and the browser's id, so the browser's id only
+    /// dedupes that counsellor's resends in that contact. In the `reply:`
+    /// namespace, apart from every system message.
+    pub fn counsellor_reply(
+        contact: &ContactId,
+        counsellor: &CounsellorId,
+        client: &ClientReplyId,
+    ) -> OutboundId {
+        OutboundId::derived(&format!("reply:{contact}:{counsellor}:{client}"))
+    }
+}
+
+/// KV keys.
+pub mod key {
+    use super::*;
+
+    /// `contacts` bucket: the contact's state record.
+    pub fn contact(contact: &ContactId) -> String {
+        contact.to_string()
+    }
+
+    /// `presence` bucket: a counsellor's presence.
+    pub fn presence(counsellor: &CounsellorId) -> String {
+        counsellor.as_str().to_owned()
+    }
+
+    /// `sends` bucket: the notifier's send record of one outbound id.
+    pub fn send(outbound: &OutboundId) -> String {
+        outbound.to_string()
+    }
+
+    /// `replies` bucket: the dashboard's record of one counsellor reply.
+    pub fn reply(outbound: &OutboundId) -> String {
+        outbound.to_string()
+    }
+
+    /// `threads` bucket: the open thread of an SMS sender, by the sender's
+    /// pseudonym (never the number itself).
+    pub fn sms_thread(pseudonym: &str) -> String {
+        format!("sms.{pseudonym}")
+    }
+
+    /// `directory` bucket: the directory in force.
+    pub const DIRECTORY_CURRENT: &str = "current";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contact() -> ContactId {
+        "01JD5W3QK3N7Y8Z9ABCDEFGHJK".parse().unwrap()
+    }
+
+    fn ana() -> CounsellorId {
+        CounsellorId::parse("ana").unwrap()
+    }
+
+    const OUT: &str = "01JD5W3QK3N7Y8Z9ABCDEFGHJM";
+
+    #[test]
+    fn dedupe_ids_are_todays_strings() {
+        let c = contact();
+        let out: OutboundId = OUT.parse().unwrap();
+        let msg: MessageId = "01JD5W3QK3N7Y8Z9ABCDEFGHJN".parse().unwrap();
+        let sid = MessageSid::parse("SM0123456789abcdef0123456789abcdef").unwrap();
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        let hospital = PartnerId::parse("county-hospital").unwrap();
+        assert_eq!(
+            msg_id::inbound_sms(&sid),
+            "SM0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(
+            msg_id::sms_status(&sid, DeliveryStatus::Delivered),
+            "status:SM0123456789abcdef0123456789abcdef:delivered"
+        );
+        assert_eq!(
+            msg_id::contact_message(&msg),
+            "msg:01JD5W3QK3N7Y8Z9ABCDEFGHJN"
+        );
+        assert_eq!(
+            msg_id::message_triaged(&msg),
+            "triaged:01JD5W3QK3N7Y8Z9ABCDEFGHJN"
+        );
+        assert_eq!(
+            msg_id::contact_assigned(&c, &ana()),
+            "assigned:01JD5W3QK3N7Y8Z9ABCDEFGHJK:ana"
+        );
+        assert_eq!(
+            msg_id::contact_resolved(&c, at),
+            "resolved:01JD5W3QK3N7Y8Z9ABCDEFGHJK:1700000000123456789"
+        );
+        assert_eq!(msg_id::outbound_sms(&out), format!("out:{OUT}"));
+        assert_eq!(
+            msg_id::outbound_status(&out, DeliveryStatus::Sent),
+            format!("status:{OUT}:sent")
+        );
+        assert_eq!(
+            msg_id::escalation_step(&c, 3),
+            "01JD5W3QK3N7Y8Z9ABCDEFGHJK:step:3"
+        );
+        assert_eq!(
+            msg_id::step_disclosure(&c, 3, "maria-sister"),
+            "01JD5W3QK3N7Y8Z9ABCDEFGHJK:step:3:disclosure:maria-sister"
+        );
+        assert_eq!(
+            msg_id::step_disclosure_refused(&c, 3, "james-partner"),
+            "01JD5W3QK3N7Y8Z9ABCDEFGHJK:step:3:refused:james-partner"
+        );
+        assert_eq!(
+            msg_id::emergency_disclosure(&c, &hospital, at),
+            "01JD5W3QK3N7Y8Z9ABCDEFGHJK:emergency:county-hospital:1700000000"
+        );
+        assert_eq!(
+            msg_id::emergency_refused(&c, &hospital, at),
+            "01JD5W3QK3N7Y8Z9ABCDEFGHJK:emergency:county-hospital:1700000000:refused"
+        );
+    }
+
+    #[test]
+    fn system_outbound_ids_are_derived_from_todays_names() {
+        let c = contact();
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let hospital = PartnerId::parse("county-hospital").unwrap();
+        let derived =
+            |name: &str| OutboundId::derived(&format!("01JD5W3QK3N7Y8Z9ABCDEFGHJK:{name}"));
+        assert_eq!(outbound::safety_message(&c), derived("safety"));
+        assert_eq!(outbound::acknowledgement(&c, 2), derived("step:2:ack"));
+        assert_eq!(outbound::backup_alert(&c, 7), derived("step:7:backup"));
+        assert_eq!(
+            outbound::trusted_contact(&c, 5, "maria-sister"),
+            derived("step:5:trusted:maria-sister")
+        );
+        assert_eq!(
+            outbound::emergency_notice(&c, &hospital, at),
+            derived("emergency:county-hospital:1700000000:sms")
+        );
+        // And the derivation itself is stable (ids already in `sends` records).
+        assert_eq!(
+            outbound::safety_message(&c),
+            OutboundId::derived("01JD5W3QK3N7Y8Z9ABCDEFGHJK:safety")
+        );
+        assert_eq!(
+            OutboundId::derived("01JD5W3QK3N7Y8Z9ABCDEFGHJK:safety").to_string(),
+            outbound::safety_message(&c).to_string()
+        );
+    }
+
+    #[test]
+    fn a_reply_id_depends_on_contact_counsellor_and_browser_id_and_never_is_a_system_id() {
+        let c = contact();
+        let other = ContactId::new();
+        let ben = CounsellorId::parse("ben").unwrap();
+        let x = ClientReplyId::new();
+        let id = outbound::counsellor_reply(&c, &ana(), &x);
+        assert_eq!(id, outbound::counsellor_reply(&c, &ana(), &x), "stable");
+        assert_ne!(id, outbound::counsellor_reply(&other, &ana(), &x));
+        assert_ne!(id, outbound::counsellor_reply(&c, &ben, &x));
+        assert_ne!(
+            id,
+            outbound::counsellor_reply(&c, &ana(), &ClientReplyId::new())
+        );
+        assert_ne!(
+            id.to_string(),
+            x.to_string(),
+            "never the browser's id itself"
+        );
+        // A browser that sends a system message's id gets another id.
+        for system in [
+            outbound::safety_message(&c),
+            outbound::acknowledgement(&c, 1),
+            outbound::trusted_contact(&c, 5, "maria-sister"),
+        ] {
+            let spoof = ClientReplyId::from_ulid(system.ulid());
+            assert_ne!(outbound::counsellor_reply(&c, &ana(), &spoof), system);
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever id a browser sends, its reply never takes the id of one
+        /// of the line's own messages for that contact.
+        #[test]
+        fn no_browser_id_yields_a_system_id(client in proptest::prelude::any::<u128>(), step in 1u64..64) {
+            let c = contact();
+            let reply = outbound::counsellor_reply(&c, &ana(), &ClientReplyId::from_ulid(ulid::Ulid(client)));
+            proptest::prop_assert_ne!(reply, outbound::safety_message(&c));
+            proptest::prop_assert_ne!(reply, outbound::acknowledgement(&c, step));
+            proptest::prop_assert_ne!(reply, outbound::backup_alert(&c, step));
+            proptest::prop_assert_ne!(reply, outbound::trusted_contact(&c, step, "maria-sister"));
+        }
+    }
+
+    #[test]
+    fn kv_keys_are_todays_strings() {
+        let c = contact();
+        let out: OutboundId = OUT.parse().unwrap();
+        assert_eq!(key::contact(&c), "01JD5W3QK3N7Y8Z9ABCDEFGHJK");
+        assert_eq!(key::presence(&ana()), "ana");
+        assert_eq!(key::send(&out), OUT);
+        assert_eq!(key::reply(&out), OUT);
+        assert_eq!(key::sms_thread("00ff"), "sms.00ff");
+        assert_eq!(key::DIRECTORY_CURRENT, "current");
+    }
+}
