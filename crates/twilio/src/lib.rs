@@ -15,8 +15,8 @@ pub mod form;
 pub mod rest;
 pub mod signature;
 
-pub use form::{InboundSmsForm, StatusCallbackForm, new_message_sid};
 pub use callback::{STATUS_CALLBACK_PATH, status_callback_url};
+pub use form::{InboundSmsForm, StatusCallbackForm, new_message_sid};
 pub use rest::{ErrorResponse, MessageFilter, MessagePage, MessageResource, is_permanent};
 
 /// The header Twilio signs webhooks with.
