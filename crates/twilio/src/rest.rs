@@ -183,9 +183,11 @@ pub fn parse_date(s: &str) -> Option<OffsetDateTime> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {
     pub code: u32,
+    #[serde(default)]
     pub message: String,
     #[serde(default)]
     pub more_info: String,
+    #[serde(default)]
     pub status: u16,
 }
 

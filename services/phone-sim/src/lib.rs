@@ -10,7 +10,8 @@
 //! - serves a phone page at `/` to text the line by hand;
 //! - test controls: `POST /api/fail-next?count=&status=&code=` fails the next
 //!   creates with a Twilio error, `POST /api/slow-next?count=&ms=` creates the
-//!   next messages but answers only after `ms` (a lost answer).
+//!   next messages but answers only after `ms` (a lost answer);
+//!   `GET /api/rest-calls` counts the REST requests.
 //!
 //! Twilio's magic test numbers fail as Twilio's test credentials do:
 //! `+15005550001` → 21211 (invalid), `+15005550002` → 21612 (not reachable),
@@ -156,8 +157,19 @@ struct Store {
     outbound: Vec<OutboundRecord>,
     /// Patient phone → conversation, in order.
     conversations: BTreeMap<String, Vec<ConversationEntry>>,
+    /// Requests to the REST API, answered or refused.
+    calls: RestCalls,
     /// What the next creates run into, and how many of them.
     trouble: Option<(Trouble, u32)>,
+}
+
+/// How many requests the REST API got: `GET /api/rest-calls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestCalls {
+    /// `POST …/Messages.json`, including refused ones.
+    pub create: u32,
+    /// `GET …/Messages.json`, every page.
+    pub list: u32,
 }
 
 /// A test control's effect on the next `POST …/Messages.json`.
@@ -313,6 +325,7 @@ pub fn app(sim: Sim) -> Router {
             get(conversation).post(patient_sends),
         )
         .route("/api/messages", get(list_outbound))
+        .route("/api/rest-calls", get(rest_calls))
         .route("/api/fail-next", post(fail_next))
         .route("/api/slow-next", post(slow_next))
         .with_state(sim)
@@ -477,6 +490,10 @@ async fn conversation(
         .cloned()
         .unwrap_or_default();
     axum::Json(ConversationView { phone, messages })
+}
+
+async fn rest_calls(State(sim): State<Sim>) -> axum::Json<RestCalls> {
+    axum::Json(sim.store().calls)
 }
 
 async fn list_outbound(State(sim): State<Sim>) -> axum::Json<Vec<OutboundRecord>> {

@@ -82,6 +82,7 @@ pub(crate) async fn create_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    sim.store().calls.create += 1;
     if let Some(refused) = account_refusal(&sim, &headers, &account_sid) {
         return refused;
     }
@@ -234,6 +235,7 @@ pub(crate) async fn list_messages(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    sim.store().calls.list += 1;
     if let Some(refused) = account_refusal(&sim, &headers, &account_sid) {
         return refused;
     }
