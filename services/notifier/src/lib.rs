@@ -95,7 +95,7 @@ pub struct Config {
     /// How long a send lease lasts (milliseconds): while it is live no other
     /// replica sends that message. Must exceed the HTTP timeout, with room
     /// for clock skew between replicas.
-    #[arg(long, env = "NWD_NOTIFIER_SEND_LEASE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "NWD_NOTIFIER_SEND_LEASE_MS", default_value_t = 20_000)]
     pub send_lease_ms: u64,
     /// 4xx answers without a permanent Twilio code tolerated per message;
     /// then it is reported failed to the counsellor.

@@ -740,3 +740,26 @@ async fn an_unknown_4xx_is_retried_a_bounded_number_of_times_then_reported_faile
     notifier.stop().await;
     twilio.stop().await;
 }
+
+#[tokio::test]
+async fn a_lease_that_cannot_outlast_its_call_is_refused_at_start() {
+    let twilio = FakeTwilio::start().await;
+    let config = Config {
+        http_timeout_ms: 10_000,
+        send_lease_ms: 10_000,
+        ..config("nats://127.0.0.1:1", &twilio)
+    };
+    let listener = nwd_testkit::listener().await;
+    let refused = run(config, listener, CancellationToken::new()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::LeaseTooShort {
+                lease_ms: 10_000,
+                timeout_ms: 10_000
+            })
+        ),
+        "{refused:?}"
+    );
+    twilio.stop().await;
+}
