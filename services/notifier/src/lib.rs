@@ -876,32 +876,39 @@ impl SendHandler {
             }
         }
 
-        let (learnt, outcome) = match self.twilio.send(out).await {
+        let learnt = match self.twilio.send(out).await {
             SendResult::Accepted { sid, status } => {
                 tracing::info!(outbound_id = %out.outbound_id, contact_id = %out.contact_id, provider_sid = %sid, "sms sent");
                 count("sent");
-                (Learnt::Sent { sid, status }, Outcome::Ack)
+                Learnt::Sent { sid, status }
             }
             SendResult::Permanent { http, code } => {
                 tracing::warn!(outbound_id = %out.outbound_id, contact_id = %out.contact_id, http, error_code = code, "sms refused permanently; not retrying");
                 count("failed_permanent");
-                (Learnt::Permanent { code }, Outcome::Ack)
+                Learnt::Permanent { code }
             }
             SendResult::Transient { reason } => {
                 tracing::warn!(outbound_id = %out.outbound_id, %reason, "sms send failed; retrying");
                 count("retry");
-                (Learnt::Unsure, retry)
+                Learnt::Unsure
             }
             SendResult::Refused { http, code } => {
                 tracing::error!(outbound_id = %out.outbound_id, http, error_code = ?code, "twilio refused the request without a permanent code (check the account configuration)");
-                (Learnt::Refused { code }, retry)
+                Learnt::Refused { code }
             }
         };
         match self.record(out, &owner, &learnt).await? {
             Recorded::Final(record) => {
                 self.finish(out, &record).await?;
                 match (&learnt, &record.state) {
-                    (Learnt::Permanent { .. }, _) => count_failed("permanent"),
+                    (
+                        Learnt::Permanent { .. },
+                        SendState::Failed {
+                            permanent: true, ..
+                        },
+                    ) => {
+                        count_failed("permanent");
+                    }
                     (Learnt::Refused { .. }, SendState::Failed { .. }) => {
                         tracing::error!(outbound_id = %out.outbound_id, contact_id = %out.contact_id, max_refusals = self.max_refusals, "sms refused too many times; reported failed");
                         count("failed_refused");
@@ -911,11 +918,13 @@ impl SendHandler {
                 }
                 Ok(Outcome::Ack)
             }
+            // Not final, or the lease was lost meanwhile (its new holder
+            // decides): look again later.
             Recorded::Again => {
                 if matches!(learnt, Learnt::Refused { .. }) {
                     count("retry");
                 }
-                Ok(outcome)
+                Ok(retry)
             }
         }
     }

@@ -608,8 +608,10 @@ async fn a_crash_between_sending_and_sent_is_reconciled_not_sent_again() {
     twilio.slow_next(1, 10_000).await;
     let short = |name: &str| Config {
         replica_id: Some(name.to_owned()),
-        http_timeout_ms: 1_500,
-        send_lease_ms: 2_000,
+        // Long enough that the first replica is still waiting for its
+        // answer when it dies, even on a loaded machine.
+        http_timeout_ms: 4_000,
+        send_lease_ms: 5_000,
         ..config(&server.url(), &twilio)
     };
     let first = Notifier::start(short("notifier-a")).await;

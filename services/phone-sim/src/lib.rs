@@ -316,7 +316,7 @@ pub fn app(sim: Sim) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PHONE_PAGE) }))
         .route(
-            "/2010-04-01/Accounts/{account_sid}/Messages.json",
+            &nwd_twilio::rest::messages_path("{account_sid}"),
             post(rest::create_message).get(rest::list_messages),
         )
         .route("/api/phones", get(list_phones))
