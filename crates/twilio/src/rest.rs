@@ -1,17 +1,22 @@
-//! Twilio's REST Messages resource (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`)
-//! and its error body.
+//! Twilio's REST Messages resource: create (`POST /2010-04-01/Accounts/{AccountSid}/Messages.json`),
+//! list (`GET` on the same path, filtered by `To`, `From`, `DateSent`, paged), and the error body.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime};
 
 /// A Message resource, as Twilio returns it (`201 Created` on create).
 ///
 /// Every key is always present; unknown or unsent values are `null`.
-/// `num_segments` and `num_media` are strings; dates are RFC 2822.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `num_segments` and `num_media` are strings; dates are RFC 2822. A key
+/// missing from an answer reads as empty, so a reader never fails on a
+/// resource Twilio trimmed (a send that cannot be read would be resent).
+/// Twilio does not show a message's `StatusCallback`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MessageResource {
     pub account_sid: String,
     pub api_version: String,
@@ -37,14 +42,152 @@ pub struct MessageResource {
     pub uri: String,
 }
 
+impl MessageResource {
+    /// When Twilio created the message (whole seconds), if readable.
+    pub fn created_at(&self) -> Option<OffsetDateTime> {
+        parse_date(self.date_created.as_deref()?)
+    }
+
+    /// When Twilio sent it, if it has.
+    pub fn sent_at(&self) -> Option<OffsetDateTime> {
+        parse_date(self.date_sent.as_deref()?)
+    }
+
+    /// Sent by us through the API (not an inbound message or a TwiML reply).
+    pub fn is_outbound(&self) -> bool {
+        self.direction.starts_with("outbound")
+    }
+}
+
+/// One page of the Messages list, newest first, in Twilio's paging shape.
+/// `next_page_uri` is a path (with query) on the API host, `None` on the
+/// last page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MessagePage {
+    pub messages: Vec<MessageResource>,
+    pub end: u64,
+    pub first_page_uri: String,
+    pub next_page_uri: Option<String>,
+    pub page: u64,
+    pub page_size: u64,
+    pub previous_page_uri: Option<String>,
+    pub start: u64,
+    pub uri: String,
+}
+
+/// The filters of `GET …/Messages.json` we use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageFilter {
+    /// `To`: the recipient.
+    pub to: Option<String>,
+    /// `From`: the sender.
+    pub from: Option<String>,
+    /// `DateSent=YYYY-MM-DD` (GMT): messages *sent* that day. A message
+    /// still queued has no `date_sent` and is not matched.
+    pub date_sent: Option<Date>,
+    /// `PageSize` (Twilio: default 50, at most 1000).
+    pub page_size: Option<u32>,
+}
+
+/// A list query Twilio would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    #[error("DateSent must be a date as YYYY-MM-DD")]
+    DateSent,
+    #[error("PageSize must be a number from 1 to 1000")]
+    PageSize,
+    #[error("Page must be a number")]
+    Page,
+}
+
+/// Twilio's largest `PageSize`.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Twilio's default `PageSize`.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+impl MessageFilter {
+    /// The query pairs, in Twilio's names.
+    pub fn query(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::with_capacity(4);
+        if let Some(to) = &self.to {
+            q.push(("To", to.clone()));
+        }
+        if let Some(from) = &self.from {
+            q.push(("From", from.clone()));
+        }
+        if let Some(date) = self.date_sent {
+            q.push(("DateSent", format_date(date)));
+        }
+        if let Some(size) = self.page_size {
+            q.push(("PageSize", size.to_string()));
+        }
+        q
+    }
+
+    /// Reads the filters (and the page number) of a list request, as the
+    /// phone simulator serves it. Unknown parameters are ignored.
+    pub fn parse(pairs: &[(String, String)]) -> Result<(Self, u64), FilterError> {
+        let mut filter = Self::default();
+        let mut page = 0;
+        for (name, value) in pairs {
+            match name.as_str() {
+                "To" => filter.to = Some(value.clone()),
+                "From" => filter.from = Some(value.clone()),
+                "DateSent" => {
+                    filter.date_sent =
+                        Some(Date::parse(value, DATE_FORMAT).map_err(|_| FilterError::DateSent)?);
+                }
+                "PageSize" => {
+                    let size = value.parse::<u32>().map_err(|_| FilterError::PageSize)?;
+                    if !(1..=MAX_PAGE_SIZE).contains(&size) {
+                        return Err(FilterError::PageSize);
+                    }
+                    filter.page_size = Some(size);
+                }
+                "Page" => page = value.parse::<u64>().map_err(|_| FilterError::Page)?,
+                _ => {}
+            }
+        }
+        Ok((filter, page))
+    }
+
+    /// Whether a message passes the filters (paging aside).
+    pub fn matches(&self, m: &MessageResource) -> bool {
+        self.to.as_ref().is_none_or(|to| *to == m.to)
+            && self
+                .from
+                .as_ref()
+                .is_none_or(|from| m.from.as_ref() == Some(from))
+            && self
+                .date_sent
+                .is_none_or(|date| m.sent_at().is_some_and(|at| at.date() == date))
+    }
+}
+
+const DATE_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]");
+
+/// A date as the list filters take it: `YYYY-MM-DD`.
+pub fn format_date(date: Date) -> String {
+    date.format(DATE_FORMAT).unwrap_or_default()
+}
+
+/// Reads a date as Twilio writes it (RFC 2822).
+pub fn parse_date(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &Rfc2822).ok()
+}
+
 /// Twilio's error body: `{code, message, more_info, status}`.
 /// Branch on `code` and `status`; `message` wording changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {
     pub code: u32,
+    #[serde(default)]
     pub message: String,
     #[serde(default)]
     pub more_info: String,
+    #[serde(default)]
     pub status: u16,
 }
 
@@ -66,6 +209,8 @@ pub mod codes {
     pub const AUTHENTICATION_FAILED: u32 = 20003;
     /// The requested resource was not found.
     pub const NOT_FOUND: u32 = 20404;
+    /// A parameter of the request is invalid (e.g. a list filter).
+    pub const INVALID_PARAMETER: u32 = 20001;
     /// Too many requests.
     pub const TOO_MANY_REQUESTS: u32 = 20429;
     /// Internal error on Twilio's side.
@@ -121,11 +266,20 @@ pub fn message_uri(account_sid: &str, sid: &str) -> String {
     )
 }
 
-/// `/2010-04-01/Accounts/{account}/Messages.json`, the create endpoint.
+/// `/2010-04-01/Accounts/{account}/Messages.json`: create (POST) and list (GET).
 pub fn messages_path(account_sid: &str) -> String {
     format!(
         "/{}/Accounts/{account_sid}/Messages.json",
         crate::API_VERSION
+    )
+}
+
+/// [`messages_path`] on an API base URL (`https://api.twilio.com`).
+pub fn messages_url(api_base: &str, account_sid: &str) -> String {
+    format!(
+        "{}{}",
+        api_base.trim_end_matches('/'),
+        messages_path(account_sid)
     )
 }
 
@@ -178,6 +332,58 @@ mod tests {
         assert_eq!(num_segments(&"ñ".repeat(160)), 1);
         assert_eq!(num_segments(&"🙂".repeat(35)), 1);
         assert_eq!(num_segments(&"🙂".repeat(36)), 2);
+    }
+
+    #[test]
+    fn list_filters_round_trip_and_match() {
+        let filter = MessageFilter {
+            to: Some("+15005550142".into()),
+            from: Some("+15005550110".into()),
+            date_sent: Some(time::macros::date!(2025 - 02 - 19)),
+            page_size: Some(20),
+        };
+        let pairs: Vec<(String, String)> = filter
+            .query()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(pairs[2], ("DateSent".to_owned(), "2025-02-19".to_owned()));
+        assert_eq!(MessageFilter::parse(&pairs), Ok((filter.clone(), 0)));
+
+        let mut m = MessageResource {
+            to: "+15005550142".into(),
+            from: Some("+15005550110".into()),
+            date_sent: Some("Wed, 19 Feb 2025 23:59:59 +0000".into()),
+            ..MessageResource::default()
+        };
+        assert!(filter.matches(&m));
+        m.date_sent = None; // still queued: not "sent on" any day
+        assert!(!filter.matches(&m));
+        m.date_sent = Some("Thu, 20 Feb 2025 00:00:00 +0000".into());
+        assert!(!filter.matches(&m));
+        assert!(MessageFilter::default().matches(&m));
+
+        let bad = |k: &str, v: &str| MessageFilter::parse(&[(k.to_owned(), v.to_owned())]);
+        assert_eq!(bad("DateSent", "19/02/2025"), Err(FilterError::DateSent));
+        assert_eq!(bad("PageSize", "1001"), Err(FilterError::PageSize));
+        assert_eq!(bad("Page", "x"), Err(FilterError::Page));
+    }
+
+    #[test]
+    fn a_page_reads_twilio_paging_fields() {
+        let page: MessagePage = serde_json::from_str(
+            r#"{"messages":[{"sid":"SM1","to":"+1","direction":"outbound-api","date_created":"Wed, 19 Feb 2025 21:20:05 +0000"}],
+                "end":0,"first_page_uri":"/x?Page=0","next_page_uri":null,"page":0,"page_size":50,
+                "previous_page_uri":null,"start":0,"uri":"/x?Page=0"}"#,
+        )
+        .unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert!(page.messages[0].is_outbound());
+        assert_eq!(
+            page.messages[0].created_at(),
+            Some(time::macros::datetime!(2025-02-19 21:20:05 UTC))
+        );
+        assert_eq!(page.next_page_uri, None);
     }
 
     #[test]

@@ -46,7 +46,7 @@ use tracing::Instrument;
 /// Path of the inbound SMS webhook.
 pub const SMS_PATH: &str = "/v1/sms/twilio";
 /// Path of the delivery status callback.
-pub const STATUS_PATH: &str = "/v1/sms/twilio/status";
+pub const STATUS_PATH: &str = nwd_twilio::STATUS_CALLBACK_PATH;
 /// The empty TwiML document: "received, no reply from Twilio itself".
 pub const EMPTY_TWIML: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response/>"#;
 

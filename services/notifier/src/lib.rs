@@ -2,11 +2,19 @@
 //! outbound id, and reports what became of them.
 //!
 //! Each `OutboundSms` has a send record in the `sends` bucket (key = outbound
-//! id), changed only by compare-and-swap: `Sending{attempts}` before every
-//! HTTP call, then `Sent{sid, status}` or `Failed{error_code, permanent}`. A
-//! redelivered message whose record is final is never sent again. Twilio's
-//! permanent errors (invalid number, STOP, …) are final and never retried;
-//! everything else transient is retried with a growing delay, never dropped.
+//! id), changed only by compare-and-swap. `Sending` is a **lease**: before
+//! calling Twilio a replica takes it (owner + expiry) and only the holder
+//! sends; a live lease held by anyone else means "wait until it expires".
+//! Twilio's Messages API has no idempotency key, so whoever takes over a
+//! send that was tried before (the holder crashed, timed out, or got no
+//! readable answer) first **reconciles**: it lists Twilio's messages to the
+//! same number from the same line and, if ours is there, records `Sent` with
+//! its SID instead of sending again. Then `Sent{sid, status}` or
+//! `Failed{error_code, permanent}`; both are final. Twilio's permanent errors
+//! (invalid number, STOP, …) are never retried; other 4xx answers are
+//! retried a bounded number of times and then reported failed (with a
+//! metric and an alert); 5xx, 429 and timeouts are retried with a growing
+//! delay, never dropped. See docs/adr/0004-exactly-once-sms.md.
 //!
 //! Status callbacks (published by the gateway as `SmsStatus`) are turned into
 //! `OutboundStatus` events for the contact of the outbound message.
@@ -25,6 +33,7 @@ use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
 use nwd_runtime::kv::{self, Cas, KvError};
 use nwd_runtime::ops::{self, Readiness};
 use nwd_runtime::service::{Secret, ServiceConfig};
+use nwd_twilio::rest::{self, MessageFilter, MessagePage, MessageResource};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -37,24 +46,12 @@ pub const NAME: &str = "notifier";
 /// The longest delay between two send attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Twilio error codes that are final: retrying can never succeed, and for
-/// 21610 (the recipient replied STOP) texting again would be wrong.
-/// 21211 invalid `To`, 21408 region not enabled, 21610 unsubscribed,
-/// 21612 unreachable `To`/`From` pair, 21614 not a mobile number.
-pub const PERMANENT_ERROR_CODES: [u32; 5] = [21211, 21408, 21610, 21612, 21614];
-
-/// Header carrying our outbound id on every send request.
-///
-/// Why: the send record is written *after* the HTTP call returns. If the
-/// notifier crashes (or the KV write fails, or the response times out) after
-/// Twilio accepted the message but before `Sent` is recorded, the record
-/// still says `Sending` and the message is redelivered and POSTed again. The
-/// retry carries the same token (the outbound id never changes), so the
-/// provider can recognise it as the same request and not send a second SMS.
-/// Without provider-side deduplication this window would allow at most one
-/// duplicate per crash; `Sending{attempts > 1}` in the record marks such
-/// sends for audit.
-pub const IDEMPOTENCY_HEADER: &str = "I-Twilio-Idempotency-Token";
+/// How many pages of one Messages list a reconcile reads at most.
+const MAX_LIST_PAGES: usize = 5;
+/// Page size of a reconcile's list requests.
+const LIST_PAGE_SIZE: u32 = 100;
+/// How many days back a reconcile looks (the first attempt's day to today).
+const MAX_RECONCILE_DAYS: usize = 3;
 
 /// Notifier settings.
 #[derive(clap::Parser, Debug, Clone)]
@@ -95,6 +92,18 @@ pub struct Config {
     /// First retry delay (milliseconds); doubles per delivery up to 30 s.
     #[arg(long, env = "NWD_NOTIFIER_RETRY_BASE_MS", default_value_t = 1_000)]
     pub retry_base_ms: u64,
+    /// How long a send lease lasts (milliseconds): while it is live no other
+    /// replica sends that message. Must exceed the HTTP timeout, with room
+    /// for clock skew between replicas.
+    #[arg(long, env = "NWD_NOTIFIER_SEND_LEASE_MS", default_value_t = 20_000)]
+    pub send_lease_ms: u64,
+    /// 4xx answers without a permanent Twilio code tolerated per message;
+    /// then it is reported failed to the counsellor.
+    #[arg(long, env = "NWD_NOTIFIER_MAX_REFUSALS", default_value_t = 5)]
+    pub max_refusals: u32,
+    /// This replica's name in send leases (default: `notifier-<random>`).
+    #[arg(long, env = "NWD_NOTIFIER_REPLICA_ID")]
+    pub replica_id: Option<String>,
 }
 
 impl ServiceConfig for Config {
@@ -113,17 +122,52 @@ pub enum Error {
     Bus(#[from] BusError),
     #[error("ops server failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error(
+        "NWD_NOTIFIER_SEND_LEASE_MS ({lease_ms}) must exceed NWD_NOTIFIER_HTTP_TIMEOUT_MS ({timeout_ms}): a lease must outlast the call it covers"
+    )]
+    LeaseTooShort { lease_ms: u64, timeout_ms: u64 },
+}
+
+/// Who may be calling Twilio for a message, and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// `<replica id>/<nonce>`: unique per taking, so a restarted replica
+    /// never mistakes its predecessor's lease for its own.
+    pub owner: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+}
+
+impl Lease {
+    fn is_live(&self, now: OffsetDateTime) -> bool {
+        self.expires > now
+    }
 }
 
 /// Where a send is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SendState {
-    /// An HTTP call is (or was) under way; `attempts` counts them.
-    Sending { attempts: u32 },
+    /// Being sent. `attempts` counts the leases taken (each may have reached
+    /// Twilio), `refusals` the 4xx answers without a permanent code.
+    Sending {
+        attempts: u32,
+        #[serde(default)]
+        refusals: u32,
+        /// When the first attempt began: a reconcile matches only messages
+        /// Twilio created since. A record from before leases reads as "now",
+        /// which can only cause a resend, never a false "sent".
+        #[serde(default = "OffsetDateTime::now_utc", with = "time::serde::rfc3339")]
+        since: OffsetDateTime,
+        /// `None`: nobody is calling Twilio now (released, or a record from
+        /// before leases).
+        #[serde(default)]
+        lease: Option<Lease>,
+    },
     /// Twilio accepted the message.
     Sent { sid: String, status: DeliveryStatus },
-    /// Twilio refused it; a permanent failure is final.
+    /// Twilio refused it, for good: a permanent code (`permanent`), or too
+    /// many other 4xx answers.
     Failed {
         error_code: Option<u32>,
         permanent: bool,
@@ -141,23 +185,17 @@ pub struct SendRecord {
 }
 
 impl SendRecord {
-    /// Sent, or permanently failed: never send again.
+    /// Sent, or failed for good: never send again.
     pub fn is_final(&self) -> bool {
         matches!(
             self.state,
-            SendState::Sent { .. }
-                | SendState::Failed {
-                    permanent: true,
-                    ..
-                }
+            SendState::Sent { .. } | SendState::Failed { .. }
         )
     }
 
-    fn attempts(&self) -> u32 {
-        match self.state {
-            SendState::Sending { attempts } => attempts,
-            _ => 0,
-        }
+    /// The lease held by `owner`, if the record still shows it.
+    fn is_held_by(&self, owner: &str) -> bool {
+        matches!(&self.state, SendState::Sending { lease: Some(l), .. } if l.owner == owner)
     }
 }
 
@@ -173,6 +211,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    if config.send_lease_ms <= config.http_timeout_ms {
+        return Err(Error::LeaseTooShort {
+            lease_ms: config.send_lease_ms,
+            timeout_ms: config.http_timeout_ms,
+        });
+    }
     // reqwest is built without a default TLS crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
@@ -180,15 +224,17 @@ pub async fn run(
         .build()?;
     let twilio = Twilio {
         http,
-        messages_url: format!(
-            "{}/2010-04-01/Accounts/{}/Messages.json",
-            config.twilio_api_base.trim_end_matches('/'),
-            config.account_sid
-        ),
+        api_base: config.twilio_api_base.trim_end_matches('/').to_owned(),
+        messages_url: rest::messages_url(&config.twilio_api_base, &config.account_sid),
         account_sid: config.account_sid.clone(),
         auth_token: config.auth_token.clone(),
-        callback_base: config.status_callback_base.trim_end_matches('/').to_owned(),
+        callback_base: config.status_callback_base.clone(),
     };
+    let replica = config
+        .replica_id
+        .clone()
+        .unwrap_or_else(|| format!("{NAME}-{}", OutboundId::new()));
+    tracing::info!(%replica, lease_ms = config.send_lease_ms, "send leases");
 
     let readiness = Readiness::new([
         "bus".to_owned(),
@@ -226,6 +272,9 @@ pub async fn run(
             sends: sends.clone(),
             twilio,
             retry_base,
+            replica,
+            lease: Duration::from_millis(config.send_lease_ms),
+            max_refusals: config.max_refusals.max(1),
         }),
         readiness.clone(),
         shutdown.clone(),
@@ -267,20 +316,6 @@ fn describe(e: &DecodeError) -> String {
 
 // ------------------------------------------------------------------ Twilio
 
-/// The fields we use of Twilio's message resource (201 response).
-#[derive(Debug, Deserialize)]
-struct MessageResource {
-    sid: String,
-    status: String,
-}
-
-/// Twilio's error body. Its `message` may quote the phone number, so only
-/// `code` is ever used or logged.
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    code: Option<u32>,
-}
-
 /// What one send request came to.
 #[derive(Debug)]
 enum SendResult {
@@ -293,47 +328,55 @@ enum SendResult {
         http: u16,
         code: u32,
     },
-    /// 5xx, 429, timeout, connection error, unreadable response.
+    /// 5xx, 429, timeout, connection error, unreadable response: the
+    /// message may or may not exist at Twilio.
     Transient {
         reason: String,
     },
-    /// Any other 4xx (e.g. 401: our configuration is wrong). Retried, loudly.
+    /// Any other 4xx (e.g. 401: our configuration is wrong). Retried a
+    /// bounded number of times.
     Refused {
         http: u16,
         code: Option<u32>,
     },
 }
 
+/// The Twilio REST API, as `nwd_twilio` describes it.
 struct Twilio {
     http: reqwest::Client,
+    /// `https://api.twilio.com`: list pages name their successors by path.
+    api_base: String,
     messages_url: String,
     account_sid: String,
     auth_token: Secret,
     callback_base: String,
 }
 
+/// The `To` and `From` of a message as Twilio shows them.
+fn addresses(out: &OutboundSms) -> (&str, &str) {
+    (out.to.as_str(), out.from.as_str())
+}
+
 impl Twilio {
     async fn send(&self, out: &OutboundSms) -> SendResult {
-        let callback = format!(
-            "{}/v1/sms/twilio/status?outbound={}",
-            self.callback_base, out.outbound_id
-        );
+        let callback =
+            nwd_twilio::status_callback_url(&self.callback_base, &out.outbound_id.to_string());
         let started = Instant::now();
         let result = self.request(out, &callback).await;
-        metrics::histogram!("nwd_twilio_request_seconds", "service" => NAME)
+        metrics::histogram!("nwd_twilio_request_seconds", "service" => NAME, "request" => "create")
             .record(started.elapsed().as_secs_f64());
         result
     }
 
     async fn request(&self, out: &OutboundSms, callback: &str) -> SendResult {
+        let (to, from) = addresses(out);
         let response = self
             .http
             .post(&self.messages_url)
             .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
-            .header(IDEMPOTENCY_HEADER, out.outbound_id.to_string())
             .form(&[
-                ("To", out.to.as_str()),
-                ("From", out.from.as_str()),
+                ("To", to),
+                ("From", from),
                 ("Body", out.body.as_str()),
                 ("StatusCallback", callback),
             ])
@@ -358,14 +401,115 @@ impl Twilio {
         };
         classify(http.as_u16(), &body)
     }
+
+    /// Looks for `out` among the messages Twilio has from our line to the
+    /// recipient, created since `since` (the first attempt): messages sent
+    /// on each day from then to today (`DateSent`), and the newest ones,
+    /// which include any still queued (not yet "sent" on any day).
+    async fn find(
+        &self,
+        out: &OutboundSms,
+        since: OffsetDateTime,
+    ) -> Result<Option<MessageResource>, String> {
+        let started = Instant::now();
+        let (to, from) = addresses(out);
+        let filter = |date_sent| MessageFilter {
+            to: Some(to.to_owned()),
+            from: Some(from.to_owned()),
+            date_sent,
+            page_size: Some(LIST_PAGE_SIZE),
+        };
+        let today = OffsetDateTime::now_utc().date();
+        let mut days = vec![None];
+        let mut day = since.date();
+        while day <= today && days.len() <= MAX_RECONCILE_DAYS {
+            days.push(Some(day));
+            let Some(next) = day.next_day() else { break };
+            day = next;
+        }
+        let mut found: Option<MessageResource> = None;
+        for date_sent in days {
+            let mut url = self.messages_url.clone();
+            let mut query = filter(date_sent).query();
+            for _ in 0..MAX_LIST_PAGES {
+                let page = self.list_page(&url, &query).await?;
+                for m in page.messages {
+                    if is_ours(&m, out, since)
+                        && found
+                            .as_ref()
+                            .is_none_or(|f| m.created_at() < f.created_at())
+                    {
+                        found = Some(m);
+                    }
+                }
+                // The first list (newest, undated) reads one page only.
+                match page.next_page_uri {
+                    Some(next) if date_sent.is_some() => {
+                        url = format!("{}{next}", self.api_base);
+                        query.clear();
+                    }
+                    _ => break,
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        metrics::histogram!("nwd_twilio_request_seconds", "service" => NAME, "request" => "list")
+            .record(started.elapsed().as_secs_f64());
+        Ok(found)
+    }
+
+    async fn list_page(
+        &self,
+        url: &str,
+        query: &[(&'static str, String)],
+    ) -> Result<MessagePage, String> {
+        let response = self
+            .http
+            .get(url)
+            .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
+            .query(query)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let http = response.status();
+        if !http.is_success() {
+            return Err(format!("list answered http {}", http.as_u16()));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("reading the list: {}", e.without_url()))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("unreadable list page ({:?})", e.classify()))
+    }
+}
+
+/// Whether a listed message is the one we tried to send: from our line to
+/// the recipient through the API, with our body, created no earlier than
+/// our first attempt (Twilio's dates have whole seconds). Twilio does not
+/// show a message's `StatusCallback`, so our outbound id cannot be matched;
+/// the time bound keeps an earlier identical text from passing for ours.
+fn is_ours(m: &MessageResource, out: &OutboundSms, since: OffsetDateTime) -> bool {
+    let (to, from) = addresses(out);
+    let since = since.replace_nanosecond(0).unwrap_or(since);
+    m.is_outbound()
+        && m.to == to
+        && m.from.as_deref() == Some(from)
+        && m.body == out.body
+        && m.created_at().is_some_and(|at| at >= since)
 }
 
 fn classify(http: u16, body: &[u8]) -> SendResult {
     match http {
         200..=299 => match serde_json::from_slice::<MessageResource>(body) {
-            Ok(m) => SendResult::Accepted {
-                sid: m.sid,
+            Ok(m) if !m.sid.is_empty() => SendResult::Accepted {
                 status: DeliveryStatus::parse(&m.status).unwrap_or(DeliveryStatus::Queued),
+                sid: m.sid,
+            },
+            Ok(_) => SendResult::Transient {
+                reason: format!("{http} response without a sid"),
             },
             Err(e) => SendResult::Transient {
                 reason: format!("unreadable {http} response ({:?})", e.classify()),
@@ -375,11 +519,12 @@ fn classify(http: u16, body: &[u8]) -> SendResult {
             reason: format!("http {http}"),
         },
         400..=499 => {
-            let code = serde_json::from_slice::<ErrorBody>(body)
+            // The message may quote the phone number: only the code is used.
+            let code = serde_json::from_slice::<nwd_twilio::ErrorResponse>(body)
                 .ok()
-                .and_then(|b| b.code);
+                .map(|b| b.code);
             match code {
-                Some(code) if PERMANENT_ERROR_CODES.contains(&code) => {
+                Some(code) if nwd_twilio::is_permanent(code) => {
                     SendResult::Permanent { http, code }
                 }
                 code => SendResult::Refused { http, code },
@@ -420,11 +565,8 @@ async fn publish_status(
 fn final_status(outbound_id: OutboundId, record: &SendRecord) -> Option<OutboundStatus> {
     let (status, provider_sid, error_code) = match &record.state {
         SendState::Sent { sid, status } => (*status, Some(sid.clone()), None),
-        SendState::Failed {
-            error_code,
-            permanent: true,
-        } => (DeliveryStatus::Failed, None, *error_code),
-        _ => return None,
+        SendState::Failed { error_code, .. } => (DeliveryStatus::Failed, None, *error_code),
+        SendState::Sending { .. } => return None,
     };
     Some(OutboundStatus {
         outbound_id,
@@ -440,11 +582,41 @@ fn count(outcome: &'static str) {
     metrics::counter!("nwd_sms_sent_total", "service" => NAME, "outcome" => outcome).increment(1);
 }
 
+/// A message given up on: `reason` is `permanent` (Twilio's permanent
+/// code) or `refused` (too many other 4xx answers).
+fn count_failed(reason: &'static str) {
+    metrics::counter!("nwd_notifier_send_failed_total", "reason" => reason).increment(1);
+}
+
+/// What taking the lease came to.
 enum Start {
-    /// Already sent or permanently failed: do not send again.
+    /// Already sent or failed for good: do not send again.
     Done(SendRecord),
-    /// Send; this is attempt `n`.
-    Send(u32),
+    /// Another replica holds a live lease: look again after this long.
+    Busy(Duration),
+    /// Ours. `tried`: an earlier attempt may have reached Twilio, so
+    /// reconcile before sending; `since`: when the first attempt began.
+    Take { tried: bool, since: OffsetDateTime },
+}
+
+/// What a lease holder learnt, to record.
+enum Learnt {
+    /// Twilio has the message (a send's answer, or found by a reconcile).
+    Sent { sid: String, status: DeliveryStatus },
+    /// Twilio refused it for good.
+    Permanent { code: u32 },
+    /// Twilio refused it with no permanent code.
+    Refused { code: Option<u32> },
+    /// Nothing certain: let the lease go so the next attempt can start.
+    Unsure,
+}
+
+/// What recording an outcome came to.
+enum Recorded {
+    /// The record is final (by this outcome or an earlier one).
+    Final(SendRecord),
+    /// Not final: retry.
+    Again,
 }
 
 /// Consumer `notifier-send`: OUTBOUND `nwd.v1.outbound.sms.*` → Twilio.
@@ -453,121 +625,305 @@ struct SendHandler {
     sends: jetstream::kv::Store,
     twilio: Twilio,
     retry_base: Duration,
+    /// This replica's name in leases.
+    replica: String,
+    /// How long a lease lasts.
+    lease: Duration,
+    /// 4xx answers without a permanent code before giving up.
+    max_refusals: u32,
 }
 
 impl SendHandler {
-    async fn process(&self, out: &OutboundSms, delivered: i64) -> Result<Outcome, HandleError> {
+    fn new_lease(&self, owner: &str) -> Lease {
+        Lease {
+            owner: owner.to_owned(),
+            expires: OffsetDateTime::now_utc() + self.lease,
+        }
+    }
+
+    /// Takes the lease of `out` for `owner`, unless the send is final or
+    /// another holder's lease is live.
+    async fn take(&self, out: &OutboundSms, owner: &str) -> Result<Start, KvError> {
         let key = out.outbound_id.to_string();
-        let retry = Outcome::Retry(backoff(self.retry_base, delivered));
-        let (start, _) = kv::cas(
-            &self.sends,
-            &key,
-            |current: Option<SendRecord>| match current {
+        let (start, _) = kv::cas(&self.sends, &key, |current: Option<SendRecord>| {
+            let now = OffsetDateTime::now_utc();
+            match current {
                 Some(r) if r.is_final() => Cas::Keep(Start::Done(r)),
+                Some(SendRecord {
+                    state: SendState::Sending { lease: Some(l), .. },
+                    ..
+                }) if l.is_live(now) => {
+                    let left = (l.expires - now).try_into().unwrap_or(Duration::ZERO);
+                    Cas::Keep(Start::Busy(left))
+                }
                 Some(r) => {
-                    let attempts = r.attempts() + 1;
+                    let (attempts, refusals, since) = match r.state {
+                        SendState::Sending {
+                            attempts,
+                            refusals,
+                            since,
+                            ..
+                        } => (attempts, refusals, since),
+                        _ => (0, 0, now),
+                    };
                     Cas::Write(
                         SendRecord {
-                            state: SendState::Sending { attempts },
+                            state: SendState::Sending {
+                                attempts: attempts + 1,
+                                refusals,
+                                since,
+                                lease: Some(self.new_lease(owner)),
+                            },
                             ..r
                         },
-                        Start::Send(attempts),
+                        Start::Take {
+                            tried: attempts > 0,
+                            since,
+                        },
                     )
                 }
                 None => Cas::Write(
                     SendRecord {
                         contact_id: out.contact_id,
-                        state: SendState::Sending { attempts: 1 },
+                        state: SendState::Sending {
+                            attempts: 1,
+                            refusals: 0,
+                            since: now,
+                            lease: Some(self.new_lease(owner)),
+                        },
                         last_status: None,
                     },
-                    Start::Send(1),
+                    Start::Take {
+                        tried: false,
+                        since: now,
+                    },
                 ),
+            }
+        })
+        .await?;
+        Ok(start)
+    }
+
+    /// Extends `owner`'s lease by a full term before the call it covers;
+    /// `false` if the lease is no longer `owner`'s.
+    async fn renew(&self, out: &OutboundSms, owner: &str) -> Result<bool, KvError> {
+        let key = out.outbound_id.to_string();
+        let (renewed, _) = kv::cas(
+            &self.sends,
+            &key,
+            |current: Option<SendRecord>| match current {
+                Some(mut r) if r.is_held_by(owner) => {
+                    if let SendState::Sending { lease, .. } = &mut r.state {
+                        *lease = Some(self.new_lease(owner));
+                    }
+                    Cas::Write(r, true)
+                }
+                _ => Cas::Keep(false),
             },
         )
         .await?;
-        let attempt = match start {
+        Ok(renewed)
+    }
+
+    /// Records what `owner` learnt. `Sent` is recorded whoever holds the
+    /// lease (it is the truth); the rest only while the lease is `owner`'s.
+    async fn record(
+        &self,
+        out: &OutboundSms,
+        owner: &str,
+        learnt: &Learnt,
+    ) -> Result<Recorded, KvError> {
+        let key = out.outbound_id.to_string();
+        let max_refusals = self.max_refusals;
+        let (recorded, _) = kv::cas(&self.sends, &key, |current: Option<SendRecord>| {
+            let final_record = |state, status| {
+                let r = SendRecord {
+                    contact_id: out.contact_id,
+                    state,
+                    last_status: current
+                        .as_ref()
+                        .and_then(|c| c.last_status)
+                        .or(Some(status)),
+                };
+                Cas::Write(r.clone(), Recorded::Final(r))
+            };
+            match (&current, learnt) {
+                (Some(r), _) if r.is_final() => Cas::Keep(Recorded::Final(r.clone())),
+                (_, Learnt::Sent { sid, status }) => final_record(
+                    SendState::Sent {
+                        sid: sid.clone(),
+                        status: *status,
+                    },
+                    *status,
+                ),
+                (Some(r), _) if !r.is_held_by(owner) => Cas::Keep(Recorded::Again),
+                (_, Learnt::Permanent { code }) => final_record(
+                    SendState::Failed {
+                        error_code: Some(*code),
+                        permanent: true,
+                    },
+                    DeliveryStatus::Failed,
+                ),
+                (Some(r), Learnt::Refused { code }) => {
+                    let (attempts, refusals, since) = match r.state {
+                        SendState::Sending {
+                            attempts,
+                            refusals,
+                            since,
+                            ..
+                        } => (attempts, refusals + 1, since),
+                        _ => (0, 1, OffsetDateTime::now_utc()),
+                    };
+                    if refusals >= max_refusals {
+                        final_record(
+                            SendState::Failed {
+                                error_code: *code,
+                                permanent: false,
+                            },
+                            DeliveryStatus::Failed,
+                        )
+                    } else {
+                        Cas::Write(
+                            SendRecord {
+                                state: SendState::Sending {
+                                    attempts,
+                                    refusals,
+                                    since,
+                                    lease: None,
+                                },
+                                ..r.clone()
+                            },
+                            Recorded::Again,
+                        )
+                    }
+                }
+                (Some(r), _) => {
+                    let mut released = r.clone();
+                    if let SendState::Sending { lease, .. } = &mut released.state {
+                        *lease = None;
+                    }
+                    Cas::Write(released, Recorded::Again)
+                }
+                (None, _) => Cas::Keep(Recorded::Again),
+            }
+        })
+        .await?;
+        Ok(recorded)
+    }
+
+    /// Publishes the status of a record that became final.
+    async fn finish(&self, out: &OutboundSms, record: &SendRecord) -> Result<(), HandleError> {
+        if let Some(ev) = final_status(out.outbound_id, record) {
+            publish_status(&self.js, ev).await?;
+        }
+        Ok(())
+    }
+
+    async fn process(&self, out: &OutboundSms, delivered: i64) -> Result<Outcome, HandleError> {
+        let retry = Outcome::Retry(backoff(self.retry_base, delivered));
+        // Unique per taking: a lease is never confused with an earlier one.
+        let owner = format!("{}/{}", self.replica, OutboundId::new());
+        let (tried, since) = match self.take(out, &owner).await? {
             Start::Done(record) => {
                 // Re-publish the final status in case a crash came between
                 // recording it and publishing it; the Nats-Msg-Id dedupes.
-                if let Some(status) = final_status(out.outbound_id, &record) {
-                    publish_status(&self.js, status).await?;
-                }
+                self.finish(out, &record).await?;
                 tracing::info!(outbound_id = %out.outbound_id, "already sent; not sending again");
                 count("duplicate");
                 return Ok(Outcome::Ack);
             }
-            Start::Send(n) => n,
+            Start::Busy(left) => {
+                tracing::info!(outbound_id = %out.outbound_id, wait_ms = left.as_millis(), "another replica holds the send lease; waiting");
+                count("lease_busy");
+                return Ok(Outcome::Retry(
+                    (left + Duration::from_millis(50)).min(self.lease),
+                ));
+            }
+            Start::Take { tried, since } => (tried, since),
         };
 
-        match self.twilio.send(out).await {
-            SendResult::Accepted { sid, status } => {
-                let (record, _) =
-                    kv::cas(
-                        &self.sends,
-                        &key,
-                        |current: Option<SendRecord>| match current {
-                            Some(r) if r.is_final() => Cas::Keep(r),
-                            current => {
-                                let r = SendRecord {
-                                    contact_id: out.contact_id,
-                                    state: SendState::Sent {
-                                        sid: sid.clone(),
-                                        status,
-                                    },
-                                    last_status: current
-                                        .and_then(|c| c.last_status)
-                                        .or(Some(status)),
-                                };
-                                Cas::Write(r.clone(), r)
-                            }
-                        },
-                    )
-                    .await?;
-                if let Some(ev) = final_status(out.outbound_id, &record) {
-                    publish_status(&self.js, ev).await?;
+        if tried {
+            // An earlier attempt may have reached Twilio: look before sending.
+            match self.twilio.find(out, since).await {
+                Ok(Some(found)) => {
+                    let learnt = Learnt::Sent {
+                        status: DeliveryStatus::parse(&found.status)
+                            .unwrap_or(DeliveryStatus::Queued),
+                        sid: found.sid,
+                    };
+                    if let Recorded::Final(record) = self.record(out, &owner, &learnt).await? {
+                        self.finish(out, &record).await?;
+                    }
+                    tracing::info!(outbound_id = %out.outbound_id, contact_id = %out.contact_id, "an earlier attempt reached Twilio; recorded as sent, not sending again");
+                    count("reconciled");
+                    return Ok(Outcome::Ack);
                 }
-                tracing::info!(outbound_id = %out.outbound_id, contact_id = %out.contact_id, provider_sid = %sid, attempt, "sms sent");
+                Ok(None) => {
+                    tracing::info!(outbound_id = %out.outbound_id, "no earlier attempt reached Twilio; sending");
+                }
+                Err(reason) => {
+                    self.record(out, &owner, &Learnt::Unsure).await?;
+                    tracing::warn!(outbound_id = %out.outbound_id, %reason, "cannot list Twilio's messages to reconcile; retrying");
+                    count("retry");
+                    return Ok(retry);
+                }
+            }
+            // The reconcile took time: the POST gets a full lease.
+            if !self.renew(out, &owner).await? {
+                tracing::info!(outbound_id = %out.outbound_id, "send lease lost while reconciling; retrying");
+                count("retry");
+                return Ok(retry);
+            }
+        }
+
+        let learnt = match self.twilio.send(out).await {
+            SendResult::Accepted { sid, status } => {
+                tracing::info!(outbound_id = %out.outbound_id, contact_id = %out.contact_id, provider_sid = %sid, "sms sent");
                 count("sent");
-                Ok(Outcome::Ack)
+                Learnt::Sent { sid, status }
             }
             SendResult::Permanent { http, code } => {
-                let (record, _) =
-                    kv::cas(
-                        &self.sends,
-                        &key,
-                        |current: Option<SendRecord>| match current {
-                            Some(r) if r.is_final() => Cas::Keep(r),
-                            current => {
-                                let r = SendRecord {
-                                    contact_id: out.contact_id,
-                                    state: SendState::Failed {
-                                        error_code: Some(code),
-                                        permanent: true,
-                                    },
-                                    last_status: current
-                                        .and_then(|c| c.last_status)
-                                        .or(Some(DeliveryStatus::Failed)),
-                                };
-                                Cas::Write(r.clone(), r)
-                            }
-                        },
-                    )
-                    .await?;
-                if let Some(ev) = final_status(out.outbound_id, &record) {
-                    publish_status(&self.js, ev).await?;
-                }
                 tracing::warn!(outbound_id = %out.outbound_id, contact_id = %out.contact_id, http, error_code = code, "sms refused permanently; not retrying");
                 count("failed_permanent");
-                Ok(Outcome::Ack)
+                Learnt::Permanent { code }
             }
             SendResult::Transient { reason } => {
-                tracing::warn!(outbound_id = %out.outbound_id, attempt, %reason, "sms send failed; retrying");
+                tracing::warn!(outbound_id = %out.outbound_id, %reason, "sms send failed; retrying");
                 count("retry");
-                Ok(retry)
+                Learnt::Unsure
             }
             SendResult::Refused { http, code } => {
-                tracing::error!(outbound_id = %out.outbound_id, attempt, http, error_code = ?code, "twilio refused the request (check the account configuration); retrying");
-                count("retry");
+                tracing::error!(outbound_id = %out.outbound_id, http, error_code = ?code, "twilio refused the request without a permanent code (check the account configuration)");
+                Learnt::Refused { code }
+            }
+        };
+        match self.record(out, &owner, &learnt).await? {
+            Recorded::Final(record) => {
+                self.finish(out, &record).await?;
+                match (&learnt, &record.state) {
+                    (
+                        Learnt::Permanent { .. },
+                        SendState::Failed {
+                            permanent: true, ..
+                        },
+                    ) => {
+                        count_failed("permanent");
+                    }
+                    (Learnt::Refused { .. }, SendState::Failed { .. }) => {
+                        tracing::error!(outbound_id = %out.outbound_id, contact_id = %out.contact_id, max_refusals = self.max_refusals, "sms refused too many times; reported failed");
+                        count("failed_refused");
+                        count_failed("refused");
+                    }
+                    _ => {}
+                }
+                Ok(Outcome::Ack)
+            }
+            // Not final, or the lease was lost meanwhile (its new holder
+            // decides): look again later.
+            Recorded::Again => {
+                if matches!(learnt, Learnt::Refused { .. }) {
+                    count("retry");
+                }
                 Ok(retry)
             }
         }
@@ -761,13 +1117,96 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<SendRecord>(&json).unwrap(), r);
         assert!(r.is_final());
-        let failing = SendRecord {
+        let refused = SendRecord {
             state: SendState::Failed {
                 error_code: Some(30001),
                 permanent: false,
             },
+            ..r.clone()
+        };
+        assert!(refused.is_final(), "a message given up on is not retried");
+        let sending = SendRecord {
+            state: SendState::Sending {
+                attempts: 2,
+                refusals: 1,
+                since: time::macros::datetime!(2026-12-07 05:00:00 UTC),
+                lease: Some(Lease {
+                    owner: "notifier-a/01J".into(),
+                    expires: time::macros::datetime!(2026-12-07 05:00:30 UTC),
+                }),
+            },
             ..r
         };
-        assert!(!failing.is_final());
+        let json = serde_json::to_string(&sending).unwrap();
+        assert_eq!(serde_json::from_str::<SendRecord>(&json).unwrap(), sending);
+        assert!(sending.is_held_by("notifier-a/01J"));
+        assert!(!sending.is_held_by("notifier-b/01K"));
+        assert!(!sending.is_final());
+    }
+
+    #[test]
+    fn a_record_from_before_leases_is_a_released_lease_since_now() {
+        let before = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let json = format!(
+            r#"{{"contact_id":"{}","state":{{"kind":"sending","attempts":1}}}}"#,
+            ContactId::new()
+        );
+        let r: SendRecord = serde_json::from_str(&json).unwrap();
+        let SendState::Sending {
+            attempts,
+            refusals,
+            since,
+            lease,
+        } = r.state
+        else {
+            panic!("{r:?}");
+        };
+        assert_eq!((attempts, refusals, lease), (1, 0, None));
+        assert!(since >= before, "only messages from now on can match");
+    }
+
+    #[test]
+    fn only_our_message_since_the_first_attempt_is_ours() {
+        let out = OutboundSms {
+            outbound_id: OutboundId::new(),
+            contact_id: ContactId::new(),
+            to: nwd_proto::Address::parse("+15005550142"),
+            from: nwd_proto::Address::parse("+15005550110"),
+            body: "I'm here with you.".into(),
+            author: nwd_proto::events::Author::System,
+            created_at: OffsetDateTime::now_utc(),
+        };
+        let since = time::macros::datetime!(2026-12-07 05:00:00.700 UTC);
+        let ours = MessageResource {
+            sid: "SM1".into(),
+            direction: "outbound-api".into(),
+            to: "+15005550142".into(),
+            from: Some("+15005550110".into()),
+            body: "I'm here with you.".into(),
+            // Same second as the first attempt: Twilio drops the fraction.
+            date_created: Some("Mon, 07 Dec 2026 05:00:00 +0000".into()),
+            ..MessageResource::default()
+        };
+        assert!(is_ours(&ours, &out, since));
+        let earlier = MessageResource {
+            date_created: Some("Mon, 07 Dec 2026 04:59:59 +0000".into()),
+            ..ours.clone()
+        };
+        assert!(!is_ours(&earlier, &out, since), "an earlier identical text");
+        let other_body = MessageResource {
+            body: "Another text".into(),
+            ..ours.clone()
+        };
+        assert!(!is_ours(&other_body, &out, since));
+        let inbound = MessageResource {
+            direction: "inbound".into(),
+            ..ours.clone()
+        };
+        assert!(!is_ours(&inbound, &out, since));
+        let undated = MessageResource {
+            date_created: None,
+            ..ours
+        };
+        assert!(!is_ours(&undated, &out, since));
     }
 }

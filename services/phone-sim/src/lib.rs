@@ -1,41 +1,45 @@
 //! Phone simulator — **development and tests only**. A fake Twilio:
 //!
-//! - speaks Twilio's Messages REST API (`POST /2010-04-01/Accounts/{sid}/Messages.json`,
-//!   basic auth, idempotency token, Twilio error bodies) and then posts signed
-//!   status callbacks (`sent`, `delivered`) to the message's `StatusCallback`;
+//! - speaks Twilio's Messages REST API ([`rest`]: create and list at
+//!   `/2010-04-01/Accounts/{sid}/Messages.json`, basic auth, Twilio error
+//!   bodies) and then posts signed status callbacks (`sent`, `delivered`) to
+//!   the message's `StatusCallback`;
 //! - plays patients: `POST /api/phones/{phone}/messages` builds the form
 //!   Twilio posts for an inbound SMS, signs it and posts it to the gateway,
 //!   retrying like Twilio on 5xx and connection errors;
-//! - serves a phone page at `/` to text the line by hand.
+//! - serves a phone page at `/` to text the line by hand;
+//! - test controls: `POST /api/fail-next?count=&status=&code=` fails the next
+//!   creates with a Twilio error, `POST /api/slow-next?count=&ms=` creates the
+//!   next messages but answers only after `ms` (a lost answer);
+//!   `GET /api/rest-calls` counts the REST requests.
 //!
 //! Twilio's magic test numbers fail as Twilio's test credentials do:
 //! `+15005550001` → 21211 (invalid), `+15005550002` → 21612 (not reachable),
 //! `+15005550003` → 21408 (region), `+15005550004` → 21610 (unsubscribed),
 //! `+15005550009` → 21614 (not a mobile).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
 use bytes::Bytes;
-use nwd_proto::Address;
 use nwd_runtime::ops::{self, Readiness};
 use nwd_runtime::problem::Problem;
 use nwd_runtime::service::{Secret, ServiceConfig};
-use nwd_twilio::rest::{self, codes};
-use nwd_twilio::{ErrorResponse, InboundSmsForm, MessageResource, StatusCallbackForm, form};
+use nwd_twilio::{InboundSmsForm, MessageResource, form};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+mod rest;
 
 const NAME: &str = "phone-sim";
 const PHONE_PAGE: &str = include_str!("phone.html");
@@ -44,9 +48,9 @@ const PHONE_PAGE: &str = include_str!("phone.html");
 const INBOUND_RETRY_DELAYS_MS: [u64; 10] =
     [200, 500, 1000, 2000, 4000, 8000, 11000, 11000, 11000, 11000];
 /// Retries of a status callback.
-const CALLBACK_RETRY_DELAYS_MS: [u64; 4] = [200, 500, 1000, 2000];
+pub(crate) const CALLBACK_RETRY_DELAYS_MS: [u64; 4] = [200, 500, 1000, 2000];
 /// Time between a message's `sent` and `delivered` callbacks.
-const DELIVERY_DELAY: Duration = Duration::from_millis(150);
+pub(crate) const DELIVERY_DELAY: Duration = Duration::from_millis(150);
 /// Bound on every outbound HTTP call.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -150,17 +154,33 @@ struct Inner {
 struct Store {
     /// Every message created through the REST API, in order.
     outbound: Vec<OutboundRecord>,
-    /// Idempotency token → index in `outbound`.
-    idempotency: HashMap<String, usize>,
     /// Patient phone → conversation, in order.
     conversations: BTreeMap<String, Vec<ConversationEntry>>,
-    fail_next: Option<FailNext>,
+    /// Requests to the REST API, answered or refused.
+    calls: RestCalls,
+    /// What the next creates run into, and how many of them.
+    trouble: Option<(Trouble, u32)>,
 }
 
+/// How many requests the REST API got: `GET /api/rest-calls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestCalls {
+    /// `POST …/Messages.json`, including refused ones.
+    pub create: u32,
+    /// `GET …/Messages.json`, every page.
+    pub list: u32,
+}
+
+/// A test control's effect on the next `POST …/Messages.json`.
 #[derive(Debug, Clone, Copy)]
-struct FailNext {
-    remaining: u32,
-    status: StatusCode,
+pub(crate) enum Trouble {
+    /// Refused with this HTTP status and Twilio code (a default per status).
+    Fail {
+        status: StatusCode,
+        code: Option<u32>,
+    },
+    /// Created, but answered this late.
+    Slow(Duration),
 }
 
 /// A message created through `POST …/Messages.json`.
@@ -247,13 +267,30 @@ impl Sim {
         )
     }
 
-    fn set_outbound_status(&self, sid: &str, status: &str) {
+    /// Takes one create's worth of the trouble set by a test control.
+    pub(crate) fn take_trouble(&self) -> Option<Trouble> {
+        let mut store = self.store();
+        let (trouble, remaining) = store.trouble.as_mut()?;
+        let trouble = *trouble;
+        *remaining = remaining.saturating_sub(1);
+        if *remaining == 0 {
+            store.trouble = None;
+        }
+        Some(trouble)
+    }
+
+    pub(crate) fn set_outbound_status(&self, sid: &str, status: &str) {
         let mut store = self.store();
         let mut to = None;
         if let Some(r) = store.outbound.iter_mut().find(|r| r.sid == sid) {
             r.status = status.to_owned();
             if let Some(res) = r.resource.as_mut() {
+                let now = Some(nwd_twilio::rest::rfc2822(OffsetDateTime::now_utc()));
                 res.status = status.to_owned();
+                if status == "sent" {
+                    res.date_sent.clone_from(&now);
+                }
+                res.date_updated = now;
             }
             to = Some(r.to.clone());
         }
@@ -263,7 +300,7 @@ impl Sim {
     }
 }
 
-fn set_entry_state(store: &mut Store, phone: &str, sid: &str, state: &str) {
+pub(crate) fn set_entry_state(store: &mut Store, phone: &str, sid: &str, state: &str) {
     if let Some(entry) = store
         .conversations
         .get_mut(phone)
@@ -278,8 +315,8 @@ pub fn app(sim: Sim) -> Router {
     Router::new()
         .route("/", get(|| async { Html(PHONE_PAGE) }))
         .route(
-            "/2010-04-01/Accounts/{account_sid}/Messages.json",
-            post(create_message),
+            &nwd_twilio::rest::messages_path("{account_sid}"),
+            post(rest::create_message).get(rest::list_messages),
         )
         .route("/api/phones", get(list_phones))
         .route(
@@ -287,283 +324,15 @@ pub fn app(sim: Sim) -> Router {
             get(conversation).post(patient_sends),
         )
         .route("/api/messages", get(list_outbound))
+        .route("/api/rest-calls", get(rest_calls))
         .route("/api/fail-next", post(fail_next))
+        .route("/api/slow-next", post(slow_next))
         .with_state(sim)
-}
-
-// ------------------------------------------------------- Twilio REST API
-
-fn twilio_error(status: StatusCode, code: u32, message: &str) -> Response {
-    let body = ErrorResponse::new(code, status.as_u16(), message);
-    let mut res = (status, axum::Json(body)).into_response();
-    if status == StatusCode::UNAUTHORIZED {
-        res.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Basic realm=\"Twilio API\""),
-        );
-    }
-    res
-}
-
-fn authorized(headers: &HeaderMap, account_sid: &str, token: &str) -> bool {
-    let Some(encoded) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-    else {
-        return false;
-    };
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
-        return false;
-    };
-    let Ok(text) = String::from_utf8(decoded) else {
-        return false;
-    };
-    text.split_once(':')
-        .is_some_and(|(user, pass)| user == account_sid && pass == token)
-}
-
-/// Error codes of Twilio's magic test numbers.
-/// A phone number, or a channel address of one (`whatsapp:+1…`), as
-/// Twilio's Messages API takes them.
-fn is_number_address(s: &str) -> bool {
-    Address::parse(s).phone().is_some()
-}
-
-fn magic_number_error(to: &str) -> Option<(u32, &'static str)> {
-    match to {
-        "+15005550001" => Some((
-            codes::INVALID_TO,
-            "The 'To' number is not a valid phone number.",
-        )),
-        "+15005550002" => Some((
-            codes::NOT_REACHABLE,
-            "The 'To' phone number is not currently reachable via SMS.",
-        )),
-        "+15005550003" => Some((
-            codes::REGION_NOT_ENABLED,
-            "Permission to send an SMS has not been enabled for the region indicated by the 'To' number.",
-        )),
-        "+15005550004" => Some((
-            codes::UNSUBSCRIBED,
-            "Attempt to send to unsubscribed recipient.",
-        )),
-        "+15005550009" => Some((codes::NOT_MOBILE, "The 'To' number is not a mobile number.")),
-        _ => None,
-    }
-}
-
-async fn create_message(
-    State(sim): State<Sim>,
-    Path(account_sid): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let config = sim.config();
-    if !authorized(&headers, &config.account_sid, config.auth_token.expose()) {
-        return twilio_error(
-            StatusCode::UNAUTHORIZED,
-            codes::AUTHENTICATION_FAILED,
-            "Authentication Error - invalid username",
-        );
-    }
-    if account_sid != config.account_sid {
-        return twilio_error(
-            StatusCode::NOT_FOUND,
-            codes::NOT_FOUND,
-            "The requested resource was not found",
-        );
-    }
-    if let Some(status) = take_failure(&sim) {
-        let code = match status.as_u16() {
-            429 => codes::TOO_MANY_REQUESTS,
-            503 => codes::SERVICE_UNAVAILABLE,
-            _ => codes::INTERNAL_ERROR,
-        };
-        return twilio_error(status, code, "Simulated failure (phone-sim fail-next)");
-    }
-    let token = headers
-        .get(nwd_twilio::IDEMPOTENCY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|t| !t.is_empty())
-        .map(str::to_owned);
-    if let Some(token) = &token {
-        let store = sim.store();
-        if let Some(existing) = store
-            .idempotency
-            .get(token)
-            .and_then(|i| store.outbound.get(*i))
-            .and_then(|r| r.resource.clone())
-        {
-            return (StatusCode::CREATED, axum::Json(existing)).into_response();
-        }
-    }
-
-    let params = form::decode(&body);
-    let field = |name: &str| form::get(&params, name).filter(|v| !v.is_empty());
-    let Some(to) = field("To") else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            codes::TO_REQUIRED,
-            "A 'To' phone number is required.",
-        );
-    };
-    if !is_number_address(to) {
-        let message = format!("The 'To' number {to} is not a valid phone number.");
-        return twilio_error(StatusCode::BAD_REQUEST, codes::INVALID_TO, &message);
-    }
-    if let Some((code, message)) = magic_number_error(to) {
-        return twilio_error(StatusCode::BAD_REQUEST, code, message);
-    }
-    let messaging_service_sid = field("MessagingServiceSid").map(str::to_owned);
-    let from = match (field("From"), &messaging_service_sid) {
-        (Some(from), _) => {
-            if !is_number_address(from) {
-                let message = format!("The 'From' number {from} is not a valid phone number.");
-                return twilio_error(StatusCode::BAD_REQUEST, codes::INVALID_FROM, &message);
-            }
-            from.to_owned()
-        }
-        // A Messaging Service picks a number from its pool: the first line.
-        (None, Some(_)) => config.lines.first().cloned().unwrap_or_default(),
-        (None, None) => {
-            return twilio_error(
-                StatusCode::BAD_REQUEST,
-                codes::FROM_REQUIRED,
-                "A 'From' phone number is required.",
-            );
-        }
-    };
-    let Some(body) = form::get(&params, "Body").filter(|b| !b.trim().is_empty()) else {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            codes::BODY_REQUIRED,
-            "Message body is required.",
-        );
-    };
-    if body.chars().count() > nwd_proto::events::MAX_SMS_BODY_CHARS {
-        return twilio_error(
-            StatusCode::BAD_REQUEST,
-            21617,
-            "The concatenated message body exceeds the 1600 character limit.",
-        );
-    }
-    let status_callback = field("StatusCallback").map(str::to_owned);
-
-    let now = OffsetDateTime::now_utc();
-    let sid = nwd_twilio::new_message_sid();
-    let date = rest::rfc2822(now);
-    let resource = MessageResource {
-        account_sid: config.account_sid.clone(),
-        api_version: nwd_twilio::API_VERSION.to_owned(),
-        body: body.to_owned(),
-        date_created: Some(date.clone()),
-        date_sent: None,
-        date_updated: Some(date),
-        direction: "outbound-api".to_owned(),
-        error_code: None,
-        error_message: None,
-        from: Some(from.clone()),
-        messaging_service_sid: messaging_service_sid.clone(),
-        num_media: "0".to_owned(),
-        num_segments: rest::num_segments(body).to_string(),
-        price: None,
-        price_unit: Some("USD".to_owned()),
-        sid: sid.clone(),
-        status: "queued".to_owned(),
-        subresource_uris: Some(BTreeMap::from([(
-            "media".to_owned(),
-            rest::message_uri(&config.account_sid, &sid).replace(".json", "/Media.json"),
-        )])),
-        to: to.to_owned(),
-        uri: rest::message_uri(&config.account_sid, &sid),
-    };
-    let record = OutboundRecord {
-        sid: sid.clone(),
-        to: to.to_owned(),
-        from: from.clone(),
-        body: body.to_owned(),
-        messaging_service_sid,
-        status_callback: status_callback.clone(),
-        idempotency_token: token.clone(),
-        status: "queued".to_owned(),
-        resource: Some(resource.clone()),
-    };
-    {
-        let mut store = sim.store();
-        // Re-check under the lock: two concurrent calls with one token make one message.
-        if let Some(existing) = token
-            .as_ref()
-            .and_then(|t| store.idempotency.get(t))
-            .and_then(|i| store.outbound.get(*i))
-            .and_then(|r| r.resource.clone())
-        {
-            return (StatusCode::CREATED, axum::Json(existing)).into_response();
-        }
-        let index = store.outbound.len();
-        store.outbound.push(record.clone());
-        if let Some(t) = token {
-            store.idempotency.insert(t, index);
-        }
-        store
-            .conversations
-            .entry(to.to_owned())
-            .or_default()
-            .push(ConversationEntry {
-                sid: sid.clone(),
-                sender: Sender::Line,
-                line: from,
-                body: body.to_owned(),
-                state: "queued".to_owned(),
-                at: now,
-            });
-    }
-    tracing::info!(message_sid = %sid, "message queued");
-    let bg = sim.clone();
-    sim.inner
-        .tasks
-        .spawn(async move { deliver(bg, record).await });
-    (StatusCode::CREATED, axum::Json(resource)).into_response()
-}
-
-fn take_failure(sim: &Sim) -> Option<StatusCode> {
-    let mut store = sim.store();
-    let fail = store.fail_next.as_mut()?;
-    let status = fail.status;
-    fail.remaining = fail.remaining.saturating_sub(1);
-    if fail.remaining == 0 {
-        store.fail_next = None;
-    }
-    Some(status)
-}
-
-/// Marks the message sent then delivered, posting a signed status callback
-/// for each when the message has a `StatusCallback`.
-async fn deliver(sim: Sim, record: OutboundRecord) {
-    for status in ["sent", "delivered"] {
-        tokio::select! {
-            () = sim.inner.stop.cancelled() => return,
-            () = tokio::time::sleep(DELIVERY_DELAY) => {}
-        }
-        sim.set_outbound_status(&record.sid, status);
-        let Some(url) = &record.status_callback else {
-            continue;
-        };
-        let form = StatusCallbackForm::new(
-            &record.sid,
-            status,
-            &sim.config().account_sid,
-            &record.from,
-            &record.to,
-        );
-        let outcome = post_signed(&sim, url, &form.params(), &CALLBACK_RETRY_DELAYS_MS).await;
-        tracing::info!(message_sid = %record.sid, status, ?outcome, "status callback");
-    }
 }
 
 /// What became of a webhook post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Delivery {
+pub(crate) enum Delivery {
     Delivered,
     Failed,
     Stopped,
@@ -571,7 +340,7 @@ enum Delivery {
 
 /// Posts a signed form to `url`, retrying on 5xx and connection errors
 /// after each of `delays`; a 4xx is final.
-async fn post_signed(
+pub(crate) async fn post_signed(
     sim: &Sim,
     url: &str,
     params: &[(String, String)],
@@ -632,7 +401,7 @@ pub struct SendAccepted {
 }
 
 async fn patient_sends(State(sim): State<Sim>, Path(phone): Path<String>, body: Bytes) -> Response {
-    if !is_number_address(&phone) {
+    if !rest::is_number_address(&phone) {
         return Problem::bad_request(
             "the phone must be an E.164 number or a channel address of one (whatsapp:+1…)",
         )
@@ -645,7 +414,7 @@ async fn patient_sends(State(sim): State<Sim>, Path(phone): Path<String>, body: 
                 .into_response();
         }
     };
-    if !is_number_address(&request.to) {
+    if !rest::is_number_address(&request.to) {
         return Problem::bad_request("`to` must be an E.164 number or a channel address of one")
             .into_response();
     }
@@ -726,6 +495,10 @@ async fn conversation(
     axum::Json(ConversationView { phone, messages })
 }
 
+async fn rest_calls(State(sim): State<Sim>) -> axum::Json<RestCalls> {
+    axum::Json(sim.store().calls)
+}
+
 async fn list_outbound(State(sim): State<Sim>) -> axum::Json<Vec<OutboundRecord>> {
     axum::Json(sim.store().outbound.clone())
 }
@@ -734,6 +507,8 @@ async fn list_outbound(State(sim): State<Sim>) -> axum::Json<Vec<OutboundRecord>
 struct FailNextQuery {
     count: Option<u32>,
     status: Option<u16>,
+    /// The Twilio error code in the body (default: one fitting the status).
+    code: Option<u32>,
 }
 
 async fn fail_next(
@@ -749,9 +524,34 @@ async fn fail_next(
         Ok(s) if s.is_client_error() || s.is_server_error() => s,
         _ => return Problem::bad_request("status must be 400-599").into_response(),
     };
-    sim.store().fail_next = (count > 0).then_some(FailNext {
-        remaining: count,
-        status,
-    });
-    axum::Json(serde_json::json!({ "count": count, "status": status.as_u16() })).into_response()
+    sim.store().trouble = (count > 0).then_some((
+        Trouble::Fail {
+            status,
+            code: q.code,
+        },
+        count,
+    ));
+    axum::Json(serde_json::json!({ "count": count, "status": status.as_u16(), "code": q.code }))
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct SlowNextQuery {
+    count: Option<u32>,
+    ms: u64,
+}
+
+/// `POST /api/slow-next?count=1&ms=2000`: the next creates succeed, but
+/// their answers come `ms` late (the caller's timeout, a crash mid-call).
+async fn slow_next(
+    State(sim): State<Sim>,
+    query: Result<Query<SlowNextQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return Problem::bad_request("ms and count must be numbers").into_response();
+    };
+    let count = q.count.unwrap_or(1);
+    sim.store().trouble =
+        (count > 0).then_some((Trouble::Slow(Duration::from_millis(q.ms)), count));
+    axum::Json(serde_json::json!({ "count": count, "ms": q.ms })).into_response()
 }

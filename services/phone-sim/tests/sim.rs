@@ -298,7 +298,8 @@ async fn created_message_has_the_fixture_shape_and_reaches_the_phone() {
 }
 
 #[tokio::test]
-async fn idempotency_token_returns_the_same_message() {
+async fn a_repeated_create_is_a_second_message_as_at_twilio() {
+    // Twilio's REST API has no idempotency key: the token header is ignored.
     let sim = Sim::start("http://127.0.0.1:9").await;
     let params = [("To", PATIENT), ("From", LINE), ("Body", "once")];
     let a: MessageResource = sim
@@ -310,19 +311,151 @@ async fn idempotency_token_returns_the_same_message() {
     let res = sim.create(&params, Some("out-1")).await;
     assert_eq!(res.status(), 201);
     let b: MessageResource = res.json().await.unwrap();
-    assert_eq!(a.sid, b.sid);
+    assert_ne!(a.sid, b.sid);
     let outbound = sim.outbound().await;
-    assert_eq!(outbound.len(), 1);
+    assert_eq!(outbound.len(), 2);
     assert_eq!(outbound[0].idempotency_token.as_deref(), Some("out-1"));
-    // Another token is another message.
-    let c: MessageResource = sim
-        .create(&params, Some("out-2"))
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_messages_list_filters_by_to_from_and_date_sent_and_pages() {
+    let sim = Sim::start("http://127.0.0.1:9").await;
+    let other = "+15005550143";
+    let mut sids = Vec::new();
+    for (to, body) in [
+        (PATIENT, "one"),
+        (other, "elsewhere"),
+        (PATIENT, "two"),
+        (PATIENT, "three"),
+    ] {
+        let m: MessageResource = sim
+            .create(&[("To", to), ("From", LINE), ("Body", body)], None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        sids.push(m.sid);
+    }
+    let list = |query: Vec<(&'static str, String)>| {
+        let sim = &sim;
+        async move {
+            let res = sim
+                .http
+                .get(sim.messages_url(ACCOUNT))
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .query(&query)
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let filter = |date_sent, page_size| {
+        nwd_twilio::MessageFilter {
+            to: Some(PATIENT.to_owned()),
+            from: Some(LINE.to_owned()),
+            date_sent,
+            page_size,
+        }
+        .query()
+    };
+
+    // Newest first, only To+From matches, in Twilio's paging shape.
+    let (status, body) = list(filter(None, Some(2))).await;
+    assert_eq!(status, 200);
+    for key in [
+        "messages",
+        "end",
+        "first_page_uri",
+        "next_page_uri",
+        "page",
+        "page_size",
+        "previous_page_uri",
+        "start",
+        "uri",
+    ] {
+        assert!(body.get(key).is_some(), "{key}");
+    }
+    let page: nwd_twilio::MessagePage = serde_json::from_value(body).unwrap();
+    let got: Vec<&str> = page.messages.iter().map(|m| m.sid.as_str()).collect();
+    assert_eq!(got, [sids[3].as_str(), sids[2].as_str()]);
+    assert_eq!(
+        (page.page, page.page_size, page.start, page.end),
+        (0, 2, 0, 1)
+    );
+    assert_eq!(page.previous_page_uri, None);
+    // The next page, by its URI on the same host.
+    let next = page.next_page_uri.unwrap();
+    assert!(next.starts_with(&format!("/2010-04-01/Accounts/{ACCOUNT}/Messages.json?")));
+    let page: nwd_twilio::MessagePage = sim
+        .http
+        .get(format!("{}{next}", sim.base))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .send()
         .await
+        .unwrap()
         .json()
         .await
         .unwrap();
-    assert_ne!(a.sid, c.sid);
-    assert_eq!(sim.outbound().await.len(), 2);
+    let got: Vec<&str> = page.messages.iter().map(|m| m.sid.as_str()).collect();
+    assert_eq!(got, [sids[0].as_str()]);
+    assert_eq!(page.next_page_uri, None);
+
+    // DateSent matches messages sent that (GMT) day, once they are sent.
+    let today = time::OffsetDateTime::now_utc().date();
+    eventually(Duration::from_secs(5), "messages sent", || async {
+        let (_, body) = list(filter(Some(today), None)).await;
+        let page: nwd_twilio::MessagePage = serde_json::from_value(body).unwrap();
+        (page.messages.len() == 3).then_some(())
+    })
+    .await;
+    let (_, body) = list(filter(today.previous_day(), None)).await;
+    assert_eq!(body["messages"].as_array().unwrap().len(), 0);
+
+    // A bad filter is Twilio's 400; so is a wrong token 401.
+    let (status, body) = list(vec![("DateSent", "yesterday".to_owned())]).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["code"], 20001);
+    let res = sim
+        .http
+        .get(sim.messages_url(ACCOUNT))
+        .basic_auth(ACCOUNT, Some("wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn slow_next_creates_the_message_but_answers_late() {
+    let sim = Sim::start("http://127.0.0.1:9").await;
+    let res = sim
+        .http
+        .post(format!("{}/api/slow-next?ms=3000", sim.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let params: Vec<(String, String)> = [("To", PATIENT), ("From", LINE), ("Body", "late")]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let answer = sim
+        .http
+        .post(sim.messages_url(ACCOUNT))
+        .basic_auth(ACCOUNT, Some(TOKEN))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form::encode(&params))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(answer.unwrap_err().is_timeout());
+    // The caller never learnt the SID, but the message exists.
+    let outbound = sim.outbound().await;
+    assert_eq!(outbound.len(), 1);
+    assert_eq!(outbound[0].body, "late");
     sim.stop().await;
 }
 
@@ -415,6 +548,15 @@ async fn fail_next_fails_the_next_calls() {
     }
     assert_eq!(sim.create(&params, Some("t")).await.status(), 201);
     assert_eq!(sim.outbound().await.len(), 1);
+    // A 4xx with a chosen Twilio code.
+    sim.http
+        .post(format!("{}/api/fail-next?status=400&code=21999", sim.base))
+        .send()
+        .await
+        .unwrap();
+    let res = sim.create(&params, None).await;
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<ErrorResponse>().await.unwrap().code, 21999);
     let res = sim
         .http
         .post(format!("{}/api/fail-next?count=1&status=200", sim.base))
