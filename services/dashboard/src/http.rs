@@ -229,8 +229,7 @@ async fn login(
         .await;
     drop(checking);
     let Some(who) = checked else {
-        app.throttle
-            .failed(address, &form.username, Instant::now());
+        app.throttle.failed(address, &form.username, Instant::now());
         count_login("refused");
         count_failure("bad_credentials");
         tracing::info!("login refused");
@@ -303,10 +302,8 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 /// `GET /api/me`: who is logged in.
 async fn me(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     match authenticate(&app, &headers).await {
-        Ok((s, _)) => {
-            axum::Json(serde_json::json!({ "id": s.id, "name": s.name, "role": s.role }))
-                .into_response()
-        }
+        Ok((s, _)) => axum::Json(serde_json::json!({ "id": s.id, "name": s.name, "role": s.role }))
+            .into_response(),
         Err(p) => p.into_response(),
     }
 }

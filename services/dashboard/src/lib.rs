@@ -90,10 +90,18 @@ pub struct Config {
     #[arg(long, env = "NWD_DASHBOARD_SESSION_TTL_SECS", default_value_t = 43_200)]
     pub session_ttl_secs: u64,
     /// Login attempts allowed per username per minute (burst of 3).
-    #[arg(long, env = "NWD_DASHBOARD_LOGIN_PER_USERNAME_PER_MINUTE", default_value = "5")]
+    #[arg(
+        long,
+        env = "NWD_DASHBOARD_LOGIN_PER_USERNAME_PER_MINUTE",
+        default_value = "5"
+    )]
     pub login_per_username_per_minute: NonZeroU32,
     /// Login attempts allowed per client address per minute (burst of 10).
-    #[arg(long, env = "NWD_DASHBOARD_LOGIN_PER_ADDRESS_PER_MINUTE", default_value = "30")]
+    #[arg(
+        long,
+        env = "NWD_DASHBOARD_LOGIN_PER_ADDRESS_PER_MINUTE",
+        default_value = "30"
+    )]
     pub login_per_address_per_minute: NonZeroU32,
     /// Proxies whose `X-Forwarded-For` names the client address, comma
     /// separated. Empty (the default): the socket's peer is the client.
@@ -243,9 +251,8 @@ impl App {
             return Err(Error::WeakSessionKey);
         }
         let settings = Settings::from_config(config)?;
-        let ttl = time::Duration::seconds(
-            i64::try_from(config.session_ttl_secs).unwrap_or(i64::MAX),
-        );
+        let ttl =
+            time::Duration::seconds(i64::try_from(config.session_ttl_secs).unwrap_or(i64::MAX));
         let sessions = session::Sessions::new(config.session_key.expose().as_bytes(), ttl)
             .map_err(|_| Error::WeakSessionKey)?;
         let throttle = throttle::Throttle::new(throttle::Rates {

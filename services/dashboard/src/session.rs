@@ -237,7 +237,13 @@ mod tests {
         assert_eq!(s.key_of(&id), Some(key.clone()));
         let other = sessions(b"fedcba9876543210fedcba9876543210");
         assert_ne!(other.key_of(&id), Some(key));
-        for junk in ["", "v1.ana.1.AAAA", &id[1..], &format!("{id}A"), &format!("{}!", &id[1..])] {
+        for junk in [
+            "",
+            "v1.ana.1.AAAA",
+            &id[1..],
+            &format!("{id}A"),
+            &format!("{}!", &id[1..]),
+        ] {
             assert_eq!(s.key_of(junk), None, "{junk}");
         }
     }

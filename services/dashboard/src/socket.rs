@@ -139,7 +139,11 @@ where
 async fn still_open(app: &App, stores: &Stores, login: &Login) -> bool {
     let found = app
         .sessions
-        .find_key(&stores.sessions, login.key.clone(), OffsetDateTime::now_utc())
+        .find_key(
+            &stores.sessions,
+            login.key.clone(),
+            OffsetDateTime::now_utc(),
+        )
         .await;
     match found {
         Ok(found) => found.is_some(),

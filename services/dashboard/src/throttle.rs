@@ -158,7 +158,12 @@ impl Throttle {
 
     /// Lets an attempt through to the password check, or says why not. Keep
     /// the returned guard until the check is done.
-    pub fn admit(&self, address: IpAddr, username: &str, now: Instant) -> Result<Checking, Refused> {
+    pub fn admit(
+        &self,
+        address: IpAddr,
+        username: &str,
+        now: Instant,
+    ) -> Result<Checking, Refused> {
         let username = username_key(username);
         let waits = [
             self.address_strikes.wait(&address, now),
@@ -324,7 +329,10 @@ mod tests {
         let refused = t.admit(AWAY, "ana", now).unwrap_err();
         assert_eq!(refused.reason, Reason::UsernameRate);
         // 5 a minute: the next one in about 12 s.
-        assert!((10..=12).contains(&refused.retry_after_secs()), "{refused:?}");
+        assert!(
+            (10..=12).contains(&refused.retry_after_secs()),
+            "{refused:?}"
+        );
 
         let t = throttle(1000, 30);
         for i in 0..ADDRESS_BURST {
