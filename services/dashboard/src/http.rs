@@ -74,6 +74,16 @@ async fn method_not_allowed() -> Problem {
     )
 }
 
+/// The sessions bucket cannot be reached: nobody can be logged in or out.
+fn sessions_unavailable() -> Problem {
+    Problem::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "The dashboard cannot reach its sessions; retry",
+    )
+    .retry_after(1)
+}
+
 fn too_many_attempts(refused: Refused) -> Problem {
     let secs = u32::try_from(refused.retry_after_secs()).unwrap_or(u32::MAX);
     Problem::new(
@@ -88,14 +98,14 @@ fn too_many_attempts(refused: Refused) -> Problem {
 /// The logged-in staff member of a request, and their session.
 async fn authenticate(app: &App, headers: &HeaderMap) -> Result<(Staff, Login), Problem> {
     let id = session::from_headers(headers).ok_or_else(unauthenticated)?;
-    let stores = app.stores().ok_or_else(Problem::unavailable)?;
+    let stores = app.stores().ok_or_else(sessions_unavailable)?;
     let login = app
         .sessions
         .find(&stores.sessions, id, OffsetDateTime::now_utc())
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "cannot read the session");
-            Problem::unavailable()
+            sessions_unavailable()
         })?
         .ok_or_else(unauthenticated)?;
     // Someone removed from the directory loses access at once.
@@ -211,7 +221,7 @@ async fn login(
         return Problem::bad_request("expected username and password").into_response();
     };
     let Some(stores) = app.stores() else {
-        return Problem::unavailable().into_response();
+        return sessions_unavailable().into_response();
     };
     let address = client_address(peer.ip(), &headers, &app.settings.trusted_proxies);
     let checking = match app.throttle.admit(address, &form.username, Instant::now()) {
@@ -245,7 +255,7 @@ async fn login(
         Err(e) => {
             tracing::warn!(error = %e, "cannot store the session");
             count_login("unavailable");
-            return Problem::unavailable().into_response();
+            return sessions_unavailable().into_response();
         }
     };
     count_login("ok");
@@ -285,7 +295,7 @@ async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         if let Err(e) = ended {
             // The session would outlive the logout: say so, and let the page retry.
             tracing::warn!(error = %e, "cannot end the session");
-            return ([(header::SET_COOKIE, clear)], Problem::unavailable()).into_response();
+            return ([(header::SET_COOKIE, clear)], sessions_unavailable()).into_response();
         }
         tracing::info!("logged out");
     }
@@ -400,4 +410,73 @@ async fn serve_websocket(app: Arc<App>, login: Login, ws: WebSocket) {
             })
         });
     socket::serve(app, login, writer, reader).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let proxy = ip("10.0.0.2");
+        let xff = headers(&[("x-forwarded-for", "198.51.100.7, 203.0.113.9")]);
+        assert_eq!(client_address(proxy, &xff, &[]), proxy);
+        assert_eq!(client_address(proxy, &xff, &[proxy]), ip("203.0.113.9"));
+        // Chained trusted proxies are skipped; a client's own claim is not trusted.
+        let chained = headers(&[("x-forwarded-for", "198.51.100.7, 203.0.113.9, 10.0.0.3")]);
+        assert_eq!(
+            client_address(proxy, &chained, &[proxy, ip("10.0.0.3")]),
+            ip("203.0.113.9")
+        );
+        let garbage = headers(&[("x-forwarded-for", "not-an-address")]);
+        assert_eq!(client_address(proxy, &garbage, &[proxy]), proxy);
+        assert_eq!(client_address(proxy, &HeaderMap::new(), &[proxy]), proxy);
+        // IPv4 seen over IPv6 is the same client.
+        assert_eq!(
+            client_address(ip("::ffff:192.0.2.1"), &HeaderMap::new(), &[]),
+            ip("192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn the_origin_must_match_scheme_host_and_port() {
+        let public = url::Url::parse("https://dash.example.org")
+            .unwrap()
+            .origin();
+        let check = |origin: &str| same_origin(&headers(&[("origin", origin)]), Some(&public));
+        assert!(check("https://dash.example.org"));
+        assert!(check("https://dash.example.org:443"));
+        assert!(check("https://DASH.example.org"));
+        for other in [
+            "http://dash.example.org",
+            "https://dash.example.org:8443",
+            "https://evil.example.org",
+            "https://dash.example.org.evil.example",
+            "null",
+            "",
+        ] {
+            assert!(!check(other), "{other}");
+        }
+        // No Origin: not a browser page, nothing to compare.
+        assert!(same_origin(&HeaderMap::new(), Some(&public)));
+        // No public URL: http and the request's Host.
+        let local = |origin: &str, host: &str| {
+            same_origin(&headers(&[("origin", origin), ("host", host)]), None)
+        };
+        assert!(local("http://127.0.0.1:8090", "127.0.0.1:8090"));
+        assert!(!local("http://127.0.0.1:8091", "127.0.0.1:8090"));
+        assert!(!local("https://127.0.0.1:8090", "127.0.0.1:8090"));
+    }
 }

@@ -423,3 +423,66 @@ pub async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::E
         Err(e) => Err(e.into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings(args: &[&str]) -> Result<Settings, Error> {
+        let mut argv = vec!["nwd-dashboard", "--session-key", "k"];
+        argv.extend_from_slice(args);
+        Settings::from_config(&Config::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn the_cookie_is_secure_when_the_public_url_is_https_unless_forced() {
+        assert!(!settings(&[]).unwrap().cookie_secure);
+        let https = ["--public-url", "https://dash.example.org"];
+        assert!(settings(&https).unwrap().cookie_secure);
+        assert!(
+            !settings(&[&https[..], &["--cookie-secure", "never"]].concat())
+                .unwrap()
+                .cookie_secure
+        );
+        assert!(
+            settings(&["--cookie-secure", "always"])
+                .unwrap()
+                .cookie_secure
+        );
+        assert!(
+            settings(&["--public-url", "http://127.0.0.1:8090"])
+                .unwrap()
+                .origin
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn nonsense_is_refused_at_start() {
+        assert!(matches!(
+            settings(&["--public-url", "ftp://dash.example.org"]),
+            Err(Error::PublicUrl(_))
+        ));
+        assert!(matches!(
+            settings(&["--session-ttl-secs", "43201"]),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            settings(&["--session-ttl-secs", "0"]),
+            Err(Error::Config(_))
+        ));
+        assert!(
+            Config::try_parse_from([
+                "x",
+                "--session-key",
+                "k",
+                "--trusted-proxies",
+                "10.0.0.1,nope"
+            ])
+            .is_err()
+        );
+        let proxies = settings(&["--trusted-proxies", "10.0.0.1,::1"]).unwrap();
+        assert_eq!(proxies.trusted_proxies.len(), 2);
+    }
+}
