@@ -36,4 +36,8 @@ pub mod buckets {
     pub const REPLIES: &str = "replies";
     /// The directory (key `current`, JSON), changeable at run time.
     pub const DIRECTORY: &str = "directory";
+    /// Dashboard login sessions, key = a keyed hash of the cookie's session
+    /// id (never the id itself). Dashboard-owned; entries expire with the
+    /// bucket's max age, and logout deletes them.
+    pub const SESSIONS: &str = "sessions";
 }

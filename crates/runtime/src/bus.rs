@@ -99,6 +99,10 @@ pub fn jetstream(client: Client, args: &NatsArgs) -> jetstream::Context {
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
+/// The longest a dashboard session can last: the `sessions` bucket drops
+/// entries older than this even if nobody logs out.
+pub const SESSIONS_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
+
 /// Stream configurations, one place.
 pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
     let base = |name: &str, subject: &str, max_age: Duration| stream::Config {
@@ -143,6 +147,7 @@ pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
         // A browser resends a reply only while its tab is open: a month is ample.
         base(buckets::REPLIES, 1, 30 * DAY),
         base(buckets::DIRECTORY, 10, Duration::ZERO),
+        base(buckets::SESSIONS, 1, SESSIONS_MAX_AGE),
     ]
 }
 
@@ -195,6 +200,7 @@ fn static_name(name: &str) -> &'static str {
         buckets::PRESENCE,
         buckets::SENDS,
         buckets::REPLIES,
+        buckets::SESSIONS,
     ]
     .into_iter()
     .find(|n| *n == name)

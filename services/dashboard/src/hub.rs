@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use nwd_proto::CounsellorId;
 use nwd_proto::dashboard::{Presence, ServerMsg};
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::session::Login;
 
 /// Messages queued per socket before it counts as too slow and is closed.
 /// Large enough for a burst: a counsellor who logs in while hundreds of
@@ -27,6 +30,9 @@ pub const SOCKET_QUEUE: usize = 4096;
 
 struct Conn {
     id: u64,
+    /// The bucket key of the session the socket was opened with.
+    session: String,
+    expires_at: OffsetDateTime,
     tx: mpsc::Sender<ServerMsg>,
     close: CancellationToken,
 }
@@ -66,11 +72,12 @@ impl Hub {
         self.desks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a socket. `initial` is the presence to take if the
-    /// counsellor has no other socket here; `parent` closes the socket too.
+    /// Registers a socket of `login`'s counsellor. `initial` is the presence
+    /// to take if the counsellor has no other socket here; `parent` closes
+    /// the socket too.
     pub fn register(
         &self,
-        who: &CounsellorId,
+        login: &Login,
         initial: Presence,
         parent: &CancellationToken,
     ) -> Registration {
@@ -78,12 +85,16 @@ impl Hub {
         let close = parent.child_token();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut desks = self.desks();
-        let desk = desks.entry(who.clone()).or_insert_with(|| Desk {
-            status: initial,
-            conns: Vec::new(),
-        });
+        let desk = desks
+            .entry(login.counsellor.clone())
+            .or_insert_with(|| Desk {
+                status: initial,
+                conns: Vec::new(),
+            });
         desk.conns.push(Conn {
             id,
+            session: login.key.clone(),
+            expires_at: login.expires_at,
             tx: tx.clone(),
             close: close.clone(),
         });
@@ -136,6 +147,36 @@ impl Hub {
             .collect()
     }
 
+    /// Closes every socket opened with session `key` (logged out or
+    /// revoked); returns how many. Each socket unregisters itself as it ends.
+    pub fn close_session(&self, key: &str) -> usize {
+        self.close_where(|_, conn| conn.session == key)
+    }
+
+    /// Closes every socket whose session has expired by `now` or whose
+    /// counsellor `still_staff` no longer knows; returns how many.
+    pub fn close_ended(
+        &self,
+        now: OffsetDateTime,
+        still_staff: impl Fn(&CounsellorId) -> bool,
+    ) -> usize {
+        self.close_where(|who, conn| now >= conn.expires_at || !still_staff(who))
+    }
+
+    fn close_where(&self, ended: impl Fn(&CounsellorId, &Conn) -> bool) -> usize {
+        let desks = self.desks();
+        let mut closed = 0;
+        for (who, desk) in desks.iter() {
+            for conn in &desk.conns {
+                if !conn.close.is_cancelled() && ended(who, conn) {
+                    conn.close.cancel();
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
     /// Open sockets in total.
     pub fn socket_count(&self) -> usize {
         self.desks().values().map(|d| d.conns.len()).sum()
@@ -175,14 +216,29 @@ mod tests {
         CounsellorId::parse(s).unwrap()
     }
 
+    fn login(who: &str) -> Login {
+        Login {
+            key: format!("session-of-{who}"),
+            ..login_until(who, OffsetDateTime::now_utc() + time::Duration::hours(1))
+        }
+    }
+
+    fn login_until(who: &str, expires_at: OffsetDateTime) -> Login {
+        Login {
+            key: format!("session-of-{who}-{}", expires_at.unix_timestamp()),
+            counsellor: c(who),
+            expires_at,
+        }
+    }
+
     #[test]
     fn messages_reach_every_socket_of_one_counsellor_only() {
         let hub = Hub::default();
         let root = CancellationToken::new();
-        let mut a1 = hub.register(&c("ana"), Presence::Offline, &root);
-        let mut a2 = hub.register(&c("ana"), Presence::Available, &root);
+        let mut a1 = hub.register(&login("ana"), Presence::Offline, &root);
+        let mut a2 = hub.register(&login("ana"), Presence::Available, &root);
         assert_eq!(a2.status, Presence::Offline, "the desk's status wins");
-        let mut b = hub.register(&c("ben"), Presence::Busy, &root);
+        let mut b = hub.register(&login("ben"), Presence::Busy, &root);
         assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 2);
         assert_eq!(a1.rx.try_recv().unwrap(), ServerMsg::Pong);
         assert_eq!(a2.rx.try_recv().unwrap(), ServerMsg::Pong);
@@ -198,12 +254,41 @@ mod tests {
     fn a_socket_that_falls_behind_is_closed() {
         let hub = Hub::default();
         let root = CancellationToken::new();
-        let slow = hub.register(&c("ana"), Presence::Available, &root);
+        let slow = hub.register(&login("ana"), Presence::Available, &root);
         for _ in 0..SOCKET_QUEUE {
             assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 1);
         }
         assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 0);
         assert!(slow.close.is_cancelled());
         assert_eq!(hub.socket_count(), 0);
+    }
+
+    #[test]
+    fn ended_sessions_close_only_their_own_sockets() {
+        let hub = Hub::default();
+        let root = CancellationToken::new();
+        let now = OffsetDateTime::now_utc();
+        let a1 = hub.register(&login("ana"), Presence::Available, &root);
+        let a2 = hub.register(
+            &login_until("ana", now + time::Duration::hours(2)),
+            Presence::Available,
+            &root,
+        );
+        let b = hub.register(&login("ben"), Presence::Available, &root);
+        let s = hub.register(
+            &login_until("sam", now - time::Duration::seconds(1)),
+            Presence::Available,
+            &root,
+        );
+
+        assert_eq!(hub.close_session(&login("ana").key), 1);
+        assert!(a1.close.is_cancelled() && !a2.close.is_cancelled());
+        assert_eq!(hub.close_session(&login("ana").key), 0, "closed once");
+
+        assert_eq!(hub.close_ended(now, |who| who != &c("ben")), 2);
+        assert!(b.close.is_cancelled() && s.close.is_cancelled());
+        assert!(!a2.close.is_cancelled());
+        assert_eq!(hub.close_ended(now + time::Duration::hours(3), |_| true), 1);
+        assert!(a2.close.is_cancelled());
     }
 }

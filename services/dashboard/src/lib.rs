@@ -7,15 +7,20 @@
 //!                     │ ──publish────► OUTBOUND          (replies)
 //!                     │ ──cas────────► replies bucket    (a reply's body hash: resends)
 //!                     │ ◄──core sub─── OUTBOUND status   (delivery ticks)
-//!                     └ ──cas────────► presence bucket   (status + heartbeat)
+//!                     ├ ──cas────────► presence bucket   (status + heartbeat)
+//!                     └ ◄─watch──────► sessions bucket   (logins; logout deletes)
 //! ```
 //!
-//! The dashboard keeps no state of its own beyond the open sockets and the
-//! `replies` bucket (which browser resends it has accepted): contacts
-//! are read from the `contacts` bucket and transcripts from the streams, so a
-//! reconnecting browser (or a restarted dashboard) gets the same picture.
+//! The dashboard keeps no state of its own beyond the open sockets: contacts
+//! are read from the `contacts` bucket, transcripts from the streams,
+//! logins from the `sessions` bucket and the browser resends it has accepted
+//! from the `replies` bucket, so a reconnecting browser (or a restarted
+//! dashboard) gets the same picture. Every router command names the
+//! counsellor of the socket's authenticated session, never one the browser
+//! sends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -36,14 +41,25 @@ pub mod http;
 pub mod hub;
 pub mod presence;
 pub mod reply;
+pub mod revocation;
 pub mod session;
 pub mod socket;
+pub mod throttle;
 
 /// Service name, for logs and metric labels.
 pub const NAME: &str = "dashboard";
 
 /// Shortest accepted session key (HMAC-SHA256 key), in bytes.
 pub const MIN_SESSION_KEY_BYTES: usize = 32;
+
+/// When the session cookie is marked `Secure`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieSecure {
+    /// When the public URL is https.
+    Auto,
+    Always,
+    Never,
+}
 
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "nwd-dashboard", about = "No Wrong Door counsellor dashboard")]
@@ -60,12 +76,40 @@ pub struct Config {
         default_value = "deploy/local/demo/directory.toml"
     )]
     pub directory: PathBuf,
-    /// Key that signs session cookies (at least 32 bytes). No default.
+    /// Key under which session ids are stored (HMAC-SHA256, at least 32
+    /// bytes). No default; changing it ends every session.
     #[arg(long, env = "NWD_SESSION_KEY")]
     pub session_key: Secret,
-    /// Mark the session cookie `Secure` (set behind HTTPS).
-    #[arg(long, env = "NWD_COOKIE_SECURE", default_value_t = false)]
-    pub cookie_secure: bool,
+    /// The URL browsers use to reach the dashboard, e.g.
+    /// `https://dashboard.example.org`. The websocket opens only from this
+    /// origin (scheme, host and port); unset, from `http://` and the
+    /// request's `Host`.
+    #[arg(long, env = "NWD_DASHBOARD_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+    /// Mark the session cookie `Secure`: `auto` when the public URL is https.
+    #[arg(long, env = "NWD_DASHBOARD_COOKIE_SECURE", value_enum, default_value_t = CookieSecure::Auto)]
+    pub cookie_secure: CookieSecure,
+    /// How long a login lasts, in seconds (at most 12 hours).
+    #[arg(long, env = "NWD_DASHBOARD_SESSION_TTL_SECS", default_value_t = 43_200)]
+    pub session_ttl_secs: u64,
+    /// Login attempts allowed per username per minute (burst of 3).
+    #[arg(
+        long,
+        env = "NWD_DASHBOARD_LOGIN_PER_USERNAME_PER_MINUTE",
+        default_value = "5"
+    )]
+    pub login_per_username_per_minute: NonZeroU32,
+    /// Login attempts allowed per client address per minute (burst of 10).
+    #[arg(
+        long,
+        env = "NWD_DASHBOARD_LOGIN_PER_ADDRESS_PER_MINUTE",
+        default_value = "30"
+    )]
+    pub login_per_address_per_minute: NonZeroU32,
+    /// Proxies whose `X-Forwarded-For` names the client address, comma
+    /// separated. Empty (the default): the socket's peer is the client.
+    #[arg(long, env = "NWD_DASHBOARD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
     /// How often an open dashboard refreshes the counsellor's presence heartbeat
     /// (and pings the browser), in milliseconds.
     #[arg(long, env = "NWD_DASHBOARD_HEARTBEAT_MS", default_value_t = 3000)]
@@ -94,19 +138,62 @@ pub enum Error {
     WeakSessionKey,
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    #[error("the public URL must be http or https with a host, not {0}")]
+    PublicUrl(url::Url),
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error("cannot serve HTTP: {0}")]
     Serve(#[from] std::io::Error),
 }
 
-/// Timing knobs, from [`Config`].
-#[derive(Debug, Clone, Copy)]
+/// Knobs, from [`Config`].
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub heartbeat: Duration,
     pub command_timeout: Duration,
     pub idle_timeout: Duration,
     pub cookie_secure: bool,
+    /// The only origin the websocket opens from; `None`: `http://` + `Host`.
+    pub origin: Option<url::Origin>,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> Result<Self, Error> {
+        if config.heartbeat_ms == 0 || config.command_timeout_ms == 0 {
+            return Err(Error::Config(
+                "heartbeat_ms and command_timeout_ms must be positive",
+            ));
+        }
+        if config.idle_timeout_ms <= config.heartbeat_ms {
+            return Err(Error::Config("idle_timeout_ms must exceed heartbeat_ms"));
+        }
+        if config.session_ttl_secs == 0 || config.session_ttl_secs > bus::SESSIONS_MAX_AGE.as_secs()
+        {
+            return Err(Error::Config(
+                "session_ttl_secs must be positive and at most 12 hours",
+            ));
+        }
+        let https = match &config.public_url {
+            Some(u) if !matches!(u.scheme(), "http" | "https") || u.host().is_none() => {
+                return Err(Error::PublicUrl(u.clone()));
+            }
+            Some(u) => u.scheme() == "https",
+            None => false,
+        };
+        Ok(Self {
+            heartbeat: Duration::from_millis(config.heartbeat_ms),
+            command_timeout: Duration::from_millis(config.command_timeout_ms),
+            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+            cookie_secure: match config.cookie_secure {
+                CookieSecure::Auto => https,
+                CookieSecure::Always => true,
+                CookieSecure::Never => false,
+            },
+            origin: config.public_url.as_ref().map(url::Url::origin),
+            trusted_proxies: config.trusted_proxies.clone(),
+        })
+    }
 }
 
 /// The buckets the dashboard reads and writes, opened once the bus is set up.
@@ -116,6 +203,7 @@ pub struct Stores {
     pub presence: jetstream::kv::Store,
     /// Replies accepted from browsers (dedupe of resends).
     pub replies: jetstream::kv::Store,
+    pub sessions: jetstream::kv::Store,
 }
 
 /// Everything a request or a socket needs.
@@ -124,6 +212,8 @@ pub struct App {
     /// member removed there loses access at once).
     pub directory: nwd_runtime::directory::Live,
     pub sessions: session::Sessions,
+    /// Login rate limits and back-off, checked before any password hash.
+    pub throttle: throttle::Throttle,
     pub credentials: credentials::Credentials,
     pub client: async_nats::Client,
     pub js: jetstream::Context,
@@ -165,22 +255,15 @@ impl App {
         if config.session_key.expose().len() < MIN_SESSION_KEY_BYTES {
             return Err(Error::WeakSessionKey);
         }
-        if config.heartbeat_ms == 0 || config.command_timeout_ms == 0 {
-            return Err(Error::Config(
-                "heartbeat_ms and command_timeout_ms must be positive",
-            ));
-        }
-        if config.idle_timeout_ms <= config.heartbeat_ms {
-            return Err(Error::Config("idle_timeout_ms must exceed heartbeat_ms"));
-        }
-        let sessions = session::Sessions::new(config.session_key.expose().as_bytes())
+        let settings = Settings::from_config(config)?;
+        let ttl =
+            time::Duration::seconds(i64::try_from(config.session_ttl_secs).unwrap_or(i64::MAX));
+        let sessions = session::Sessions::new(config.session_key.expose().as_bytes(), ttl)
             .map_err(|_| Error::WeakSessionKey)?;
-        let settings = Settings {
-            heartbeat: Duration::from_millis(config.heartbeat_ms),
-            command_timeout: Duration::from_millis(config.command_timeout_ms),
-            idle_timeout: Duration::from_millis(config.idle_timeout_ms),
-            cookie_secure: config.cookie_secure,
-        };
+        let throttle = throttle::Throttle::new(throttle::Rates {
+            per_username_per_minute: config.login_per_username_per_minute,
+            per_address_per_minute: config.login_per_address_per_minute,
+        });
         let credentials = credentials::Credentials::new().await;
         let client = bus::connect(&config.nats, NAME).await?;
         let js = bus::jetstream(client.clone(), &config.nats);
@@ -189,6 +272,7 @@ impl App {
         let app = Arc::new(App {
             directory,
             sessions,
+            throttle,
             credentials,
             client,
             js,
@@ -251,6 +335,7 @@ async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
                 contacts: bus::bucket(&app.js, buckets::CONTACTS).await?,
                 presence: bus::bucket(&app.js, buckets::PRESENCE).await?,
                 replies: bus::bucket(&app.js, buckets::REPLIES).await?,
+                sessions: bus::bucket(&app.js, buckets::SESSIONS).await?,
             })
         };
         match opened.await {
@@ -263,6 +348,13 @@ async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
         }
         delay = (delay * 2).min(Duration::from_secs(2));
     };
+    app.tasks.spawn(revocation::watch(
+        app.clone(),
+        stores.sessions.clone(),
+        readiness.clone(),
+    ));
+    app.tasks.spawn(revocation::sweep(app.clone()));
+    app.tasks.spawn(throttle_pruning(app.clone()));
     let _ = app.stores.set(stores);
     readiness.set("bus", true);
     match bus::bucket(&app.js, buckets::DIRECTORY).await {
@@ -308,6 +400,21 @@ async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
     tracing::info!("dashboard ready");
 }
 
+/// Prunes the login throttle's keyed state every minute, so it stays bounded.
+async fn throttle_pruning(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        app.throttle.prune(std::time::Instant::now());
+        metrics::gauge!("nwd_dashboard_login_throttle_keys", "service" => NAME)
+            .set(app.throttle.keys() as f64);
+    }
+}
+
 /// Waits until the server has processed everything this client sent so far:
 /// a request nobody answers comes back "no responders" after the server has
 /// handled the commands queued before it.
@@ -320,5 +427,68 @@ pub async fn round_trip(client: &async_nats::Client) -> Result<(), async_nats::E
         Ok(_) => Ok(()),
         Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings(args: &[&str]) -> Result<Settings, Error> {
+        let mut argv = vec!["nwd-dashboard", "--session-key", "k"];
+        argv.extend_from_slice(args);
+        Settings::from_config(&Config::try_parse_from(argv).unwrap())
+    }
+
+    #[test]
+    fn the_cookie_is_secure_when_the_public_url_is_https_unless_forced() {
+        assert!(!settings(&[]).unwrap().cookie_secure);
+        let https = ["--public-url", "https://dash.example.org"];
+        assert!(settings(&https).unwrap().cookie_secure);
+        assert!(
+            !settings(&[&https[..], &["--cookie-secure", "never"]].concat())
+                .unwrap()
+                .cookie_secure
+        );
+        assert!(
+            settings(&["--cookie-secure", "always"])
+                .unwrap()
+                .cookie_secure
+        );
+        assert!(
+            settings(&["--public-url", "http://127.0.0.1:8090"])
+                .unwrap()
+                .origin
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn nonsense_is_refused_at_start() {
+        assert!(matches!(
+            settings(&["--public-url", "ftp://dash.example.org"]),
+            Err(Error::PublicUrl(_))
+        ));
+        assert!(matches!(
+            settings(&["--session-ttl-secs", "43201"]),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            settings(&["--session-ttl-secs", "0"]),
+            Err(Error::Config(_))
+        ));
+        assert!(
+            Config::try_parse_from([
+                "x",
+                "--session-key",
+                "k",
+                "--trusted-proxies",
+                "10.0.0.1,nope"
+            ])
+            .is_err()
+        );
+        let proxies = settings(&["--trusted-proxies", "10.0.0.1,::1"]).unwrap();
+        assert_eq!(proxies.trusted_proxies.len(), 2);
     }
 }

@@ -1,83 +1,192 @@
-//! Stateless signed session tokens, carried in the `nwd_session` cookie:
-//! `v1.{counsellor}.{expiry_unix}.{base64url(HMAC-SHA256(key, "v1.{counsellor}.{expiry_unix}"))}`.
-//! Nothing is stored, so a session survives a dashboard restart; it ends
-//! when it expires (12 h) or the browser drops the cookie (logout).
+//! Server-side login sessions in the `sessions` bucket.
+//!
+//! The `nwd_session` cookie carries only a random session id (256 bits,
+//! base64url). The bucket key is `base64url(HMAC-SHA256(session key, id))`,
+//! so the bucket never holds a usable cookie, and whoever can write the
+//! bucket still cannot mint a session without the key. The value says whose
+//! session it is and when it ends.
+//!
+//! A session ends when it expires (the record's `expires_at`, and the
+//! bucket's max age as a backstop), when its counsellor logs out (the entry
+//! is deleted at once), or when the counsellor leaves the directory. Open
+//! sockets of an ended session are closed: see [`crate::revocation`].
 
+use async_nats::jetstream::kv::{self, Store};
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use nwd_proto::CounsellorId;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use time::{Duration, OffsetDateTime};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "nwd_session";
-/// How long a login lasts.
-pub const TTL: Duration = Duration::hours(12);
+/// How long a login lasts unless configured otherwise.
+pub const DEFAULT_TTL: Duration = Duration::hours(12);
 
-const VERSION: &str = "v1";
+/// Random bytes in a session id.
+const ID_BYTES: usize = 32;
+/// Length of a session id in base64url without padding.
+const ID_CHARS: usize = 43;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Issues and verifies session tokens with one key.
+/// What the bucket holds for a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub counsellor: CounsellorId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// An authenticated session: its bucket key (how sockets are told apart for
+/// revocation) and its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub key: String,
+    pub counsellor: CounsellorId,
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot read the session: {0}")]
+    Read(#[from] kv::EntryError),
+    #[error("cannot create the session: {0}")]
+    Create(#[from] kv::CreateError),
+    #[error("cannot delete the session: {0}")]
+    Delete(#[from] kv::DeleteError),
+}
+
+/// Opens, finds and ends sessions with one key and one lifetime.
 #[derive(Clone)]
 pub struct Sessions {
     keyed: HmacSha256,
+    ttl: Duration,
 }
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Sessions(***)")
+        f.debug_struct("Sessions")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
 impl Sessions {
     /// Fails only for keys HMAC cannot take (none, for HMAC-SHA256).
-    pub fn new(key: &[u8]) -> Result<Self, hmac::digest::InvalidLength> {
+    pub fn new(key: &[u8], ttl: Duration) -> Result<Self, hmac::digest::InvalidLength> {
         Ok(Self {
             keyed: HmacSha256::new_from_slice(key)?,
+            ttl,
         })
     }
 
-    fn mac(&self, payload: &str) -> HmacSha256 {
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The bucket key of a session id, or `None` for anything that is not
+    /// shaped like one (so junk cookies never reach the bucket).
+    pub fn key_of(&self, id: &str) -> Option<String> {
+        let well_formed = id.len() == ID_CHARS
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !well_formed {
+            return None;
+        }
         let mut mac = self.keyed.clone();
-        mac.update(payload.as_bytes());
-        mac
+        mac.update(id.as_bytes());
+        Some(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 
-    /// A token for `who`, valid for [`TTL`] from `now`.
-    pub fn issue(&self, who: &CounsellorId, now: OffsetDateTime) -> String {
-        self.issue_until(who, (now + TTL).unix_timestamp())
+    /// Opens a session for `who`; returns the cookie's session id and the login.
+    pub async fn open(
+        &self,
+        store: &Store,
+        who: &CounsellorId,
+        now: OffsetDateTime,
+    ) -> Result<(String, Login), SessionError> {
+        let mut bytes = [0u8; ID_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let id = URL_SAFE_NO_PAD.encode(bytes);
+        // `id` is well formed by construction.
+        let key = self.key_of(&id).unwrap_or_default();
+        let record = Record {
+            counsellor: who.clone(),
+            created_at: now,
+            expires_at: now + self.ttl,
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        // `create`: a session id is never reused, not even by a collision.
+        store.create(&key, value.into()).await?;
+        Ok((
+            id,
+            Login {
+                key,
+                counsellor: record.counsellor,
+                expires_at: record.expires_at,
+            },
+        ))
     }
 
-    /// A token expiring at `expiry` (unix seconds).
-    pub fn issue_until(&self, who: &CounsellorId, expiry: i64) -> String {
-        let payload = format!("{VERSION}.{who}.{expiry}");
-        let sig = URL_SAFE_NO_PAD.encode(self.mac(&payload).finalize().into_bytes());
-        format!("{payload}.{sig}")
+    /// The live session of a cookie's session id: `None` if unknown,
+    /// deleted, unreadable or expired.
+    pub async fn find(
+        &self,
+        store: &Store,
+        id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<Login>, SessionError> {
+        let Some(key) = self.key_of(id) else {
+            return Ok(None);
+        };
+        self.find_key(store, key, now).await
     }
 
-    /// The counsellor of a valid, unexpired token. The signature is checked
-    /// in constant time before anything else in the token is trusted.
-    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Option<CounsellorId> {
-        let (payload, sig) = token.rsplit_once('.')?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
-        self.mac(payload).verify_slice(&sig).ok()?;
-        let mut parts = payload.split('.');
-        let (version, who, expiry) = (parts.next()?, parts.next()?, parts.next()?);
-        if version != VERSION || parts.next().is_some() {
-            return None;
+    /// The live session stored under bucket key `key`.
+    pub async fn find_key(
+        &self,
+        store: &Store,
+        key: String,
+        now: OffsetDateTime,
+    ) -> Result<Option<Login>, SessionError> {
+        let Some(bytes) = store.get(&key).await? else {
+            return Ok(None);
+        };
+        let Ok(record) = serde_json::from_slice::<Record>(&bytes) else {
+            tracing::warn!("unreadable session record; treating it as ended");
+            return Ok(None);
+        };
+        if now >= record.expires_at {
+            return Ok(None);
         }
-        let expiry: i64 = expiry.parse().ok()?;
-        if now.unix_timestamp() >= expiry {
-            return None;
-        }
-        CounsellorId::parse(who).ok()
+        Ok(Some(Login {
+            key,
+            counsellor: record.counsellor,
+            expires_at: record.expires_at,
+        }))
+    }
+
+    /// Ends the session of a cookie's session id at once (a no-op for an
+    /// unknown one). Returns the bucket key it had.
+    pub async fn end(&self, store: &Store, id: &str) -> Result<Option<String>, SessionError> {
+        let Some(key) = self.key_of(id) else {
+            return Ok(None);
+        };
+        // A delete leaves a marker that every dashboard's watch sees.
+        store.delete(&key).await?;
+        Ok(Some(key))
     }
 }
 
-/// The session token in the request's cookies, if any.
+/// The session id in the request's cookies, if any.
 pub fn from_headers(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(header::COOKIE)
@@ -90,15 +199,15 @@ pub fn from_headers(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `Set-Cookie` for a fresh login.
-pub fn set_cookie(token: &str, secure: bool) -> HeaderValue {
-    let max_age = TTL.whole_seconds();
+pub fn set_cookie(id: &str, ttl: Duration, secure: bool) -> HeaderValue {
+    let max_age = ttl.whole_seconds();
     let secure = if secure { "; Secure" } else { "" };
     header_value(&format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
+        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
     ))
 }
 
-/// `Set-Cookie` that removes the session.
+/// `Set-Cookie` that removes the session cookie.
 pub fn clear_cookie(secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
     header_value(&format!(
@@ -107,45 +216,35 @@ pub fn clear_cookie(secure: bool) -> HeaderValue {
 }
 
 fn header_value(s: &str) -> HeaderValue {
-    // Tokens are ASCII (slug, digits, base64url), so this never falls back.
+    // Session ids are base64url, so this never falls back.
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use time::macros::datetime;
 
-    const NOW: OffsetDateTime = datetime!(2026-11-24 03:00 UTC);
-
-    fn ana() -> CounsellorId {
-        CounsellorId::parse("ana").unwrap()
+    fn sessions(key: &[u8]) -> Sessions {
+        Sessions::new(key, DEFAULT_TTL).unwrap()
     }
 
     #[test]
-    fn a_token_verifies_until_it_expires() {
-        let s = Sessions::new(b"0123456789abcdef0123456789abcdef").unwrap();
-        let t = s.issue(&ana(), NOW);
-        assert!(t.starts_with("v1.ana."));
-        assert_eq!(s.verify(&t, NOW), Some(ana()));
-        assert_eq!(s.verify(&t, NOW + Duration::hours(11)), Some(ana()));
-        assert_eq!(s.verify(&t, NOW + TTL), None);
-    }
-
-    #[test]
-    fn tampering_or_another_key_is_rejected() {
-        let s = Sessions::new(b"0123456789abcdef0123456789abcdef").unwrap();
-        let t = s.issue(&ana(), NOW);
-        let other = Sessions::new(b"fedcba9876543210fedcba9876543210").unwrap();
-        assert_eq!(other.verify(&t, NOW), None);
-        let forged = t.replacen("v1.ana.", "v1.sam.", 1);
-        assert_eq!(s.verify(&forged, NOW), None);
-        let later = s.issue(&ana(), NOW + Duration::days(30));
-        let (_, sig) = later.rsplit_once('.').unwrap();
-        let (payload, _) = t.rsplit_once('.').unwrap();
-        assert_eq!(s.verify(&format!("{payload}.{sig}"), NOW), None);
-        for junk in ["", ".", "v1", "v1.ana.1.", "v1.ana.x.AAAA", "a.b.c.d.e"] {
-            assert_eq!(s.verify(junk, NOW), None, "{junk}");
+    fn only_well_formed_ids_have_a_key_and_the_key_depends_on_the_secret() {
+        let s = sessions(b"0123456789abcdef0123456789abcdef");
+        let id = URL_SAFE_NO_PAD.encode([7u8; ID_BYTES]);
+        let key = s.key_of(&id).unwrap();
+        assert_ne!(key, id, "the bucket never holds the cookie's id");
+        assert_eq!(s.key_of(&id), Some(key.clone()));
+        let other = sessions(b"fedcba9876543210fedcba9876543210");
+        assert_ne!(other.key_of(&id), Some(key));
+        for junk in [
+            "",
+            "v1.ana.1.AAAA",
+            &id[1..],
+            &format!("{id}A"),
+            &format!("{}!", &id[1..]),
+        ] {
+            assert_eq!(s.key_of(junk), None, "{junk}");
         }
     }
 
@@ -157,14 +256,16 @@ mod tests {
             HeaderValue::from_static("a=1; nwd_session=tok; b=2"),
         );
         assert_eq!(from_headers(&h), Some("tok"));
-        let c = set_cookie("tok", true);
+        let c = set_cookie("tok", DEFAULT_TTL, true);
         let c = c.to_str().unwrap();
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Secure"));
+        assert!(c.contains("Max-Age=43200"));
         assert!(
-            !set_cookie("tok", false)
+            !set_cookie("tok", DEFAULT_TTL, false)
                 .to_str()
                 .unwrap()
                 .contains("Secure")
         );
+        assert!(clear_cookie(true).to_str().unwrap().contains("Secure"));
     }
 }

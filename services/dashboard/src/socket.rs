@@ -20,10 +20,12 @@ use nwd_proto::router::{
 };
 use nwd_proto::{ClientReplyId, ContactId, CounsellorId, Envelope, PartnerId, subjects, wire};
 use nwd_runtime::{kv, transcript};
+use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::session::Login;
 use crate::{App, Stores, presence};
 
 /// A frame from the browser.
@@ -60,9 +62,11 @@ fn count_command(command: &'static str, outcome: &'static str) {
     .increment(1);
 }
 
-/// Serves one socket of `who` until the browser leaves, goes silent for the
-/// idle timeout, falls behind, or the dashboard shuts down.
-pub async fn serve<W, R>(app: Arc<App>, who: CounsellorId, writer: W, reader: R)
+/// Serves one socket of an authenticated session until the browser leaves,
+/// goes silent for the idle timeout, falls behind, the session ends, or the
+/// dashboard shuts down. Every command the socket sends to the router names
+/// the session's counsellor: nothing the browser sends can name another.
+pub async fn serve<W, R>(app: Arc<App>, login: Login, writer: W, reader: R)
 where
     W: Sink<Outbound> + Send + 'static,
     R: Stream<Item = Inbound> + Send,
@@ -78,8 +82,14 @@ where
         let _ = writer.close().await;
         return;
     };
+    let who = login.counsellor.clone();
     let initial = presence::initial(&stores.presence, &who).await;
-    let reg = app.hub.register(&who, initial, &app.shutdown);
+    let reg = app.hub.register(&login, initial, &app.shutdown);
+    // A logout between the upgrade and this registration was not seen by
+    // the hub: look once more now that revocations reach this socket.
+    if !still_open(&app, &stores, &login).await {
+        reg.close.cancel();
+    }
     metrics::gauge!("nwd_dashboard_sockets", "service" => crate::NAME)
         .set(app.hub.socket_count() as f64);
     let span = tracing::info_span!("socket", counsellor = %who, socket = reg.id);
@@ -121,6 +131,26 @@ where
     }
     .instrument(span)
     .await;
+}
+
+/// Whether `login`'s session is still in the bucket (a read error counts as
+/// open: the watch and the sweep still apply).
+async fn still_open(app: &App, stores: &Stores, login: &Login) -> bool {
+    let found = app
+        .sessions
+        .find_key(
+            &stores.sessions,
+            login.key.clone(),
+            OffsetDateTime::now_utc(),
+        )
+        .await;
+    match found {
+        Ok(found) => found.is_some(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot re-read the session");
+            true
+        }
+    }
 }
 
 async fn write_loop<W>(

@@ -65,7 +65,12 @@ fn config(nats_url: String, addr: SocketAddr) -> Config {
         addr,
         directory: nwd_runtime::directory::demo_path(),
         session_key: Secret::new(KEY),
-        cookie_secure: false,
+        public_url: None,
+        cookie_secure: nwd_dashboard::CookieSecure::Auto,
+        session_ttl_secs: 3600,
+        login_per_username_per_minute: 60.try_into().unwrap(),
+        login_per_address_per_minute: 600.try_into().unwrap(),
+        trusted_proxies: Vec::new(),
         heartbeat_ms: 100,
         command_timeout_ms: 1000,
         idle_timeout_ms: 30_000,
@@ -395,7 +400,7 @@ async fn login_sets_an_http_only_session_cookie() {
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/");
     let set = res.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(set.starts_with("nwd_session=v1.ana."), "{set}");
+    assert!(set.starts_with("nwd_session="), "{set}");
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
         assert!(set.contains(flag), "{set} lacks {flag}");
     }
@@ -499,17 +504,32 @@ async fn the_websocket_and_me_need_a_valid_session() {
     assert_eq!(rejected(d.socket_with("other=1").await), 401);
 
     let good = d.cookie("ana").await;
-    let tampered = good.replacen("v1.ana.", "v1.sam.", 1);
+    let last = good.chars().last().unwrap();
+    let tampered = format!(
+        "{}{}",
+        &good[..good.len() - 1],
+        if last == 'A' { 'B' } else { 'A' }
+    );
     assert_eq!(rejected(d.socket_with(&tampered).await), 401);
-    let sessions = Sessions::new(KEY.as_bytes()).unwrap();
-    let expired = sessions.issue_until(&c("ana"), OffsetDateTime::now_utc().unix_timestamp() - 1);
+    let store = d.js.get_key_value(buckets::SESSIONS).await.unwrap();
+    let sessions = Sessions::new(KEY.as_bytes(), time::Duration::hours(1)).unwrap();
+    let expired = Sessions::new(KEY.as_bytes(), time::Duration::seconds(-1)).unwrap();
+    let (expired, _) = expired
+        .open(&store, &c("ana"), OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     assert_eq!(
         rejected(d.socket_with(&format!("nwd_session={expired}")).await),
         401
     );
-    let other_key = Sessions::new(b"another-key-0123456789abcdef0123456789")
-        .unwrap()
-        .issue(&c("ana"), OffsetDateTime::now_utc());
+    let (other_key, _) = Sessions::new(
+        b"another-key-0123456789abcdef0123456789",
+        time::Duration::hours(1),
+    )
+    .unwrap()
+    .open(&store, &c("ana"), OffsetDateTime::now_utc())
+    .await
+    .unwrap();
     assert_eq!(
         rejected(d.socket_with(&format!("nwd_session={other_key}")).await),
         401
@@ -523,8 +543,11 @@ async fn the_websocket_and_me_need_a_valid_session() {
         .unwrap();
     problem(res, 401).await;
 
-    // A token signed by the same key is valid in any dashboard process (stateless).
-    let fresh = sessions.issue(&c("ana"), OffsetDateTime::now_utc());
+    // A session opened by any dashboard process (same key, same bucket) is valid here.
+    let (fresh, _) = sessions
+        .open(&store, &c("ana"), OffsetDateTime::now_utc())
+        .await
+        .unwrap();
     let mut ws = d
         .socket_with(&format!("nwd_session={fresh}"))
         .await
@@ -1274,7 +1297,16 @@ async fn the_socket_logic_runs_over_plain_channels() {
 
     let (out_tx, mut out_rx) = futures::channel::mpsc::channel::<Outbound>(16);
     let (mut in_tx, in_rx) = futures::channel::mpsc::channel::<Inbound>(16);
-    let served = tokio::spawn(socket::serve(Arc::clone(&app), c("sam"), out_tx, in_rx));
+    let (_, login) = app
+        .sessions
+        .open(
+            &app.stores().unwrap().sessions,
+            &c("sam"),
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    let served = tokio::spawn(socket::serve(Arc::clone(&app), login, out_tx, in_rx));
     match out_rx.next().await.unwrap() {
         Outbound::Msg(ServerMsg::Hello {
             counsellor,
