@@ -8,6 +8,7 @@
 
 pub mod contact;
 pub mod dashboard;
+pub mod deadletter;
 pub mod directory;
 pub mod envelope;
 pub mod events;

@@ -10,6 +10,13 @@ pub const OUTBOUND: &str = "OUTBOUND";
 /// Disclosures and other records kept long, never deleted: `nwd.v1.audit.>`.
 pub const AUDIT: &str = "AUDIT";
 
+/// Messages consumers could not handle, kept to inspect and replay:
+/// `nwd.v1.deadletter.<consumer>`.
+pub const DEADLETTER: &str = "DEADLETTER";
+
+/// Every stream, in the order they are created.
+pub const ALL: [&str; 5] = [INBOUND, CONTACTS, OUTBOUND, AUDIT, DEADLETTER];
+
 /// Durable consumer names (one per service role; replicas share it).
 pub mod consumers {
     pub const INTAKE_SMS: &str = "intake-sms";
@@ -22,7 +29,8 @@ pub mod consumers {
 
 /// KV buckets.
 pub mod buckets {
-    /// Contact state records, key = contact id. Router-owned.
+    /// Contact state records, key = contact id. Written by compare-and-swap
+    /// by the router and the escalator.
     pub const CONTACTS: &str = "contacts";
     /// Open thread per sender, key = `sms.<phone key>`. Intake-owned.
     pub const THREADS: &str = "threads";
@@ -32,4 +40,12 @@ pub mod buckets {
     pub const SENDS: &str = "sends";
     /// The directory (key `current`, JSON), changeable at run time.
     pub const DIRECTORY: &str = "directory";
+
+    /// Every bucket, in the order they are created.
+    pub const ALL: [&str; 5] = [CONTACTS, THREADS, PRESENCE, SENDS, DIRECTORY];
+
+    /// The stream behind bucket `name` (`KV_<name>`), for its storage figures.
+    pub fn stream_of(name: &str) -> String {
+        format!("KV_{name}")
+    }
 }
