@@ -120,13 +120,13 @@ impl<T: Event> Envelope<T> {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
         // The header first: a newer envelope whose data no longer parses as
         // T must still be reported as newer, not as malformed.
-        if let Ok(header) = Header::peek(bytes) {
-            if header.is_newer() {
-                return Err(DecodeError::NewerSchema {
-                    found: header.schema,
-                    supported: SCHEMA_VERSION,
-                });
-            }
+        if let Ok(header) = Header::peek(bytes)
+            && header.is_newer()
+        {
+            return Err(DecodeError::NewerSchema {
+                found: header.schema,
+                supported: SCHEMA_VERSION,
+            });
         }
         let env: Envelope<T> = serde_json::from_slice(bytes)?;
         if env.kind != T::TYPE {
