@@ -193,8 +193,11 @@ impl App {
             shutdown,
             tasks: TaskTracker::new(),
         });
-        app.tasks
-            .spawn(set_up(app.clone(), readiness.clone(), config.nats.replicas));
+        app.tasks.spawn(set_up(
+            app.clone(),
+            readiness.clone(),
+            bus::Layout::from(&config.nats),
+        ));
         Ok((app, readiness))
     }
 
@@ -231,9 +234,9 @@ pub async fn run(
 
 /// Creates streams and buckets, opens the buckets, subscribes to the router's
 /// pushes and to delivery statuses, starts the heartbeat: then the dashboard is ready.
-async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
+async fn set_up(app: Arc<App>, readiness: Readiness, layout: bus::Layout) {
     let shutdown = app.shutdown.clone();
-    if bus::ensure_all_with_retry(&app.js, replicas, &shutdown)
+    if bus::ensure_all_with_retry(&app.js, layout, &shutdown)
         .await
         .is_err()
     {
