@@ -282,10 +282,11 @@ async fn set_up(app: Arc<App>, readiness: Readiness, layout: bus::Layout) {
                 .client
                 .subscribe(subjects::outbound_status_all())
                 .await?;
+            let alerts = app.client.subscribe(subjects::ops_alert()).await?;
             // A flush only empties our buffer; a request's answer proves the
             // server has processed the subscriptions sent before it.
             round_trip(&app.client).await?;
-            Ok::<_, async_nats::Error>((pushes, statuses))
+            Ok::<_, async_nats::Error>((pushes, statuses, alerts))
         };
         match subscribed.await {
             Ok(s) => break s,
@@ -296,8 +297,10 @@ async fn set_up(app: Arc<App>, readiness: Readiness, layout: bus::Layout) {
             _ = tokio::time::sleep(delay) => {}
         }
     };
-    let (pushes, statuses) = pushes;
+    let (pushes, statuses, alerts) = pushes;
     app.tasks.spawn(feeds::forward_pushes(app.clone(), pushes));
+    app.tasks
+        .spawn(feeds::forward_ops_alerts(app.clone(), alerts));
     app.tasks
         .spawn(feeds::forward_statuses(app.clone(), statuses));
     app.tasks.spawn(presence::heartbeat(app.clone()));
