@@ -24,6 +24,13 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    pub const ALL: [DeadLetterReason; 4] = [
+        DeadLetterReason::NewerSchema,
+        DeadLetterReason::Undecodable,
+        DeadLetterReason::Rejected,
+        DeadLetterReason::HandlerPanicked,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeadLetterReason::NewerSchema => "newer_schema",

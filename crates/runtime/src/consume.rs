@@ -147,6 +147,17 @@ pub async fn run<H: Handler>(
 ) {
     let ready_key = spec.readiness_key();
     readiness.set(&ready_key, false);
+    // Every dead-letter series exists from the start at 0, so the first
+    // dead letter is an increase an alert rule can see.
+    for reason in DeadLetterReason::ALL {
+        metrics::counter!(
+            "nwd_deadletter_total",
+            "service" => spec.service,
+            "consumer" => spec.durable,
+            "reason" => reason.as_str()
+        )
+        .increment(0);
+    }
     let mut lanes = JoinSet::new();
     let mut senders = Vec::with_capacity(spec.lanes.max(1));
     for _ in 0..spec.lanes.max(1) {

@@ -188,6 +188,16 @@ pub async fn list(js: &jetstream::Context) -> Result<Vec<Listed>, DeadLetterErro
     Ok(listed)
 }
 
+/// Dead letter `sequence` in full, payload included (personal data: for an
+/// operator entitled to read it, never for logs).
+pub async fn get(
+    js: &jetstream::Context,
+    sequence: u64,
+) -> Result<Envelope<DeadLetter>, DeadLetterError> {
+    let stream = js.get_stream(streams::DEADLETTER).await?;
+    read(&stream, sequence).await
+}
+
 async fn read(
     stream: &jetstream::stream::Stream,
     sequence: u64,

@@ -316,6 +316,10 @@ async fn the_replay_tool_lists_without_payloads_and_puts_a_parked_message_back()
         "no payload in the list: {listed}"
     );
     let seq = deadletter::list(&line.js).await.unwrap()[0].sequence;
+    // `show` is for reading the message itself (a person may be waiting).
+    let shown = line.tool(&["show", &seq.to_string()]);
+    assert!(shown.contains("note 13"), "{shown}");
+    assert!(shown.contains("Nats-Msg-Id: note-13"), "{shown}");
 
     // The fix is deployed; the operator replays.
     line.notes.broken.store(false, Ordering::SeqCst);

@@ -3,7 +3,10 @@
 //!
 //! `nwd-deadletter list` prints one line per dead letter: its sequence,
 //! when, the consumer, the reason, the original subject and stream
-//! sequence — never the payload. `nwd-deadletter replay SEQ` republishes
+//! sequence — never the payload. `nwd-deadletter show SEQ` prints one in
+//! full, payload included: personal data, for an operator entitled to read
+//! it (a parked inbound SMS is a person waiting for an answer).
+//! `nwd-deadletter replay SEQ` republishes
 //! the original payload and headers to the original subject (where the
 //! consumer picks it up again) and deletes the record.
 // An operator's command-line tool: its output is the point.
@@ -28,6 +31,8 @@ struct Cli {
 enum Cmd {
     /// List every dead letter (no payloads).
     List,
+    /// Print dead letter SEQ in full, with its payload (personal data).
+    Show { seq: u64 },
     /// Republish dead letter SEQ to its original subject, then delete it.
     Replay {
         /// Its sequence in DEADLETTER, as `list` shows it.
@@ -61,6 +66,33 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             println!("{} dead letter(s)", listed.len());
+        }
+        Cmd::Show { seq } => {
+            let env = deadletter::get(&js, seq).await?;
+            let d = env.data;
+            println!("sequence:  {seq}");
+            println!(
+                "parked:    {}",
+                env.time.format(&Rfc3339).unwrap_or_default()
+            );
+            println!("consumer:  {}", d.consumer);
+            println!("reason:    {} ({})", d.reason.as_str(), d.detail);
+            println!(
+                "from:      {} sequence {} (delivered {}×)",
+                d.stream, d.stream_sequence, d.delivered
+            );
+            println!("subject:   {}", d.subject);
+            for (name, value) in &d.headers {
+                println!("header:    {name}: {value}");
+            }
+            match std::str::from_utf8(&d.payload) {
+                Ok(text) => println!("payload:\n{text}"),
+                Err(_) => println!(
+                    "payload ({} bytes, not UTF-8): {:02x?}",
+                    d.payload.len(),
+                    d.payload
+                ),
+            }
         }
         Cmd::Replay { seq } => {
             anyhow::ensure!(!seq.is_empty(), "which dead letter? (see `list`)");
