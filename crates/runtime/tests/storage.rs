@@ -100,3 +100,20 @@ async fn streams_an_older_version_created_are_given_their_limits_in_place() {
     assert_eq!(audit.messages, 1);
     assert!(audit.bytes > 0);
 }
+
+#[tokio::test]
+async fn a_stream_limit_beyond_the_servers_store_is_refused() {
+    // The test server's max_file_store is 10 GB, like the shipped config.
+    // The server checks each limit against the store, not their sum: a
+    // store configured larger than the server's silently loses the headroom
+    // until one limit no longer fits (CONTACTS' 20% of 200 GiB).
+    let server = NatsServer::start().await;
+    let args = NatsArgs::local(server.url());
+    let js = bus::jetstream(bus::connect(&args, "test").await.unwrap(), &args);
+    let too_big = Layout {
+        replicas: 1,
+        store_bytes: 200 << 30,
+    };
+    assert!(bus::ensure_all(&js, too_big).await.is_err());
+    bus::ensure_all(&js, Layout::from(1)).await.unwrap();
+}
