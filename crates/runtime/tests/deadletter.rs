@@ -367,3 +367,37 @@ async fn a_replay_run_twice_publishes_once() {
     assert_eq!(line.notes.handled(), vec![BOOM]);
     line.stop().await;
 }
+
+#[tokio::test]
+async fn a_message_whose_dead_letter_cannot_be_stored_is_retried_never_dropped() {
+    let line = Line::start().await;
+    // DEADLETTER gone (as good as full or unreachable for the publish).
+    line.js.delete_stream(streams::DEADLETTER).await.unwrap();
+    let subject = subjects::contact_message(&ContactId::new());
+    line.publish_raw(&subject, Some("garbage-1"), b"not json".to_vec())
+        .await;
+    line.publish(&subject, 5).await;
+    // The lane goes on; the garbage is not terminated but comes back.
+    line.wait_handled(5).await;
+    let stream = line.js.get_stream(streams::CONTACTS).await.unwrap();
+    eventually(Duration::from_secs(15), "a redelivery", || {
+        let stream = stream.clone();
+        async move {
+            let info = stream.consumer_info(CONSUMER).await.ok()?;
+            (info.num_redelivered > 0).then_some(())
+        }
+    })
+    .await;
+    // DEADLETTER back: the next attempt parks it.
+    bus::ensure_all(&line.js, 1).await.unwrap();
+    eventually(Duration::from_secs(15), "the dead letter", || async {
+        let dead = line.dead_letters().await;
+        (dead.len() == 1).then_some(())
+    })
+    .await;
+    line.wait_settled().await;
+    let dead = line.dead_letters().await;
+    assert_eq!(dead[0].data.msg_id(), Some("garbage-1"));
+    assert!(dead[0].data.delivered >= 2, "{:?}", dead[0].data.delivered);
+    line.stop().await;
+}
