@@ -282,9 +282,10 @@ enum Verdict {
 /// Runs the handler on one message, unless it was written by a newer schema
 /// than this reader (parked without asking the handler, which might
 /// misread it). A panic in the handler is caught here: the message is
-/// parked and the lane lives on. Its redelivery is not handled again: the
-/// dead letter (deduplicated by stream sequence) is stored once and the
-/// message terminated.
+/// parked and terminated, and the lane lives on. A handler that panics on
+/// every delivery cannot loop: only a lost terminate (or a dead letter that
+/// could not be stored) brings the message back, and then its dead letter
+/// is recognised as a duplicate (same stream sequence) and it is terminated.
 async fn handle_one<H: Handler>(
     msg: &jetstream::Message,
     spec: &ConsumerSpec,
