@@ -271,6 +271,11 @@ pub enum ServerMsg {
         reason: AlertReason,
         contact: Box<ContactView>,
     },
+    /// Supervisors: something about the line itself, not one contact (a
+    /// message a service could not process). Never personal data.
+    OpsAlert {
+        alert: crate::deadletter::OpsAlert,
+    },
     /// Where a waiting contact is on its escalation ladder.
     Escalation {
         contact_id: ContactId,

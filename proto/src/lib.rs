@@ -9,6 +9,7 @@
 pub mod address;
 pub mod contact;
 pub mod dashboard;
+pub mod deadletter;
 pub mod directory;
 pub mod envelope;
 pub mod events;

@@ -10,6 +10,13 @@ pub const OUTBOUND: &str = "OUTBOUND";
 /// Disclosures and other records kept long, never deleted: `nwd.v1.audit.>`.
 pub const AUDIT: &str = "AUDIT";
 
+/// Messages consumers could not handle, kept to inspect and replay:
+/// `nwd.v1.deadletter.<consumer>`.
+pub const DEADLETTER: &str = "DEADLETTER";
+
+/// Every stream, in the order they are created.
+pub const ALL: [&str; 5] = [INBOUND, CONTACTS, OUTBOUND, AUDIT, DEADLETTER];
+
 /// Durable consumer names (one per service role; replicas share it).
 pub mod consumers {
     pub const INTAKE_SMS: &str = "intake-sms";
@@ -22,7 +29,8 @@ pub mod consumers {
 
 /// KV buckets.
 pub mod buckets {
-    /// Contact state records, key = contact id. Router-owned.
+    /// Contact state records, key = contact id. Written by compare-and-swap
+    /// by the router and the escalator.
     pub const CONTACTS: &str = "contacts";
     /// Open thread per sender, key = [`crate::pseudonym::Pseudonymiser::thread_key`]
     /// (a keyed pseudonym, never the address). Intake-owned.
@@ -40,4 +48,14 @@ pub mod buckets {
     /// id (never the id itself). Dashboard-owned; entries expire with the
     /// bucket's max age, and logout deletes them.
     pub const SESSIONS: &str = "sessions";
+
+    /// Every bucket, in the order they are created.
+    pub const ALL: [&str; 7] = [
+        CONTACTS, THREADS, PRESENCE, SENDS, REPLIES, DIRECTORY, SESSIONS,
+    ];
+
+    /// The stream behind bucket `name` (`KV_<name>`), for its storage figures.
+    pub fn stream_of(name: &str) -> String {
+        format!("KV_{name}")
+    }
 }

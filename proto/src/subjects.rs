@@ -13,6 +13,8 @@ pub const CONTACTS_ALL: &str = "nwd.v1.contact.>";
 pub const OUTBOUND_ALL: &str = "nwd.v1.outbound.>";
 /// Filter for the whole AUDIT stream.
 pub const AUDIT_ALL: &str = "nwd.v1.audit.>";
+/// Filter for the whole DEADLETTER stream.
+pub const DEADLETTER_ALL: &str = "nwd.v1.deadletter.>";
 
 pub fn inbound_sms() -> String {
     format!("{ROOT}.inbound.sms")
@@ -96,6 +98,17 @@ pub fn dashboard_push_all() -> String {
     format!("{ROOT}.dashboard.push.*")
 }
 
+/// Dead letters of one durable consumer (stream DEADLETTER).
+pub fn deadletter(consumer: &str) -> String {
+    format!("{ROOT}.deadletter.{consumer}")
+}
+
+/// Core NATS (not stored): alerts about the line itself (a dead letter…),
+/// shown to supervisors by the dashboard. Never personal data.
+pub fn ops_alert() -> String {
+    format!("{ROOT}.ops.alert")
+}
+
 /// Core NATS request/reply: dashboard → router commands.
 pub fn router_command() -> String {
     format!("{ROOT}.router.command")
@@ -119,6 +132,7 @@ mod tests {
         assert!(contact_message(&id).starts_with("nwd.v1.contact."));
         assert!(outbound_sms(&id).starts_with("nwd.v1.outbound."));
         assert!(inbound_sms().starts_with("nwd.v1.inbound."));
+        assert!(deadletter("intake-sms").starts_with("nwd.v1.deadletter."));
         assert_eq!(last_token(&contact_triaged(&id)), id.to_string());
     }
 }

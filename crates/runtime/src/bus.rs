@@ -37,6 +37,15 @@ pub struct NatsArgs {
         default_value_t = 2000
     )]
     pub ack_timeout_ms: u64,
+    /// The JetStream file store the line may use, in bytes: the server's
+    /// `max_file_store`. Every stream and bucket gets a fixed share of it
+    /// (`bus::SHARES`, 72.5% in all).
+    #[arg(
+        long = "jetstream-store-bytes",
+        env = "NWD_JETSTREAM_STORE_BYTES",
+        default_value_t = DEFAULT_STORE_BYTES
+    )]
+    pub store_bytes: u64,
 }
 
 impl NatsArgs {
@@ -45,6 +54,7 @@ impl NatsArgs {
             url: url.into(),
             replicas: 1,
             ack_timeout_ms: 2000,
+            store_bytes: DEFAULT_STORE_BYTES,
         }
     }
 }
@@ -97,70 +107,213 @@ pub fn jetstream(client: Client, args: &NatsArgs) -> jetstream::Context {
         .build(client)
 }
 
-const DAY: Duration = Duration::from_secs(24 * 3600);
+const DAY_SECS: u64 = 24 * 3600;
+const GIB: u64 = 1 << 30;
+
+/// The JetStream file store the server gives this line by default: its
+/// `max_file_store` in `deploy/nats/nats.conf` (10 GB, which NATS reads as
+/// 10 GiB).
+pub const DEFAULT_STORE_BYTES: u64 = 10 * GIB;
+
+/// How long each stream keeps its events.
+pub const INBOUND_MAX_AGE: Duration = Duration::from_secs(30 * DAY_SECS);
+pub const CONTACTS_MAX_AGE: Duration = Duration::from_secs(400 * DAY_SECS);
+pub const OUTBOUND_MAX_AGE: Duration = Duration::from_secs(400 * DAY_SECS);
+/// Long enough to notice, diagnose and replay after any upgrade; every dead
+/// letter also raised an alert when it was parked.
+pub const DEADLETTER_MAX_AGE: Duration = Duration::from_secs(90 * DAY_SECS);
+
+/// How long a send record outlives its last write. It must outlive every
+/// way the same outbound id can reach the notifier again, or that delivery
+/// finds no record and sends the SMS a second time. The arithmetic, with the
+/// notifier's consumer (`consume::ConsumerSpec` defaults): `max_deliver` is
+/// -1, so an unacked message is redelivered every `ack_wait` (5 s) or after
+/// its nak backoff (≤ 30 s) for as long as it is stored, however long that
+/// is; a consumer re-created from scratch (`DeliverPolicy::All`) re-reads
+/// everything stored. Both end when OUTBOUND drops the message: its
+/// `max_age`, 400 days. A message dead-lettered just before that can be
+/// replayed from DEADLETTER for another 90 days with the same outbound id.
+/// So 400 + 90 = 490 days after it was published, and the record was written
+/// after the publish: 500 days leaves 10 days of margin. Checked by the
+/// test of [`outbound_redelivery_horizon`].
+pub const SENDS_TTL: Duration = Duration::from_secs(500 * DAY_SECS);
+
+/// Where the streams and buckets live and how much of the store each may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub replicas: usize,
+    /// The JetStream file store the line may use (the server's `max_file_store`).
+    pub store_bytes: u64,
+}
+
+impl From<usize> for Layout {
+    /// `replicas` replicas over the default store.
+    fn from(replicas: usize) -> Self {
+        Self {
+            replicas,
+            store_bytes: DEFAULT_STORE_BYTES,
+        }
+    }
+}
+
+impl From<&NatsArgs> for Layout {
+    fn from(args: &NatsArgs) -> Self {
+        Self {
+            replicas: args.replicas,
+            store_bytes: args.store_bytes,
+        }
+    }
+}
+
+/// Each stream's and bucket's share of the store, in thousandths. They add up
+/// to 725‰: the other 27.5% is headroom for what the store holds besides
+/// messages (consumer state, indexes, tombstones of deleted keys, partly
+/// filled blocks) and for streams other deployments add (an edge spool), so
+/// that no stream reaching its own limit can ever fill the server's store;
+/// a full store refuses every write, and every webhook would get a 503.
+///
+/// Discard policy, per stream: when INBOUND, CONTACTS or OUTBOUND reach their
+/// limit the *oldest* events go (a person's new message beats a month-old
+/// copy of one already handled). AUDIT and DEADLETTER refuse new writes
+/// instead (`discard: new`, AUDIT with no age limit): a disclosure record or
+/// a dead letter is never deleted to make room, so a full AUDIT stops
+/// disclosures (the escalator audits before it discloses) and a full
+/// DEADLETTER makes consumers retry their poison messages instead of
+/// parking them — which is why `deploy/prometheus/rules/storage.yml` alerts
+/// on them at 60% and 80%, well before. KV buckets always refuse new writes
+/// when full (JetStream's KV requires `discard: new`).
+pub const SHARES: [(&str, u64); 12] = [
+    (streams::INBOUND, 100),
+    (streams::CONTACTS, 200),
+    (streams::OUTBOUND, 100),
+    (streams::AUDIT, 100),
+    (streams::DEADLETTER, 25),
+    (buckets::CONTACTS, 100),
+    (buckets::THREADS, 25),
+    (buckets::PRESENCE, 5),
+    (buckets::SENDS, 75),
+    (buckets::REPLIES, 10),
+    (buckets::DIRECTORY, 5),
+    (buckets::SESSIONS, 5),
+];
+
+impl Layout {
+    /// The byte limit of stream or bucket `name`.
+    pub fn max_bytes(&self, name: &str) -> i64 {
+        let per_mille = SHARES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, s)| *s);
+        i64::try_from(self.store_bytes / 1000 * per_mille).unwrap_or(i64::MAX)
+    }
+}
 
 /// The longest a dashboard session can last: the `sessions` bucket drops
 /// entries older than this even if nobody logs out.
 pub const SESSIONS_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 
 /// Stream configurations, one place.
-pub fn stream_configs(replicas: usize) -> Vec<stream::Config> {
+pub fn stream_configs(layout: &Layout) -> Vec<stream::Config> {
     let base = |name: &str, subject: &str, max_age: Duration| stream::Config {
         name: name.to_owned(),
         subjects: vec![subject.to_owned()],
         storage: stream::StorageType::File,
-        num_replicas: replicas,
+        num_replicas: layout.replicas,
         max_age,
+        max_bytes: layout.max_bytes(name),
+        discard: stream::DiscardPolicy::Old,
         // Long enough to swallow a sender's retries (Twilio, partners) and
         // our own republish after a crash.
         duplicate_window: Duration::from_secs(3600),
         ..Default::default()
     };
     vec![
-        base(streams::INBOUND, subjects::INBOUND_ALL, 30 * DAY),
-        base(streams::CONTACTS, subjects::CONTACTS_ALL, 400 * DAY),
-        base(streams::OUTBOUND, subjects::OUTBOUND_ALL, 400 * DAY),
+        base(streams::INBOUND, subjects::INBOUND_ALL, INBOUND_MAX_AGE),
+        base(streams::CONTACTS, subjects::CONTACTS_ALL, CONTACTS_MAX_AGE),
+        base(streams::OUTBOUND, subjects::OUTBOUND_ALL, OUTBOUND_MAX_AGE),
         stream::Config {
-            // Disclosure records: kept, never deleted or purged.
+            // Disclosure records: kept, never deleted or purged, never
+            // discarded to make room (see SHARES).
             deny_delete: true,
             deny_purge: true,
+            discard: stream::DiscardPolicy::New,
             ..base(streams::AUDIT, subjects::AUDIT_ALL, Duration::ZERO)
+        },
+        stream::Config {
+            // Deletable: the replay tool deletes a record once replayed.
+            discard: stream::DiscardPolicy::New,
+            ..base(
+                streams::DEADLETTER,
+                subjects::DEADLETTER_ALL,
+                DEADLETTER_MAX_AGE,
+            )
         },
     ]
 }
 
 /// Bucket configurations, one place.
-pub fn bucket_configs(replicas: usize) -> Vec<kv::Config> {
+pub fn bucket_configs(layout: &Layout) -> Vec<kv::Config> {
     let base = |bucket: &str, history: i64, max_age: Duration| kv::Config {
         bucket: bucket.to_owned(),
         history,
         max_age,
+        max_bytes: layout.max_bytes(bucket),
         storage: stream::StorageType::File,
-        num_replicas: replicas,
+        num_replicas: layout.replicas,
         ..Default::default()
     };
     vec![
         base(buckets::CONTACTS, 5, Duration::ZERO),
         base(buckets::THREADS, 1, Duration::ZERO),
         base(buckets::PRESENCE, 1, Duration::ZERO),
-        base(buckets::SENDS, 1, 30 * DAY),
+        base(buckets::SENDS, 1, SENDS_TTL),
         // A browser resends a reply only while its tab is open: a month is ample.
-        base(buckets::REPLIES, 1, 30 * DAY),
+        base(buckets::REPLIES, 1, Duration::from_secs(30 * DAY_SECS)),
         base(buckets::DIRECTORY, 10, Duration::ZERO),
         base(buckets::SESSIONS, 1, SESSIONS_MAX_AGE),
     ]
 }
 
+/// The latest a message of `stream` can reach a consumer again, counted from
+/// its publish; `None` if unbounded. However the consumer redelivers
+/// (`max_deliver`, `ack_wait`, nak delays), a consumer re-created from
+/// scratch re-reads everything still stored, so the bound is how long the
+/// stream keeps it (`max_age`; a byte limit only drops it sooner). A dead
+/// letter replayed from DEADLETTER, up to its `max_age` later, comes back
+/// as a new message with the same ids.
+pub fn redelivery_horizon(
+    stream: &stream::Config,
+    deadletter: &stream::Config,
+) -> Option<Duration> {
+    if stream.max_age.is_zero() || deadletter.max_age.is_zero() {
+        return None;
+    }
+    Some(stream.max_age + deadletter.max_age)
+}
+
+/// [`redelivery_horizon`] of OUTBOUND: what [`SENDS_TTL`] must cover.
+pub fn outbound_redelivery_horizon(layout: &Layout) -> Option<Duration> {
+    let configs = stream_configs(layout);
+    let find = |name: &str| configs.iter().find(|c| c.name == name);
+    redelivery_horizon(find(streams::OUTBOUND)?, find(streams::DEADLETTER)?)
+}
+
 /// Creates or updates every stream and bucket. Idempotent; every service
-/// calls it at start so that start order does not matter.
-pub async fn ensure_all(js: &jetstream::Context, replicas: usize) -> Result<(), BusError> {
-    for config in stream_configs(replicas) {
+/// calls it at start so that start order does not matter. A stream or
+/// bucket created by an older version is updated in place (limits, discard
+/// policy, age), keeping its messages.
+pub async fn ensure_all(
+    js: &jetstream::Context,
+    layout: impl Into<Layout>,
+) -> Result<(), BusError> {
+    let layout = layout.into();
+    for config in stream_configs(&layout) {
         let name = static_name(&config.name);
         js.create_or_update_stream(config)
             .await
             .map_err(|source| BusError::Stream { name, source })?;
     }
-    for config in bucket_configs(replicas) {
+    for config in bucket_configs(&layout) {
         let name = static_name(&config.bucket);
         js.create_or_update_key_value(config)
             .await
@@ -172,12 +325,13 @@ pub async fn ensure_all(js: &jetstream::Context, replicas: usize) -> Result<(), 
 /// Retries [`ensure_all`] with backoff until it succeeds or `shutdown` fires.
 pub async fn ensure_all_with_retry(
     js: &jetstream::Context,
-    replicas: usize,
+    layout: impl Into<Layout>,
     shutdown: &CancellationToken,
 ) -> Result<(), BusError> {
+    let layout = layout.into();
     let mut delay = Duration::from_millis(100);
     loop {
-        match ensure_all(js, replicas).await {
+        match ensure_all(js, layout).await {
             Ok(()) => return Ok(()),
             Err(e) => tracing::warn!(error = %e, "bus setup failed; retrying"),
         }
@@ -190,21 +344,11 @@ pub async fn ensure_all_with_retry(
 }
 
 fn static_name(name: &str) -> &'static str {
-    [
-        streams::INBOUND,
-        streams::CONTACTS,
-        streams::OUTBOUND,
-        streams::AUDIT,
-        buckets::CONTACTS,
-        buckets::THREADS,
-        buckets::PRESENCE,
-        buckets::SENDS,
-        buckets::REPLIES,
-        buckets::SESSIONS,
-    ]
-    .into_iter()
-    .find(|n| *n == name)
-    .unwrap_or("unknown")
+    streams::ALL
+        .into_iter()
+        .chain(buckets::ALL)
+        .find(|n| *n == name)
+        .unwrap_or("unknown")
 }
 
 /// Publishes an event with `Nats-Msg-Id` = `msg_id` and waits for the
@@ -249,11 +393,11 @@ pub struct Published {
 /// backoff until both work or `shutdown` fires ([`BusError::Stopped`]).
 pub async fn setup_bucket_with_retry(
     js: &jetstream::Context,
-    replicas: usize,
+    layout: impl Into<Layout>,
     name: &'static str,
     shutdown: &CancellationToken,
 ) -> Result<kv::Store, BusError> {
-    ensure_all_with_retry(js, replicas, shutdown).await?;
+    ensure_all_with_retry(js, layout, shutdown).await?;
     open_bucket_with_retry(js, name, shutdown).await
 }
 
@@ -284,4 +428,151 @@ pub async fn bucket(
     name: &str,
 ) -> Result<kv::Store, jetstream::context::KeyValueError> {
     js.get_key_value(name).await
+}
+
+/// How often [`export_storage`] samples the streams' sizes.
+pub const STORAGE_SAMPLE_PERIOD: Duration = Duration::from_secs(15);
+
+/// What one stream or bucket holds and may hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamUsage {
+    /// Stream name (`KV_<bucket>` for a bucket).
+    pub stream: String,
+    pub bytes: u64,
+    pub messages: u64,
+    /// `max_bytes` as the server has it (-1: no limit).
+    pub limit_bytes: i64,
+}
+
+/// Reads every stream's and bucket's size and limit from the server, sets
+/// the gauges `nwd_stream_bytes{stream}`, `nwd_stream_messages{stream}`,
+/// `nwd_stream_limit_bytes{stream}` (only where a limit is set),
+/// `nwd_jetstream_store_bytes` (everything the account stores) and
+/// `nwd_jetstream_store_limit_bytes` (the configured store), and returns the
+/// figures. The limit is read back from the server, not from our config, so
+/// a stream an older version left without a limit shows as such.
+pub async fn sample_storage(js: &jetstream::Context, layout: &Layout) -> Vec<StreamUsage> {
+    let names = streams::ALL
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(buckets::ALL.iter().map(|b| buckets::stream_of(b)));
+    let mut usage = Vec::new();
+    for name in names {
+        let info = match js.get_stream(&name).await {
+            Ok(mut stream) => stream.info().await.cloned().map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let info = match info {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::warn!(stream = %name, %error, "cannot read stream size");
+                metrics::counter!("nwd_storage_sample_errors_total").increment(1);
+                continue;
+            }
+        };
+        metrics::gauge!("nwd_stream_bytes", "stream" => name.clone()).set(info.state.bytes as f64);
+        metrics::gauge!("nwd_stream_messages", "stream" => name.clone())
+            .set(info.state.messages as f64);
+        if info.config.max_bytes > 0 {
+            metrics::gauge!("nwd_stream_limit_bytes", "stream" => name.clone())
+                .set(info.config.max_bytes as f64);
+        }
+        usage.push(StreamUsage {
+            stream: name,
+            bytes: info.state.bytes,
+            messages: info.state.messages,
+            limit_bytes: info.config.max_bytes,
+        });
+    }
+    match js.query_account().await {
+        Ok(account) => {
+            metrics::gauge!("nwd_jetstream_store_bytes").set(account.storage as f64);
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the account's storage");
+            metrics::counter!("nwd_storage_sample_errors_total").increment(1);
+        }
+    }
+    metrics::gauge!("nwd_jetstream_store_limit_bytes").set(layout.store_bytes as f64);
+    usage
+}
+
+/// Samples [`sample_storage`] every [`STORAGE_SAMPLE_PERIOD`] until
+/// `shutdown`. One service runs it (the intake: see its `run`).
+pub async fn export_storage(js: jetstream::Context, layout: Layout, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(STORAGE_SAMPLE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        sample_storage(&js, &layout).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consume;
+
+    fn days(n: u64) -> Duration {
+        Duration::from_secs(n * DAY_SECS)
+    }
+
+    #[test]
+    fn a_send_record_outlives_every_redelivery_of_its_outbound_message() {
+        // The notifier's consumer redelivers until acked: no bound by count,
+        // so the bound is how long OUTBOUND (then DEADLETTER) keeps it.
+        assert_eq!(consume::MAX_DELIVER, -1);
+        let layout = Layout::from(1);
+        let horizon = outbound_redelivery_horizon(&layout).unwrap();
+        assert_eq!(horizon, days(400) + days(90));
+        assert!(SENDS_TTL >= horizon, "{SENDS_TTL:?} < {horizon:?}");
+        let sends = bucket_configs(&layout)
+            .into_iter()
+            .find(|b| b.bucket == buckets::SENDS)
+            .unwrap();
+        assert_eq!(sends.max_age, SENDS_TTL);
+        // Without an age limit nothing bounds it: no TTL would be safe.
+        let forever = stream::Config::default();
+        assert_eq!(redelivery_horizon(&forever, &forever), None);
+    }
+
+    #[test]
+    fn limits_fit_the_store_with_headroom_and_audit_never_discards() {
+        let layout = Layout::from(1);
+        let streams_ = stream_configs(&layout);
+        let buckets_ = bucket_configs(&layout);
+        let total: i64 = streams_.iter().map(|c| c.max_bytes).sum::<i64>()
+            + buckets_.iter().map(|c| c.max_bytes).sum::<i64>();
+        assert!(streams_.iter().all(|c| c.max_bytes > 0));
+        assert!(buckets_.iter().all(|c| c.max_bytes > 0));
+        // At least a quarter of the server's store is left for everything else.
+        assert!(
+            total <= (DEFAULT_STORE_BYTES as i64) * 3 / 4,
+            "{total} of {DEFAULT_STORE_BYTES}"
+        );
+        let audit = streams_.iter().find(|c| c.name == streams::AUDIT).unwrap();
+        assert_eq!(audit.discard, stream::DiscardPolicy::New);
+        assert!(audit.max_age.is_zero());
+        let dl = streams_
+            .iter()
+            .find(|c| c.name == streams::DEADLETTER)
+            .unwrap();
+        assert_eq!(dl.discard, stream::DiscardPolicy::New);
+        // Every stream and bucket has a share.
+        for name in streams::ALL.iter().chain(buckets::ALL.iter()) {
+            assert!(layout.max_bytes(name) > 0, "{name}");
+        }
+    }
+
+    #[test]
+    fn limits_scale_with_the_configured_store() {
+        let small = Layout {
+            replicas: 1,
+            store_bytes: GIB,
+        };
+        assert_eq!(small.max_bytes(streams::INBOUND), (GIB / 1000 * 100) as i64);
+    }
 }

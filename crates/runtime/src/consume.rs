@@ -4,19 +4,29 @@
 //! crash means redelivery and handlers must be idempotent. Messages are
 //! spread over sequential *lanes* by a key (a contact, a sender), so one
 //! contact's events stay in order while different contacts run in parallel.
+//!
+//! Nothing is dropped: a message the handler cannot handle (rejected,
+//! undecodable, written by a newer schema, or one it panicked on) is parked
+//! in the DEADLETTER stream first and terminated only once the server has
+//! stored the dead letter (see [`crate::deadletter`]); the lane goes on with
+//! the next message.
 
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use nwd_proto::deadletter::DeadLetterReason;
+use nwd_proto::envelope::Header;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::deadletter::{self, Consumer};
 use crate::ops::Readiness;
 
 /// What to do with a handled message.
@@ -26,9 +36,10 @@ pub enum Outcome {
     Ack,
     /// A transient failure (bus, peer down): redeliver after a delay.
     Retry(Duration),
-    /// A poison message that can never succeed (undecodable): terminate it,
-    /// with a bounded reason for the metric label. Never used for a
-    /// transient failure: that would lose a contact.
+    /// A poison message that can never succeed (undecodable): park it in
+    /// DEADLETTER, then terminate it, with a bounded reason (`"undecodable"`
+    /// for a payload the handler cannot read). Never used for a transient
+    /// failure: that would need an operator to replay it.
     Reject(&'static str),
 }
 
@@ -56,6 +67,16 @@ pub fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
 /// 30 s behind a dead process. Handlers that run longer keep their message
 /// with progress acks (see [`lane`]).
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// Deliveries before the server gives up on a message: never (-1). A
+/// transient failure must not lose a contact; poison messages are
+/// dead-lettered explicitly. (`bus::SENDS_TTL` depends on this.)
+pub const MAX_DELIVER: i64 = -1;
+
+/// How long a message waits before it is tried again when its dead letter
+/// could not be stored (DEADLETTER full or unreachable): it is never
+/// terminated without one.
+pub const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 
 /// Which stream, which durable consumer, which subjects.
 #[derive(Debug, Clone)]
@@ -88,6 +109,14 @@ impl ConsumerSpec {
         }
     }
 
+    fn dead_letters(&self) -> Consumer {
+        Consumer {
+            service: self.service,
+            stream: self.stream,
+            durable: self.durable,
+        }
+    }
+
     fn readiness_key(&self) -> String {
         format!("consumer:{}", self.durable)
     }
@@ -98,9 +127,7 @@ impl ConsumerSpec {
             filter_subjects: self.filter_subjects.clone(),
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
             ack_wait: self.ack_wait,
-            // Never give up on a message by count: a transient failure must
-            // not lose a contact. Poison messages are terminated explicitly.
-            max_deliver: -1,
+            max_deliver: MAX_DELIVER,
             max_ack_pending: self.max_ack_pending,
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ..Default::default()
@@ -120,12 +147,23 @@ pub async fn run<H: Handler>(
 ) {
     let ready_key = spec.readiness_key();
     readiness.set(&ready_key, false);
+    // Every dead-letter series exists from the start at 0, so the first
+    // dead letter is an increase an alert rule can see.
+    for reason in DeadLetterReason::ALL {
+        metrics::counter!(
+            "nwd_deadletter_total",
+            "service" => spec.service,
+            "consumer" => spec.durable,
+            "reason" => reason.as_str()
+        )
+        .increment(0);
+    }
     let mut lanes = JoinSet::new();
     let mut senders = Vec::with_capacity(spec.lanes.max(1));
     for _ in 0..spec.lanes.max(1) {
         let (tx, rx) = mpsc::channel::<jetstream::Message>(64);
         senders.push(tx);
-        lanes.spawn(lane(rx, spec.clone(), handler.clone()));
+        lanes.spawn(lane(rx, spec.clone(), handler.clone(), js.clone()));
     }
 
     let mut backoff = Duration::from_millis(100);
@@ -194,6 +232,7 @@ async fn lane<H: Handler>(
     mut rx: mpsc::Receiver<jetstream::Message>,
     spec: ConsumerSpec,
     handler: Arc<H>,
+    js: jetstream::Context,
 ) {
     while let Some(msg) = rx.recv().await {
         let (seq, delivered) = msg
@@ -211,24 +250,102 @@ async fn lane<H: Handler>(
         );
         let started = Instant::now();
         metrics::counter!("nwd_events_received_total", "service" => spec.service, "consumer" => spec.durable).increment(1);
-        let outcome = with_progress(&msg, spec.ack_wait, handler.handle(&msg))
+        let verdict = handle_one(&msg, &spec, handler.as_ref())
             .instrument(span.clone())
             .await;
-        let _enter = span.enter();
-        let (kind, label) = match outcome {
-            Outcome::Ack => (AckKind::Ack, "ack"),
-            Outcome::Retry(d) => (AckKind::Nak(Some(d)), "retry"),
-            Outcome::Reject(reason) => {
-                tracing::error!(reason, "rejecting poison message");
-                (AckKind::Term, "reject")
+        let (kind, label) = match verdict {
+            Verdict::Ack => (AckKind::Ack, "ack"),
+            Verdict::Retry(d) => (AckKind::Nak(Some(d)), "retry"),
+            Verdict::Park(reason, detail) => {
+                park(&js, &spec, &msg, reason, detail)
+                    .instrument(span.clone())
+                    .await
             }
         };
+        let _enter = span.enter();
         if let Err(e) = msg.ack_with(kind).await {
             tracing::warn!(error = %e, "ack failed; the message will be redelivered");
         }
         metrics::counter!("nwd_events_handled_total", "service" => spec.service, "consumer" => spec.durable, "outcome" => label).increment(1);
         metrics::histogram!("nwd_event_handling_seconds", "service" => spec.service, "consumer" => spec.durable)
             .record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// What becomes of one delivered message.
+enum Verdict {
+    Ack,
+    Retry(Duration),
+    Park(DeadLetterReason, String),
+}
+
+/// Runs the handler on one message, unless it was written by a newer schema
+/// than this reader (parked without asking the handler, which might
+/// misread it). A panic in the handler is caught here: the message is
+/// parked and terminated, and the lane lives on. A handler that panics on
+/// every delivery cannot loop: only a lost terminate (or a dead letter that
+/// could not be stored) brings the message back, and then its dead letter
+/// is recognised as a duplicate (same stream sequence) and it is terminated.
+async fn handle_one<H: Handler>(
+    msg: &jetstream::Message,
+    spec: &ConsumerSpec,
+    handler: &H,
+) -> Verdict {
+    if let Ok(header) = Header::peek(&msg.payload)
+        && header.is_newer()
+    {
+        let (reason, detail) = deadletter::newer_schema(header.schema);
+        return Verdict::Park(reason, detail);
+    }
+    let work = with_progress(msg, spec.ack_wait, handler.handle(msg));
+    match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(Outcome::Ack) => Verdict::Ack,
+        Ok(Outcome::Retry(d)) => Verdict::Retry(d),
+        Ok(Outcome::Reject(reason)) => {
+            let (reason, detail) = deadletter::classify_rejection(&msg.payload, reason);
+            Verdict::Park(reason, detail)
+        }
+        // The panic's message may quote the data: it is not kept.
+        Err(_) => Verdict::Park(
+            DeadLetterReason::HandlerPanicked,
+            "the handler panicked".to_owned(),
+        ),
+    }
+}
+
+/// Parks a message in DEADLETTER: terminate it once the dead letter is
+/// stored, or try it again later if it could not be (never drop it).
+async fn park(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    msg: &jetstream::Message,
+    reason: DeadLetterReason,
+    detail: String,
+) -> (AckKind, &'static str) {
+    match deadletter::park(js, spec.dead_letters(), msg, reason, detail).await {
+        Ok(published) => {
+            tracing::error!(
+                reason = reason.as_str(),
+                dead_letter = published.sequence,
+                duplicate = published.duplicate,
+                "message dead-lettered"
+            );
+            (AckKind::Term, "dead_lettered")
+        }
+        Err(e) => {
+            tracing::error!(
+                reason = reason.as_str(),
+                error = %e,
+                "cannot store the dead letter; the message will be tried again"
+            );
+            metrics::counter!(
+                "nwd_deadletter_failures_total",
+                "service" => spec.service,
+                "consumer" => spec.durable
+            )
+            .increment(1);
+            (AckKind::Nak(Some(DEAD_LETTER_RETRY)), "dead_letter_failed")
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod consume;
+pub mod deadletter;
 pub mod directory;
 pub mod escalation;
 pub mod kv;

@@ -112,9 +112,12 @@ impl NatsServer {
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir).expect("ports dir");
         let listen = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        // `max_file_store` as in deploy/nats/nats.conf: a stream's byte limit
+        // must fit in the store, so without it a test would depend on the
+        // free disk (the default store is 75% of it).
         let text = format!(
             "listen: \"127.0.0.1:{listen}\"\nports_file_dir: {ports:?}\nmax_payload: 1MB\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n",
+             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n  max_file_store: 10GB\n}}\n",
             ports = ports_dir.display().to_string(),
             store = self.store_dir().display().to_string(),
         );

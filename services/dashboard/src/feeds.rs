@@ -7,6 +7,8 @@ use async_nats::Subscriber;
 use futures::StreamExt;
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{DashboardPush, ServerMsg};
+use nwd_proto::deadletter::OpsAlert;
+use nwd_proto::directory::Role;
 use nwd_proto::events::OutboundStatus;
 use nwd_proto::{Envelope, wire};
 use nwd_runtime::kv;
@@ -86,6 +88,32 @@ pub async fn forward_statuses(app: Arc<App>, mut sub: Subscriber) {
             },
         );
         count("status", if n > 0 { "delivered" } else { "no-socket" });
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+/// Forwards each [`OpsAlert`] (core NATS, from any service) to every
+/// supervisor's open sockets.
+pub async fn forward_ops_alerts(app: Arc<App>, mut sub: Subscriber) {
+    loop {
+        let msg = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let Ok(env) = Envelope::<OpsAlert>::from_bytes(&msg.payload) else {
+            count("ops-alert", "undecodable");
+            continue;
+        };
+        let alert = ServerMsg::OpsAlert { alert: env.data };
+        let directory = app.directory.get();
+        let n: usize = directory
+            .staff
+            .iter()
+            .filter(|s| s.role == Role::Supervisor)
+            .map(|s| app.hub.send(&s.id, &alert))
+            .sum();
+        count("ops-alert", if n > 0 { "delivered" } else { "no-socket" });
     }
     let _ = sub.unsubscribe().await;
 }

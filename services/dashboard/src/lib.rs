@@ -282,8 +282,11 @@ impl App {
             shutdown,
             tasks: TaskTracker::new(),
         });
-        app.tasks
-            .spawn(set_up(app.clone(), readiness.clone(), config.nats.replicas));
+        app.tasks.spawn(set_up(
+            app.clone(),
+            readiness.clone(),
+            bus::Layout::from(&config.nats),
+        ));
         Ok((app, readiness))
     }
 
@@ -320,9 +323,9 @@ pub async fn run(
 
 /// Creates streams and buckets, opens the buckets, subscribes to the router's
 /// pushes and to delivery statuses, starts the heartbeat: then the dashboard is ready.
-async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
+async fn set_up(app: Arc<App>, readiness: Readiness, layout: bus::Layout) {
     let shutdown = app.shutdown.clone();
-    if bus::ensure_all_with_retry(&app.js, replicas, &shutdown)
+    if bus::ensure_all_with_retry(&app.js, layout, &shutdown)
         .await
         .is_err()
     {
@@ -377,10 +380,11 @@ async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
                 .client
                 .subscribe(subjects::outbound_status_all())
                 .await?;
+            let alerts = app.client.subscribe(subjects::ops_alert()).await?;
             // A flush only empties our buffer; a request's answer proves the
             // server has processed the subscriptions sent before it.
             round_trip(&app.client).await?;
-            Ok::<_, async_nats::Error>((pushes, statuses))
+            Ok::<_, async_nats::Error>((pushes, statuses, alerts))
         };
         match subscribed.await {
             Ok(s) => break s,
@@ -391,8 +395,10 @@ async fn set_up(app: Arc<App>, readiness: Readiness, replicas: usize) {
             _ = tokio::time::sleep(delay) => {}
         }
     };
-    let (pushes, statuses) = pushes;
+    let (pushes, statuses, alerts) = pushes;
     app.tasks.spawn(feeds::forward_pushes(app.clone(), pushes));
+    app.tasks
+        .spawn(feeds::forward_ops_alerts(app.clone(), alerts));
     app.tasks
         .spawn(feeds::forward_statuses(app.clone(), statuses));
     app.tasks.spawn(presence::heartbeat(app.clone()));

@@ -651,6 +651,38 @@ async fn a_router_push_reaches_only_its_counsellor() {
     .await;
 }
 
+#[tokio::test]
+async fn an_ops_alert_reaches_every_supervisor_and_no_one_else() {
+    let d = Dashboard::start().await;
+    let mut sam = d.socket("sam").await;
+    let mut ana = d.socket("ana").await;
+    sam.hello().await;
+    ana.hello().await;
+    let alert = nwd_proto::deadletter::OpsAlert::DeadLetter {
+        consumer: "intake-sms".into(),
+        reason: nwd_proto::deadletter::DeadLetterReason::NewerSchema,
+        stream: streams::INBOUND.into(),
+        stream_sequence: 7,
+    };
+    let client = d.nats.client().await;
+    client
+        .publish(
+            subjects::ops_alert(),
+            Envelope::new(alert.clone()).to_bytes().into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    sam.expect("the alert", |m| {
+        matches!(m, ServerMsg::OpsAlert { alert: a } if *a == alert).then_some(())
+    })
+    .await;
+    ana.expect_none(Duration::from_millis(500), "a supervisor's alert", |m| {
+        matches!(m, ServerMsg::OpsAlert { .. })
+    })
+    .await;
+}
+
 // ------------------------------------------------------------------ router commands
 
 #[tokio::test]

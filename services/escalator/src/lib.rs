@@ -288,7 +288,7 @@ pub async fn run(
     ));
     let mut tasks = JoinSet::new();
     let buckets = async {
-        bus::ensure_all_with_retry(&js, config.nats.replicas, &shutdown).await?;
+        bus::ensure_all_with_retry(&js, &config.nats, &shutdown).await?;
         let open = |name| bus::open_bucket_with_retry(&js, name, &shutdown);
         Ok::<_, BusError>((
             open(buckets::CONTACTS).await?,

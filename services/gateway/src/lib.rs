@@ -107,12 +107,9 @@ pub async fn run(
     let stop = shutdown.child_token();
     {
         let (js, readiness, stop) = (js.clone(), readiness.clone(), stop.clone());
-        let replicas = config.nats.replicas;
+        let layout = bus::Layout::from(&config.nats);
         tasks.spawn(async move {
-            if bus::ensure_all_with_retry(&js, replicas, &stop)
-                .await
-                .is_ok()
-            {
+            if bus::ensure_all_with_retry(&js, layout, &stop).await.is_ok() {
                 readiness.set(STREAMS_READY, true);
                 tracing::info!("streams ready");
             }

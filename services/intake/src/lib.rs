@@ -128,22 +128,29 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let threads =
-        match bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::THREADS, &shutdown)
-            .await
-            .map_err(Error::Bus)
-        {
-            Ok(threads) => threads,
-            Err(Error::Bus(BusError::Stopped)) => return Ok(ops::join_server(server).await?),
-            Err(e) => {
-                shutdown.cancel();
-                let _ = server.await;
-                return Err(e);
-            }
-        };
+    let threads = match bus::setup_bucket_with_retry(&js, &config.nats, buckets::THREADS, &shutdown)
+        .await
+        .map_err(Error::Bus)
+    {
+        Ok(threads) => threads,
+        Err(Error::Bus(BusError::Stopped)) => return Ok(ops::join_server(server).await?),
+        Err(e) => {
+            shutdown.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
+    };
     readiness.set("bus", true);
 
     let mut tasks = JoinSet::new();
+    // The line's storage gauges (`nwd_stream_bytes` …) come from the intake:
+    // it reads INBOUND, the stream whose filling up turns every webhook into
+    // a 503, and no line works without it, so it is always running.
+    tasks.spawn(bus::export_storage(
+        js.clone(),
+        bus::Layout::from(&config.nats),
+        shutdown.clone(),
+    ));
     match bus::bucket(&js, buckets::DIRECTORY).await {
         Ok(store) => {
             tasks.spawn(nwd_runtime::directory::follow(

@@ -605,3 +605,33 @@ async fn a_short_or_missing_pseudonym_key_stops_the_service() {
         "printed config redacts it"
     );
 }
+
+#[tokio::test]
+async fn an_sms_from_a_newer_gateway_and_garbage_are_dead_lettered_and_the_next_sms_is_threaded() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url()).await;
+    // What a newer gateway writes during a rolling upgrade: schema 2.
+    let mut newer = serde_json::to_value(Envelope::new(sms(MARIA, LINE))).unwrap();
+    newer["schema"] = 2.into();
+    for payload in [serde_json::to_vec(&newer).unwrap(), b"{not json".to_vec()] {
+        js.publish(subjects::inbound_sms(), payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let next = sms(MARIA, LINE);
+    publish_sms(&js, &next, next.message_sid.as_str()).await;
+    message_for(&js, &next).await;
+    wait_idle(&js, streams::INBOUND, consumers::INTAKE_SMS).await;
+
+    let dead = nwd_runtime::deadletter::list(&js).await.unwrap();
+    let reasons: Vec<_> = dead.iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(reasons, ["newer_schema", "undecodable"], "{dead:?}");
+    assert!(dead.iter().all(|d| d.consumer == consumers::INTAKE_SMS
+        && d.subject == subjects::inbound_sms()
+        && !d.detail.contains("5550142")));
+    // Only the readable SMS became a contact message.
+    assert_eq!(contact_messages(&js).await.len(), 1);
+    intake.stop().await;
+}

@@ -251,7 +251,7 @@ pub async fn run(
     ));
 
     let Ok(sends) =
-        bus::setup_bucket_with_retry(&js, config.nats.replicas, buckets::SENDS, &shutdown).await
+        bus::setup_bucket_with_retry(&js, &config.nats, buckets::SENDS, &shutdown).await
     else {
         return Ok(ops::join_server(server).await?);
     };

@@ -151,7 +151,7 @@ async fn start(
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<Option<JoinSet<()>>, Error> {
-    match bus::ensure_all_with_retry(&js, config.nats.replicas, shutdown).await {
+    match bus::ensure_all_with_retry(&js, &config.nats, shutdown).await {
         Ok(()) => {}
         Err(BusError::Stopped) => return Ok(None),
         Err(e) => return Err(e.into()),

@@ -124,7 +124,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    match bus::ensure_all_with_retry(&js, config.nats.replicas, &shutdown).await {
+    match bus::ensure_all_with_retry(&js, &config.nats, &shutdown).await {
         Ok(()) => {
             readiness.set("bus", true);
             let spec = ConsumerSpec::new(
@@ -174,12 +174,7 @@ impl TriageHandler {
             Ok(e) => e,
             Err(e) => {
                 // The decode error may quote payload text: log only its kind.
-                let kind = match e {
-                    nwd_proto::envelope::DecodeError::Json(_) => "malformed",
-                    nwd_proto::envelope::DecodeError::WrongType { .. } => "wrong type",
-                    nwd_proto::envelope::DecodeError::Schema(_) => "unsupported schema",
-                };
-                tracing::warn!(kind, "undecodable contact message");
+                tracing::warn!(kind = e.kind(), "undecodable contact message");
                 return Outcome::Reject("undecodable");
             }
         };

@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let client = bus::connect(&cli.nats, "nwd-directory").await?;
     let js = bus::jetstream(client, &cli.nats);
-    bus::ensure_all(&js, cli.nats.replicas).await?;
+    bus::ensure_all(&js, &cli.nats).await?;
     let store = bus::bucket(&js, buckets::DIRECTORY).await?;
     match cli.cmd {
         Cmd::Put { file } => {
