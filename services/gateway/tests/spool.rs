@@ -1,0 +1,400 @@
+//! NATS down at the edge: signed webhooks are fsynced to the gateway's
+//! spool, answered 200, and forwarded in order, exactly once, when NATS is
+//! back — across a gateway crash and a torn last record. Only a full spool
+//! answers 503. Real nats-server, real HTTP, the gateway on its own runtime
+//! so that a crash drops every task it spawned at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use nwd_gateway::spool::SpoolArgs;
+use nwd_gateway::{Config, SMS_PATH, STATUS_PATH};
+use nwd_proto::events::{InboundSms, SmsStatus};
+use nwd_proto::{Envelope, streams, subjects};
+use nwd_runtime::bus::NatsArgs;
+use nwd_runtime::service::Secret;
+use nwd_testkit::{NatsServer, eventually};
+use nwd_twilio::{InboundSmsForm, StatusCallbackForm, new_message_sid, signature};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "5b2c0c8f3c9e4a8a9d1b6e7f00112233";
+const ACCOUNT: &str = "AC9af211329b2fc82e5efe906062c73008";
+const PATIENT: &str = "+15005550142";
+const LINE: &str = "+15005550100";
+const PUBLIC_URL: &str = "https://gateway.example.org";
+
+/// A gateway on its own tokio runtime: [`Gateway::crash`] drops the
+/// runtime, and with it every task mid-flight, like `kill -9`.
+struct Gateway {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: CancellationToken,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    async fn start(nats_url: &str, spool_dir: &Path, spool_max_bytes: u64) -> Self {
+        nwd_testkit::install_crypto();
+        let listener = nwd_testkit::listener().await.into_std().unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = Config {
+            nats: NatsArgs {
+                ack_timeout_ms: 500,
+                ..NatsArgs::local(nats_url)
+            },
+            addr,
+            public_url: PUBLIC_URL.to_owned(),
+            twilio_auth_token: Secret::new(TOKEN),
+            max_body_bytes: 65536,
+            spool: SpoolArgs {
+                dir: spool_dir.to_owned(),
+                max_bytes: spool_max_bytes,
+            },
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        runtime.spawn(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            nwd_gateway::run(config, listener, stop).await.unwrap();
+        });
+        let gw = Self {
+            addr,
+            runtime: Some(runtime),
+            shutdown,
+            http: reqwest::Client::new(),
+        };
+        // Ready even while NATS is away (the spool takes webhooks), so wait
+        // for "ready" without "degraded": streams made, NATS answering. A
+        // restart after a kill may start degraded; forwarding goes on anyway.
+        eventually(Duration::from_secs(20), "gateway ready", || async {
+            let (status, body) = gw.get("/readyz").await;
+            (status == 200 && !body.contains("degraded")).then_some(())
+        })
+        .await;
+        gw
+    }
+
+    /// Every task of the gateway dropped at once; nothing drained.
+    fn crash(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    async fn post_signed(&self, path: &str, params: &[(String, String)]) -> reqwest::Response {
+        let sig = signature::compute(TOKEN, &format!("{PUBLIC_URL}{path}"), params);
+        self.http
+            .post(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(nwd_twilio::SIGNATURE_HEADER, sig)
+            .body(nwd_twilio::form::encode(params))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts a new signed SMS; returns its MessageSid and the answer's status.
+    async fn sms(&self, body: &str) -> (String, u16) {
+        let form = InboundSmsForm::new(new_message_sid(), ACCOUNT, PATIENT, LINE, body);
+        let status = self.post_signed(SMS_PATH, &form.params()).await.status();
+        (form.message_sid, status.as_u16())
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let res = self
+            .http
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find(|l| l.split([' ', '{']).next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Every message on INBOUND in stream order: (subject, Nats-Msg-Id, payload).
+async fn inbound(server: &NatsServer) -> Vec<(String, String, bytes::Bytes)> {
+    let js = jetstream::new(server.client().await);
+    let stream = js.get_stream(streams::INBOUND).await.unwrap();
+    let state = stream.get_info().await.unwrap().state;
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(m) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
+        out.push((m.subject.to_string(), id, m.payload));
+    }
+    out
+}
+
+/// MessageSids of the inbound SMS on INBOUND, in stream order, once it holds `n`.
+async fn stored_sids(server: &NatsServer, n: usize, within: Duration) -> Vec<String> {
+    let sms = subjects::inbound_sms();
+    let sids = eventually(within, &format!("{n} SMS on INBOUND"), || async {
+        let sids: Vec<String> = inbound(server)
+            .await
+            .into_iter()
+            .filter(|(s, _, _)| *s == sms)
+            .map(|(_, id, payload)| {
+                let env = Envelope::<InboundSms>::from_bytes(&payload).unwrap();
+                assert_eq!(env.data.message_sid.as_str(), id, "Nats-Msg-Id is the MessageSid");
+                id
+            })
+            .collect();
+        (sids.len() >= n).then_some(sids)
+    })
+    .await;
+    sids
+}
+
+fn spool_dir() -> (nwd_testkit::TempDir, PathBuf) {
+    let tmp = nwd_testkit::temp_dir("nwd-gateway-spool-");
+    let dir = tmp.path().join("spool");
+    (tmp, dir)
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_sms_while_nats_is_down_are_answered_200_and_stored_once_in_order() {
+    nwd_runtime::telemetry::metrics_handle();
+    let mut server = NatsServer::start().await;
+    let (_tmp, dir) = spool_dir();
+    let gw = Gateway::start(&server.url(), &dir, 8 << 20).await;
+
+    server.kill();
+    let mut sent = Vec::new();
+    for i in 0..100 {
+        let (sid, status) = gw.sms(&format!("message {i}")).await;
+        assert_eq!(status, 200, "SMS {i} answered {status} while NATS is down");
+        sent.push(sid);
+    }
+    // A delivery status while NATS is down is spooled the same way.
+    let status_sid = new_message_sid();
+    let form = StatusCallbackForm::new(&status_sid, "delivered", ACCOUNT, LINE, PATIENT);
+    assert_eq!(gw.post_signed(STATUS_PATH, &form.params()).await.status(), 200);
+
+    assert_eq!(gw.metric("nwd_gateway_spool_depth").await, Some(101.0));
+    // The gateway stays in rotation while it can still keep webhooks.
+    eventually(Duration::from_secs(5), "ready, degraded", || async {
+        let (status, body) = gw.get("/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        body.contains("degraded").then_some(())
+    })
+    .await;
+
+    server.restart().await;
+    let stored = stored_sids(&server, 100, Duration::from_secs(30)).await;
+    assert_eq!(stored, sent, "all 100, once each, in the order they arrived");
+    let status_id = format!("status:{status_sid}:delivered");
+    let all = eventually(Duration::from_secs(10), "the status stored", || async {
+        let all = inbound(&server).await;
+        all.iter().any(|(_, id, _)| *id == status_id).then_some(all)
+    })
+    .await;
+    let (_, _, payload) = all.iter().find(|(_, id, _)| *id == status_id).unwrap();
+    let env = Envelope::<SmsStatus>::from_bytes(payload).unwrap();
+    assert_eq!(env.data.message_sid.as_str(), status_sid);
+
+    eventually(Duration::from_secs(5), "the spool drained", || async {
+        (gw.metric("nwd_gateway_spool_depth").await == Some(0.0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        gw.metric("nwd_gateway_spool_forwarded_total").await,
+        Some(101.0)
+    );
+    assert!(segments(&dir).is_empty(), "forwarded segments are deleted");
+    // Back to the normal path: stored before the answer.
+    let (sid, status) = gw.sms("after").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stored_sids(&server, 101, Duration::from_secs(5)).await.last(),
+        Some(&sid)
+    );
+    assert_eq!(inbound(&server).await.len(), 102, "nothing doubled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_nats_is_waited_out_on_the_spool_and_nothing_doubles() {
+    let server = NatsServer::start().await;
+    let (_tmp, dir) = spool_dir();
+    let gw = Gateway::start(&server.url(), &dir, 8 << 20).await;
+
+    // SIGSTOP: the connection stays open, publishes are written to the
+    // socket and never acked. The first one waits out the publish timeout.
+    server.pause();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let (sid, status) = gw.sms(&format!("frozen {i}")).await;
+        assert_eq!(status, 200);
+        sent.push(sid);
+    }
+    server.resume();
+    // The first publish may reach the stream itself once the server thaws;
+    // its forward from the spool then is a duplicate the stream swallows.
+    let stored = stored_sids(&server, 10, Duration::from_secs(30)).await;
+    assert_eq!(stored, sent);
+    eventually(Duration::from_secs(10), "the spool drained", || async {
+        segments(&dir).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(inbound(&server).await.len(), 10, "nothing doubled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_crashed_with_a_full_spool_forwards_it_after_restart_once() {
+    let mut server = NatsServer::start().await;
+    let url = server.url();
+    let (_tmp, dir) = spool_dir();
+    let gw = Gateway::start(&url, &dir, 8 << 20).await;
+
+    server.kill();
+    let mut sent = Vec::new();
+    for i in 0..40 {
+        let (sid, status) = gw.sms(&format!("before the crash {i}")).await;
+        assert_eq!(status, 200);
+        sent.push(sid);
+    }
+    gw.crash();
+    assert!(!segments(&dir).is_empty(), "the spool outlives the crash");
+
+    server.restart().await;
+    // Restarted on the same spool: it forwards; crash it again as soon as
+    // some are through (mid-way, most likely), and start once more.
+    let gw = Gateway::start(&url, &dir, 8 << 20).await;
+    eventually(Duration::from_secs(20), "forwarding started", || async {
+        (!inbound(&server).await.is_empty()).then_some(())
+    })
+    .await;
+    gw.crash();
+    let gw = Gateway::start(&url, &dir, 8 << 20).await;
+
+    let stored = stored_sids(&server, 40, Duration::from_secs(30)).await;
+    assert_eq!(stored, sent, "nothing lost, nothing doubled, in order");
+    eventually(Duration::from_secs(10), "the spool drained", || async {
+        segments(&dir).is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(inbound(&server).await.len(), 40);
+    drop(gw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_record_is_ignored_and_does_not_block_replay() {
+    let mut server = NatsServer::start().await;
+    let url = server.url();
+    let (_tmp, dir) = spool_dir();
+    let gw = Gateway::start(&url, &dir, 8 << 20).await;
+    server.kill();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let (sid, status) = gw.sms(&format!("spooled {i}")).await;
+        assert_eq!(status, 200);
+        sent.push(sid);
+    }
+    gw.crash();
+
+    // A crash mid-append leaves half a record at the tail (it was never
+    // answered 200, so Twilio still holds it).
+    let last = segments(&dir).pop().expect("a segment");
+    let torn = nwd_gateway::spool::encode("nwd.v1.inbound.sms", "SMtorn", &[b'x'; 300], 0);
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.extend_from_slice(&torn[..torn.len() / 2]);
+    std::fs::write(&last, &bytes).unwrap();
+
+    server.restart().await;
+    let gw = Gateway::start(&url, &dir, 8 << 20).await;
+    // A new webhook after the restart lands behind the valid records, not
+    // behind the torn bytes.
+    let (sid, status) = gw.sms("after the restart").await;
+    assert_eq!(status, 200);
+    sent.push(sid);
+    let stored = stored_sids(&server, 6, Duration::from_secs(20)).await;
+    assert_eq!(stored, sent);
+    assert!(
+        inbound(&server).await.iter().all(|(_, id, _)| id != "SMtorn"),
+        "the torn record is never forwarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_503_and_what_it_took_is_still_forwarded() {
+    let mut server = NatsServer::start().await;
+    let (_tmp, dir) = spool_dir();
+    // Room for a handful of SMS envelopes.
+    let gw = Gateway::start(&server.url(), &dir, 8 * 1024).await;
+    server.kill();
+
+    let mut sent = Vec::new();
+    let refused = loop {
+        let form = InboundSmsForm::new(new_message_sid(), ACCOUNT, PATIENT, LINE, "fill");
+        let res = gw.post_signed(SMS_PATH, &form.params()).await;
+        if res.status() == 503 {
+            break res;
+        }
+        assert_eq!(res.status(), 200);
+        sent.push(form.message_sid);
+        assert!(sent.len() < 100, "the spool never filled");
+    };
+    assert!(sent.len() >= 3, "a few were spooled first: {}", sent.len());
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    // Full and NATS away: nothing can keep a webhook now, so out of rotation.
+    eventually(Duration::from_secs(5), "not ready", || async {
+        (gw.get("/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+
+    server.restart().await;
+    let stored = stored_sids(&server, sent.len(), Duration::from_secs(20)).await;
+    assert_eq!(stored, sent);
+    let (_, status) = gw.sms("room again").await;
+    assert_eq!(status, 200);
+}
