@@ -1,6 +1,7 @@
 //! `/healthz`, `/readyz` and `/metrics`, and serving an axum router until shutdown.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,9 @@ pub struct Readiness {
 struct Probe {
     client: Mutex<Option<async_nats::Client>>,
     last_ok: Mutex<Option<Instant>>,
+    /// Whether a probe has finished yet: before that, NATS is neither
+    /// answering nor known to be away.
+    probed: AtomicBool,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -76,15 +80,21 @@ impl Readiness {
         }
     }
 
-    /// While `excuse()` is true, these unmet conditions make the service
-    /// degraded, not unready: it still does its job another way (the
-    /// gateway's spool takes webhooks while NATS is away).
-    pub fn excuse_while<I, S>(&self, conditions: I, excuse: impl Fn() -> bool + Send + Sync + 'static)
-    where
+    /// While NATS does not answer and `excuse()` is true, the NATS round
+    /// trip and these conditions (which need NATS to be met) make the
+    /// service degraded, not unready: it still does its job another way
+    /// (the gateway's spool takes webhooks while NATS is away). With NATS
+    /// answering they count as usual.
+    pub fn tolerate_nats_outage<I, S>(
+        &self,
+        conditions: I,
+        excuse: impl Fn() -> bool + Send + Sync + 'static,
+    ) where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let names = conditions.into_iter().map(Into::into).collect();
+        let mut names: BTreeSet<String> = conditions.into_iter().map(Into::into).collect();
+        names.insert(NATS_ROUND_TRIP.to_owned());
         if let Ok(mut e) = self.excuses.lock() {
             e.push((names, Arc::new(excuse)));
         }
@@ -115,6 +125,9 @@ impl Readiness {
     }
 
     fn excused(&self, condition: &str) -> bool {
+        if !self.probe.known_away() {
+            return false;
+        }
         self.excuses.lock().is_ok_and(|e| {
             e.iter()
                 .any(|(names, excuse)| names.contains(condition) && excuse())
@@ -157,6 +170,13 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// True when a probe finished and NATS did not answer lately.
+    fn known_away(&self) -> bool {
+        self.probed.load(Ordering::SeqCst) && !self.answering()
+    }
+}
+
 async fn probe_round_trips(probe: Weak<Probe>) {
     loop {
         let Some(client) = probe
@@ -165,23 +185,22 @@ async fn probe_round_trips(probe: Weak<Probe>) {
         else {
             return;
         };
-        let connected = client.connection_state() == async_nats::connection::State::Connected;
-        let answered = connected
-            && tokio::time::timeout(
-                PROBE_TIMEOUT,
-                async_nats::jetstream::new(client).query_account(),
-            )
-            .await
-            .is_ok_and(|r| r.is_ok());
-        match probe.upgrade() {
-            None => return,
-            Some(p) if answered => {
-                if let Ok(mut t) = p.last_ok.lock() {
-                    *t = Some(Instant::now());
-                }
-            }
-            Some(_) => {}
+        // Not short-cut on the connection state: a client still making its
+        // first connection answers within the timeout all the same.
+        let answered = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            async_nats::jetstream::new(client).query_account(),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        let Some(p) = probe.upgrade() else {
+            return;
+        };
+        if answered && let Ok(mut t) = p.last_ok.lock() {
+            *t = Some(Instant::now());
         }
+        p.probed.store(true, Ordering::SeqCst);
+        drop(p);
         tokio::time::sleep(PROBE_INTERVAL).await;
     }
 }

@@ -13,7 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-
 /// Where the pinned nats-server lives: `NWD_NATS_SERVER`, else
 /// `<workspace>/.tools/bin/nats-server` (installed by `deploy/local/install-tools.sh`),
 /// else `nats-server` on the PATH.

@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use nwd_proto::events::{DeliveryStatus, InboundSms, MAX_SMS_BODY_CHARS, SmsStatus};
 use nwd_proto::{Envelope, Event, MessageSid, OutboundId, PhoneNumber, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
-use nwd_runtime::ops::{self, NATS_ROUND_TRIP, Readiness};
+use nwd_runtime::ops::{self, Readiness};
 use nwd_runtime::problem::Problem;
 use nwd_runtime::service::{Secret, ServiceConfig};
 use nwd_twilio::form;
@@ -70,6 +70,12 @@ pub struct Config {
     /// The Twilio auth token that signs webhooks.
     #[arg(long, env = "NWD_TWILIO_AUTH_TOKEN")]
     pub twilio_auth_token: Secret,
+    /// Connection overrides configured after `#` in the webhook URL at
+    /// Twilio (e.g. `rc=3&rp=all&ct=2000&rt=10000`). The fragment never
+    /// reaches the gateway; a signature over the URL with it is accepted
+    /// as well as one without.
+    #[arg(long, env = "NWD_GATEWAY_TWILIO_URL_FRAGMENT")]
+    pub twilio_url_fragment: Option<String>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "NWD_GATEWAY_MAX_BODY_BYTES", default_value_t = 65536)]
     pub max_body_bytes: usize,
@@ -113,9 +119,7 @@ pub async fn run(
         // While the spool has room, a NATS outage degrades the gateway but
         // does not take it out of rotation: it still keeps every webhook.
         let hub = hub.clone();
-        readiness.excuse_while([NATS_ROUND_TRIP, STREAMS_READY], move || {
-            !hub.spool().is_full()
-        });
+        readiness.tolerate_nats_outage([STREAMS_READY], move || !hub.spool().is_full());
     }
 
     let tasks = TaskTracker::new();
@@ -189,6 +193,7 @@ struct Inner {
     hub: Hub,
     auth_token: Secret,
     public_url: String,
+    url_fragment: Option<String>,
     max_body_bytes: usize,
 }
 
@@ -207,6 +212,7 @@ impl AppState {
                 hub,
                 auth_token: config.twilio_auth_token.clone(),
                 public_url: config.public_url.trim_end_matches('/').to_owned(),
+                url_fragment: config.twilio_url_fragment.clone(),
                 max_body_bytes: config.max_body_bytes,
             }),
         }
@@ -434,7 +440,14 @@ async fn verified_form(
     let given = headers
         .get(nwd_twilio::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
-    if signature::validate(state.inner.auth_token.expose(), &url, &params, given) {
+    let fragment = state.inner.url_fragment.as_deref();
+    if signature::validate_with_fragment(
+        state.inner.auth_token.expose(),
+        &url,
+        fragment,
+        &params,
+        given,
+    ) {
         Ok(params)
     } else {
         Err(Rejection::BadSignature)

@@ -376,7 +376,9 @@ fn read_cursor(path: &Path) -> Option<(u64, u64)> {
     let bytes: &[u8; CURSOR_LEN] = bytes.get(..CURSOR_LEN)?.try_into().ok()?;
     let crc = u32::from_le_bytes(bytes[16..20].try_into().ok()?);
     if crc32(&bytes[..16]) != crc {
-        tracing::warn!("spool cursor is corrupt; forwarding from the oldest segment (deduplicated by the hub)");
+        tracing::warn!(
+            "spool cursor is corrupt; forwarding from the oldest segment (deduplicated by the hub)"
+        );
         return None;
     }
     let seq = u64::from_le_bytes(bytes[..8].try_into().ok()?);

@@ -37,13 +37,17 @@ async fn setup() -> (NatsServer, Router, jetstream::Context) {
         addr: "127.0.0.1:0".parse().unwrap(),
         public_url: PUBLIC_URL.to_owned(),
         twilio_auth_token: Secret::new(TOKEN),
+        twilio_url_fragment: None,
         max_body_bytes: 65536,
         spool: spool_args(&server),
     };
     let client = bus::connect(&config.nats, "gateway-fuzz").await.unwrap();
     let js = bus::jetstream(client, &config.nats);
     bus::ensure_all(&js, 1).await.unwrap();
-    let router = app(AppState::new(AppState::hub(js.clone(), &config).unwrap(), &config));
+    let router = app(AppState::new(
+        AppState::hub(js.clone(), &config).unwrap(),
+        &config,
+    ));
     (server, router, js)
 }
 

@@ -25,6 +25,8 @@ const ACCOUNT: &str = "AC9af211329b2fc82e5efe906062c73008";
 const PATIENT: &str = "+15005550142";
 const LINE: &str = "+15005550100";
 const PUBLIC_URL: &str = "https://gateway.example.org";
+/// A second gateway, configured at Twilio as the number's Fallback URL.
+const FALLBACK_URL: &str = "https://gateway-b.example.org:8443";
 
 /// A gateway on its own tokio runtime: [`Gateway::crash`] drops the
 /// runtime, and with it every task mid-flight, like `kill -9`.
@@ -37,6 +39,16 @@ struct Gateway {
 
 impl Gateway {
     async fn start(nats_url: &str, spool_dir: &Path, spool_max_bytes: u64) -> Self {
+        Self::start_with(nats_url, spool_dir, spool_max_bytes, PUBLIC_URL, None).await
+    }
+
+    async fn start_with(
+        nats_url: &str,
+        spool_dir: &Path,
+        spool_max_bytes: u64,
+        public_url: &str,
+        url_fragment: Option<&str>,
+    ) -> Self {
         nwd_testkit::install_crypto();
         let listener = nwd_testkit::listener().await.into_std().unwrap();
         let addr = listener.local_addr().unwrap();
@@ -46,8 +58,9 @@ impl Gateway {
                 ..NatsArgs::local(nats_url)
             },
             addr,
-            public_url: PUBLIC_URL.to_owned(),
+            public_url: public_url.to_owned(),
             twilio_auth_token: Secret::new(TOKEN),
+            twilio_url_fragment: url_fragment.map(str::to_owned),
             max_body_bytes: 65536,
             spool: SpoolArgs {
                 dir: spool_dir.to_owned(),
@@ -91,7 +104,18 @@ impl Gateway {
     }
 
     async fn post_signed(&self, path: &str, params: &[(String, String)]) -> reqwest::Response {
-        let sig = signature::compute(TOKEN, &format!("{PUBLIC_URL}{path}"), params);
+        self.post_signed_over(&format!("{PUBLIC_URL}{path}"), path, params)
+            .await
+    }
+
+    /// Posts to `path`, signed over `signed_url` (what Twilio requested).
+    async fn post_signed_over(
+        &self,
+        signed_url: &str,
+        path: &str,
+        params: &[(String, String)],
+    ) -> reqwest::Response {
+        let sig = signature::compute(TOKEN, signed_url, params);
         self.http
             .post(format!("http://{}{path}", self.addr))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -169,7 +193,11 @@ async fn stored_sids(server: &NatsServer, n: usize, within: Duration) -> Vec<Str
             .filter(|(s, _, _)| *s == sms)
             .map(|(_, id, payload)| {
                 let env = Envelope::<InboundSms>::from_bytes(&payload).unwrap();
-                assert_eq!(env.data.message_sid.as_str(), id, "Nats-Msg-Id is the MessageSid");
+                assert_eq!(
+                    env.data.message_sid.as_str(),
+                    id,
+                    "Nats-Msg-Id is the MessageSid"
+                );
                 id
             })
             .collect();
@@ -215,7 +243,10 @@ async fn a_hundred_sms_while_nats_is_down_are_answered_200_and_stored_once_in_or
     // A delivery status while NATS is down is spooled the same way.
     let status_sid = new_message_sid();
     let form = StatusCallbackForm::new(&status_sid, "delivered", ACCOUNT, LINE, PATIENT);
-    assert_eq!(gw.post_signed(STATUS_PATH, &form.params()).await.status(), 200);
+    assert_eq!(
+        gw.post_signed(STATUS_PATH, &form.params()).await.status(),
+        200
+    );
 
     assert_eq!(gw.metric("nwd_gateway_spool_depth").await, Some(101.0));
     // The gateway stays in rotation while it can still keep webhooks.
@@ -228,7 +259,10 @@ async fn a_hundred_sms_while_nats_is_down_are_answered_200_and_stored_once_in_or
 
     server.restart().await;
     let stored = stored_sids(&server, 100, Duration::from_secs(30)).await;
-    assert_eq!(stored, sent, "all 100, once each, in the order they arrived");
+    assert_eq!(
+        stored, sent,
+        "all 100, once each, in the order they arrived"
+    );
     let status_id = format!("status:{status_sid}:delivered");
     let all = eventually(Duration::from_secs(10), "the status stored", || async {
         let all = inbound(&server).await;
@@ -252,7 +286,9 @@ async fn a_hundred_sms_while_nats_is_down_are_answered_200_and_stored_once_in_or
     let (sid, status) = gw.sms("after").await;
     assert_eq!(status, 200);
     assert_eq!(
-        stored_sids(&server, 101, Duration::from_secs(5)).await.last(),
+        stored_sids(&server, 101, Duration::from_secs(5))
+            .await
+            .last(),
         Some(&sid)
     );
     assert_eq!(inbound(&server).await.len(), 102, "nothing doubled");
@@ -356,7 +392,10 @@ async fn a_torn_last_record_is_ignored_and_does_not_block_replay() {
     let stored = stored_sids(&server, 6, Duration::from_secs(20)).await;
     assert_eq!(stored, sent);
     assert!(
-        inbound(&server).await.iter().all(|(_, id, _)| id != "SMtorn"),
+        inbound(&server)
+            .await
+            .iter()
+            .all(|(_, id, _)| id != "SMtorn"),
         "the torn record is never forwarded"
     );
 }
@@ -397,4 +436,60 @@ async fn a_full_spool_answers_503_and_what_it_took_is_still_forwarded() {
     assert_eq!(stored, sent);
     let (_, status) = gw.sms("room again").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_with_connection_overrides_and_a_fallback_gateway_validate() {
+    let server = NatsServer::start().await;
+    let (_tmp, dir) = spool_dir();
+    let (_tmp_b, dir_b) = spool_dir();
+    // As configured at Twilio: Request URL and Fallback URL, each with
+    // connection overrides in the fragment (which never reaches us).
+    let overrides = "rc=3&rp=all&ct=2000&rt=10000";
+    let primary =
+        Gateway::start_with(&server.url(), &dir, 8 << 20, PUBLIC_URL, Some(overrides)).await;
+    let fallback = Gateway::start_with(
+        &server.url(),
+        &dir_b,
+        8 << 20,
+        FALLBACK_URL,
+        Some(overrides),
+    )
+    .await;
+    let form = InboundSmsForm::new(new_message_sid(), ACCOUNT, PATIENT, LINE, "hello?");
+    let params = form.params();
+
+    // The primary did not answer in time; Twilio tries the Fallback URL,
+    // signing the URL as configured, fragment included.
+    let res = fallback
+        .post_signed_over(
+            &format!("{FALLBACK_URL}{SMS_PATH}#{overrides}"),
+            SMS_PATH,
+            &params,
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    // The same webhook reaches the primary after all, signed without the
+    // fragment (were Twilio to drop it): valid, and a duplicate.
+    let res = primary
+        .post_signed_over(&format!("{PUBLIC_URL}{SMS_PATH}"), SMS_PATH, &params)
+        .await;
+    assert_eq!(res.status(), 200);
+    // A signature over another gateway's URL, or another fragment, is not valid here.
+    for wrong in [
+        format!("{PUBLIC_URL}{SMS_PATH}#{overrides}"),
+        format!("{FALLBACK_URL}{SMS_PATH}#rc=5"),
+    ] {
+        let res = fallback.post_signed_over(&wrong, SMS_PATH, &params).await;
+        assert_eq!(res.status(), 403, "{wrong}");
+    }
+    assert_eq!(
+        stored_sids(&server, 1, Duration::from_secs(5)).await,
+        [form.message_sid]
+    );
+    assert_eq!(
+        inbound(&server).await.len(),
+        1,
+        "stored once across both gateways"
+    );
 }

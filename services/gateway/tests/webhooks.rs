@@ -56,6 +56,7 @@ impl Gateway {
             addr,
             public_url: public_url.clone(),
             twilio_auth_token: Secret::new(TOKEN),
+            twilio_url_fragment: None,
             max_body_bytes: 65536,
             spool: spool_args(server),
         };
