@@ -24,6 +24,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const ROUND_TRIP_FRESH: Duration = Duration::from_secs(2);
 
 type Excuse = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Conditions excused while NATS is away, and the test that excuses them.
+type Tolerance = (BTreeSet<String>, Excuse);
 
 /// Named readiness conditions (streams bound, consumers bound, …). The
 /// service is ready when every condition is met and, once a NATS client is
@@ -32,7 +34,7 @@ type Excuse = Arc<dyn Fn() -> bool + Send + Sync>;
 pub struct Readiness {
     conditions: Arc<Mutex<BTreeMap<String, bool>>>,
     probe: Arc<Probe>,
-    excuses: Arc<Mutex<Vec<(BTreeSet<String>, Excuse)>>>,
+    excuses: Arc<Mutex<Vec<Tolerance>>>,
 }
 
 /// The last NATS round trip that succeeded, kept by a probe task.

@@ -186,7 +186,7 @@ async fn inbound(server: &NatsServer) -> Vec<(String, String, bytes::Bytes)> {
 /// MessageSids of the inbound SMS on INBOUND, in stream order, once it holds `n`.
 async fn stored_sids(server: &NatsServer, n: usize, within: Duration) -> Vec<String> {
     let sms = subjects::inbound_sms();
-    let sids = eventually(within, &format!("{n} SMS on INBOUND"), || async {
+    eventually(within, &format!("{n} SMS on INBOUND"), || async {
         let sids: Vec<String> = inbound(server)
             .await
             .into_iter()
@@ -203,8 +203,7 @@ async fn stored_sids(server: &NatsServer, n: usize, within: Duration) -> Vec<Str
             .collect();
         (sids.len() >= n).then_some(sids)
     })
-    .await;
-    sids
+    .await
 }
 
 fn spool_dir() -> (nwd_testkit::TempDir, PathBuf) {
