@@ -492,3 +492,59 @@ async fn urls_with_connection_overrides_and_a_fallback_gateway_validate() {
         "stored once across both gateways"
     );
 }
+
+/// Figures for ADR 0009, not an assertion: the p50/p99 of a JetStream
+/// publish+ack to the hub (file storage, `sync_interval: always`) against
+/// the p50/p99 of a spool append+fsync on the same disk, same payload, in
+/// the same run. `cargo nextest run -p nwd-gateway --run-ignored only
+/// -E 'test(measure)' --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for the ADR, prints a table"]
+async fn measure_publish_ack_against_spool_append() {
+    const N: usize = 1000;
+    let server = NatsServer::start().await;
+    let args = NatsArgs::local(server.url());
+    let client = nwd_runtime::bus::connect(&args, "measure").await.unwrap();
+    let js = nwd_runtime::bus::jetstream(client, &args);
+    nwd_runtime::bus::ensure_all(&js, 1).await.unwrap();
+    let payload = bytes::Bytes::from(vec![b'x'; 700]); // an SMS envelope's size
+    let subject = subjects::inbound_sms();
+
+    let mut hub = Vec::with_capacity(N);
+    for i in 0..N {
+        let started = std::time::Instant::now();
+        let msg = jetstream::message::PublishMessage::build()
+            .message_id(format!("measure-{i}"))
+            .payload(payload.clone());
+        js.send_publish(subject.clone(), msg)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        hub.push(started.elapsed());
+    }
+
+    let (_tmp, dir) = spool_dir();
+    let spool = nwd_gateway::spool::Spool::open(&dir, 1 << 30).unwrap();
+    let mut edge = Vec::with_capacity(N);
+    for i in 0..N {
+        let started = std::time::Instant::now();
+        spool
+            .append(&subject, &format!("measure-{i}"), &payload)
+            .unwrap();
+        edge.push(started.elapsed());
+    }
+
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i].as_secs_f64() * 1000.0
+    };
+    let (h50, h99) = (pct(&mut hub, 0.5), pct(&mut hub, 0.99));
+    let (e50, e99) = (pct(&mut edge, 0.5), pct(&mut edge, 0.99));
+    println!("| path ({N} × 700 B) | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    println!("| JetStream publish + ack (hub, fsync always) | {h50:.3} | {h99:.3} |");
+    println!("| spool append + fsync (edge) | {e50:.3} | {e99:.3} |");
+    println!("| ratio spool / hub | {:.2} | {:.2} |", e50 / h50, e99 / h99);
+}
