@@ -548,3 +548,195 @@ async fn measure_publish_ack_against_spool_append() {
     println!("| spool append + fsync (edge) | {e50:.3} | {e99:.3} |");
     println!("| ratio spool / hub | {:.2} | {:.2} |", e50 / h50, e99 / h99);
 }
+
+/// A nats-server started from a config text, killed on drop (for the leaf
+/// node measurement only; every other test uses the testkit's server).
+struct ConfiguredServer(std::process::Child);
+
+impl ConfiguredServer {
+    fn start(dir: &Path, name: &str, config: &str) -> Self {
+        let conf = dir.join(format!("{name}.conf"));
+        std::fs::write(&conf, config).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = std::process::Command::new(nwd_testkit::nats_server_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+}
+
+impl Drop for ConfiguredServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Figures for ADR 0009's other option: a leaf node beside the gateway with
+/// a JetStream stream (domain `edge`) that the hub's INBOUND sources from.
+/// Prints the publish+ack latency at the leaf (the gateway's hot path under
+/// that option), the sourcing lag to the hub, and whether INBOUND dedupes a
+/// sourced message whose `Nats-Msg-Id` it already stored directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for the ADR, prints a table"]
+async fn measure_leaf_node_store_and_forward() {
+    use async_nats::jetstream::stream;
+    const N: usize = 500;
+    let tmp = nwd_testkit::temp_dir("nwd-leaf-");
+    let (hub_port, leaf_port, edge_port) = (free_port(), free_port(), free_port());
+    let store = |n: &str| tmp.path().join(n).display().to_string();
+    let _hub = ConfiguredServer::start(
+        tmp.path(),
+        "hub",
+        &format!(
+            "server_name: hub\nlisten: \"127.0.0.1:{hub_port}\"\n\
+             jetstream {{ store_dir: {:?}, sync_interval: always, domain: hub }}\n\
+             leafnodes {{ listen: \"127.0.0.1:{leaf_port}\" }}\n",
+            store("hub")
+        ),
+    );
+    let _edge = ConfiguredServer::start(
+        tmp.path(),
+        "edge",
+        &format!(
+            "server_name: edge\nlisten: \"127.0.0.1:{edge_port}\"\n\
+             jetstream {{ store_dir: {:?}, sync_interval: always, domain: edge }}\n\
+             leafnodes {{ remotes: [ {{ url: \"nats-leaf://127.0.0.1:{leaf_port}\" }} ] }}\n",
+            store("edge")
+        ),
+    );
+    let connect = |port: u16| async move {
+        eventually(Duration::from_secs(20), "server up", || async {
+            async_nats::connect(format!("nats://127.0.0.1:{port}")).await.ok()
+        })
+        .await
+    };
+    let hub = jetstream::new(connect(hub_port).await);
+    let edge = jetstream::new(connect(edge_port).await);
+    // The leaf link is up when the hub reaches the edge's JetStream domain.
+    let edge_from_hub = jetstream::with_domain(hub.client(), "edge");
+    eventually(Duration::from_secs(20), "leaf link", || async {
+        edge_from_hub.query_account().await.ok()
+    })
+    .await;
+
+    let window = Duration::from_secs(3600);
+    let edge_stream = edge
+        .create_stream(stream::Config {
+            name: "EDGE".into(),
+            subjects: vec!["edge.>".into()],
+            storage: stream::StorageType::File,
+            duplicate_window: window,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let inbound = hub
+        .create_stream(stream::Config {
+            name: "INBOUND".into(),
+            subjects: vec!["nwd.v1.inbound.>".into()],
+            storage: stream::StorageType::File,
+            duplicate_window: window,
+            sources: Some(vec![stream::Source {
+                name: "EDGE".into(),
+                external: Some(stream::External {
+                    api_prefix: "$JS.edge.API".into(),
+                    delivery_prefix: None,
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let payload = bytes::Bytes::from(vec![b'x'; 700]);
+    let publish = |js: &jetstream::Context, subject: &str, id: String| {
+        let msg = jetstream::message::PublishMessage::build()
+            .message_id(id)
+            .payload(payload.clone());
+        let (js, subject) = (js.clone(), subject.to_owned());
+        async move { js.send_publish(subject, msg).await.unwrap().await.unwrap() }
+    };
+    let mut direct = Vec::new();
+    for i in 0..N {
+        let t = std::time::Instant::now();
+        publish(&hub, "nwd.v1.inbound.sms", format!("direct-{i}")).await;
+        direct.push(t.elapsed());
+    }
+    let mut at_leaf = Vec::new();
+    for i in 0..N {
+        let t = std::time::Instant::now();
+        publish(&edge, "edge.nwd.v1.inbound.sms", format!("leaf-{i}")).await;
+        at_leaf.push(t.elapsed());
+    }
+    let expected = 2 * N as u64;
+    eventually(Duration::from_secs(60), "all sourced", || async {
+        (inbound.get_info().await.ok()?.state.messages >= expected).then_some(())
+    })
+    .await;
+    // Sourcing lag: hub store time minus leaf store time, per message.
+    let mut lag = Vec::new();
+    for seq in 1..=N as u64 {
+        let at_edge = edge_stream.get_raw_message(seq).await.unwrap().time;
+        let at_hub = inbound
+            .get_raw_message(N as u64 + seq)
+            .await
+            .unwrap()
+            .time;
+        lag.push(Duration::from_secs_f64(
+            (at_hub - at_edge).as_seconds_f64().max(0.0),
+        ));
+    }
+
+    // Dedupe across the hop: an id INBOUND stored directly, then sent via the leaf.
+    publish(&hub, "nwd.v1.inbound.sms", "SMtwice".into()).await;
+    publish(&edge, "edge.nwd.v1.inbound.sms", "SMtwice".into()).await;
+    publish(&edge, "edge.nwd.v1.inbound.sms", "SMmarker".into()).await;
+    eventually(Duration::from_secs(20), "marker sourced", || async {
+        let n = inbound.get_info().await.ok()?.state.messages;
+        (n >= expected + 2).then_some(())
+    })
+    .await;
+    let total = inbound.get_info().await.unwrap().state.messages;
+    let deduped = total == expected + 2;
+
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+    };
+    println!("| leaf-node option ({N} × 700 B, sync_interval: always) | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    println!(
+        "| publish + ack at the hub (today's hot path) | {:.3} | {:.3} |",
+        pct(&mut direct, 0.5),
+        pct(&mut direct, 0.99)
+    );
+    println!(
+        "| publish + ack at the leaf (hot path under option A) | {:.3} | {:.3} |",
+        pct(&mut at_leaf, 0.5),
+        pct(&mut at_leaf, 0.99)
+    );
+    println!(
+        "| sourcing lag leaf → hub INBOUND | {:.3} | {:.3} |",
+        pct(&mut lag, 0.5),
+        pct(&mut lag, 0.99)
+    );
+    println!(
+        "INBOUND deduped a sourced message whose Nats-Msg-Id it had stored directly: {deduped} \
+         ({total} stored, {} expected if deduped)",
+        expected + 2
+    );
+}
