@@ -546,7 +546,11 @@ async fn measure_publish_ack_against_spool_append() {
     println!("|---|---|---|");
     println!("| JetStream publish + ack (hub, fsync always) | {h50:.3} | {h99:.3} |");
     println!("| spool append + fsync (edge) | {e50:.3} | {e99:.3} |");
-    println!("| ratio spool / hub | {:.2} | {:.2} |", e50 / h50, e99 / h99);
+    println!(
+        "| ratio spool / hub | {:.2} | {:.2} |",
+        e50 / h50,
+        e99 / h99
+    );
 }
 
 /// A nats-server started from a config text, killed on drop (for the leaf
@@ -619,7 +623,9 @@ async fn measure_leaf_node_store_and_forward() {
     );
     let connect = |port: u16| async move {
         eventually(Duration::from_secs(20), "server up", || async {
-            async_nats::connect(format!("nats://127.0.0.1:{port}")).await.ok()
+            async_nats::connect(format!("nats://127.0.0.1:{port}"))
+                .await
+                .ok()
         })
         .await
     };
@@ -691,11 +697,7 @@ async fn measure_leaf_node_store_and_forward() {
     let mut lag = Vec::new();
     for seq in 1..=N as u64 {
         let at_edge = edge_stream.get_raw_message(seq).await.unwrap().time;
-        let at_hub = inbound
-            .get_raw_message(N as u64 + seq)
-            .await
-            .unwrap()
-            .time;
+        let at_hub = inbound.get_raw_message(N as u64 + seq).await.unwrap().time;
         lag.push(Duration::from_secs_f64(
             (at_hub - at_edge).as_seconds_f64().max(0.0),
         ));
