@@ -742,6 +742,7 @@ impl Hub {
         let spool = &self.inner.spool;
         metrics::gauge!("nwd_gateway_spool_depth").set(spool.depth() as f64);
         metrics::gauge!("nwd_gateway_spool_bytes").set(spool.bytes() as f64);
+        metrics::gauge!("nwd_gateway_spool_max_bytes").set(spool.max_bytes as f64);
         metrics::gauge!("nwd_gateway_spool_oldest_age_seconds")
             .set(spool.oldest_age().as_secs_f64());
     }

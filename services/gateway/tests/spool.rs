@@ -248,6 +248,12 @@ async fn a_hundred_sms_while_nats_is_down_are_answered_200_and_stored_once_in_or
     );
 
     assert_eq!(gw.metric("nwd_gateway_spool_depth").await, Some(101.0));
+    assert_eq!(
+        gw.metric("nwd_gateway_spool_max_bytes").await,
+        Some(f64::from(8u32 << 20))
+    );
+    assert!(gw.metric("nwd_gateway_spool_bytes").await > Some(0.0));
+    assert!(gw.metric("nwd_gateway_spool_oldest_age_seconds").await >= Some(0.0));
     // The gateway stays in rotation while it can still keep webhooks.
     eventually(Duration::from_secs(5), "ready, degraded", || async {
         let (status, body) = gw.get("/readyz").await;
