@@ -88,6 +88,8 @@ pub struct Line {
     /// Each service's flags, so a replica can be started with the same.
     opts: HashMap<&'static str, Vec<(&'static str, String)>>,
     pub http: reqwest::Client,
+    /// The gateway's spool directory, kept across its crashes and restarts.
+    gateway_spool: nwd_testkit::TempDir,
 }
 
 /// Names of the services, in start order.
@@ -158,6 +160,7 @@ impl Line {
         let gateway_url = format!("http://{}", addr("gateway"));
         let nats_url = nats.url();
         let dir = directory().display().to_string();
+        let gateway_spool = nwd_testkit::temp_dir("nwd-e2e-spool-");
 
         let mut opts: HashMap<&'static str, Vec<(&'static str, String)>> = HashMap::new();
         opts.insert(
@@ -168,6 +171,7 @@ impl Line {
                 ("addr", addr("gateway").to_string()),
                 ("public-url", gateway_url.clone()),
                 ("twilio-auth-token", AUTH_TOKEN.into()),
+                ("spool-dir", gateway_spool.path().display().to_string()),
             ],
         );
         opts.insert(
@@ -308,11 +312,17 @@ impl Line {
             services,
             opts,
             http: reqwest::Client::new(),
+            gateway_spool,
         };
         for name in SERVICES {
             nwd_testkit::wait_ready(line.addr(name)).await;
         }
         line
+    }
+
+    /// Where the gateway spools webhooks while NATS does not answer.
+    pub fn gateway_spool_dir(&self) -> &std::path::Path {
+        self.gateway_spool.path()
     }
 
     /// The HTTP address of a service (its ops port for internal services).

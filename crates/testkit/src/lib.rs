@@ -13,8 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-
 /// Where the pinned nats-server lives: `NWD_NATS_SERVER`, else
 /// `<workspace>/.tools/bin/nats-server` (installed by `deploy/local/install-tools.sh`),
 /// else `nats-server` on the PATH.
@@ -97,6 +95,29 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): its sockets stay open and nothing
+    /// answers — what a hung process or a stalled disk looks like to
+    /// clients, whose connections still say "connected". Undo with
+    /// [`Self::resume`]; dropping the guard kills a frozen server too.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a server frozen by [`Self::pause`] run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.pid().expect("nats-server is not running");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid} failed: {status}");
     }
 
     /// Starts the server again on the same port and store (after [`Self::kill`]).
@@ -201,6 +222,17 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// A fresh directory, deleted when the guard is dropped: a service's
+/// on-disk state (the gateway's spool) that a test keeps across restarts.
+pub fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir")
+}
+
+pub use tempfile::TempDir;
 
 /// Installs rustls' ring provider (reqwest is built without a default one).
 pub fn install_crypto() {

@@ -59,6 +59,34 @@ pub fn validate(
     matches_any_candidate(auth_token, url, params, signature)
 }
 
+/// Like [`validate`], also accepting a signature over `url#fragment`.
+///
+/// Connection overrides (`#rc=3&rp=all&ct=2000&rt=10000`) ride in the
+/// fragment of the webhook URL configured at Twilio, and a fragment never
+/// reaches the server, so the receiver cannot see it. Twilio's helper
+/// libraries sign and validate the URL exactly as given, fragment included
+/// (twilio-python's `RequestValidator.validate`, twilio-node's
+/// `validateRequest`); Twilio's documentation does not say whether its
+/// backend drops the fragment before signing. Both are accepted: the URL
+/// as requested, and with the configured fragment — each also with and
+/// without the port, as [`validate`] does.
+pub fn validate_with_fragment(
+    auth_token: &str,
+    url: &str,
+    fragment: Option<&str>,
+    params: &[(String, String)],
+    signature: Option<&str>,
+) -> bool {
+    let Some(signature) = signature.filter(|s| !s.is_empty()) else {
+        return false;
+    };
+    let plain = matches_any_candidate(auth_token, url, params, signature);
+    let with_fragment = fragment.filter(|f| !f.is_empty()).is_some_and(|f| {
+        matches_any_candidate(auth_token, &format!("{url}#{f}"), params, signature)
+    });
+    plain | with_fragment
+}
+
 /// Validates a JSON webhook: `url` must carry `bodySHA256` equal to the
 /// lowercase hex SHA-256 of the raw `body`, and the signature must cover
 /// the URL with no parameters.
@@ -202,6 +230,48 @@ mod tests {
             &params,
         );
         assert_eq!(sig, "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
+    }
+
+    #[test]
+    fn a_url_with_connection_overrides_validates_with_and_without_its_fragment() {
+        let params = p(&[
+            ("CallSid", "CA1234567890ABCDE"),
+            ("Caller", "+14158675309"),
+            ("Digits", "1234"),
+            ("From", "+14158675309"),
+            ("To", "+18005551212"),
+        ]);
+        let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
+        let overrides = "rc=3&rp=all&ct=2000&rt=10000";
+        // HMAC-SHA1 over the URL with its fragment, computed independently
+        // (Python's hmac, as twilio-python does).
+        let with_fragment = "uhDK4oabHWNn5ZEe9I5veBHuzzg=";
+        assert_eq!(
+            compute("12345", &format!("{url}#{overrides}"), &params),
+            with_fragment
+        );
+        let v = |sig: &str, fragment: Option<&str>| {
+            validate_with_fragment("12345", url, fragment, &params, Some(sig))
+        };
+        assert!(v(with_fragment, Some(overrides)));
+        assert!(
+            v("RSOYDt4T1cUTdK1PDd93/VVr8B8=", Some(overrides)),
+            "no fragment"
+        );
+        // … and with the default port added, as Twilio sometimes signs.
+        assert!(v("xd3/h7iMqDY3VF+tS2e05eU+DZ4=", Some(overrides)));
+        assert!(!v(with_fragment, None), "the fragment must be configured");
+        assert!(
+            !v(with_fragment, Some("rc=5")),
+            "a different fragment fails"
+        );
+        assert!(!validate_with_fragment(
+            "12345",
+            url,
+            Some(overrides),
+            &params,
+            None
+        ));
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! Every request is checked in a fixed order — size (413), content type
 //! (400), `X-Twilio-Signature` (403), fields — then published to the
 //! INBOUND stream with the MessageSid as `Nats-Msg-Id`, and answered only
-//! after JetStream acknowledged it. If the bus can't take it, the answer is
-//! 503 with `Retry-After`, so Twilio retries; a retry of a stored message is
-//! swallowed by the stream's duplicate window and answered 200.
+//! after JetStream acknowledged it. If the hub does not acknowledge in time,
+//! the verified request is fsynced to the edge spool and answered 200 all
+//! the same; the spool forwards it, in order, when NATS answers again
+//! ([`spool`], ADR 0011). Twilio does not retry a 5xx unless told to, so
+//! the only 503 left is a full (or failing) spool. A retry of a stored
+//! message is swallowed by the stream's duplicate window and answered 200.
 //!
 //! Twilio never retries a 4xx, so a refused message is gone for good. A
 //! correctly signed inbound message is therefore a person's message: it is
@@ -15,6 +18,8 @@
 //! counted in `nwd_gateway_inbound_oddities_total{kind}`. Only unsigned,
 //! badly signed, unreadable (not a form, no usable MessageSid) and oversized
 //! requests are refused, each logged with its MessageSid when it has one.
+
+pub mod spool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,7 +36,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use nwd_proto::events::{DeliveryStatus, InboundFlag, InboundSms, MAX_SMS_BODY_CHARS, SmsStatus};
 use nwd_proto::{Address, AddressKind, Envelope, Event, MessageSid, OutboundId, subjects};
-use nwd_runtime::bus::{self, BusError, NatsArgs, Published};
+use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::ops::{self, Readiness};
 use nwd_runtime::problem::Problem;
 use nwd_runtime::service::{Secret, ServiceConfig};
@@ -42,6 +47,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::spool::{Handoff, Hub, Spool, SpoolArgs};
 
 /// Path of the inbound SMS webhook.
 pub const SMS_PATH: &str = "/v1/sms/twilio";
@@ -72,9 +79,17 @@ pub struct Config {
     /// The Twilio auth token that signs webhooks.
     #[arg(long, env = "NWD_TWILIO_AUTH_TOKEN")]
     pub twilio_auth_token: Secret,
+    /// Connection overrides configured after `#` in the webhook URL at
+    /// Twilio (e.g. `rc=3&rp=all&ct=2000&rt=10000`). The fragment never
+    /// reaches the gateway; a signature over the URL with it is accepted
+    /// as well as one without.
+    #[arg(long, env = "NWD_GATEWAY_TWILIO_URL_FRAGMENT")]
+    pub twilio_url_fragment: Option<String>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "NWD_GATEWAY_MAX_BODY_BYTES", default_value_t = 65536)]
     pub max_body_bytes: usize,
+    #[command(flatten)]
+    pub spool: SpoolArgs,
 }
 
 impl ServiceConfig for Config {
@@ -90,6 +105,11 @@ pub enum Error {
     Bus(#[from] BusError),
     #[error("http server failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("cannot open the spool in {dir}: {source}")]
+    Spool {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the gateway until `shutdown` is cancelled.
@@ -100,11 +120,25 @@ pub async fn run(
 ) -> Result<(), Error> {
     let client = bus::connect(&config.nats, NAME).await?;
     let js = bus::jetstream(client.clone(), &config.nats);
+    let spool = open_spool(&config.spool).await?;
+    let hub = Hub::new(js.clone(), spool, publish_timeout(&config.nats));
     let readiness = Readiness::new([STREAMS_READY]);
     readiness.watch_client(client.clone());
+    {
+        // While the spool has room, a NATS outage degrades the gateway but
+        // does not take it out of rotation: it still keeps every webhook.
+        let hub = hub.clone();
+        readiness.tolerate_nats_outage([STREAMS_READY], move || !hub.spool().is_full());
+    }
 
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
+    {
+        // Forwards whatever an earlier run left spooled, then anything
+        // spooled from now on.
+        let (hub, stop) = (hub.clone(), stop.clone());
+        tasks.spawn(async move { hub.forward(stop).await });
+    }
     {
         let (js, readiness, stop) = (js.clone(), readiness.clone(), stop.clone());
         let layout = bus::Layout::from(&config.nats);
@@ -117,15 +151,42 @@ pub async fn run(
     }
     tasks.close();
 
-    let router = app(AppState::new(js, &config)).merge(ops::routes(readiness));
+    let router = app(AppState::new(hub, &config)).merge(ops::routes(readiness));
     let served = ops::serve(listener, router, shutdown).await;
     stop.cancel();
     tasks.wait().await;
-    // Every publish was awaited to its ack before its request was answered,
-    // and `serve` drained requests in flight: nothing is left to flush.
+    // Every webhook was acked by JetStream or fsynced to the spool before
+    // it was answered, and `serve` drained requests in flight: nothing is
+    // left to flush. What is still spooled is forwarded on the next start.
     drop(client);
     served?;
     Ok(())
+}
+
+/// Opens the spool directory (blocking file I/O, off the runtime's threads).
+async fn open_spool(args: &SpoolArgs) -> Result<Spool, Error> {
+    let (dir, max_bytes) = (args.dir.clone(), args.max_bytes);
+    let opened = tokio::task::spawn_blocking(move || Spool::open(&dir, max_bytes))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let spool = opened.map_err(|source| Error::Spool {
+        dir: args.dir.clone(),
+        source,
+    })?;
+    if !spool.is_empty() {
+        tracing::warn!(
+            depth = spool.depth(),
+            "webhooks spooled by an earlier run; forwarding them first"
+        );
+    }
+    Ok(spool)
+}
+
+/// How long a publish may take before the webhook goes to the spool. The
+/// JetStream context already times out acks; this bound also covers a
+/// publish stuck behind a reconnecting client.
+fn publish_timeout(nats: &NatsArgs) -> Duration {
+    Duration::from_millis(nats.ack_timeout_ms.saturating_mul(2)) + Duration::from_millis(250)
 }
 
 /// What the webhook handlers need.
@@ -135,11 +196,11 @@ pub struct AppState {
 }
 
 struct Inner {
-    js: jetstream::Context,
+    hub: Hub,
     auth_token: Secret,
     public_url: String,
+    url_fragment: Option<String>,
     max_body_bytes: usize,
-    publish_timeout: Duration,
 }
 
 impl std::fmt::Debug for AppState {
@@ -151,20 +212,23 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    pub fn new(js: jetstream::Context, config: &Config) -> Self {
-        // The JetStream context already times out acks; this bound also
-        // covers a publish stuck behind a reconnecting client.
-        let publish_timeout = Duration::from_millis(config.nats.ack_timeout_ms.saturating_mul(2))
-            + Duration::from_millis(250);
+    pub fn new(hub: Hub, config: &Config) -> Self {
         Self {
             inner: Arc::new(Inner {
-                js,
+                hub,
                 auth_token: config.twilio_auth_token.clone(),
                 public_url: config.public_url.trim_end_matches('/').to_owned(),
+                url_fragment: config.twilio_url_fragment.clone(),
                 max_body_bytes: config.max_body_bytes,
-                publish_timeout,
             }),
         }
+    }
+
+    /// A hub link for `config` over `js`, with the spool opened in
+    /// `config.spool.dir` (for in-process tests of [`app`]).
+    pub fn hub(js: jetstream::Context, config: &Config) -> std::io::Result<Hub> {
+        let spool = Spool::open(&config.spool.dir, config.spool.max_bytes)?;
+        Ok(Hub::new(js, spool, publish_timeout(&config.nats)))
     }
 }
 
@@ -259,14 +323,15 @@ impl Rejection {
 enum Accepted {
     Stored,
     Duplicate,
+    Spooled,
 }
 
-impl From<Published> for Accepted {
-    fn from(p: Published) -> Self {
-        if p.duplicate {
-            Accepted::Duplicate
-        } else {
-            Accepted::Stored
+impl From<Handoff> for Accepted {
+    fn from(h: Handoff) -> Self {
+        match h {
+            Handoff::Stored => Accepted::Stored,
+            Handoff::Duplicate => Accepted::Duplicate,
+            Handoff::Spooled => Accepted::Spooled,
         }
     }
 }
@@ -322,6 +387,7 @@ async fn instrumented(
         let outcome = match &result {
             Ok(Accepted::Stored) => "accepted",
             Ok(Accepted::Duplicate) => "duplicate",
+            Ok(Accepted::Spooled) => "spooled",
             Err(rejection) => rejection.outcome(),
         };
         metrics::counter!(
@@ -413,7 +479,14 @@ async fn verified_form(
     let given = headers
         .get(nwd_twilio::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok());
-    if signature::validate(state.inner.auth_token.expose(), &url, &params, given) {
+    let fragment = state.inner.url_fragment.as_deref();
+    if signature::validate_with_fragment(
+        state.inner.auth_token.expose(),
+        &url,
+        fragment,
+        &params,
+        given,
+    ) {
         Ok(params)
     } else {
         Err(Rejection::BadSignature)
@@ -574,23 +647,19 @@ fn parse_status(
     })
 }
 
-/// Publishes and waits for the ack, bounded in time; any failure is a 503.
+/// Publishes and waits for the ack, bounded in time, or spools; only a
+/// full or failing spool is a 503.
 async fn publish<T: Event>(
     state: &AppState,
     subject: String,
     msg_id: &str,
     event: T,
 ) -> Result<Accepted, Rejection> {
-    let envelope = Envelope::new(event);
-    let publish = bus::publish(&state.inner.js, subject, msg_id, &envelope);
-    match tokio::time::timeout(state.inner.publish_timeout, publish).await {
-        Ok(Ok(published)) => Ok(published.into()),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "publish failed");
-            Err(Rejection::Unavailable)
-        }
-        Err(_) => {
-            tracing::warn!("publish timed out");
+    let payload = Envelope::new(event).to_bytes().into();
+    match state.inner.hub.hand_off(subject, msg_id, payload).await {
+        Ok(handoff) => Ok(handoff.into()),
+        Err(refusal) => {
+            tracing::warn!(reason = %refusal, "webhook neither stored nor spooled");
             Err(Rejection::Unavailable)
         }
     }

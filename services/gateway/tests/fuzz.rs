@@ -18,6 +18,14 @@ use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner}
 use tower::ServiceExt;
 
 const TOKEN: &str = "fuzz-token";
+
+/// A spool directory beside the test server's store, deleted with it.
+fn spool_args(server: &NatsServer) -> nwd_gateway::spool::SpoolArgs {
+    nwd_gateway::spool::SpoolArgs {
+        dir: server.store_dir().with_file_name("gateway-spool"),
+        max_bytes: 1 << 20,
+    }
+}
 const PUBLIC_URL: &str = "https://gateway.example.org";
 
 async fn setup() -> (NatsServer, Router, jetstream::Context) {
@@ -30,12 +38,17 @@ async fn setup() -> (NatsServer, Router, jetstream::Context) {
         addr: "127.0.0.1:0".parse().unwrap(),
         public_url: PUBLIC_URL.to_owned(),
         twilio_auth_token: Secret::new(TOKEN),
+        twilio_url_fragment: None,
         max_body_bytes: 65536,
+        spool: spool_args(&server),
     };
     let client = bus::connect(&config.nats, "gateway-fuzz").await.unwrap();
     let js = bus::jetstream(client, &config.nats);
     bus::ensure_all(&js, 1).await.unwrap();
-    let router = app(AppState::new(js.clone(), &config));
+    let router = app(AppState::new(
+        AppState::hub(js.clone(), &config).unwrap(),
+        &config,
+    ));
     (server, router, js)
 }
 

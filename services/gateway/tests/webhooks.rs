@@ -11,11 +11,19 @@ use nwd_proto::streams;
 use nwd_proto::{Envelope, OutboundId};
 use nwd_runtime::bus::NatsArgs;
 use nwd_runtime::service::Secret;
-use nwd_testkit::{NatsServer, eventually};
+use nwd_testkit::NatsServer;
 use nwd_twilio::{InboundSmsForm, StatusCallbackForm, new_message_sid, signature};
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "8ac58b9c260ff14edd67b2dfe5d54a92";
+
+/// A spool directory beside the test server's store, deleted with it.
+fn spool_args(server: &NatsServer) -> nwd_gateway::spool::SpoolArgs {
+    nwd_gateway::spool::SpoolArgs {
+        dir: server.store_dir().with_file_name("gateway-spool"),
+        max_bytes: 1 << 20,
+    }
+}
 const ACCOUNT: &str = "AC9af211329b2fc82e5efe906062c73008";
 const PATIENT: &str = "+15005550142";
 const LINE: &str = "+15005550100";
@@ -48,7 +56,9 @@ impl Gateway {
             addr,
             public_url: public_url.clone(),
             twilio_auth_token: Secret::new(TOKEN),
+            twilio_url_fragment: None,
             max_body_bytes: 65536,
+            spool: spool_args(server),
         };
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -547,95 +557,7 @@ async fn invalid_status_callbacks_are_bad_requests() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn nats_down_is_503_with_retry_after_then_recovers() {
-    let mut server = NatsServer::start().await;
-    let gw = Gateway::start(&server).await;
-    let form = inbound("are you there?");
-
-    server.kill();
-    let res = gw.post_signed(SMS_PATH, &form.params()).await;
-    assert!(res.headers().contains_key("retry-after"));
-    assert_problem(res, 503).await;
-    let status = StatusCallbackForm::new(new_message_sid(), "sent", ACCOUNT, LINE, PATIENT);
-    let res = gw.post_signed(STATUS_PATH, &status.params()).await;
-    assert!(res.headers().contains_key("retry-after"));
-    assert_problem(res, 503).await;
-
-    server.restart().await;
-    eventually(
-        Duration::from_secs(20),
-        "the retried webhook is stored",
-        || async {
-            let res = gw.post_signed(SMS_PATH, &form.params()).await;
-            (res.status() == 200).then_some(())
-        },
-    )
-    .await;
-    let msgs = inbound_messages(&server).await;
-    assert_eq!(msgs.len(), 1);
-    let env = Envelope::<InboundSms>::from_bytes(&msgs[0].payload).unwrap();
-    assert_eq!(env.data.message_sid.as_str(), form.message_sid);
-    gw.stop().await;
-}
-
-#[tokio::test]
-async fn starts_and_answers_503_while_nats_is_down() {
-    init();
-    let mut server = NatsServer::start().await;
-    let url = server.url();
-    server.kill();
-
-    let listener = nwd_testkit::listener().await;
-    let addr = listener.local_addr().unwrap();
-    let config = Config {
-        nats: NatsArgs {
-            ack_timeout_ms: 500,
-            ..NatsArgs::local(url)
-        },
-        addr,
-        public_url: "http://127.0.0.1:8080".to_owned(),
-        twilio_auth_token: Secret::new(TOKEN),
-        max_body_bytes: 65536,
-    };
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(nwd_gateway::run(config, listener, shutdown.clone()));
-    let http = reqwest::Client::new();
-
-    let ready = eventually(Duration::from_secs(10), "readyz answers", || async {
-        http.get(format!("http://{addr}/readyz")).send().await.ok()
-    })
-    .await;
-    assert_eq!(ready.status(), 503);
-
-    let form = inbound("hello");
-    let params = form.params();
-    let sig = signature::compute(TOKEN, &format!("http://127.0.0.1:8080{SMS_PATH}"), &params);
-    let res = http
-        .post(format!("http://{addr}{SMS_PATH}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header(nwd_twilio::SIGNATURE_HEADER, &sig)
-        .body(form.encode())
-        .send()
-        .await
-        .unwrap();
-    assert!(res.headers().contains_key("retry-after"));
-    assert_problem(res, 503).await;
-
-    server.restart().await;
-    nwd_testkit::wait_ready(addr).await;
-    let res = http
-        .post(format!("http://{addr}{SMS_PATH}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header(nwd_twilio::SIGNATURE_HEADER, &sig)
-        .body(form.encode())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    shutdown.cancel();
-    task.await.unwrap().unwrap();
-}
+// NATS down: the webhook is spooled and answered 200, see tests/spool.rs.
 
 #[tokio::test]
 async fn metrics_count_outcomes_and_logs_hold_no_personal_data() {
