@@ -21,6 +21,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use nwd_proto::events::{DeliveryStatus, InboundSms, MAX_SMS_BODY_CHARS, SmsStatus};
+use nwd_proto::streams;
 use nwd_proto::{Envelope, Event, MessageSid, OutboundId, PhoneNumber, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs, Published};
 use nwd_runtime::ops::{self, Readiness};
@@ -98,9 +99,8 @@ pub async fn run(
     let stop = shutdown.child_token();
     {
         let (js, readiness, stop) = (js.clone(), readiness.clone(), stop.clone());
-        let replicas = config.nats.replicas;
         tasks.spawn(async move {
-            if bus::ensure_all_with_retry(&js, replicas, &stop)
+            if bus::wait_for(&js, &[streams::INBOUND], &[], &stop)
                 .await
                 .is_ok()
             {
