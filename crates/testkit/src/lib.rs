@@ -181,6 +181,19 @@ impl NatsServer {
             .expect("connect to test nats-server")
     }
 
+    /// The operator's bus setup (`nwd-bus setup`): creates or updates every
+    /// stream and bucket. Services only wait for them, so a test runs this
+    /// before it starts a service.
+    pub async fn set_up_bus(&self) {
+        let js = nwd_runtime::bus::jetstream(
+            self.client().await,
+            &nwd_runtime::bus::NatsArgs::local(self.url()),
+        );
+        nwd_runtime::bus::ensure_all(&js, 1)
+            .await
+            .expect("bus setup as the operator");
+    }
+
     /// Options that log in as `user` (async-nats ignores credentials in the
     /// URL) with its own inbox prefix, trusting this server's TLS certificate.
     pub fn connect_options_as(&self, user: &str) -> async_nats::ConnectOptions {

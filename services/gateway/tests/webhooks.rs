@@ -36,6 +36,7 @@ fn init() {
 impl Gateway {
     async fn start(server: &NatsServer) -> Self {
         init();
+        server.set_up_bus().await;
         let listener = nwd_testkit::listener().await;
         let addr = listener.local_addr().unwrap();
         // Twilio posts to a public URL that is not the socket address.
@@ -43,7 +44,7 @@ impl Gateway {
         let config = Config {
             nats: NatsArgs {
                 ack_timeout_ms: 500,
-                ..NatsArgs::local(server.url())
+                ..NatsArgs::local(server.url_for("gateway"))
             },
             addr,
             public_url: public_url.clone(),
@@ -437,7 +438,8 @@ async fn nats_down_is_503_with_retry_after_then_recovers() {
 async fn starts_and_answers_503_while_nats_is_down() {
     init();
     let mut server = NatsServer::start().await;
-    let url = server.url();
+    server.set_up_bus().await;
+    let url = server.url_for("gateway");
     server.kill();
 
     let listener = nwd_testkit::listener().await;

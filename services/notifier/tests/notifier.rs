@@ -299,7 +299,7 @@ async fn record(js: &jetstream::Context, out: &OutboundSms) -> Option<SendRecord
 #[tokio::test]
 async fn one_outbound_sms_is_one_post_and_a_queued_status() {
     let (server, js, twilio) = setup().await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -355,7 +355,7 @@ async fn one_outbound_sms_is_one_post_and_a_queued_status() {
 #[tokio::test]
 async fn the_same_outbound_sms_twice_is_sent_once() {
     let (server, js, twilio) = setup().await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, "first").await;
@@ -378,7 +378,7 @@ async fn transient_failures_are_retried_until_sent_once() {
         Scripted::TooMany,
         Scripted::ServerError,
     ]);
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -402,7 +402,7 @@ async fn transient_failures_are_retried_until_sent_once() {
 async fn a_misconfigured_account_is_retried_not_dropped() {
     let (server, js, twilio) = setup().await;
     twilio.script(&[Scripted::Unauthorized, Scripted::Unauthorized]);
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -416,7 +416,7 @@ async fn a_misconfigured_account_is_retried_not_dropped() {
 async fn a_permanent_error_is_final_and_reported() {
     let (server, js, twilio) = setup().await;
     twilio.script(&[Scripted::Permanent(21211)]);
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -444,7 +444,7 @@ async fn a_permanent_error_is_final_and_reported() {
 #[tokio::test]
 async fn status_callbacks_become_outbound_statuses() {
     let (server, js, twilio) = setup().await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -511,19 +511,19 @@ async fn status_callbacks_become_outbound_statuses() {
 #[tokio::test]
 async fn a_restart_between_publish_and_send_sends_exactly_once() {
     let (server, js, twilio) = setup().await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
     notifier.stop().await;
 
     // Published while the notifier is down.
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
     wait_status(&js, &out, DeliveryStatus::Queued).await;
     wait_idle(&js, streams::OUTBOUND, consumers::NOTIFIER_SEND).await;
     notifier.stop().await;
 
     // Restarted again and the same message redelivered: still one send.
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
     publish_outbound(&js, &out, "redelivered").await;
     wait_idle(&js, streams::OUTBOUND, consumers::NOTIFIER_SEND).await;
     assert_eq!(twilio.requests().len(), 1);
@@ -538,7 +538,7 @@ async fn a_lost_response_is_retried_with_the_same_idempotency_token() {
     // Twilio accepts the message but the answer comes after our timeout:
     // exactly the crash window between the HTTP call and recording the result.
     twilio.script(&[Scripted::Slow(Duration::from_millis(1_500))]);
-    let mut cfg = config(&server.url(), &twilio);
+    let mut cfg = config(&server.url_for("notifier"), &twilio);
     cfg.http_timeout_ms = 300;
     let notifier = Notifier::start(cfg).await;
 
