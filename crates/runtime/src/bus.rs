@@ -175,9 +175,9 @@ pub async fn connect(args: &NatsArgs, service: &str) -> Result<Client, BusError>
             tracing::info!(%event, "nats connection event");
         });
     // async-nats does not read credentials from the URL: pass them on.
-    let password = args.password()?.or_else(|| {
-        url_credentials(&args.url).map(|(_, password)| Secret::new(password))
-    });
+    let password = args
+        .password()?
+        .or_else(|| url_credentials(&args.url).map(|(_, password)| Secret::new(password)));
     if let Some(password) = password {
         options = options.user_and_password(user, password.expose().to_owned());
     }

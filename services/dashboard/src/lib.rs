@@ -193,8 +193,7 @@ impl App {
             shutdown,
             tasks: TaskTracker::new(),
         });
-        app.tasks
-            .spawn(set_up(app.clone(), readiness.clone()));
+        app.tasks.spawn(set_up(app.clone(), readiness.clone()));
         Ok((app, readiness))
     }
 

@@ -128,14 +128,14 @@ pub async fn run(
     .await
     .map_err(Error::Bus)
     {
-            Ok(threads) => threads,
-            Err(Error::Bus(BusError::Stopped)) => return Ok(ops::join_server(server).await?),
-            Err(e) => {
-                shutdown.cancel();
-                let _ = server.await;
-                return Err(e);
-            }
-        };
+        Ok(threads) => threads,
+        Err(Error::Bus(BusError::Stopped)) => return Ok(ops::join_server(server).await?),
+        Err(e) => {
+            shutdown.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
+    };
     readiness.set("bus", true);
 
     let mut tasks = JoinSet::new();
