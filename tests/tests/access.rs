@@ -2,6 +2,7 @@
 //! nats-server. No anonymous connections; each service's user may use only
 //! its own subjects, streams, consumers and buckets; only the dashboard
 //! sends router commands; nobody deletes or purges AUDIT; TLS works.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
