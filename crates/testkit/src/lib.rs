@@ -1,7 +1,11 @@
 //! Test support for No Wrong Door. Every integration test runs against a real
-//! `nats-server` with JetStream on file storage and `sync_interval: always`,
-//! started here on a free port with its own store directory and killed when
-//! the guard is dropped. Tests never share a server.
+//! `nats-server` with the shipped configuration (`deploy/nats/nats.conf`:
+//! accounts, one user per service, JetStream on file storage with
+//! `sync_interval: always`), started here on a free port with its own store
+//! directory and fresh passwords, and killed when the guard is dropped.
+//! Tests never share a server. Services connect with [`NatsServer::url_for`]
+//! their own user; [`NatsServer::url`] and [`NatsServer::client`] are the
+//! operator's, and [`NatsServer::set_up_bus`] is the operator's bus setup.
 //!
 //! This is test code: failing loudly (panicking) with a clear message is the
 //! right behaviour here, so the workspace's panic lints are relaxed.
