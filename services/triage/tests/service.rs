@@ -35,15 +35,8 @@ impl Running {
     }
 }
 
-/// The operator's bus setup (services wait for their streams).
-async fn set_up_bus(server: &NatsServer) {
-    let args = NatsArgs::local(server.url());
-    let js = bus::jetstream(bus::connect(&args, "test").await.unwrap(), &args);
-    bus::ensure_all(&js, 1).await.unwrap();
-}
-
 async fn start(server: &NatsServer) -> Running {
-    set_up_bus(server).await;
+    server.set_up_bus().await;
     let listener = listener().await;
     let metrics_addr = listener.local_addr().unwrap();
     let config = Config {
@@ -297,7 +290,7 @@ async fn a_custom_rulebook_file_is_used() {
         "version = \"custom-7\"\n[[rule]]\nid = \"t.word\"\nlabel = \"Word\"\nlevel = \"high\"\npatterns = ['banana']\n",
     )
     .unwrap();
-    set_up_bus(&server).await;
+    server.set_up_bus().await;
     let listener = listener().await;
     let addr = listener.local_addr().unwrap();
     let config = Config {
