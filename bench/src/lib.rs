@@ -172,7 +172,10 @@ pub async fn raw_hop(
     seconds: u64,
     run: u32,
 ) -> anyhow::Result<(Histogram<u64>, Histogram<u64>)> {
-    let client = async_nats::connect(nats_url).await?;
+    // Under the same accounts as the line: `nats_url` carries the operator's
+    // credentials (the scratch stream needs stream-creation rights).
+    let client =
+        nwd_runtime::bus::connect(&nwd_runtime::bus::NatsArgs::local(nats_url), "bench").await?;
     let js = jetstream::new(client);
     let name = format!("BENCH{run}");
     let stream = js

@@ -65,6 +65,7 @@ struct Line {
 async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
     std::fs::create_dir_all(log_dir)?;
     let nats = nwd_testkit::NatsServer::start().await;
+    nats.set_up_bus().await;
     let root = nwd_testkit::workspace_root();
     let directory = root.join("deploy/local/demo/directory.toml");
     let addrs: HashMap<&str, SocketAddr> = SERVICES
@@ -73,7 +74,6 @@ async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
         .collect::<anyhow::Result<_>>()?;
     let gateway_url = format!("http://{}", addrs["gateway"]);
     let env: Vec<(String, String)> = vec![
-        ("NWD_NATS_URL".into(), nats.url()),
         (
             "NWD_LOG".into(),
             std::env::var("NWD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
@@ -117,6 +117,11 @@ async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
     ];
     let mut procs = Procs::default();
     for name in SERVICES {
+        // Each service as its own NATS user.
+        let mut env = env.clone();
+        if nwd_testkit::NATS_USERS.contains(&name) {
+            env.push(("NWD_NATS_URL".into(), nats.url_for(name)));
+        }
         procs.spawn(bin_dir, name, &env, log_dir)?;
     }
     nwd_bench::wait_ready(addrs.iter().map(|(n, a)| (*n, *a))).await?;

@@ -23,6 +23,8 @@ export NWD_DATA_DIR="${NWD_DATA_DIR:-$ROOT/.data}"
 export NWD_NATS_PORT="${NWD_NATS_PORT:-4222}"
 export NWD_NATS_MONITOR_PORT="${NWD_NATS_MONITOR_PORT:-8222}"
 export NWD_NATS_URL="${NWD_NATS_URL:-nats://127.0.0.1:$NWD_NATS_PORT}"
+export NWD_NATS_STORE_DIR="${NWD_NATS_STORE_DIR:-$NWD_DATA_DIR/jetstream}"
+export NWD_NATS_PORTS_DIR="${NWD_NATS_PORTS_DIR:-$NWD_DATA_DIR/nats}"
 export NWD_GATEWAY_ADDR="${NWD_GATEWAY_ADDR:-127.0.0.1:8080}"
 export NWD_GATEWAY_PUBLIC_URL="${NWD_GATEWAY_PUBLIC_URL:-http://$NWD_GATEWAY_ADDR}"
 export NWD_GATEWAY_SPOOL_DIR="${NWD_GATEWAY_SPOOL_DIR:-$NWD_DATA_DIR/gateway-spool}"
@@ -53,6 +55,29 @@ if [[ -z "${NWD_PSEUDONYM_KEY:-}" ]]; then
   NWD_PSEUDONYM_KEY="$(cat "$NWD_DATA_DIR/pseudonym.key")"
   export NWD_PSEUDONYM_KEY
 fi
+
+# NATS credentials: one random password per user, generated once into
+# .data/nats/ (mode 600; delete a file and re-run to rotate it). nats-server
+# reads them from NWD_NATS_PASSWORD_<USER>; each service gets only its own,
+# as a file (NWD_NATS_PASSWORD_FILE). Letters and digits only: the server
+# parses the variable's value as config.
+NATS_USERS=(gateway chat intake triage router escalator notifier dashboard operator system)
+mkdir -p "$NWD_DATA_DIR/nats"
+chmod 700 "$NWD_DATA_DIR/nats"
+for user in "${NATS_USERS[@]}"; do
+  pwfile="$NWD_DATA_DIR/nats/$user.password"
+  if [[ ! -s "$pwfile" ]]; then
+    (umask 077; printf 'p%s' "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$pwfile")
+  fi
+  chmod 600 "$pwfile"
+done
+nats_password() { cat "$NWD_DATA_DIR/nats/$1.password"; }
+# Becomes "$@" run as NATS user $1 (its password file, nothing else); it
+# execs, so call it in the background (start) or in a subshell.
+as_nats_user() { # user command...
+  local user="$1"; shift
+  exec env NWD_NATS_USER="$user" NWD_NATS_PASSWORD_FILE="$NWD_DATA_DIR/nats/$user.password" "$@"
+}
 
 PIDS=()
 stop_all() {
@@ -90,26 +115,37 @@ start() { # name binary
   echo $! >> "$NWD_DATA_DIR/pids"
 }
 
-echo "==> starting nats-server (JetStream, file storage, sync_interval: always)"
-mkdir -p "$NWD_DATA_DIR/jetstream"
-sed -e "s|\$NWD_NATS_PORT|$NWD_NATS_PORT|" -e "s|\$NWD_NATS_MONITOR_PORT|$NWD_NATS_MONITOR_PORT|" \
-    -e "s|\$NWD_DATA_DIR|$NWD_DATA_DIR|" deploy/nats/nats.conf > "$NWD_DATA_DIR/nats.conf"
-start nats "$ROOT/.tools/bin/nats-server" -c "$NWD_DATA_DIR/nats.conf"
+echo "==> starting nats-server (accounts, JetStream, file storage, sync_interval: always)"
+mkdir -p "$NWD_NATS_STORE_DIR"
+# The shipped file as it is: ports, store and passwords come from the
+# environment (deploy/nats/nats.conf says which variables).
+(
+  for user in "${NATS_USERS[@]}"; do
+    export "NWD_NATS_PASSWORD_${user^^}=$(nats_password "$user")"
+  done
+  exec "$ROOT/.tools/bin/nats-server" -c "$ROOT/deploy/nats/nats.conf"
+) >>"$NWD_DATA_DIR/logs/nats.log" 2>&1 &
+PIDS+=($!)
+echo $! >> "$NWD_DATA_DIR/pids"
 wait_http "http://127.0.0.1:$NWD_NATS_MONITOR_PORT/healthz?js-enabled-only=true" nats
 
-echo "==> loading the directory ($NWD_DIRECTORY) into the live directory bucket"
-# Services follow the bucket; change it at run time with
-#   $BIN/nwd-directory put FILE
-"$BIN/nwd-directory" put "$NWD_DIRECTORY"
+echo "==> setting up streams and buckets (as the NATS operator)"
+(as_nats_user operator "$BIN/nwd-bus" setup)
 
-echo "==> starting services"
-start gateway   "$BIN/nwd-gateway"
-start intake    "$BIN/nwd-intake"
-start triage    "$BIN/nwd-triage"
-start router    "$BIN/nwd-router"
-start escalator "$BIN/nwd-escalator"
-start notifier  "$BIN/nwd-notifier"
-start dashboard "$BIN/nwd-dashboard"
+echo "==> loading the directory ($NWD_DIRECTORY) into the live directory bucket"
+# Services follow the bucket; change it at run time (as the operator) with
+#   NWD_NATS_USER=operator NWD_NATS_PASSWORD_FILE=.data/nats/operator.password \
+#     $BIN/nwd-directory put FILE
+(as_nats_user operator "$BIN/nwd-directory" put "$NWD_DIRECTORY")
+
+echo "==> starting services (each as its own NATS user)"
+start gateway   as_nats_user gateway   "$BIN/nwd-gateway"
+start intake    as_nats_user intake    "$BIN/nwd-intake"
+start triage    as_nats_user triage    "$BIN/nwd-triage"
+start router    as_nats_user router    "$BIN/nwd-router"
+start escalator as_nats_user escalator "$BIN/nwd-escalator"
+start notifier  as_nats_user notifier  "$BIN/nwd-notifier"
+start dashboard as_nats_user dashboard "$BIN/nwd-dashboard"
 start phone-sim "$BIN/nwd-phone-sim"
 wait_http "http://$NWD_GATEWAY_ADDR/readyz" gateway
 wait_http "http://$NWD_INTAKE_METRICS_ADDR/readyz" intake
@@ -133,7 +169,8 @@ cat <<INFO
   Phone simulator  http://$NWD_PHONE_SIM_ADDR/   (play a patient; development only)
   Gateway          http://$NWD_GATEWAY_ADDR/v1/sms/twilio
   Twilio auth token (demo)  $NWD_TWILIO_AUTH_TOKEN
-  NATS             $NWD_NATS_URL   (monitoring http://127.0.0.1:$NWD_NATS_MONITOR_PORT/)
+  NATS             $NWD_NATS_URL   (monitoring http://127.0.0.1:$NWD_NATS_MONITOR_PORT/, loopback, no auth)
+    credentials    $NWD_DATA_DIR/nats/<user>.password   (operator: nwd-bus, nwd-directory)
   Logs             $NWD_DATA_DIR/logs/
 
   Ctrl-C stops everything.

@@ -158,7 +158,8 @@ impl Line {
         }
         let addr = |n: &str| listeners[n].local_addr().unwrap();
         let gateway_url = format!("http://{}", addr("gateway"));
-        let nats_url = nats.url();
+        // The operator's bus setup; each service connects as its own user.
+        nats.set_up_bus().await;
         let dir = directory().display().to_string();
         let gateway_spool = nwd_testkit::temp_dir("nwd-e2e-spool-");
 
@@ -166,7 +167,7 @@ impl Line {
         opts.insert(
             "gateway",
             vec![
-                ("nats-url", nats_url.clone()),
+                ("nats-url", nats.url_for("gateway")),
                 ("ack-timeout-ms", "1000".into()),
                 ("addr", addr("gateway").to_string()),
                 ("public-url", gateway_url.clone()),
@@ -177,7 +178,7 @@ impl Line {
         opts.insert(
             "intake",
             vec![
-                ("nats-url", nats_url.clone()),
+                ("nats-url", nats.url_for("intake")),
                 ("metrics-addr", addr("intake").to_string()),
                 ("directory", dir.clone()),
                 ("pseudonym-key", PSEUDONYM_KEY.into()),
@@ -186,14 +187,14 @@ impl Line {
         opts.insert(
             "triage",
             vec![
-                ("nats-url", nats_url.clone()),
+                ("nats-url", nats.url_for("triage")),
                 ("metrics-addr", addr("triage").to_string()),
             ],
         );
         opts.insert(
             "router",
             vec![
-                ("nats-url", nats_url.clone()),
+                ("nats-url", nats.url_for("router")),
                 ("metrics-addr", addr("router").to_string()),
                 ("directory", dir.clone()),
                 ("sweep-ms", "200".into()),
@@ -202,7 +203,7 @@ impl Line {
         opts.insert(
             "escalator",
             vec![
-                ("nats-url", nats_url.clone()),
+                ("nats-url", nats.url_for("escalator")),
                 ("metrics-addr", addr("escalator").to_string()),
                 ("directory", dir.clone()),
                 ("max-tick-ms", "100".into()),
@@ -212,7 +213,7 @@ impl Line {
         opts.insert(
             "notifier",
             vec![
-                ("nats-url", nats_url.clone()),
+                ("nats-url", nats.url_for("notifier")),
                 ("metrics-addr", addr("notifier").to_string()),
                 ("twilio-api-base", format!("http://{}", addr("phone-sim"))),
                 ("account-sid", ACCOUNT_SID.into()),
@@ -224,7 +225,7 @@ impl Line {
         opts.insert(
             "dashboard",
             vec![
-                ("nats-url", nats_url.clone()),
+                ("nats-url", nats.url_for("dashboard")),
                 ("addr", addr("dashboard").to_string()),
                 ("directory", dir.clone()),
                 ("session-key", SESSION_KEY.into()),

@@ -809,9 +809,10 @@ async fn start_line(
         bail!("the generated directory does not read back");
     }
     let nats = nwd_testkit::NatsServer::start().await;
+    nats.set_up_bus().await;
     let router_addr = free_addr()?;
     let env: Vec<(String, String)> = vec![
-        ("NWD_NATS_URL".into(), nats.url()),
+        ("NWD_NATS_URL".into(), nats.url_for("router")),
         ("NWD_LOG".into(), "warn".into()),
         ("NWD_DIRECTORY".into(), path.display().to_string()),
         ("NWD_ROUTER_METRICS_ADDR".into(), router_addr.to_string()),
@@ -821,7 +822,15 @@ async fn start_line(
     let mut procs = Procs::default();
     let router_pid = procs.spawn(bin_dir, "router", &env, log_dir)?;
     nwd_bench::wait_ready([("router", router_addr)]).await?;
-    let client = async_nats::ConnectOptions::new()
+    // Commands as the dashboard (the only user that may send them); the
+    // bench's own reads and writes as the operator.
+    let client = nats
+        .connect_options_as("dashboard")
+        .request_timeout(Some(Duration::from_secs(120)))
+        .connect(nats.url_for("dashboard"))
+        .await?;
+    let operator = nats
+        .connect_options_as("operator")
         .request_timeout(Some(Duration::from_secs(120)))
         .connect(nats.url())
         .await?;
@@ -829,7 +838,7 @@ async fn start_line(
         ack_timeout_ms: 30_000,
         ..NatsArgs::local(nats.url())
     };
-    let js = bus::jetstream(client.clone(), &nats_args);
+    let js = bus::jetstream(operator, &nats_args);
     let presence = bus::bucket(&js, buckets::PRESENCE).await?;
     let contacts = bus::bucket(&js, buckets::CONTACTS).await?;
     Ok(Line {

@@ -3,6 +3,8 @@
 //! Every stream uses file storage; durability against power loss comes from
 //! the server's `sync_interval: always` (see `deploy/nats/nats.conf`).
 
+use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -13,16 +15,36 @@ use nwd_proto::streams::{self, buckets};
 use nwd_proto::subjects;
 use tokio_util::sync::CancellationToken;
 
+use crate::service::Secret;
+
 /// NATS settings every service takes.
-#[derive(Debug, Clone, Args)]
+///
+/// Each service connects as its own NATS user (default: the service's name)
+/// with a password from a file or the environment; `up.sh` generates them
+/// into `.data/nats/`. Credentials in the URL (`nats://user:pw@host:port`)
+/// work too. See `docs/security-nats.md`.
+#[derive(Clone, Args)]
 pub struct NatsArgs {
-    /// NATS server URL.
+    /// NATS server URL; `tls://` requires TLS.
     #[arg(
         long = "nats-url",
         env = "NWD_NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
     pub url: String,
+    /// NATS user (default: the user in the URL, else the service's name).
+    #[arg(long = "nats-user", env = "NWD_NATS_USER")]
+    pub user: Option<String>,
+    /// NATS password (prefer `--nats-password-file`).
+    #[arg(long = "nats-password", env = "NWD_NATS_PASSWORD")]
+    pub password: Option<Secret>,
+    /// File holding the NATS password (trailing newline ignored).
+    #[arg(long = "nats-password-file", env = "NWD_NATS_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) to trust for the server's TLS certificate; set
+    /// it (or use a `tls://` URL) to require TLS.
+    #[arg(long = "nats-tls-ca", env = "NWD_NATS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
     /// Replicas for streams and buckets (1 locally, 3 in a cluster).
     #[arg(
         long = "stream-replicas",
@@ -49,13 +71,72 @@ pub struct NatsArgs {
 }
 
 impl NatsArgs {
+    /// Settings for `url` (credentials, if any, in the URL).
     pub fn local(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            user: None,
+            password: None,
+            password_file: None,
+            tls_ca: None,
             replicas: 1,
             ack_timeout_ms: 2000,
             store_bytes: DEFAULT_STORE_BYTES,
         }
+    }
+
+    /// The user this connects as: `--nats-user`, else the URL's, else `service`.
+    pub fn user_for(&self, service: &str) -> String {
+        if let Some(user) = &self.user {
+            return user.clone();
+        }
+        url_credentials(&self.url)
+            .map(|(user, _)| user.to_owned())
+            .unwrap_or_else(|| service.to_owned())
+    }
+
+    fn password(&self) -> Result<Option<Secret>, BusError> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|source| BusError::PasswordFile {
+                path: path.clone(),
+                source,
+            })?;
+            return Ok(Some(Secret::new(text.trim_end_matches(['\r', '\n']))));
+        }
+        Ok(self.password.clone())
+    }
+}
+
+/// The URL with its password replaced by `***`.
+fn redacted_url(url: &str) -> String {
+    match url_credentials(url) {
+        Some((user, _)) => {
+            let rest = url.rsplit_once('@').map_or("", |(_, rest)| rest);
+            let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+            format!("{scheme}://{user}:***@{rest}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// `(user, password)` from `scheme://user:password@host:port`.
+fn url_credentials(url: &str) -> Option<(&str, &str)> {
+    let (_, rest) = url.split_once("://")?;
+    let (userinfo, _) = rest.rsplit_once('@')?;
+    Some(userinfo.split_once(':').unwrap_or((userinfo, "")))
+}
+
+impl fmt::Debug for NatsArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsArgs")
+            .field("url", &redacted_url(&self.url))
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .field("tls_ca", &self.tls_ca)
+            .field("replicas", &self.replicas)
+            .field("ack_timeout_ms", &self.ack_timeout_ms)
+            .finish()
     }
 }
 
@@ -77,13 +158,23 @@ pub enum BusError {
     Publish(#[from] jetstream::context::PublishError),
     #[error("stopped before the bus was set up")]
     Stopped,
+    #[error("cannot read the NATS password file {path}: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Connects without waiting for the server: the client reconnects in the
 /// background, so an edge service can start and answer 503 while NATS is down.
+///
+/// Connects as [`NatsArgs::user_for`]`(service)`; replies come to the inbox
+/// prefix `_INBOX_<user>`, the only inbox that user may subscribe to.
 pub async fn connect(args: &NatsArgs, service: &str) -> Result<Client, BusError> {
-    let client = ConnectOptions::new()
+    let user = args.user_for(service);
+    let mut options = ConnectOptions::new()
         .name(format!("nwd-{service}"))
+        .custom_inbox_prefix(inbox_prefix(&user))
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
         .max_reconnects(None)
@@ -92,10 +183,26 @@ pub async fn connect(args: &NatsArgs, service: &str) -> Result<Client, BusError>
         })
         .event_callback(|event| async move {
             tracing::info!(%event, "nats connection event");
-        })
-        .connect(&args.url)
-        .await?;
-    Ok(client)
+        });
+    // async-nats does not read credentials from the URL: pass them on.
+    let password = args
+        .password()?
+        .or_else(|| url_credentials(&args.url).map(|(_, password)| Secret::new(password)));
+    if let Some(password) = password {
+        options = options.user_and_password(user, password.expose().to_owned());
+    }
+    if let Some(ca) = &args.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if args.url.starts_with("tls://") {
+        options = options.require_tls(true);
+    }
+    Ok(options.connect(&args.url).await?)
+}
+
+/// Where `user`'s request replies arrive (its subscribe permission).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
 }
 
 /// A JetStream context whose requests and acks time out after `ack_timeout_ms`.
@@ -341,6 +448,42 @@ pub async fn ensure_all_with_retry(
         }
         delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Waits until every stream in `streams` and every bucket in `buckets`
+/// exists, retrying with backoff until then or until `shutdown` fires
+/// ([`BusError::Stopped`]). Services do not create streams or buckets (their
+/// users may not): the operator's `nwd-bus setup` does, before they start
+/// or while they wait.
+pub async fn wait_for(
+    js: &jetstream::Context,
+    streams: &[&str],
+    buckets: &[&str],
+    shutdown: &CancellationToken,
+) -> Result<(), BusError> {
+    let names = streams
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain(buckets.iter().map(|b| format!("KV_{b}")));
+    for name in names {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match js.get_stream(&name).await {
+                Ok(_) => break,
+                Err(e) => tracing::warn!(
+                    stream = %name,
+                    error = %e,
+                    "waiting for the stream (created by the operator's `nwd-bus setup`)"
+                ),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(BusError::Stopped),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+    Ok(())
 }
 
 fn static_name(name: &str) -> &'static str {

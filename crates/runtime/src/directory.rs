@@ -111,10 +111,11 @@ pub async fn publish(store: &kv::Store, dir: &Directory) -> Result<u64, String> 
     store.put(KEY, json.into()).await.map_err(|e| e.to_string())
 }
 
-/// Follows the bucket until `shutdown`: seeds it with `live`'s directory
-/// (the file's) if it holds none, then applies every stored version. A
-/// version that does not parse or validate is logged and ignored — the last
-/// good directory stays in force, so a bad edit never empties the line.
+/// Follows the bucket until `shutdown`, applying every stored version; until
+/// the bucket holds one, `live` keeps the file's directory. Services never
+/// write the bucket (only the operator may: `nwd-directory put`). A version
+/// that does not parse or validate is logged and ignored — the last good
+/// directory stays in force, so a bad edit never empties the line.
 pub async fn follow(
     store: kv::Store,
     live: Live,
@@ -122,13 +123,6 @@ pub async fn follow(
     service: &'static str,
     shutdown: CancellationToken,
 ) {
-    let seed = serde_json::to_vec(&*live.get()).unwrap_or_default();
-    // `create` only writes if the key is absent: the first service up seeds it.
-    match store.create(KEY, seed.into()).await {
-        Ok(_) => tracing::info!(service, "directory bucket seeded from the file"),
-        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-        Err(e) => tracing::warn!(service, error = %e, "cannot seed the directory bucket"),
-    }
     let apply = move |entry: kv::Entry| {
         if entry.key != KEY || entry.operation != Operation::Put {
             return;

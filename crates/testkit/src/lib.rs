@@ -1,7 +1,11 @@
 //! Test support for No Wrong Door. Every integration test runs against a real
-//! `nats-server` with JetStream on file storage and `sync_interval: always`,
-//! started here on a free port with its own store directory and killed when
-//! the guard is dropped. Tests never share a server.
+//! `nats-server` with the shipped configuration (`deploy/nats/nats.conf`:
+//! accounts, one user per service, JetStream on file storage with
+//! `sync_interval: always`), started here on a free port with its own store
+//! directory and fresh passwords, and killed when the guard is dropped.
+//! Tests never share a server. Services connect with [`NatsServer::url_for`]
+//! their own user; [`NatsServer::url`] and [`NatsServer::client`] are the
+//! operator's, and [`NatsServer::set_up_bus`] is the operator's bus setup.
 //!
 //! This is test code: failing loudly (panicking) with a clear message is the
 //! right behaviour here, so the workspace's panic lints are relaxed.
@@ -32,11 +36,44 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A running nats-server owned by one test.
+/// The NATS users of the shipped configuration (`deploy/nats/nats.conf`),
+/// one per service plus the operator and the system account's user.
+pub const NATS_USERS: [&str; 10] = [
+    "gateway",
+    "chat",
+    "intake",
+    "triage",
+    "router",
+    "escalator",
+    "notifier",
+    "dashboard",
+    "operator",
+    "system",
+];
+
+/// The shipped nats-server configuration every test server runs.
+pub fn nats_config() -> PathBuf {
+    workspace_root().join("deploy/nats/nats.conf")
+}
+
+/// TLS on the client port: the server's certificate and key, and the CA
+/// clients trust (all PEM files).
+#[derive(Debug, Clone)]
+pub struct NatsTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// A running nats-server owned by one test, with the shipped configuration
+/// (accounts, one user per service, no anonymous access) and a fresh random
+/// password per user.
 pub struct NatsServer {
     child: Option<Child>,
     dir: TempDir,
     port: u16,
+    passwords: Vec<(&'static str, String)>,
+    tls: Option<NatsTls>,
 }
 
 impl std::fmt::Debug for NatsServer {
@@ -50,22 +87,67 @@ impl std::fmt::Debug for NatsServer {
 impl NatsServer {
     /// Starts a fresh server on a free port with its own store directory.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts a server whose client port requires TLS (`deploy/nats/tls.conf`).
+    pub async fn start_tls(tls: NatsTls) -> Self {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<NatsTls>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("nwd-nats-")
             .tempdir()
             .expect("temp dir");
+        let passwords = NATS_USERS
+            .iter()
+            .map(|user| (*user, random_password()))
+            .collect();
         let mut server = Self {
             child: None,
             dir,
             port: 0,
+            passwords,
+            tls,
         };
         server.spawn(None).await;
         server
     }
 
-    /// `nats://127.0.0.1:<port>`
+    /// The operator's URL (`nats://operator:<pw>@127.0.0.1:<port>`): tests'
+    /// own inspection clients connect as the operator.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.url_for("operator")
+    }
+
+    /// `nats://<user>:<password>@127.0.0.1:<port>` for one of [`NATS_USERS`]
+    /// (`tls://` when the server requires TLS).
+    pub fn url_for(&self, user: &str) -> String {
+        format!(
+            "{}://{user}:{}@127.0.0.1:{}",
+            self.scheme(),
+            self.password(user),
+            self.port
+        )
+    }
+
+    /// The URL without credentials (anonymous: refused).
+    pub fn anonymous_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.port)
+    }
+
+    /// The generated password of `user`.
+    pub fn password(&self, user: &str) -> &str {
+        self.passwords
+            .iter()
+            .find(|(u, _)| *u == user)
+            .map(|(_, pw)| pw.as_str())
+            .unwrap_or_else(|| panic!("no NATS user {user:?} in deploy/nats/nats.conf"))
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "tls" } else { "nats" }
     }
 
     pub fn port(&self) -> u16 {
@@ -82,11 +164,55 @@ impl NatsServer {
         self.dir.path().join("js")
     }
 
-    /// A client connected to this server.
+    /// The server's log (permission violations show up here).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// A client connected as the operator.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+        self.client_as("operator").await
+    }
+
+    /// A client connected as `user`, with its own inbox prefix
+    /// (`_INBOX_<user>`, the only inbox its permissions let it read).
+    pub async fn client_as(&self, user: &str) -> async_nats::Client {
+        self.connect_options_as(user)
+            .connect(self.url_for(user))
             .await
             .expect("connect to test nats-server")
+    }
+
+    /// The operator's bus setup (`nwd-bus setup`): creates or updates every
+    /// stream and bucket. Services only wait for them, so a test runs this
+    /// before it starts a service.
+    pub async fn set_up_bus(&self) {
+        let js = nwd_runtime::bus::jetstream(
+            self.client().await,
+            &nwd_runtime::bus::NatsArgs::local(self.url()),
+        );
+        nwd_runtime::bus::ensure_all(&js, 1)
+            .await
+            .expect("bus setup as the operator");
+    }
+
+    /// Options that log in as `user` (async-nats ignores credentials in the
+    /// URL) with its own inbox prefix, trusting this server's TLS certificate.
+    pub fn connect_options_as(&self, user: &str) -> async_nats::ConnectOptions {
+        self.connect_options()
+            .user_and_password(user.to_owned(), self.password(user).to_owned())
+            .custom_inbox_prefix(format!("_INBOX_{user}"))
+    }
+
+    /// Options that trust this server's TLS certificate when it has one.
+    pub fn connect_options(&self) -> async_nats::ConnectOptions {
+        let options = async_nats::ConnectOptions::new();
+        match &self.tls {
+            Some(tls) => options
+                .add_root_certificates(tls.ca.clone())
+                .require_tls(true),
+            None => options,
+        }
     }
 
     /// Kills the server (SIGKILL): what a crash looks like to clients.
@@ -128,26 +254,34 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self, port: Option<u16>) {
-        let conf = self.dir.path().join("nats.conf");
         let ports_dir = self.dir.path().join("ports");
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir).expect("ports dir");
         let listen = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        // `max_file_store` as in deploy/nats/nats.conf: a stream's byte limit
-        // must fit in the store, so without it a test would depend on the
-        // free disk (the default store is 75% of it).
-        let text = format!(
-            "listen: \"127.0.0.1:{listen}\"\nports_file_dir: {ports:?}\nmax_payload: 1MB\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n  max_file_store: 10GB\n}}\n",
-            ports = ports_dir.display().to_string(),
-            store = self.store_dir().display().to_string(),
-        );
-        std::fs::write(&conf, text).expect("write nats.conf");
-        let log = std::fs::File::create(self.dir.path().join("nats.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats.log"))
+            .expect("log file");
         let bin = nats_server_binary();
-        let child = Command::new(&bin)
-            .arg("-c")
-            .arg(&conf)
+        let mut command = Command::new(&bin);
+        match &self.tls {
+            Some(tls) => command
+                .arg("-c")
+                .arg(workspace_root().join("deploy/nats/tls.conf"))
+                .env("NWD_NATS_TLS_CERT", &tls.cert)
+                .env("NWD_NATS_TLS_KEY", &tls.key),
+            None => command.arg("-c").arg(nats_config()),
+        };
+        command
+            .env("NWD_NATS_PORT", listen)
+            .env("NWD_NATS_MONITOR_PORT", "-1")
+            .env("NWD_NATS_PORTS_DIR", &ports_dir)
+            .env("NWD_NATS_STORE_DIR", self.store_dir());
+        for (user, password) in &self.passwords {
+            command.env(password_env(user), password);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -160,7 +294,7 @@ impl NatsServer {
         self.child = Some(child);
         self.port = match port {
             Some(p) => p,
-            None => read_port(&ports_dir).await,
+            None => read_port(&ports_dir, &mut self.child, self.dir.path()).await,
         };
         self.wait_connectable().await;
     }
@@ -168,7 +302,8 @@ impl NatsServer {
     async fn wait_connectable(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(c) = async_nats::ConnectOptions::new()
+            if let Ok(c) = self
+                .connect_options_as("operator")
                 .connection_timeout(Duration::from_millis(500))
                 .connect(self.url())
                 .await
@@ -179,30 +314,61 @@ impl NatsServer {
                     return;
                 }
             }
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                let log =
-                    std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default();
-                panic!("nats-server exited with {status}: {log}");
-            }
+            exited(&mut self.child, self.dir.path());
             assert!(
                 Instant::now() < deadline,
-                "nats-server did not become ready in 20 s"
+                "nats-server did not become ready in 20 s ({}): {}",
+                self.url(),
+                std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
-async fn read_port(ports_dir: &Path) -> u16 {
+/// The environment variable `deploy/nats/nats.conf` reads `user`'s password from.
+pub fn password_env(user: &str) -> String {
+    format!("NWD_NATS_PASSWORD_{}", user.to_uppercase())
+}
+
+/// Letters and digits, starting with a letter (nats-server parses an
+/// environment variable's value as config: a bare number would not be a
+/// string).
+fn random_password() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::from("p");
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+/// Panics with the server's log if it has exited.
+fn exited(child: &mut Option<Child>, dir: &Path) {
+    if let Some(child) = child.as_mut()
+        && let Ok(Some(status)) = child.try_wait()
+    {
+        let log = std::fs::read_to_string(dir.join("nats.log")).unwrap_or_default();
+        panic!("nats-server exited with {status}: {log}");
+    }
+}
+
+async fn read_port(ports_dir: &Path, child: &mut Option<Child>, dir: &Path) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        exited(child, dir);
         if let Ok(entries) = std::fs::read_dir(ports_dir) {
             for entry in entries.flatten() {
                 if let Ok(text) = std::fs::read_to_string(entry.path())
                     && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-                    && let Some(url) = v["nats"][0].as_str()
+                    && let Some(url) = v["nats"][0].as_str().or(v["tls"][0].as_str())
                     && let Some(port) = url.rsplit(':').next().and_then(|p| p.parse().ok())
                 {
                     return port;
@@ -220,6 +386,22 @@ async fn read_port(ports_dir: &Path) -> u16 {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+        // A permission mistake otherwise looks like a timeout: say it.
+        let violations: Vec<String> = self
+            .log()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect();
+        if !violations.is_empty() {
+            eprintln!(
+                "nats-server refused {} operation(s) (deploy/nats/nats.conf):",
+                violations.len()
+            );
+            for line in violations.iter().take(50) {
+                eprintln!("  {line}");
+            }
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use nwd_proto::streams::buckets;
+use nwd_proto::streams::{self, buckets};
 use nwd_proto::subjects;
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::ops::{self, Readiness};
@@ -282,11 +282,7 @@ impl App {
             shutdown,
             tasks: TaskTracker::new(),
         });
-        app.tasks.spawn(set_up(
-            app.clone(),
-            readiness.clone(),
-            bus::Layout::from(&config.nats),
-        ));
+        app.tasks.spawn(set_up(app.clone(), readiness.clone()));
         Ok((app, readiness))
     }
 
@@ -321,11 +317,21 @@ pub async fn run(
     Ok(())
 }
 
-/// Creates streams and buckets, opens the buckets, subscribes to the router's
+/// Waits for streams and buckets, opens the buckets, subscribes to the router's
 /// pushes and to delivery statuses, starts the heartbeat: then the dashboard is ready.
-async fn set_up(app: Arc<App>, readiness: Readiness, layout: bus::Layout) {
+async fn set_up(app: Arc<App>, readiness: Readiness) {
     let shutdown = app.shutdown.clone();
-    if bus::ensure_all_with_retry(&app.js, layout, &shutdown)
+    let (streams, buckets) = (
+        [streams::CONTACTS, streams::OUTBOUND],
+        [
+            buckets::CONTACTS,
+            buckets::PRESENCE,
+            buckets::DIRECTORY,
+            buckets::SESSIONS,
+            buckets::REPLIES,
+        ],
+    );
+    if bus::wait_for(&app.js, &streams, &buckets, &shutdown)
         .await
         .is_err()
     {

@@ -85,11 +85,12 @@ impl Dashboard {
     async fn start() -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let nats = NatsServer::start().await;
+        nats.set_up_bus().await;
         let listener = nwd_testkit::listener().await;
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(nwd_dashboard::run(
-            config(nats.url(), addr),
+            config(nats.url_for("dashboard"), addr),
             listener,
             stop.clone(),
         ));
@@ -1319,8 +1320,9 @@ async fn the_page_is_served_with_its_test_ids() {
 #[tokio::test]
 async fn the_socket_logic_runs_over_plain_channels() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let stop = CancellationToken::new();
-    let cfg = config(nats.url(), "127.0.0.1:0".parse().unwrap());
+    let cfg = config(nats.url_for("dashboard"), "127.0.0.1:0".parse().unwrap());
     let (app, readiness) = App::start(&cfg, stop.clone()).await.unwrap();
     eventually(WAIT, "ready", || async {
         readiness.is_ready().then_some(())

@@ -21,7 +21,7 @@ use nwd_ladder::Board;
 use nwd_ladder::Floor;
 use nwd_proto::contact::{ContactRecord, offered};
 use nwd_proto::dashboard::PresenceRecord;
-use nwd_proto::streams::buckets;
+use nwd_proto::streams::{self, buckets};
 use nwd_proto::{ContactId, CounsellorId, wire};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::escalation::{self, Announcer};
@@ -288,7 +288,11 @@ pub async fn run(
     ));
     let mut tasks = JoinSet::new();
     let buckets = async {
-        bus::ensure_all_with_retry(&js, &config.nats, &shutdown).await?;
+        let (streams, buckets) = (
+            [streams::CONTACTS, streams::OUTBOUND, streams::AUDIT],
+            [buckets::CONTACTS, buckets::PRESENCE, buckets::DIRECTORY],
+        );
+        bus::wait_for(&js, &streams, &buckets, &shutdown).await?;
         let open = |name| bus::open_bucket_with_retry(&js, name, &shutdown);
         Ok::<_, BusError>((
             open(buckets::CONTACTS).await?,

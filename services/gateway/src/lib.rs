@@ -35,6 +35,7 @@ use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use nwd_proto::events::{DeliveryStatus, InboundFlag, InboundSms, MAX_SMS_BODY_CHARS, SmsStatus};
+use nwd_proto::streams;
 use nwd_proto::{Address, AddressKind, Envelope, Event, MessageSid, OutboundId, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::ops::{self, Readiness};
@@ -141,9 +142,11 @@ pub async fn run(
     }
     {
         let (js, readiness, stop) = (js.clone(), readiness.clone(), stop.clone());
-        let layout = bus::Layout::from(&config.nats);
         tasks.spawn(async move {
-            if bus::ensure_all_with_retry(&js, layout, &stop).await.is_ok() {
+            if bus::wait_for(&js, &[streams::INBOUND], &[], &stop)
+                .await
+                .is_ok()
+            {
                 readiness.set(STREAMS_READY, true);
                 tracing::info!("streams ready");
             }

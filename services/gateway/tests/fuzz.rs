@@ -33,7 +33,7 @@ async fn setup() -> (NatsServer, Router, jetstream::Context) {
     let config = Config {
         nats: NatsArgs {
             ack_timeout_ms: 500,
-            ..NatsArgs::local(server.url())
+            ..NatsArgs::local(server.url_for("gateway"))
         },
         addr: "127.0.0.1:0".parse().unwrap(),
         public_url: PUBLIC_URL.to_owned(),
@@ -42,9 +42,9 @@ async fn setup() -> (NatsServer, Router, jetstream::Context) {
         max_body_bytes: 65536,
         spool: spool_args(&server),
     };
+    server.set_up_bus().await;
     let client = bus::connect(&config.nats, "gateway-fuzz").await.unwrap();
     let js = bus::jetstream(client, &config.nats);
-    bus::ensure_all(&js, 1).await.unwrap();
     let router = app(AppState::new(
         AppState::hub(js.clone(), &config).unwrap(),
         &config,

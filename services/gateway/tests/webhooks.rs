@@ -44,6 +44,7 @@ fn init() {
 impl Gateway {
     async fn start(server: &NatsServer) -> Self {
         init();
+        server.set_up_bus().await;
         let listener = nwd_testkit::listener().await;
         let addr = listener.local_addr().unwrap();
         // Twilio posts to a public URL that is not the socket address.
@@ -51,7 +52,7 @@ impl Gateway {
         let config = Config {
             nats: NatsArgs {
                 ack_timeout_ms: 500,
-                ..NatsArgs::local(server.url())
+                ..NatsArgs::local(server.url_for("gateway"))
             },
             addr,
             public_url: public_url.clone(),

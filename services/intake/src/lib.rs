@@ -128,9 +128,16 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let threads = match bus::setup_bucket_with_retry(&js, &config.nats, buckets::THREADS, &shutdown)
-        .await
-        .map_err(Error::Bus)
+    let threads = match async {
+        let (streams, buckets) = (
+            [streams::INBOUND, streams::CONTACTS],
+            [buckets::THREADS, buckets::DIRECTORY],
+        );
+        bus::wait_for(&js, &streams, &buckets, &shutdown).await?;
+        bus::open_bucket_with_retry(&js, buckets::THREADS, &shutdown).await
+    }
+    .await
+    .map_err(Error::Bus)
     {
         Ok(threads) => threads,
         Err(Error::Bus(BusError::Stopped)) => return Ok(ops::join_server(server).await?),

@@ -166,7 +166,7 @@ async fn wait_idle(js: &jetstream::Context, stream: &str, durable: &str) {
 #[tokio::test]
 async fn sms_opens_a_contact_through_the_right_door_and_threads_by_sender() {
     let (server, js) = setup().await;
-    let intake = Intake::start(&server.url()).await;
+    let intake = Intake::start(&server.url_for("intake")).await;
 
     let first = sms(MARIA, EASTSIDE);
     publish_sms(&js, &first, first.message_sid.as_str()).await;
@@ -236,7 +236,7 @@ async fn sms_opens_a_contact_through_the_right_door_and_threads_by_sender() {
 #[tokio::test]
 async fn the_same_sms_twice_after_the_dedupe_window_is_one_message() {
     let (server, js) = setup().await;
-    let intake = Intake::start(&server.url()).await;
+    let intake = Intake::start(&server.url_for("intake")).await;
 
     let s = sms(MARIA, LINE);
     // Different Nats-Msg-Ids: INBOUND does not dedupe, as after the window.
@@ -256,7 +256,7 @@ async fn the_same_sms_twice_after_the_dedupe_window_is_one_message() {
 #[tokio::test]
 async fn resolution_closes_the_thread_and_the_next_sms_opens_a_new_contact() {
     let (server, js) = setup().await;
-    let intake = Intake::start(&server.url()).await;
+    let intake = Intake::start(&server.url_for("intake")).await;
 
     let first = sms(MARIA, EASTSIDE);
     publish_sms(&js, &first, first.message_sid.as_str()).await;
@@ -318,7 +318,7 @@ async fn resolution_closes_the_thread_and_the_next_sms_opens_a_new_contact() {
 #[tokio::test]
 async fn undecodable_messages_are_terminated_and_block_nothing() {
     let (server, js) = setup().await;
-    let intake = Intake::start(&server.url()).await;
+    let intake = Intake::start(&server.url_for("intake")).await;
 
     for subject in [
         subjects::inbound_sms(),
@@ -363,7 +363,7 @@ fn resolved_for_type_check() -> ContactResolved {
 #[tokio::test]
 async fn a_restart_mid_stream_loses_nothing() {
     let (server, js) = setup().await;
-    let intake = Intake::start(&server.url()).await;
+    let intake = Intake::start(&server.url_for("intake")).await;
 
     let senders = ["+15005550161", "+15005550162", "+15005550163", MARIA];
     let mut sent = Vec::new();
@@ -384,7 +384,7 @@ async fn a_restart_mid_stream_loses_nothing() {
         publish_sms(&js, &s, s.message_sid.as_str()).await;
         sent.push(s);
     }
-    let intake = Intake::start(&server.url()).await;
+    let intake = Intake::start(&server.url_for("intake")).await;
     let expected: HashSet<_> = sent
         .iter()
         .map(|s| message_id_for(&s.message_sid, s.received_at))
@@ -422,7 +422,7 @@ async fn a_restart_mid_stream_loses_nothing() {
 #[tokio::test]
 async fn survives_a_nats_restart() {
     let (mut server, js) = setup().await;
-    let intake = Intake::start(&server.url()).await;
+    let intake = Intake::start(&server.url_for("intake")).await;
 
     let before = sms(MARIA, LINE);
     publish_sms(&js, &before, before.message_sid.as_str()).await;

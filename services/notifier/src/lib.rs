@@ -250,9 +250,12 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let Ok(sends) =
-        bus::setup_bucket_with_retry(&js, &config.nats, buckets::SENDS, &shutdown).await
-    else {
+    let waited = async {
+        let streams = [streams::OUTBOUND, streams::INBOUND];
+        bus::wait_for(&js, &streams, &[buckets::SENDS], &shutdown).await?;
+        bus::open_bucket_with_retry(&js, buckets::SENDS, &shutdown).await
+    };
+    let Ok(sends) = waited.await else {
         return Ok(ops::join_server(server).await?);
     };
     readiness.set("bus", true);

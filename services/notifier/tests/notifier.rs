@@ -278,7 +278,7 @@ async fn record(js: &jetstream::Context, out: &OutboundSms) -> Option<SendRecord
 #[tokio::test]
 async fn one_outbound_sms_is_one_post_and_a_queued_status() {
     let (server, js, twilio) = setup().await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -338,7 +338,7 @@ async fn one_outbound_sms_is_one_post_and_a_queued_status() {
 #[tokio::test]
 async fn the_same_outbound_sms_twice_is_sent_once() {
     let (server, js, twilio) = setup().await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, "first").await;
@@ -358,7 +358,7 @@ async fn the_same_outbound_sms_twice_is_sent_once() {
 async fn transient_failures_are_retried_until_sent_once() {
     let (server, js, twilio) = setup().await;
     twilio.fail_next(3, 503, None).await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -379,7 +379,7 @@ async fn transient_failures_are_retried_until_sent_once() {
 async fn a_misconfigured_account_is_retried_not_dropped() {
     let (server, js, twilio) = setup().await;
     twilio.fail_next(2, 401, Some(20003)).await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -393,7 +393,7 @@ async fn a_misconfigured_account_is_retried_not_dropped() {
 async fn a_permanent_error_is_final_and_reported() {
     let (server, js, twilio) = setup().await;
     twilio.fail_next(1, 400, Some(21211)).await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -421,7 +421,7 @@ async fn a_permanent_error_is_final_and_reported() {
 #[tokio::test]
 async fn status_callbacks_become_outbound_statuses() {
     let (server, js, twilio) = setup().await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
 
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
@@ -488,19 +488,19 @@ async fn status_callbacks_become_outbound_statuses() {
 #[tokio::test]
 async fn a_restart_between_publish_and_send_sends_exactly_once() {
     let (server, js, twilio) = setup().await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
     notifier.stop().await;
 
     // Published while the notifier is down.
     let out = outbound();
     publish_outbound(&js, &out, &format!("out:{}", out.outbound_id)).await;
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
     wait_status(&js, &out, DeliveryStatus::Queued).await;
     wait_idle(&js, streams::OUTBOUND, consumers::NOTIFIER_SEND).await;
     notifier.stop().await;
 
     // Restarted again and the same message redelivered: still one send.
-    let notifier = Notifier::start(config(&server.url(), &twilio)).await;
+    let notifier = Notifier::start(config(&server.url_for("notifier"), &twilio)).await;
     publish_outbound(&js, &out, "redelivered").await;
     wait_idle(&js, streams::OUTBOUND, consumers::NOTIFIER_SEND).await;
     assert_eq!(twilio.calls().await.create, 1);
@@ -516,7 +516,7 @@ async fn a_lost_answer_is_reconciled_not_sent_again() {
     // learn the SID. Twilio's API has no idempotency key, so a blind retry
     // would be a second SMS.
     twilio.slow_next(1, 1_500).await;
-    let mut cfg = config(&server.url(), &twilio);
+    let mut cfg = config(&server.url_for("notifier"), &twilio);
     cfg.http_timeout_ms = 300;
     cfg.send_lease_ms = 1_000;
     let notifier = Notifier::start(cfg).await;

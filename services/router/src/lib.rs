@@ -151,7 +151,11 @@ async fn start(
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<Option<JoinSet<()>>, Error> {
-    match bus::ensure_all_with_retry(&js, &config.nats, shutdown).await {
+    let (streams, buckets) = (
+        [streams::CONTACTS, streams::OUTBOUND, streams::AUDIT],
+        [buckets::CONTACTS, buckets::PRESENCE, buckets::DIRECTORY],
+    );
+    match bus::wait_for(&js, &streams, &buckets, shutdown).await {
         Ok(()) => {}
         Err(BusError::Stopped) => return Ok(None),
         Err(e) => return Err(e.into()),

@@ -124,7 +124,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    match bus::ensure_all_with_retry(&js, &config.nats, &shutdown).await {
+    match bus::wait_for(&js, &[streams::CONTACTS], &[], &shutdown).await {
         Ok(()) => {
             readiness.set("bus", true);
             let spec = ConsumerSpec::new(

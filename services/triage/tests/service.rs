@@ -36,10 +36,11 @@ impl Running {
 }
 
 async fn start(server: &NatsServer) -> Running {
+    server.set_up_bus().await;
     let listener = listener().await;
     let metrics_addr = listener.local_addr().unwrap();
     let config = Config {
-        nats: NatsArgs::local(server.url()),
+        nats: NatsArgs::local(server.url_for("triage")),
         metrics_addr,
         rulebook: None,
         model: None,
@@ -289,10 +290,11 @@ async fn a_custom_rulebook_file_is_used() {
         "version = \"custom-7\"\n[[rule]]\nid = \"t.word\"\nlabel = \"Word\"\nlevel = \"high\"\npatterns = ['banana']\n",
     )
     .unwrap();
+    server.set_up_bus().await;
     let listener = listener().await;
     let addr = listener.local_addr().unwrap();
     let config = Config {
-        nats: NatsArgs::local(server.url()),
+        nats: NatsArgs::local(server.url_for("triage")),
         metrics_addr: addr,
         rulebook: Some(path),
         model: None,

@@ -36,7 +36,7 @@ enum Cmd {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let client = bus::connect(&cli.nats, "nwd-directory").await?;
+    let client = bus::connect(&cli.nats, "operator").await?;
     let js = bus::jetstream(client, &cli.nats);
     bus::ensure_all(&js, &cli.nats).await?;
     let store = bus::bucket(&js, buckets::DIRECTORY).await?;
