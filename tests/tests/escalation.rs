@@ -538,31 +538,35 @@ mod disclosures {
 
     struct Outbox {
         _nats: NatsServer,
+        /// The test's own view, as the operator.
         js: async_nats::jetstream::Context,
-        client: async_nats::Client,
         contacts: async_nats::jetstream::kv::Store,
+        /// The announcer's connection, as the escalator (an audit writer).
+        escalator: (async_nats::Client, async_nats::jetstream::Context),
     }
 
     impl Outbox {
         async fn start() -> Self {
             let nats = NatsServer::start().await;
+            nats.set_up_bus().await;
             let args = NatsArgs::local(nats.url());
-            let client = bus::connect(&args, "test").await.unwrap();
-            let js = bus::jetstream(client.clone(), &args);
-            bus::ensure_all(&js, 1).await.unwrap();
+            let js = bus::jetstream(bus::connect(&args, "test").await.unwrap(), &args);
             let contacts = js.get_key_value(buckets::CONTACTS).await.unwrap();
+            let esc_args = NatsArgs::local(nats.url_for("escalator"));
+            let esc_client = bus::connect(&esc_args, "escalator").await.unwrap();
+            let esc_js = bus::jetstream(esc_client.clone(), &esc_args);
             Self {
                 _nats: nats,
                 js,
-                client,
                 contacts,
+                escalator: (esc_client, esc_js),
             }
         }
 
         fn announcer(&self, dir: Directory) -> Announcer {
             Announcer {
-                client: self.client.clone(),
-                js: self.js.clone(),
+                client: self.escalator.0.clone(),
+                js: self.escalator.1.clone(),
                 contacts: self.contacts.clone(),
                 directory: nwd_runtime::directory::Live::new(dir),
                 service: "test",
@@ -718,7 +722,7 @@ mod disclosures {
             .clone()
             .unwrap();
         bus::publish(
-            &o.js,
+            &o.escalator.1,
             subjects::audit_disclosure(&rec.id),
             &wire::msg_id::step_disclosure(&rec.id, 5, "maria-sister"),
             &Envelope::new(Disclosure {

@@ -55,8 +55,14 @@ async fn streams_an_older_version_created_are_given_their_limits_in_place() {
     .await
     .unwrap();
     let contact = ContactId::new();
+    // Only the audit writers (router, escalator) may publish to AUDIT.
+    let router_args = NatsArgs::local(server.url_for("router"));
+    let router = bus::jetstream(
+        bus::connect(&router_args, "router").await.unwrap(),
+        &router_args,
+    );
     bus::publish(
-        &js,
+        &router,
         nwd_proto::subjects::audit_disclosure(&contact),
         "audit-1",
         &Envelope::new(Probe { n: 1 }),

@@ -63,7 +63,7 @@ impl Dashboard {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = nwd_testkit::listener().await;
         let addr = listener.local_addr().unwrap();
-        let mut cfg = config(nats.url(), addr);
+        let mut cfg = config(nats.url_for("dashboard"), addr);
         adjust(&mut cfg);
         let stop = CancellationToken::new();
         tokio::spawn(nwd_dashboard::run(cfg, listener, stop.clone()));
@@ -227,6 +227,7 @@ async fn problem(res: reqwest::Response, status: u16) -> serde_json::Value {
 #[tokio::test]
 async fn a_login_flood_gets_429s_and_a_real_login_during_it_stays_fast() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let d = Arc::new(Dashboard::start(&nats, |_| {}).await);
     let refused = Arc::new(Notify::new());
 
@@ -324,6 +325,7 @@ async fn a_login_flood_gets_429s_and_a_real_login_during_it_stays_fast() {
 #[tokio::test]
 async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     // Untrusted: every header comes from the same peer, which is throttled.
     let d = Dashboard::start(&nats, |_| {}).await;
     let mut statuses = Vec::new();
@@ -363,6 +365,7 @@ async fn x_forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
 #[tokio::test]
 async fn logout_ends_the_session_for_http_and_websocket_and_closes_its_socket() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let d = Dashboard::start(&nats, |_| {}).await;
     let cookie = d.cookie("ana").await;
     let other_tab = d.cookie("ana").await;
@@ -389,6 +392,7 @@ async fn logout_ends_the_session_for_http_and_websocket_and_closes_its_socket() 
 #[tokio::test]
 async fn a_logout_on_another_dashboard_closes_the_socket_here() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let here = Dashboard::start(&nats, |_| {}).await;
     let there = Dashboard::start(&nats, |_| {}).await;
     let cookie = here.cookie("ben").await;
@@ -404,6 +408,7 @@ async fn a_logout_on_another_dashboard_closes_the_socket_here() {
 #[tokio::test]
 async fn a_counsellor_removed_from_the_directory_loses_the_socket() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let d = Dashboard::start(&nats, |_| {}).await;
     let cookie = d.cookie("diego").await;
     let mut ws = d.socket(&cookie, &[]).await.unwrap();
@@ -427,6 +432,7 @@ async fn a_counsellor_removed_from_the_directory_loses_the_socket() {
 #[tokio::test]
 async fn an_expired_session_closes_its_socket() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let d = Dashboard::start(&nats, |c| c.session_ttl_secs = 2).await;
     let res = d.login("ana", "ana-demo").await;
     assert!(
@@ -456,6 +462,7 @@ async fn an_expired_session_closes_its_socket() {
 #[tokio::test]
 async fn router_commands_name_the_sessions_counsellor_not_one_the_browser_sends() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let d = Dashboard::start(&nats, |_| {}).await;
     let client = nats.client().await;
     let mut router = client
@@ -510,6 +517,7 @@ async fn router_commands_name_the_sessions_counsellor_not_one_the_browser_sends(
 #[tokio::test]
 async fn the_cookie_is_secure_with_an_https_public_url_or_when_forced() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let set_cookie = |d: &Dashboard| {
         let (http, url) = (d.http.clone(), d.url("/login"));
         async move {
@@ -552,6 +560,7 @@ async fn the_cookie_is_secure_with_an_https_public_url_or_when_forced() {
 #[tokio::test]
 async fn the_websocket_opens_only_from_the_public_urls_scheme_host_and_port() {
     let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
     let d = Dashboard::start(&nats, |c| {
         c.public_url = Some(format!("http://{}", c.addr).parse().unwrap());
     })

@@ -229,8 +229,9 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 async fn a_hundred_sms_while_nats_is_down_are_answered_200_and_stored_once_in_order() {
     nwd_runtime::telemetry::metrics_handle();
     let mut server = NatsServer::start().await;
+    server.set_up_bus().await;
     let (_tmp, dir) = spool_dir();
-    let gw = Gateway::start(&server.url(), &dir, 8 << 20).await;
+    let gw = Gateway::start(&server.url_for("gateway"), &dir, 8 << 20).await;
 
     server.kill();
     let mut sent = Vec::new();
@@ -302,8 +303,9 @@ async fn a_hundred_sms_while_nats_is_down_are_answered_200_and_stored_once_in_or
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_nats_is_waited_out_on_the_spool_and_nothing_doubles() {
     let server = NatsServer::start().await;
+    server.set_up_bus().await;
     let (_tmp, dir) = spool_dir();
-    let gw = Gateway::start(&server.url(), &dir, 8 << 20).await;
+    let gw = Gateway::start(&server.url_for("gateway"), &dir, 8 << 20).await;
 
     // SIGSTOP: the connection stays open, publishes are written to the
     // socket and never acked. The first one waits out the publish timeout.
@@ -329,7 +331,8 @@ async fn a_frozen_nats_is_waited_out_on_the_spool_and_nothing_doubles() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_crashed_with_a_full_spool_forwards_it_after_restart_once() {
     let mut server = NatsServer::start().await;
-    let url = server.url();
+    server.set_up_bus().await;
+    let url = server.url_for("gateway");
     let (_tmp, dir) = spool_dir();
     let gw = Gateway::start(&url, &dir, 8 << 20).await;
 
@@ -367,7 +370,8 @@ async fn a_gateway_crashed_with_a_full_spool_forwards_it_after_restart_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_last_record_is_ignored_and_does_not_block_replay() {
     let mut server = NatsServer::start().await;
-    let url = server.url();
+    server.set_up_bus().await;
+    let url = server.url_for("gateway");
     let (_tmp, dir) = spool_dir();
     let gw = Gateway::start(&url, &dir, 8 << 20).await;
     server.kill();
@@ -408,9 +412,10 @@ async fn a_torn_last_record_is_ignored_and_does_not_block_replay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_answers_503_and_what_it_took_is_still_forwarded() {
     let mut server = NatsServer::start().await;
+    server.set_up_bus().await;
     let (_tmp, dir) = spool_dir();
     // Room for a handful of SMS envelopes.
-    let gw = Gateway::start(&server.url(), &dir, 8 * 1024).await;
+    let gw = Gateway::start(&server.url_for("gateway"), &dir, 8 * 1024).await;
     server.kill();
 
     let mut sent = Vec::new();
@@ -446,15 +451,22 @@ async fn a_full_spool_answers_503_and_what_it_took_is_still_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn urls_with_connection_overrides_and_a_fallback_gateway_validate() {
     let server = NatsServer::start().await;
+    server.set_up_bus().await;
     let (_tmp, dir) = spool_dir();
     let (_tmp_b, dir_b) = spool_dir();
     // As configured at Twilio: Request URL and Fallback URL, each with
     // connection overrides in the fragment (which never reaches us).
     let overrides = "rc=3&rp=all&ct=2000&rt=10000";
-    let primary =
-        Gateway::start_with(&server.url(), &dir, 8 << 20, PUBLIC_URL, Some(overrides)).await;
+    let primary = Gateway::start_with(
+        &server.url_for("gateway"),
+        &dir,
+        8 << 20,
+        PUBLIC_URL,
+        Some(overrides),
+    )
+    .await;
     let fallback = Gateway::start_with(
-        &server.url(),
+        &server.url_for("gateway"),
         &dir_b,
         8 << 20,
         FALLBACK_URL,
@@ -509,6 +521,7 @@ async fn urls_with_connection_overrides_and_a_fallback_gateway_validate() {
 async fn measure_publish_ack_against_spool_append() {
     const N: usize = 1000;
     let server = NatsServer::start().await;
+    server.set_up_bus().await;
     let args = NatsArgs::local(server.url());
     let client = nwd_runtime::bus::connect(&args, "measure").await.unwrap();
     let js = nwd_runtime::bus::jetstream(client, &args);
