@@ -55,7 +55,7 @@ impl Pseudonymiser {
 
     /// KV key of a sender's thread in the `threads` bucket: `sms.<pseudonym>`.
     pub fn thread_key(&self, sender: &Address) -> String {
-        format!("sms.{}", self.key(sender))
+        crate::wire::key::sms_thread(&self.key(sender))
     }
 
     /// The thread key of an inbound message. A message without a sender
@@ -63,7 +63,7 @@ impl Pseudonymiser {
     /// thread, so that strangers are never joined into one contact.
     pub fn inbound_thread_key(&self, sms: &InboundSms) -> String {
         if sms.from.is_empty() {
-            format!("sms.nosender.{}", sms.message_sid)
+            crate::wire::key::sms_thread(&format!("nosender.{}", sms.message_sid))
         } else {
             self.thread_key(&sms.from)
         }

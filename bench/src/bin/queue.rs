@@ -892,7 +892,7 @@ async fn open_contacts(
             bus::publish(
                 &js,
                 subjects::contact_triaged(&id),
-                &format!("triaged:{}", ev.message.message_id),
+                &nwd_proto::wire::msg_id::message_triaged(&ev.message.message_id),
                 &Envelope::new(ev),
             )
             .await?;

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use nwd_proto::events::{DeliveryStatus, InboundFlag, InboundSms, MAX_SMS_BODY_CHARS, SmsStatus};
 use nwd_proto::streams;
+use nwd_proto::wire;
 use nwd_proto::{Address, AddressKind, Envelope, Event, MessageSid, OutboundId, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::ops::{self, Readiness};
@@ -443,7 +444,7 @@ async fn handle_sms(
         let kinds: Vec<&str> = sms.flags.iter().map(|f| f.as_str()).collect();
         tracing::info!(flags = ?kinds, "inbound message taken with oddities");
     }
-    let msg_id = sms.message_sid.as_str().to_owned();
+    let msg_id = wire::msg_id::inbound_sms(&sms.message_sid);
     publish(&state, subjects::inbound_sms(), &msg_id, sms).await
 }
 
@@ -456,7 +457,7 @@ async fn handle_status(
     let params = verified_form(&state, &uri, &headers, body).await?;
     let outbound_id = parse_outbound_query(&uri)?;
     let status = parse_status(&params, outbound_id, OffsetDateTime::now_utc())?;
-    let msg_id = format!("status:{}:{}", status.message_sid, status.status.as_str());
+    let msg_id = wire::msg_id::sms_status(&status.message_sid, status.status);
     publish(&state, subjects::inbound_sms_status(), &msg_id, status).await
 }
 

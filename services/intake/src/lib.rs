@@ -25,6 +25,7 @@ use nwd_proto::envelope::DecodeError;
 use nwd_proto::events::{Channel, ContactMessage, ContactResolved, InboundSms};
 use nwd_proto::pseudonym::PseudonymKeyError;
 use nwd_proto::streams::{self, buckets, consumers};
+use nwd_proto::wire;
 use nwd_proto::{ContactId, Envelope, MessageId, MessageSid, Pseudonymiser, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
@@ -385,7 +386,7 @@ impl SmsHandler {
         let published = bus::publish(
             &self.js,
             subjects::contact_message(&thread.contact_id),
-            &format!("msg:{message_id}"),
+            &wire::msg_id::contact_message(&message_id),
             &Envelope::new(event),
         )
         .await?;

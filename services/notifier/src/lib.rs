@@ -27,6 +27,7 @@ use async_nats::jetstream;
 use nwd_proto::envelope::DecodeError;
 use nwd_proto::events::{DeliveryStatus, OutboundSms, OutboundStatus, SmsStatus};
 use nwd_proto::streams::{self, buckets, consumers};
+use nwd_proto::wire;
 use nwd_proto::{ContactId, Envelope, OutboundId, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
@@ -553,7 +554,7 @@ async fn publish_status(
     js: &jetstream::Context,
     status: OutboundStatus,
 ) -> Result<(), jetstream::context::PublishError> {
-    let msg_id = format!("status:{}:{}", status.outbound_id, status.status.as_str());
+    let msg_id = wire::msg_id::outbound_status(&status.outbound_id, status.status);
     bus::publish(
         js,
         subjects::outbound_status(&status.contact_id),
@@ -647,7 +648,7 @@ impl SendHandler {
     /// Takes the lease of `out` for `owner`, unless the send is final or
     /// another holder's lease is live.
     async fn take(&self, out: &OutboundSms, owner: &str) -> Result<Start, KvError> {
-        let key = out.outbound_id.to_string();
+        let key = wire::key::send(&out.outbound_id);
         let (start, _) = kv::cas(&self.sends, &key, |current: Option<SendRecord>| {
             let now = OffsetDateTime::now_utc();
             match current {
@@ -710,7 +711,7 @@ impl SendHandler {
     /// Extends `owner`'s lease by a full term before the call it covers;
     /// `false` if the lease is no longer `owner`'s.
     async fn renew(&self, out: &OutboundSms, owner: &str) -> Result<bool, KvError> {
-        let key = out.outbound_id.to_string();
+        let key = wire::key::send(&out.outbound_id);
         let (renewed, _) = kv::cas(
             &self.sends,
             &key,
@@ -736,7 +737,7 @@ impl SendHandler {
         owner: &str,
         learnt: &Learnt,
     ) -> Result<Recorded, KvError> {
-        let key = out.outbound_id.to_string();
+        let key = wire::key::send(&out.outbound_id);
         let max_refusals = self.max_refusals;
         let (recorded, _) = kv::cas(&self.sends, &key, |current: Option<SendRecord>| {
             let final_record = |state, status| {
@@ -971,7 +972,7 @@ enum Update {
 
 impl StatusHandler {
     async fn process(&self, st: &SmsStatus, outbound_id: OutboundId) -> Result<(), HandleError> {
-        let key = outbound_id.to_string();
+        let key = wire::key::send(&outbound_id);
         let (update, _) = kv::cas(&self.sends, &key, |current: Option<SendRecord>| {
             let Some(r) = current else {
                 return Cas::Keep(Update::Unknown);

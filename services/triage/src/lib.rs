@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use nwd_proto::events::{ContactMessage, MessageTriaged};
 use nwd_proto::streams::{self, consumers};
+use nwd_proto::wire;
 use nwd_proto::{Envelope, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
@@ -201,7 +202,7 @@ impl TriageHandler {
             "message triaged"
         );
         let subject = subjects::contact_triaged(&message.contact_id);
-        let msg_id = format!("triaged:{}", message.message_id);
+        let msg_id = wire::msg_id::message_triaged(&message.message_id);
         let event = Envelope::new(MessageTriaged {
             message,
             assessment,
