@@ -22,7 +22,7 @@ use crate::service::Secret;
 /// Each service connects as its own NATS user (default: the service's name)
 /// with a password from a file or the environment; `up.sh` generates them
 /// into `.data/nats/`. Credentials in the URL (`nats://user:pw@host:port`)
-/// work too. See `docs/security-nats.md`.
+/// work too. See `docs/security.md`.
 #[derive(Clone, Args)]
 pub struct NatsArgs {
     /// NATS server URL; `tls://` requires TLS.

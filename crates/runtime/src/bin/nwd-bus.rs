@@ -2,7 +2,7 @@
 //!
 //! `nwd-bus setup` creates or updates every stream and bucket (idempotent).
 //! Services may not create them (their NATS users have no such rights, see
-//! `docs/security-nats.md`): they wait until this has run. Connects as the
+//! `docs/security.md`): they wait until this has run. Connects as the
 //! `operator` user unless `--nats-user` says otherwise.
 // An operator's command-line tool: its output is the point.
 #![allow(clippy::print_stdout)]
