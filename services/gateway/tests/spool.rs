@@ -133,6 +133,18 @@ impl Gateway {
         (form.message_sid, status.as_u16())
     }
 
+    /// Posts `n` signed SMS (`<label> <i>`), each of which must be answered
+    /// 200; their MessageSids in order.
+    async fn sms_all_taken(&self, n: usize, label: &str) -> Vec<String> {
+        let mut sent = Vec::new();
+        for i in 0..n {
+            let (sid, status) = self.sms(&format!("{label} {i}")).await;
+            assert_eq!(status, 200, "SMS {i} answered {status} while NATS is down");
+            sent.push(sid);
+        }
+        sent
+    }
+
     async fn get(&self, path: &str) -> (u16, String) {
         let res = self
             .http
@@ -234,12 +246,7 @@ async fn a_hundred_sms_while_nats_is_down_are_answered_200_and_stored_once_in_or
     let gw = Gateway::start(&server.url_for("gateway"), &dir, 8 << 20).await;
 
     server.kill();
-    let mut sent = Vec::new();
-    for i in 0..100 {
-        let (sid, status) = gw.sms(&format!("message {i}")).await;
-        assert_eq!(status, 200, "SMS {i} answered {status} while NATS is down");
-        sent.push(sid);
-    }
+    let sent = gw.sms_all_taken(100, "message").await;
     // A delivery status while NATS is down is spooled the same way.
     let status_sid = new_message_sid();
     let form = StatusCallbackForm::new(&status_sid, "delivered", ACCOUNT, LINE, PATIENT);
@@ -310,12 +317,7 @@ async fn a_frozen_nats_is_waited_out_on_the_spool_and_nothing_doubles() {
     // SIGSTOP: the connection stays open, publishes are written to the
     // socket and never acked. The first one waits out the publish timeout.
     server.pause();
-    let mut sent = Vec::new();
-    for i in 0..10 {
-        let (sid, status) = gw.sms(&format!("frozen {i}")).await;
-        assert_eq!(status, 200);
-        sent.push(sid);
-    }
+    let sent = gw.sms_all_taken(10, "frozen").await;
     server.resume();
     // The first publish may reach the stream itself once the server thaws;
     // its forward from the spool then is a duplicate the stream swallows.
@@ -337,12 +339,7 @@ async fn a_gateway_crashed_with_a_full_spool_forwards_it_after_restart_once() {
     let gw = Gateway::start(&url, &dir, 8 << 20).await;
 
     server.kill();
-    let mut sent = Vec::new();
-    for i in 0..40 {
-        let (sid, status) = gw.sms(&format!("before the crash {i}")).await;
-        assert_eq!(status, 200);
-        sent.push(sid);
-    }
+    let sent = gw.sms_all_taken(40, "before the crash").await;
     gw.crash();
     assert!(!segments(&dir).is_empty(), "the spool outlives the crash");
 
@@ -375,12 +372,7 @@ async fn a_torn_last_record_is_ignored_and_does_not_block_replay() {
     let (_tmp, dir) = spool_dir();
     let gw = Gateway::start(&url, &dir, 8 << 20).await;
     server.kill();
-    let mut sent = Vec::new();
-    for i in 0..5 {
-        let (sid, status) = gw.sms(&format!("spooled {i}")).await;
-        assert_eq!(status, 200);
-        sent.push(sid);
-    }
+    let mut sent = gw.sms_all_taken(5, "spooled").await;
     gw.crash();
 
     // A crash mid-append leaves half a record at the tail (it was never

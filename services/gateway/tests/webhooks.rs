@@ -433,27 +433,15 @@ async fn only_unreadable_requests_are_bad_requests() {
 async fn unknown_paths_and_methods_are_problems() {
     let server = NatsServer::start().await;
     let gw = Gateway::start(&server).await;
-    let res = gw
-        .http
-        .get(format!("http://{}/nope", gw.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(res, 404).await;
-    let res = gw
-        .http
-        .get(format!("http://{}{SMS_PATH}", gw.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(res, 405).await;
-    let res = gw
-        .http
-        .put(format!("http://{}{STATUS_PATH}", gw.addr))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(res, 405).await;
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/nope", 404),
+        (reqwest::Method::GET, SMS_PATH, 405),
+        (reqwest::Method::PUT, STATUS_PATH, 405),
+    ] {
+        let url = format!("http://{}{path}", gw.addr);
+        let res = gw.http.request(method, url).send().await.unwrap();
+        assert_problem(res, status).await;
+    }
     // The ops routes still answer.
     let res = gw
         .http
