@@ -559,6 +559,28 @@ impl Counsellor {
         self.ws.send(WsMessage::Text(text.into())).await.unwrap();
     }
 
+    /// Replies in `contact` as a browser does (with a fresh id of its own)
+    /// and returns the outbound id the dashboard derives for it (never the
+    /// browser's).
+    pub async fn reply(
+        &mut self,
+        contact: nwd_proto::ContactId,
+        body: &str,
+    ) -> nwd_proto::OutboundId {
+        let client_id = nwd_proto::ClientReplyId::new();
+        self.send(&ClientMsg::Reply {
+            contact_id: contact,
+            client_id,
+            body: body.into(),
+        })
+        .await;
+        nwd_proto::wire::outbound::counsellor_reply(
+            &contact,
+            &nwd_proto::CounsellorId::parse(&self.id).unwrap(),
+            &client_id,
+        )
+    }
+
     /// Waits until a received message matches `pick` (checking earlier,
     /// unmatched messages first). Panics after `within`.
     pub async fn expect<T>(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use nwd_e2e::{Counsellor, LINE_NUMBER, Line, STRANGER};
 use nwd_proto::dashboard::{ClientMsg, ContactView, ServerMsg};
 use nwd_proto::events::DeliveryStatus;
-use nwd_proto::{ClientReplyId, ContactId, wire};
+use nwd_proto::ContactId;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -123,19 +123,8 @@ async fn long_whatsapp_and_alphanumeric_messages_reach_a_counsellor_and_whatsapp
     .await;
 
     let reply = "I'm here with you. Are you safe right now?";
-    let client_id = ClientReplyId::new();
-    ana.send(&ClientMsg::Reply {
-        contact_id: wa_offer.contact_id,
-        client_id,
-        body: reply.into(),
-    })
-    .await;
     // The dashboard names the reply by an id it derives, never the browser's.
-    let outbound_id = wire::outbound::counsellor_reply(
-        &wa_offer.contact_id,
-        &nwd_proto::CounsellorId::parse("ana").unwrap(),
-        &client_id,
-    );
+    let outbound_id = ana.reply(wa_offer.contact_id, reply).await;
     let sent = nwd_testkit::eventually(T, "reply at the simulated Twilio", || async {
         line.sent_messages()
             .await

@@ -7,7 +7,7 @@ use nwd_e2e::{Counsellor, EASTSIDE_DOOR, JAMES, LINE_NUMBER, Line, MARIA, STRANG
 use nwd_proto::dashboard::{ClientMsg, ContactView, Presence, ServerMsg, Speaker};
 use nwd_proto::events::DeliveryStatus;
 use nwd_proto::streams;
-use nwd_proto::{ClientReplyId, ContactId, RiskLevel, wire};
+use nwd_proto::{ClientReplyId, ContactId, RiskLevel};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -66,19 +66,8 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
 
     // The counsellor replies; the reply reaches the phone from the number the patient texted.
     let reply = "I'm here. You did the right thing writing. Are you safe right now?";
-    let client_id = ClientReplyId::new();
-    ana.send(&ClientMsg::Reply {
-        contact_id: offer.contact_id,
-        client_id,
-        body: reply.into(),
-    })
-    .await;
     // The dashboard names the reply by an id it derives, never the browser's.
-    let outbound_id = wire::outbound::counsellor_reply(
-        &offer.contact_id,
-        &nwd_proto::CounsellorId::parse("ana").unwrap(),
-        &client_id,
-    );
+    let outbound_id = ana.reply(offer.contact_id, reply).await;
     let sent = nwd_testkit::eventually(T, "reply at the simulated Twilio", || async {
         line.sent_messages()
             .await
