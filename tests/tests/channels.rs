@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use nwd_e2e::{Counsellor, LINE_NUMBER, Line, STRANGER};
+use nwd_proto::ContactId;
 use nwd_proto::dashboard::{ClientMsg, ContactView, ServerMsg};
 use nwd_proto::events::DeliveryStatus;
-use nwd_proto::ContactId;
 
 const T: Duration = Duration::from_secs(15);
 
