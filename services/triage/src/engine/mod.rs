@@ -33,7 +33,7 @@ use matcher::Matcher;
 
 pub use model::{BUILTIN_MODEL_NAME, Feature, HEADS as MODEL_HEADS, Model};
 pub use rulebook::RulebookError;
-use rulebook::{Combo, Context, Rule};
+use rulebook::{BARE_WORDS, Combo, Context, Rule};
 
 use normalise::{Lexicon, Normalised, Suffixes, TokenTable};
 
@@ -59,6 +59,8 @@ pub struct Engine {
     context: Context,
     tokens: TokenTable,
     suffixes: Suffixes,
+    /// The bit of the `no_plan` tag.
+    no_plan: u64,
     /// The learned second opinion, which may only raise the rules' level.
     model: Option<Model>,
     /// `rulebook version` or `rulebook version+model version`.
@@ -164,6 +166,7 @@ impl Engine {
             context: compiled.context,
             tokens: compiled.tokens,
             suffixes: compiled.suffixes,
+            no_plan: compiled.no_plan,
         };
         let matchers: Vec<Option<&Matcher>> = (0..engine.matcher_count())
             .map(|id| engine.matcher(id))
@@ -367,7 +370,19 @@ impl Engine {
         let mut unsaid: Vec<(usize, usize)> = Vec::new();
         // Every unlowered match with its rule's tags, for combinations.
         let mut tagged: Vec<(u64, usize, usize)> = Vec::new();
-        for &index in &candidates {
+        // "No plan" statements first: rules with `unplanned` look for them.
+        let says_no_plan = |index: &usize| {
+            self.patterns
+                .get(*index)
+                .and_then(|(r, _)| self.rules.get(*r))
+                .is_some_and(|r| r.tags & self.no_plan != 0)
+        };
+        let (first, rest): (Vec<usize>, Vec<usize>) = candidates.iter().copied().partition(|i| says_no_plan(i));
+        let mut no_plan_at: Vec<usize> = Vec::new();
+        // Matches of `bare` rules, and whether the message is short enough.
+        let mut deferred: Vec<(Hit, bool)> = Vec::new();
+        let words = word_count(&n.text);
+        for &index in first.iter().chain(&rest) {
             let Some((rule_index, m)) = self.patterns.get(index) else {
                 continue;
             };
@@ -380,11 +395,38 @@ impl Engine {
                 None => m.find_all(&n.text, exhaustive, &mut found),
             }
             for &(start, end) in &found {
-                let Some((level, full)) = self.effective(rule, start, end, &mut cues, &n) else {
+                let Some((mut level, unlowered)) = self.effective(rule, start, end, &mut cues, &n)
+                else {
                     unsaid.push((start, end));
                     continue;
                 };
-                if full && rule.tags != 0 {
+                let mut full = unlowered;
+                if rule.tags & self.no_plan != 0 {
+                    no_plan_at.push(start);
+                }
+                if let Some(l) = rule.unplanned.filter(|_| {
+                    no_plan_at
+                        .iter()
+                        .any(|&p| p.abs_diff(start) <= self.context.combo_window)
+                }) {
+                    // Tags stay: means with unplanned ideation is still a combination.
+                    level = level.min(l);
+                    full = full && level == rule.level;
+                }
+                let hit = Hit {
+                    rule: *rule_index,
+                    level,
+                    full,
+                    start,
+                    end,
+                    matches: 1,
+                };
+                if rule.bare {
+                    let inside = n.text.get(start..end).map_or(0, word_count);
+                    deferred.push((hit, words.saturating_sub(inside) <= BARE_WORDS));
+                    continue;
+                }
+                if unlowered && rule.tags != 0 {
                     tagged.push((rule.tags, start, end));
                 }
                 let hit = Hit {
@@ -408,6 +450,29 @@ impl Engine {
                         }
                     }
                     None => hits.push(hit),
+                }
+            }
+        }
+        // A bare signal counts when the message is essentially just that: a
+        // few other words and nothing denied ("I'm not going to kill myself,
+        // I just need to talk" has content). Inside a longer message it still
+        // counts when the rest of the message is already at high: "sos"
+        // followed by a plan is imminent, and an appended risky phrase never
+        // lowers a bare "sos".
+        let at_high = || {
+            hits.iter().any(|h| h.level >= RiskLevel::High)
+                || self.combos.iter().any(|c| {
+                    c.level >= RiskLevel::High
+                        && combo_span(c.all, &tagged, self.context.combo_window).is_some()
+                })
+        };
+        if !deferred.is_empty() {
+            let high = at_high();
+            for (d, short) in deferred {
+                if (high || (short && unsaid.is_empty()))
+                    && !hits.iter().any(|h| h.rule == d.rule)
+                {
+                    hits.push(d);
                 }
             }
         }
@@ -646,6 +711,14 @@ impl Engine {
             f(&key, token, 0, 0);
         }
     }
+}
+
+/// Words (runs of letters and digits) in normalised text.
+fn word_count(text: &[u8]) -> usize {
+    text.iter()
+        .zip(text.iter().skip(1).chain([&b' ']))
+        .filter(|(a, b)| a.is_ascii_alphanumeric() && !b.is_ascii_alphanumeric())
+        .count()
 }
 
 /// How a raise by the model reads on the counsellor's screen.
