@@ -157,6 +157,7 @@ fn the_prefilter_changes_nothing_on_the_eval_sets() {
         "heldout.jsonl",
         "heldout2.jsonl",
         "heldout3.jsonl",
+        "round2-long.jsonl",
     ] {
         let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
         for line in text.lines() {

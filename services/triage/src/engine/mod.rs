@@ -33,7 +33,7 @@ use matcher::Matcher;
 
 pub use model::{BUILTIN_MODEL_NAME, Feature, HEADS as MODEL_HEADS, Model};
 pub use rulebook::RulebookError;
-use rulebook::{BARE_WORDS, Combo, Context, Rule};
+use rulebook::{BARE_BYTES, BARE_REACH, BARE_WORDS, Combo, Context, Rule};
 
 use normalise::{Lexicon, Normalised, Suffixes, TokenTable};
 
@@ -377,7 +377,8 @@ impl Engine {
                 .and_then(|(r, _)| self.rules.get(*r))
                 .is_some_and(|r| r.tags & self.no_plan != 0)
         };
-        let (first, rest): (Vec<usize>, Vec<usize>) = candidates.iter().copied().partition(|i| says_no_plan(i));
+        let (first, rest): (Vec<usize>, Vec<usize>) =
+            candidates.iter().copied().partition(|i| says_no_plan(i));
         let mut no_plan_at: Vec<usize> = Vec::new();
         // Matches of `bare` rules, and whether the message is short enough.
         let mut deferred: Vec<(Hit, bool)> = Vec::new();
@@ -423,7 +424,9 @@ impl Engine {
                 };
                 if rule.bare {
                     let inside = n.text.get(start..end).map_or(0, word_count);
-                    deferred.push((hit, words.saturating_sub(inside) <= BARE_WORDS));
+                    let short =
+                        words.saturating_sub(inside) <= BARE_WORDS && n.text.len() <= BARE_BYTES;
+                    deferred.push((hit, short));
                     continue;
                 }
                 if unlowered && rule.tags != 0 {
@@ -456,25 +459,29 @@ impl Engine {
         // A bare signal counts when the message is essentially just that: a
         // few other words and nothing denied ("I'm not going to kill myself,
         // I just need to talk" has content). Inside a longer message it still
-        // counts when the rest of the message is already at high: "sos"
-        // followed by a plan is imminent, and an appended risky phrase never
-        // lowers a bare "sos".
-        let at_high = || {
-            hits.iter().any(|h| h.level >= RiskLevel::High)
-                || self.combos.iter().any(|c| {
-                    c.level >= RiskLevel::High
-                        && combo_span(c.all, &tagged, self.context.combo_window).is_some()
-                })
-        };
+        // counts next to a match rated high or more: "sos" followed by a plan
+        // is imminent, and an appended risky phrase never lowers a bare "sos"
+        // (see `BARE_REACH`); "the emergency room" in a long story does not.
         if !deferred.is_empty() {
-            let high = at_high();
+            let near = |at: usize, s: usize| at.abs_diff(s) <= BARE_REACH;
+            let high_near = |at: usize| {
+                hits.iter()
+                    .any(|h| h.level >= RiskLevel::High && near(at, h.start))
+                    || self.combos.iter().any(|c| {
+                        c.level >= RiskLevel::High
+                            && combo_span(c.all, &tagged, self.context.combo_window)
+                                .is_some_and(|(s, _)| near(at, s))
+                    })
+            };
+            let mut kept: Vec<Hit> = Vec::new();
             for (d, short) in deferred {
-                if (high || (short && unsaid.is_empty()))
-                    && !hits.iter().any(|h| h.rule == d.rule)
+                if ((short && unsaid.is_empty()) || high_near(d.start))
+                    && !hits.iter().chain(&kept).any(|h| h.rule == d.rule)
                 {
-                    hits.push(d);
+                    kept.push(d);
                 }
             }
+            hits.extend(kept);
         }
         let mut reasons: Vec<Reason> = Vec::with_capacity(hits.len() + 1);
         let mut fired: Vec<Fired> = Vec::with_capacity(hits.len() + 1);
@@ -543,7 +550,9 @@ impl Engine {
         let mut j = self.judge(text, exhaustive);
         if let Some(model) = &self.model {
             let mut scorer = model.scorer();
-            self.each_feature(&j, |key, t, s, e| scorer.add(key, t, s, e));
+            self.each_feature(&j, |key, t, s, e, narrated| {
+                scorer.add(key, t, s, e, narrated)
+            });
             let opinion = scorer.opinion(j.level);
             if let Some(level) = opinion.level.filter(|&l| l > j.level) {
                 let (start, end) = opinion
@@ -572,11 +581,12 @@ impl Engine {
     pub fn learning_features(&self, text: &str) -> (Vec<Feature>, RiskLevel) {
         let judged = self.judge(text, false);
         let mut out = Vec::new();
-        self.each_feature(&judged, |key, _, start, end| {
+        self.each_feature(&judged, |key, _, start, end, narrated| {
             out.push(Feature {
                 key: String::from_utf8_lossy(key).into_owned(),
                 start,
                 end,
+                narrated,
             });
         });
         (out, judged.level)
@@ -671,13 +681,13 @@ impl Engine {
     /// word they belong to: words, word pairs and character 4-grams
     /// (negated matches blanked), and `r:<rule>:<level>` for every rule and
     /// combination that fired, at the word where its match starts.
-    fn each_feature(&self, j: &Judged, mut f: impl FnMut(&[u8], usize, usize, usize)) {
+    fn each_feature(&self, j: &Judged, mut f: impl FnMut(&[u8], usize, usize, usize, bool)) {
         let mut word_starts: Vec<usize> = Vec::new();
-        let mut emit = |key: &[u8], token: usize, start: usize, end: usize| {
+        let mut emit = |key: &[u8], token: usize, start: usize, end: usize, narrated: bool| {
             if key.starts_with(b"w:") {
                 word_starts.push(start);
             }
-            f(key, token, start, end);
+            f(key, token, start, end, narrated);
         };
         if j.unsaid.is_empty() {
             model::each_word_feature(&j.n.text, &mut emit);
@@ -708,7 +718,7 @@ impl Engine {
             let token = word_starts
                 .partition_point(|&s| s <= r.at)
                 .saturating_sub(1);
-            f(&key, token, 0, 0);
+            f(&key, token, 0, 0, false);
         }
     }
 }

@@ -244,7 +244,10 @@ fn is_word_char(c: char) -> bool {
 /// Characters that may stand between the letters of a spaced-out word
 /// ("k.i.l.l", "s u i c i d e", "k-i-l-l").
 fn is_letter_separator(c: char) -> bool {
-    matches!(c, ' ' | '.' | '-' | '_' | '*' | '/' | '|' | '+' | '~' | '\u{B7}')
+    matches!(
+        c,
+        ' ' | '.' | '-' | '_' | '*' | '/' | '|' | '+' | '~' | '\u{B7}'
+    )
 }
 
 /// Undoes obfuscated writing, character by character, before normalisation:
@@ -332,22 +335,19 @@ fn undo_leet(chars: &mut [char]) -> bool {
 fn undo_leet_word(word: &mut [char]) -> bool {
     let letters = word.iter().filter(|c| c.is_alphabetic()).count();
     let leets = word.iter().filter(|&&c| leet(c).is_some()).count();
-    let other_digits = word
-        .iter()
-        .any(|&c| c.is_numeric() && leet(c).is_none());
+    let other_digits = word.iter().any(|&c| c.is_numeric() && leet(c).is_none());
     if word.len() < 3 || letters == 0 || leets == 0 || other_digits {
         return false;
     }
     let leading_o = word.first() == Some(&'0')
-        && word.get(1..).is_some_and(|rest| {
-            rest.len() >= 3 && rest.iter().take(3).all(|c| c.is_alphabetic())
-        });
+        && word
+            .get(1..)
+            .is_some_and(|rest| rest.len() >= 3 && rest.iter().take(3).all(|c| c.is_alphabetic()));
     if word.first().is_some_and(|c| c.is_numeric()) && !leading_o {
         return false;
     }
-    let letter_at = |w: &[char], k: Option<usize>| {
-        k.and_then(|k| w.get(k)).is_some_and(|c| c.is_alphabetic())
-    };
+    let letter_at =
+        |w: &[char], k: Option<usize>| k.and_then(|k| w.get(k)).is_some_and(|c| c.is_alphabetic());
     let mut changed = false;
     for k in 0..word.len() {
         let c = word.get(k).copied().unwrap_or(' ');
@@ -379,7 +379,11 @@ fn undo_leet_word(word: &mut [char]) -> bool {
 fn join_spaced_letters(chars: &mut [char], keep: &mut [bool]) -> bool {
     let single = |chars: &[char], k: usize| {
         chars.get(k).copied().is_some_and(is_word_char)
-            && !k.checked_sub(1).and_then(|p| chars.get(p)).copied().is_some_and(is_word_char)
+            && !k
+                .checked_sub(1)
+                .and_then(|p| chars.get(p))
+                .copied()
+                .is_some_and(is_word_char)
             && !chars.get(k + 1).copied().is_some_and(is_word_char)
     };
     let mut changed = false;
@@ -417,7 +421,10 @@ fn join_spaced_letters(chars: &mut [char], keep: &mut [bool]) -> bool {
                 .is_some_and(|&c| c.is_alphabetic() || leet(c).is_some())
         });
         if run.len() >= 3 && letters >= 2 && all_letters {
-            let (first, last) = (run.first().copied().unwrap_or(k), run.last().copied().unwrap_or(k));
+            let (first, last) = (
+                run.first().copied().unwrap_or(k),
+                run.last().copied().unwrap_or(k),
+            );
             for p in first..=last {
                 if run.binary_search(&p).is_err() {
                     if let Some(f) = keep.get_mut(p) {
@@ -825,7 +832,11 @@ mod tests {
             let mut out = String::new();
             let mut singles = 0;
             for (w, s) in ws {
-                singles = if w.chars().count() == 1 { singles + 1 } else { 0 };
+                singles = if w.chars().count() == 1 {
+                    singles + 1
+                } else {
+                    0
+                };
                 if singles >= 3 {
                     singles = 2;
                     continue;

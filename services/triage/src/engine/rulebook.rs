@@ -231,6 +231,15 @@ pub(crate) const NO_PLAN_TAG: &str = "no_plan";
 /// besides its match ("sos", "please call an ambulance", "is anyone there").
 pub(crate) const BARE_WORDS: usize = 4;
 
+/// …and at most this many normalised bytes in all.
+pub(crate) const BARE_BYTES: usize = 80;
+
+/// A `bare` match in a longer message still counts when a match rated high
+/// or more starts within this many normalised bytes of it ("sos" followed by
+/// a plan). A bare message is at most [`BARE_BYTES`] long, so a risky
+/// phrase appended to it starts within reach and never lowers it.
+pub(crate) const BARE_REACH: usize = 120;
+
 /// 1-based line of a byte offset.
 /// Reads a rulebook or model file: its text and its name for errors.
 pub(crate) fn read(path: &std::path::Path) -> Result<(String, String), RulebookError> {

@@ -109,14 +109,95 @@ fn moderate_phrases() {
         &engine(),
         &[
             ("I want to die", Moderate),
-            ("sometimes i think about suicide", Moderate),
             ("I relapsed", Moderate),
             ("dope sick and cant stop shaking", Moderate),
             ("I feel so hopeless", Moderate),
             ("me quiero morir", Moderate),
             ("ya no aguanto", Moderate),
             ("recaí otra vez", Moderate),
-            ("kms", Moderate),
+        ],
+    );
+}
+
+/// Labelling policy 2026-12: unscreened active ideation is high unless the
+/// message says there is no plan; passive wishes stay moderate; negations
+/// and idioms stay low.
+#[test]
+fn unscreened_active_ideation_is_high_unless_no_plan_is_said() {
+    assert_levels(
+        &engine(),
+        &[
+            ("kms", High),
+            ("sometimes i think about suicide", High),
+            ("I want to end my life", High),
+            ("quiero quitarme la vida", High),
+            ("tengo pensamientos suicidas", High),
+            ("I want to end my life but I have no plan", Moderate),
+            (
+                "I want to kill myself. I'm not gonna, I just want to",
+                Moderate,
+            ),
+            ("quiero matarme pero no tengo ningún plan", Moderate),
+            ("I wish I wouldn't wake up", Moderate),
+            ("me quiero morir", Moderate),
+            ("I'm not going to kill myself", Low),
+            ("my son says he wants to kill himself", Moderate),
+        ],
+    );
+}
+
+/// A bare reach-out is moderate, a bare emergency signal imminent; the
+/// same words inside a message with other content are not.
+#[test]
+fn bare_reach_outs_and_emergency_signals() {
+    assert_levels(
+        &engine(),
+        &[
+            ("help", Moderate),
+            ("is anyone there? i need to talk", Moderate),
+            ("can someone call me back", Moderate),
+            ("¿hay alguien ahí?", Moderate),
+            ("sos", Imminent),
+            ("call an ambulance", Imminent),
+            ("llamen a una ambulancia", Imminent),
+            ("hi", Low),
+            ("¿me pueden llamar mañana?", Low),
+            ("No pienso matarme, solo quiero hablar con alguien", Low),
+            (
+                "if my friend ODs at a party do i call 911 first or narcan first",
+                Low,
+            ),
+            (
+                "can you help me find a detox bed near the clinic on main street",
+                Low,
+            ),
+            // Inside a message already at high, the signal still counts.
+            ("sos tengo un plan", Imminent),
+        ],
+    );
+}
+
+/// Injury in progress, plans and preparations in other words, obfuscated
+/// writing (categories of rulebook 2026.12.7).
+#[test]
+fn injury_plans_and_obfuscation_in_other_words() {
+    assert_levels(
+        &engine(),
+        &[
+            ("i cut too deep and it wont stop bleeding", Imminent),
+            ("no para de sangrar, me corté muy hondo", Imminent),
+            ("im bleeding and alone and i dont know what to do", Imminent),
+            ("i know how i would do it", High),
+            ("the belt is tied to the closet rod", High),
+            ("ya amarré la soga en la viga", High),
+            ("i want the batch thats been killing people", High),
+            ("i w4nt t0 k1ll mys3lf", High),
+            ("s u i c i d e is all i think about", High),
+            ("k.i.l.l m.y.s.e.l.f", High),
+            ("💊💊 its time", Imminent),
+            // Hard negatives.
+            ("i scratch my arm when im nervous", Low),
+            ("see you at 3am for the b12 shot, covid19 test at 10am", Low),
         ],
     );
 }
