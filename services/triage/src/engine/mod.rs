@@ -92,6 +92,10 @@ impl Slot {
     ];
 }
 
+/// One match: rule index, start, end, and its level in context with
+/// whether context left it unlowered (`None`: negated).
+type Matched = (usize, usize, usize, Option<(RiskLevel, bool)>);
+
 /// One rule's best match in a message.
 #[derive(Debug, Clone, Copy)]
 struct Hit {
@@ -370,20 +374,10 @@ impl Engine {
         let mut unsaid: Vec<(usize, usize)> = Vec::new();
         // Every unlowered match with its rule's tags, for combinations.
         let mut tagged: Vec<(u64, usize, usize)> = Vec::new();
-        // "No plan" statements first: rules with `unplanned` look for them.
-        let says_no_plan = |index: &usize| {
-            self.patterns
-                .get(*index)
-                .and_then(|(r, _)| self.rules.get(*r))
-                .is_some_and(|r| r.tags & self.no_plan != 0)
-        };
-        let (first, rest): (Vec<usize>, Vec<usize>) =
-            candidates.iter().copied().partition(|i| says_no_plan(i));
-        let mut no_plan_at: Vec<usize> = Vec::new();
-        // Matches of `bare` rules, and whether the message is short enough.
-        let mut deferred: Vec<(Hit, bool)> = Vec::new();
-        let words = word_count(&n.text);
-        for &index in first.iter().chain(&rest) {
+        // Every match with its level in context (None: negated), in pattern
+        // order; then "no plan" statements, which lower `unplanned` rules.
+        let mut matched: Vec<Matched> = Vec::new();
+        for &index in &candidates {
             let Some((rule_index, m)) = self.patterns.get(index) else {
                 continue;
             };
@@ -396,64 +390,91 @@ impl Engine {
                 None => m.find_all(&n.text, exhaustive, &mut found),
             }
             for &(start, end) in &found {
-                let Some((mut level, unlowered)) = self.effective(rule, start, end, &mut cues, &n)
-                else {
-                    unsaid.push((start, end));
-                    continue;
-                };
-                let mut full = unlowered;
-                if rule.tags & self.no_plan != 0 {
-                    no_plan_at.push(start);
-                }
-                if let Some(l) = rule.unplanned.filter(|_| {
-                    no_plan_at
-                        .iter()
-                        .any(|&p| p.abs_diff(start) <= self.context.combo_window)
-                }) {
-                    // Tags stay: means with unplanned ideation is still a combination.
-                    level = level.min(l);
-                    full = full && level == rule.level;
-                }
-                let hit = Hit {
-                    rule: *rule_index,
-                    level,
-                    full,
-                    start,
-                    end,
-                    matches: 1,
-                };
-                if rule.bare {
-                    let inside = n.text.get(start..end).map_or(0, word_count);
-                    let short =
-                        words.saturating_sub(inside) <= BARE_WORDS && n.text.len() <= BARE_BYTES;
-                    deferred.push((hit, short));
-                    continue;
-                }
-                if unlowered && rule.tags != 0 {
-                    tagged.push((rule.tags, start, end));
-                }
-                let hit = Hit {
-                    rule: *rule_index,
-                    level,
-                    full,
-                    start,
-                    end,
-                    matches: 1,
-                };
-                match hits.iter_mut().find(|h| h.rule == *rule_index) {
-                    Some(h) => {
-                        if (hit.level, hit.full) > (h.level, h.full) {
-                            *h = hit;
-                        } else if (hit.level, hit.full) == (h.level, h.full) {
-                            h.matches += 1;
-                            if hit.start < h.start {
-                                h.start = hit.start;
-                                h.end = hit.end;
-                            }
+                let effective = self.effective(rule, start, end, &mut cues, &n);
+                matched.push((*rule_index, start, end, effective));
+            }
+        }
+        // A "no plan" statement counts unless it is a negated match rated high
+        // or more ("no" + "tengo un plan"): a risky phrase appended after a
+        // trailing "no" must not lower the message it is appended to.
+        let negated_high: Vec<(usize, usize)> = matched
+            .iter()
+            .filter(|(r, _, _, e)| {
+                e.is_none()
+                    && self
+                        .rules
+                        .get(*r)
+                        .is_some_and(|r| r.level >= RiskLevel::High)
+            })
+            .map(|&(_, s, e, _)| (s, e))
+            .collect();
+        let says_no_plan = |r: usize, s: usize, e: usize| {
+            self.rules
+                .get(r)
+                .is_some_and(|r| r.tags & self.no_plan != 0)
+                && !negated_high.iter().any(|&(ns, ne)| ns < e && s < ne)
+        };
+        let no_plan_at: Vec<usize> = matched
+            .iter()
+            .filter(|&&(r, s, e, eff)| eff.is_some() && says_no_plan(r, s, e))
+            .map(|&(_, s, _, _)| s)
+            .collect();
+        // Matches of `bare` rules, and whether the message is short enough.
+        let mut deferred: Vec<(Hit, bool)> = Vec::new();
+        let words = word_count(&n.text);
+        for &(rule_index, start, end, effective) in &matched {
+            let Some(rule) = self.rules.get(rule_index) else {
+                continue;
+            };
+            let Some((mut level, unlowered)) = effective else {
+                unsaid.push((start, end));
+                continue;
+            };
+            if rule.tags & self.no_plan != 0 && !says_no_plan(rule_index, start, end) {
+                // A negated plan: neither a reason nor a feature.
+                continue;
+            }
+            let mut full = unlowered;
+            if let Some(l) = rule.unplanned.filter(|_| {
+                no_plan_at
+                    .iter()
+                    .any(|&p| p.abs_diff(start) <= self.context.combo_window)
+            }) {
+                // Tags stay: means with unplanned ideation is still a combination.
+                level = level.min(l);
+                full = full && level == rule.level;
+            }
+            let hit = Hit {
+                rule: rule_index,
+                level,
+                full,
+                start,
+                end,
+                matches: 1,
+            };
+            if rule.bare {
+                let inside = n.text.get(start..end).map_or(0, word_count);
+                let short =
+                    words.saturating_sub(inside) <= BARE_WORDS && n.text.len() <= BARE_BYTES;
+                deferred.push((hit, short));
+                continue;
+            }
+            if unlowered && rule.tags != 0 {
+                tagged.push((rule.tags, start, end));
+            }
+            match hits.iter_mut().find(|h| h.rule == rule_index) {
+                Some(h) => {
+                    if (hit.level, hit.full) > (h.level, h.full) {
+                        *h = hit;
+                    } else if (hit.level, hit.full) == (h.level, h.full) {
+                        h.matches += 1;
+                        if hit.start < h.start {
+                            h.start = hit.start;
+                            h.end = hit.end;
                         }
                     }
-                    None => hits.push(hit),
                 }
+                None => hits.push(hit),
             }
         }
         // A bare signal counts when the message is essentially just that: a

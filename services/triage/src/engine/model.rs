@@ -419,7 +419,7 @@ fn sigmoid(z: f32) -> f32 {
 /// resemble. Spans are normalised byte offsets.
 ///
 /// The last argument says whether the word is in **narration** — not the
-/// writer's own current state — from a [`NARRATION`] cue (advice to someone
+/// writer's own current state — from a narration cue ([`NARRATION_WORDS`], [`NARRATION_PHRASES`]) (advice to someone
 /// else, reported speech, the past) to the end of its sentence (`. ! ?`, a
 /// line break), inside double quotes, or on a line quoting another post
 /// (`>`). Only what comes *before* a word decides, so text appended to a
@@ -440,11 +440,15 @@ pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usi
                 i += 1;
             }
             sentence_start = false;
-            if !narrating && text.get(start..).is_some_and(starts_narration) {
+            let word = text.get(start..i).unwrap_or_default();
+            if !narrating
+                && text
+                    .get(start..)
+                    .is_some_and(|rest| starts_narration(word, rest))
+            {
                 narrating = true;
             }
             let narrated = narrating || quoted;
-            let word = text.get(start..i).unwrap_or_default();
             let n = word.len() + 2;
             for g in 0..n.saturating_sub(3) {
                 key.clear();
@@ -490,8 +494,10 @@ pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usi
 
 /// Cues after which the rest of a sentence is narration, not the writer's
 /// own current state: advice and support to someone else, reported speech,
-/// the past. Matched at the start of a word, followed by a word boundary.
-const NARRATION: &[&[u8]] = &[
+/// the past. A cue starts at a word and ends at a word boundary.
+///
+/// One-word cues, matched as the whole word.
+const NARRATION_WORDS: &[&[u8]] = &[
     // Advice and support to someone else.
     b"you",
     b"your",
@@ -500,15 +506,6 @@ const NARRATION: &[&[u8]] = &[
     b"youve",
     b"youll",
     b"youd",
-    b"please dont",
-    b"please do not",
-    b"dont do it",
-    b"reach out",
-    b"si tu",
-    b"si te",
-    b"si usted",
-    b"no lo hagas",
-    b"por favor no",
     // Reported speech.
     b"said",
     b"says",
@@ -518,8 +515,6 @@ const NARRATION: &[&[u8]] = &[
     b"posted",
     b"asked",
     b"dijo",
-    b"dice que",
-    b"me conto",
     // The past.
     b"was",
     b"were",
@@ -529,8 +524,26 @@ const NARRATION: &[&[u8]] = &[
     b"felt",
     b"thought",
     b"went",
-    b"used to",
     b"ago",
+    b"intente",
+    b"estaba",
+    b"tenia",
+];
+
+/// Cues of several words, matched from the start of a word.
+const NARRATION_PHRASES: &[&[u8]] = &[
+    b"please dont",
+    b"please do not",
+    b"dont do it",
+    b"reach out",
+    b"si tu",
+    b"si te",
+    b"si usted",
+    b"no lo hagas",
+    b"por favor no",
+    b"dice que",
+    b"me conto",
+    b"used to",
     b"back then",
     b"at the time",
     b"last year",
@@ -538,18 +551,28 @@ const NARRATION: &[&[u8]] = &[
     b"cuando tenia",
     b"cuando era",
     b"hace anos",
-    b"intente",
-    b"estaba",
-    b"tenia",
 ];
 
-/// Whether `rest` (at the start of a word) starts with a [`NARRATION`] cue.
-fn starts_narration(rest: &[u8]) -> bool {
-    let Some(&first) = rest.first() else {
+/// Whether a [`NARRATION_WORDS`] or [`NARRATION_PHRASES`] cue starts at
+/// `word`, the rest of the text being `rest` (which starts with `word`).
+fn starts_narration(word: &[u8], rest: &[u8]) -> bool {
+    if NARRATION_WORDS.contains(&word) {
+        return true;
+    }
+    // Phrases only start with a few words; most words stop here.
+    let Some(&first) = word.first() else {
         return false;
     };
-    NARRATION.iter().any(|cue| {
-        cue.first() == Some(&first)
+    if !matches!(
+        first,
+        b'p' | b'd' | b'r' | b's' | b'n' | b'm' | b'u' | b'b' | b'a' | b'l' | b'i' | b'c' | b'h'
+    ) {
+        return false;
+    }
+    NARRATION_PHRASES.iter().any(|cue| {
+        cue.len() > word.len()
+            && cue.get(word.len()) == Some(&b' ')
+            && cue.starts_with(word)
             && rest.starts_with(cue)
             && !rest.get(cue.len()).is_some_and(u8::is_ascii_alphanumeric)
     })

@@ -273,17 +273,36 @@ fn is_letter_separator(c: char) -> bool {
 pub(crate) fn deobfuscate(text: &str) -> Option<Vec<(char, u32)>> {
     // Cheap test first: most messages have neither.
     let bytes = text.as_bytes();
-    let maybe_leet = bytes
-        .iter()
-        .any(|&b| b.is_ascii_digit() || b == b'@' || b == b'$');
-    let maybe_spaced = bytes.windows(4).any(|w| match w {
-        [a, s, b, t] => {
-            a.is_ascii_alphanumeric()
-                && b.is_ascii_alphanumeric()
-                && is_letter_separator(*s as char)
-                && is_letter_separator(*t as char)
+    // A digit, `@` or `$` next to a letter.
+    let leety = |b: &u8| b.is_ascii_digit() || *b == b'@' || *b == b'$';
+    let maybe_leet = bytes.windows(2).any(|w| match w {
+        [a, b] => {
+            (leety(a) && !b.is_ascii_digit() && b.is_ascii_alphanumeric())
+                || (leety(b) && !a.is_ascii_digit() && a.is_ascii_alphanumeric())
+                || (leety(a) && !b.is_ascii())
+                || (leety(b) && !a.is_ascii())
         }
         _ => false,
+    });
+    // Three one-character words in a row: "x.y.z", "x y z".
+    let single = |w: &[u8], k: usize| {
+        w.get(k).is_some_and(u8::is_ascii_alphanumeric)
+            && !k
+                .checked_sub(1)
+                .and_then(|p| w.get(p))
+                .is_some_and(u8::is_ascii_alphanumeric)
+            && !w.get(k + 1).is_some_and(u8::is_ascii_alphanumeric)
+    };
+    let maybe_spaced = bytes.iter().enumerate().any(|(k, b)| {
+        b.is_ascii_alphanumeric() && single(bytes, k) && {
+            // The next two one-character words within short gaps.
+            let next = |from: usize| {
+                (from + 1..(from + 5).min(bytes.len()))
+                    .find(|&m| bytes.get(m).is_some_and(u8::is_ascii_alphanumeric))
+                    .filter(|&m| single(bytes, m))
+            };
+            next(k).and_then(next).is_some()
+        }
     });
     if !maybe_leet && !maybe_spaced {
         return None;
