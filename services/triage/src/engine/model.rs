@@ -66,8 +66,9 @@ pub struct Feature {
     pub key: String,
     pub start: usize,
     pub end: usize,
-    /// In narration (advice to others, reported or quoted speech, the past):
-    /// not evidence for the imminent head (see [`each_word_feature`]).
+    /// In narration (advice to others, reported or quoted speech, the past;
+    /// see [`each_word_feature`]): a window of a long text that is mostly
+    /// narration may not be called imminent by the model.
     pub narrated: bool,
 }
 
@@ -289,21 +290,26 @@ impl Scorer<'_> {
         let last = self.hits.last().map_or(0, |h| h.0);
         let stride = WINDOW_WORDS / 2;
         let bits = self.model.rows.len().div_ceil(64);
-        let mut seen = vec![0u64; 2 * bits];
+        let mut seen = vec![0u64; bits];
         let window = |from: usize| {
             let lo = self.hits.partition_point(|h| h.0 < from);
             let hi = self.hits.partition_point(|h| h.0 < from + WINDOW_WORDS);
             self.hits.get(lo..hi).unwrap_or_default()
         };
         // A message longer than one window (a web-chat message, a story)
-        // may be raised to imminent by the model only when the rules
-        // already rate it high: risk words spread over a long text add up
-        // in every window, and an imminent rings every counsellor on shift.
-        let imminent_ok = self.words <= WINDOW_WORDS || rules >= RiskLevel::High;
-        let mut best = self.window_opinion(window(0), rules, imminent_ok, &mut seen);
+        // may be raised to imminent by the model only in a window written
+        // in the person's own voice, or when the rules already rate it
+        // high: risk words in a long story, a quoted post or advice to
+        // someone else add up in every window, and an imminent rings every
+        // counsellor on shift.
+        let open = self.words <= WINDOW_WORDS || rules >= RiskLevel::High;
+        let imminent_ok = |hits: &[Hit]| open || own_voice(hits);
+        let first = window(0);
+        let mut best = self.window_opinion(first, rules, imminent_ok(first), &mut seen);
         let mut from = stride;
         while from + stride <= last {
-            let o = self.window_opinion(window(from), rules, imminent_ok, &mut seen);
+            let hits = window(from);
+            let o = self.window_opinion(hits, rules, imminent_ok(hits), &mut seen);
             if (o.level, o.top()) > (best.level, best.top()) {
                 best = o;
             }
@@ -329,36 +335,23 @@ impl Scorer<'_> {
         seen: &mut [u64],
     ) -> Opinion {
         seen.fill(0);
-        // A bit per row for the moderate and high heads, another for the
-        // imminent head, which counts only occurrences outside narration.
-        let (seen, seen_imminent) = seen.split_at_mut(seen.len() / 2);
         let mut z = self.model.heads.map(|h| h.bias);
         // Best word feature per head: (weight, span).
         let mut best: [Option<(f32, (usize, usize))>; 3] = [None; 3];
-        for &(_, row, start, end, narrated) in hits {
+        for &(_, row, start, end, _) in hits {
             let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
             let first = seen.get_mut(word).is_some_and(|b| {
                 let new = *b & bit == 0;
                 *b |= bit;
                 new
             });
-            let imminent = !narrated
-                && seen_imminent.get_mut(word).is_some_and(|b| {
-                    let new = *b & bit == 0;
-                    *b |= bit;
-                    new
-                });
-            if !first && !imminent {
+            if !first {
                 continue;
             }
             let Some(w) = self.model.rows.get(row as usize) else {
                 continue;
             };
             for (i, wi) in w.iter().enumerate() {
-                let counts = if i == IMMINENT_HEAD { imminent } else { first };
-                if !counts {
-                    continue;
-                }
                 if let Some(zi) = z.get_mut(i) {
                     *zi += wi;
                 }
@@ -387,6 +380,30 @@ impl Scorer<'_> {
         }
         Opinion { level, p, span }
     }
+}
+
+/// At most this share of a long text's window (in tenths of its words)
+/// may be narration for the model to call it imminent: 3 in 10. Chosen on
+/// round2-long and the C-SSRS sample (docs/triage.md, round two).
+const NARRATED_TENTHS: usize = 3;
+
+/// Whether a window is in the person's own voice: at most
+/// [`NARRATED_TENTHS`] of its words (those the model knows) are narration
+/// (see [`each_word_feature`]). A word's narration depends only on the text
+/// before it, so appending to a message never changes it for the words
+/// already there.
+fn own_voice(hits: &[Hit]) -> bool {
+    let (mut words, mut narrated) = (0usize, 0usize);
+    let mut prev = None;
+    for &(token, _, _, _, n) in hits {
+        // A word's own features come before the rule features at its index.
+        if prev != Some(token) {
+            prev = Some(token);
+            words += 1;
+            narrated += usize::from(n);
+        }
+    }
+    narrated * 10 <= words * NARRATED_TENTHS
 }
 
 impl Opinion {
@@ -676,7 +693,7 @@ threshold = 0.5
     }
 
     #[test]
-    fn narrated_words_are_not_evidence_for_the_imminent_head() {
+    fn narration_is_marked_from_what_comes_before_a_word() {
         let flags = |text: &str| -> Vec<(String, bool)> {
             feats(text)
                 .into_iter()
@@ -714,24 +731,15 @@ threshold = 0.5
         let longer = flags("i have the rope now i tried years ago");
         assert_eq!(&longer[..base.len()], &base[..]);
 
+        // In a short message narration does not matter: a third person's
+        // overdose in progress, reported in the past, is still imminent.
         let m = Model::from_str(
             &SMALL.replace("\"w:ledge\"", "\"w:rattle\" = [0.0, 0.0, 9.0]\n\"w:ledge\""),
             "small.toml",
         )
         .unwrap();
         assert_eq!(
-            m.opinion(&feats("rattle"), RiskLevel::High).level,
-            Some(RiskLevel::Imminent)
-        );
-        assert_eq!(
-            m.opinion(&feats("you rattle"), RiskLevel::High).level,
-            None,
-            "narrated: no imminent evidence"
-        );
-        // A narrated occurrence and a present one: the present one counts.
-        assert_eq!(
-            m.opinion(&feats("you rattle. rattle"), RiskLevel::High)
-                .level,
+            m.opinion(&feats("he said rattle"), RiskLevel::High).level,
             Some(RiskLevel::Imminent)
         );
     }
@@ -746,28 +754,53 @@ threshold = 0.5
     }
 
     #[test]
-    fn past_one_window_only_the_rules_at_high_let_the_model_say_imminent() {
+    fn past_one_window_the_model_says_imminent_in_the_persons_own_voice() {
         let m = Model::from_str(
             &SMALL.replace("\"w:ledge\"", "\"w:rattle\" = [0.0, 0.0, 9.0]\n\"w:ledge\""),
             "small.toml",
         )
         .unwrap();
         let short = "rattle on the ledge";
-        let long = format!("{short} {}", "and so on ".repeat(30));
+        let own = format!("{short} {}", "and so on ".repeat(30));
+        // The same words in a long sentence of reported speech.
+        let told = format!("she told me {own}");
         assert_eq!(
             opinion_in_windows(&m, short, RiskLevel::Low),
             Some(RiskLevel::Imminent)
         );
-        // Longer than one window: the model alone raises to high at most…
+        // Longer than one window, in the person's own voice: imminent.
         assert_eq!(
-            opinion_in_windows(&m, &long, RiskLevel::Low),
+            opinion_in_windows(&m, &own, RiskLevel::Low),
+            Some(RiskLevel::Imminent)
+        );
+        // Mostly narration: the model alone raises to high at most…
+        assert_eq!(
+            opinion_in_windows(&m, &told, RiskLevel::Low),
             Some(RiskLevel::High)
         );
         // …and to imminent when the rules rate the message high.
         assert_eq!(
-            opinion_in_windows(&m, &long, RiskLevel::High),
+            opinion_in_windows(&m, &told, RiskLevel::High),
             Some(RiskLevel::Imminent)
         );
+    }
+
+    #[test]
+    fn a_window_is_in_the_persons_own_voice_up_to_three_narrated_words_in_ten() {
+        // Ten words, two features each; the first `n` narrated.
+        let hits = |n: usize| -> Vec<Hit> {
+            (0..10)
+                .flat_map(|t| [(t, 0, 0, 0, t < n), (t, 1, 0, 0, t < n)])
+                .collect()
+        };
+        assert!(own_voice(&hits(0)));
+        assert!(own_voice(&hits(3)));
+        assert!(!own_voice(&hits(4)));
+        assert!(!own_voice(&hits(10)));
+        // A rule feature at a narrated word does not make it the person's own.
+        let mut h = hits(4);
+        h.insert(2, (0, 7, 0, 0, false));
+        assert!(!own_voice(&h));
     }
 
     #[test]

@@ -921,3 +921,43 @@ fn overdose_signs_in_other_words() {
         assert!(level < High, "{text:?}: {level}");
     }
 }
+
+/// Issue 13, long texts: a person writing at length, in their own voice,
+/// about an overdose or a jump in progress is imminent even when no rule
+/// rates it high (the one-window gate of `689457b` showed these as high);
+/// a long supportive reply to someone else, written to "you", is not.
+#[test]
+fn a_long_message_in_the_persons_own_voice_can_be_imminent_a_long_reply_cannot() {
+    let e = with_model();
+    let own = [
+        "hey. sorry this is long, i dont really know who else to message at this hour. my \
+         flatmate is away for the weekend and the house is really quiet. its been a rough month \
+         with work and my sister not speaking to me and everything piling up on top of me. about \
+         twenty minutes ago i swallowed the whole strip of my sleeping tablets with most of a \
+         bottle of vodka. my hands are tingling and the room is starting to spin and my chest \
+         feels heavy. im lying on the sofa with my phone. im not sure why im writing this now, i \
+         think im scared. can someone stay with me",
+        "ok so this is going to sound weird. im sitting in my car in the multi storey by the \
+         station, top level, engine off. its been raining all day and i havent eaten. my landlord \
+         is kicking me out on friday and my mum isnt answering. i keep looking at the edge over \
+         there and thinking it would be quick. ive written something for my brother and its on \
+         the passenger seat. im going to get out of the car in a minute. i just needed to tell \
+         someone before i go, i dont even know why im typing this to a stranger",
+    ];
+    for text in own {
+        assert!(text.split_whitespace().count() > model::WINDOW_WORDS);
+        assert!(engine().assess(text).level < High, "rules alone: {text}");
+        let a = e.assess(text);
+        assert_eq!(a.level, Imminent, "{text}: {a:?}");
+    }
+    let reply = "im really sorry youre going through this and im glad you posted. you dont have \
+         to have it all figured out tonight. when you feel like swallowing everything in the \
+         cabinet, you could give the pills to someone you trust or put them somewhere hard to \
+         reach. you could also write down the reasons you have stayed so far, even small ones. \
+         you said your sister still calls you on sundays, that counts. if you ever feel like you \
+         cant keep yourself safe please call a crisis line or go to the er, you deserve help and \
+         you deserve to stay";
+    assert!(reply.split_whitespace().count() > model::WINDOW_WORDS);
+    let a = e.assess(reply);
+    assert!(a.level < Imminent, "{a:?}");
+}
