@@ -67,8 +67,9 @@ pub struct Feature {
     pub start: usize,
     pub end: usize,
     /// In narration (advice to others, reported or quoted speech, the past;
-    /// see [`each_word_feature`]): a window of a long text that is mostly
-    /// narration may not be called imminent by the model.
+    /// see [`each_word_feature`]): a window of a long text with more than
+    /// three narrated words in ten may not be called imminent by the model
+    /// (see `own_voice`).
     pub narrated: bool,
 }
 
