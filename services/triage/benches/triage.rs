@@ -32,7 +32,9 @@ const SMS: &[&str] = &[
     "she's not breathing!!! what do i do",
 ];
 
-fn long_message() -> String {
+/// A long message of `chars` characters (1,600: the longest SMS; 4,000: a
+/// web-chat message).
+fn long_message(chars: usize) -> String {
     let mut s = String::new();
     let parts = [
         "I've been having a really hard time since I lost my job and my partner left. ",
@@ -42,16 +44,17 @@ fn long_message() -> String {
         "Tonight the cravings are bad and there's a bottle in the kitchen. ",
     ];
     let mut i = 0;
-    while s.chars().count() < 1600 {
+    while s.chars().count() < chars {
         s.push_str(parts[i % parts.len()]);
         i += 1;
     }
-    s.chars().take(1600).collect()
+    s.chars().take(chars).collect()
 }
 
 fn bench(c: &mut Criterion) {
     let engine = Engine::builtin().expect("builtin rulebook");
-    let long = long_message();
+    let long = long_message(1600);
+    let chat = long_message(4000);
 
     let mut group = c.benchmark_group("triage");
     group.throughput(Throughput::Elements(SMS.len() as u64));
@@ -72,6 +75,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("long_1600_chars", |b| {
         b.iter(|| black_box(engine.assess(black_box(long.as_str()))))
     });
+    group.bench_function("chat_4000_chars", |b| {
+        b.iter(|| black_box(engine.assess(black_box(chat.as_str()))))
+    });
     group.finish();
 
     // Percentiles, message by message (criterion reports means only).
@@ -88,18 +94,25 @@ fn bench(c: &mut Criterion) {
     let n = samples.len();
     samples.sort_unstable();
     let pct = |p: f64| samples[((n as f64 * p) as usize).min(n - 1)];
-    let mut long_samples: Vec<Duration> = (0..5_000)
-        .map(|_| {
-            let t = Instant::now();
-            black_box(engine.assess(black_box(long.as_str())));
-            t.elapsed()
-        })
-        .collect();
-    long_samples.sort_unstable();
+    let timed = |text: &str| {
+        let mut v: Vec<Duration> = (0..5_000)
+            .map(|_| {
+                let t = Instant::now();
+                black_box(engine.assess(black_box(text)));
+                t.elapsed()
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let long_samples = timed(long.as_str());
+    let chat_samples = timed(chat.as_str());
     let ln = long_samples.len();
     let lp = |p: f64| long_samples[((ln as f64 * p) as usize).min(ln - 1)];
+    let cn = chat_samples.len();
+    let cp = |p: f64| chat_samples[((cn as f64 * p) as usize).min(cn - 1)];
     eprintln!(
-        "\ntriage percentiles (rulebook {}, {} patterns):\n  SMS mix  n={n}: p50 {:?}  p99 {:?}  max {:?}  throughput {:.0} msg/s (one core)\n  1600 ch  n={ln}: p50 {:?}  p99 {:?}  max {:?}",
+        "\ntriage percentiles (rulebook {}, {} patterns):\n  SMS mix  n={n}: p50 {:?}  p99 {:?}  max {:?}  throughput {:.0} msg/s (one core)\n  1600 ch  n={ln}: p50 {:?}  p99 {:?}  max {:?}\n  4000 ch  n={cn}: p50 {:?}  p99 {:?}  max {:?}",
         engine.version(),
         engine.pattern_count(),
         pct(0.50),
@@ -109,6 +122,9 @@ fn bench(c: &mut Criterion) {
         lp(0.50),
         lp(0.99),
         long_samples[ln - 1],
+        cp(0.50),
+        cp(0.99),
+        chat_samples[cn - 1],
     );
 }
 

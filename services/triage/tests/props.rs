@@ -157,6 +157,7 @@ fn the_prefilter_changes_nothing_on_the_eval_sets() {
         "heldout.jsonl",
         "heldout2.jsonl",
         "heldout3.jsonl",
+        "round2-long.jsonl",
     ] {
         let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
         for line in text.lines() {
@@ -173,6 +174,22 @@ fn the_prefilter_changes_nothing_on_the_eval_sets() {
         }
     }
     assert!(n > 1000);
+}
+
+/// Found by the property above: a trailing "no" negates the appended
+/// "tengo un plan", and the negated plan read as "no plan" lowered the
+/// active ideation before it (and, as a rule feature, the model's ≥ high
+/// head). A negated plan is not a "no plan" statement.
+#[test]
+fn a_trailing_negation_does_not_let_a_risky_phrase_lower_the_level() {
+    for base in [
+        "i want to kill myself. im no",
+        "myself all die ya ago now 💀 i'm no",
+    ] {
+        let before = engine().assess(base).level;
+        let after = engine().assess(&format!("{base} tengo un plan")).level;
+        assert!(after >= before, "{base:?}: {before} -> {after}");
+    }
 }
 
 #[test]

@@ -144,7 +144,7 @@ fn main() -> anyhow::Result<()> {
         if explicit_cssrs {
             writeln!(
                 out,
-                "C-SSRS sample not present at {} — nothing evaluated (this set has no target).",
+                "C-SSRS sample not present at {} — nothing evaluated (a development set for long texts).",
                 input.display()
             )?;
             return Ok(());
@@ -152,6 +152,63 @@ fn main() -> anyhow::Result<()> {
         bail!("input file {} does not exist", input.display());
     }
     evaluate(&engine, &input, &args, &mut out)
+}
+
+/// The C-SSRS user labels, in order of severity.
+const CSSRS_LABELS: [&str; 5] = ["Supportive", "Indicator", "Ideation", "Behavior", "Attempt"];
+
+fn level_index(level: RiskLevel) -> usize {
+    match level {
+        RiskLevel::Low => 0,
+        RiskLevel::Moderate => 1,
+        RiskLevel::High => 2,
+        RiskLevel::Imminent => 3,
+    }
+}
+
+/// Predicted levels per C-SSRS label, and issue 13's long-text figures:
+/// Behavior ∪ Attempt at ≥ high (≥ 0.90), Ideation at ≥ moderate (≥ 0.90),
+/// Supportive at ≥ high (≤ 0.30), Supportive ∪ Indicator imminent (≤ 0.15).
+fn cssrs_report(by_label: &[(String, [usize; 4])]) -> String {
+    let mut s = String::from("\nper C-SSRS label (predicted low / moderate / high / imminent):\n");
+    for (label, c) in by_label {
+        s.push_str(&format!(
+            "  {label:<11} {:>4} {:>4} {:>4} {:>4}   ({} users)\n",
+            c[0],
+            c[1],
+            c[2],
+            c[3],
+            c.iter().sum::<usize>()
+        ));
+    }
+    let share = |labels: &[&str], from: usize| {
+        let (mut hit, mut all) = (0, 0);
+        for (_, c) in by_label
+            .iter()
+            .filter(|(l, _)| labels.contains(&l.as_str()))
+        {
+            hit += c.iter().skip(from).sum::<usize>();
+            all += c.iter().sum::<usize>();
+        }
+        hit as f64 / all.max(1) as f64
+    };
+    s.push_str(&format!(
+        "Behavior ∪ Attempt at >= high          {:.3}  (target >= 0.90)\n",
+        share(&["Behavior", "Attempt"], 2)
+    ));
+    s.push_str(&format!(
+        "Ideation at >= moderate                {:.3}  (target >= 0.90)\n",
+        share(&["Ideation"], 1)
+    ));
+    s.push_str(&format!(
+        "Supportive at >= high                  {:.3}  (target <= 0.30)\n",
+        share(&["Supportive"], 2)
+    ));
+    s.push_str(&format!(
+        "Supportive ∪ Indicator imminent        {:.3}  (target <= 0.15)\n",
+        share(&["Supportive", "Indicator"], 3)
+    ));
+    s
 }
 
 fn evaluate(
@@ -171,6 +228,11 @@ fn evaluate(
     };
     let mut tally = Tally::default();
     let mut cssrs_rows = 0usize;
+    // Per C-SSRS label: predictions per level (low, moderate, high, imminent).
+    let mut by_label: Vec<(String, [usize; 4])> = CSSRS_LABELS
+        .iter()
+        .map(|l| ((*l).to_owned(), [0; 4]))
+        .collect();
     let mut errors = Vec::new();
     let mut elapsed = std::time::Duration::ZERO;
     let mut chars = 0usize;
@@ -206,6 +268,12 @@ fn evaluate(
                 &serde_json::json!({"id": row.id, "level": a.level, "reasons": rules}),
             )?;
             w.write_all(b"\n")?;
+        }
+        if let Some(label) = &row.cssrs
+            && let Some((_, counts)) = by_label.iter_mut().find(|(l, _)| l == label)
+            && let Some(c) = counts.get_mut(level_index(a.level))
+        {
+            *c += 1;
         }
         let Some(truth) = truth else {
             tally.unlabelled += 1;
@@ -277,6 +345,9 @@ fn evaluate(
         return Ok(());
     }
     write!(out, "{}", tally.report(cssrs_rows == 0))?;
+    if cssrs_rows > 0 {
+        write!(out, "{}", cssrs_report(&by_label))?;
+    }
     if args.show_errors {
         writeln!(out, "\nmisclassified ({}):", errors.len())?;
         for e in &errors {

@@ -84,6 +84,9 @@ type Head = (f64, Vec<f64>);
 /// One training message: its feature indices (distinct) and labels.
 struct Example {
     features: Vec<usize>,
+    /// The features with an occurrence outside narration: the imminent
+    /// head's evidence (see `each_word_feature`).
+    present: Vec<usize>,
     level: RiskLevel,
     rules: RiskLevel,
 }
@@ -94,7 +97,7 @@ fn main() -> anyhow::Result<()> {
         bail!("thresholds lie strictly between 0 and 1");
     }
     let engine = Engine::builtin_rules()?;
-    let mut texts: Vec<(Vec<String>, RiskLevel, RiskLevel)> = Vec::new();
+    let mut texts: Vec<Texts> = Vec::new();
     let mut file_of: Vec<usize> = Vec::new();
     let mut names = Vec::new();
     for (file, path) in args.input.iter().enumerate() {
@@ -109,7 +112,7 @@ fn main() -> anyhow::Result<()> {
             let row: Row = serde_json::from_str(&line)
                 .with_context(|| format!("{}:{}: not a labelled line", path.display(), n + 1))?;
             let (features, rules) = engine.learning_features(&row.text);
-            let keys = features.into_iter().map(|f| f.key).collect();
+            let keys = features.into_iter().map(|f| (f.key, f.narrated)).collect();
             texts.push((keys, row.level, rules));
             file_of.push(file);
         }
@@ -163,17 +166,13 @@ fn main() -> anyhow::Result<()> {
 
 /// The vocabulary of the chosen messages (features in ≥ `min_df` of them)
 /// and those messages as index lists.
-fn featurise(
-    texts: &[(Vec<String>, RiskLevel, RiskLevel)],
-    chosen: &[usize],
-    min_df: usize,
-) -> (Vec<String>, Vec<Example>) {
+fn featurise(texts: &[Texts], chosen: &[usize], min_df: usize) -> (Vec<String>, Vec<Example>) {
     let mut df: BTreeMap<&str, usize> = BTreeMap::new();
     for &i in chosen {
         let Some((keys, _, _)) = texts.get(i) else {
             continue;
         };
-        let mut distinct: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut distinct: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
         distinct.sort_unstable();
         distinct.dedup();
         for k in distinct {
@@ -190,11 +189,7 @@ fn featurise(
 }
 
 /// The chosen messages as examples over `vocab`.
-fn examples_in(
-    texts: &[(Vec<String>, RiskLevel, RiskLevel)],
-    chosen: &[usize],
-    vocab: &[String],
-) -> Vec<Example> {
+fn examples_in(texts: &[Texts], chosen: &[usize], vocab: &[String]) -> Vec<Example> {
     chosen
         .iter()
         .filter_map(|&i| texts.get(i))
@@ -210,19 +205,32 @@ fn train_heads(examples: &[Example], dims: usize, args: &Args) -> Vec<Head> {
         .collect()
 }
 
-fn example(vocab: &[String], keys: &[String], level: RiskLevel, rules: RiskLevel) -> Example {
-    let mut features: Vec<usize> = keys
-        .iter()
-        .filter_map(|k| vocab.binary_search(k).ok())
-        .collect();
-    features.sort_unstable();
-    features.dedup();
+fn example(
+    vocab: &[String],
+    keys: &[(String, bool)],
+    level: RiskLevel,
+    rules: RiskLevel,
+) -> Example {
+    let index = |narrated_too: bool| {
+        let mut v: Vec<usize> = keys
+            .iter()
+            .filter(|(_, narrated)| narrated_too || !narrated)
+            .filter_map(|(k, _)| vocab.binary_search(k).ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
     Example {
-        features,
+        features: index(true),
+        present: index(false),
         level,
         rules,
     }
 }
+
+/// One message: its features (key, narrated), its label and the rules' level.
+type Texts = (Vec<(String, bool)>, RiskLevel, RiskLevel);
 
 /// One head: bias and weights (non-negative for the imminent head).
 fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Head {
@@ -239,7 +247,12 @@ fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Hea
     for step in 1..=args.epochs {
         grad.iter_mut().for_each(|g| *g = 0.0);
         for e in examples {
-            let z = bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>();
+            let features = if head == RiskLevel::Imminent {
+                &e.present
+            } else {
+                &e.features
+            };
+            let z = bias + features.iter().filter_map(|&f| w.get(f)).sum::<f64>();
             let p = sigmoid(z);
             let (y, c) = if e.level >= head {
                 (1.0, w_pos)
@@ -247,7 +260,7 @@ fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Hea
                 (0.0, w_neg)
             };
             let g = c * (p - y) / n;
-            for &f in &e.features {
+            for &f in features {
                 if let Some(gf) = grad.get_mut(f) {
                     *gf += g;
                 }
@@ -299,8 +312,14 @@ fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel>
     let reached: Vec<bool> = heads
         .iter()
         .zip(thresholds)
-        .map(|((bias, w), t)| {
-            sigmoid(bias + e.features.iter().filter_map(|&f| w.get(f)).sum::<f64>()) >= *t
+        .zip(HEADS)
+        .map(|(((bias, w), t), head)| {
+            let features = if head == RiskLevel::Imminent {
+                &e.present
+            } else {
+                &e.features
+            };
+            sigmoid(bias + features.iter().filter_map(|&f| w.get(f)).sum::<f64>()) >= *t
         })
         .collect();
     let at_high = e.rules >= RiskLevel::High
@@ -319,7 +338,7 @@ fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel>
 /// Out-of-fold figures: each fold (message indices) is predicted by a
 /// model trained on every other message.
 fn cross_validate(
-    texts: &[(Vec<String>, RiskLevel, RiskLevel)],
+    texts: &[Texts],
     held_out: &[Vec<usize>],
     fold_names: &[String],
     args: &Args,

@@ -33,7 +33,7 @@ use matcher::Matcher;
 
 pub use model::{BUILTIN_MODEL_NAME, Feature, HEADS as MODEL_HEADS, Model};
 pub use rulebook::RulebookError;
-use rulebook::{Combo, Context, Rule};
+use rulebook::{BARE_BYTES, BARE_REACH, BARE_WORDS, Combo, Context, Rule};
 
 use normalise::{Lexicon, Normalised, Suffixes, TokenTable};
 
@@ -59,6 +59,8 @@ pub struct Engine {
     context: Context,
     tokens: TokenTable,
     suffixes: Suffixes,
+    /// The bit of the `no_plan` tag.
+    no_plan: u64,
     /// The learned second opinion, which may only raise the rules' level.
     model: Option<Model>,
     /// `rulebook version` or `rulebook version+model version`.
@@ -89,6 +91,10 @@ impl Slot {
         Slot::Hypothetical,
     ];
 }
+
+/// One match: rule index, start, end, and its level in context with
+/// whether context left it unlowered (`None`: negated).
+type Matched = (usize, usize, usize, Option<(RiskLevel, bool)>);
 
 /// One rule's best match in a message.
 #[derive(Debug, Clone, Copy)]
@@ -164,6 +170,7 @@ impl Engine {
             context: compiled.context,
             tokens: compiled.tokens,
             suffixes: compiled.suffixes,
+            no_plan: compiled.no_plan,
         };
         let matchers: Vec<Option<&Matcher>> = (0..engine.matcher_count())
             .map(|id| engine.matcher(id))
@@ -367,6 +374,9 @@ impl Engine {
         let mut unsaid: Vec<(usize, usize)> = Vec::new();
         // Every unlowered match with its rule's tags, for combinations.
         let mut tagged: Vec<(u64, usize, usize)> = Vec::new();
+        // Every match with its level in context (None: negated), in pattern
+        // order; then "no plan" statements, which lower `unplanned` rules.
+        let mut matched: Vec<Matched> = Vec::new();
         for &index in &candidates {
             let Some((rule_index, m)) = self.patterns.get(index) else {
                 continue;
@@ -380,36 +390,119 @@ impl Engine {
                 None => m.find_all(&n.text, exhaustive, &mut found),
             }
             for &(start, end) in &found {
-                let Some((level, full)) = self.effective(rule, start, end, &mut cues, &n) else {
-                    unsaid.push((start, end));
-                    continue;
-                };
-                if full && rule.tags != 0 {
-                    tagged.push((rule.tags, start, end));
-                }
-                let hit = Hit {
-                    rule: *rule_index,
-                    level,
-                    full,
-                    start,
-                    end,
-                    matches: 1,
-                };
-                match hits.iter_mut().find(|h| h.rule == *rule_index) {
-                    Some(h) => {
-                        if (hit.level, hit.full) > (h.level, h.full) {
-                            *h = hit;
-                        } else if (hit.level, hit.full) == (h.level, h.full) {
-                            h.matches += 1;
-                            if hit.start < h.start {
-                                h.start = hit.start;
-                                h.end = hit.end;
-                            }
+                let effective = self.effective(rule, start, end, &mut cues, &n);
+                matched.push((*rule_index, start, end, effective));
+            }
+        }
+        // A "no plan" statement counts unless it is a negated match rated high
+        // or more ("no" + "tengo un plan"): a risky phrase appended after a
+        // trailing "no" must not lower the message it is appended to.
+        let negated_high: Vec<(usize, usize)> = matched
+            .iter()
+            .filter(|(r, _, _, e)| {
+                e.is_none()
+                    && self
+                        .rules
+                        .get(*r)
+                        .is_some_and(|r| r.level >= RiskLevel::High)
+            })
+            .map(|&(_, s, e, _)| (s, e))
+            .collect();
+        let says_no_plan = |r: usize, s: usize, e: usize| {
+            self.rules
+                .get(r)
+                .is_some_and(|r| r.tags & self.no_plan != 0)
+                && !negated_high.iter().any(|&(ns, ne)| ns < e && s < ne)
+        };
+        let no_plan_at: Vec<usize> = matched
+            .iter()
+            .filter(|&&(r, s, e, eff)| eff.is_some() && says_no_plan(r, s, e))
+            .map(|&(_, s, _, _)| s)
+            .collect();
+        // Matches of `bare` rules, and whether the message is short enough.
+        let mut deferred: Vec<(Hit, bool)> = Vec::new();
+        let words = word_count(&n.text);
+        for &(rule_index, start, end, effective) in &matched {
+            let Some(rule) = self.rules.get(rule_index) else {
+                continue;
+            };
+            let Some((mut level, unlowered)) = effective else {
+                unsaid.push((start, end));
+                continue;
+            };
+            if rule.tags & self.no_plan != 0 && !says_no_plan(rule_index, start, end) {
+                // A negated plan: neither a reason nor a feature.
+                continue;
+            }
+            let mut full = unlowered;
+            if let Some(l) = rule.unplanned.filter(|_| {
+                no_plan_at
+                    .iter()
+                    .any(|&p| p.abs_diff(start) <= self.context.combo_window)
+            }) {
+                // Tags stay: means with unplanned ideation is still a combination.
+                level = level.min(l);
+                full = full && level == rule.level;
+            }
+            let hit = Hit {
+                rule: rule_index,
+                level,
+                full,
+                start,
+                end,
+                matches: 1,
+            };
+            if rule.bare {
+                let inside = n.text.get(start..end).map_or(0, word_count);
+                let short =
+                    words.saturating_sub(inside) <= BARE_WORDS && n.text.len() <= BARE_BYTES;
+                deferred.push((hit, short));
+                continue;
+            }
+            if unlowered && rule.tags != 0 {
+                tagged.push((rule.tags, start, end));
+            }
+            match hits.iter_mut().find(|h| h.rule == rule_index) {
+                Some(h) => {
+                    if (hit.level, hit.full) > (h.level, h.full) {
+                        *h = hit;
+                    } else if (hit.level, hit.full) == (h.level, h.full) {
+                        h.matches += 1;
+                        if hit.start < h.start {
+                            h.start = hit.start;
+                            h.end = hit.end;
                         }
                     }
-                    None => hits.push(hit),
+                }
+                None => hits.push(hit),
+            }
+        }
+        // A bare signal counts when the message is essentially just that: a
+        // few other words and nothing denied ("I'm not going to kill myself,
+        // I just need to talk" has content). Inside a longer message it still
+        // counts next to a match rated high or more: "sos" followed by a plan
+        // is imminent, and an appended risky phrase never lowers a bare "sos"
+        // (see `BARE_REACH`); "the emergency room" in a long story does not.
+        if !deferred.is_empty() {
+            let near = |at: usize, s: usize| at.abs_diff(s) <= BARE_REACH;
+            let high_near = |at: usize| {
+                hits.iter()
+                    .any(|h| h.level >= RiskLevel::High && near(at, h.start))
+                    || self.combos.iter().any(|c| {
+                        c.level >= RiskLevel::High
+                            && combo_span(c.all, &tagged, self.context.combo_window)
+                                .is_some_and(|(s, _)| near(at, s))
+                    })
+            };
+            let mut kept: Vec<Hit> = Vec::new();
+            for (d, short) in deferred {
+                if ((short && unsaid.is_empty()) || high_near(d.start))
+                    && !hits.iter().chain(&kept).any(|h| h.rule == d.rule)
+                {
+                    kept.push(d);
                 }
             }
+            hits.extend(kept);
         }
         let mut reasons: Vec<Reason> = Vec::with_capacity(hits.len() + 1);
         let mut fired: Vec<Fired> = Vec::with_capacity(hits.len() + 1);
@@ -478,7 +571,9 @@ impl Engine {
         let mut j = self.judge(text, exhaustive);
         if let Some(model) = &self.model {
             let mut scorer = model.scorer();
-            self.each_feature(&j, |key, t, s, e| scorer.add(key, t, s, e));
+            self.each_feature(&j, |key, t, s, e, narrated| {
+                scorer.add(key, t, s, e, narrated)
+            });
             let opinion = scorer.opinion(j.level);
             if let Some(level) = opinion.level.filter(|&l| l > j.level) {
                 let (start, end) = opinion
@@ -507,11 +602,12 @@ impl Engine {
     pub fn learning_features(&self, text: &str) -> (Vec<Feature>, RiskLevel) {
         let judged = self.judge(text, false);
         let mut out = Vec::new();
-        self.each_feature(&judged, |key, _, start, end| {
+        self.each_feature(&judged, |key, _, start, end, narrated| {
             out.push(Feature {
                 key: String::from_utf8_lossy(key).into_owned(),
                 start,
                 end,
+                narrated,
             });
         });
         (out, judged.level)
@@ -606,13 +702,13 @@ impl Engine {
     /// word they belong to: words, word pairs and character 4-grams
     /// (negated matches blanked), and `r:<rule>:<level>` for every rule and
     /// combination that fired, at the word where its match starts.
-    fn each_feature(&self, j: &Judged, mut f: impl FnMut(&[u8], usize, usize, usize)) {
+    fn each_feature(&self, j: &Judged, mut f: impl FnMut(&[u8], usize, usize, usize, bool)) {
         let mut word_starts: Vec<usize> = Vec::new();
-        let mut emit = |key: &[u8], token: usize, start: usize, end: usize| {
+        let mut emit = |key: &[u8], token: usize, start: usize, end: usize, narrated: bool| {
             if key.starts_with(b"w:") {
                 word_starts.push(start);
             }
-            f(key, token, start, end);
+            f(key, token, start, end, narrated);
         };
         if j.unsaid.is_empty() {
             model::each_word_feature(&j.n.text, &mut emit);
@@ -643,9 +739,17 @@ impl Engine {
             let token = word_starts
                 .partition_point(|&s| s <= r.at)
                 .saturating_sub(1);
-            f(&key, token, 0, 0);
+            f(&key, token, 0, 0, false);
         }
     }
+}
+
+/// Words (runs of letters and digits) in normalised text.
+fn word_count(text: &[u8]) -> usize {
+    text.iter()
+        .zip(text.iter().skip(1).chain([&b' ']))
+        .filter(|(a, b)| a.is_ascii_alphanumeric() && !b.is_ascii_alphanumeric())
+        .count()
 }
 
 /// How a raise by the model reads on the counsellor's screen.

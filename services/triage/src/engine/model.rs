@@ -66,6 +66,11 @@ pub struct Feature {
     pub key: String,
     pub start: usize,
     pub end: usize,
+    /// In narration (advice to others, reported or quoted speech, the past;
+    /// see [`each_word_feature`]): a window of a long text with more than
+    /// three narrated words in ten may not be called imminent by the model
+    /// (see `own_voice`).
+    pub narrated: bool,
 }
 
 /// What the model says about one message (or one window of it).
@@ -224,6 +229,7 @@ impl Model {
         Scorer {
             model: self,
             hits: Vec::new(),
+            words: 0,
         }
     }
 
@@ -233,7 +239,7 @@ impl Model {
     pub(crate) fn opinion(&self, features: &[Feature], rules: RiskLevel) -> Opinion {
         let mut scorer = self.scorer();
         for f in features {
-            scorer.add(f.key.as_bytes(), 0, f.start, f.end);
+            scorer.add(f.key.as_bytes(), 0, f.start, f.end, f.narrated);
         }
         scorer.opinion(rules)
     }
@@ -248,18 +254,31 @@ pub const WINDOW_WORDS: usize = 48;
 /// The features of one message that the model knows, as they come.
 pub(crate) struct Scorer<'m> {
     model: &'m Model,
-    /// (word index, weight row, start, end) per known feature occurrence.
-    hits: Vec<(usize, u32, usize, usize)>,
+    /// (word index, weight row, start, end, narrated) per known feature occurrence.
+    hits: Vec<Hit>,
+    /// Words in the message (one past the last word index fed).
+    words: usize,
 }
 
+/// One known feature occurrence: (word index, weight row, start, end, narrated).
+type Hit = (usize, u32, usize, usize, bool);
+
 impl Scorer<'_> {
-    pub(crate) fn add(&mut self, key: &[u8], token: usize, start: usize, end: usize) {
+    pub(crate) fn add(
+        &mut self,
+        key: &[u8],
+        token: usize,
+        start: usize,
+        end: usize,
+        narrated: bool,
+    ) {
+        self.words = self.words.max(token + 1);
         let row = match gram(key) {
             Some(g) => self.model.grams.get(&g),
             None => self.model.index.get(key),
         };
         if let Some(&row) = row {
-            self.hits.push((token, row, start, end));
+            self.hits.push((token, row, start, end, narrated));
         }
     }
 
@@ -271,16 +290,27 @@ impl Scorer<'_> {
         self.hits.sort_by_key(|h| h.0);
         let last = self.hits.last().map_or(0, |h| h.0);
         let stride = WINDOW_WORDS / 2;
-        let mut seen = vec![0u64; self.model.rows.len().div_ceil(64)];
+        let bits = self.model.rows.len().div_ceil(64);
+        let mut seen = vec![0u64; bits];
         let window = |from: usize| {
             let lo = self.hits.partition_point(|h| h.0 < from);
             let hi = self.hits.partition_point(|h| h.0 < from + WINDOW_WORDS);
             self.hits.get(lo..hi).unwrap_or_default()
         };
-        let mut best = self.window_opinion(window(0), rules, &mut seen);
+        // A message longer than one window (a web-chat message, a story)
+        // may be raised to imminent by the model only in a window written
+        // in the person's own voice, or when the rules already rate it
+        // high: risk words in a long story, a quoted post or advice to
+        // someone else add up in every window, and an imminent rings every
+        // counsellor on shift.
+        let open = self.words <= WINDOW_WORDS || rules >= RiskLevel::High;
+        let imminent_ok = |hits: &[Hit]| open || own_voice(hits);
+        let first = window(0);
+        let mut best = self.window_opinion(first, rules, imminent_ok(first), &mut seen);
         let mut from = stride;
         while from + stride <= last {
-            let o = self.window_opinion(window(from), rules, &mut seen);
+            let hits = window(from);
+            let o = self.window_opinion(hits, rules, imminent_ok(hits), &mut seen);
             if (o.level, o.top()) > (best.level, best.top()) {
                 best = o;
             }
@@ -300,20 +330,25 @@ impl Scorer<'_> {
     /// imminent recall (docs/triage.md).
     fn window_opinion(
         &self,
-        hits: &[(usize, u32, usize, usize)],
+        hits: &[Hit],
         rules: RiskLevel,
+        imminent_ok: bool,
         seen: &mut [u64],
     ) -> Opinion {
         seen.fill(0);
         let mut z = self.model.heads.map(|h| h.bias);
         // Best word feature per head: (weight, span).
         let mut best: [Option<(f32, (usize, usize))>; 3] = [None; 3];
-        for &(_, row, start, end) in hits {
+        for &(_, row, start, end, _) in hits {
             let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
-            let Some(bits) = seen.get_mut(word).filter(|b| **b & bit == 0) else {
+            let first = seen.get_mut(word).is_some_and(|b| {
+                let new = *b & bit == 0;
+                *b |= bit;
+                new
+            });
+            if !first {
                 continue;
-            };
-            *bits |= bit;
+            }
             let Some(w) = self.model.rows.get(row as usize) else {
                 continue;
             };
@@ -334,7 +369,7 @@ impl Scorer<'_> {
                 .zip(self.model.heads.get(i))
                 .is_some_and(|(&pi, head)| pi >= head.threshold)
         };
-        let at_high = rules >= RiskLevel::High || reached(HIGH_HEAD);
+        let at_high = imminent_ok && (rules >= RiskLevel::High || reached(HIGH_HEAD));
         let mut level = None;
         let mut span = None;
         for i in (0..self.model.heads.len()).rev() {
@@ -346,6 +381,30 @@ impl Scorer<'_> {
         }
         Opinion { level, p, span }
     }
+}
+
+/// At most this share of a long text's window (in tenths of its words)
+/// may be narration for the model to call it imminent: 3 in 10. Chosen on
+/// round2-long and the C-SSRS sample (docs/triage.md, round two).
+const NARRATED_TENTHS: usize = 3;
+
+/// Whether a window is in the person's own voice: at most
+/// [`NARRATED_TENTHS`] of its words (those the model knows) are narration
+/// (see [`each_word_feature`]). A word's narration depends only on the text
+/// before it, so appending to a message never changes it for the words
+/// already there.
+fn own_voice(hits: &[Hit]) -> bool {
+    let (mut words, mut narrated) = (0usize, 0usize);
+    let mut prev = None;
+    for &(token, _, _, _, n) in hits {
+        // A word's own features come before the rule features at its index.
+        if prev != Some(token) {
+            prev = Some(token);
+            words += 1;
+            narrated += usize::from(n);
+        }
+    }
+    narrated * 10 <= words * NARRATED_TENTHS
 }
 
 impl Opinion {
@@ -376,11 +435,21 @@ fn sigmoid(z: f32) -> f32 {
 /// cross a clause break (`. , ; : ! ?`); 4-grams are of the word padded
 /// with `_` and carry misspellings ("thinl", "cnat") to the words they
 /// resemble. Spans are normalised byte offsets.
-pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usize, usize)) {
+///
+/// The last argument says whether the word is in **narration** — not the
+/// writer's own current state — from a narration cue ([`NARRATION_WORDS`], [`NARRATION_PHRASES`]) (advice to someone
+/// else, reported speech, the past) to the end of its sentence (`. ! ?`, a
+/// line break), inside double quotes, or on a line quoting another post
+/// (`>`). Only what comes *before* a word decides, so text appended to a
+/// message never changes which of its words are narrated.
+pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usize, usize, bool)) {
     let mut key: Vec<u8> = Vec::with_capacity(64);
     let mut prev: Option<(usize, usize)> = None;
     let mut token = 0;
     let mut i = 0;
+    let mut narrating = false;
+    let mut quoted = false;
+    let mut sentence_start = true;
     while i < text.len() {
         let b = text.get(i).copied().unwrap_or(b' ');
         if b.is_ascii_alphanumeric() {
@@ -388,7 +457,16 @@ pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usi
             while text.get(i).is_some_and(u8::is_ascii_alphanumeric) {
                 i += 1;
             }
+            sentence_start = false;
             let word = text.get(start..i).unwrap_or_default();
+            if !narrating
+                && text
+                    .get(start..)
+                    .is_some_and(|rest| starts_narration(word, rest))
+            {
+                narrating = true;
+            }
+            let narrated = narrating || quoted;
             let n = word.len() + 2;
             for g in 0..n.saturating_sub(3) {
                 key.clear();
@@ -398,19 +476,19 @@ pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usi
                     k if k == n - 1 => b'_',
                     k => word.get(k - 1).copied().unwrap_or(b'_'),
                 }));
-                f(&key, token, start, i);
+                f(&key, token, start, i, narrated);
             }
             key.clear();
             key.extend_from_slice(b"w:");
             key.extend_from_slice(word);
-            f(&key, token, start, i);
+            f(&key, token, start, i, narrated);
             if let Some((ps, pe)) = prev {
                 key.clear();
                 key.extend_from_slice(b"b:");
                 key.extend_from_slice(text.get(ps..pe).unwrap_or_default());
                 key.push(b' ');
                 key.extend_from_slice(word);
-                f(&key, token, ps, i);
+                f(&key, token, ps, i, narrated);
             }
             prev = Some((start, i));
             token += 1;
@@ -419,18 +497,114 @@ pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usi
         if matches!(b, b'.' | b',' | b';' | b':' | b'!' | b'?') {
             prev = None;
         }
+        match b {
+            b'.' | b'!' | b'?' => {
+                narrating = false;
+                sentence_start = true;
+            }
+            b'"' => quoted = !quoted,
+            b'>' if sentence_start => narrating = true,
+            _ => {}
+        }
         i += 1;
     }
+}
+
+/// Cues after which the rest of a sentence is narration, not the writer's
+/// own current state: advice and support to someone else, reported speech,
+/// the past. A cue starts at a word and ends at a word boundary.
+///
+/// One-word cues, matched as the whole word.
+const NARRATION_WORDS: &[&[u8]] = &[
+    // Advice and support to someone else.
+    b"you",
+    b"your",
+    b"youre",
+    b"yourself",
+    b"youve",
+    b"youll",
+    b"youd",
+    // Reported speech.
+    b"said",
+    b"says",
+    b"told",
+    b"tells",
+    b"wrote",
+    b"posted",
+    b"asked",
+    b"dijo",
+    // The past.
+    b"was",
+    b"were",
+    b"had",
+    b"tried",
+    b"wanted",
+    b"felt",
+    b"thought",
+    b"went",
+    b"ago",
+    b"intente",
+    b"estaba",
+    b"tenia",
+];
+
+/// Cues of several words, matched from the start of a word.
+const NARRATION_PHRASES: &[&[u8]] = &[
+    b"please dont",
+    b"please do not",
+    b"dont do it",
+    b"reach out",
+    b"si tu",
+    b"si te",
+    b"si usted",
+    b"no lo hagas",
+    b"por favor no",
+    b"dice que",
+    b"me conto",
+    b"used to",
+    b"back then",
+    b"at the time",
+    b"last year",
+    b"in high school",
+    b"cuando tenia",
+    b"cuando era",
+    b"hace anos",
+];
+
+/// Whether a [`NARRATION_WORDS`] or [`NARRATION_PHRASES`] cue starts at
+/// `word`, the rest of the text being `rest` (which starts with `word`).
+fn starts_narration(word: &[u8], rest: &[u8]) -> bool {
+    if NARRATION_WORDS.contains(&word) {
+        return true;
+    }
+    // Phrases only start with a few words; most words stop here.
+    let Some(&first) = word.first() else {
+        return false;
+    };
+    if !matches!(
+        first,
+        b'p' | b'd' | b'r' | b's' | b'n' | b'm' | b'u' | b'b' | b'a' | b'l' | b'i' | b'c' | b'h'
+    ) {
+        return false;
+    }
+    NARRATION_PHRASES.iter().any(|cue| {
+        cue.len() > word.len()
+            && cue.get(word.len()) == Some(&b' ')
+            && cue.starts_with(word)
+            && rest.starts_with(cue)
+            && !rest.get(cue.len()).is_some_and(u8::is_ascii_alphanumeric)
+    })
 }
 
 /// [`each_word_feature`] collected.
 #[cfg(test)]
 pub(crate) fn word_features(text: &[u8], out: &mut Vec<Feature>) {
-    each_word_feature(text, |key, _, start, end| {
+    each_word_feature(text, |key, _, start, end, narrated| {
         out.push(Feature {
             key: String::from_utf8_lossy(key).into_owned(),
             start,
             end,
+            narrated,
         });
     });
 }
@@ -512,10 +686,122 @@ threshold = 0.5
             key: "r:farewell:low".into(),
             start: 0,
             end: 0,
+            narrated: false,
         };
         let o = m.opinion(&[rule.clone(), rule], RiskLevel::Low);
         assert_eq!(o.level, Some(RiskLevel::Moderate), "{o:?}");
         assert_eq!(o.span, None);
+    }
+
+    #[test]
+    fn narration_is_marked_from_what_comes_before_a_word() {
+        let flags = |text: &str| -> Vec<(String, bool)> {
+            feats(text)
+                .into_iter()
+                .filter(|f| f.key.starts_with("w:"))
+                .map(|f| (f.key, f.narrated))
+                .collect()
+        };
+        let narrated = |text: &str| -> Vec<String> {
+            flags(text)
+                .into_iter()
+                .filter(|(_, n)| *n)
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert!(narrated("i took them all now").is_empty());
+        // Advice, reported speech, the past: to the end of the sentence.
+        assert_eq!(
+            narrated("please dont do it. i took them"),
+            ["w:please", "w:dont", "w:do", "w:it"]
+        );
+        assert_eq!(
+            narrated("i am here. you should call"),
+            ["w:you", "w:should", "w:call"]
+        );
+        assert_eq!(narrated("he said rattle. rattle"), ["w:said", "w:rattle"]);
+        assert_eq!(
+            narrated("back then i had pills"),
+            ["w:back", "w:then", "w:i", "w:had", "w:pills"]
+        );
+        // Quotes and quoted lines.
+        assert_eq!(narrated("i read \"rattle\" today"), ["w:rattle"]);
+        assert_eq!(narrated("> rattle. rattle"), ["w:rattle"]);
+        // Only what comes before a word decides: appending never changes it.
+        let base = flags("i have the rope now");
+        let longer = flags("i have the rope now i tried years ago");
+        assert_eq!(&longer[..base.len()], &base[..]);
+
+        // In a short message narration does not matter: a third person's
+        // overdose in progress, reported in the past, is still imminent.
+        let m = Model::from_str(
+            &SMALL.replace("\"w:ledge\"", "\"w:rattle\" = [0.0, 0.0, 9.0]\n\"w:ledge\""),
+            "small.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            m.opinion(&feats("he said rattle"), RiskLevel::High).level,
+            Some(RiskLevel::Imminent)
+        );
+    }
+
+    /// The opinion as the engine forms it: features with their word index.
+    fn opinion_in_windows(m: &Model, text: &str, rules: RiskLevel) -> Option<RiskLevel> {
+        let mut scorer = m.scorer();
+        each_word_feature(text.as_bytes(), |key, token, s, e, narrated| {
+            scorer.add(key, token, s, e, narrated);
+        });
+        scorer.opinion(rules).level
+    }
+
+    #[test]
+    fn past_one_window_the_model_says_imminent_in_the_persons_own_voice() {
+        let m = Model::from_str(
+            &SMALL.replace("\"w:ledge\"", "\"w:rattle\" = [0.0, 0.0, 9.0]\n\"w:ledge\""),
+            "small.toml",
+        )
+        .unwrap();
+        let short = "rattle on the ledge";
+        let own = format!("{short} {}", "and so on ".repeat(30));
+        // The same words in a long sentence of reported speech.
+        let told = format!("she told me {own}");
+        assert_eq!(
+            opinion_in_windows(&m, short, RiskLevel::Low),
+            Some(RiskLevel::Imminent)
+        );
+        // Longer than one window, in the person's own voice: imminent.
+        assert_eq!(
+            opinion_in_windows(&m, &own, RiskLevel::Low),
+            Some(RiskLevel::Imminent)
+        );
+        // Mostly narration: the model alone raises to high at most…
+        assert_eq!(
+            opinion_in_windows(&m, &told, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+        // …and to imminent when the rules rate the message high.
+        assert_eq!(
+            opinion_in_windows(&m, &told, RiskLevel::High),
+            Some(RiskLevel::Imminent)
+        );
+    }
+
+    #[test]
+    fn a_window_is_in_the_persons_own_voice_up_to_three_narrated_words_in_ten() {
+        // Ten words, two features each; the first `n` narrated.
+        let hits = |n: usize| -> Vec<Hit> {
+            (0..10)
+                .flat_map(|t| [(t, 0, 0, 0, t < n), (t, 1, 0, 0, t < n)])
+                .collect()
+        };
+        assert!(own_voice(&hits(0)));
+        assert!(own_voice(&hits(3)));
+        assert!(!own_voice(&hits(4)));
+        assert!(!own_voice(&hits(10)));
+        // A rule feature at a narrated word does not make it the person's own.
+        let mut h = hits(4);
+        h.insert(2, (0, 7, 0, 0, false));
+        assert!(!own_voice(&h));
     }
 
     #[test]

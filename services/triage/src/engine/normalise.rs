@@ -215,22 +215,283 @@ fn emoji_word(c: char) -> Option<&'static str> {
         '💔' => "heartbroken",
         '😭' | '😢' => "crying",
         '🙏' => "please",
+        '⏰' | '⏱' => "clock",
+        '⌛' | '⏳' => "hourglass",
         _ => return None,
     })
 }
 
+/// The character a leet digit or symbol stands for.
+fn leet(c: char) -> Option<char> {
+    Some(match c {
+        '0' => 'o',
+        '1' => 'i',
+        '3' => 'e',
+        '4' => 'a',
+        '5' => 's',
+        '7' => 't',
+        '@' => 'a',
+        '$' => 's',
+        _ => return None,
+    })
+}
+
+/// A character of a word as obfuscated writing spells it.
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '@' || c == '$'
+}
+
+/// Characters that may stand between the letters of a spaced-out word
+/// ("k.i.l.l", "s u i c i d e", "k-i-l-l").
+fn is_letter_separator(c: char) -> bool {
+    matches!(
+        c,
+        ' ' | '.' | '-' | '_' | '*' | '/' | '|' | '+' | '~' | '\u{B7}'
+    )
+}
+
+/// Undoes obfuscated writing, character by character, before normalisation:
+///
+/// - **leet** inside a word that holds letters: `0 1 3 4 5 7 @ $` stand for
+///   `o i e a s t a s` (`11` for `ll`): `k1ll` → `kill`, `d13` → `die`,
+///   `su1c1d3` → `suicide`, `my$elf` → `myself`. A word qualifies when it
+///   has 3+ characters, a letter, no other digit (`covid19`, `b12`, `2nite`
+///   stay) and does not start with a digit (`3am`, `10mg`, `5pills` stay;
+///   a leading `0` before 3+ letters is read as `o`: `0verdose`); `@`
+///   only between letters, `$` only before a letter;
+/// - **spaced-out letters**: three or more one-character words (two or
+///   more of them letters) separated by the same short run of separators
+///   are joined (`k.i.l.l`, `s u i c i d e`); a longer gap ends the word
+///   (`k i l l  m y s e l f` → `kill myself`);
+/// - repeated letters need nothing here: [`normalise`] collapses runs of
+///   three or more (`diiiie` → `die`).
+///
+/// Returns the characters to normalise, each with the index of the original
+/// character it stands for (dropped separators leave gaps), or `None` when
+/// the text has nothing to undo (a clean text: no digit, `@` or `$` inside
+/// a word with letters, no run of three one-character words).
+pub(crate) fn deobfuscate(text: &str) -> Option<Vec<(char, u32)>> {
+    // Cheap test first: most messages have neither.
+    let bytes = text.as_bytes();
+    // A digit, `@` or `$` next to a letter.
+    let leety = |b: &u8| b.is_ascii_digit() || *b == b'@' || *b == b'$';
+    let maybe_leet = bytes.windows(2).any(|w| match w {
+        [a, b] => {
+            (leety(a) && !b.is_ascii_digit() && b.is_ascii_alphanumeric())
+                || (leety(b) && !a.is_ascii_digit() && a.is_ascii_alphanumeric())
+                || (leety(a) && !b.is_ascii())
+                || (leety(b) && !a.is_ascii())
+        }
+        _ => false,
+    });
+    // Three one-character words in a row: "x.y.z", "x y z".
+    let single = |w: &[u8], k: usize| {
+        w.get(k).is_some_and(u8::is_ascii_alphanumeric)
+            && !k
+                .checked_sub(1)
+                .and_then(|p| w.get(p))
+                .is_some_and(u8::is_ascii_alphanumeric)
+            && !w.get(k + 1).is_some_and(u8::is_ascii_alphanumeric)
+    };
+    let maybe_spaced = bytes.iter().enumerate().any(|(k, b)| {
+        b.is_ascii_alphanumeric() && single(bytes, k) && {
+            // The next two one-character words within short gaps.
+            let next = |from: usize| {
+                (from + 1..(from + 5).min(bytes.len()))
+                    .find(|&m| bytes.get(m).is_some_and(u8::is_ascii_alphanumeric))
+                    .filter(|&m| single(bytes, m))
+            };
+            next(k).and_then(next).is_some()
+        }
+    });
+    if !maybe_leet && !maybe_spaced {
+        return None;
+    }
+    let mut chars: Vec<char> = text.chars().collect();
+    let mut keep = vec![true; chars.len()];
+    let mut changed = false;
+    if maybe_leet {
+        changed |= undo_leet(&mut chars);
+    }
+    if maybe_spaced {
+        changed |= join_spaced_letters(&mut chars, &mut keep);
+    }
+    if !changed {
+        return None;
+    }
+    Some(
+        chars
+            .into_iter()
+            .zip(keep)
+            .enumerate()
+            .filter(|(_, (_, k))| *k)
+            .map(|(i, (c, _))| (c, i as u32))
+            .collect(),
+    )
+}
+
+/// Leet inside words (see [`deobfuscate`]); true when something changed.
+fn undo_leet(chars: &mut [char]) -> bool {
+    let mut changed = false;
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars.get(i).copied().is_some_and(is_word_char) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while chars.get(i).copied().is_some_and(is_word_char) {
+            i += 1;
+        }
+        let Some(word) = chars.get_mut(start..i) else {
+            break;
+        };
+        changed |= undo_leet_word(word);
+    }
+    changed
+}
+
+fn undo_leet_word(word: &mut [char]) -> bool {
+    let letters = word.iter().filter(|c| c.is_alphabetic()).count();
+    let leets = word.iter().filter(|&&c| leet(c).is_some()).count();
+    let other_digits = word.iter().any(|&c| c.is_numeric() && leet(c).is_none());
+    if word.len() < 3 || letters == 0 || leets == 0 || other_digits {
+        return false;
+    }
+    let leading_o = word.first() == Some(&'0')
+        && word
+            .get(1..)
+            .is_some_and(|rest| rest.len() >= 3 && rest.iter().take(3).all(|c| c.is_alphabetic()));
+    if word.first().is_some_and(|c| c.is_numeric()) && !leading_o {
+        return false;
+    }
+    let letter_at =
+        |w: &[char], k: Option<usize>| k.and_then(|k| w.get(k)).is_some_and(|c| c.is_alphabetic());
+    let mut changed = false;
+    for k in 0..word.len() {
+        let c = word.get(k).copied().unwrap_or(' ');
+        let Some(mut to) = leet(c) else {
+            continue;
+        };
+        match c {
+            '@' if !(letter_at(word, k.checked_sub(1)) && letter_at(word, Some(k + 1))) => {
+                continue;
+            }
+            '$' if !letter_at(word, Some(k + 1)) => continue,
+            '1' if word.get(k + 1) == Some(&'1')
+                || k.checked_sub(1).and_then(|p| word.get(p)) == Some(&'l') =>
+            {
+                to = 'l';
+            }
+            _ => {}
+        }
+        if let Some(slot) = word.get_mut(k) {
+            *slot = to;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Joins spaced-out letters (see [`deobfuscate`]); drops the separators by
+/// clearing their `keep` flags. True when something changed.
+fn join_spaced_letters(chars: &mut [char], keep: &mut [bool]) -> bool {
+    let single = |chars: &[char], k: usize| {
+        chars.get(k).copied().is_some_and(is_word_char)
+            && !k
+                .checked_sub(1)
+                .and_then(|p| chars.get(p))
+                .copied()
+                .is_some_and(is_word_char)
+            && !chars.get(k + 1).copied().is_some_and(is_word_char)
+    };
+    let mut changed = false;
+    let mut k = 0;
+    while k < chars.len() {
+        if !single(chars, k) {
+            k += 1;
+            continue;
+        }
+        // A run of singles: positions of the letters, and the separator
+        // (its characters) between the first two.
+        let mut run = vec![k];
+        let mut gap: Option<&[char]> = None;
+        let mut at = k + 1;
+        loop {
+            let sep_start = at;
+            while chars.get(at).copied().is_some_and(is_letter_separator) && at - sep_start < 3 {
+                at += 1;
+            }
+            let sep = chars.get(sep_start..at).unwrap_or_default();
+            if sep.is_empty() || !single(chars, at) || gap.is_some_and(|g| g != sep) {
+                break;
+            }
+            gap = Some(sep);
+            run.push(at);
+            at += 1;
+        }
+        let letters = run
+            .iter()
+            .filter(|&&p| chars.get(p).is_some_and(|c| c.is_alphabetic()))
+            .count();
+        let all_letters = run.iter().all(|&p| {
+            chars
+                .get(p)
+                .is_some_and(|&c| c.is_alphabetic() || leet(c).is_some())
+        });
+        if run.len() >= 3 && letters >= 2 && all_letters {
+            let (first, last) = (
+                run.first().copied().unwrap_or(k),
+                run.last().copied().unwrap_or(k),
+            );
+            for p in first..=last {
+                if run.binary_search(&p).is_err() {
+                    if let Some(f) = keep.get_mut(p) {
+                        *f = false;
+                    }
+                } else if let Some(c) = chars.get_mut(p)
+                    && let Some(to) = leet(*c)
+                {
+                    *c = to;
+                }
+            }
+            changed = true;
+            k = last + 1;
+        } else {
+            k = run.last().copied().unwrap_or(k) + 1;
+        }
+    }
+    changed
+}
+
 /// Normalises `text`. Never panics; any string is accepted.
 pub(crate) fn normalise(text: &str, tokens: Lexicon<'_>) -> Normalised {
+    match deobfuscate(text) {
+        Some(chars) => normalise_chars(chars.into_iter(), text.len(), tokens),
+        None => normalise_chars(
+            text.chars().enumerate().map(|(i, c)| (c, i as u32)),
+            text.len(),
+            tokens,
+        ),
+    }
+}
+
+/// [`normalise`] over characters, each with the index of the original
+/// character it stands for.
+fn normalise_chars(
+    chars: impl Iterator<Item = (char, u32)>,
+    len: usize,
+    tokens: Lexicon<'_>,
+) -> Normalised {
     let mut out = Normalised {
-        text: Vec::with_capacity(text.len() + 8),
-        origin: Vec::with_capacity(text.len() + 8),
+        text: Vec::with_capacity(len + 8),
+        origin: Vec::with_capacity(len + 8),
         lang_score: 0,
         run: 0,
     };
     // Start of the current token in `out.text` (None outside a token).
     let mut token_start: Option<usize> = None;
-    for (i, c) in text.chars().enumerate() {
-        let i = i as u32;
+    for (c, i) in chars {
         let j = i + 1;
         if c.is_ascii() {
             let b = c as u8;
@@ -518,6 +779,107 @@ mod tests {
         assert_eq!(n.text, b"gonna kill myself tonight");
         assert_eq!(n.original_span(6, 17), (6, 9));
         assert_eq!(n.lang_score, -1);
+    }
+
+    #[test]
+    fn leet_inside_words_is_undone() {
+        assert_eq!(norm("gonna k1ll mys3lf"), "gonna kill myself");
+        assert_eq!(norm("i want to d13"), "i want to die");
+        assert_eq!(norm("SU1C1D3"), "suicide");
+        assert_eq!(norm("ki11 my$elf"), "kill myself");
+        assert_eq!(norm("0verdose"), "overdose");
+        assert_eq!(norm("m4t4rm3"), "matarme");
+        // Numbers, units, times and codes stay.
+        assert_eq!(
+            norm("took 30pills at 3am, 10mg, covid19, b12, 2nite, $20, @ana, 4 x 4"),
+            "took 30pills at 3am, 10mg, covid19, b12, 2nite, $20, @ana, 4 x 4"
+        );
+    }
+
+    #[test]
+    fn spaced_out_letters_are_joined() {
+        assert_eq!(norm("k.i.l.l myself"), "kill myself");
+        assert_eq!(norm("s u i c i d e"), "suicide");
+        assert_eq!(norm("k i l l  m y s e l f"), "kill myself");
+        assert_eq!(norm("d-1-e"), "die");
+        // Two letters, mixed gaps and ordinary one-letter words stay.
+        assert_eq!(norm("a.m. i.e. o.d."), "a.m. i.e. o.d.");
+        assert_eq!(norm("i am a mess"), "i am a mess");
+        assert_eq!(norm("1. 2. 3."), "1. 2. 3.");
+    }
+
+    #[test]
+    fn deobfuscated_spans_map_back_to_the_original() {
+        let text = "im gonna k.i.l.l mys3lf";
+        let n = plain(text);
+        let s = String::from_utf8(n.text.clone()).unwrap();
+        assert_eq!(s, "im gonna kill myself");
+        let k = s.find("kill myself").unwrap();
+        assert_eq!(n.original_span(k, k + 11), (9, 23));
+        let m = s.find("myself").unwrap();
+        assert_eq!(n.original_span(m, m + 6), (17, 23));
+        // Repeated letters: one letter spans the run.
+        let n = plain("diiiie");
+        assert_eq!(n.text, b"die");
+        assert_eq!(n.original_span(0, 3), (0, 6));
+    }
+
+    /// A clean text: words of letters only, numbers standing alone, no
+    /// letter three times in a row, no three one-letter words in a row.
+    fn clean_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let word = prop_oneof![
+            "[a-zA-Záéíñü]{2,8}".prop_filter("no letter three times", |w| {
+                !w.chars()
+                    .collect::<Vec<_>>()
+                    .windows(3)
+                    .any(|t| t.iter().all(|c| c.to_lowercase().eq(t[0].to_lowercase())))
+            }),
+            "[0-9]{1,4}",
+            "[0-9]{1,3}(am|pm|mg)",
+            "[aiyo]",
+        ];
+        let sep = prop_oneof![
+            Just(" "),
+            Just(", "),
+            Just(". "),
+            Just("\n"),
+            Just(" - "),
+            Just("! ")
+        ];
+        proptest::collection::vec((word, sep), 0..30).prop_map(|ws| {
+            let mut out = String::new();
+            let mut singles = 0;
+            for (w, s) in ws {
+                singles = if w.chars().count() == 1 {
+                    singles + 1
+                } else {
+                    0
+                };
+                if singles >= 3 {
+                    singles = 2;
+                    continue;
+                }
+                out.push_str(&w);
+                out.push_str(s);
+            }
+            out
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn deobfuscating_a_clean_text_changes_nothing(text in clean_text()) {
+            proptest::prop_assert_eq!(deobfuscate(&text), None);
+            let n = plain(&text);
+            let m = normalise_chars(
+                text.chars().enumerate().map(|(i, c)| (c, i as u32)),
+                text.len(),
+                Lexicon { tokens: &TokenTable::default(), suffixes: &Suffixes::default() },
+            );
+            proptest::prop_assert_eq!(n.text, m.text);
+            proptest::prop_assert_eq!(n.origin, m.origin);
+        }
     }
 
     #[test]

@@ -145,6 +145,13 @@ struct RawRule {
     past: Option<Spanned<String>>,
     /// Level when the clause is a question or a hypothesis ("what if …").
     hypothetical: Option<Spanned<String>>,
+    /// Level when the message says there is no plan or no intent to act
+    /// (a match of a rule tagged `no_plan` within the combination window).
+    unplanned: Option<Spanned<String>>,
+    /// Counts only when the message is essentially this match (at most
+    /// `BARE_WORDS` other words), or when the other rules already reach high.
+    #[serde(default)]
+    bare: bool,
 }
 
 fn yes() -> bool {
@@ -172,6 +179,8 @@ pub(crate) struct Rule {
     pub third_person: Option<RiskLevel>,
     pub past: Option<RiskLevel>,
     pub hypothetical: Option<RiskLevel>,
+    pub unplanned: Option<RiskLevel>,
+    pub bare: bool,
 }
 
 /// A combination rule: fires when matches carry all of `all`'s tags.
@@ -210,7 +219,26 @@ pub(crate) struct Compiled {
     pub context: Context,
     pub tokens: TokenTable,
     pub suffixes: Suffixes,
+    /// The bit of the `no_plan` tag (0 when no rule carries it).
+    pub no_plan: u64,
 }
+
+/// The tag of rules that say there is no plan or no intent to act; rules
+/// with `unplanned` are lowered near their matches.
+pub(crate) const NO_PLAN_TAG: &str = "no_plan";
+
+/// A `bare` rule counts when the message has at most this many words
+/// besides its match ("sos", "please call an ambulance", "is anyone there").
+pub(crate) const BARE_WORDS: usize = 4;
+
+/// …and at most this many normalised bytes in all.
+pub(crate) const BARE_BYTES: usize = 80;
+
+/// A `bare` match in a longer message still counts when a match rated high
+/// or more starts within this many normalised bytes of it ("sos" followed by
+/// a plan). A bare message is at most [`BARE_BYTES`] long, so a risky
+/// phrase appended to it starts within reach and never lowers it.
+pub(crate) const BARE_REACH: usize = 120;
 
 /// 1-based line of a byte offset.
 /// Reads a rulebook or model file: its text and its name for errors.
@@ -472,6 +500,8 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Compiled, RulebookError> {
             third_person: c.opt_level(&r.third_person, r.id.get_ref())?,
             past: c.opt_level(&r.past, r.id.get_ref())?,
             hypothetical: c.opt_level(&r.hypothetical, r.id.get_ref())?,
+            unplanned: c.opt_level(&r.unplanned, r.id.get_ref())?,
+            bare: r.bare,
         });
     }
     if rules.is_empty() {
@@ -602,6 +632,7 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Compiled, RulebookError> {
     };
 
     Ok(Compiled {
+        no_plan: tag_bits.get(NO_PLAN_TAG).copied().unwrap_or(0),
         suffixes,
         version,
         rules,

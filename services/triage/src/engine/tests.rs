@@ -109,14 +109,95 @@ fn moderate_phrases() {
         &engine(),
         &[
             ("I want to die", Moderate),
-            ("sometimes i think about suicide", Moderate),
             ("I relapsed", Moderate),
             ("dope sick and cant stop shaking", Moderate),
             ("I feel so hopeless", Moderate),
             ("me quiero morir", Moderate),
             ("ya no aguanto", Moderate),
             ("recaí otra vez", Moderate),
-            ("kms", Moderate),
+        ],
+    );
+}
+
+/// Labelling policy 2026-12: unscreened active ideation is high unless the
+/// message says there is no plan; passive wishes stay moderate; negations
+/// and idioms stay low.
+#[test]
+fn unscreened_active_ideation_is_high_unless_no_plan_is_said() {
+    assert_levels(
+        &engine(),
+        &[
+            ("kms", High),
+            ("sometimes i think about suicide", High),
+            ("I want to end my life", High),
+            ("quiero quitarme la vida", High),
+            ("tengo pensamientos suicidas", High),
+            ("I want to end my life but I have no plan", Moderate),
+            (
+                "I want to kill myself. I'm not gonna, I just want to",
+                Moderate,
+            ),
+            ("quiero matarme pero no tengo ningún plan", Moderate),
+            ("I wish I wouldn't wake up", Moderate),
+            ("me quiero morir", Moderate),
+            ("I'm not going to kill myself", Low),
+            ("my son says he wants to kill himself", Moderate),
+        ],
+    );
+}
+
+/// A bare reach-out is moderate, a bare emergency signal imminent; the
+/// same words inside a message with other content are not.
+#[test]
+fn bare_reach_outs_and_emergency_signals() {
+    assert_levels(
+        &engine(),
+        &[
+            ("help", Moderate),
+            ("is anyone there? i need to talk", Moderate),
+            ("can someone call me back", Moderate),
+            ("¿hay alguien ahí?", Moderate),
+            ("sos", Imminent),
+            ("call an ambulance", Imminent),
+            ("llamen a una ambulancia", Imminent),
+            ("hi", Low),
+            ("¿me pueden llamar mañana?", Low),
+            ("No pienso matarme, solo quiero hablar con alguien", Low),
+            (
+                "if my friend ODs at a party do i call 911 first or narcan first",
+                Low,
+            ),
+            (
+                "can you help me find a detox bed near the clinic on main street",
+                Low,
+            ),
+            // Inside a message already at high, the signal still counts.
+            ("sos tengo un plan", Imminent),
+        ],
+    );
+}
+
+/// Injury in progress, plans and preparations in other words, obfuscated
+/// writing (categories of rulebook 2026.12.7).
+#[test]
+fn injury_plans_and_obfuscation_in_other_words() {
+    assert_levels(
+        &engine(),
+        &[
+            ("i cut too deep and it wont stop bleeding", Imminent),
+            ("no para de sangrar, me corté muy hondo", Imminent),
+            ("im bleeding and alone and i dont know what to do", Imminent),
+            ("i know how i would do it", High),
+            ("the belt is tied to the closet rod", High),
+            ("ya amarré la soga en la viga", High),
+            ("i want the batch thats been killing people", High),
+            ("i w4nt t0 k1ll mys3lf", High),
+            ("s u i c i d e is all i think about", High),
+            ("k.i.l.l m.y.s.e.l.f", High),
+            ("💊💊 its time", Imminent),
+            // Hard negatives.
+            ("i scratch my arm when im nervous", Low),
+            ("see you at 3am for the b12 shot, covid19 test at 10am", Low),
         ],
     );
 }
@@ -839,4 +920,44 @@ fn overdose_signs_in_other_words() {
         let level = e.assess(text).level;
         assert!(level < High, "{text:?}: {level}");
     }
+}
+
+/// Issue 13, long texts: a person writing at length, in their own voice,
+/// about an overdose or a jump in progress is imminent even when no rule
+/// rates it high (the one-window gate of `689457b` showed these as high);
+/// a long supportive reply to someone else, written to "you", is not.
+#[test]
+fn a_long_message_in_the_persons_own_voice_can_be_imminent_a_long_reply_cannot() {
+    let e = with_model();
+    let own = [
+        "hey. sorry this is long, i dont really know who else to message at this hour. my \
+         flatmate is away for the weekend and the house is really quiet. its been a rough month \
+         with work and my sister not speaking to me and everything piling up on top of me. about \
+         twenty minutes ago i swallowed the whole strip of my sleeping tablets with most of a \
+         bottle of vodka. my hands are tingling and the room is starting to spin and my chest \
+         feels heavy. im lying on the sofa with my phone. im not sure why im writing this now, i \
+         think im scared. can someone stay with me",
+        "ok so this is going to sound weird. im sitting in my car in the multi storey by the \
+         station, top level, engine off. its been raining all day and i havent eaten. my landlord \
+         is kicking me out on friday and my mum isnt answering. i keep looking at the edge over \
+         there and thinking it would be quick. ive written something for my brother and its on \
+         the passenger seat. im going to get out of the car in a minute. i just needed to tell \
+         someone before i go, i dont even know why im typing this to a stranger",
+    ];
+    for text in own {
+        assert!(text.split_whitespace().count() > model::WINDOW_WORDS);
+        assert!(engine().assess(text).level < High, "rules alone: {text}");
+        let a = e.assess(text);
+        assert_eq!(a.level, Imminent, "{text}: {a:?}");
+    }
+    let reply = "im really sorry youre going through this and im glad you posted. you dont have \
+         to have it all figured out tonight. when you feel like swallowing everything in the \
+         cabinet, you could give the pills to someone you trust or put them somewhere hard to \
+         reach. you could also write down the reasons you have stayed so far, even small ones. \
+         you said your sister still calls you on sundays, that counts. if you ever feel like you \
+         cant keep yourself safe please call a crisis line or go to the er, you deserve help and \
+         you deserve to stay";
+    assert!(reply.split_whitespace().count() > model::WINDOW_WORDS);
+    let a = e.assess(reply);
+    assert!(a.level < Imminent, "{a:?}");
 }
