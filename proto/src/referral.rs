@@ -272,8 +272,14 @@ pub struct ReferralRecord {
     /// SHA-256 of the body as received (hex): a replay with another body is 409.
     pub body_digest: String,
     /// What the Task's `focus` points at: the ServiceRequest's reference as
-    /// the partner sent it (`ServiceRequest/<id>`, a fullUrl), or its identifier.
-    pub focus: String,
+    /// the partner sent it (a Bundle entry's fullUrl, `ServiceRequest/<id>`),
+    /// `None` when it had neither (then the placer identifier names it).
+    #[serde(default)]
+    pub focus: Option<String>,
+    /// The ServiceRequest's first identifier (the partner's own referral
+    /// number), echoed as the Task's placer identifier.
+    #[serde(default)]
+    pub placer_identifier: Option<Identifier>,
     pub priority: Priority,
     #[serde(with = "time::serde::rfc3339")]
     pub offer_at: OffsetDateTime,
@@ -294,6 +300,99 @@ pub struct ReferralRecord {
     pub received_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub last_modified: OffsetDateTime,
+}
+
+/// A FHIR `Identifier` reduced to what the Task echoes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identifier {
+    #[serde(default)]
+    pub system: Option<String>,
+    pub value: String,
+}
+
+/// Code system of the Task's `businessStatus` (the outreach outcome).
+pub const OUTCOME_SYSTEM: &str = "https://nowrongdoor.example.org/fhir/CodeSystem/outreach-outcome";
+
+impl OutreachOutcome {
+    /// The `businessStatus` code and display.
+    pub fn business_status(self) -> (&'static str, &'static str) {
+        match self {
+            OutreachOutcome::Reached => ("reached", "Reached"),
+            OutreachOutcome::Declined => ("declined", "Person declined"),
+            OutreachOutcome::NoAnswer => ("unable-to-contact", "Unable to contact"),
+            OutreachOutcome::WrongNumber => ("wrong-number", "Unable to contact: wrong number"),
+            OutreachOutcome::ReferredOn => ("referred-on", "Referred on"),
+        }
+    }
+}
+
+impl ReferralRecord {
+    /// The referral's status as a FHIR R4 Task (Gravity SDOH Clinical Care
+    /// referral pattern): `focus` the ServiceRequest, `status` and
+    /// `businessStatus`, the due time as `restriction.period.end`. No patient
+    /// data: the Task names the request, not the person. `line` is the
+    /// line's name (the Task's owner) and `partner_name` the referrer's.
+    pub fn task(&self, line: &str, partner_name: &str) -> serde_json::Value {
+        use serde_json::{Value, json};
+        let rfc = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        let mut identifiers = Vec::new();
+        if let Some(placer) = &self.placer_identifier {
+            let mut id = json!({
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                    "code": "PLAC", "display": "Placer Identifier"}]},
+                "value": placer.value,
+                "assigner": {"display": partner_name},
+            });
+            if let Some(system) = &placer.system {
+                id["system"] = Value::String(system.clone());
+            }
+            identifiers.push(id);
+        }
+        identifiers.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                "code": "FILL", "display": "Filler Identifier"}]},
+            "system": "https://nowrongdoor.example.org/ids/referral-task",
+            "value": self.id.to_string(),
+            "assigner": {"display": line},
+        }));
+        let mut focus = json!({"display": "Referral to the crisis support line"});
+        if let Some(reference) = &self.focus {
+            focus["reference"] = Value::String(reference.clone());
+        } else if let Some(placer) = &self.placer_identifier {
+            focus["identifier"] = json!({"system": placer.system, "value": placer.value});
+        }
+        let mut task = json!({
+            "resourceType": "Task",
+            "id": self.id.to_string(),
+            "meta": {"versionId": self.version.to_string(), "lastUpdated": rfc(self.last_modified)},
+            "identifier": identifiers,
+            "status": self.status.as_str(),
+            "intent": "order",
+            "priority": self.priority.as_str(),
+            "code": {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code",
+                "code": "fulfill", "display": "Fulfill the focal request"}]},
+            "focus": focus,
+            "authoredOn": rfc(self.received_at),
+            "lastModified": rfc(self.last_modified),
+            "requester": {"display": partner_name},
+            "owner": {"display": line},
+            "restriction": {"period": {"start": rfc(self.offer_at), "end": rfc(self.due_at)}},
+        });
+        if let Some(outcome) = self.outcome {
+            let (code, display) = outcome.business_status();
+            task["businessStatus"] = json!({
+                "coding": [{"system": OUTCOME_SYSTEM, "code": code, "display": display}],
+                "text": display,
+            });
+        }
+        if let Some(reason) = &self.status_reason {
+            task["statusReason"] = json!({"text": reason});
+        }
+        task
+    }
 }
 
 /// An outreach contact opened by intake for a referral. Subject
@@ -433,6 +532,53 @@ mod tests {
         // An occurrence in the past is due as if none was given.
         let past = datetime!(2026-12-01 10:00 UTC);
         assert_eq!(due.schedule(Priority::Asap, Some(past), now).0, now);
+    }
+
+    #[test]
+    fn a_task_names_the_request_and_never_the_person() {
+        let at = datetime!(2026-12-07 10:00 UTC);
+        let mut record = ReferralRecord {
+            id: crate::wire::referral_id(&PartnerId::parse("county-hospital").unwrap(), "msg_1"),
+            partner: PartnerId::parse("county-hospital").unwrap(),
+            webhook_id: "msg_1".into(),
+            body_digest: "00".into(),
+            focus: Some("ServiceRequest/ed-4417".into()),
+            placer_identifier: Some(Identifier {
+                system: Some("https://hospital.example.org/ids/referral".into()),
+                value: "ED-4417".into(),
+            }),
+            priority: Priority::Stat,
+            offer_at: at,
+            due_at: at + time::Duration::minutes(15),
+            status: TaskStatus::Requested,
+            outcome: None,
+            status_reason: None,
+            contact_id: None,
+            version: 1,
+            received_at: at,
+            last_modified: at,
+        };
+        let task = record.task("No Wrong Door", "County Hospital");
+        assert_eq!(task["resourceType"], "Task");
+        assert_eq!(task["status"], "requested");
+        assert_eq!(task["focus"]["reference"], "ServiceRequest/ed-4417");
+        assert_eq!(task["identifier"][0]["value"], "ED-4417");
+        assert_eq!(task["identifier"][1]["value"], record.id.to_string());
+        assert_eq!(task["restriction"]["period"]["end"], "2026-12-07T10:15:00Z");
+        assert_eq!(task["meta"]["versionId"], "1");
+        assert!(task.get("businessStatus").is_none());
+        assert!(task.get("for").is_none());
+        record.status = TaskStatus::Failed;
+        record.outcome = Some(OutreachOutcome::NoAnswer);
+        record.status_reason = Some("no answer after 3 attempts".into());
+        record.version = 4;
+        let task = record.task("No Wrong Door", "County Hospital");
+        assert_eq!(task["status"], "failed");
+        assert_eq!(
+            task["businessStatus"]["coding"][0]["code"],
+            "unable-to-contact"
+        );
+        assert_eq!(task["statusReason"]["text"], "no answer after 3 attempts");
     }
 
     #[test]
