@@ -91,6 +91,10 @@ pub struct Partner {
     /// This partner's escalation policy, instead of the line's.
     #[serde(default)]
     pub ladder: Option<LadderPolicy>,
+    /// Referral webhook settings (secrets, callback URL, due times); `None`:
+    /// this partner does not post referrals.
+    #[serde(default)]
+    pub referrals: Option<crate::referral::ReferralSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

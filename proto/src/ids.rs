@@ -76,6 +76,12 @@ ulid_id!(
     ContactId
 );
 ulid_id!(
+    /// One partner referral. Derived from the partner and the referral's
+    /// `webhook-id` ([`crate::wire::referral_id`]), so a replay maps to the
+    /// same referral without any state.
+    ReferralId
+);
+ulid_id!(
     /// One message from a person, whatever the channel.
     MessageId
 );

@@ -17,6 +17,7 @@ pub mod ids;
 pub mod ladder;
 pub mod phone;
 pub mod pseudonym;
+pub mod referral;
 pub mod risk;
 pub mod router;
 pub mod streams;
@@ -27,6 +28,7 @@ pub use address::{Address, AddressKind};
 pub use envelope::{Envelope, Event};
 pub use ids::{
     ClientReplyId, ContactId, CounsellorId, EventId, MessageId, MessageSid, OutboundId, PartnerId,
+    ReferralId,
 };
 pub use phone::PhoneNumber;
 pub use pseudonym::Pseudonymiser;

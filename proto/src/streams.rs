@@ -25,6 +25,12 @@ pub mod consumers {
     pub const ROUTER: &str = "router";
     pub const NOTIFIER_SEND: &str = "notifier-send";
     pub const NOTIFIER_STATUS: &str = "notifier-status";
+    /// Intake: partner referrals → outreach contacts.
+    pub const INTAKE_REFERRAL: &str = "intake-referral";
+    /// Referrals service: outreach updates → Task status.
+    pub const REFERRALS_STATUS: &str = "referrals-status";
+    /// Notifier: Task status callbacks to partners.
+    pub const NOTIFIER_PARTNER: &str = "notifier-partner";
 }
 
 /// KV buckets.
@@ -48,10 +54,13 @@ pub mod buckets {
     /// id (never the id itself). Dashboard-owned; entries expire with the
     /// bucket's max age, and logout deletes them.
     pub const SESSIONS: &str = "sessions";
+    /// Partner referrals' closed-loop state ([`crate::referral::ReferralRecord`]),
+    /// key = referral id. The gateway creates; the referrals service changes.
+    pub const REFERRALS: &str = "referrals";
 
     /// Every bucket, in the order they are created.
-    pub const ALL: [&str; 7] = [
-        CONTACTS, THREADS, PRESENCE, SENDS, REPLIES, DIRECTORY, SESSIONS,
+    pub const ALL: [&str; 8] = [
+        CONTACTS, THREADS, PRESENCE, SENDS, REPLIES, DIRECTORY, SESSIONS, REFERRALS,
     ];
 
     /// The stream behind bucket `name` (`KV_<name>`), for its storage figures.

@@ -1,7 +1,7 @@
 //! Every subject, built in one place. Form: `nwd.v1.<area>.<event>[.<id>]`.
 //! Never write a subject as a string literal in a service.
 
-use crate::ids::{ContactId, CounsellorId};
+use crate::ids::{ContactId, CounsellorId, ReferralId};
 
 const ROOT: &str = "nwd.v1";
 
@@ -22,6 +22,38 @@ pub fn inbound_sms() -> String {
 
 pub fn inbound_sms_status() -> String {
     format!("{ROOT}.inbound.sms_status")
+}
+
+/// A partner referral taken by the gateway (INBOUND).
+pub fn inbound_referral() -> String {
+    format!("{ROOT}.inbound.referral")
+}
+
+/// An outreach contact opened for a referral (CONTACTS).
+pub fn contact_outreach(id: &ContactId) -> String {
+    format!("{ROOT}.contact.outreach.{id}")
+}
+
+pub fn contact_outreach_all() -> String {
+    format!("{ROOT}.contact.outreach.*")
+}
+
+/// What happened to an outreach contact (CONTACTS), for the referral's status.
+pub fn contact_outreach_update(id: &ContactId) -> String {
+    format!("{ROOT}.contact.outreach_update.{id}")
+}
+
+pub fn contact_outreach_update_all() -> String {
+    format!("{ROOT}.contact.outreach_update.*")
+}
+
+/// A referral's new status for the partner's callback (OUTBOUND).
+pub fn outbound_partner_task(id: &ReferralId) -> String {
+    format!("{ROOT}.outbound.partner_task.{id}")
+}
+
+pub fn outbound_partner_task_all() -> String {
+    format!("{ROOT}.outbound.partner_task.*")
 }
 
 pub fn contact_message(id: &ContactId) -> String {
@@ -132,6 +164,15 @@ mod tests {
         assert!(contact_message(&id).starts_with("nwd.v1.contact."));
         assert!(outbound_sms(&id).starts_with("nwd.v1.outbound."));
         assert!(inbound_sms().starts_with("nwd.v1.inbound."));
+        assert!(inbound_referral().starts_with("nwd.v1.inbound."));
+        assert!(contact_outreach(&id).starts_with("nwd.v1.contact."));
+        assert!(contact_outreach_update(&id).starts_with("nwd.v1.contact."));
+        let referral = ReferralId::new();
+        assert!(outbound_partner_task(&referral).starts_with("nwd.v1.outbound."));
+        assert_eq!(
+            last_token(&outbound_partner_task(&referral)),
+            referral.to_string()
+        );
         assert!(deadletter("intake-sms").starts_with("nwd.v1.deadletter."));
         assert_eq!(last_token(&contact_triaged(&id)), id.to_string());
     }

@@ -19,7 +19,16 @@ use time::OffsetDateTime;
 
 use crate::events::DeliveryStatus;
 use crate::ids::PartnerId;
-use crate::ids::{ClientReplyId, ContactId, CounsellorId, MessageId, MessageSid, OutboundId};
+use crate::ids::{
+    ClientReplyId, ContactId, CounsellorId, MessageId, MessageSid, OutboundId, ReferralId,
+};
+use crate::referral::OutreachChange;
+
+/// The referral a partner's `webhook-id` names: the same partner and id
+/// always give the same referral, so a replay finds the original.
+pub fn referral_id(partner: &PartnerId, webhook_id: &str) -> ReferralId {
+    ReferralId::derived(&format!("referral:{partner}:{webhook_id}"))
+}
 
 /// `Nats-Msg-Id`s: the idempotency key of each publish.
 pub mod msg_id {
@@ -33,6 +42,36 @@ pub mod msg_id {
     /// A delivery-status callback (INBOUND): one per message and status.
     pub fn sms_status(sid: &MessageSid, status: DeliveryStatus) -> String {
         format!("status:{sid}:{}", status.as_str())
+    }
+
+    /// A partner referral (INBOUND).
+    pub fn inbound_referral(referral: &ReferralId) -> String {
+        format!("referral:{referral}")
+    }
+
+    /// The outreach contact of a referral (CONTACTS): one per referral.
+    pub fn outreach_opened(referral: &ReferralId) -> String {
+        format!("outreach:{referral}")
+    }
+
+    /// A change of an outreach contact (CONTACTS): `at` is the record's time
+    /// of the change, so a retried command republishes under the same id.
+    pub fn outreach_update(
+        contact: &ContactId,
+        change: &OutreachChange,
+        at: OffsetDateTime,
+    ) -> String {
+        format!(
+            "outreach:{contact}:{}:{}",
+            change.name(),
+            at.unix_timestamp_nanos()
+        )
+    }
+
+    /// A referral's status at one version (OUTBOUND), also the callback's
+    /// `webhook-id`, the same on every attempt.
+    pub fn partner_task(referral: &ReferralId, version: u32) -> String {
+        format!("task:{referral}:{version}")
     }
 
     /// A person's message threaded into a contact (CONTACTS).
@@ -184,6 +223,11 @@ pub mod key {
     /// pseudonym (never the number itself).
     pub fn sms_thread(pseudonym: &str) -> String {
         format!("sms.{pseudonym}")
+    }
+
+    /// `referrals` bucket: the closed-loop record of one referral.
+    pub fn referral(referral: &ReferralId) -> String {
+        referral.to_string()
     }
 
     /// `directory` bucket: the directory in force.
@@ -346,5 +390,31 @@ mod tests {
         assert_eq!(key::reply(&out), OUT);
         assert_eq!(key::sms_thread("00ff"), "sms.00ff");
         assert_eq!(key::DIRECTORY_CURRENT, "current");
+    }
+
+    #[test]
+    fn referral_ids_are_todays_strings() {
+        let clinic = PartnerId::parse("eastside-clinic").unwrap();
+        let referral = referral_id(&clinic, "msg_2Lh9TqWb");
+        // The same partner and webhook-id always name the same referral;
+        // another partner's identical id is another referral.
+        assert_eq!(referral, referral_id(&clinic, "msg_2Lh9TqWb"));
+        let other = PartnerId::parse("county-hospital").unwrap();
+        assert_ne!(referral, referral_id(&other, "msg_2Lh9TqWb"));
+        assert_eq!(
+            referral,
+            ReferralId::derived("referral:eastside-clinic:msg_2Lh9TqWb")
+        );
+        let r = referral.to_string();
+        assert_eq!(msg_id::inbound_referral(&referral), format!("referral:{r}"));
+        assert_eq!(msg_id::outreach_opened(&referral), format!("outreach:{r}"));
+        assert_eq!(msg_id::partner_task(&referral, 3), format!("task:{r}:3"));
+        let c = contact();
+        let at = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).unwrap();
+        assert_eq!(
+            msg_id::outreach_update(&c, &OutreachChange::Queued, at),
+            "outreach:01JD5W3QK3N7Y8Z9ABCDEFGHJK:queued:1700000000123456789"
+        );
+        assert_eq!(key::referral(&referral), r);
     }
 }

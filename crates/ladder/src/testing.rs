@@ -73,6 +73,7 @@ pub fn directory() -> Directory {
         sms_numbers: vec![],
         medical_emergency_number: None,
         ladder: None,
+        referrals: None,
     };
     let consent = Consent {
         purpose: crate::TRUSTED_CONTACT_PURPOSE.into(),

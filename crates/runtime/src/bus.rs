@@ -61,7 +61,7 @@ pub struct NatsArgs {
     pub ack_timeout_ms: u64,
     /// The JetStream file store the line may use, in bytes: the server's
     /// `max_file_store`. Every stream and bucket gets a fixed share of it
-    /// (`bus::SHARES`, 72.5% in all).
+    /// (`bus::SHARES`, 73.5% in all).
     #[arg(
         long = "jetstream-store-bytes",
         env = "NWD_JETSTREAM_STORE_BYTES",
@@ -273,7 +273,7 @@ impl From<&NatsArgs> for Layout {
 }
 
 /// Each stream's and bucket's share of the store, in thousandths. They add up
-/// to 725‰: the other 27.5% is headroom for what the store holds besides
+/// to 735‰: the other 26.5% is headroom for what the store holds besides
 /// messages (consumer state, indexes, tombstones of deleted keys, partly
 /// filled blocks) and for streams other deployments add (an edge spool), so
 /// that no stream reaching its own limit can ever fill the server's store;
@@ -289,9 +289,9 @@ impl From<&NatsArgs> for Layout {
 /// parking them — which is why `deploy/prometheus/rules/storage.yml` alerts
 /// on them at 60% and 80%, well before. KV buckets always refuse new writes
 /// when full (JetStream's KV requires `discard: new`).
-pub const SHARES: [(&str, u64); 12] = [
+pub const SHARES: [(&str, u64); 13] = [
     (streams::INBOUND, 100),
-    (streams::CONTACTS, 200),
+    (streams::CONTACTS, 175),
     (streams::OUTBOUND, 100),
     (streams::AUDIT, 100),
     (streams::DEADLETTER, 25),
@@ -302,6 +302,7 @@ pub const SHARES: [(&str, u64); 12] = [
     (buckets::REPLIES, 10),
     (buckets::DIRECTORY, 5),
     (buckets::SESSIONS, 5),
+    (buckets::REFERRALS, 10),
 ];
 
 impl Layout {
@@ -378,6 +379,9 @@ pub fn bucket_configs(layout: &Layout) -> Vec<kv::Config> {
         base(buckets::REPLIES, 1, Duration::from_secs(30 * DAY_SECS)),
         base(buckets::DIRECTORY, 10, Duration::ZERO),
         base(buckets::SESSIONS, 1, SESSIONS_MAX_AGE),
+        // A referral's status is read by its partner for as long as the
+        // partner may ask; history 5 to see a record's recent changes.
+        base(buckets::REFERRALS, 5, Duration::ZERO),
     ]
 }
 
