@@ -97,6 +97,7 @@ pub fn directory() -> Directory {
             backup_line: PhoneNumber::parse("+15005550199").unwrap(),
             ladder: LadderPolicy::default(),
             safety_messages: Default::default(),
+            outreach_intros: Default::default(),
         },
         partners: vec![
             partner("clinic", "America/New_York"),
