@@ -812,4 +812,117 @@ mod tests {
             Err(TransitionError::Resolved)
         );
     }
+
+    fn outreach(contact: ContactId, offer_at: OffsetDateTime) -> OutreachOpened {
+        OutreachOpened {
+            contact_id: contact,
+            referral_id: crate::ids::ReferralId::new(),
+            channel: Channel::Sms {
+                patient: Address::parse("+15005550142"),
+                line: Address::parse("+15005550100"),
+            },
+            door: PartnerId::parse("riverside-reentry").unwrap(),
+            patient: None,
+            patient_name: Some("Jo".into()),
+            lang: Language::En,
+            priority: Priority::Stat,
+            offer_at,
+            due_at: offer_at + time::Duration::minutes(15),
+            reason: Some("released today".into()),
+            received_at: datetime!(2026-11-24 10:00 UTC),
+        }
+    }
+
+    #[test]
+    fn an_outreach_waits_for_its_time_out_of_the_queue_until_its_ladder_starts() {
+        let id = ContactId::new();
+        let offer_at = datetime!(2026-11-25 09:00 UTC);
+        let mut rec = ContactRecord::open_outreach(&outreach(id, offer_at));
+        assert_eq!(rec.risk, RiskLevel::High, "stat starts high");
+        assert_eq!(rec.message_count, 0);
+        assert_eq!(rec.door.as_ref().unwrap().as_str(), "riverside-reentry");
+        assert_eq!(rec.waiting_since(), Some(offer_at));
+        rec.escalation = Some(Escalation::start(
+            crate::ladder::LadderPolicy::default(),
+            offer_at,
+        ));
+        assert!(rec.scheduled());
+        // The person writes before the release date: served now.
+        let mut first = triaged(id, RiskLevel::Low, "a");
+        first.message.opens_contact = false;
+        assert_eq!(rec.apply_message(&first), Applied::Added);
+        assert_eq!(
+            rec.escalation.as_ref().unwrap().due,
+            Some(first.message.received_at)
+        );
+        rec.escalation.as_mut().unwrap().steps = 1;
+        assert!(!rec.scheduled(), "in the queue once a step fired");
+        // Old records (no outreach field) still read.
+        let mut json = serde_json::to_value(ContactRecord::open(&first)).unwrap();
+        json.as_object_mut().unwrap().remove("outreach");
+        let old: ContactRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.outreach, None);
+        assert!(!old.scheduled());
+    }
+
+    #[test]
+    fn only_the_holder_records_an_outcome_and_a_retry_changes_nothing() {
+        let id = ContactId::new();
+        let mut rec = ContactRecord::open_outreach(&outreach(id, NOW));
+        let reached = OutreachOutcome::Reached;
+        assert_eq!(
+            rec.record_outcome(&c("ana"), reached, NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        rec.offer(&[c("ana"), c("ben")]).unwrap();
+        rec.accept(&c("ana"), NOW).unwrap();
+        assert!(rec.owes_introduction());
+        assert_eq!(
+            rec.record_outcome(&c("ben"), reached, NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        assert_eq!(rec.record_outcome(&c("ana"), reached, NOW), Ok(true));
+        let later = NOW + time::Duration::minutes(1);
+        assert_eq!(rec.record_outcome(&c("ana"), reached, later), Ok(false));
+        assert_eq!(
+            rec.outreach.as_ref().unwrap().outcome.as_ref().unwrap().at,
+            NOW
+        );
+        assert_eq!(
+            rec.record_outcome(&c("ana"), OutreachOutcome::ReferredOn, later),
+            Ok(true),
+            "the holder may correct it"
+        );
+        rec.resolve(&c("ana"), later).unwrap();
+        assert_eq!(
+            rec.record_outcome(&c("ana"), reached, later),
+            Err(TransitionError::Resolved)
+        );
+        // A contact the person opened is no outreach.
+        let mut inbound = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Low, "a"));
+        inbound.offer(&[c("ana")]).unwrap();
+        inbound.accept(&c("ana"), NOW).unwrap();
+        assert_eq!(
+            inbound.record_outcome(&c("ana"), reached, NOW),
+            Err(TransitionError::NotOutreach)
+        );
+    }
+
+    #[test]
+    fn a_referral_joins_an_open_contact_once_and_is_not_introduced() {
+        let id = ContactId::new();
+        let mut rec = ContactRecord::open(&triaged(id, RiskLevel::Low, "a"));
+        let ev = outreach(id, NOW);
+        assert!(rec.join_outreach(&ev));
+        assert_eq!(rec.risk, RiskLevel::High);
+        let o = rec.outreach.clone().unwrap();
+        assert!(o.joined && o.introduced);
+        assert!(
+            !rec.join_outreach(&outreach(id, NOW)),
+            "one referral per record"
+        );
+        rec.offer(&[c("ana")]).unwrap();
+        rec.accept(&c("ana"), NOW).unwrap();
+        assert!(!rec.owes_introduction());
+    }
 }

@@ -102,6 +102,8 @@ pub fn directory() -> Directory {
         partners: vec![
             partner("clinic", "America/New_York"),
             partner("hospital", "America/Chicago"),
+            // A prison's re-entry programme: refers people, has no staff.
+            partner("prison", "America/Los_Angeles"),
         ],
         staff: vec![
             staff("ana", "clinic", &[En, Es], 2, Role::Counsellor),

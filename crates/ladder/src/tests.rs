@@ -662,3 +662,107 @@ mod board {
         assert_eq!(board.waiting(), 0);
     }
 }
+
+/// An outreach (a partner's referral): scheduled for `offer_at`, through a
+/// door (a prison) that has nobody on call.
+fn outreach(offer_at: time::OffsetDateTime) -> ContactRecord {
+    use nwd_proto::referral::{OutreachOpened, Priority};
+    let ev = OutreachOpened {
+        contact_id: nwd_proto::ContactId::new(),
+        referral_id: nwd_proto::ReferralId::new(),
+        channel: nwd_proto::events::Channel::Sms {
+            patient: nwd_proto::Address::parse("+15005550160"),
+            line: nwd_proto::Address::parse("+15005550100"),
+        },
+        door: pid("prison"),
+        patient: None,
+        patient_name: None,
+        lang: Language::En,
+        priority: Priority::Urgent,
+        offer_at,
+        due_at: offer_at + Duration::hours(4),
+        reason: None,
+        received_at: NOW,
+    };
+    let mut rec = ContactRecord::open_outreach(&ev);
+    rec.escalation = Some(nwd_proto::ladder::Escalation::start(
+        nwd_proto::ladder::LadderPolicy::default(),
+        offer_at,
+    ));
+    rec
+}
+
+#[test]
+fn an_outreach_is_offered_to_nobody_before_its_time() {
+    let dir = directory();
+    let release = NOW + Duration::hours(6);
+    let mut rec = outreach(release);
+    let f = floor(&dir, &["ana", "ben", "cy"], NOW);
+    assert!(!is_due(&rec, NOW));
+    assert!(fire(&mut rec, &f).is_empty());
+    assert!(
+        widen(&rec, &f).is_empty(),
+        "no rung reached: nobody to widen to"
+    );
+    assert_eq!(crate::floor::queue_key(&rec), None, "in no queue yet");
+    assert!(crate::floor::queue([&rec]).is_empty());
+    assert_eq!(
+        crate::floor::queue_depth([&rec])
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<usize>(),
+        0
+    );
+    let at_release = floor(&dir, &["ana", "ben", "cy"], release);
+    assert!(is_due(&rec, release));
+    assert!(!fire(&mut rec, &at_release).is_empty());
+    assert!(
+        crate::floor::queue_key(&rec).is_some(),
+        "queued once its ladder started"
+    );
+}
+
+#[test]
+fn an_outreach_through_a_door_with_nobody_on_call_goes_to_any_on_call_counsellor() {
+    let dir = directory();
+    let mut rec = outreach(NOW);
+    let f = floor(&dir, &["ben", "cy"], NOW);
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        rungs(&steps),
+        vec![
+            (
+                Some(Rung::Coordinator),
+                &StepOutcome::Skipped {
+                    reason: SkipReason::NoCoordinator
+                }
+            ),
+            (
+                Some(Rung::DoorOnCall),
+                &StepOutcome::Skipped {
+                    reason: SkipReason::NobodyEligible
+                }
+            ),
+            (
+                Some(Rung::AnyOnCall),
+                &StepOutcome::Offered {
+                    to: vec![sid("ben"), sid("cy")]
+                }
+            ),
+        ]
+    );
+    // The person has not written: the line's first words are never a queue notice.
+    assert!(
+        steps
+            .iter()
+            .all(|s| !matches!(s.outcome, StepOutcome::Acknowledged { .. }))
+    );
+    let nobody = floor(&dir, &[], NOW);
+    let mut alone = outreach(NOW);
+    let steps = fire(&mut alone, &nobody);
+    assert!(
+        steps
+            .iter()
+            .all(|s| !matches!(s.outcome, StepOutcome::Acknowledged { .. }))
+    );
+}
