@@ -81,6 +81,12 @@ pub enum ClientMsg {
         partner: PartnerId,
         nature: String,
     },
+    /// Records how an outreach ended (the counsellor is the session's, never
+    /// one the browser names; only the holder may).
+    OutreachOutcome {
+        contact_id: ContactId,
+        outcome: crate::referral::OutreachOutcome,
+    },
     Ping,
 }
 
@@ -293,6 +299,11 @@ pub enum ServerMsg {
     MedicalEmergencyRecorded {
         contact_id: ContactId,
         partner: PartnerId,
+    },
+    /// An outreach outcome was recorded (every tab of the counsellor).
+    OutreachOutcomeRecorded {
+        contact_id: ContactId,
+        outcome: crate::referral::OutreachOutcome,
     },
     /// Supervisors: something needs their attention.
     Alert {
