@@ -6,6 +6,7 @@
 //! resolves; the referrals service is told each step, in order. A referral
 //! due later is offered to nobody before its time; an SMS to a number that
 //! nobody has is served all the same.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
