@@ -1402,6 +1402,41 @@ mod outreach {
     }
 
     #[tokio::test]
+    async fn an_introduction_owed_after_a_crash_is_sent_once_by_the_sweep() {
+        let line = Line::start().await;
+        line.presence("ben", Presence::Available).await;
+        // What a router that crashed between the accept's write and the
+        // introduction leaves: assigned, not introduced.
+        let ev = opened("eastside-clinic", OffsetDateTime::now_utc());
+        let id = ev.contact_id;
+        let mut rec = ContactRecord::open_outreach(&ev);
+        rec.offer(&[c("ben")]).unwrap();
+        rec.accept(&c("ben"), OffsetDateTime::now_utc()).unwrap();
+        assert!(rec.owes_introduction());
+        line.contacts
+            .put(id.to_string(), serde_json::to_vec(&rec).unwrap().into())
+            .await
+            .unwrap();
+        let rec = eventually(WITHIN, "introduced by the sweep", || async {
+            line.record(id)
+                .await
+                .filter(|r| r.outreach.as_ref().is_some_and(|o| o.introduced))
+        })
+        .await;
+        assert_eq!(rec.outreach.unwrap().attempts, 1);
+        let sent = line.sms_to_person(id).await;
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].outbound_id, wire::outbound::outreach_intro(&id));
+        assert_eq!(
+            line.wait_updates(id, 1).await[0].change,
+            OutreachChange::Assigned {
+                counsellor: c("ben")
+            }
+        );
+        line.router.unwrap().stop().await;
+    }
+
+    #[tokio::test]
     async fn an_outreach_not_taken_by_its_due_time_is_late_once() {
         nwd_runtime::telemetry::metrics_handle();
         let line = Line::start().await;
