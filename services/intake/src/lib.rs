@@ -800,6 +800,58 @@ mod tests {
     }
 
     #[test]
+    fn referral_thread_decisions() {
+        let at = datetime!(2026-11-24 10:00 UTC);
+        let referral = ReferralId::new();
+        let own = wire::outreach_contact(&referral);
+        let Cas::Write(opened, ReferralThread::Opened) =
+            decide_referral_thread(None, &referral, at)
+        else {
+            panic!("no thread: the referral opens one")
+        };
+        assert_eq!(opened.contact_id, own);
+        assert_eq!(opened.opened_by, wire::outreach_thread_opener(&referral));
+        // A redelivery keeps its own thread, open or closed.
+        assert!(matches!(
+            decide_referral_thread(Some(opened.clone()), &referral, at),
+            Cas::Keep(ReferralThread::Opened)
+        ));
+        let closed_own = ThreadRecord {
+            closed_at: Some(at),
+            ..opened.clone()
+        };
+        assert!(matches!(
+            decide_referral_thread(Some(closed_own), &referral, at),
+            Cas::Keep(ReferralThread::Opened)
+        ));
+        // Another open contact is joined; a closed one is replaced.
+        let other = ThreadRecord {
+            contact_id: ContactId::new(),
+            ..opened
+        };
+        assert!(matches!(
+            decide_referral_thread(Some(other.clone()), &referral, at),
+            Cas::Keep(ReferralThread::Joins(c)) if c == other.contact_id
+        ));
+        let closed_other = ThreadRecord {
+            closed_at: Some(at),
+            ..other
+        };
+        assert!(matches!(
+            decide_referral_thread(Some(closed_other), &referral, at),
+            Cas::Write(t, ReferralThread::Opened) if t.contact_id == own
+        ));
+    }
+
+    #[test]
+    fn door_labels_are_bounded() {
+        let p = nwd_proto::PartnerId::parse("eastside-clinic").unwrap();
+        assert_eq!(door_label(Some(&p), false), "eastside-clinic");
+        assert_eq!(door_label(None, true), "line");
+        assert_eq!(door_label(None, false), "unknown");
+    }
+
+    #[test]
     fn decode_errors_never_echo_the_payload() {
         let e = Envelope::<InboundSms>::from_bytes(br#"{"id": "+15005550142"}"#).unwrap_err();
         assert!(!describe(&e).contains("5550142"));
