@@ -1437,6 +1437,64 @@ mod outreach {
     }
 
     #[tokio::test]
+    async fn a_referral_for_a_person_already_talking_joins_their_contact_and_a_second_gets_its_own()
+    {
+        let line = Line::start().await;
+        line.presence("ben", Presence::Available).await;
+        // The person is already in a conversation with Ben.
+        let open = ContactId::new();
+        line.message(open, RiskLevel::Low, Language::En, "hi").await;
+        line.pushes.wait_offer("ben", open).await;
+        assert_eq!(line.accept(open, "ben").await, RouterReply::Done);
+
+        let mut first = opened("eastside-clinic", OffsetDateTime::now_utc());
+        first.contact_id = open;
+        line.outreach(&first, &wire::msg_id::outreach_opened(&first.referral_id))
+            .await;
+        let updates = line.wait_updates(open, 2).await;
+        assert_eq!(
+            updates.iter().map(|u| u.change.clone()).collect::<Vec<_>>(),
+            [
+                OutreachChange::Queued,
+                OutreachChange::Assigned {
+                    counsellor: c("ben")
+                }
+            ]
+        );
+        let rec = line.record(open).await.unwrap();
+        let o = rec.outreach.clone().unwrap();
+        assert!(o.joined && o.introduced);
+        assert_eq!(o.referral_id, first.referral_id);
+        assert_eq!(rec.risk, RiskLevel::High, "raised to the referral's");
+        assert_eq!(rec.assigned_to(), Some(&c("ben")), "still with Ben");
+        assert!(
+            line.sms_to_person(open).await.is_empty(),
+            "no introduction to someone who wrote first"
+        );
+
+        // A second referral for the same person while the first is open.
+        let mut second = opened("county-hospital", OffsetDateTime::now_utc());
+        second.contact_id = open;
+        line.outreach(&second, &wire::msg_id::outreach_opened(&second.referral_id))
+            .await;
+        let own = wire::outreach_contact(&second.referral_id);
+        let rec = line.wait_state(own, "its own record", |_| true).await;
+        assert_eq!(rec.outreach.unwrap().referral_id, second.referral_id);
+        assert_eq!(changes(&line.wait_updates(own, 1).await)[0], "queued");
+        assert_eq!(
+            line.record(open)
+                .await
+                .unwrap()
+                .outreach
+                .unwrap()
+                .referral_id,
+            first.referral_id,
+            "the first keeps its contact"
+        );
+        line.router.unwrap().stop().await;
+    }
+
+    #[tokio::test]
     async fn an_outreach_not_taken_by_its_due_time_is_late_once() {
         nwd_runtime::telemetry::metrics_handle();
         let line = Line::start().await;
