@@ -262,3 +262,34 @@ async fn an_sms_to_a_number_nobody_has_is_still_served() {
     assert_eq!(offer.door, "No Wrong Door", "the shared pool");
     assert!(offer.outreach.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_outreach_surfaces_after_the_escalator_and_router_crashed_before_its_time() {
+    let mut line = Line::start().await;
+    let mut ana = Counsellor::available(&line, "ana").await;
+    let offer_at = OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let r = referral("release-list-0003", offer_at);
+    let id = wire::outreach_contact(&r.referral_id);
+    post(&line, &r).await;
+    nwd_testkit::eventually(T, "the scheduled record", || async {
+        line.records().await.into_iter().find(|rec| rec.id == id)
+    })
+    .await;
+    // Both services that could fire it die before its time, and come back
+    // only after it: the deadline is in the record, not in anyone's memory.
+    line.crash("escalator").await;
+    line.crash("router").await;
+    let wait = offer_at - OffsetDateTime::now_utc() + time::Duration::milliseconds(500);
+    tokio::time::sleep(Duration::try_from(wait).unwrap_or_default()).await;
+    assert!(
+        line.record(&id).await.scheduled(),
+        "nobody fired it while they were down"
+    );
+    line.restart("router").await;
+    line.restart("escalator").await;
+    let offer = ana
+        .expect(T, "the offer after the restarts", outreach_offer(id))
+        .await;
+    assert!(offer.outreach.is_some());
+    assert!(OffsetDateTime::now_utc() >= offer_at);
+}
