@@ -462,11 +462,17 @@ mod props {
         fn ladder_invariants_hold_under_any_interleaving(
             acts in proptest::collection::vec(act(), 1..60),
             patient in prop_oneof![Just(Some("maria")), Just(Some("james")), Just(None)],
+            // An outreach scheduled this many seconds ahead, or an inbound contact.
+            outreach_in in prop_oneof![Just(None), (1i64..600).prop_map(Some)],
         ) {
             let dir = directory();
             let mut now = NOW;
             let mut online: Vec<&str> = STAFF.to_vec();
-            let mut rec = contact(RiskLevel::Low, Language::En, patient, Some("clinic"), now);
+            let mut rec = match outreach_in {
+                Some(s) => super::outreach(now + Duration::seconds(s)),
+                None => contact(RiskLevel::Low, Language::En, patient, Some("clinic"), now),
+            };
+            let offer_at = rec.outreach.as_ref().map(|o| o.offer_at);
             let mut seen_steps = std::collections::HashSet::new();
             let mut max_risk = rec.risk;
             for a in acts {
@@ -508,6 +514,19 @@ mod props {
                 }
                 let f = floor(&dir, &online, now);
                 let fired = fire(&mut rec, &f);
+                if let Some(at) = offer_at
+                    && rec.message_count == 0
+                {
+                    // An outreach nobody has written to fires nothing before
+                    // its time, and never a queue notice.
+                    prop_assert!(fired.is_empty() || now >= at, "fired before offer_at");
+                    prop_assert!(rec.scheduled() == (rec.escalation.as_ref().unwrap().steps == 0
+                        && rec.waiting_since().is_some()));
+                    for s in &fired {
+                        let notice = matches!(s.outcome, StepOutcome::Acknowledged { .. });
+                        prop_assert!(!notice, "a queue notice to someone who did not write");
+                    }
+                }
                 for s in &fired {
                     // No step runs twice.
                     prop_assert!(seen_steps.insert(s.step), "step {} fired twice", s.step);
@@ -590,7 +609,14 @@ mod board {
                 .enumerate()
                 .map(|(i, r)| {
                     let at = NOW + Duration::seconds(i as i64 % 3);
-                    Some((contact(RiskLevel::ALL[*r], Language::En, None, None, at), 1))
+                    // The last is an outreach scheduled for later: in no queue
+                    // until its ladder starts.
+                    let rec = if i == 5 {
+                        super::outreach(NOW + Duration::hours(1))
+                    } else {
+                        contact(RiskLevel::ALL[*r], Language::En, None, None, at)
+                    };
+                    Some((rec, 1))
                 })
                 .collect();
             let mut board = Board::default();
