@@ -797,10 +797,15 @@ impl Router {
         {
             tracing::error!(contact = %id, error = %e, "cannot publish ContactAssigned");
         }
-        // An outreach: its update and the line's introduction (the sweep
-        // sends an introduction still owed if this fails).
+        // An outreach: its update and the line's introduction, before the
+        // counsellor can write (the dashboard refuses replies while it is
+        // owed). On failure the sweep sends it; the accept says try again.
         if let Err(e) = self.after_outreach_accept(&record).await {
             tracing::error!(contact = %id, error = %e, "cannot publish the outreach accept; the sweep retries");
+            return (
+                refused("the line could not send its introduction just now; please accept again"),
+                vec![FollowUp::WakeQueue],
+            );
         }
         if let Some(since) = waited_since {
             tracing::info!(contact = %id, counsellor = %who, "accepted");
