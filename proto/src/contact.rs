@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::events::{Channel, MessageTriaged};
-use crate::ids::{ContactId, CounsellorId, MessageId, PartnerId};
+use crate::ids::{ContactId, CounsellorId, MessageId, PartnerId, ReferralId};
 use crate::ladder::Escalation;
+use crate::referral::{OutreachOpened, OutreachOutcome, Priority};
 use crate::risk::{Language, Reason, RiskLevel};
 
 /// How many recent message ids a record remembers to make redelivery harmless.
@@ -66,6 +67,8 @@ pub enum TransitionError {
     NotAssigned,
     #[error("the contact is already resolved")]
     Resolved,
+    #[error("the contact is not an outreach")]
+    NotOutreach,
 }
 
 /// The state record of one contact.
@@ -101,6 +104,78 @@ pub struct ContactRecord {
     /// same audit record and SMS (same ids) instead of making a second one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub emergencies: Vec<EmergencyMark>,
+    /// Set when the contact is the line reaching out to a person a partner
+    /// referred (issue 14): the line speaks first. `None` for a contact the
+    /// person opened (and in records written before outreach existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outreach: Option<Outreach>,
+}
+
+/// What a contact record knows of the referral it reaches out for. The
+/// reason, the referring partner and the person's name are for the
+/// counsellor only: never sent to the person, never logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outreach {
+    pub referral_id: ReferralId,
+    /// The referring partner (also the contact's door).
+    pub partner: PartnerId,
+    pub priority: Priority,
+    /// Not offered to anyone before this time (a release date, a discharge).
+    #[serde(with = "time::serde::rfc3339")]
+    pub offer_at: OffsetDateTime,
+    /// Late when nobody has accepted it by then.
+    #[serde(with = "time::serde::rfc3339")]
+    pub due_at: OffsetDateTime,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub patient_name: Option<String>,
+    /// Times the line has texted the person (the introduction counts).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub outcome: Option<RecordedOutcome>,
+    /// Whether the line's introduction has been published (sent once, by
+    /// its derived outbound id, whoever publishes it).
+    #[serde(default)]
+    pub introduced: bool,
+    /// When the contact was found not assigned by `due_at` (counted once).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub late_at: Option<OffsetDateTime>,
+    /// The referral joined a contact the person had already opened: they
+    /// know the line, so it sends no introduction.
+    #[serde(default)]
+    pub joined: bool,
+}
+
+/// An outcome as the counsellor recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedOutcome {
+    pub outcome: OutreachOutcome,
+    pub by: CounsellorId,
+    /// Names the `OutreachUpdate` of this outcome, so a retry republishes
+    /// under the same id.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Outreach {
+    pub fn of(ev: &OutreachOpened) -> Self {
+        Self {
+            referral_id: ev.referral_id,
+            partner: ev.door.clone(),
+            priority: ev.priority,
+            offer_at: ev.offer_at,
+            due_at: ev.due_at,
+            reason: ev.reason.clone(),
+            patient_name: ev.patient_name.clone(),
+            attempts: 0,
+            outcome: None,
+            introduced: false,
+            late_at: None,
+            joined: false,
+        }
+    }
 }
 
 /// How long an identical medical-emergency request (same counsellor,
@@ -183,9 +258,88 @@ impl ContactRecord {
             escalation: None,
             orphaned_at: None,
             emergencies: Vec::new(),
+            outreach: None,
         };
         rec.apply_message(ev);
         rec
+    }
+
+    /// Opens an outreach record: waiting from `offer_at` (the router starts
+    /// its ladder due then, so nobody is offered it before), at the risk
+    /// the referral's priority implies, with no message yet.
+    pub fn open_outreach(ev: &OutreachOpened) -> Self {
+        Self {
+            id: ev.contact_id,
+            opened_at: ev.received_at,
+            channel: ev.channel.clone(),
+            door: Some(ev.door.clone()),
+            patient: ev.patient.clone(),
+            lang: ev.lang,
+            risk: ev.priority.initial_risk(),
+            reasons: Vec::new(),
+            state: ContactState::Waiting { since: ev.offer_at },
+            message_count: 0,
+            last_message_at: ev.received_at,
+            seen: Vec::new(),
+            escalation: None,
+            orphaned_at: None,
+            emergencies: Vec::new(),
+            outreach: Some(Outreach::of(ev)),
+        }
+    }
+
+    /// Attaches a referral to a contact the person already has open (they
+    /// wrote to the line first): the counsellor sees the referral; the line
+    /// sends no introduction. `false` when the record already reaches out
+    /// for a referral (another one, or this one: a redelivery).
+    pub fn join_outreach(&mut self, ev: &OutreachOpened) -> bool {
+        if self.outreach.is_some() || !self.is_open() {
+            return false;
+        }
+        self.risk = self.risk.ratchet(ev.priority.initial_risk());
+        self.outreach = Some(Outreach {
+            joined: true,
+            introduced: true,
+            ..Outreach::of(ev)
+        });
+        true
+    }
+
+    /// Whether the line still owes the person its introduction: an
+    /// outreach contact with a counsellor, not introduced yet.
+    pub fn owes_introduction(&self) -> bool {
+        self.assigned_to().is_some() && self.outreach.as_ref().is_some_and(|o| !o.introduced)
+    }
+
+    /// Records an outreach outcome; only the holding counsellor may. The
+    /// same outcome again by them is a retry (`Ok(false)`: nothing written).
+    pub fn record_outcome(
+        &mut self,
+        who: &CounsellorId,
+        outcome: OutreachOutcome,
+        now: OffsetDateTime,
+    ) -> Result<bool, TransitionError> {
+        if self.assigned_to() != Some(who) {
+            return Err(match self.state {
+                ContactState::Resolved { .. } => TransitionError::Resolved,
+                _ => TransitionError::NotAssigned,
+            });
+        }
+        let Some(o) = self.outreach.as_mut() else {
+            return Err(TransitionError::NotOutreach);
+        };
+        if o.outcome
+            .as_ref()
+            .is_some_and(|r| r.outcome == outcome && &r.by == who)
+        {
+            return Ok(false);
+        }
+        o.outcome = Some(RecordedOutcome {
+            outcome,
+            by: who.clone(),
+            at: now,
+        });
+        Ok(true)
     }
 
     /// Applies a triaged message: ratchets risk up, merges reasons, counts the
@@ -222,6 +376,15 @@ impl ContactRecord {
             }
             return Applied::Reopened;
         }
+        // A person who writes while their outreach waits for its time (a
+        // release date) is served now, like anyone who writes.
+        if self.outreach.is_some()
+            && self.waiting_since().is_some()
+            && let Some(e) = self.escalation.as_mut()
+            && e.due.is_some_and(|d| d > m.received_at)
+        {
+            e.due = Some(m.received_at);
+        }
         // Risk rising to imminent while in the queue broadcasts at once.
         if self.risk == RiskLevel::Imminent
             && self.waiting_since().is_some()
@@ -240,6 +403,15 @@ impl ContactRecord {
             ContactState::Waiting { since } | ContactState::Offered { since, .. } => Some(*since),
             _ => None,
         }
+    }
+
+    /// An outreach waiting for its time: its ladder has not fired a step
+    /// yet (the first fires at `offer_at`, or when the person writes). It
+    /// is offered to nobody and counts in no queue until then.
+    pub fn scheduled(&self) -> bool {
+        self.outreach.is_some()
+            && self.waiting_since().is_some()
+            && self.escalation.as_ref().is_none_or(|e| e.steps == 0)
     }
 
     pub fn is_open(&self) -> bool {
@@ -639,5 +811,118 @@ mod tests {
             rec.medical_emergency(&c("ana"), &hospital, nature, much_later),
             Err(TransitionError::Resolved)
         );
+    }
+
+    fn outreach(contact: ContactId, offer_at: OffsetDateTime) -> OutreachOpened {
+        OutreachOpened {
+            contact_id: contact,
+            referral_id: crate::ids::ReferralId::new(),
+            channel: Channel::Sms {
+                patient: Address::parse("+15005550142"),
+                line: Address::parse("+15005550100"),
+            },
+            door: PartnerId::parse("riverside-reentry").unwrap(),
+            patient: None,
+            patient_name: Some("Jo".into()),
+            lang: Language::En,
+            priority: Priority::Stat,
+            offer_at,
+            due_at: offer_at + time::Duration::minutes(15),
+            reason: Some("released today".into()),
+            received_at: datetime!(2026-11-24 10:00 UTC),
+        }
+    }
+
+    #[test]
+    fn an_outreach_waits_for_its_time_out_of_the_queue_until_its_ladder_starts() {
+        let id = ContactId::new();
+        let offer_at = datetime!(2026-11-25 09:00 UTC);
+        let mut rec = ContactRecord::open_outreach(&outreach(id, offer_at));
+        assert_eq!(rec.risk, RiskLevel::High, "stat starts high");
+        assert_eq!(rec.message_count, 0);
+        assert_eq!(rec.door.as_ref().unwrap().as_str(), "riverside-reentry");
+        assert_eq!(rec.waiting_since(), Some(offer_at));
+        rec.escalation = Some(Escalation::start(
+            crate::ladder::LadderPolicy::default(),
+            offer_at,
+        ));
+        assert!(rec.scheduled());
+        // The person writes before the release date: served now.
+        let mut first = triaged(id, RiskLevel::Low, "a");
+        first.message.opens_contact = false;
+        assert_eq!(rec.apply_message(&first), Applied::Added);
+        assert_eq!(
+            rec.escalation.as_ref().unwrap().due,
+            Some(first.message.received_at)
+        );
+        rec.escalation.as_mut().unwrap().steps = 1;
+        assert!(!rec.scheduled(), "in the queue once a step fired");
+        // Old records (no outreach field) still read.
+        let mut json = serde_json::to_value(ContactRecord::open(&first)).unwrap();
+        json.as_object_mut().unwrap().remove("outreach");
+        let old: ContactRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.outreach, None);
+        assert!(!old.scheduled());
+    }
+
+    #[test]
+    fn only_the_holder_records_an_outcome_and_a_retry_changes_nothing() {
+        let id = ContactId::new();
+        let mut rec = ContactRecord::open_outreach(&outreach(id, NOW));
+        let reached = OutreachOutcome::Reached;
+        assert_eq!(
+            rec.record_outcome(&c("ana"), reached, NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        rec.offer(&[c("ana"), c("ben")]).unwrap();
+        rec.accept(&c("ana"), NOW).unwrap();
+        assert!(rec.owes_introduction());
+        assert_eq!(
+            rec.record_outcome(&c("ben"), reached, NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        assert_eq!(rec.record_outcome(&c("ana"), reached, NOW), Ok(true));
+        let later = NOW + time::Duration::minutes(1);
+        assert_eq!(rec.record_outcome(&c("ana"), reached, later), Ok(false));
+        assert_eq!(
+            rec.outreach.as_ref().unwrap().outcome.as_ref().unwrap().at,
+            NOW
+        );
+        assert_eq!(
+            rec.record_outcome(&c("ana"), OutreachOutcome::ReferredOn, later),
+            Ok(true),
+            "the holder may correct it"
+        );
+        rec.resolve(&c("ana"), later).unwrap();
+        assert_eq!(
+            rec.record_outcome(&c("ana"), reached, later),
+            Err(TransitionError::Resolved)
+        );
+        // A contact the person opened is no outreach.
+        let mut inbound = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Low, "a"));
+        inbound.offer(&[c("ana")]).unwrap();
+        inbound.accept(&c("ana"), NOW).unwrap();
+        assert_eq!(
+            inbound.record_outcome(&c("ana"), reached, NOW),
+            Err(TransitionError::NotOutreach)
+        );
+    }
+
+    #[test]
+    fn a_referral_joins_an_open_contact_once_and_is_not_introduced() {
+        let id = ContactId::new();
+        let mut rec = ContactRecord::open(&triaged(id, RiskLevel::Low, "a"));
+        let ev = outreach(id, NOW);
+        assert!(rec.join_outreach(&ev));
+        assert_eq!(rec.risk, RiskLevel::High);
+        let o = rec.outreach.clone().unwrap();
+        assert!(o.joined && o.introduced);
+        assert!(
+            !rec.join_outreach(&outreach(id, NOW)),
+            "one referral per record"
+        );
+        rec.offer(&[c("ana")]).unwrap();
+        rec.accept(&c("ana"), NOW).unwrap();
+        assert!(!rec.owes_introduction());
     }
 }

@@ -81,6 +81,12 @@ pub enum ClientMsg {
         partner: PartnerId,
         nature: String,
     },
+    /// Records how an outreach ended (the counsellor is the session's, never
+    /// one the browser names; only the holder may).
+    OutreachOutcome {
+        contact_id: ContactId,
+        outcome: crate::referral::OutreachOutcome,
+    },
     Ping,
 }
 
@@ -149,6 +155,34 @@ pub struct ContactView {
     #[serde(default)]
     pub escalation: Option<Box<EscalationView>>,
     pub messages: Vec<MessageView>,
+    /// Set when the line reaches out to a person a partner referred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outreach: Option<Box<OutreachView>>,
+}
+
+/// An outreach contact as the counsellor sees it: who referred the person
+/// and why. For the counsellor only; never sent to the person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutreachView {
+    /// The referring institution's name.
+    pub referred_by: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The person's name as the partner gave it.
+    #[serde(default)]
+    pub patient_name: Option<String>,
+    pub priority: crate::referral::Priority,
+    #[serde(with = "time::serde::rfc3339")]
+    pub offer_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub due_at: OffsetDateTime,
+    /// Nobody had accepted it by its due time.
+    pub late: bool,
+    #[serde(default)]
+    pub outcome: Option<crate::referral::OutreachOutcome>,
+    /// The person had already written to the line (no introduction sent).
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// Why supervisors are alerted.
@@ -265,6 +299,11 @@ pub enum ServerMsg {
     MedicalEmergencyRecorded {
         contact_id: ContactId,
         partner: PartnerId,
+    },
+    /// An outreach outcome was recorded (every tab of the counsellor).
+    OutreachOutcomeRecorded {
+        contact_id: ContactId,
+        outcome: crate::referral::OutreachOutcome,
     },
     /// Supervisors: something needs their attention.
     Alert {

@@ -123,6 +123,10 @@ pub enum OpsAlert {
         stream: String,
         stream_sequence: u64,
     },
+    /// An SMS came in on a number that is neither one of the line's nor any
+    /// partner's door: it was taken into the shared pool; the directory
+    /// needs fixing. Never the number itself.
+    UnknownLineNumber { service: String },
 }
 
 impl Event for OpsAlert {

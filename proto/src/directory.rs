@@ -59,7 +59,17 @@ pub struct Line {
     /// (`{emergency}` is replaced by the emergency number).
     #[serde(default)]
     pub safety_messages: BTreeMap<Language, String>,
+    /// The first message of an outreach (a partner referred the person),
+    /// per language; `{line}` is replaced by the line's name. It names only
+    /// the line: the directory is refused if one names a partner
+    /// (42 CFR Part 2: the person must not learn who referred them).
+    #[serde(default)]
+    pub outreach_intros: BTreeMap<Language, String>,
 }
+
+/// The introduction when the directory has none in the contact's language
+/// nor in English. Names the line only (`{line}`).
+pub const DEFAULT_OUTREACH_INTRO: &str = "Hello, this is {line}. We would like to check in with you. A counsellor is here for you: you can reply to this message at any time. Reply STOP if you would rather not hear from us.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -210,6 +220,8 @@ pub enum DirectoryError {
     Ladder(String, PolicyError),
     #[error("{0}: bad time zone or shift: {1}")]
     Schedule(String, String),
+    #[error("the outreach introduction ({0}) names partner {1}: it must name only the line")]
+    IntroNamesPartner(String, String),
 }
 
 impl Directory {
@@ -251,6 +263,19 @@ impl Directory {
             if let Some(l) = &p.ladder {
                 l.validate()
                     .map_err(|e| DirectoryError::Ladder(p.id.to_string(), e))?;
+            }
+        }
+        for (lang, intro) in &self.line.outreach_intros {
+            let intro = intro.to_lowercase();
+            if let Some(p) = self
+                .partners
+                .iter()
+                .find(|p| intro.contains(&p.name.to_lowercase()) || intro.contains(p.id.as_str()))
+            {
+                return Err(DirectoryError::IntroNamesPartner(
+                    lang.as_str().to_owned(),
+                    p.id.to_string(),
+                ));
             }
         }
         for o in &self.overrides {
@@ -319,6 +344,18 @@ impl Directory {
         text.replace("{emergency}", &self.line.emergency_number)
     }
 
+    /// The first message of an outreach in a language (English, then the
+    /// built-in text, when missing). It takes nothing of the contact or the
+    /// referral: it can only name the line.
+    pub fn outreach_intro(&self, lang: Language) -> String {
+        self.line
+            .outreach_intros
+            .get(&lang)
+            .or_else(|| self.line.outreach_intros.get(&Language::En))
+            .map_or(DEFAULT_OUTREACH_INTRO, String::as_str)
+            .replace("{line}", &self.line.name)
+    }
+
     /// Display name of a door (partner name, or the line's own name).
     pub fn door_name(&self, door: Option<&PartnerId>) -> String {
         door.and_then(|d| self.partner(d))
@@ -376,6 +413,30 @@ mod tests {
                 "password_hash": "x",
             }],
         }))
+    }
+
+    #[test]
+    fn an_outreach_intro_names_only_the_line() {
+        let mut dir = with_hospital_emergency_number("+15005550121").unwrap();
+        let intro = dir.outreach_intro(Language::Es);
+        assert!(intro.starts_with("Hello, this is Test line."), "{intro}");
+        assert!(!intro.contains("County"));
+        dir.line
+            .outreach_intros
+            .insert(Language::Es, "Hola, somos {line}.".into());
+        assert_eq!(dir.outreach_intro(Language::Es), "Hola, somos Test line.");
+        assert_eq!(dir.validate(), Ok(()));
+        dir.line.outreach_intros.insert(
+            Language::En,
+            "Hi, County General referred you to {line}.".into(),
+        );
+        assert_eq!(
+            dir.validate(),
+            Err(DirectoryError::IntroNamesPartner(
+                "en".into(),
+                "county-hospital".into()
+            ))
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Event;
 use crate::ids::{ContactId, CounsellorId, PartnerId};
+use crate::referral::OutreachOutcome;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -32,6 +33,13 @@ pub enum RouterCommand {
         counsellor: CounsellorId,
         partner: PartnerId,
         nature: String,
+    },
+    /// The counsellor holding an outreach contact records how it ended
+    /// (issue 14). Only the holder may; the same outcome again is a retry.
+    OutreachOutcome {
+        contact_id: ContactId,
+        counsellor: CounsellorId,
+        outcome: OutreachOutcome,
     },
 }
 

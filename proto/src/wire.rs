@@ -30,6 +30,18 @@ pub fn referral_id(partner: &PartnerId, webhook_id: &str) -> ReferralId {
     ReferralId::derived(&format!("referral:{partner}:{webhook_id}"))
 }
 
+/// The outreach contact of a referral: derived from the referral, so a
+/// redelivered referral opens no second contact.
+pub fn outreach_contact(referral: &ReferralId) -> ContactId {
+    ContactId::derived(&format!("outreach:{referral}"))
+}
+
+/// The id that opens the person's thread for a referral (the thread
+/// record's `opened_by`; no message of the person has it).
+pub fn outreach_thread_opener(referral: &ReferralId) -> MessageId {
+    MessageId::derived(&format!("outreach:{referral}"))
+}
+
 /// `Nats-Msg-Id`s: the idempotency key of each publish.
 pub mod msg_id {
     use super::*;
@@ -158,6 +170,11 @@ pub mod outbound {
     /// The acknowledgement sent by escalation step `step`.
     pub fn acknowledgement(contact: &ContactId, step: u64) -> OutboundId {
         system(contact, &format!("step:{step}:ack"))
+    }
+
+    /// The line's introduction to a person it reaches out to: once per contact.
+    pub fn outreach_intro(contact: &ContactId) -> OutboundId {
+        system(contact, "outreach:intro")
     }
 
     /// The backup line's alert sent by escalation step `step`.
@@ -308,6 +325,21 @@ mod tests {
     }
 
     #[test]
+    fn an_outreach_contact_is_derived_from_its_referral() {
+        let referral: ReferralId = "01JD5W3QK3N7Y8Z9ABCDEFGHJP".parse().unwrap();
+        let other: ReferralId = "01JD5W3QK3N7Y8Z9ABCDEFGHJQ".parse().unwrap();
+        assert_eq!(
+            outreach_contact(&referral),
+            ContactId::derived("outreach:01JD5W3QK3N7Y8Z9ABCDEFGHJP")
+        );
+        assert_ne!(outreach_contact(&referral), outreach_contact(&other));
+        assert_eq!(
+            outreach_thread_opener(&referral),
+            MessageId::derived("outreach:01JD5W3QK3N7Y8Z9ABCDEFGHJP")
+        );
+    }
+
+    #[test]
     fn system_outbound_ids_are_derived_from_todays_names() {
         let c = contact();
         let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
@@ -317,6 +349,7 @@ mod tests {
         assert_eq!(outbound::safety_message(&c), derived("safety"));
         assert_eq!(outbound::acknowledgement(&c, 2), derived("step:2:ack"));
         assert_eq!(outbound::backup_alert(&c, 7), derived("step:7:backup"));
+        assert_eq!(outbound::outreach_intro(&c), derived("outreach:intro"));
         assert_eq!(
             outbound::trusted_contact(&c, 5, "maria-sister"),
             derived("step:5:trusted:maria-sister")
@@ -374,6 +407,7 @@ mod tests {
             let c = contact();
             let reply = outbound::counsellor_reply(&c, &ana(), &ClientReplyId::from_ulid(ulid::Ulid(client)));
             proptest::prop_assert_ne!(reply, outbound::safety_message(&c));
+            proptest::prop_assert_ne!(reply, outbound::outreach_intro(&c));
             proptest::prop_assert_ne!(reply, outbound::acknowledgement(&c, step));
             proptest::prop_assert_ne!(reply, outbound::backup_alert(&c, step));
             proptest::prop_assert_ne!(reply, outbound::trusted_contact(&c, step, "maria-sister"));

@@ -22,5 +22,6 @@ for _ in $(seq 1 600); do
 done
 grep -q "No Wrong Door is running" "$DATA/up.log" || { cat "$DATA/up.log"; exit 1; }
 DASHBOARD="http://$NWD_DASHBOARD_ADDR" PHONE="http://$NWD_PHONE_SIM_ADDR" \
+  NATS_URL="nats://127.0.0.1:$NWD_NATS_PORT" NATS_PASSWORD_FILE="$DATA/nats/operator.password" \
   SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" node "$ROOT/tests/browser/walkthrough.mjs" || {
     echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }

@@ -39,7 +39,7 @@ pub fn load<'r>(
 pub fn queue<'r>(contacts: impl IntoIterator<Item = &'r ContactRecord>) -> Vec<&'r ContactRecord> {
     let mut q: Vec<&ContactRecord> = contacts
         .into_iter()
-        .filter(|c| c.waiting_since().is_some())
+        .filter(|c| c.waiting_since().is_some() && !c.scheduled())
         .collect();
     q.sort_by(|a, b| {
         b.risk
@@ -56,7 +56,7 @@ pub fn queue_depth<'r>(
 ) -> [(RiskLevel, usize); 4] {
     let mut depth = RiskLevel::ALL.map(|r| (r, 0));
     for c in contacts {
-        if c.waiting_since().is_none() {
+        if c.waiting_since().is_none() || c.scheduled() {
             continue;
         }
         if let Some(slot) = depth.iter_mut().find(|(r, _)| *r == c.risk) {
@@ -101,7 +101,12 @@ struct Roster {
 pub type QueueKey = (Reverse<RiskLevel>, OffsetDateTime, ContactId);
 
 /// The queue key of a contact, if it is in the queue (waiting or offered).
+/// An outreach scheduled for later (its ladder has not started) is in no
+/// queue yet: it joins when its first step fires at `offer_at`.
 pub fn queue_key(rec: &ContactRecord) -> Option<QueueKey> {
+    if rec.scheduled() {
+        return None;
+    }
     rec.waiting_since()
         .map(|at| (Reverse(rec.risk), at, rec.id))
 }

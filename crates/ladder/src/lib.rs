@@ -123,7 +123,12 @@ pub fn fire(rec: &mut ContactRecord, floor: &Floor) -> Vec<StepRecord> {
     climb(rec, floor, &mut e, &mut step);
     // The waiting person hears from the line once per wait: at once if the
     // first pass found nobody to offer, else when the first timeout passes.
-    if !e.acknowledged && (fired_before || floor::offered_to(rec).is_empty()) {
+    // Not a person who has not written (an outreach the line makes): a
+    // queue notice would be the line's first words to them.
+    if !e.acknowledged
+        && rec.message_count > 0
+        && (fired_before || floor::offered_to(rec).is_empty())
+    {
         e.acknowledged = true;
         let outcome = StepOutcome::Acknowledged {
             ahead: floor.queue.ahead_of(rec),

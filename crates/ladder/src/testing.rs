@@ -97,10 +97,13 @@ pub fn directory() -> Directory {
             backup_line: PhoneNumber::parse("+15005550199").unwrap(),
             ladder: LadderPolicy::default(),
             safety_messages: Default::default(),
+            outreach_intros: Default::default(),
         },
         partners: vec![
             partner("clinic", "America/New_York"),
             partner("hospital", "America/Chicago"),
+            // A prison's re-entry programme: refers people, has no staff.
+            partner("prison", "America/Los_Angeles"),
         ],
         staff: vec![
             staff("ana", "clinic", &[En, Es], 2, Role::Counsellor),

@@ -462,11 +462,17 @@ mod props {
         fn ladder_invariants_hold_under_any_interleaving(
             acts in proptest::collection::vec(act(), 1..60),
             patient in prop_oneof![Just(Some("maria")), Just(Some("james")), Just(None)],
+            // An outreach scheduled this many seconds ahead, or an inbound contact.
+            outreach_in in prop_oneof![Just(None), (1i64..600).prop_map(Some)],
         ) {
             let dir = directory();
             let mut now = NOW;
             let mut online: Vec<&str> = STAFF.to_vec();
-            let mut rec = contact(RiskLevel::Low, Language::En, patient, Some("clinic"), now);
+            let mut rec = match outreach_in {
+                Some(s) => super::outreach(now + Duration::seconds(s)),
+                None => contact(RiskLevel::Low, Language::En, patient, Some("clinic"), now),
+            };
+            let offer_at = rec.outreach.as_ref().map(|o| o.offer_at);
             let mut seen_steps = std::collections::HashSet::new();
             let mut max_risk = rec.risk;
             for a in acts {
@@ -508,6 +514,19 @@ mod props {
                 }
                 let f = floor(&dir, &online, now);
                 let fired = fire(&mut rec, &f);
+                if let Some(at) = offer_at
+                    && rec.message_count == 0
+                {
+                    // An outreach nobody has written to fires nothing before
+                    // its time, and never a queue notice.
+                    prop_assert!(fired.is_empty() || now >= at, "fired before offer_at");
+                    prop_assert!(rec.scheduled() == (rec.escalation.as_ref().unwrap().steps == 0
+                        && rec.waiting_since().is_some()));
+                    for s in &fired {
+                        let notice = matches!(s.outcome, StepOutcome::Acknowledged { .. });
+                        prop_assert!(!notice, "a queue notice to someone who did not write");
+                    }
+                }
                 for s in &fired {
                     // No step runs twice.
                     prop_assert!(seen_steps.insert(s.step), "step {} fired twice", s.step);
@@ -590,7 +609,14 @@ mod board {
                 .enumerate()
                 .map(|(i, r)| {
                     let at = NOW + Duration::seconds(i as i64 % 3);
-                    Some((contact(RiskLevel::ALL[*r], Language::En, None, None, at), 1))
+                    // The last is an outreach scheduled for later: in no queue
+                    // until its ladder starts.
+                    let rec = if i == 5 {
+                        super::outreach(NOW + Duration::hours(1))
+                    } else {
+                        contact(RiskLevel::ALL[*r], Language::En, None, None, at)
+                    };
+                    Some((rec, 1))
                 })
                 .collect();
             let mut board = Board::default();
@@ -661,4 +687,108 @@ mod board {
         assert_eq!(floor.load.get(&sid("ana")), Some(&1));
         assert_eq!(board.waiting(), 0);
     }
+}
+
+/// An outreach (a partner's referral): scheduled for `offer_at`, through a
+/// door (a prison) that has nobody on call.
+fn outreach(offer_at: time::OffsetDateTime) -> ContactRecord {
+    use nwd_proto::referral::{OutreachOpened, Priority};
+    let ev = OutreachOpened {
+        contact_id: nwd_proto::ContactId::new(),
+        referral_id: nwd_proto::ReferralId::new(),
+        channel: nwd_proto::events::Channel::Sms {
+            patient: nwd_proto::Address::parse("+15005550160"),
+            line: nwd_proto::Address::parse("+15005550100"),
+        },
+        door: pid("prison"),
+        patient: None,
+        patient_name: None,
+        lang: Language::En,
+        priority: Priority::Urgent,
+        offer_at,
+        due_at: offer_at + Duration::hours(4),
+        reason: None,
+        received_at: NOW,
+    };
+    let mut rec = ContactRecord::open_outreach(&ev);
+    rec.escalation = Some(nwd_proto::ladder::Escalation::start(
+        nwd_proto::ladder::LadderPolicy::default(),
+        offer_at,
+    ));
+    rec
+}
+
+#[test]
+fn an_outreach_is_offered_to_nobody_before_its_time() {
+    let dir = directory();
+    let release = NOW + Duration::hours(6);
+    let mut rec = outreach(release);
+    let f = floor(&dir, &["ana", "ben", "cy"], NOW);
+    assert!(!is_due(&rec, NOW));
+    assert!(fire(&mut rec, &f).is_empty());
+    assert!(
+        widen(&rec, &f).is_empty(),
+        "no rung reached: nobody to widen to"
+    );
+    assert_eq!(crate::floor::queue_key(&rec), None, "in no queue yet");
+    assert!(crate::floor::queue([&rec]).is_empty());
+    assert_eq!(
+        crate::floor::queue_depth([&rec])
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<usize>(),
+        0
+    );
+    let at_release = floor(&dir, &["ana", "ben", "cy"], release);
+    assert!(is_due(&rec, release));
+    assert!(!fire(&mut rec, &at_release).is_empty());
+    assert!(
+        crate::floor::queue_key(&rec).is_some(),
+        "queued once its ladder started"
+    );
+}
+
+#[test]
+fn an_outreach_through_a_door_with_nobody_on_call_goes_to_any_on_call_counsellor() {
+    let dir = directory();
+    let mut rec = outreach(NOW);
+    let f = floor(&dir, &["ben", "cy"], NOW);
+    let steps = fire(&mut rec, &f);
+    assert_eq!(
+        rungs(&steps),
+        vec![
+            (
+                Some(Rung::Coordinator),
+                &StepOutcome::Skipped {
+                    reason: SkipReason::NoCoordinator
+                }
+            ),
+            (
+                Some(Rung::DoorOnCall),
+                &StepOutcome::Skipped {
+                    reason: SkipReason::NobodyEligible
+                }
+            ),
+            (
+                Some(Rung::AnyOnCall),
+                &StepOutcome::Offered {
+                    to: vec![sid("ben"), sid("cy")]
+                }
+            ),
+        ]
+    );
+    // The person has not written: the line's first words are never a queue notice.
+    assert!(
+        steps
+            .iter()
+            .all(|s| !matches!(s.outcome, StepOutcome::Acknowledged { .. }))
+    );
+    let nobody = floor(&dir, &[], NOW);
+    let mut alone = outreach(NOW);
+    let steps = fire(&mut alone, &nobody);
+    assert!(
+        steps
+            .iter()
+            .all(|s| !matches!(s.outcome, StepOutcome::Acknowledged { .. }))
+    );
 }

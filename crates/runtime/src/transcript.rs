@@ -150,5 +150,20 @@ pub fn contact_view(
             .filter(|_| rec.waiting_since().is_some())
             .map(|e| Box::new(nwd_proto::dashboard::EscalationView::of(e))),
         messages,
+        outreach: rec.outreach.as_ref().map(|o| {
+            Box::new(nwd_proto::dashboard::OutreachView {
+                referred_by: dir.door_name(Some(&o.partner)),
+                reason: o.reason.clone(),
+                patient_name: o.patient_name.clone(),
+                priority: o.priority,
+                offer_at: o.offer_at,
+                due_at: o.due_at,
+                late: o.late_at.is_some()
+                    || (rec.waiting_since().is_some()
+                        && time::OffsetDateTime::now_utc() > o.due_at),
+                outcome: o.outcome.as_ref().map(|r| r.outcome),
+                joined: o.joined,
+            })
+        }),
     }
 }

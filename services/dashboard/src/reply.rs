@@ -79,6 +79,14 @@ pub async fn reply(
     let Some(rec) = rec.filter(|r| r.assigned_to() == Some(who)) else {
         return Err(("not-assigned", "This conversation is not with you"));
     };
+    // An outreach: the line's introduction (naming only the line) is its
+    // first text, always; a counsellor's words never go before it.
+    if rec.owes_introduction() {
+        return Err((
+            "intro-pending",
+            "The line's introduction is still being sent; try again in a moment",
+        ));
+    }
 
     let outbound_id = wire::outbound::counsellor_reply(&contact_id, who, &client_id);
     let fresh = ReplyRecord {

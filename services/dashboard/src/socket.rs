@@ -300,6 +300,10 @@ impl Session {
                 partner,
                 nature,
             } => self.medical_emergency(contact_id, partner, nature).await,
+            ClientMsg::OutreachOutcome {
+                contact_id,
+                outcome,
+            } => self.outreach_outcome(contact_id, outcome).await,
         }
     }
 
@@ -458,6 +462,30 @@ impl Session {
             self.broadcast(&ServerMsg::MedicalEmergencyRecorded {
                 contact_id,
                 partner,
+            });
+        }
+    }
+
+    /// Records an outreach outcome through the router, as the session's
+    /// counsellor (the router refuses anyone but the holder).
+    async fn outreach_outcome(
+        &self,
+        contact_id: ContactId,
+        outcome: nwd_proto::referral::OutreachOutcome,
+    ) {
+        let cmd = RouterCommand::OutreachOutcome {
+            contact_id,
+            counsellor: self.who.clone(),
+            outcome,
+        };
+        if self
+            .routed("outreach_outcome", cmd)
+            .instrument(tracing::info_span!("outreach_outcome", contact = %contact_id))
+            .await
+        {
+            self.broadcast(&ServerMsg::OutreachOutcomeRecorded {
+                contact_id,
+                outcome,
             });
         }
     }

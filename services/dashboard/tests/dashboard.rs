@@ -1206,6 +1206,56 @@ async fn replies_are_refused_unless_assigned_and_well_sized() {
 }
 
 #[tokio::test]
+async fn no_reply_goes_before_an_outreach_introduction() {
+    let d = Dashboard::start().await;
+    let referral = nwd_proto::ReferralId::new();
+    let opened = nwd_proto::referral::OutreachOpened {
+        contact_id: wire::outreach_contact(&referral),
+        referral_id: referral,
+        channel: Channel::Sms {
+            patient: nwd_proto::Address::parse("+15005550166"),
+            line: nwd_proto::Address::parse("+15005550100"),
+        },
+        door: nwd_proto::PartnerId::parse("county-hospital").unwrap(),
+        patient: None,
+        patient_name: None,
+        lang: Language::En,
+        priority: nwd_proto::referral::Priority::Stat,
+        offer_at: OffsetDateTime::now_utc(),
+        due_at: OffsetDateTime::now_utc(),
+        reason: None,
+        received_at: OffsetDateTime::now_utc(),
+    };
+    let mut rec = ContactRecord::open_outreach(&opened);
+    rec.offer(&[CounsellorId::parse("ana").unwrap()]).unwrap();
+    rec.accept(
+        &CounsellorId::parse("ana").unwrap(),
+        OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    d.put(&rec).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let reply = || ClientMsg::Reply {
+        contact_id: rec.id,
+        client_id: ClientReplyId::new(),
+        body: "hi, it's Ana".into(),
+    };
+    ana.send(&reply()).await;
+    ana.expect_error("intro-pending").await;
+    assert!(d.outbound(&rec.id).await.is_empty());
+    // Once the line has introduced itself, the counsellor writes freely.
+    rec.outreach.as_mut().unwrap().introduced = true;
+    d.put(&rec).await;
+    ana.send(&reply()).await;
+    ana.expect("the reply", |m| {
+        matches!(m, ServerMsg::ReplyOutcome { resent: false, .. }).then_some(())
+    })
+    .await;
+    assert_eq!(d.outbound(&rec.id).await.len(), 1);
+}
+
+#[tokio::test]
 async fn a_delivery_status_reaches_the_assigned_counsellor() {
     let d = Dashboard::start().await;
     let rec = d.contact("hello", assigned_to("ana")).await;

@@ -483,6 +483,8 @@ async fn router_commands_name_the_sessions_counsellor_not_one_the_browser_sends(
             "disposition": null}),
         serde_json::json!({"type": "medical_emergency", "contact_id": contact,
             "counsellor": "sam", "partner": "county-hospital", "nature": "overdose"}),
+        serde_json::json!({"type": "outreach_outcome", "contact_id": contact,
+            "counsellor": "sam", "outcome": "reached"}),
     ];
     for msg in forged {
         ws.0.send(WsMessage::Text(msg.to_string().into()))
@@ -499,7 +501,8 @@ async fn router_commands_name_the_sessions_counsellor_not_one_the_browser_sends(
             RouterCommand::Accept { counsellor, .. }
             | RouterCommand::Decline { counsellor, .. }
             | RouterCommand::Resolve { counsellor, .. }
-            | RouterCommand::MedicalEmergency { counsellor, .. } => counsellor,
+            | RouterCommand::MedicalEmergency { counsellor, .. }
+            | RouterCommand::OutreachOutcome { counsellor, .. } => counsellor,
         };
         assert_eq!(who.as_str(), "ana", "{msg}");
         let answer = Envelope::new(RouterReply::Refused {

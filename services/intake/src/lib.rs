@@ -11,8 +11,17 @@
 //! Twilio's MessageSid, so a redelivery never creates a second message.
 //!
 //! A contact is never refused: an unknown line number or sender is still
-//! taken (door `None`, patient `None`). Any bus or KV error retries the
-//! message; only an undecodable message is terminated.
+//! taken (door `None`, patient `None`). A number that is neither the line's
+//! nor any partner's door is a directory mistake: the message goes to the
+//! shared pool all the same and operators are alerted
+//! (`nwd_intake_unknown_line_total`, a warning without the number, an
+//! `ops.alert`). Any bus or KV error retries the message; only an
+//! undecodable message is terminated.
+//!
+//! Partner referrals (consumer `intake-referral`) become outreach contacts:
+//! the contact id is derived from the referral, the person's thread is
+//! opened on it (so their replies join it) and [`OutreachOpened`] is
+//! published; see `docs/adr/0014-outreach.md`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,12 +30,17 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use nwd_proto::contact::ThreadRecord;
+use nwd_proto::deadletter::OpsAlert;
 use nwd_proto::envelope::DecodeError;
 use nwd_proto::events::{Channel, ContactMessage, ContactResolved, InboundSms};
 use nwd_proto::pseudonym::PseudonymKeyError;
+use nwd_proto::referral::{InboundReferral, OutreachOpened};
+use nwd_proto::risk::Language;
 use nwd_proto::streams::{self, buckets, consumers};
 use nwd_proto::wire;
-use nwd_proto::{ContactId, Envelope, MessageId, MessageSid, Pseudonymiser, subjects};
+use nwd_proto::{
+    Address, ContactId, Envelope, MessageId, MessageSid, Pseudonymiser, ReferralId, subjects,
+};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
 use nwd_runtime::kv::{self, Cas, KvError};
@@ -118,6 +132,7 @@ pub async fn run(
         nwd_runtime::directory::READY.to_owned(),
         format!("consumer:{}", consumers::INTAKE_SMS),
         format!("consumer:{}", consumers::INTAKE_RESOLVED),
+        format!("consumer:{}", consumers::INTAKE_REFERRAL),
     ]);
     let client = bus::connect(&config.nats, NAME).await?;
     readiness.watch_client(client.clone());
@@ -179,10 +194,27 @@ pub async fn run(
     let sms = Arc::new(SmsHandler {
         js: js.clone(),
         threads: threads.clone(),
-        directory,
+        directory: directory.clone(),
         pseudonyms: pseudonyms.clone(),
         seen: Mutex::new(Seen::default()),
     });
+    tasks.spawn(consume::run(
+        js.clone(),
+        ConsumerSpec::new(
+            NAME,
+            streams::INBOUND,
+            consumers::INTAKE_REFERRAL,
+            vec![subjects::inbound_referral()],
+        ),
+        Arc::new(ReferralHandler {
+            js: js.clone(),
+            threads: threads.clone(),
+            directory,
+            pseudonyms: pseudonyms.clone(),
+        }),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(consume::run(
         js.clone(),
         ConsumerSpec::new(
@@ -256,6 +288,51 @@ pub fn decide_thread(
             };
             Cas::Write(t.clone(), t)
         }
+    }
+}
+
+/// Where a referral's outreach goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferralThread {
+    /// The person's thread is (now) the referral's own outreach contact.
+    Opened,
+    /// The person already has this contact open (they wrote to the line,
+    /// or another referral reaches out to them): the referral joins it.
+    Joins(ContactId),
+}
+
+/// Decides the person's thread for a referral (pure, for `kv::cas`): no
+/// thread or a closed one → the referral's own contact opens it; the
+/// referral's own thread (a redelivery) is kept; another open contact is
+/// joined, so the person keeps one conversation with the line.
+pub fn decide_referral_thread(
+    current: Option<ThreadRecord>,
+    referral: &ReferralId,
+    received_at: OffsetDateTime,
+) -> Cas<ThreadRecord, ReferralThread> {
+    let contact_id = wire::outreach_contact(referral);
+    match current {
+        Some(t) if t.contact_id == contact_id => Cas::Keep(ReferralThread::Opened),
+        Some(t) if t.closed_at.is_none() => Cas::Keep(ReferralThread::Joins(t.contact_id)),
+        _ => Cas::Write(
+            ThreadRecord {
+                contact_id,
+                opened_at: received_at,
+                opened_by: wire::outreach_thread_opener(referral),
+                closed_at: None,
+            },
+            ReferralThread::Opened,
+        ),
+    }
+}
+
+/// The door label of `nwd_contacts_opened_total`: the partner's id, `line`
+/// for the line's own numbers, `unknown` for a number nobody has.
+pub fn door_label(door: Option<&nwd_proto::PartnerId>, own_line: bool) -> String {
+    match door {
+        Some(p) => p.to_string(),
+        None if own_line => "line".to_owned(),
+        None => "unknown".to_owned(),
     }
 }
 
@@ -373,6 +450,7 @@ impl SmsHandler {
             line: sms.to.clone(),
         };
         let channel_kind = channel.kind();
+        let event_door = door.clone();
         let event = ContactMessage {
             contact_id: thread.contact_id,
             message_id,
@@ -398,11 +476,165 @@ impl SmsHandler {
             duplicate = published.duplicate,
             "contact message published"
         );
+        // No wrong door: a number nobody has is still served (shared pool),
+        // and whoever keeps the directory is told (never the number).
+        let own_line = sms
+            .to
+            .phone()
+            .is_some_and(|n| directory.line.numbers.contains(&n));
+        let unknown_line = event_door.is_none() && !own_line;
+        if unknown_line && !published.duplicate {
+            metrics::counter!("nwd_intake_unknown_line_total", "service" => NAME).increment(1);
+            tracing::warn!(
+                contact_id = %thread.contact_id,
+                message_id = %message_id,
+                "SMS to a number that is neither the line's nor a partner's door; taken into the shared pool: fix the directory"
+            );
+            if opens_contact {
+                let alert = Envelope::new(OpsAlert::UnknownLineNumber {
+                    service: NAME.to_owned(),
+                });
+                if let Err(e) = self
+                    .js
+                    .client()
+                    .publish(subjects::ops_alert(), alert.to_bytes().into())
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot alert supervisors of an unknown line number");
+                }
+            }
+        }
         if opens_contact && !published.duplicate {
-            metrics::counter!("nwd_contacts_opened_total", "service" => NAME, "channel" => channel_kind)
+            let door = door_label(event_door.as_ref(), own_line);
+            metrics::counter!("nwd_contacts_opened_total", "service" => NAME, "channel" => channel_kind, "door" => door)
                 .increment(1);
         }
         Ok(())
+    }
+}
+
+/// Consumer `intake-referral`: INBOUND `nwd.v1.inbound.referral` → an
+/// outreach contact (CONTACTS `nwd.v1.contact.outreach.<id>`).
+struct ReferralHandler {
+    js: jetstream::Context,
+    threads: jetstream::kv::Store,
+    directory: nwd_runtime::directory::Live,
+    pseudonyms: Pseudonymiser,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReferralError {
+    #[error(transparent)]
+    Handle(#[from] HandleError),
+    /// The line has no number of its own to text the person from.
+    #[error("the directory gives the line no number of its own")]
+    NoLineNumber,
+}
+
+impl From<KvError> for ReferralError {
+    fn from(e: KvError) -> Self {
+        ReferralError::Handle(e.into())
+    }
+}
+
+impl ReferralHandler {
+    async fn process(&self, referral: &InboundReferral) -> Result<ContactId, ReferralError> {
+        let directory = self.directory.get();
+        // The line texts the person from its own number, never a partner's door.
+        let line: Address = directory
+            .line
+            .numbers
+            .first()
+            .cloned()
+            .ok_or(ReferralError::NoLineNumber)?
+            .into();
+        let person = &referral.patient.phone;
+        let key = self.pseudonyms.thread_key(person);
+        let (thread, _) = kv::cas(&self.threads, &key, |current| {
+            decide_referral_thread(current, &referral.referral_id, referral.received_at)
+        })
+        .await?;
+        let (contact_id, joins) = match thread {
+            ReferralThread::Opened => (wire::outreach_contact(&referral.referral_id), false),
+            ReferralThread::Joins(open) => (open, true),
+        };
+        let known = person.phone().and_then(|n| directory.patient_by_phone(&n));
+        let lang = referral
+            .patient
+            .language
+            .or(known.map(|p| p.language))
+            .unwrap_or(Language::En);
+        let event = OutreachOpened {
+            contact_id,
+            referral_id: referral.referral_id,
+            channel: Channel::Sms {
+                patient: person.clone(),
+                line,
+            },
+            door: referral.partner.clone(),
+            patient: known.map(|p| p.id.clone()),
+            patient_name: referral.patient.name.clone(),
+            lang,
+            priority: referral.priority,
+            offer_at: referral.offer_at,
+            due_at: referral.due_at,
+            reason: referral.reason.clone(),
+            received_at: referral.received_at,
+        };
+        let published = bus::publish(
+            &self.js,
+            subjects::contact_outreach(&contact_id),
+            &wire::msg_id::outreach_opened(&referral.referral_id),
+            &Envelope::new(event),
+        )
+        .await
+        .map_err(HandleError::from)?;
+        tracing::info!(
+            contact_id = %contact_id,
+            referral_id = %referral.referral_id,
+            partner = %referral.partner,
+            joins,
+            duplicate = published.duplicate,
+            "outreach opened"
+        );
+        if !published.duplicate && !joins {
+            metrics::counter!("nwd_contacts_opened_total", "service" => NAME, "channel" => "outreach", "door" => referral.partner.to_string())
+                .increment(1);
+        }
+        Ok(contact_id)
+    }
+}
+
+impl Handler for ReferralHandler {
+    async fn handle(&self, msg: &jetstream::Message) -> Outcome {
+        let env = match Envelope::<InboundReferral>::from_bytes(&msg.payload) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "undecodable referral");
+                return Outcome::Reject("undecodable");
+            }
+        };
+        match self.process(&env.data).await {
+            Ok(_) => Outcome::Ack,
+            // Parked in DEADLETTER (supervisors alerted), never dropped: it
+            // is replayed once the directory gives the line a number.
+            Err(ReferralError::NoLineNumber) => {
+                tracing::error!(referral_id = %env.data.referral_id, "referral cannot be served: the line has no number");
+                Outcome::Reject("no line number")
+            }
+            Err(e) => {
+                tracing::warn!(referral_id = %env.data.referral_id, error = %e, "referral intake failed; retrying");
+                Outcome::Retry(RETRY_DELAY)
+            }
+        }
+    }
+
+    /// One lane per person, like their SMS.
+    fn lane_key(&self, msg: &jetstream::Message) -> u64 {
+        match Envelope::<InboundReferral>::from_bytes(&msg.payload) {
+            Ok(env) => consume::hash(&self.pseudonyms.thread_key(&env.data.patient.phone)),
+            Err(_) => consume::hash(msg.subject.as_str()),
+        }
     }
 }
 
@@ -565,6 +797,58 @@ mod tests {
             decide_close(Some(closed), t.contact_id, at),
             Cas::Keep(false)
         ));
+    }
+
+    #[test]
+    fn referral_thread_decisions() {
+        let at = datetime!(2026-11-24 10:00 UTC);
+        let referral = ReferralId::new();
+        let own = wire::outreach_contact(&referral);
+        let Cas::Write(opened, ReferralThread::Opened) =
+            decide_referral_thread(None, &referral, at)
+        else {
+            panic!("no thread: the referral opens one")
+        };
+        assert_eq!(opened.contact_id, own);
+        assert_eq!(opened.opened_by, wire::outreach_thread_opener(&referral));
+        // A redelivery keeps its own thread, open or closed.
+        assert!(matches!(
+            decide_referral_thread(Some(opened.clone()), &referral, at),
+            Cas::Keep(ReferralThread::Opened)
+        ));
+        let closed_own = ThreadRecord {
+            closed_at: Some(at),
+            ..opened.clone()
+        };
+        assert!(matches!(
+            decide_referral_thread(Some(closed_own), &referral, at),
+            Cas::Keep(ReferralThread::Opened)
+        ));
+        // Another open contact is joined; a closed one is replaced.
+        let other = ThreadRecord {
+            contact_id: ContactId::new(),
+            ..opened
+        };
+        assert!(matches!(
+            decide_referral_thread(Some(other.clone()), &referral, at),
+            Cas::Keep(ReferralThread::Joins(c)) if c == other.contact_id
+        ));
+        let closed_other = ThreadRecord {
+            closed_at: Some(at),
+            ..other
+        };
+        assert!(matches!(
+            decide_referral_thread(Some(closed_other), &referral, at),
+            Cas::Write(t, ReferralThread::Opened) if t.contact_id == own
+        ));
+    }
+
+    #[test]
+    fn door_labels_are_bounded() {
+        let p = nwd_proto::PartnerId::parse("eastside-clinic").unwrap();
+        assert_eq!(door_label(Some(&p), false), "eastside-clinic");
+        assert_eq!(door_label(None, true), "line");
+        assert_eq!(door_label(None, false), "unknown");
     }
 
     #[test]

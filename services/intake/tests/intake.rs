@@ -7,8 +7,11 @@ use std::time::Duration;
 use async_nats::jetstream;
 use nwd_intake::{Config, Error, message_id_for, run};
 use nwd_proto::contact::ThreadRecord;
+use nwd_proto::deadletter::OpsAlert;
 use nwd_proto::events::{Channel, ContactMessage, ContactResolved, InboundSms};
+use nwd_proto::referral::{InboundReferral, OutreachOpened, Priority, ReferredPatient};
 use nwd_proto::streams::{self, buckets, consumers};
+use nwd_proto::wire;
 use nwd_proto::{Address, ContactId, CounsellorId, Envelope, MessageSid, Pseudonymiser, subjects};
 use nwd_runtime::bus::{self, NatsArgs};
 use nwd_runtime::kv;
@@ -634,4 +637,261 @@ async fn an_sms_from_a_newer_gateway_and_garbage_are_dead_lettered_and_the_next_
     // Only the readable SMS became a contact message.
     assert_eq!(contact_messages(&js).await.len(), 1);
     intake.stop().await;
+}
+
+// ---------------------------------------------------------------- referrals
+
+const RIVERSIDE: &str = "+15005550130";
+const RELEASED: &str = "+15005550166";
+
+fn riverside() -> nwd_proto::PartnerId {
+    nwd_proto::PartnerId::parse("riverside-reentry").unwrap()
+}
+
+fn referral(phone_number: &str, webhook_id: &str) -> InboundReferral {
+    let now = OffsetDateTime::now_utc();
+    InboundReferral {
+        referral_id: wire::referral_id(&riverside(), webhook_id),
+        partner: riverside(),
+        priority: Priority::Urgent,
+        occurrence: None,
+        offer_at: now,
+        due_at: now + time::Duration::hours(4),
+        patient: ReferredPatient {
+            phone: phone(phone_number),
+            name: Some("Jo Doe".into()),
+            language: None,
+        },
+        reason: Some("released today after 3 years".into()),
+        received_at: now,
+    }
+}
+
+/// Publishes as the gateway does (`Nats-Msg-Id` = `nats_id`).
+async fn publish_referral(js: &jetstream::Context, r: &InboundReferral, nats_id: &str) {
+    bus::publish(
+        js,
+        subjects::inbound_referral(),
+        nats_id,
+        &Envelope::new(r.clone()),
+    )
+    .await
+    .unwrap();
+}
+
+/// Every OutreachOpened in CONTACTS with its Nats-Msg-Id, in stream order.
+async fn outreaches(js: &jetstream::Context) -> Vec<(OutreachOpened, Option<String>)> {
+    let prefix = subjects::contact_outreach_all();
+    let prefix = prefix.trim_end_matches('*');
+    let mut stream = js.get_stream(streams::CONTACTS).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        if let Ok(m) = stream.get_raw_message(seq).await
+            && m.subject.as_str().starts_with(prefix)
+        {
+            let id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
+            out.push((
+                Envelope::<OutreachOpened>::from_bytes(&m.payload)
+                    .unwrap()
+                    .data,
+                id,
+            ));
+        }
+    }
+    out
+}
+
+async fn outreach_for(js: &jetstream::Context, r: &InboundReferral) -> OutreachOpened {
+    eventually(WAIT, "the outreach", || async {
+        outreaches(js)
+            .await
+            .into_iter()
+            .map(|(o, _)| o)
+            .find(|o| o.referral_id == r.referral_id)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_referral_opens_an_outreach_on_the_lines_own_number_and_the_persons_reply_joins_it() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url_for("intake")).await;
+
+    let r = referral(RELEASED, "wh-1");
+    publish_referral(&js, &r, &wire::msg_id::inbound_referral(&r.referral_id)).await;
+    let opened = outreach_for(&js, &r).await;
+    assert_eq!(opened.contact_id, wire::outreach_contact(&r.referral_id));
+    assert_eq!(
+        opened.channel,
+        Channel::Sms {
+            patient: phone(RELEASED),
+            // The line's own number, never the partner's door.
+            line: phone(LINE),
+        }
+    );
+    assert_ne!(phone(RIVERSIDE), phone(LINE));
+    assert_eq!(opened.door, riverside());
+    assert_eq!(opened.patient, None, "not in the directory");
+    assert_eq!(opened.patient_name.as_deref(), Some("Jo Doe"));
+    assert_eq!(opened.lang, nwd_proto::Language::En, "no language: English");
+    assert_eq!(opened.reason, r.reason);
+    assert_eq!((opened.offer_at, opened.due_at), (r.offer_at, r.due_at));
+
+    // The person replies (to the line's number): the same contact.
+    let reply = sms(RELEASED, LINE);
+    publish_sms(&js, &reply, reply.message_sid.as_str()).await;
+    let m = message_for(&js, &reply).await;
+    assert_eq!(m.contact_id, opened.contact_id);
+    assert!(!m.opens_contact);
+
+    // A redelivered referral (another Nats-Msg-Id: past the window) opens
+    // no second contact and publishes under the same id.
+    publish_referral(&js, &r, "re-post").await;
+    wait_idle(&js, streams::INBOUND, consumers::INTAKE_REFERRAL).await;
+    let all = outreaches(&js).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(
+        all[0].1.as_deref(),
+        Some(wire::msg_id::outreach_opened(&r.referral_id).as_str())
+    );
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn a_known_person_is_named_by_their_directory_id_and_language_and_joins_their_open_contact() {
+    let (server, js) = setup().await;
+    let intake = Intake::start(&server.url_for("intake")).await;
+
+    // María (Spanish in the directory) is already talking to the line.
+    let first = sms(MARIA, EASTSIDE);
+    publish_sms(&js, &first, first.message_sid.as_str()).await;
+    let m = message_for(&js, &first).await;
+
+    let r = referral(MARIA, "wh-2");
+    publish_referral(&js, &r, &wire::msg_id::inbound_referral(&r.referral_id)).await;
+    let opened = outreach_for(&js, &r).await;
+    assert_eq!(opened.contact_id, m.contact_id, "joins her open contact");
+    assert_eq!(opened.patient.as_deref(), Some("maria"));
+    assert_eq!(
+        opened.lang,
+        nwd_proto::Language::Es,
+        "the directory's language"
+    );
+
+    // The referral's own language wins over the directory's.
+    let mut r2 = referral(STRANGER, "wh-3");
+    r2.patient.language = Some(nwd_proto::Language::Es);
+    publish_referral(&js, &r2, &wire::msg_id::inbound_referral(&r2.referral_id)).await;
+    assert_eq!(outreach_for(&js, &r2).await.lang, nwd_proto::Language::Es);
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn a_referral_the_line_cannot_text_from_its_own_number_is_dead_lettered_not_lost() {
+    let (server, js) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("directory.toml");
+    let demo = std::fs::read_to_string(nwd_runtime::directory::demo_path()).unwrap();
+    std::fs::write(
+        &path,
+        demo.replace("numbers = [\"+15005550100\"]", "numbers = []"),
+    )
+    .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = nwd_testkit::listener().await;
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(
+        config(&server.url_for("intake"), path),
+        listener,
+        shutdown.clone(),
+    ));
+    wait_ready(addr).await;
+
+    let r = referral(RELEASED, "wh-4");
+    publish_referral(&js, &r, &wire::msg_id::inbound_referral(&r.referral_id)).await;
+    let dead = eventually(WAIT, "the dead letter", || async {
+        let d = nwd_runtime::deadletter::list(&js).await.ok()?;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].consumer, consumers::INTAKE_REFERRAL);
+    assert!(!dead[0].detail.contains("5550166"));
+    assert!(outreaches(&js).await.is_empty());
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_sms_to_a_number_nobody_has_is_served_from_the_shared_pool_and_alerted() {
+    nwd_runtime::telemetry::metrics_handle();
+    let (server, js) = setup().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = nwd_testkit::listener().await;
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(
+        config(
+            &server.url_for("intake"),
+            nwd_runtime::directory::demo_path(),
+        ),
+        listener,
+        shutdown.clone(),
+    ));
+    wait_ready(addr).await;
+    let operator = server.client_as("operator").await;
+    let mut alerts = operator.subscribe(subjects::ops_alert()).await.unwrap();
+    operator.flush().await.unwrap();
+
+    const NOBODYS: &str = "+15005550188";
+    let s = sms(STRANGER, NOBODYS);
+    publish_sms(&js, &s, s.message_sid.as_str()).await;
+    let m = message_for(&js, &s).await;
+    assert!(m.opens_contact, "taken all the same");
+    assert_eq!(m.door, None, "the shared pool");
+
+    let alert = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut alerts))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&alert.payload).to_string();
+    assert!(!text.contains("5550188"), "never the number: {text}");
+    let alert = Envelope::<OpsAlert>::from_bytes(&alert.payload)
+        .unwrap()
+        .data;
+    assert_eq!(
+        alert,
+        OpsAlert::UnknownLineNumber {
+            service: "intake".into()
+        }
+    );
+
+    // The line's own number and a door raise nothing.
+    for (from, to) in [(MARIA, LINE), (RELEASED, EASTSIDE)] {
+        let s = sms(from, to);
+        publish_sms(&js, &s, s.message_sid.as_str()).await;
+        message_for(&js, &s).await;
+    }
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"nwd_intake_unknown_line_total{service="intake"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"door="unknown""#) && metrics.contains(r#"door="eastside-clinic""#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("5550188"));
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

@@ -12,7 +12,9 @@ pub fn withdraw_reason(e: &TransitionError) -> WithdrawReason {
     match e {
         TransitionError::Taken => WithdrawReason::Taken,
         TransitionError::Resolved => WithdrawReason::Resolved,
-        TransitionError::NotOffered | TransitionError::NotAssigned => WithdrawReason::Expired,
+        TransitionError::NotOffered
+        | TransitionError::NotAssigned
+        | TransitionError::NotOutreach => WithdrawReason::Expired,
     }
 }
 

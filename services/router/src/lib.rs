@@ -1,16 +1,18 @@
 //! The router: matches contacts to counsellors.
 //!
-//! Inputs: triaged messages (consumer `router` on CONTACTS), counsellor
+//! Inputs: triaged messages and outreach contacts opened for partner
+//! referrals (consumer `router` on CONTACTS), counsellor
 //! presence (the `presence` bucket, written by the dashboard) and commands
 //! from the dashboard (core NATS request/reply). State: the contact record
 //! in the `contacts` bucket, changed only by compare-and-swap. Outputs:
 //! pushes to counsellors' dashboards, and `ContactAssigned` /
-//! `ContactResolved` on CONTACTS.
+//! `ContactResolved` on CONTACTS, and `OutreachUpdate`s of outreach
+//! contacts (`routing::outreach`).
 //!
-//! Walking skeleton: ring-all offers to every eligible counsellor (same
-//! language first), first accept wins; the queue is served risk first, then
-//! longest waiting. The escalation ladder comes later and builds on
-//! [`decide`].
+//! Ring-all offers to every eligible counsellor (same language first),
+//! first accept wins; the queue is served risk first, then longest waiting;
+//! the escalation ladder (`nwd-ladder`) fires its first step here and the
+//! escalator fires the rest.
 
 pub mod decide;
 pub mod routing;
@@ -23,10 +25,12 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use nwd_proto::envelope::Envelope;
+use nwd_proto::envelope::Header;
 use nwd_proto::events::MessageTriaged;
+use nwd_proto::referral::OutreachOpened;
 use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::streams::{self, buckets, consumers};
-use nwd_proto::subjects;
+use nwd_proto::{Event, subjects};
 use nwd_runtime::bus::{self, BusError, NatsArgs};
 use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
 use nwd_runtime::kv;
@@ -229,7 +233,10 @@ async fn start(
         NAME,
         streams::CONTACTS,
         consumers::ROUTER,
-        vec![subjects::contact_triaged_all()],
+        vec![
+            subjects::contact_triaged_all(),
+            subjects::contact_outreach_all(),
+        ],
     );
     tasks.spawn(consume::run(
         js,
@@ -249,6 +256,9 @@ struct Triaged {
 
 impl Handler for Triaged {
     async fn handle(&self, msg: &jetstream::Message) -> Outcome {
+        if Header::peek(&msg.payload).is_ok_and(|h| h.kind == OutreachOpened::TYPE) {
+            return self.outreach(msg).await;
+        }
         let Ok(env) = Envelope::<MessageTriaged>::from_bytes(&msg.payload) else {
             return Outcome::Reject("undecodable");
         };
@@ -256,6 +266,28 @@ impl Handler for Triaged {
             Ok(()) => Outcome::Ack,
             Err(e) => {
                 tracing::warn!(contact = %env.data.message.contact_id, error = %e, "cannot apply message; retrying");
+                Outcome::Retry(Duration::from_millis(500))
+            }
+        }
+    }
+
+    /// One lane per contact (the subject's last token), so a contact's
+    /// outreach and its messages are applied in order.
+    fn lane_key(&self, msg: &jetstream::Message) -> u64 {
+        let subject = msg.subject.as_str();
+        consume::hash(subject.rsplit('.').next().unwrap_or(subject))
+    }
+}
+
+impl Triaged {
+    async fn outreach(&self, msg: &jetstream::Message) -> Outcome {
+        let Ok(env) = Envelope::<OutreachOpened>::from_bytes(&msg.payload) else {
+            return Outcome::Reject("undecodable");
+        };
+        match self.router.on_outreach(&env.data).await {
+            Ok(()) => Outcome::Ack,
+            Err(e) => {
+                tracing::warn!(contact = %env.data.contact_id, referral_id = %env.data.referral_id, error = %e, "cannot open outreach; retrying");
                 Outcome::Retry(Duration::from_millis(500))
             }
         }
@@ -370,6 +402,11 @@ async fn command(router: Arc<Router>, client: async_nats::Client, msg: async_nat
             counsellor,
             ..
         } => ("medical_emergency", contact_id, counsellor),
+        RouterCommand::OutreachOutcome {
+            contact_id,
+            counsellor,
+            ..
+        } => ("outreach_outcome", contact_id, counsellor),
     };
     let span = tracing::info_span!("command", kind, contact = %contact, counsellor = %counsellor);
     async {

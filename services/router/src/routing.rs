@@ -36,6 +36,9 @@ use crate::decide::{self, Floor};
 /// (not declared in `lib.rs`) so it can use the router's private parts.
 #[path = "emergency.rs"]
 pub mod emergency;
+/// Outreach contacts (partner referrals). A child like [`emergency`].
+#[path = "outreach.rs"]
+pub mod outreach;
 use nwd_ladder::Board;
 use nwd_ladder::floor as ladder_floor;
 
@@ -562,6 +565,7 @@ impl Router {
                 tracing::warn!(contact = %id, error = %e, "orphan step failed; the next sweep retries");
             }
         }
+        self.outreach_sweep(floor.now).await;
     }
 
     /// A conversation whose counsellor's connection is gone: the supervisors
@@ -679,6 +683,11 @@ impl Router {
                 self.medical_emergency(contact_id, counsellor, partner, nature)
                     .await
             }
+            RouterCommand::OutreachOutcome {
+                contact_id,
+                counsellor,
+                outcome,
+            } => self.outreach_outcome(contact_id, counsellor, outcome).await,
         }
     }
 
@@ -787,6 +796,16 @@ impl Router {
             .await
         {
             tracing::error!(contact = %id, error = %e, "cannot publish ContactAssigned");
+        }
+        // An outreach: its update and the line's introduction, before the
+        // counsellor can write (the dashboard refuses replies while it is
+        // owed). On failure the sweep sends it; the accept says try again.
+        if let Err(e) = self.after_outreach_accept(&record).await {
+            tracing::error!(contact = %id, error = %e, "cannot publish the outreach accept; the sweep retries");
+            return (
+                refused("the line could not send its introduction just now; please accept again"),
+                vec![FollowUp::WakeQueue],
+            );
         }
         if let Some(since) = waited_since {
             tracing::info!(contact = %id, counsellor = %who, "accepted");
@@ -932,6 +951,22 @@ impl Router {
             .await
         {
             tracing::error!(contact = %id, error = %e, "cannot publish ContactResolved");
+            return (
+                refused("the line could not record this just now; please try again"),
+                Vec::new(),
+            );
+        }
+        if let Err(e) = self
+            .outreach_update(
+                &record,
+                nwd_proto::referral::OutreachChange::Resolved {
+                    counsellor: who.clone(),
+                },
+                at,
+            )
+            .await
+        {
+            tracing::error!(contact = %id, error = %e, "cannot publish the outreach resolution");
             return (
                 refused("the line could not record this just now; please try again"),
                 Vec::new(),

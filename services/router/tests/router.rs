@@ -1157,3 +1157,379 @@ mod medical_emergency {
         assert_eq!(sms_to_hospital(&line, id).await.len(), 1);
     }
 }
+
+// ---------------------------------------------------------------- outreach
+
+mod outreach {
+    use super::*;
+    use nwd_proto::events::{Author, OutboundSms};
+    use nwd_proto::referral::{
+        OutreachChange, OutreachOpened, OutreachOutcome, OutreachUpdate, Priority,
+    };
+    use nwd_proto::{ReferralId, wire};
+
+    const REASON: &str = "overdose, discharged from the ED";
+
+    fn opened(door: &str, offer_at: OffsetDateTime) -> OutreachOpened {
+        let referral_id = ReferralId::new();
+        OutreachOpened {
+            contact_id: wire::outreach_contact(&referral_id),
+            referral_id,
+            channel: Channel::Sms {
+                patient: nwd_proto::Address::parse("+15005550166"),
+                line: nwd_proto::Address::parse("+15005550100"),
+            },
+            door: nwd_proto::PartnerId::parse(door).unwrap(),
+            patient: None,
+            patient_name: Some("Jo Doe".into()),
+            lang: Language::En,
+            priority: Priority::Stat,
+            offer_at,
+            due_at: offer_at + time::Duration::minutes(15),
+            reason: Some(REASON.into()),
+            received_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    impl Line {
+        async fn outreach(&self, ev: &OutreachOpened, msg_id: &str) {
+            bus::publish(
+                &self.js,
+                subjects::contact_outreach(&ev.contact_id),
+                msg_id,
+                &Envelope::new(ev.clone()),
+            )
+            .await
+            .unwrap();
+        }
+
+        async fn updates(&self, contact: ContactId) -> Vec<OutreachUpdate> {
+            stored(&self.js, subjects::contact_outreach_update(&contact)).await
+        }
+
+        async fn wait_updates(&self, contact: ContactId, n: usize) -> Vec<OutreachUpdate> {
+            eventually(WITHIN, &format!("{n} outreach updates"), || async {
+                let u = self.updates(contact).await;
+                (u.len() >= n).then_some(u)
+            })
+            .await
+        }
+
+        async fn sms_to_person(&self, contact: ContactId) -> Vec<OutboundSms> {
+            nwd_runtime::transcript::read_subjects(
+                &self.js,
+                streams::OUTBOUND,
+                vec![subjects::outbound_sms(&contact)],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                Envelope::<OutboundSms>::from_bytes(&m.payload)
+                    .unwrap()
+                    .data
+            })
+            .collect()
+        }
+    }
+
+    fn changes(updates: &[OutreachUpdate]) -> Vec<&'static str> {
+        updates.iter().map(|u| u.change.name()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_outreach_through_a_door_with_nobody_on_call_is_served_by_anyone_on_call_and_tells_each_step()
+     {
+        nwd_runtime::telemetry::metrics_handle();
+        let line = Line::start().await;
+        line.presence("ben", Presence::Available).await;
+        // Northside Hospital has no staff at all: no wrong door.
+        let ev = opened("northside-hospital", OffsetDateTime::now_utc());
+        let id = ev.contact_id;
+        line.outreach(&ev, &wire::msg_id::outreach_opened(&ev.referral_id))
+            .await;
+        let offer = line.pushes.wait_offer("ben", id).await;
+        let view = offer.outreach.expect("shown as an outreach");
+        assert_eq!(view.referred_by, "Northside Hospital");
+        assert_eq!(view.reason.as_deref(), Some(REASON));
+        assert_eq!(view.patient_name.as_deref(), Some("Jo Doe"));
+        assert_eq!(view.due_at, ev.due_at);
+        assert!(!view.late);
+        assert!(offer.messages.is_empty(), "the person has not written");
+        let rec = line.record(id).await.unwrap();
+        assert_eq!(rec.risk, RiskLevel::High, "stat starts high");
+        assert_eq!(changes(&line.wait_updates(id, 1).await), ["queued"]);
+        // Nothing reached the person yet: no queue notice to someone who did not write.
+        assert!(line.sms_to_person(id).await.is_empty());
+
+        assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+        let updates = line.wait_updates(id, 2).await;
+        assert_eq!(
+            updates[1].change,
+            OutreachChange::Assigned {
+                counsellor: c("ben")
+            }
+        );
+        // The line's introduction, once, from the line's own number, naming
+        // neither the referrer nor the reason.
+        let intro = eventually(WITHIN, "the introduction", || async {
+            line.sms_to_person(id).await.into_iter().next()
+        })
+        .await;
+        assert_eq!(intro.outbound_id, wire::outbound::outreach_intro(&id));
+        assert_eq!(intro.author, Author::System);
+        assert_eq!(intro.from, nwd_proto::Address::parse("+15005550100"));
+        assert_eq!(intro.to, nwd_proto::Address::parse("+15005550166"));
+        assert!(intro.body.contains("No Wrong Door"), "{}", intro.body);
+        for secret in ["Northside", "Hospital", "overdose", "ED", "Jo Doe"] {
+            assert!(!intro.body.contains(secret), "{secret} in {}", intro.body);
+        }
+        let rec = eventually(WITHIN, "introduced", || async {
+            line.record(id)
+                .await
+                .filter(|r| r.outreach.as_ref().is_some_and(|o| o.introduced))
+        })
+        .await;
+        assert_eq!(rec.outreach.unwrap().attempts, 1);
+        // A retried accept sends nothing twice.
+        assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+
+        // Only the holder records the outcome; a retry repeats nothing.
+        let outcome = |who: &str| RouterCommand::OutreachOutcome {
+            contact_id: id,
+            counsellor: c(who),
+            outcome: OutreachOutcome::Reached,
+        };
+        assert!(matches!(
+            line.command(outcome("ana")).await,
+            RouterReply::Refused { .. }
+        ));
+        assert_eq!(line.command(outcome("ben")).await, RouterReply::Done);
+        assert_eq!(line.command(outcome("ben")).await, RouterReply::Done);
+        // An outcome on a contact that is no outreach is refused.
+        let inbound = ContactId::new();
+        line.presence("chloe", Presence::Available).await;
+        line.message(inbound, RiskLevel::Low, Language::En, "hi")
+            .await;
+        line.pushes.wait_offer("chloe", inbound).await;
+        assert_eq!(line.accept(inbound, "chloe").await, RouterReply::Done);
+        assert!(matches!(
+            line.command(RouterCommand::OutreachOutcome {
+                contact_id: inbound,
+                counsellor: c("chloe"),
+                outcome: OutreachOutcome::Reached,
+            })
+            .await,
+            RouterReply::Refused { .. }
+        ));
+
+        assert_eq!(
+            line.command(RouterCommand::Resolve {
+                contact_id: id,
+                counsellor: c("ben"),
+                disposition: None,
+            })
+            .await,
+            RouterReply::Done
+        );
+        let updates = line.wait_updates(id, 4).await;
+        assert_eq!(
+            changes(&updates),
+            ["queued", "assigned", "outcome", "resolved"]
+        );
+        assert_eq!(
+            updates[2].change,
+            OutreachChange::Outcome {
+                counsellor: c("ben"),
+                outcome: OutreachOutcome::Reached
+            }
+        );
+        assert!(updates.iter().all(|u| u.referral_id == ev.referral_id));
+        assert_eq!(line.sms_to_person(id).await.len(), 1, "one introduction");
+
+        // A redelivered referral changes nothing (another Nats-Msg-Id: past the window).
+        line.outreach(&ev, "re-post").await;
+        let stream = line.js.get_stream(streams::CONTACTS).await.unwrap();
+        eventually(WITHIN, "the router consumer idle", || {
+            let stream = stream.clone();
+            async move {
+                let info = stream
+                    .consumer_info(nwd_proto::streams::consumers::ROUTER)
+                    .await
+                    .ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            }
+        })
+        .await;
+        let rec = line.record(id).await.unwrap();
+        assert!(matches!(rec.state, ContactState::Resolved { .. }));
+        assert_eq!(changes(&line.updates(id).await).len(), 4);
+        assert!(
+            line.updates(inbound).await.is_empty(),
+            "no updates for an inbound contact"
+        );
+        line.router.unwrap().stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_outreach_for_later_is_offered_to_nobody_before_its_time_but_a_person_who_writes_is_served()
+     {
+        let mut line = Line::start().await;
+        line.presence("ben", Presence::Available).await;
+        let later = OffsetDateTime::now_utc() + time::Duration::hours(6);
+        let ev = opened("eastside-clinic", later);
+        let id = ev.contact_id;
+        line.outreach(&ev, &wire::msg_id::outreach_opened(&ev.referral_id))
+            .await;
+        let rec = line.wait_state(id, "the record", waiting).await;
+        assert!(rec.scheduled());
+        assert_eq!(rec.escalation.as_ref().unwrap().due, Some(later));
+        assert_eq!(changes(&line.wait_updates(id, 1).await), ["queued"]);
+        // A restart replays every record: still nobody is offered it.
+        line.restart_router().await;
+        // Sweeps run every 200 ms; an offer would come within a few.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert!(line.pushes.offers("ben", id).is_empty());
+        assert!(line.record(id).await.unwrap().scheduled());
+
+        // The person writes (they were released early): served now.
+        let mut m = triaged(id, RiskLevel::Low, Language::En, "hello?");
+        m.message.opens_contact = false;
+        line.publish(&m, &wire::msg_id::message_triaged(&m.message.message_id))
+            .await;
+        line.pushes.wait_offer("ben", id).await;
+        line.router.unwrap().stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_introduction_owed_after_a_crash_is_sent_once_by_the_sweep() {
+        let line = Line::start().await;
+        line.presence("ben", Presence::Available).await;
+        // What a router that crashed between the accept's write and the
+        // introduction leaves: assigned, not introduced.
+        let ev = opened("eastside-clinic", OffsetDateTime::now_utc());
+        let id = ev.contact_id;
+        let mut rec = ContactRecord::open_outreach(&ev);
+        rec.offer(&[c("ben")]).unwrap();
+        rec.accept(&c("ben"), OffsetDateTime::now_utc()).unwrap();
+        assert!(rec.owes_introduction());
+        line.contacts
+            .put(id.to_string(), serde_json::to_vec(&rec).unwrap().into())
+            .await
+            .unwrap();
+        let rec = eventually(WITHIN, "introduced by the sweep", || async {
+            line.record(id)
+                .await
+                .filter(|r| r.outreach.as_ref().is_some_and(|o| o.introduced))
+        })
+        .await;
+        assert_eq!(rec.outreach.unwrap().attempts, 1);
+        let sent = line.sms_to_person(id).await;
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].outbound_id, wire::outbound::outreach_intro(&id));
+        assert_eq!(
+            line.wait_updates(id, 1).await[0].change,
+            OutreachChange::Assigned {
+                counsellor: c("ben")
+            }
+        );
+        line.router.unwrap().stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_referral_for_a_person_already_talking_joins_their_contact_and_a_second_gets_its_own()
+    {
+        let line = Line::start().await;
+        line.presence("ben", Presence::Available).await;
+        // The person is already in a conversation with Ben.
+        let open = ContactId::new();
+        line.message(open, RiskLevel::Low, Language::En, "hi").await;
+        line.pushes.wait_offer("ben", open).await;
+        assert_eq!(line.accept(open, "ben").await, RouterReply::Done);
+
+        let mut first = opened("eastside-clinic", OffsetDateTime::now_utc());
+        first.contact_id = open;
+        line.outreach(&first, &wire::msg_id::outreach_opened(&first.referral_id))
+            .await;
+        let updates = line.wait_updates(open, 2).await;
+        assert_eq!(
+            updates.iter().map(|u| u.change.clone()).collect::<Vec<_>>(),
+            [
+                OutreachChange::Queued,
+                OutreachChange::Assigned {
+                    counsellor: c("ben")
+                }
+            ]
+        );
+        let rec = line.record(open).await.unwrap();
+        let o = rec.outreach.clone().unwrap();
+        assert!(o.joined && o.introduced);
+        assert_eq!(o.referral_id, first.referral_id);
+        assert_eq!(rec.risk, RiskLevel::High, "raised to the referral's");
+        assert_eq!(rec.assigned_to(), Some(&c("ben")), "still with Ben");
+        assert!(
+            line.sms_to_person(open).await.is_empty(),
+            "no introduction to someone who wrote first"
+        );
+
+        // A second referral for the same person while the first is open.
+        let mut second = opened("county-hospital", OffsetDateTime::now_utc());
+        second.contact_id = open;
+        line.outreach(&second, &wire::msg_id::outreach_opened(&second.referral_id))
+            .await;
+        let own = wire::outreach_contact(&second.referral_id);
+        let rec = line.wait_state(own, "its own record", |_| true).await;
+        assert_eq!(rec.outreach.unwrap().referral_id, second.referral_id);
+        assert_eq!(changes(&line.wait_updates(own, 1).await)[0], "queued");
+        assert_eq!(
+            line.record(open)
+                .await
+                .unwrap()
+                .outreach
+                .unwrap()
+                .referral_id,
+            first.referral_id,
+            "the first keeps its contact"
+        );
+        line.router.unwrap().stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_outreach_not_taken_by_its_due_time_is_late_once() {
+        nwd_runtime::telemetry::metrics_handle();
+        let line = Line::start().await;
+        // Nobody on: it waits, climbing the ladder; it is late.
+        let mut ev = opened("eastside-clinic", OffsetDateTime::now_utc());
+        ev.due_at = ev.offer_at - time::Duration::seconds(1);
+        let id = ev.contact_id;
+        line.outreach(&ev, &wire::msg_id::outreach_opened(&ev.referral_id))
+            .await;
+        let rec = eventually(WITHIN, "marked late", || async {
+            line.record(id)
+                .await
+                .filter(|r| r.outreach.as_ref().is_some_and(|o| o.late_at.is_some()))
+        })
+        .await;
+        let view = nwd_runtime::transcript::contact_view(
+            &rec,
+            &nwd_runtime::directory::load(&test_directory()).unwrap(),
+            Vec::new(),
+        );
+        assert!(view.outreach.unwrap().late);
+        let addr = line.router.as_ref().unwrap().addr;
+        let metrics = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(
+                r#"nwd_outreach_late_total{service="router",partner="eastside-clinic",priority="stat"} 1"#
+            ),
+            "{metrics}"
+        );
+        assert!(metrics.contains("nwd_outreach_due_total"), "{metrics}");
+        line.router.unwrap().stop().await;
+    }
+}
