@@ -819,3 +819,70 @@ async fn the_demo_script_posts_a_referral_the_running_gateway_accepts() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// Received, accepted and rejected counts by partner and a bounded reason;
+/// an unverified request counts under `unknown`. (nextest runs each test in
+/// its own process, so the counts are this test's.)
+#[tokio::test]
+async fn referrals_are_counted_by_partner_and_reason_without_patient_data() {
+    let metrics = nwd_runtime::telemetry::metrics_handle().unwrap();
+    let edge = Edge::start().await;
+    let body = fixture("valid-sr-ed-overdose-stat.json");
+    assert_eq!(
+        edge.post(HOSPITAL_SECRET, "msg_m1", &body).await.0,
+        StatusCode::ACCEPTED
+    );
+    // A replay is received again but accepted once.
+    assert_eq!(
+        edge.post(HOSPITAL_SECRET, "msg_m1", &body).await.0,
+        StatusCode::ACCEPTED
+    );
+    let stranger = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    assert_eq!(
+        edge.post(stranger, "msg_m2", &body).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let bad = fixture("invalid-sr-priority-wrong-case.json");
+    assert_eq!(
+        edge.post(CLINIC_SECRET, "msg_m3", &bad).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let unreachable = fixture("invalid-sr-patient-no-phone.json");
+    assert_eq!(
+        edge.post(CLINIC_SECRET, "msg_m4", &unreachable).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let text = metrics.render();
+    let value = |line_start: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        value(r#"nwd_referrals_received_total{partner="county-hospital"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(r#"nwd_referrals_accepted_total{partner="county-hospital"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"nwd_referrals_received_total{partner="eastside-clinic"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(r#"nwd_referrals_rejected_total{partner="unknown",reason="signature"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"nwd_referrals_rejected_total{partner="eastside-clinic",reason="binding"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(r#"nwd_referrals_rejected_total{partner="eastside-clinic",reason="unreachable"}"#),
+        Some(1.0)
+    );
+    assert!(!text.contains("+1555010"));
+}
