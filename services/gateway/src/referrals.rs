@@ -520,9 +520,15 @@ async fn accept(
     let (record, replay) = tokio::time::timeout(timeout, claim(state, record))
         .await
         .map_err(|_| Refusal::Unavailable)??;
-    // A replay publishes the original's event again (same times, same
-    // Nats-Msg-Id): the stream drops it inside its duplicate window, and
-    // intake's own dedupe after it.
+    // A replay of a referral the line has already moved on (intake opened
+    // its outreach, the Task changed) has nothing left to publish.
+    if replay && (record.version > 1 || record.status != TaskStatus::Requested) {
+        return Ok(Accepted { record, replay });
+    }
+    // Otherwise a replay publishes the original's event again (same times,
+    // same Nats-Msg-Id): the stream drops it inside its duplicate window,
+    // and intake's own dedupe after it. This is also how a claim whose
+    // publish failed gets published on the partner's retry.
     let event = InboundReferral {
         referral_id: record.id,
         partner: record.partner.clone(),
@@ -786,6 +792,42 @@ mod tests {
         assert!(!is_fhir_json(&HeaderMap::new()));
         assert!(wants_fhir(&with_type("application/fhir+json")));
         assert!(!wants_fhir(&with_type("application/json")));
+    }
+
+    #[test]
+    fn a_directory_whose_partners_share_a_secret_is_refused() {
+        let mut dir = nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap();
+        check_directory(&dir).unwrap();
+        let hospital = dir
+            .partners
+            .iter()
+            .find_map(|p| p.referrals.clone())
+            .unwrap();
+        let clinic = dir
+            .partners
+            .iter_mut()
+            .find(|p| p.referrals.is_none())
+            .unwrap();
+        clinic.referrals = Some(ReferralSettings {
+            secrets: vec![hospital.secrets[1].clone()],
+            ..hospital.clone()
+        });
+        assert!(check_directory(&dir).unwrap_err().contains("shares"));
+        for (secrets, words) in [
+            (vec!["whsec_@@not base64@@".to_owned()], "not whsec_"),
+            (vec![], "no secret"),
+        ] {
+            let clinic = dir
+                .partners
+                .iter_mut()
+                .find(|p| p.id.as_str() == "eastside-clinic")
+                .unwrap();
+            clinic.referrals = Some(ReferralSettings {
+                secrets,
+                ..hospital.clone()
+            });
+            assert!(check_directory(&dir).unwrap_err().contains(words));
+        }
     }
 
     #[test]

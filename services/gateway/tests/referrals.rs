@@ -745,32 +745,122 @@ mod fuzz {
     }
 }
 
+/// The gateway through `run` on a real socket, with the demo directory and
+/// the system clock.
+struct Running {
+    addr: std::net::SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(server: &NatsServer) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        server.set_up_bus().await;
+        let listener = nwd_testkit::listener().await;
+        let addr = listener.local_addr().unwrap();
+        let config = nwd_gateway::Config {
+            nats: nwd_runtime::bus::NatsArgs::local(server.url_for("gateway")),
+            addr,
+            public_url: format!("http://{addr}"),
+            twilio_auth_token: nwd_runtime::service::Secret::new(
+                "8ac58b9c260ff14edd67b2dfe5d54a92",
+            ),
+            twilio_url_fragment: None,
+            directory: nwd_runtime::directory::demo_path(),
+            max_body_bytes: 65536,
+            spool: nwd_gateway::spool::SpoolArgs {
+                dir: server.store_dir().with_file_name("gateway-spool"),
+                max_bytes: 1 << 20,
+            },
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        let task =
+            tokio::spawn(async move { nwd_gateway::run(config, listener, stop).await.unwrap() });
+        nwd_testkit::wait_ready(addr).await;
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Posts the referral signed with `secret` now; returns the status.
+    async fn post(&self, secret: &str, id: &str, body: &[u8]) -> u16 {
+        let ts = OffsetDateTime::now_utc().unix_timestamp();
+        let sig = partner_signature::sign(secret, id, ts, body).unwrap();
+        reqwest::Client::new()
+            .post(format!("http://{}/v1/referrals", self.addr))
+            .header("content-type", "application/fhir+json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", sig)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// A partner rotates its secret in the live directory: the running gateway
+/// takes the new one without a restart (it reads the `directory` bucket as
+/// its own NATS user).
+#[tokio::test]
+async fn a_secret_rotated_in_the_live_directory_is_taken_without_a_restart() {
+    let server = NatsServer::start().await;
+    let gateway = Running::start(&server).await;
+    let body = fixture("valid-sr-mobile-only.json");
+    let fresh = "whsec_c2VjcmV0LXJvdGF0ZWQtaW4tdGhlLWxpdmUtZGlyZWN0b3J5";
+    assert_eq!(
+        gateway.post(HOSPITAL_SECRET, "msg_before", &body).await,
+        202
+    );
+    assert_eq!(gateway.post(fresh, "msg_fresh_0", &body).await, 401);
+
+    let mut dir = nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap();
+    let hospital = dir
+        .partners
+        .iter_mut()
+        .find(|p| p.id.as_str() == "county-hospital")
+        .unwrap();
+    hospital.referrals.as_mut().unwrap().secrets = vec![fresh.to_owned()];
+    let operator = jetstream::new(server.client().await);
+    let bucket = operator.get_key_value(buckets::DIRECTORY).await.unwrap();
+    nwd_runtime::directory::publish(&bucket, &dir)
+        .await
+        .unwrap();
+
+    let mut n = 0;
+    nwd_testkit::eventually(Duration::from_secs(10), "the new secret is taken", || {
+        n += 1;
+        let id = format!("msg_fresh_{n}");
+        let (gateway, body) = (&gateway, &body);
+        async move { (gateway.post(fresh, &id, body).await == 202).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        gateway.post(HOSPITAL_SECRET, "msg_after", &body).await,
+        401,
+        "the retired secret no longer verifies"
+    );
+    gateway.stop().await;
+}
+
 /// The real server through `run`, with the demo directory and the system
 /// clock, and the demo script that signs with openssl and posts with curl.
 #[tokio::test]
 async fn the_demo_script_posts_a_referral_the_running_gateway_accepts() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let server = NatsServer::start().await;
-    server.set_up_bus().await;
-    let listener = nwd_testkit::listener().await;
-    let addr = listener.local_addr().unwrap();
-    let config = nwd_gateway::Config {
-        nats: nwd_runtime::bus::NatsArgs::local(server.url_for("gateway")),
-        addr,
-        public_url: format!("http://{addr}"),
-        twilio_auth_token: nwd_runtime::service::Secret::new("8ac58b9c260ff14edd67b2dfe5d54a92"),
-        twilio_url_fragment: None,
-        directory: nwd_runtime::directory::demo_path(),
-        max_body_bytes: 65536,
-        spool: nwd_gateway::spool::SpoolArgs {
-            dir: server.store_dir().with_file_name("gateway-spool"),
-            max_bytes: 1 << 20,
-        },
-    };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move { nwd_gateway::run(config, listener, stop).await.unwrap() });
-    nwd_testkit::wait_ready(addr).await;
+    let gateway = Running::start(&server).await;
+    let addr = gateway.addr;
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/post-referral.sh");
     let out = tokio::process::Command::new("bash")
@@ -816,8 +906,7 @@ async fn the_demo_script_posts_a_referral_the_running_gateway_accepts() {
         "https://fhir.eastside-clinic.example.org/fhir/ServiceRequest/sr-88120"
     );
 
-    shutdown.cancel();
-    task.await.unwrap();
+    gateway.stop().await;
 }
 
 /// Received, accepted and rejected counts by partner and a bounded reason;
