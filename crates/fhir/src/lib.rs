@@ -17,9 +17,9 @@
 
 pub mod r4;
 
-use nwd_proto::Address;
 use nwd_proto::referral::{Identifier, MAX_REFERRAL_BYTES, Priority, ReferredPatient};
 use nwd_proto::risk::Language;
+use nwd_proto::{Address, PhoneNumber};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -824,13 +824,7 @@ impl<'a> ServiceRequest<'a> {
         patient_path: &str,
         focus: Option<String>,
     ) -> Checked<Referral> {
-        let phone = phone(patient).ok_or_else(|| {
-            Rejection::new(
-                Check::Gateway,
-                at(patient_path, "telecom"),
-                "the Patient needs a telecom with system phone or sms and a value: the line reaches people by text",
-            )
-        })?;
+        let phone = phone(patient, patient_path)?;
         let sr = self.sr;
         let occurrence = sr
             .get("occurrenceDateTime")
@@ -855,7 +849,7 @@ impl<'a> ServiceRequest<'a> {
             priority: self.priority,
             occurrence,
             patient: ReferredPatient {
-                phone: Address::parse(phone),
+                phone: Address::parse(phone.as_e164()),
                 name: name(patient),
                 language: language(patient),
             },
@@ -1014,35 +1008,57 @@ fn resolve(reference: &str, from: Option<&str>) -> Option<String> {
 }
 
 /// The phone the line texts: `telecom` with system phone or sms and a
-/// value, a mobile one first.
-fn phone(patient: &Map<String, Value>) -> Option<&str> {
-    let points: Vec<&Map<String, Value>> = patient
-        .get("telecom")?
-        .as_array()?
-        .iter()
-        .filter_map(Value::as_object)
-        .filter(|p| {
-            matches!(
+/// value, a mobile one first, as an international (E.164) number. Spaces,
+/// dashes, dots and brackets around the digits are dropped (`+1 (555)
+/// 010-0188`); a number without its country code cannot be texted safely
+/// (which country?), so it is refused at its path rather than guessed.
+fn phone(patient: &Map<String, Value>, patient_path: &str) -> Checked<PhoneNumber> {
+    let telecom = at(patient_path, "telecom");
+    let points: Vec<(usize, &Map<String, Value>, &str)> = patient
+        .get("telecom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, p)| {
+            let p = p.as_object()?;
+            let value = p.get("value").and_then(Value::as_str)?;
+            (matches!(
                 p.get("system").and_then(Value::as_str),
                 Some("phone" | "sms")
-            )
-        })
-        .filter(|p| {
-            p.get("value")
-                .and_then(Value::as_str)
-                .is_some_and(|v| !v.trim().is_empty())
+            ) && !value.trim().is_empty())
+            .then_some((i, p, value))
         })
         .collect();
-    let best = points
-        .iter()
-        .find(|p| p.get("use").and_then(Value::as_str) == Some("mobile"))
-        .or_else(|| {
-            points
-                .iter()
-                .find(|p| p.get("use").and_then(Value::as_str) != Some("old"))
-        })
-        .or_else(|| points.first())?;
-    best.get("value").and_then(Value::as_str).map(str::trim)
+    if points.is_empty() {
+        return Err(Rejection::new(
+            Check::Gateway,
+            telecom,
+            "the Patient needs a telecom with system phone or sms and a value: the line reaches people by text",
+        ));
+    }
+    let rank = |p: &Map<String, Value>| match p.get("use").and_then(Value::as_str) {
+        Some("mobile") => 0,
+        Some("old") => 2,
+        _ => 1,
+    };
+    let mut ordered = points.clone();
+    ordered.sort_by_key(|(i, p, _)| (rank(p), *i));
+    for (_, _, value) in &ordered {
+        let digits: String = value
+            .chars()
+            .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+            .collect();
+        if let Ok(number) = PhoneNumber::parse(&digits) {
+            return Ok(number);
+        }
+    }
+    let (first, _, _) = ordered[0];
+    Err(Rejection::new(
+        Check::Gateway,
+        format!("{}.value", index(&telecom, first)),
+        "the phone must be an international number (E.164: + and the country code)",
+    ))
 }
 
 /// `Patient.name` as text: its `text`, else given names and family.

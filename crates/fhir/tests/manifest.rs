@@ -163,3 +163,27 @@ fn refusals_never_carry_values_from_the_document() {
     assert_eq!(r.path.as_deref(), Some("priority"));
     assert!(!r.to_string().contains(phone));
 }
+
+fn with_phone(value: &str) -> Vec<u8> {
+    format!(
+        r##"{{"resourceType":"ServiceRequest","status":"active","intent":"order",
+        "subject":{{"reference":"#p1"}},"contained":[{{"resourceType":"Patient","id":"p1",
+        "telecom":[{{"system":"email","value":"x@example.org"}},{{"system":"phone","value":"{value}","use":"home"}}]}}]}}"##
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_phone_is_taken_as_an_international_number_or_refused_at_its_path() {
+    let r = read_referral(&with_phone("+1 (555) 010-0188")).unwrap();
+    assert_eq!(r.patient.phone.as_str(), "+15550100188");
+    for national in ["555-010-0188", "0555 0100188", "call me"] {
+        let refused = read_referral(&with_phone(national)).unwrap_err();
+        assert_eq!(refused.check, Check::Gateway, "{national}");
+        assert_eq!(
+            refused.path.as_deref(),
+            Some("contained[0].telecom[1].value")
+        );
+        assert!(!refused.to_string().contains(national));
+    }
+}

@@ -360,7 +360,7 @@ impl Refusal {
 fn unreachable(r: &nwd_fhir::Rejection) -> bool {
     r.path
         .as_deref()
-        .is_some_and(|p| p.ends_with("telecom") || p.ends_with("subject.reference"))
+        .is_some_and(|p| p.contains("telecom") || p.ends_with("subject.reference"))
 }
 
 fn fhir_detail(r: &nwd_fhir::Rejection) -> String {
@@ -892,6 +892,16 @@ mod tests {
             ),
             (
                 fhir(Check::Gateway, Some("contained[0].telecom")),
+                422,
+                "unreachable",
+            ),
+            (
+                fhir(Check::Gateway, Some("contained[0].telecom[1].value")),
+                422,
+                "unreachable",
+            ),
+            (
+                fhir(Check::Gateway, Some("subject.reference")),
                 422,
                 "unreachable",
             ),
