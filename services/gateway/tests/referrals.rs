@@ -975,3 +975,62 @@ async fn referrals_are_counted_by_partner_and_reason_without_patient_data() {
     );
     assert!(!text.contains("+1555010"));
 }
+
+/// A claim whose publish failed (the gateway lost NATS in between) is
+/// published by the partner's retry; a replay of a referral the line has
+/// already moved on publishes nothing and answers with the Task as it is.
+#[tokio::test]
+async fn a_retry_publishes_a_claim_left_unpublished_but_not_one_already_moved_on() {
+    use sha2::Digest;
+    let edge = Edge::start().await;
+    let body = fixture("valid-sr-ed-overdose-stat.json");
+    let digest: String = sha2::Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let at = OffsetDateTime::from_unix_timestamp(NOW - 60).unwrap();
+    let record = |webhook_id: &str, status, version| ReferralRecord {
+        id: wire::referral_id(&hospital(), webhook_id),
+        partner: hospital(),
+        webhook_id: webhook_id.to_owned(),
+        body_digest: digest.clone(),
+        focus: None,
+        placer_identifier: None,
+        priority: Priority::Stat,
+        offer_at: at,
+        due_at: at + time::Duration::minutes(15),
+        status,
+        outcome: None,
+        status_reason: None,
+        contact_id: None,
+        version,
+        received_at: at,
+        last_modified: at,
+    };
+    let js = jetstream::new(edge.server.client().await);
+    let kv = js.get_key_value(buckets::REFERRALS).await.unwrap();
+    for r in [
+        record("msg_unpublished", TaskStatus::Requested, 1),
+        record("msg_moved_on", TaskStatus::Accepted, 2),
+    ] {
+        kv.create(r.id.to_string(), serde_json::to_vec(&r).unwrap().into())
+            .await
+            .unwrap();
+    }
+
+    let (status, _, answer) = edge.post(HOSPITAL_SECRET, "msg_moved_on", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(json(&answer)["status"], "accepted", "the Task as it is now");
+    assert!(
+        edge.published().await.is_empty(),
+        "nothing to publish again"
+    );
+
+    let (status, _, _) = edge.post(HOSPITAL_SECRET, "msg_unpublished", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let published = edge.published().await;
+    assert_eq!(published.len(), 1);
+    let id = wire::referral_id(&hospital(), "msg_unpublished");
+    assert_eq!(published[0].1.referral_id, id);
+    assert_eq!(published[0].1.received_at, at, "the original claim's times");
+}
