@@ -260,6 +260,18 @@ fn primitives(value: &Value, path: &str) -> Checked {
                     _ => return Err(structure(&field, "a dateTime must be a string")),
                 }
             }
+            // A primitive array's extensions (`_given`) keep the array's
+            // positions: `null` stands for an element without one.
+            if key.starts_with('_')
+                && let Value::Array(items) = item
+                && items.iter().any(|i| !i.is_null())
+            {
+                return items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| !i.is_null())
+                    .try_for_each(|(i, item)| primitives(item, &index(&field, i)));
+            }
             primitives(item, &field)
         }),
         _ => Ok(()),
@@ -1156,6 +1168,22 @@ mod tests {
         assert!(date_time("2036-13-01").is_err());
         assert!(date_time("36-01-01").is_err());
         assert!(date_time("2036-01-15-01").is_err());
+    }
+
+    #[test]
+    fn nulls_only_hold_places_in_primitive_extension_arrays() {
+        let ok = serde_json::json!({"given": ["A", "B"], "_given": [null, {"id": "x"}]});
+        assert!(primitives(&ok, "name[0]").is_ok());
+        let all_null = serde_json::json!({"_given": [null, null]});
+        assert!(primitives(&all_null, "").is_err());
+        let elsewhere = serde_json::json!({"given": [null, "B"]});
+        assert_eq!(
+            primitives(&elsewhere, "name[0]")
+                .unwrap_err()
+                .path
+                .as_deref(),
+            Some("name[0].given[0]")
+        );
     }
 
     #[test]
