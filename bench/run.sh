@@ -2,11 +2,13 @@
 # Builds the services and the benches in release mode and runs them:
 # nwd-bench (the line, webhook → offer), nwd-bench-deadlines (durable
 # deadlines, ADR 0006), then nwd-bench-queue (queue decisions with 1,000
-# contacts waiting and 200 counsellors, issue 5).
+# contacts waiting and 200 counsellors, issue 5), then nwd-bench-referrals
+# (signed partner referral POST → 202, issue 14).
 #   bench/run.sh                  full run (100 and 500 contacts/s, 20 s each; 100,000 deadlines; 1,000 waiting / 200 staff)
 #   bench/run.sh --smoke          bounded run of all three for CI
 #   bench/run.sh deadlines [...]  only nwd-bench-deadlines, with its own flags
 #   bench/run.sh queue [...]      only nwd-bench-queue, with its own flags (--waiting, --counsellors, --smoke, ...)
+#   bench/run.sh referrals [...]  only nwd-bench-referrals (--rate 50 --seconds 20 --burst 1000, --smoke)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,6 +26,11 @@ if [[ "${1:-}" == "queue" ]]; then
   cargo build --release --quiet -p nwd-bench -p nwd-router
   exec "$BIN/nwd-bench-queue" "$@"
 fi
+if [[ "${1:-}" == "referrals" ]]; then
+  shift
+  cargo build --release --quiet -p nwd-bench -p nwd-gateway
+  exec "$BIN/nwd-bench-referrals" "$@"
+fi
 cargo build --release --quiet -p nwd-bench -p nwd-gateway -p nwd-intake -p nwd-triage \
   -p nwd-router -p nwd-dashboard -p nwd-notifier -p nwd-phone-sim
 "$BIN/nwd-bench" "$@"
@@ -34,4 +41,6 @@ for arg in "$@"; do
 done
 "$BIN/nwd-bench-deadlines" "${smoke_args[@]}"
 echo
-exec "$BIN/nwd-bench-queue" "${smoke_args[@]}"
+"$BIN/nwd-bench-queue" "${smoke_args[@]}"
+echo
+exec "$BIN/nwd-bench-referrals" "${smoke_args[@]}"

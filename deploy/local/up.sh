@@ -169,6 +169,9 @@ cat <<INFO
   Phone simulator  http://$NWD_PHONE_SIM_ADDR/   (play a patient; development only)
   Gateway          http://$NWD_GATEWAY_ADDR/v1/sms/twilio
   Twilio auth token (demo)  $NWD_TWILIO_AUTH_TOKEN
+  Partner referrals http://$NWD_GATEWAY_ADDR/v1/referrals   (docs/partners.md)
+    post a demo referral, signed as County General Hospital ED:
+                   deploy/local/post-referral.sh [crates/fhir/tests/fixtures/valid-*.json]
   NATS             $NWD_NATS_URL   (monitoring http://127.0.0.1:$NWD_NATS_MONITOR_PORT/, loopback, no auth)
     credentials    $NWD_DATA_DIR/nats/<user>.password   (operator: nwd-bus, nwd-directory)
   Logs             $NWD_DATA_DIR/logs/

@@ -173,6 +173,7 @@ impl Line {
                 ("public-url", gateway_url.clone()),
                 ("twilio-auth-token", AUTH_TOKEN.into()),
                 ("spool-dir", gateway_spool.path().display().to_string()),
+                ("directory", dir.clone()),
             ],
         );
         opts.insert(

@@ -13,7 +13,7 @@ use nwd_e2e::{Counsellor, EASTSIDE_DOOR, Line, MARIA, offer_with};
 use nwd_proto::dashboard::{ClientMsg, ServerMsg};
 use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::streams::{self, buckets};
-use nwd_proto::{ContactId, CounsellorId, Envelope, subjects};
+use nwd_proto::{ContactId, CounsellorId, Envelope, ReferralId, subjects};
 use nwd_runtime::bus::{self, NatsArgs};
 use nwd_testkit::{NATS_USERS, NatsServer, NatsTls};
 
@@ -169,18 +169,30 @@ fn rules() -> Vec<Rules> {
             vec![
                 p(subjects::inbound_sms()),
                 p(subjects::inbound_sms_status()),
+                p(subjects::inbound_referral()),
                 p(api("STREAM.INFO.INBOUND")),
                 p(api("INFO")),
+                // referrals: claim (create), read, list
+                p(api("STREAM.INFO.KV_referrals")),
+                p(kv_get(buckets::REFERRALS)),
+                p(format!("$KV.{}.x", buckets::REFERRALS)),
+                p(api("CONSUMER.CREATE.KV_referrals")),
+                // the directory: partners' referral secrets
+                p(kv_get(buckets::DIRECTORY)),
+                p(api("CONSUMER.CREATE.KV_directory")),
                 s("_INBOX_gateway.x"),
             ],
             vec![
-                // reading a stream it does not use, the directory's password hashes
+                // reading a stream it does not use, writing the directory,
+                // the referrals service's and the notifier's subjects
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 p(api("CONSUMER.CREATE.INBOUND.intake-sms")),
+                p(api("CONSUMER.CREATE.INBOUND.intake-referral")),
                 p(api("STREAM.INFO.CONTACTS")),
-                p(kv_get(buckets::DIRECTORY)),
-                p(api("STREAM.MSG.GET.KV_directory")),
+                p(format!("$KV.{}.current", buckets::DIRECTORY)),
+                p(api("STREAM.PURGE.KV_referrals")),
                 p(subjects::outbound_sms(&id)),
+                p(subjects::outbound_partner_task(&ReferralId::new())),
                 p(subjects::contact_message(&id)),
             ],
         ),
@@ -384,13 +396,18 @@ async fn a_service_user_cannot_read_what_it_does_not_use() {
     let directory = operator.get_key_value(buckets::DIRECTORY).await.unwrap();
     directory.put("current", "{}".into()).await.unwrap();
 
+    // The gateway reads the directory (partners' referral secrets); triage
+    // never does.
+    let triage = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(500))
+        .build(server.client_as("triage").await);
+    assert!(
+        triage.get_key_value(buckets::DIRECTORY).await.is_err(),
+        "triage cannot open the directory"
+    );
     let gateway = jetstream::ContextBuilder::new()
         .timeout(Duration::from_millis(500))
         .build(server.client_as("gateway").await);
-    assert!(
-        gateway.get_key_value(buckets::DIRECTORY).await.is_err(),
-        "the gateway cannot open the directory"
-    );
     assert!(
         gateway.get_stream(streams::CONTACTS).await.is_err(),
         "the gateway cannot look at CONTACTS"
@@ -574,6 +591,7 @@ async fn a_service_creates_nothing_and_waits_for_the_operators_bus_setup() {
         addr,
         public_url: "http://127.0.0.1:8080".to_owned(),
         twilio_auth_token: nwd_runtime::service::Secret::new("token"),
+        directory: nwd_runtime::directory::demo_path(),
         max_body_bytes: 65536,
         spool: nwd_gateway::spool::SpoolArgs {
             dir: server.store_dir().with_file_name("gateway-spool"),

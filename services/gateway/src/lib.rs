@@ -19,6 +19,8 @@
 //! badly signed, unreadable (not a form, no usable MessageSid) and oversized
 //! requests are refused, each logged with its MessageSid when it has one.
 
+pub mod partner_signature;
+pub mod referrals;
 pub mod spool;
 
 use std::net::SocketAddr;
@@ -92,6 +94,14 @@ pub struct Config {
     pub max_body_bytes: usize,
     #[command(flatten)]
     pub spool: SpoolArgs,
+    /// The directory file: partners' referral secrets and due times, kept
+    /// current from the `directory` bucket.
+    #[arg(
+        long,
+        env = "NWD_DIRECTORY",
+        default_value = "deploy/local/demo/directory.toml"
+    )]
+    pub directory: std::path::PathBuf,
 }
 
 impl ServiceConfig for Config {
@@ -107,6 +117,10 @@ pub enum Error {
     Bus(#[from] BusError),
     #[error("http server failed: {0}")]
     Serve(#[from] std::io::Error),
+    #[error(transparent)]
+    Directory(#[from] nwd_runtime::directory::LoadError),
+    #[error("the directory's referral settings are not usable: {0}")]
+    DirectoryCheck(String),
     #[error("cannot open the spool in {dir}: {source}")]
     Spool {
         dir: std::path::PathBuf,
@@ -120,6 +134,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let directory =
+        nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
     let client = bus::connect(&config.nats, NAME).await?;
     let js = bus::jetstream(client.clone(), &config.nats);
     let spool = open_spool(&config.spool).await?;
@@ -153,9 +169,41 @@ pub async fn run(
             }
         });
     }
+    {
+        // Partners' secrets change at run time (rotation): follow the
+        // directory bucket once the operator has set the bus up. Its own
+        // readiness: the SMS webhooks do not wait for the directory, and
+        // until the bucket answers the file's partners are in force.
+        let (js, directory, stop) = (js.clone(), directory.clone(), stop.clone());
+        let readiness = Readiness::new([nwd_runtime::directory::READY]);
+        tasks.spawn(async move {
+            if bus::wait_for(&js, &[], &[streams::buckets::DIRECTORY], &stop)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            match bus::bucket(&js, streams::buckets::DIRECTORY).await {
+                Ok(store) => {
+                    nwd_runtime::directory::follow(store, directory, readiness, NAME, stop).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the directory bucket; using the file");
+                }
+            }
+        });
+    }
     tasks.close();
 
-    let router = app(AppState::new(hub, &config)).merge(ops::routes(readiness));
+    let referrals = referrals::Referrals::new(
+        js.clone(),
+        directory,
+        referrals::system_clock(),
+        publish_timeout(&config.nats),
+    );
+    let router = app(AppState::new(hub, &config))
+        .merge(referrals::routes(referrals))
+        .merge(ops::routes(readiness));
     let served = ops::serve(listener, router, shutdown).await;
     stop.cancel();
     tasks.wait().await;

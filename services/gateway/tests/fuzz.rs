@@ -39,6 +39,7 @@ async fn setup() -> (NatsServer, Router, jetstream::Context) {
         public_url: PUBLIC_URL.to_owned(),
         twilio_auth_token: Secret::new(TOKEN),
         twilio_url_fragment: None,
+        directory: nwd_runtime::directory::demo_path(),
         max_body_bytes: 65536,
         spool: spool_args(&server),
     };

@@ -61,6 +61,7 @@ impl Gateway {
             public_url: public_url.to_owned(),
             twilio_auth_token: Secret::new(TOKEN),
             twilio_url_fragment: url_fragment.map(str::to_owned),
+            directory: nwd_runtime::directory::demo_path(),
             max_body_bytes: 65536,
             spool: SpoolArgs {
                 dir: spool_dir.to_owned(),

@@ -58,6 +58,7 @@ impl Gateway {
             public_url: public_url.clone(),
             twilio_auth_token: Secret::new(TOKEN),
             twilio_url_fragment: None,
+            directory: nwd_runtime::directory::demo_path(),
             max_body_bytes: 65536,
             spool: spool_args(server),
         };
