@@ -47,10 +47,10 @@ fn referral(webhook_id: &str, offer_at: OffsetDateTime) -> InboundReferral {
     }
 }
 
-/// Publishes the referral as the gateway does (the contract: INBOUND,
-/// `Nats-Msg-Id` from the referral).
+/// Publishes the referral as the gateway does, as the gateway's own NATS
+/// user (the contract: INBOUND, `Nats-Msg-Id` from the referral).
 async fn post(line: &Line, r: &InboundReferral) {
-    let js = line.jetstream().await;
+    let js = async_nats::jetstream::new(line.nats.client_as("gateway").await);
     nwd_runtime::bus::publish(
         &js,
         subjects::inbound_referral(),

@@ -73,29 +73,33 @@ impl Router {
             }
             other => other,
         };
-        let record = match opened {
+        let (record, announce) = match opened {
             Opened::Created(record, steps) => {
                 metrics::counter!("nwd_outreach_due_total", "service" => NAME, "partner" => ev.door.to_string(), "priority" => ev.priority.as_str()).increment(1);
                 tracing::info!(contact = %record.id, referral_id = %ev.referral_id, scheduled = record.scheduled(), "outreach queued");
-                if !steps.is_empty()
-                    && let Err(e) = self
-                        .announcer
-                        .announce_with(&record, Some(Vec::new()))
-                        .await
-                {
-                    tracing::warn!(contact = %record.id, error = %e, "cannot announce escalation step; the escalator will");
-                }
-                record
+                let announce = !steps.is_empty();
+                (record, announce)
             }
             Opened::Joined(record) => {
                 tracing::info!(contact = %record.id, referral_id = %ev.referral_id, "referral joined the person's open contact");
-                record
+                (record, false)
             }
-            Opened::Again(record) => record,
+            Opened::Again(record) => (record, false),
             Opened::Separate => return Ok(()),
         };
+        // `Queued` is on the stream before anyone is offered the contact, so
+        // an accept's `Assigned` can never come before it. If it fails, the
+        // redelivery republishes it and the escalator announces the step.
         self.outreach_update(&record, OutreachChange::Queued, ev.received_at)
             .await?;
+        if announce
+            && let Err(e) = self
+                .announcer
+                .announce_with(&record, Some(Vec::new()))
+                .await
+        {
+            tracing::warn!(contact = %record.id, error = %e, "cannot announce escalation step; the escalator will");
+        }
         if let ContactState::Assigned { counsellor, since } = &record.state {
             // Joined a contact a counsellor already holds.
             self.outreach_update(
