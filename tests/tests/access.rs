@@ -145,6 +145,7 @@ fn no_service_may(id: &ContactId, other_inbox: &str) -> Vec<Op> {
 
 fn rules() -> Vec<Rules> {
     let id = ContactId::new();
+    let referral = nwd_proto::ReferralId::new();
     let ana = CounsellorId::parse("ana").unwrap();
     let kv_get = |b: &str| api(&format!("DIRECT.GET.KV_{b}.$KV.{b}.x"));
     let service = |user: &'static str, may: Vec<Op>, mut may_not: Vec<Op>| {
@@ -274,12 +275,54 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.CREATE.INBOUND.notifier-status")),
                 p("$KV.sends.x"),
                 p(kv_get(buckets::SENDS)),
+                // partner callbacks: its consumer, the directory, parking
+                p(api("CONSUMER.CREATE.OUTBOUND.notifier-partner")),
+                p(api("CONSUMER.MSG.NEXT.OUTBOUND.notifier-partner")),
+                p("$JS.ACK.OUTBOUND.notifier-partner.1.1.1.1.1.0"),
+                p(kv_get(buckets::DIRECTORY)),
+                p(api("STREAM.MSG.GET.DEADLETTER")),
+                p(api("STREAM.MSG.DELETE.DEADLETTER")),
+                p(subjects::outbound_partner_task(&referral)),
+                p(subjects::deadletter("notifier-partner")),
+                p(subjects::ops_alert()),
             ],
             vec![
                 p(subjects::outbound_sms(&id)),
                 p("$KV.contacts.x"),
+                p("$KV.referrals.x"),
+                p(kv_get(buckets::REFERRALS)),
                 p(api("CONSUMER.CREATE.CONTACTS")),
+                p(api("STREAM.MSG.DELETE.OUTBOUND")),
                 s(subjects::dashboard_push_all()),
+            ],
+        ),
+        service(
+            "referrals",
+            vec![
+                p(subjects::outbound_partner_task(&referral)),
+                p(api("CONSUMER.CREATE.CONTACTS.referrals-status")),
+                p(api("CONSUMER.MSG.NEXT.CONTACTS.referrals-status")),
+                p("$JS.ACK.CONTACTS.referrals-status.1.1.1.1.1.0"),
+                p("$KV.referrals.x"),
+                p(kv_get(buckets::REFERRALS)),
+                p(kv_get(buckets::DIRECTORY)),
+                p(api("CONSUMER.CREATE.KV_directory")),
+                p(subjects::deadletter("referrals-status")),
+                p(subjects::ops_alert()),
+                s("_INBOX_referrals.x"),
+            ],
+            vec![
+                p(subjects::outbound_sms(&id)),
+                p(subjects::contact_message(&id)),
+                p(subjects::contact_outreach_update(&id)),
+                p(api("CONSUMER.CREATE.CONTACTS")),
+                p(api("CONSUMER.CREATE.CONTACTS.router")),
+                p(api("CONSUMER.CREATE.OUTBOUND.notifier-partner")),
+                p(api("STREAM.MSG.DELETE.DEADLETTER")),
+                p("$KV.contacts.x"),
+                p("$KV.sends.x"),
+                p(kv_get(buckets::SENDS)),
+                s(subjects::ops_alert()),
             ],
         ),
         service(
