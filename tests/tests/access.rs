@@ -559,23 +559,34 @@ async fn a_forged_router_command_is_refused_and_changes_nothing() {
         disposition: None,
     })
     .to_bytes();
-    for user in NATS_USERS.into_iter().filter(|u| *u != "dashboard") {
-        let probe = Probe::connect(&line.nats, user).await;
-        let answer = probe
-            .client
-            .request(subjects::router_command(), forged.clone().into())
-            .await;
-        assert!(answer.is_err(), "{user}'s forged command got an answer");
-        if user == "system" {
-            // Another account: the command reaches nobody.
-            continue;
-        }
-        let refusal = p(subjects::router_command());
-        nwd_testkit::eventually(T, "the refusal", || async {
-            probe.was_refused(&refusal).then_some(())
-        })
-        .await;
-    }
+    // All at once: each waits out a 1 s request timeout, and one after the
+    // other they would outlast ana's presence (her socket is not read meanwhile).
+    futures::future::join_all(
+        NATS_USERS
+            .into_iter()
+            .filter(|u| *u != "dashboard")
+            .map(|user| {
+                let (line, forged) = (&line, forged.clone());
+                async move {
+                    let probe = Probe::connect(&line.nats, user).await;
+                    let answer = probe
+                        .client
+                        .request(subjects::router_command(), forged.into())
+                        .await;
+                    assert!(answer.is_err(), "{user}'s forged command got an answer");
+                    if user == "system" {
+                        // Another account: the command reaches nobody.
+                        return;
+                    }
+                    let refusal = p(subjects::router_command());
+                    nwd_testkit::eventually(T, "the refusal", || async {
+                        probe.was_refused(&refusal).then_some(())
+                    })
+                    .await;
+                }
+            }),
+    )
+    .await;
     let after = serde_json::to_value(line.record(&offer.contact_id).await).unwrap();
     assert_eq!(before, after, "the contact record is unchanged");
 
