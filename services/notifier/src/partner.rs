@@ -549,8 +549,25 @@ impl Callbacks {
             *counts.entry(event.partner.clone()).or_default() += 1;
         }
         for (partner, n) in &counts {
-            metrics::gauge!("nwd_partner_callbacks_parked", "partner" => partner.to_string())
+            let partner = partner.to_string();
+            metrics::gauge!("nwd_partner_callbacks_parked", "partner" => partner.clone())
                 .set(*n as f64);
+            // The series an alert rule takes `increase()` of exist from the
+            // start at 0, so the first failure is an increase it sees.
+            for reason in ["gone", "refused", "unavailable", "connection"] {
+                metrics::counter!(
+                    "nwd_partner_callback_failures_total",
+                    "partner" => partner.clone(),
+                    "reason" => reason
+                )
+                .increment(0);
+            }
+            metrics::counter!(
+                "nwd_partner_callbacks_total",
+                "partner" => partner.clone(),
+                "outcome" => "parked"
+            )
+            .increment(0);
         }
         *lock(&self.parked) = counts;
     }
