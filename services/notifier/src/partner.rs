@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream;
 use nwd_proto::deadletter::{DeadLetterReason, OpsAlert};
@@ -199,6 +199,18 @@ fn endpoint(dir: &Directory, partner: &PartnerId) -> Option<Endpoint> {
     })
 }
 
+/// A version being retried, and when its next attempt is due.
+#[derive(Debug, Clone, Copy)]
+struct Retrying {
+    version: u32,
+    next: Instant,
+}
+
+/// How long after its due attempt a retrying version still holds back the
+/// newer ones: past that its message is taken as gone (another replica has
+/// it, or the stream lost it), so a newer version is not held forever.
+const HOLD_GRACE: Duration = Duration::from_secs(30);
+
 /// Attempts of one callback in this process.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tries {
@@ -214,8 +226,9 @@ pub struct Callbacks {
     pub(crate) directory: Live,
     pub(crate) policy: RetryPolicy,
     tries: Mutex<HashMap<String, Tries>>,
-    /// Per referral, the oldest version being retried here.
-    retrying: Mutex<HashMap<ReferralId, u32>>,
+    /// Per referral, the oldest version being retried here and when its
+    /// next attempt is due.
+    retrying: Mutex<HashMap<ReferralId, Retrying>>,
     /// Parked callbacks per partner (from DEADLETTER).
     parked: Mutex<HashMap<PartnerId, usize>>,
     /// Partners whose parked callbacks are being re-sent now.
@@ -347,7 +360,7 @@ impl Callbacks {
             event.version,
         ));
         let mut retrying = lock(&self.retrying);
-        if retrying.get(&event.referral_id) == Some(&event.version) {
+        if retrying.get(&event.referral_id).map(|r| r.version) == Some(event.version) {
             retrying.remove(&event.referral_id);
         }
     }
@@ -375,11 +388,25 @@ impl Callbacks {
         }
         {
             let mut retrying = lock(&self.retrying);
+            let now = Instant::now();
             match retrying.get(&event.referral_id) {
-                Some(older) if *older < event.version => return Outcome::Retry(ORDER_WAIT),
+                // An older version of this referral goes first: wait until
+                // its next attempt is over.
+                Some(older) if older.version < event.version && now < older.next + HOLD_GRACE => {
+                    let wait = older.next.saturating_duration_since(now) + ORDER_WAIT;
+                    return Outcome::Retry(wait);
+                }
+                // Its own retry, one older than the one held (it goes first
+                // now), or a hold past its grace.
                 _ => {}
             }
-            retrying.insert(event.referral_id, event.version);
+            retrying.insert(
+                event.referral_id,
+                Retrying {
+                    version: event.version,
+                    next: now,
+                },
+            );
         }
         let answer = match self.post(&event).await {
             Sent::NoEndpoint => {
@@ -432,6 +459,11 @@ impl Callbacks {
         let delay = self
             .policy
             .delay(tries.attempts, retry_after, rand::random::<f64>());
+        if let Some(r) = lock(&self.retrying).get_mut(&event.referral_id)
+            && r.version == event.version
+        {
+            r.next = Instant::now() + delay;
+        }
         tracing::warn!(
             partner = %event.partner,
             referral = %event.referral_id,

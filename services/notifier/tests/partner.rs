@@ -652,3 +652,40 @@ async fn a_partner_without_a_callback_url_gets_nothing_and_nothing_is_parked() {
     );
     notifier.stop().await;
 }
+
+#[tokio::test]
+async fn a_callback_that_cannot_be_signed_is_parked_not_sent() {
+    let partner = Partner::start(SECRET).await;
+    let (server, js) = setup(&partner.url, None).await;
+    // The hospital's secret is not a whsec_ secret (a bad directory edit).
+    let mut dir: Directory =
+        nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap();
+    for p in &mut dir.partners {
+        if p.id.as_str() == HOSPITAL {
+            p.referrals = Some(ReferralSettings {
+                secrets: vec!["whsec_not base64!".into()],
+                callback_url: Some(partner.url.clone()),
+                due: Default::default(),
+            });
+        }
+    }
+    let store = bus::bucket(&js, buckets::DIRECTORY).await.unwrap();
+    nwd_runtime::directory::publish(&store, &dir).await.unwrap();
+    let mut alerts = server
+        .client()
+        .await
+        .subscribe(subjects::ops_alert())
+        .await
+        .unwrap();
+    let notifier = Notifier::start(config(&server)).await;
+    let rec = record(HOSPITAL, "msg_l", 2, TaskStatus::Accepted);
+    publish_task(&js, &rec).await;
+    let alert = parked_alert(&mut alerts).await;
+    assert!(
+        matches!(alert, OpsAlert::PartnerCallbackParked { ref reason, .. } if reason == "unsigned")
+    );
+    wait_idle(&js).await;
+    assert!(partner.received().is_empty(), "nothing unsigned is sent");
+    assert_eq!(dead_letters(&js).await.len(), 1);
+    notifier.stop().await;
+}
