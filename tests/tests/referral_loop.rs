@@ -72,7 +72,7 @@ async fn directory_applied(line: &Line, service: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outreach_updates_reach_the_partner_as_signed_task_callbacks_in_order() {
     nwd_runtime::telemetry::metrics_handle();
-    let line = Line::start().await;
+    let mut line = Line::start().await;
     let js = jetstream::new(line.nats.client().await);
     let (url, calls) = partner_endpoint().await;
 
@@ -128,10 +128,12 @@ async fn outreach_updates_reach_the_partner_as_signed_task_callbacks_in_order() 
         .await
         .unwrap();
 
-    // The router's outreach updates.
+    // The router's outreach updates. The referrals service and the
+    // notifier die (kill -9) after the first and come back while the rest
+    // wait in CONTACTS: nothing is lost, doubled or reordered.
     let contact = ContactId::new();
     let ana = CounsellorId::parse("ana").unwrap();
-    for change in [
+    for (i, change) in [
         OutreachChange::Queued,
         OutreachChange::Assigned {
             counsellor: ana.clone(),
@@ -141,7 +143,24 @@ async fn outreach_updates_reach_the_partner_as_signed_task_callbacks_in_order() 
             outcome: OutreachOutcome::Reached,
         },
         OutreachChange::Resolved { counsellor: ana },
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i == 1 {
+            let first = wire::msg_id::partner_task(&record.id, 2);
+            eventually(T, "the first callback", || async {
+                calls
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|c| c.0 == first)
+                    .then_some(())
+            })
+            .await;
+            line.crash("referrals").await;
+            line.crash("notifier").await;
+        }
         let update = OutreachUpdate {
             contact_id: contact,
             referral_id: record.id,
@@ -158,6 +177,8 @@ async fn outreach_updates_reach_the_partner_as_signed_task_callbacks_in_order() 
         .unwrap();
     }
 
+    line.restart("referrals").await;
+    line.restart("notifier").await;
     let got = eventually(T, "three callbacks", || async {
         let got = calls.lock().unwrap().clone();
         (got.len() >= 3).then_some(got)

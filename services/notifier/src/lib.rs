@@ -338,6 +338,7 @@ pub async fn run(
             cap: Duration::from_millis(config.callback_retry_cap_ms.max(1)),
             max_refusals: config.callback_max_refusals.max(1),
         },
+        readiness.clone(),
     ));
     let mut partner_spec = ConsumerSpec::new(
         NAME,

@@ -52,6 +52,9 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// version of its referral ahead of it is done.
 const ORDER_WAIT: Duration = Duration::from_millis(250);
 
+/// How long a callback waits for the directory bucket to be read.
+const DIRECTORY_WAIT: Duration = Duration::from_millis(200);
+
 /// How long a callback waits when its mark or its dead letter could not be
 /// written (the bus is down).
 const BUS_RETRY: Duration = Duration::from_secs(2);
@@ -225,6 +228,9 @@ pub struct Callbacks {
     pub(crate) http: reqwest::Client,
     pub(crate) directory: Live,
     pub(crate) policy: RetryPolicy,
+    /// Until the directory bucket is read, the file's directory may lack a
+    /// partner's callback URL: callbacks wait rather than go nowhere.
+    readiness: nwd_runtime::ops::Readiness,
     tries: Mutex<HashMap<String, Tries>>,
     /// Per referral, the oldest version being retried here and when its
     /// next attempt is due.
@@ -267,6 +273,7 @@ impl Callbacks {
         http: reqwest::Client,
         directory: Live,
         policy: RetryPolicy,
+        readiness: nwd_runtime::ops::Readiness,
     ) -> Self {
         Self {
             js,
@@ -274,6 +281,7 @@ impl Callbacks {
             http,
             directory,
             policy,
+            readiness,
             tries: Mutex::default(),
             retrying: Mutex::default(),
             parked: Mutex::default(),
@@ -372,6 +380,14 @@ impl Callbacks {
         event: PartnerTaskUpdate,
     ) -> Outcome {
         let partner = event.partner.to_string();
+        if self
+            .readiness
+            .missing()
+            .iter()
+            .any(|c| c == nwd_runtime::directory::READY)
+        {
+            return Outcome::Retry(DIRECTORY_WAIT);
+        }
         match self.delivered(&event.referral_id).await {
             Ok(v) if v >= event.version => {
                 // Taken already (a redelivery, a replayed parked callback

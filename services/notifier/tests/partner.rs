@@ -689,3 +689,22 @@ async fn a_callback_that_cannot_be_signed_is_parked_not_sent() {
     assert_eq!(dead_letters(&js).await.len(), 1);
     notifier.stop().await;
 }
+
+#[tokio::test]
+async fn callbacks_waiting_at_start_wait_for_the_live_directory() {
+    // The file's directory has no callback URLs; the bucket's has. Events
+    // waiting when the notifier starts must not be taken as "no callback".
+    let partner = Partner::start(SECRET).await;
+    let (server, js) = setup(&partner.url, None).await;
+    let recs: Vec<ReferralRecord> = (0..5)
+        .map(|i| record(HOSPITAL, &format!("msg_m{i}"), 2, TaskStatus::Accepted))
+        .collect();
+    for rec in &recs {
+        publish_task(&js, rec).await;
+    }
+    let notifier = Notifier::start(config(&server)).await;
+    partner.wait_for(recs.len()).await;
+    wait_idle(&js).await;
+    assert_eq!(partner.taken().len(), recs.len());
+    notifier.stop().await;
+}
