@@ -347,9 +347,10 @@ pub async fn run(
         vec![subjects::outbound_partner_task_all()],
     );
     // One lane per referral (its subject); a callback being retried waits
-    // as a delayed redelivery, not in a lane, so this bounds only the
-    // callbacks in flight at once.
-    partner_spec.max_ack_pending = 4096;
+    // as a delayed redelivery, not in a lane, but still counts as pending:
+    // room for a down partner's retries (bounded: parked after the last)
+    // without holding up every other partner (ADR 0015).
+    partner_spec.max_ack_pending = 10_000;
     tasks.spawn(consume::run(
         js.clone(),
         partner_spec,

@@ -194,6 +194,13 @@ impl Handler for StatusHandler {
         )
         .await;
         let record = match decided {
+            // A record that is not a ReferralRecord will not mend itself:
+            // supervisors see the update in DEADLETTER and replay it once
+            // the record is fixed.
+            Err(kv::KvError::Corrupt { .. }) => {
+                tracing::error!(referral = %update.referral_id, "the referral's record is unreadable");
+                return Outcome::Reject("corrupt_record");
+            }
             Err(e) => {
                 tracing::warn!(referral = %update.referral_id, error = %e, "cannot move the referral; retrying");
                 return Outcome::Retry(RETRY);

@@ -388,3 +388,47 @@ async fn an_undecodable_update_is_dead_lettered_at_once() {
     service.stop().await;
     drop(server);
 }
+
+#[tokio::test]
+async fn an_update_for_an_unreadable_record_is_dead_lettered_and_the_record_kept() {
+    let (server, js) = setup().await;
+    let service = Service::start(config(&server)).await;
+    let record = requested("msg_loop_corrupt");
+    referrals(&js)
+        .await
+        .create(wire::key::referral(&record.id), "{not a record".into())
+        .await
+        .unwrap();
+    publish(&js, &record.id, OutreachChange::Queued).await;
+    let dead_letters = js.get_stream(streams::DEADLETTER).await.unwrap();
+    let letter: DeadLetter = eventually(WAIT, "a dead letter", || {
+        let mut dl = dead_letters.clone();
+        async move {
+            let state = dl.info().await.ok()?.state.clone();
+            if state.messages == 0 {
+                return None;
+            }
+            let raw = dl.get_raw_message(state.last_sequence).await.ok()?;
+            Some(
+                Envelope::<DeadLetter>::from_bytes(&raw.payload)
+                    .unwrap()
+                    .data,
+            )
+        }
+    })
+    .await;
+    assert!(
+        letter.detail.contains("corrupt_record"),
+        "{}",
+        letter.detail
+    );
+    let entry = referrals(&js)
+        .await
+        .get(wire::key::referral(&record.id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&entry[..], b"{not a record");
+    assert!(task_updates(&js, &record.id).await.is_empty());
+    service.stop().await;
+}
