@@ -257,7 +257,10 @@ async fn a_newer_schema_and_garbage_are_dead_lettered_alerted_and_the_next_messa
         assert!(!String::from_utf8_lossy(&msg.payload).contains("future"));
         let OpsAlert::DeadLetter {
             consumer, reason, ..
-        } = Envelope::<OpsAlert>::from_bytes(&msg.payload).unwrap().data;
+        } = Envelope::<OpsAlert>::from_bytes(&msg.payload).unwrap().data
+        else {
+            panic!("a dead-letter alert");
+        };
         assert_eq!(consumer, CONSUMER);
         reasons.push(reason);
     }
