@@ -514,6 +514,16 @@ impl Callbacks {
                 );
                 if !published.duplicate {
                     count(&partner, "parked");
+                    // One more, counted here: a recount reads every dead
+                    // letter, too slow to repeat per park in a long outage.
+                    let parked = {
+                        let mut counts = lock(&self.parked);
+                        let n = counts.entry(event.partner.clone()).or_default();
+                        *n += 1;
+                        *n
+                    };
+                    metrics::gauge!("nwd_partner_callbacks_parked", "partner" => partner.clone())
+                        .set(parked as f64);
                     let alert = Envelope::new(OpsAlert::PartnerCallbackParked {
                         partner: event.partner.clone(),
                         referral_id: event.referral_id,
@@ -529,7 +539,6 @@ impl Callbacks {
                         tracing::warn!(error = %e, "cannot alert supervisors of a parked callback");
                     }
                 }
-                self.refresh_parked().await;
                 Outcome::Ack
             }
             Err(e) => {
