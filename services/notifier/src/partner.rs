@@ -24,7 +24,9 @@
 //!   alert and `nwd_partner_callbacks_parked{partner}`. When the partner
 //!   answers 2xx again (any callback, or the probe of its oldest parked
 //!   one), its parked callbacks are re-sent in the order they were parked
-//!   and the gauge returns to 0.
+//!   and the gauge returns to 0. While a partner is known down (a callback
+//!   parked unreachable or gone, no 2xx since), its new callbacks are
+//!   parked at once behind the others rather than retried.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -214,6 +216,19 @@ struct Retrying {
 /// it, or the stream lost it), so a newer version is not held forever.
 const HOLD_GRACE: Duration = Duration::from_secs(30);
 
+/// Why a callback parked behind others of a partner known to be down.
+const PARTNER_DOWN: &str = "partner_down";
+
+/// The detail of a parked callback's dead letter, before its reason.
+const PARKED_PREFIX: &str = "partner callback parked: ";
+
+/// A parked callback: its sequence in DEADLETTER, the event, and why.
+struct Parked {
+    sequence: u64,
+    event: PartnerTaskUpdate,
+    reason: String,
+}
+
 /// Attempts of one callback in this process.
 #[derive(Debug, Default, Clone, Copy)]
 struct Tries {
@@ -239,6 +254,10 @@ pub struct Callbacks {
     parked: Mutex<HashMap<PartnerId, usize>>,
     /// Partners whose parked callbacks are being re-sent now.
     resending: Mutex<HashSet<PartnerId>>,
+    /// Partners known to be down (a callback parked unreachable or gone,
+    /// and no 2xx since): their new callbacks are parked at once, behind
+    /// the others, instead of each retrying against a dead endpoint.
+    down: Mutex<HashSet<PartnerId>>,
 }
 
 impl std::fmt::Debug for Callbacks {
@@ -286,6 +305,7 @@ impl Callbacks {
             retrying: Mutex::default(),
             parked: Mutex::default(),
             resending: Mutex::default(),
+            down: Mutex::default(),
         }
     }
 
@@ -424,6 +444,12 @@ impl Callbacks {
                 },
             );
         }
+        if lock(&self.down).contains(&event.partner)
+            && !lock(&self.resending).contains(&event.partner)
+            && endpoint(&self.directory.get(), &event.partner).is_some()
+        {
+            return self.park(msg, &event, PARTNER_DOWN).await;
+        }
         let answer = match self.post(&event).await {
             Sent::NoEndpoint => {
                 self.done_here(&event);
@@ -440,6 +466,7 @@ impl Callbacks {
                 tracing::warn!(referral = %event.referral_id, error = %e, "cannot record the delivered callback");
             }
             self.done_here(&event);
+            lock(&self.down).remove(&event.partner);
             count(&partner, "delivered");
             tracing::info!(partner = %event.partner, referral = %event.referral_id, version = event.version, "partner callback delivered");
             self.partner_answered(&event.partner);
@@ -499,7 +526,7 @@ impl Callbacks {
         event: &PartnerTaskUpdate,
         reason: &'static str,
     ) -> Outcome {
-        let detail = format!("partner callback parked: {reason}");
+        let detail = format!("{PARKED_PREFIX}{reason}");
         match deadletter::park(&self.js, PARKED_BY, msg, DeadLetterReason::Rejected, detail).await {
             Ok(published) => {
                 self.done_here(event);
@@ -512,6 +539,9 @@ impl Callbacks {
                     dead_letter = published.sequence,
                     "partner callback parked for supervisors"
                 );
+                if matches!(reason, "unreachable" | "gone") {
+                    lock(&self.down).insert(event.partner.clone());
+                }
                 if !published.duplicate {
                     count(&partner, "parked");
                     // One more, counted here: a recount reads every dead
@@ -524,6 +554,9 @@ impl Callbacks {
                     };
                     metrics::gauge!("nwd_partner_callbacks_parked", "partner" => partner.clone())
                         .set(parked as f64);
+                }
+                // Supervisors were told when the partner went down.
+                if !published.duplicate && reason != PARTNER_DOWN {
                     let alert = Envelope::new(OpsAlert::PartnerCallbackParked {
                         partner: event.partner.clone(),
                         referral_id: event.referral_id,
@@ -561,10 +594,8 @@ impl Callbacks {
         }
     }
 
-    /// Every parked callback (sequence in DEADLETTER and event), oldest first.
-    async fn parked_callbacks(
-        &self,
-    ) -> Result<Vec<(u64, PartnerTaskUpdate)>, deadletter::DeadLetterError> {
+    /// Every parked callback, oldest first.
+    async fn parked_callbacks(&self) -> Result<Vec<Parked>, deadletter::DeadLetterError> {
         let mut out = Vec::new();
         for listed in deadletter::list(&self.js).await? {
             if listed.consumer != consumers::NOTIFIER_PARTNER {
@@ -577,7 +608,15 @@ impl Callbacks {
                 Err(e) => return Err(e),
             };
             if let Ok(env) = Envelope::<PartnerTaskUpdate>::from_bytes(&dl.data.payload) {
-                out.push((listed.sequence, env.data));
+                out.push(Parked {
+                    sequence: listed.sequence,
+                    event: env.data,
+                    reason: listed
+                        .detail
+                        .strip_prefix(PARKED_PREFIX)
+                        .unwrap_or_default()
+                        .to_owned(),
+                });
             }
         }
         Ok(out)
@@ -602,8 +641,8 @@ impl Callbacks {
                 counts.insert(p.id.clone(), 0);
             }
         }
-        for (_, event) in &parked {
-            *counts.entry(event.partner.clone()).or_default() += 1;
+        for p in &parked {
+            *counts.entry(p.event.partner.clone()).or_default() += 1;
         }
         for (partner, n) in &counts {
             let partner = partner.to_string();
@@ -634,7 +673,9 @@ impl Callbacks {
     async fn resend_parked(&self, partner: &PartnerId) {
         match self.parked_callbacks().await {
             Ok(parked) => {
-                for (sequence, _) in parked.into_iter().filter(|(_, e)| e.partner == *partner) {
+                for Parked { sequence, .. } in
+                    parked.into_iter().filter(|p| p.event.partner == *partner)
+                {
                     if let Err(e) = deadletter::replay(&self.js, sequence).await {
                         tracing::warn!(%partner, sequence, error = %e, "cannot re-send a parked callback");
                         break;
@@ -659,27 +700,56 @@ impl Callbacks {
             }
         };
         let mut probed = HashSet::new();
-        for (sequence, event) in parked {
-            if !probed.insert(event.partner.clone()) {
+        for Parked {
+            sequence,
+            event,
+            reason,
+        } in parked
+        {
+            let partner = event.partner.clone();
+            // Refused or unsigned ones wait for a supervisor (a fixed
+            // directory, then a replay): they say nothing about whether
+            // the partner is up.
+            if probed.contains(&partner)
+                || lock(&self.resending).contains(&partner)
+                || matches!(reason.as_str(), "refused" | "unsigned")
+            {
                 continue;
             }
-            if lock(&self.resending).contains(&event.partner) {
+            let stale = match self.delivered(&event.referral_id).await {
+                Ok(v) => v >= event.version,
+                Err(_) => continue,
+            };
+            if stale {
+                // The partner has a newer version: never post an older one.
+                self.delete_parked(sequence).await;
                 continue;
             }
+            probed.insert(partner.clone());
             if let Sent::Answered(Answer::Delivered) = self.post(&event).await {
                 if let Err(e) = self.mark_delivered(&event.referral_id, event.version).await {
                     tracing::warn!(referral = %event.referral_id, error = %e, "cannot record the delivered callback");
                 }
-                count(&event.partner.to_string(), "delivered");
-                if let Ok(stream) = self.js.get_stream(streams::DEADLETTER).await
-                    && let Err(e) = stream.delete_message(sequence).await
-                {
-                    // Replayed later, it is superseded by the mark: not posted again.
-                    tracing::warn!(sequence, error = %e, "cannot delete the probed dead letter");
+                lock(&self.down).remove(&partner);
+                count(&partner.to_string(), "delivered");
+                self.delete_parked(sequence).await;
+                tracing::info!(%partner, "partner answers again; re-sending its parked callbacks");
+                if lock(&self.resending).insert(partner.clone()) {
+                    self.resend_parked(&partner).await;
+                    lock(&self.resending).remove(&partner);
                 }
-                tracing::info!(partner = %event.partner, "partner answers again; re-sending its parked callbacks");
-                self.resend_parked(&event.partner).await;
             }
+        }
+        self.refresh_parked().await;
+    }
+
+    /// Deletes a parked callback that needs no re-sending. If that fails, a
+    /// later replay finds it superseded by the mark: not posted again.
+    async fn delete_parked(&self, sequence: u64) {
+        if let Ok(stream) = self.js.get_stream(streams::DEADLETTER).await
+            && let Err(e) = stream.delete_message(sequence).await
+        {
+            tracing::warn!(sequence, error = %e, "cannot delete a parked callback");
         }
     }
 }

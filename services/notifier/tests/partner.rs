@@ -504,29 +504,40 @@ async fn a_partner_down_past_the_retries_is_parked_alerted_and_caught_up_when_ba
 }
 
 #[tokio::test]
-async fn parked_callbacks_are_re_sent_in_order_when_the_partner_answers_again() {
+async fn while_a_partner_is_down_its_new_callbacks_queue_behind_and_all_arrive_in_order() {
     let hospital = Partner::start(SECRET).await;
     hospital.set_down(true);
     let (server, js) = setup(&hospital.url, None).await;
-    let notifier = Notifier::start(config(&server)).await;
-    let a = record(HOSPITAL, "msg_e", 2, TaskStatus::Accepted);
-    let b = record(HOSPITAL, "msg_f", 2, TaskStatus::Accepted);
-    publish_task(&js, &a).await;
+    let mut cfg = config(&server);
+    cfg.callback_probe_ms = 300;
+    let notifier = Notifier::start(cfg).await;
+    let a2 = record(HOSPITAL, "msg_e", 2, TaskStatus::Accepted);
+    publish_task(&js, &a2).await;
     eventually(WAIT, "a parked", || async {
         (dead_letters(&js).await.len() == 1).then_some(())
     })
     .await;
-    publish_task(&js, &b).await;
-    eventually(WAIT, "b parked", || async {
-        (dead_letters(&js).await.len() == 2).then_some(())
+    assert_eq!(hospital.received().len(), 4, "retried, then parked");
+    // The partner is known down: new callbacks are parked at once, in
+    // order, without retrying against it (and without a new alert each).
+    let b2 = record(HOSPITAL, "msg_f", 2, TaskStatus::Accepted);
+    let a3 = record(HOSPITAL, "msg_e", 3, TaskStatus::InProgress);
+    publish_task(&js, &b2).await;
+    publish_task(&js, &a3).await;
+    eventually(WAIT, "b and a3 parked", || async {
+        (dead_letters(&js).await.len() == 3).then_some(())
     })
     .await;
-    // A newer version of a, while the partner answers again: delivered,
-    // then b is re-sent; a's parked version 2 is older than what the
-    // partner has, so it is cleared without being posted.
+    assert_eq!(hospital.received().len(), 4, "no attempt while down");
+    let reasons: Vec<String> = dead_letters(&js)
+        .await
+        .into_iter()
+        .map(|d| d.detail)
+        .collect();
+    assert!(reasons[1].ends_with("partner_down") && reasons[2].ends_with("partner_down"));
+
+    // Back: the probe takes the oldest, then the rest follow in order.
     hospital.set_down(false);
-    let a3 = record(HOSPITAL, "msg_e", 3, TaskStatus::InProgress);
-    publish_task(&js, &a3).await;
     eventually(WAIT, "the parked ones cleared", || async {
         dead_letters(&js).await.is_empty().then_some(())
     })
@@ -538,7 +549,18 @@ async fn parked_callbacks_are_re_sent_in_order_when_the_partner_answers_again() 
         .filter(|r| r.answered == 200)
         .map(|r| r.webhook_id)
         .collect();
-    assert_eq!(taken, [task_id(&a3), task_id(&b)]);
+    assert_eq!(taken, [task_id(&a2), task_id(&b2), task_id(&a3)]);
+    // Up again: a new callback goes straight through.
+    let c2 = record(HOSPITAL, "msg_n", 2, TaskStatus::Accepted);
+    publish_task(&js, &c2).await;
+    eventually(WAIT, "c delivered", || async {
+        hospital
+            .received()
+            .iter()
+            .any(|r| r.webhook_id == task_id(&c2) && r.answered == 200)
+            .then_some(())
+    })
+    .await;
     notifier.stop().await;
 }
 
