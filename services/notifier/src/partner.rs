@@ -531,14 +531,24 @@ impl Callbacks {
             Ok(published) => {
                 self.done_here(event);
                 let partner = event.partner.to_string();
-                tracing::error!(
-                    partner = %event.partner,
-                    referral = %event.referral_id,
-                    version = event.version,
-                    reason,
-                    dead_letter = published.sequence,
-                    "partner callback parked for supervisors"
-                );
+                if reason == PARTNER_DOWN {
+                    tracing::warn!(
+                        partner = %event.partner,
+                        referral = %event.referral_id,
+                        version = event.version,
+                        dead_letter = published.sequence,
+                        "partner down: callback queued as parked"
+                    );
+                } else {
+                    tracing::error!(
+                        partner = %event.partner,
+                        referral = %event.referral_id,
+                        version = event.version,
+                        reason,
+                        dead_letter = published.sequence,
+                        "partner callback parked for supervisors"
+                    );
+                }
                 if matches!(reason, "unreachable" | "gone") {
                     lock(&self.down).insert(event.partner.clone());
                 }
