@@ -14,7 +14,7 @@ PROFILE="${NWD_PROFILE:-release}"
 echo "==> building the services ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" \
   -p nwd-gateway -p nwd-intake -p nwd-triage -p nwd-router -p nwd-escalator -p nwd-runtime \
-  -p nwd-dashboard -p nwd-notifier -p nwd-phone-sim
+  -p nwd-dashboard -p nwd-notifier -p nwd-referrals -p nwd-phone-sim
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
 
@@ -36,6 +36,7 @@ export NWD_TRIAGE_METRICS_ADDR="${NWD_TRIAGE_METRICS_ADDR:-127.0.0.1:9102}"
 export NWD_ROUTER_METRICS_ADDR="${NWD_ROUTER_METRICS_ADDR:-127.0.0.1:9103}"
 export NWD_ESCALATOR_METRICS_ADDR="${NWD_ESCALATOR_METRICS_ADDR:-127.0.0.1:9107}"
 export NWD_NOTIFIER_METRICS_ADDR="${NWD_NOTIFIER_METRICS_ADDR:-127.0.0.1:9104}"
+export NWD_REFERRALS_METRICS_ADDR="${NWD_REFERRALS_METRICS_ADDR:-127.0.0.1:9108}"
 export NWD_DIRECTORY="${NWD_DIRECTORY:-$ROOT/deploy/local/demo/directory.toml}"
 # Local run: the notifier talks to the phone simulator instead of Twilio.
 export NWD_TWILIO_API_BASE="${NWD_TWILIO_API_BASE:-http://$NWD_PHONE_SIM_ADDR}"
@@ -61,7 +62,7 @@ fi
 # reads them from NWD_NATS_PASSWORD_<USER>; each service gets only its own,
 # as a file (NWD_NATS_PASSWORD_FILE). Letters and digits only: the server
 # parses the variable's value as config.
-NATS_USERS=(gateway chat intake triage router escalator notifier dashboard operator system)
+NATS_USERS=(gateway chat intake triage router escalator notifier referrals dashboard operator system)
 mkdir -p "$NWD_DATA_DIR/nats"
 chmod 700 "$NWD_DATA_DIR/nats"
 for user in "${NATS_USERS[@]}"; do
@@ -145,6 +146,7 @@ start triage    as_nats_user triage    "$BIN/nwd-triage"
 start router    as_nats_user router    "$BIN/nwd-router"
 start escalator as_nats_user escalator "$BIN/nwd-escalator"
 start notifier  as_nats_user notifier  "$BIN/nwd-notifier"
+start referrals as_nats_user referrals "$BIN/nwd-referrals"
 start dashboard as_nats_user dashboard "$BIN/nwd-dashboard"
 start phone-sim "$BIN/nwd-phone-sim"
 wait_http "http://$NWD_GATEWAY_ADDR/readyz" gateway
@@ -153,6 +155,7 @@ wait_http "http://$NWD_TRIAGE_METRICS_ADDR/readyz" triage
 wait_http "http://$NWD_ROUTER_METRICS_ADDR/readyz" router
 wait_http "http://$NWD_ESCALATOR_METRICS_ADDR/readyz" escalator
 wait_http "http://$NWD_NOTIFIER_METRICS_ADDR/readyz" notifier
+wait_http "http://$NWD_REFERRALS_METRICS_ADDR/readyz" referrals
 wait_http "http://$NWD_DASHBOARD_ADDR/readyz" dashboard
 wait_http "http://$NWD_PHONE_SIM_ADDR/readyz" phone-sim
 

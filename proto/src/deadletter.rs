@@ -127,6 +127,16 @@ pub enum OpsAlert {
     /// partner's door: it was taken into the shared pool; the directory
     /// needs fixing. Never the number itself.
     UnknownLineNumber { service: String },
+    /// A partner's status callback was parked for supervisors (its retries
+    /// ran out, the partner turned the endpoint off with 410 Gone, or it
+    /// cannot be signed); it is a dead letter of consumer `notifier-partner`.
+    PartnerCallbackParked {
+        partner: crate::ids::PartnerId,
+        referral_id: crate::ids::ReferralId,
+        version: u32,
+        /// Bounded: `unreachable`, `refused`, `gone`, `unsigned`.
+        reason: String,
+    },
 }
 
 impl Event for OpsAlert {

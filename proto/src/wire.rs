@@ -247,6 +247,13 @@ pub mod key {
         referral.to_string()
     }
 
+    /// `sends` bucket (notifier-owned): the highest version of a referral's
+    /// Task its partner's callback has taken, so a redelivered or older
+    /// version is never posted again.
+    pub fn partner_callback(referral: &ReferralId) -> String {
+        format!("callback.{referral}")
+    }
+
     /// `directory` bucket: the directory in force.
     pub const DIRECTORY_CURRENT: &str = "current";
 }
@@ -450,5 +457,6 @@ mod tests {
             "outreach:01JD5W3QK3N7Y8Z9ABCDEFGHJK:queued:1700000000123456789"
         );
         assert_eq!(key::referral(&referral), r);
+        assert_eq!(key::partner_callback(&referral), format!("callback.{r}"));
     }
 }

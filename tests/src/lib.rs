@@ -93,13 +93,14 @@ pub struct Line {
 }
 
 /// Names of the services, in start order.
-pub const SERVICES: [&str; 8] = [
+pub const SERVICES: [&str; 9] = [
     "gateway",
     "intake",
     "triage",
     "router",
     "escalator",
     "notifier",
+    "referrals",
     "dashboard",
     "phone-sim",
 ];
@@ -221,6 +222,19 @@ impl Line {
                 ("auth-token", AUTH_TOKEN.into()),
                 ("status-callback-base", gateway_url.clone()),
                 ("retry-base-ms", "100".into()),
+                ("directory", dir.clone()),
+                ("callback-retry-base-ms", "100".into()),
+                ("callback-retry-cap-ms", "1000".into()),
+                ("callback-probe-ms", "500".into()),
+            ],
+        );
+        opts.insert(
+            "referrals",
+            vec![
+                ("nats-url", nats.url_for("referrals")),
+                ("metrics-addr", addr("referrals").to_string()),
+                ("directory", dir.clone()),
+                ("unknown-retry-ms", "200".into()),
             ],
         );
         opts.insert(
@@ -277,6 +291,13 @@ impl Line {
             starter(
                 parse::<nwd_notifier::Config>(&f("notifier")),
                 nwd_notifier::run,
+            ),
+        );
+        starters.insert(
+            "referrals",
+            starter(
+                parse::<nwd_referrals::Config>(&f("referrals")),
+                nwd_referrals::run,
             ),
         );
         starters.insert(

@@ -147,6 +147,7 @@ fn no_service_may(id: &ContactId, other_inbox: &str) -> Vec<Op> {
 
 fn rules() -> Vec<Rules> {
     let id = ContactId::new();
+    let referral = nwd_proto::ReferralId::new();
     let ana = CounsellorId::parse("ana").unwrap();
     let kv_get = |b: &str| api(&format!("DIRECT.GET.KV_{b}.$KV.{b}.x"));
     let service = |user: &'static str, may: Vec<Op>, mut may_not: Vec<Op>| {
@@ -294,12 +295,54 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.CREATE.INBOUND.notifier-status")),
                 p("$KV.sends.x"),
                 p(kv_get(buckets::SENDS)),
+                // partner callbacks: its consumer, the directory, parking
+                p(api("CONSUMER.CREATE.OUTBOUND.notifier-partner")),
+                p(api("CONSUMER.MSG.NEXT.OUTBOUND.notifier-partner")),
+                p("$JS.ACK.OUTBOUND.notifier-partner.1.1.1.1.1.0"),
+                p(kv_get(buckets::DIRECTORY)),
+                p(api("STREAM.MSG.GET.DEADLETTER")),
+                p(api("STREAM.MSG.DELETE.DEADLETTER")),
+                p(subjects::outbound_partner_task(&referral)),
+                p(subjects::deadletter("notifier-partner")),
+                p(subjects::ops_alert()),
             ],
             vec![
                 p(subjects::outbound_sms(&id)),
                 p("$KV.contacts.x"),
+                p("$KV.referrals.x"),
+                p(kv_get(buckets::REFERRALS)),
                 p(api("CONSUMER.CREATE.CONTACTS")),
+                p(api("STREAM.MSG.DELETE.OUTBOUND")),
                 s(subjects::dashboard_push_all()),
+            ],
+        ),
+        service(
+            "referrals",
+            vec![
+                p(subjects::outbound_partner_task(&referral)),
+                p(api("CONSUMER.CREATE.CONTACTS.referrals-status")),
+                p(api("CONSUMER.MSG.NEXT.CONTACTS.referrals-status")),
+                p("$JS.ACK.CONTACTS.referrals-status.1.1.1.1.1.0"),
+                p("$KV.referrals.x"),
+                p(kv_get(buckets::REFERRALS)),
+                p(kv_get(buckets::DIRECTORY)),
+                p(api("CONSUMER.CREATE.KV_directory")),
+                p(subjects::deadletter("referrals-status")),
+                p(subjects::ops_alert()),
+                s("_INBOX_referrals.x"),
+            ],
+            vec![
+                p(subjects::outbound_sms(&id)),
+                p(subjects::contact_message(&id)),
+                p(subjects::contact_outreach_update(&id)),
+                p(api("CONSUMER.CREATE.CONTACTS")),
+                p(api("CONSUMER.CREATE.CONTACTS.router")),
+                p(api("CONSUMER.CREATE.OUTBOUND.notifier-partner")),
+                p(api("STREAM.MSG.DELETE.DEADLETTER")),
+                p("$KV.contacts.x"),
+                p("$KV.sends.x"),
+                p(kv_get(buckets::SENDS)),
+                s(subjects::ops_alert()),
             ],
         ),
         service(
@@ -541,23 +584,34 @@ async fn a_forged_router_command_is_refused_and_changes_nothing() {
         disposition: None,
     })
     .to_bytes();
-    for user in NATS_USERS.into_iter().filter(|u| *u != "dashboard") {
-        let probe = Probe::connect(&line.nats, user).await;
-        let answer = probe
-            .client
-            .request(subjects::router_command(), forged.clone().into())
-            .await;
-        assert!(answer.is_err(), "{user}'s forged command got an answer");
-        if user == "system" {
-            // Another account: the command reaches nobody.
-            continue;
-        }
-        let refusal = p(subjects::router_command());
-        nwd_testkit::eventually(T, "the refusal", || async {
-            probe.was_refused(&refusal).then_some(())
-        })
-        .await;
-    }
+    // All at once: each waits out a 1 s request timeout, and one after the
+    // other they would outlast ana's presence (her socket is not read meanwhile).
+    futures::future::join_all(
+        NATS_USERS
+            .into_iter()
+            .filter(|u| *u != "dashboard")
+            .map(|user| {
+                let (line, forged) = (&line, forged.clone());
+                async move {
+                    let probe = Probe::connect(&line.nats, user).await;
+                    let answer = probe
+                        .client
+                        .request(subjects::router_command(), forged.into())
+                        .await;
+                    assert!(answer.is_err(), "{user}'s forged command got an answer");
+                    if user == "system" {
+                        // Another account: the command reaches nobody.
+                        return;
+                    }
+                    let refusal = p(subjects::router_command());
+                    nwd_testkit::eventually(T, "the refusal", || async {
+                        probe.was_refused(&refusal).then_some(())
+                    })
+                    .await;
+                }
+            }),
+    )
+    .await;
     let after = serde_json::to_value(line.record(&offer.contact_id).await).unwrap();
     assert_eq!(before, after, "the contact record is unchanged");
 

@@ -259,7 +259,7 @@ async fn a_newer_schema_and_garbage_are_dead_lettered_alerted_and_the_next_messa
             consumer, reason, ..
         } = Envelope::<OpsAlert>::from_bytes(&msg.payload).unwrap().data
         else {
-            panic!("a dead-letter alert")
+            panic!("a dead-letter alert");
         };
         assert_eq!(consumer, CONSUMER);
         reasons.push(reason);

@@ -38,7 +38,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// The NATS users of the shipped configuration (`deploy/nats/nats.conf`),
 /// one per service plus the operator and the system account's user.
-pub const NATS_USERS: [&str; 10] = [
+pub const NATS_USERS: [&str; 11] = [
     "gateway",
     "chat",
     "intake",
@@ -46,6 +46,7 @@ pub const NATS_USERS: [&str; 10] = [
     "router",
     "escalator",
     "notifier",
+    "referrals",
     "dashboard",
     "operator",
     "system",

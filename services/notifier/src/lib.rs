@@ -18,8 +18,15 @@
 //!
 //! Status callbacks (published by the gateway as `SmsStatus`) are turned into
 //! `OutboundStatus` events for the contact of the outbound message.
+//!
+//! Partner callbacks ([`partner`]): each referral's Task version is posted to
+//! the partner's callback URL, signed with Standard Webhooks, retried,
+//! parked for supervisors when it keeps failing (ADR 0015).
+
+pub mod partner;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +112,36 @@ pub struct Config {
     /// This replica's name in send leases (default: `notifier-<random>`).
     #[arg(long, env = "NWD_NOTIFIER_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// The directory file (partners' callback URLs and secrets), followed
+    /// live in the directory bucket.
+    #[arg(
+        long,
+        env = "NWD_DIRECTORY",
+        default_value = "deploy/local/demo/directory.toml"
+    )]
+    pub directory: PathBuf,
+    /// Attempts of one partner callback before it is parked for supervisors.
+    #[arg(long, env = "NWD_CALLBACK_RETRIES", default_value_t = 8)]
+    pub callback_retries: u32,
+    /// First partner-callback retry delay (milliseconds); doubles per
+    /// attempt up to the cap, half of it jittered.
+    #[arg(long, env = "NWD_CALLBACK_RETRY_BASE_MS", default_value_t = 2_000)]
+    pub callback_retry_base_ms: u64,
+    /// The longest partner-callback backoff (milliseconds); a partner's
+    /// `Retry-After` is honoured beyond it, up to an hour.
+    #[arg(long, env = "NWD_CALLBACK_RETRY_CAP_MS", default_value_t = 300_000)]
+    pub callback_retry_cap_ms: u64,
+    /// 4xx answers (other than 410 Gone and 429) tolerated per callback
+    /// before it is parked.
+    #[arg(long, env = "NWD_CALLBACK_MAX_REFUSALS", default_value_t = 3)]
+    pub callback_max_refusals: u32,
+    /// Timeout of one partner callback (milliseconds).
+    #[arg(long, env = "NWD_CALLBACK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub callback_timeout_ms: u64,
+    /// How often a partner with parked callbacks is probed with its oldest
+    /// one (milliseconds); when it takes it, the rest are re-sent.
+    #[arg(long, env = "NWD_CALLBACK_PROBE_MS", default_value_t = 60_000)]
+    pub callback_probe_ms: u64,
 }
 
 impl ServiceConfig for Config {
@@ -119,6 +156,8 @@ impl ServiceConfig for Config {
 pub enum Error {
     #[error("cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Directory(#[from] nwd_runtime::directory::LoadError),
     #[error(transparent)]
     Bus(#[from] BusError),
     #[error("ops server failed: {0}")]
@@ -237,10 +276,19 @@ pub async fn run(
         .unwrap_or_else(|| format!("{NAME}-{}", OutboundId::new()));
     tracing::info!(%replica, lease_ms = config.send_lease_ms, "send leases");
 
+    let directory =
+        nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
+    // Partner endpoints are the partners' own: redirects are not followed.
+    let callback_http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(config.callback_timeout_ms))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
     let readiness = Readiness::new([
         "bus".to_owned(),
+        nwd_runtime::directory::READY.to_owned(),
         format!("consumer:{}", consumers::NOTIFIER_SEND),
         format!("consumer:{}", consumers::NOTIFIER_STATUS),
+        format!("consumer:{}", consumers::NOTIFIER_PARTNER),
     ]);
     let client = bus::connect(&config.nats, NAME).await?;
     readiness.watch_client(client.clone());
@@ -252,17 +300,69 @@ pub async fn run(
     ));
 
     let waited = async {
-        let streams = [streams::OUTBOUND, streams::INBOUND];
-        bus::wait_for(&js, &streams, &[buckets::SENDS], &shutdown).await?;
-        bus::open_bucket_with_retry(&js, buckets::SENDS, &shutdown).await
+        let streams = [streams::OUTBOUND, streams::INBOUND, streams::DEADLETTER];
+        bus::wait_for(
+            &js,
+            &streams,
+            &[buckets::SENDS, buckets::DIRECTORY],
+            &shutdown,
+        )
+        .await?;
+        Ok::<_, BusError>((
+            bus::open_bucket_with_retry(&js, buckets::SENDS, &shutdown).await?,
+            bus::open_bucket_with_retry(&js, buckets::DIRECTORY, &shutdown).await?,
+        ))
     };
-    let Ok(sends) = waited.await else {
+    let Ok((sends, directory_bucket)) = waited.await else {
         return Ok(ops::join_server(server).await?);
     };
     readiness.set("bus", true);
 
     let retry_base = Duration::from_millis(config.retry_base_ms);
     let mut tasks = JoinSet::new();
+    tasks.spawn(nwd_runtime::directory::follow(
+        directory_bucket,
+        directory.clone(),
+        readiness.clone(),
+        NAME,
+        shutdown.clone(),
+    ));
+    let callbacks = Arc::new(partner::Callbacks::new(
+        js.clone(),
+        sends.clone(),
+        callback_http,
+        directory,
+        partner::RetryPolicy {
+            attempts: config.callback_retries.max(1),
+            base: Duration::from_millis(config.callback_retry_base_ms.max(1)),
+            cap: Duration::from_millis(config.callback_retry_cap_ms.max(1)),
+            max_refusals: config.callback_max_refusals.max(1),
+        },
+        readiness.clone(),
+    ));
+    let mut partner_spec = ConsumerSpec::new(
+        NAME,
+        streams::OUTBOUND,
+        consumers::NOTIFIER_PARTNER,
+        vec![subjects::outbound_partner_task_all()],
+    );
+    // One lane per referral (its subject); a callback being retried waits
+    // as a delayed redelivery, not in a lane, but still counts as pending:
+    // room for a down partner's retries (bounded: parked after the last)
+    // without holding up every other partner (ADR 0015).
+    partner_spec.max_ack_pending = 10_000;
+    tasks.spawn(consume::run(
+        js.clone(),
+        partner_spec,
+        Arc::new(partner::PartnerHandler(callbacks.clone())),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(partner::probe_parked(
+        callbacks,
+        Duration::from_millis(config.callback_probe_ms.max(10)),
+        shutdown.clone(),
+    ));
     tasks.spawn(consume::run(
         js.clone(),
         ConsumerSpec::new(

@@ -150,6 +150,13 @@ fn config(nats_url: &str, twilio: &FakeTwilio) -> Config {
         send_lease_ms: 3_000,
         max_refusals: 5,
         replica_id: Some("notifier-test".into()),
+        directory: nwd_runtime::directory::demo_path(),
+        callback_retries: 8,
+        callback_retry_base_ms: 20,
+        callback_retry_cap_ms: 1_000,
+        callback_max_refusals: 3,
+        callback_timeout_ms: 2_000,
+        callback_probe_ms: 60_000,
     }
 }
 
