@@ -1,5 +1,5 @@
 //! How an outreach update moves a referral's Task (the Gravity SDOH
-//! Clinical Care referral pattern; see docs/partners-status.md).
+//! Clinical Care referral pattern; see docs/partners.md).
 //!
 //! `requested` (the gateway) → `accepted` (the outreach is queued) →
 //! `in-progress` (a counsellor took it) → a final status from the outcome.
