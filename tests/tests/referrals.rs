@@ -111,6 +111,9 @@ async fn directory_applied(line: &Line, service: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_referral_is_reached_out_to_and_the_hospital_hears_each_step() {
+    // The services run in this process: their counters need the recorder
+    // installed before they start.
+    nwd_runtime::telemetry::metrics_handle();
     let logs = nwd_testkit::capture_logs();
     let line = Line::start().await;
     let (callback, calls) = hospital_endpoint().await;
@@ -138,9 +141,11 @@ async fn a_signed_referral_is_reached_out_to_and_the_hospital_hears_each_step() 
         .unwrap();
     nwd_runtime::directory::publish(&store, &dir).await.unwrap();
     for service in ["gateway", "notifier", "referrals"] {
-        eventually(T, "the directory applied", || async {
-            directory_applied(&line, service).await.then_some(())
-        })
+        eventually(
+            T,
+            &format!("the directory applied by {service}"),
+            || async { directory_applied(&line, service).await.then_some(()) },
+        )
         .await;
     }
 

@@ -34,9 +34,10 @@ proptest! {
     #[test]
     fn truncated_referrals_are_refused_as_json(pick in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>()) {
         let bodies = valid_bodies();
-        let body = &bodies[pick.index(bodies.len())];
+        // Without its trailing newline, so that every cut takes away at
+        // least the closing brace: a JSON object cut short is never whole.
+        let body = bodies[pick.index(bodies.len())].trim_ascii_end();
         let end = cut.index(body.len());
-        // A JSON object cut short is never whole again.
         let r = read_referral(&body[..end]);
         prop_assert!(r.is_err());
         prop_assert_eq!(r.unwrap_err().check, nwd_fhir::Check::Json);
