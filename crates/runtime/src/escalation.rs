@@ -22,8 +22,7 @@ use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{DashboardPush, EscalationView, ServerMsg};
 use nwd_proto::directory::{Consent, Directory, Patient, TrustedContact};
 use nwd_proto::events::{
-    Author, ContactEscalated, Disclosure, DisclosureRefused, LegalBasis, OutboundSms,
-    Recipient,
+    Author, ContactEscalated, Disclosure, DisclosureRefused, LegalBasis, OutboundSms, Recipient,
 };
 use nwd_proto::ladder::{Rung, SkipReason, StepOutcome, StepRecord};
 use nwd_proto::{Address, CounsellorId, Envelope, Event, OutboundId, subjects, wire};
