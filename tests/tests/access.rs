@@ -184,14 +184,55 @@ fn rules() -> Vec<Rules> {
         ),
         service(
             "chat",
-            vec![
-                p("nwd.v1.inbound.chat.message"),
-                s("nwd.v1.outbound.chat.x"),
-            ],
-            vec![
-                s(subjects::outbound_sms_all()),
-                p(subjects::contact_message(&id)),
-            ],
+            {
+                let session = nwd_proto::ChatSessionId::new();
+                vec![
+                    p(subjects::inbound_chat(&session)),
+                    p(api("STREAM.INFO.INBOUND")),
+                    p(api("STREAM.INFO.OUTBOUND")),
+                    // named ordered consumers whose one filter is a chat subject
+                    p(api(&format!(
+                        "CONSUMER.CREATE.INBOUND.chat-h-1.{}",
+                        subjects::inbound_chat(&session)
+                    ))),
+                    p(api(&format!(
+                        "CONSUMER.CREATE.OUTBOUND.chat-o-1.{}",
+                        subjects::outbound_chat_session(&session)
+                    ))),
+                    p(api("CONSUMER.MSG.NEXT.OUTBOUND.chat-o-1")),
+                    p(kv_get(buckets::CHAT_SESSIONS)),
+                    p("$KV.chat_sessions.t.x"),
+                    p(kv_get(buckets::DIRECTORY)),
+                    s("_INBOX_chat.x"),
+                ]
+            },
+            {
+                let session = nwd_proto::ChatSessionId::new();
+                vec![
+                    // never another stream's messages, nor chat replies written by itself
+                    p(api("CONSUMER.CREATE.OUTBOUND")),
+                    p(api("CONSUMER.CREATE.INBOUND")),
+                    p(api(&format!(
+                        "CONSUMER.CREATE.OUTBOUND.chat-o-1.{}",
+                        subjects::outbound_sms(&id)
+                    ))),
+                    p(api(&format!(
+                        "CONSUMER.CREATE.INBOUND.chat-h-1.{}",
+                        subjects::inbound_sms()
+                    ))),
+                    p(api("CONSUMER.CREATE.CONTACTS")),
+                    p(subjects::outbound_chat(&session, &id)),
+                    p(subjects::outbound_sms(&id)),
+                    p(subjects::inbound_referral()),
+                    p(kv_get(buckets::CONTACTS)),
+                    p(kv_get(buckets::THREADS)),
+                    p(kv_get(buckets::SESSIONS)),
+                    p("$KV.sessions.x"),
+                    s(subjects::outbound_sms_all()),
+                    s("nwd.v1.outbound.chat.>"),
+                    p(subjects::contact_message(&id)),
+                ]
+            },
         ),
         service(
             "intake",
@@ -202,6 +243,8 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.MSG.NEXT.INBOUND.intake-sms")),
                 p("$JS.ACK.INBOUND.intake-sms.1.1.1.1.1.0"),
                 p(api("CONSUMER.CREATE.CONTACTS.intake-resolved")),
+                p(api("CONSUMER.CREATE.INBOUND.intake-chat")),
+                p(api("CONSUMER.MSG.NEXT.INBOUND.intake-chat")),
                 p("$KV.threads.x"),
                 p(kv_get(buckets::THREADS)),
                 p(kv_get(buckets::DIRECTORY)),
@@ -212,6 +255,12 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.CREATE.OUTBOUND")),
                 p("$KV.contacts.x"),
                 p(subjects::outbound_sms(&id)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
+                p(subjects::inbound_chat(&nwd_proto::ChatSessionId::new())),
+                p("$KV.chat_sessions.x"),
             ],
         ),
         service(
@@ -237,6 +286,10 @@ fn rules() -> Vec<Rules> {
                 p(subjects::audit_disclosure_refused(&id)),
                 p(subjects::outbound_sms(&id)),
                 p(subjects::dashboard_push(&ana)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
                 p("$KV.contacts.x"),
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 p(api("CONSUMER.CREATE.CONTACTS.router")),
@@ -256,6 +309,10 @@ fn rules() -> Vec<Rules> {
                 p(subjects::contact_escalated(&id)),
                 p(subjects::audit_disclosure(&id)),
                 p(subjects::outbound_sms(&id)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
                 p("$KV.contacts.x"),
                 p(api("CONSUMER.CREATE.KV_presence")),
             ],
@@ -277,6 +334,10 @@ fn rules() -> Vec<Rules> {
             ],
             vec![
                 p(subjects::outbound_sms(&id)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
                 p("$KV.contacts.x"),
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 s(subjects::dashboard_push_all()),
@@ -287,6 +348,10 @@ fn rules() -> Vec<Rules> {
             vec![
                 p(subjects::router_command()),
                 p(subjects::outbound_sms(&id)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
                 p("$KV.presence.x"),
                 p("$KV.sessions.x"),
                 p(kv_get(buckets::CONTACTS)),
