@@ -89,6 +89,10 @@ pub enum ServerFrame {
         text: String,
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
+        /// A note (a counsellor joined, the chat was closed), shown in the
+        /// page's language.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<crate::events::ChatNote>,
     },
     /// Something was not done, with words for the person.
     Refused {

@@ -322,6 +322,7 @@ impl Channel {
                 body,
                 author,
                 created_at,
+                note: None,
             }),
         }
     }
@@ -387,6 +388,10 @@ pub struct ContactAssigned {
     pub counsellor: CounsellorId,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The contact's channel, so the chat service can tell a person in the
+    /// web chat that a counsellor joined (absent in older events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
 }
 
 impl Event for ContactAssigned {
@@ -545,6 +550,40 @@ pub struct OutboundChat {
     pub author: Author,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// A note about the contact rather than a message (the page shows it
+    /// in the person's language; `body` is the English words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<ChatNote>,
+}
+
+/// A note to a person in the web chat about their contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatNote {
+    /// A counsellor accepted the contact.
+    Joined,
+    /// The counsellor closed the conversation.
+    Closed,
+}
+
+impl ChatNote {
+    /// Bounded name (outbound ids, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatNote::Joined => "joined",
+            ChatNote::Closed => "closed",
+        }
+    }
+
+    /// The English words (the page translates by the note).
+    pub fn words(self) -> &'static str {
+        match self {
+            ChatNote::Joined => "A counsellor has joined the chat.",
+            ChatNote::Closed => {
+                "The counsellor has closed this conversation. If you write again, a counsellor will answer."
+            }
+        }
+    }
 }
 
 impl Event for OutboundChat {

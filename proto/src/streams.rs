@@ -27,6 +27,8 @@ pub mod consumers {
     pub const NOTIFIER_STATUS: &str = "notifier-status";
     /// Intake: web-chat inputs → contact messages.
     pub const INTAKE_CHAT: &str = "intake-chat";
+    /// Chat: assignments and resolutions → notes to chat sessions.
+    pub const CHAT_NOTES: &str = "chat-notes";
     /// Intake: partner referrals → outreach contacts.
     pub const INTAKE_REFERRAL: &str = "intake-referral";
     /// Referrals service: outreach updates → Task status.

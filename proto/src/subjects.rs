@@ -105,6 +105,10 @@ pub fn contact_assigned(id: &ContactId) -> String {
     format!("{ROOT}.contact.assigned.{id}")
 }
 
+pub fn contact_assigned_all() -> String {
+    format!("{ROOT}.contact.assigned.*")
+}
+
 pub fn contact_resolved(id: &ContactId) -> String {
     format!("{ROOT}.contact.resolved.{id}")
 }

@@ -203,13 +203,16 @@ fn rules() -> Vec<Rules> {
                     p(kv_get(buckets::CHAT_SESSIONS)),
                     p("$KV.chat_sessions.t.x"),
                     p(kv_get(buckets::DIRECTORY)),
+                    p(subjects::outbound_chat(&session, &ContactId::new())),
+                    p(api("CONSUMER.CREATE.CONTACTS.chat-notes")),
+                    p("nwd.v1.deadletter.chat-notes"),
                     s("_INBOX_chat.x"),
                 ]
             },
             {
                 let session = nwd_proto::ChatSessionId::new();
                 vec![
-                    // never another stream's messages, nor chat replies written by itself
+                    // never another stream's messages, nor any consumer but its own
                     p(api("CONSUMER.CREATE.OUTBOUND")),
                     p(api("CONSUMER.CREATE.INBOUND")),
                     p(api(&format!(
@@ -221,7 +224,9 @@ fn rules() -> Vec<Rules> {
                         subjects::inbound_sms()
                     ))),
                     p(api("CONSUMER.CREATE.CONTACTS")),
-                    p(subjects::outbound_chat(&session, &id)),
+                    p(api("CONSUMER.CREATE.CONTACTS.router")),
+                    p("nwd.v1.deadletter.intake-sms"),
+                    p(subjects::inbound_chat(&session).replace("inbound", "contact")),
                     p(subjects::outbound_sms(&id)),
                     p(subjects::inbound_referral()),
                     p(kv_get(buckets::CONTACTS)),

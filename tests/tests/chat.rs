@@ -10,7 +10,7 @@ use std::time::Duration;
 use nwd_e2e::{ChatPatient, Counsellor, Line};
 use nwd_proto::chat::{ClientFrame, Refusal, ServerFrame, Speaker};
 use nwd_proto::dashboard::{ClientMsg, ContactView, ServerMsg};
-use nwd_proto::events::{MAX_CHAT_MESSAGE_CHARS, QUICK_EXIT_NOTE, SafeNow};
+use nwd_proto::events::{ChatNote, MAX_CHAT_MESSAGE_CHARS, QUICK_EXIT_NOTE, SafeNow};
 use nwd_proto::{ContactId, streams, subjects};
 
 const T: Duration = Duration::from_secs(15);
@@ -85,6 +85,19 @@ async fn a_chat_message_is_offered_with_its_door_and_the_reply_comes_back_on_the
         offer.messages[0].body
     );
     accept(&mut ana, offer.contact_id).await;
+    patient
+        .expect(T, "the note that a counsellor joined", |f| {
+            matches!(
+                f,
+                ServerFrame::Message {
+                    from: Speaker::Line,
+                    note: Some(ChatNote::Joined),
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await;
     let reply = "I'm glad you wrote. You're not in trouble with me. What happened?";
     ana.reply(offer.contact_id, reply).await;
     let seq = counsellor_says(&mut patient, reply).await;
@@ -123,7 +136,40 @@ async fn a_chat_message_is_offered_with_its_door_and_the_reply_comes_back_on_the
         _ => None,
     })
     .await;
-    drop(logs);
+
+    // Closing the conversation tells the person.
+    ana.send(&ClientMsg::Resolve {
+        contact_id: offer.contact_id,
+        disposition: Some("supported".into()),
+    })
+    .await;
+    patient
+        .expect(T, "the note that the chat was closed", |f| {
+            matches!(
+                f,
+                ServerFrame::Message {
+                    from: Speaker::Line,
+                    note: Some(ChatNote::Closed),
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await;
+    // A message after that opens a new contact in the same session.
+    patient.say(3, "one more thing").await;
+    let again = ana
+        .expect(
+            T,
+            "a new contact",
+            offer_containing("one more thing".into()),
+        )
+        .await;
+    assert_ne!(again.contact_id, offer.contact_id);
+    assert!(
+        !logs.contents().contains("scared to tell"),
+        "no message text in logs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

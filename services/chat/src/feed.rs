@@ -148,5 +148,6 @@ pub fn frame(seq: u64, m: &OutboundChat) -> ServerFrame {
         },
         text: m.body.clone(),
         at: m.created_at,
+        note: m.note,
     }
 }

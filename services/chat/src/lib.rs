@@ -6,6 +6,7 @@
 //! page ──ws──► chat ──publish (ack, then ack to page)──► INBOUND inbound.chat.<session>
 //!                │ ◄──ordered consumer from last_seen+1── OUTBOUND outbound.chat.<session>.*
 //!                │ ◄──ordered consumer (history)───────── INBOUND inbound.chat.<session>
+//!                ├ ◄──consumer chat-notes─── CONTACTS assigned / resolved → notes (OUTBOUND)
 //!                ├ ──create / get / delete──► chat_sessions bucket (keyed token hashes)
 //!                └ ◄─watch── directory bucket (doors, allowed embedding origins)
 //! ```
@@ -32,6 +33,7 @@ use tokio_util::task::TaskTracker;
 pub mod feed;
 pub mod http;
 pub mod limits;
+pub mod notes;
 pub mod socket;
 pub mod tokens;
 
@@ -185,7 +187,11 @@ pub async fn run(
     );
     let client = bus::connect(&config.nats, NAME).await?;
     let js = bus::jetstream(client.clone(), &config.nats);
-    let readiness = Readiness::new(["bus".to_owned(), nwd_runtime::directory::READY.to_owned()]);
+    let readiness = Readiness::new([
+        "bus".to_owned(),
+        nwd_runtime::directory::READY.to_owned(),
+        format!("consumer:{}", streams::consumers::CHAT_NOTES),
+    ]);
     readiness.watch_client(client.clone());
     let app = Arc::new(App {
         directory,
@@ -221,7 +227,7 @@ pub async fn run(
 async fn set_up(app: Arc<App>, readiness: Readiness) {
     let shutdown = app.shutdown.clone();
     let (streams, buckets) = (
-        [streams::INBOUND, streams::OUTBOUND],
+        [streams::INBOUND, streams::OUTBOUND, streams::CONTACTS],
         [buckets::CHAT_SESSIONS, buckets::DIRECTORY],
     );
     if bus::wait_for(&app.js, &streams, &buckets, &shutdown)
@@ -253,6 +259,21 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
         }
     }
     app.tasks.spawn(prune_limits(app.clone()));
+    app.tasks.spawn(nwd_runtime::consume::run(
+        app.js.clone(),
+        nwd_runtime::consume::ConsumerSpec::new(
+            NAME,
+            streams::CONTACTS,
+            streams::consumers::CHAT_NOTES,
+            vec![
+                nwd_proto::subjects::contact_assigned_all(),
+                nwd_proto::subjects::contact_resolved_all(),
+            ],
+        ),
+        notes::handler(app.js.clone()),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     tracing::info!("chat ready");
 }
 
