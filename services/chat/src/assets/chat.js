@@ -29,6 +29,10 @@
       waiting: 'Your message is with the line. A counsellor will answer here as soon as one is free. If you are in danger now, call ' + cfg.emergency + '.',
       connecting: 'Connecting…', offline: 'You are offline. Your messages will be sent when the connection is back.',
       connected: '', otherLang: 'Español', otherCode: 'es',
+      notes: {
+        joined: 'A counsellor has joined the chat.',
+        closed: 'The counsellor has closed this conversation. If you write again, a counsellor will answer.',
+      },
       refused: {
         too_long: 'This message is too long to send (at most 4,000 characters). Please split it into shorter messages.',
         too_fast: 'You are sending messages very quickly. Your message will be sent again in a moment.',
@@ -52,6 +56,10 @@
       waiting: 'Tu mensaje está con la línea. Un consejero te responderá aquí en cuanto esté libre. Si estás en peligro ahora, llama al ' + cfg.emergency + '.',
       connecting: 'Conectando…', offline: 'No tienes conexión. Tus mensajes se enviarán cuando vuelva.',
       connected: '', otherLang: 'English', otherCode: 'en',
+      notes: {
+        joined: 'Un consejero se ha unido al chat.',
+        closed: 'El consejero cerró esta conversación. Si vuelves a escribir, un consejero te responderá.',
+      },
       refused: {
         too_long: 'Este mensaje es demasiado largo (máximo 4.000 caracteres). Divídelo en mensajes más cortos.',
         too_fast: 'Estás enviando mensajes muy rápido. Tu mensaje se enviará de nuevo en un momento.',
@@ -199,8 +207,10 @@
       case 'message':
         if (f.seq <= lastSeen) return; // never twice
         lastSeen = f.seq;
+        var words = f.note ? (WORDS[lang].notes[f.note] || f.text) : f.text;
         item(f.from === 'counsellor' ? 'counsellor' : 'line',
-          f.from === 'counsellor' ? t('counsellor') : t('lineName'), f.text, time(f.at));
+          f.from === 'counsellor' ? t('counsellor') : t('lineName'), words, time(f.at));
+        if (f.note === 'joined') status.textContent = '';
         if (f.from === 'counsellor') status.textContent = '';
         frame({ type: 'ack', seq: f.seq });
         break;
