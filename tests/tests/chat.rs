@@ -553,3 +553,107 @@ async fn an_over_long_message_is_refused_in_plain_words_and_a_4000_character_one
         .await;
     assert!(words.contains("not sent yet"), "{words}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_safe_right_now_before_the_chat_makes_the_first_message_high_risk() {
+    let line = Line::start().await;
+    let mut ana = Counsellor::available(&line, "ana").await;
+    let (mut patient, _, _) = ChatPatient::start(&line, None).await;
+    patient
+        .send(&ClientFrame::Message {
+            seq: 1,
+            text: "hi, can I ask something about my meds schedule".into(),
+            safe_now: Some(SafeNow::No),
+        })
+        .await;
+    let offer = ana
+        .expect(
+            T,
+            "the offer",
+            offer_containing("about my meds schedule".into()),
+        )
+        .await;
+    assert!(
+        matches!(
+            offer.risk,
+            nwd_proto::RiskLevel::High | nwd_proto::RiskLevel::Imminent
+        ),
+        "{:?}",
+        offer.risk
+    );
+    assert!(
+        offer
+            .reasons
+            .iter()
+            .any(|r| r.rule == "safety.not_safe_now"),
+        "{:?}",
+        offer.reasons
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imminent_risk_shows_the_safety_message_and_the_ladder_shows_the_backup_lines_number_in_the_chat()
+ {
+    // Nobody on the dashboard: the one-second ladder climbs to the backup line.
+    let line = Line::start_fast().await;
+    let (mut patient, _, session) = ChatPatient::start(&line, None).await;
+    patient
+        .say(1, "I took all my pills and I want to die tonight")
+        .await;
+    let safety = patient
+        .expect(T, "the safety message", |f| match f {
+            ServerFrame::Message {
+                from: Speaker::Line,
+                text,
+                ..
+            } if text.contains("call 911") && text.contains("counsellor is joining") => {
+                Some(text.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert!(safety.contains("naloxone"));
+    let backup = patient
+        .expect(
+            Duration::from_secs(30),
+            "the backup line's number",
+            |f| match f {
+                ServerFrame::Message {
+                    from: Speaker::Line,
+                    text,
+                    ..
+                } if text.contains(nwd_e2e::BACKUP_LINE) => Some(text.clone()),
+                _ => None,
+            },
+        )
+        .await;
+    assert!(!backup.to_lowercase().contains("nobody"), "{backup}");
+    // The backup line itself was alerted by SMS; nothing was sent to "chat:".
+    nwd_testkit::eventually(T, "the backup line's alert", || async {
+        line.sent_messages()
+            .await
+            .iter()
+            .any(|m| m["to"] == nwd_e2e::BACKUP_LINE)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        line.sent_messages()
+            .await
+            .iter()
+            .all(|m| !m["to"].as_str().unwrap_or_default().starts_with("chat:")),
+        "no SMS to a chat session"
+    );
+    // Shown once per contact, however often the last rung repeats.
+    let notes = nwd_runtime::transcript::read_subjects(
+        &line.jetstream().await,
+        streams::OUTBOUND,
+        vec![subjects::outbound_chat_session(&session)],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .filter(|m| String::from_utf8_lossy(&m.payload).contains(nwd_e2e::BACKUP_LINE))
+    .count();
+    assert_eq!(notes, 1);
+}
