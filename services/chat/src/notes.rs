@@ -21,10 +21,15 @@ pub struct Notes {
     pub js: jetstream::Context,
 }
 
+/// Not an assignment nor a resolution.
+#[derive(Debug, thiserror::Error)]
+#[error("neither an assignment nor a resolution")]
+pub struct Undecodable;
+
 /// The note an event calls for, if its contact is a chat.
 pub fn note_for(
     payload: &[u8],
-) -> Result<Option<(ContactId, Channel, ChatNote, OffsetDateTime)>, ()> {
+) -> Result<Option<(ContactId, Channel, ChatNote, OffsetDateTime)>, Undecodable> {
     if let Ok(env) = Envelope::<ContactAssigned>::from_bytes(payload) {
         let ev = env.data;
         return Ok(ev
@@ -35,7 +40,7 @@ pub fn note_for(
         let ev = env.data;
         return Ok(Some((ev.contact_id, ev.channel, ChatNote::Closed, ev.at)));
     }
-    Err(())
+    Err(Undecodable)
 }
 
 impl Handler for Notes {
