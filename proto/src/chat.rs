@@ -60,6 +60,8 @@ pub enum ClientFrame {
     Ack { seq: u64 },
     /// Quick exit: tell the line, end the session's token.
     QuickExit { seq: u64 },
+    /// The answer to the post-chat question "Was this chat helpful?".
+    Feedback { seq: u64, helpful: bool },
 }
 
 /// To the page.

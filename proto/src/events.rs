@@ -210,6 +210,9 @@ pub enum ChatInput {
     /// The person pressed quick exit: the page is gone, the contact goes on
     /// (the counsellor sees that the person left quickly).
     QuickExit,
+    /// The answer to the post-chat question "Was this chat helpful?", kept
+    /// in INBOUND for the line's quality figures (never a contact message).
+    Feedback { helpful: bool },
 }
 
 /// The answer to the pre-chat question "Are you safe right now?".

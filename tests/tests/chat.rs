@@ -156,8 +156,36 @@ async fn a_chat_message_is_offered_with_its_door_and_the_reply_comes_back_on_the
             .then_some(())
         })
         .await;
+    // The post-chat question's answer is stored (quality figures), not a message.
+    patient
+        .send(&ClientFrame::Feedback {
+            seq: 3,
+            helpful: true,
+        })
+        .await;
+    patient
+        .expect(T, "the answer's ack", |f| {
+            matches!(f, ServerFrame::Ack { seq: 3 }).then_some(())
+        })
+        .await;
+    let stored = nwd_runtime::transcript::read_subjects(
+        &line.jetstream().await,
+        streams::INBOUND,
+        vec![subjects::inbound_chat(&session)],
+    )
+    .await
+    .unwrap();
+    let last = nwd_proto::Envelope::<nwd_proto::events::InboundChat>::from_bytes(
+        &stored.last().unwrap().payload,
+    )
+    .unwrap();
+    assert_eq!(
+        last.data.input,
+        nwd_proto::events::ChatInput::Feedback { helpful: true }
+    );
+
     // A message after that opens a new contact in the same session.
-    patient.say(3, "one more thing").await;
+    patient.say(4, "one more thing").await;
     let again = ana
         .expect(
             T,

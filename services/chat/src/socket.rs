@@ -269,6 +269,9 @@ impl Conversation {
                 text,
                 safe_now,
             } => (vec![self.message(seq, text, safe_now).await], false),
+            ClientFrame::Feedback { seq, helpful } => {
+                (vec![self.feedback(seq, helpful).await], false)
+            }
             ClientFrame::QuickExit { seq } => {
                 self.quick_exit(seq).await;
                 (Vec::new(), true)
@@ -303,6 +306,30 @@ impl Conversation {
             }
             Err(e) => {
                 tracing::warn!(session = %self.session, seq, error = %e, "cannot store a chat message");
+                refused(Refusal::Unavailable, Some(seq))
+            }
+        }
+    }
+
+    /// The post-chat answer: stored like a message (acked after the
+    /// JetStream ack, resent by the page until then), counted by answer.
+    async fn feedback(&mut self, seq: u64, helpful: bool) -> ServerFrame {
+        if seq == 0 {
+            return refused(Refusal::BadFrame, Some(seq));
+        }
+        if seq <= self.stored_seq {
+            return ServerFrame::Ack { seq };
+        }
+        match self.publish(seq, ChatInput::Feedback { helpful }).await {
+            Ok(()) => {
+                self.stored_seq = self.stored_seq.max(seq);
+                let answer = if helpful { "yes" } else { "no" };
+                metrics::counter!("nwd_chat_feedback_total", "service" => NAME, "helpful" => answer)
+                    .increment(1);
+                ServerFrame::Ack { seq }
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.session, seq, error = %e, "cannot store the post-chat answer");
                 refused(Refusal::Unavailable, Some(seq))
             }
         }

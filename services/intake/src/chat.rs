@@ -9,7 +9,7 @@
 //! or a redelivery is the same message downstream. The pre-chat answer goes
 //! to triage in front of the first message. A quick exit joins the open
 //! contact as a note for the counsellor ("the person left quickly") and
-//! never opens one.
+//! never opens one. The post-chat answer stays in INBOUND (quality figures).
 
 use std::sync::Arc;
 
@@ -66,6 +66,10 @@ impl ChatHandler {
                     _ => text.clone(),
                 };
                 (thread, body)
+            }
+            ChatInput::Feedback { .. } => {
+                // Kept in INBOUND for the quality figures; not a message.
+                return Ok(());
             }
             ChatInput::QuickExit => {
                 let current = kv::get::<ThreadRecord>(&self.threads, &key).await?;

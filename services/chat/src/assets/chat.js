@@ -25,6 +25,7 @@
       conversation: 'Conversation', yourMessage: 'Your message', limit: 'Up to 4,000 characters.', send: 'Send',
       ended: 'This chat has ended on this device. The line is still here for you.', restart: 'Start a new chat',
       you: 'You', counsellor: 'Counsellor', lineName: cfg.line,
+      helpfulQ: 'Was this chat helpful?', thanks: 'Thank you for telling us.', seen: 'Seen ✓✓',
       sending: 'Sending…', sent: 'Sent ✓', notSent: 'Not sent yet — it will be sent when you are back online.',
       waiting: 'Your message is with the line. A counsellor will answer here as soon as one is free. If you are in danger now, call ' + cfg.emergency + '.',
       connecting: 'Connecting…', offline: 'You are offline. Your messages will be sent when the connection is back.',
@@ -52,6 +53,7 @@
       conversation: 'Conversación', yourMessage: 'Tu mensaje', limit: 'Hasta 4.000 caracteres.', send: 'Enviar',
       ended: 'Este chat terminó en este dispositivo. La línea sigue aquí para ti.', restart: 'Empezar un chat nuevo',
       you: 'Tú', counsellor: 'Consejero/a', lineName: cfg.line,
+      helpfulQ: '¿Te ayudó este chat?', thanks: 'Gracias por contarnos.', seen: 'Visto ✓✓',
       sending: 'Enviando…', sent: 'Enviado ✓', notSent: 'Aún no enviado: se enviará cuando vuelvas a tener conexión.',
       waiting: 'Tu mensaje está con la línea. Un consejero te responderá aquí en cuanto esté libre. Si estás en peligro ahora, llama al ' + cfg.emergency + '.',
       connecting: 'Conectando…', offline: 'No tienes conexión. Tus mensajes se enviarán cuando vuelva.',
@@ -146,9 +148,23 @@
   }
 
   function sendPending(p) {
+    if (p.helpful !== undefined) {
+      frame({ type: 'feedback', seq: p.seq, helpful: p.helpful });
+      return;
+    }
     var f = { type: 'message', seq: p.seq, text: p.text };
     if (p.safe_now) f.safe_now = p.safe_now;
     frame(f);
+  }
+
+  // A counsellor who joined or answered has the conversation before them:
+  // the person's stored messages up to now are marked seen.
+  function markSeen() {
+    Object.keys(shownMine).forEach(function (seq) {
+      var li = shownMine[seq];
+      var meta = li.querySelector('.meta');
+      if (meta.textContent === t('sent')) meta.textContent = t('seen');
+    });
   }
 
   // ---- the socket
@@ -192,14 +208,17 @@
         });
         if (nextSeq <= f.stored_seq) nextSeq = f.stored_seq + 1;
         save();
-        pending.forEach(function (p) { showMine(p.seq, p.text, t('sending')); sendPending(p); });
+        pending.forEach(function (p) {
+          if (p.helpful === undefined) showMine(p.seq, p.text, t('sending'));
+          sendPending(p);
+        });
         if (f.stored_seq > 0) $('prechat').hidden = true;
         break;
       case 'ack':
         pending = pending.filter(function (p) { return p.seq !== f.seq; });
         save();
         mark(f.seq, t('sent'));
-        if (!waitingShown) {
+        if (!waitingShown && shownMine[f.seq]) {
           waitingShown = true;
           status.textContent = t('waiting');
         }
@@ -211,6 +230,8 @@
         item(f.from === 'counsellor' ? 'counsellor' : 'line',
           f.from === 'counsellor' ? t('counsellor') : t('lineName'), words, time(f.at));
         if (f.note === 'joined') status.textContent = '';
+        if (f.from === 'counsellor' || f.note === 'joined') markSeen();
+        if (f.note === 'closed') $('feedback').hidden = false;
         if (f.from === 'counsellor') status.textContent = '';
         frame({ type: 'ack', seq: f.seq });
         break;
@@ -302,6 +323,16 @@
     waitingShown = false;
     connect();
   });
+  function answer(helpful) {
+    var p = { seq: nextSeq++, helpful: helpful };
+    pending.push(p);
+    save();
+    sendPending(p);
+    $('feedback').hidden = true;
+    status.textContent = t('thanks');
+  }
+  $('helpful-yes').addEventListener('click', function () { answer(true); });
+  $('helpful-no').addEventListener('click', function () { answer(false); });
   $('lang').addEventListener('click', function () {
     lang = lang === 'es' ? 'en' : 'es';
     translate();
