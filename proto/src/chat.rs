@@ -96,6 +96,8 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         note: Option<crate::events::ChatNote>,
     },
+    /// The counsellor is typing (shown for a few seconds).
+    Typing,
     /// Something was not done, with words for the person.
     Refused {
         reason: Refusal,

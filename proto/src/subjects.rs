@@ -53,6 +53,12 @@ pub fn outbound_chat_for_contact(contact: &ContactId) -> String {
     format!("{ROOT}.outbound.chat.*.{contact}")
 }
 
+/// Core NATS (not stored): the counsellor of a chat contact is typing;
+/// dashboard → the chat service holding session `session`'s socket.
+pub fn chat_typing(session: &ChatSessionId) -> String {
+    format!("{ROOT}.chat.typing.{session}")
+}
+
 /// A partner referral taken by the gateway (INBOUND).
 pub fn inbound_referral() -> String {
     format!("{ROOT}.inbound.referral")

@@ -207,6 +207,7 @@ fn rules() -> Vec<Rules> {
                     p(api("CONSUMER.CREATE.CONTACTS.chat-notes")),
                     p("nwd.v1.deadletter.chat-notes"),
                     s("_INBOX_chat.x"),
+                    s(subjects::chat_typing(&session)),
                 ]
             },
             {
@@ -353,6 +354,7 @@ fn rules() -> Vec<Rules> {
             vec![
                 p(subjects::router_command()),
                 p(subjects::outbound_sms(&id)),
+                p(subjects::chat_typing(&nwd_proto::ChatSessionId::new())),
                 p(subjects::outbound_chat(
                     &nwd_proto::ChatSessionId::new(),
                     &id,

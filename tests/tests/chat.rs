@@ -98,6 +98,15 @@ async fn a_chat_message_is_offered_with_its_door_and_the_reply_comes_back_on_the
             .then_some(())
         })
         .await;
+    ana.send(&ClientMsg::Typing {
+        contact_id: offer.contact_id,
+    })
+    .await;
+    patient
+        .expect(T, "counsellor is typing", |f| {
+            matches!(f, ServerFrame::Typing).then_some(())
+        })
+        .await;
     let reply = "I'm glad you wrote. You're not in trouble with me. What happened?";
     ana.reply(offer.contact_id, reply).await;
     let seq = counsellor_says(&mut patient, reply).await;

@@ -181,6 +181,14 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
             return;
         }
     };
+    // "Counsellor is typing…" (core NATS, best effort: none if this fails).
+    let mut typing = match app.client.subscribe(subjects::chat_typing(&session)).await {
+        Ok(sub) => Some(sub),
+        Err(e) => {
+            tracing::debug!(session = %session, error = %e, "no typing signals");
+            None
+        }
+    };
     let _open = OpenGauge::new();
     let mut conversation = Conversation {
         app: app.clone(),
@@ -205,6 +213,16 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
                     return;
                 }
                 if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+            Some(_) = async {
+                match typing.as_mut() {
+                    Some(sub) => sub.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if socket.send(text(&ServerFrame::Typing)).await.is_err() {
                     return;
                 }
             }

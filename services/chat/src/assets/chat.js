@@ -25,6 +25,7 @@
       conversation: 'Conversation', yourMessage: 'Your message', limit: 'Up to 4,000 characters.', send: 'Send',
       ended: 'This chat has ended on this device. The line is still here for you.', restart: 'Start a new chat',
       you: 'You', counsellor: 'Counsellor', lineName: cfg.line,
+      typing: 'The counsellor is typing…',
       helpfulQ: 'Was this chat helpful?', thanks: 'Thank you for telling us.', seen: 'Seen ✓✓',
       sending: 'Sending…', sent: 'Sent ✓', notSent: 'Not sent yet — it will be sent when you are back online.',
       waiting: 'Your message is with the line. A counsellor will answer here as soon as one is free. If you are in danger now, call ' + cfg.emergency + '.',
@@ -53,6 +54,7 @@
       conversation: 'Conversación', yourMessage: 'Tu mensaje', limit: 'Hasta 4.000 caracteres.', send: 'Enviar',
       ended: 'Este chat terminó en este dispositivo. La línea sigue aquí para ti.', restart: 'Empezar un chat nuevo',
       you: 'Tú', counsellor: 'Consejero/a', lineName: cfg.line,
+      typing: 'El consejero está escribiendo…',
       helpfulQ: '¿Te ayudó este chat?', thanks: 'Gracias por contarnos.', seen: 'Visto ✓✓',
       sending: 'Enviando…', sent: 'Enviado ✓', notSent: 'Aún no enviado: se enviará cuando vuelvas a tener conexión.',
       waiting: 'Tu mensaje está con la línea. Un consejero te responderá aquí en cuanto esté libre. Si estás en peligro ahora, llama al ' + cfg.emergency + '.',
@@ -89,6 +91,7 @@
   var pending = saved.pending || []; // [{seq, text, safe_now}]
   var lastSeen = 0;                  // ours shown on this page (0 after a reload: history again)
   var shownMine = {};                // seq -> li
+  var typingTimer = null;
   var ws = null, retry = 0, retryTimer = null, exited = false, ended = false, waitingShown = false;
 
   function save() {
@@ -234,6 +237,13 @@
         if (f.note === 'closed') $('feedback').hidden = false;
         if (f.from === 'counsellor') status.textContent = '';
         frame({ type: 'ack', seq: f.seq });
+        break;
+      case 'typing':
+        status.textContent = t('typing');
+        clearTimeout(typingTimer);
+        typingTimer = setTimeout(function () {
+          if (status.textContent === t('typing')) status.textContent = '';
+        }, 5000);
         break;
       case 'refused':
         onRefused(f);
