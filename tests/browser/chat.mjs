@@ -83,13 +83,25 @@ try {
   if (DOCS_SHOT) await chat.screenshot({ path: DOCS_SHOT, fullPage: true });
   await chat.screenshot({ path: join(SHOTS, "chat.png"), fullPage: true });
 
+  // Offline: the message waits in the tab's queue and goes when the network is back.
+  await phoneCtx.setOffline(true);
+  await chat.locator("#status").getByText(/offline|Connecting/).waitFor({ timeout: 15_000 });
+  const offline = "my phone keeps losing signal";
+  await chat.locator("#text").fill(offline);
+  await chat.locator("#send").click();
+  await chat.locator("#log li.me", { hasText: offline }).getByText("Not sent yet", { exact: false }).waitFor({ timeout: 5_000 });
+  await phoneCtx.setOffline(false);
+  await chat.locator("#log li.me", { hasText: offline }).getByText(/Sent ✓|Seen ✓✓/).waitFor({ timeout: 20_000 });
+  await conv.getByText(offline).waitFor({ timeout: 10_000 });
+  step("a message written offline was queued and sent on reconnect");
+
   // Reload: the same conversation, once.
   await chat.reload();
   await chat.locator("#log li.counsellor", { hasText: reply }).waitFor({ timeout: 10_000 });
   await chat.locator("#log li.me", { hasText: first }).waitFor({ timeout: 10_000 });
   const replies = await chat.locator("#log li.counsellor").count();
   const mine = await chat.locator("#log li.me").count();
-  if (replies !== 1 || mine !== 1) throw new Error(`after reload: ${mine} own and ${replies} replies, expected 1 and 1`);
+  if (replies !== 1 || mine !== 2) throw new Error(`after reload: ${mine} own and ${replies} replies, expected 2 and 1`);
   step("reload: history shown, nothing doubled");
 
   // Spanish.
@@ -131,6 +143,17 @@ try {
   const frame = partner.frameLocator("iframe");
   await frame.getByRole("heading", { level: 1 }).waitFor({ timeout: 10_000 });
   step("demo partner page opens the embedded chat");
+  // Quick exit inside the frame replaces the partner's whole page.
+  await frame.locator("#text").click();
+  await partner.keyboard.press("Escape");
+  // The frame and the embed script both replace the page: one navigation
+  // may abort the other, so wait for the URL to change rather than a load.
+  for (let i = 0; i < 100 && partner.url().endsWith("/demo"); i++) {
+    await partner.waitForURL((u) => !u.toString().endsWith("/demo"), { timeout: 200, waitUntil: "commit" }).catch(() => {});
+  }
+  if (partner.url().endsWith("/demo")) throw new Error("quick exit left the partner page in place");
+  if (await partner.locator("iframe").count()) throw new Error("the chat frame is still there");
+  step(`quick exit in the embedded chat replaced the partner page (now ${partner.url()})`);
   console.log("browser chat walkthrough passed");
 } catch (e) {
   failed = true;

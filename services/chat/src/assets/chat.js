@@ -294,7 +294,7 @@
     $('prechat').hidden = true;
     pending.push(p);
     save();
-    showMine(p.seq, p.text, ws && ws.readyState === 1 ? t('sending') : t('notSent'));
+    showMine(p.seq, p.text, ws && ws.readyState === 1 && navigator.onLine !== false ? t('sending') : t('notSent'));
     sendPending(p);
     text.value = '';
     text.focus();
@@ -347,8 +347,27 @@
     lang = lang === 'es' ? 'en' : 'es';
     translate();
   });
-  window.addEventListener('online', function () { if (!ws) connect(); });
-  window.addEventListener('offline', function () { status.textContent = t('offline'); });
+  // The browser knows the network is gone before the socket does: close it,
+  // keep what is written in the queue, and reconnect as soon as it is back.
+  // (Unacked messages stay queued and are resent after the next welcome.)
+  function drop() {
+    if (!ws) return;
+    var old = ws;
+    ws = null;
+    old.onopen = old.onmessage = old.onclose = null;
+    try { old.close(); } catch (e) { /* already closed */ }
+  }
+  window.addEventListener('online', function () {
+    if (exited || ended) return;
+    retry = 0;
+    drop();
+    connect();
+  });
+  window.addEventListener('offline', function () {
+    clearTimeout(retryTimer);
+    drop();
+    status.textContent = t('offline');
+  });
 
   translate();
   connect();
