@@ -279,3 +279,78 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> 
     }
     peer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> Directory {
+        nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap()
+    }
+
+    fn with_origin(o: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ORIGIN, HeaderValue::from_str(o).unwrap());
+        h
+    }
+
+    #[test]
+    fn origins_the_chat_itself_and_the_doors_listed_ones_only() {
+        let dir = dir();
+        let own = origin_of("https://chat.example.org");
+        let eastside = door(&dir, Some("eastside-clinic"));
+        let hospital = door(&dir, Some("county-hospital"));
+        assert!(eastside.is_some() && hospital.is_some());
+        let ok = |h: &HeaderMap, d: Option<&PartnerId>| origin_allowed(h, own.as_ref(), &dir, d);
+        assert!(ok(&HeaderMap::new(), None), "not a browser page");
+        assert!(ok(&with_origin("https://chat.example.org"), None));
+        assert!(ok(
+            &with_origin("https://chat.example.org"),
+            hospital.as_ref()
+        ));
+        assert!(
+            !ok(&with_origin("http://chat.example.org"), None),
+            "scheme counts"
+        );
+        assert!(ok(&with_origin("http://localhost:8000"), eastside.as_ref()));
+        assert!(!ok(
+            &with_origin("http://localhost:8000"),
+            hospital.as_ref()
+        ));
+        assert!(!ok(&with_origin("http://localhost:8000"), None));
+        assert!(!ok(&with_origin("null"), None));
+        assert!(!ok(&with_origin("not a url"), eastside.as_ref()));
+        assert_eq!(
+            frame_ancestors(&dir, eastside.as_ref()),
+            "'self' http://localhost:8000"
+        );
+        assert_eq!(frame_ancestors(&dir, hospital.as_ref()), "'self'");
+        assert_eq!(door(&dir, Some("Eastside Clinic")), None);
+        assert_eq!(door(&dir, Some("no-such-partner")), None);
+        assert_eq!(door(&dir, None), None);
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_unless_a_trusted_proxy_forwarded_it() {
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7, 10.0.0.1"),
+        );
+        let peer: IpAddr = "198.51.100.2".parse().unwrap();
+        assert_eq!(client_address(peer, &h, &[proxy]), peer, "not a proxy");
+        assert_eq!(
+            client_address(proxy, &h, &[proxy]),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        let mut bad = HeaderMap::new();
+        bad.insert("x-forwarded-for", HeaderValue::from_static("garbage"));
+        assert_eq!(client_address(proxy, &bad, &[proxy]), proxy);
+    }
+
+    #[test]
+    fn attributes_are_escaped() {
+        assert_eq!(attr(r#"a"<b>&"#), "a&quot;&lt;b&gt;&amp;");
+    }
+}
