@@ -75,11 +75,15 @@ pub enum ServerFrame {
         session: ChatSessionId,
         expires_in_secs: u64,
     },
-    /// The session is open: the person's stored messages, oldest first, and
-    /// the highest of their sequence numbers stored (resend anything above).
+    /// The session is open: the person's stored messages, oldest first,
+    /// every sequence number stored (the page resends its unacked messages
+    /// whose number is not among them: a message refused while a later one
+    /// was stored leaves a gap) and the highest (the page numbers on from it).
     Welcome {
         session: ChatSessionId,
         stored_seq: u64,
+        #[serde(default)]
+        stored: Vec<u64>,
         mine: Vec<OwnMessage>,
     },
     /// The page's message `seq` is stored.

@@ -249,6 +249,7 @@ async fn a_dropped_chat_resumes_with_nothing_lost_or_doubled_either_way() {
         session: resumed,
         stored_seq,
         mine,
+        ..
     } = welcome
     else {
         panic!("resume refused: {welcome:?}")

@@ -3,6 +3,7 @@
 //! a named ordered consumer whose single filter is a chat subject (the
 //! `chat` NATS user may create no other).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
@@ -46,12 +47,12 @@ async fn ordered(
         .map_err(|e| err(e.into()))
 }
 
-/// The person's stored messages in `session`, oldest first, and the
-/// highest sequence number stored (of any input).
+/// The person's stored messages in `session`, oldest first, and every
+/// sequence number stored (of any input).
 pub async fn own_messages(
     js: &jetstream::Context,
     session: &ChatSessionId,
-) -> Result<(Vec<OwnMessage>, u64), FeedError> {
+) -> Result<(Vec<OwnMessage>, BTreeSet<u64>), FeedError> {
     let stream = streams::INBOUND;
     let consumer = ordered(
         js,
@@ -62,7 +63,7 @@ pub async fn own_messages(
     )
     .await?;
     let mut mine = Vec::new();
-    let mut stored = 0;
+    let mut stored = BTreeSet::new();
     if consumer.cached_info().num_pending == 0 {
         return Ok((mine, stored));
     }
@@ -77,7 +78,7 @@ pub async fn own_messages(
         let pending = msg.info().map(|i| i.pending).unwrap_or(0);
         if let Ok(env) = Envelope::<InboundChat>::from_bytes(&msg.payload) {
             let ev = env.data;
-            stored = stored.max(ev.seq);
+            stored.insert(ev.seq);
             if let ChatInput::Message { text, .. } = ev.input {
                 mine.push(OwnMessage {
                     seq: ev.seq,

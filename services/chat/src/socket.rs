@@ -153,7 +153,7 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
         },
     };
     let session = record.session;
-    let (mine, stored_seq) = match feed::own_messages(&app.js, &session).await {
+    let (mine, stored) = match feed::own_messages(&app.js, &session).await {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(session = %session, error = %e, "cannot read the session's messages");
@@ -165,7 +165,8 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
     };
     let welcome = ServerFrame::Welcome {
         session,
-        stored_seq,
+        stored_seq: stored.last().copied().unwrap_or(0),
+        stored: stored.iter().copied().collect(),
         mine,
     };
     if socket.send(text(&welcome)).await.is_err() {
@@ -195,7 +196,7 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
         session,
         door: record.door.clone(),
         token,
-        stored_seq,
+        stored,
     };
     let mut ours = std::pin::pin!(ours);
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -272,8 +273,9 @@ struct Conversation {
     session: ChatSessionId,
     door: Option<PartnerId>,
     token: String,
-    /// Highest sequence number of the page's stored so far.
-    stored_seq: u64,
+    /// The page's sequence numbers stored so far (a resend of one is only
+    /// acked again; numbers may have gaps, refused ones resent later).
+    stored: std::collections::BTreeSet<u64>,
 }
 
 impl Conversation {
@@ -301,7 +303,7 @@ impl Conversation {
         if seq == 0 {
             return refused(Refusal::BadFrame, Some(seq));
         }
-        if seq <= self.stored_seq {
+        if self.stored.contains(&seq) {
             // Already stored (a resend): say so again, store nothing.
             return ServerFrame::Ack { seq };
         }
@@ -317,7 +319,7 @@ impl Conversation {
         let input = ChatInput::Message { text, safe_now };
         match self.publish(seq, input).await {
             Ok(()) => {
-                self.stored_seq = self.stored_seq.max(seq);
+                self.stored.insert(seq);
                 metrics::counter!("nwd_chat_messages_total", "service" => NAME, "direction" => "in")
                     .increment(1);
                 ServerFrame::Ack { seq }
@@ -335,12 +337,12 @@ impl Conversation {
         if seq == 0 {
             return refused(Refusal::BadFrame, Some(seq));
         }
-        if seq <= self.stored_seq {
+        if self.stored.contains(&seq) {
             return ServerFrame::Ack { seq };
         }
         match self.publish(seq, ChatInput::Feedback { helpful }).await {
             Ok(()) => {
-                self.stored_seq = self.stored_seq.max(seq);
+                self.stored.insert(seq);
                 let answer = if helpful { "yes" } else { "no" };
                 metrics::counter!("nwd_chat_feedback_total", "service" => NAME, "helpful" => answer)
                     .increment(1);
@@ -379,7 +381,8 @@ impl Conversation {
     /// ends the token: a later visit starts a new session.
     async fn quick_exit(&mut self, seq: u64) {
         metrics::counter!("nwd_chat_quick_exits_total", "service" => NAME).increment(1);
-        let seq = seq.max(self.stored_seq + 1);
+        let last = self.stored.last().copied().unwrap_or(0);
+        let seq = seq.max(last + 1);
         if let Err(e) = self.publish(seq, ChatInput::QuickExit).await {
             tracing::warn!(session = %self.session, error = %e, "cannot tell the line of a quick exit");
         }

@@ -224,46 +224,78 @@ async fn the_token_is_stored_only_as_a_keyed_hash() {
 }
 
 #[tokio::test]
-async fn a_message_the_store_does_not_take_is_refused_not_acked_and_taken_on_resend() {
+async fn a_message_the_store_did_not_take_is_resent_and_stored_even_after_a_later_one_was() {
     let nats = NatsServer::start().await;
     nats.set_up_bus().await;
     let chat = start(&nats).await;
     let mut ws = open(&chat).await;
     send(&mut ws, &hello()).await;
-    assert!(matches!(
-        next(&mut ws).await,
-        Some(ServerFrame::Session { .. })
-    ));
+    let Some(ServerFrame::Session { token, .. }) = next(&mut ws).await else {
+        panic!("no session")
+    };
     assert!(matches!(
         next(&mut ws).await,
         Some(ServerFrame::Welcome { .. })
     ));
-    // The stream refuses new messages: the publish gets no ack.
+    let message = |seq: u64| ClientFrame::Message {
+        seq,
+        text: format!("message {seq}"),
+        safe_now: None,
+    };
+    send(&mut ws, &message(1)).await;
+    assert_eq!(next(&mut ws).await, Some(ServerFrame::Ack { seq: 1 }));
+    // The stream stops taking chat messages: the publish gets no ack.
     let js = async_nats::jetstream::new(nats.client().await);
     let mut inbound = js.get_stream(nwd_proto::streams::INBOUND).await.unwrap();
     let mut cfg = inbound.info().await.unwrap().config.clone();
     let subjects_before = cfg.subjects.clone();
     cfg.subjects = vec!["nwd.v1.inbound.sms".into()];
     js.update_stream(cfg.clone()).await.unwrap();
-    let message = ClientFrame::Message {
-        seq: 1,
-        text: "are you there".into(),
-        safe_now: None,
-    };
-    send(&mut ws, &message).await;
+    send(&mut ws, &message(2)).await;
     assert!(matches!(
         next(&mut ws).await,
         Some(ServerFrame::Refused {
             reason: Refusal::Unavailable,
-            seq: Some(1),
+            seq: Some(2),
             ..
         })
     ));
     cfg.subjects = subjects_before;
     js.update_stream(cfg).await.unwrap();
-    send(&mut ws, &message).await;
-    assert_eq!(next(&mut ws).await, Some(ServerFrame::Ack { seq: 1 }));
-    assert_eq!(inbound.info().await.unwrap().state.messages, 1);
+    // A later message is stored before the page resends the refused one.
+    send(&mut ws, &message(3)).await;
+    assert_eq!(next(&mut ws).await, Some(ServerFrame::Ack { seq: 3 }));
+    drop(ws);
+
+    // After a reconnect the welcome names the gap, and the resend is stored.
+    let mut ws = open(&chat).await;
+    send(
+        &mut ws,
+        &ClientFrame::Hello {
+            token: Some(token),
+            last_seen: 0,
+        },
+    )
+    .await;
+    match next(&mut ws).await {
+        Some(ServerFrame::Welcome {
+            stored, stored_seq, ..
+        }) => {
+            assert_eq!(stored, [1, 3]);
+            assert_eq!(stored_seq, 3);
+        }
+        other => panic!("no welcome: {other:?}"),
+    }
+    send(&mut ws, &message(2)).await;
+    assert_eq!(next(&mut ws).await, Some(ServerFrame::Ack { seq: 2 }));
+    assert_eq!(inbound.info().await.unwrap().state.messages, 3, "none lost");
+    send(&mut ws, &message(3)).await;
+    assert_eq!(next(&mut ws).await, Some(ServerFrame::Ack { seq: 3 }));
+    assert_eq!(
+        inbound.info().await.unwrap().state.messages,
+        3,
+        "none doubled"
+    );
 }
 
 #[tokio::test]

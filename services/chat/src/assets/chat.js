@@ -205,8 +205,10 @@
       case 'welcome':
         status.textContent = t('connected');
         (f.mine || []).forEach(function (m) { showMine(m.seq, m.text, t('sent')); });
+        var stored = {};
+        (f.stored || []).forEach(function (n) { stored[n] = true; });
         pending = pending.filter(function (p) {
-          if (p.seq <= f.stored_seq) { mark(p.seq, t('sent')); return false; }
+          if (stored[p.seq]) { mark(p.seq, t('sent')); return false; }
           return true;
         });
         if (nextSeq <= f.stored_seq) nextSeq = f.stored_seq + 1;
