@@ -102,7 +102,10 @@ try {
   const replies = await chat.locator("#log li.counsellor").count();
   const mine = await chat.locator("#log li.me").count();
   if (replies !== 1 || mine !== 2) throw new Error(`after reload: ${mine} own and ${replies} replies, expected 2 and 1`);
-  step("reload: history shown, nothing doubled");
+  const order = await chat.locator("#log li").evaluateAll((els) => els.map((e) => e.className));
+  // Written, joined, answered, written offline: in that order, as it happened.
+  if (order.join(",") !== "me,line,counsellor,me") throw new Error(`history out of order: ${order}`);
+  step("reload: history shown in order, nothing doubled");
 
   // Spanish.
   await chat.locator("#lang").click();

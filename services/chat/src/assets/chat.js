@@ -117,9 +117,16 @@
     try { return new Date(at).toLocaleTimeString(lang, { hour: '2-digit', minute: '2-digit' }); } catch (e) { return ''; }
   }
 
-  function item(cls, who, body, meta) {
+  // Stored messages (history, replies) carry the server's time and are put
+  // in time order; a message just written goes last.
+  var lastAt = 0;
+  function item(cls, who, body, meta, at) {
     var li = document.createElement('li');
     li.className = cls;
+    var when = at ? Date.parse(at) : NaN;
+    if (isNaN(when)) when = Math.max(lastAt, Date.now());
+    lastAt = Math.max(lastAt, when);
+    li.dataset.at = String(when);
     var w = document.createElement('span');
     w.className = 'visually-hidden';
     w.textContent = who + ': ';
@@ -129,7 +136,12 @@
     m.className = 'meta';
     m.textContent = meta || '';
     li.appendChild(m);
-    log.appendChild(li);
+    var after = null;
+    for (var el = log.lastElementChild; el; el = el.previousElementSibling) {
+      if (Number(el.dataset.at) <= when) break;
+      after = el;
+    }
+    log.insertBefore(li, after);
     li.scrollIntoView({ block: 'end' });
     return li;
   }
@@ -141,9 +153,9 @@
     li.classList.toggle('problem', !!problem);
   }
 
-  function showMine(seq, body, meta) {
+  function showMine(seq, body, meta, at) {
     if (shownMine[seq]) return;
-    shownMine[seq] = item('me', t('you'), body, meta);
+    shownMine[seq] = item('me', t('you'), body, meta, at);
   }
 
   function frame(f) {
@@ -204,7 +216,7 @@
         break;
       case 'welcome':
         status.textContent = t('connected');
-        (f.mine || []).forEach(function (m) { showMine(m.seq, m.text, t('sent')); });
+        (f.mine || []).forEach(function (m) { showMine(m.seq, m.text, t('sent'), m.at); });
         var stored = {};
         (f.stored || []).forEach(function (n) { stored[n] = true; });
         pending = pending.filter(function (p) {
@@ -233,7 +245,7 @@
         lastSeen = f.seq;
         var words = f.note ? (WORDS[lang].notes[f.note] || f.text) : f.text;
         item(f.from === 'counsellor' ? 'counsellor' : 'line',
-          f.from === 'counsellor' ? t('counsellor') : t('lineName'), words, time(f.at));
+          f.from === 'counsellor' ? t('counsellor') : t('lineName'), words, time(f.at), f.at);
         if (f.note === 'joined') status.textContent = '';
         if (f.from === 'counsellor' || f.note === 'joined') markSeen();
         if (f.note === 'closed') $('feedback').hidden = false;
