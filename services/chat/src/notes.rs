@@ -93,3 +93,54 @@ impl Handler for Notes {
 pub fn handler(js: jetstream::Context) -> Arc<Notes> {
     Arc::new(Notes { js })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nwd_proto::{Address, ChatSessionId, CounsellorId};
+
+    #[test]
+    fn notes_only_for_what_the_events_say() {
+        let contact = ContactId::new();
+        let ana = CounsellorId::parse("ana").unwrap();
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let chat = Channel::Chat {
+            session: ChatSessionId::new(),
+            door: None,
+            line: Address::parse("+15005550100"),
+        };
+        let assigned = |channel| {
+            Envelope::new(ContactAssigned {
+                contact_id: contact,
+                counsellor: ana.clone(),
+                at,
+                channel,
+            })
+            .to_bytes()
+        };
+        let Ok(Some((c, ch, note, _))) = note_for(&assigned(Some(chat.clone()))) else {
+            panic!("a chat assignment is a note")
+        };
+        assert_eq!((c, note), (contact, ChatNote::Joined));
+        assert_eq!(ch, chat);
+        // An older event without the channel: nothing to say, nothing to retry.
+        assert!(matches!(note_for(&assigned(None)), Ok(None)));
+        let resolved = Envelope::new(ContactResolved {
+            contact_id: contact,
+            channel: chat,
+            counsellor: ana,
+            disposition: None,
+            at,
+        })
+        .to_bytes();
+        assert!(matches!(
+            note_for(&resolved),
+            Ok(Some((_, _, ChatNote::Closed, _)))
+        ));
+        assert!(note_for(b"{not json").is_err());
+        assert_ne!(
+            wire::outbound::chat_note(&contact, "joined", at),
+            wire::outbound::chat_note(&contact, "closed", at)
+        );
+    }
+}
