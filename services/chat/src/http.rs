@@ -247,8 +247,13 @@ async fn websocket(
     };
     let address = client_address(peer.ip(), &headers, &app.settings.trusted_proxies);
     let tasks = app.tasks.clone();
+    // Small buffers: thousands of mostly idle sockets per instance, and a
+    // frame is at most one 4,000-character message (tungstenite's defaults
+    // are 128 KiB of read buffer per socket).
     upgrade
         .max_message_size(64 * 1024)
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |ws| async move {
             tasks
                 .track_future(socket::serve(app, ws, door, address))
