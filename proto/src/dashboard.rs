@@ -88,6 +88,12 @@ pub enum ClientMsg {
         outcome: crate::referral::OutreachOutcome,
     },
     Ping,
+    /// The counsellor is writing in `contact_id` (sent at most every few
+    /// seconds while they type): a person in the web chat sees "counsellor
+    /// is typing…". Nothing is sent for other channels.
+    Typing {
+        contact_id: ContactId,
+    },
 }
 
 /// A partner a counsellor can choose on screen (ids and institution names only).

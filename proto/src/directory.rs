@@ -105,6 +105,11 @@ pub struct Partner {
     /// this partner does not post referrals.
     #[serde(default)]
     pub referrals: Option<crate::referral::ReferralSettings>,
+    /// Origins (`https://clinic.example`) of the partner's pages that may
+    /// embed the line's web chat with this partner as the door. Empty: the
+    /// partner has no embedded chat (the line's own chat page always works).
+    #[serde(default)]
+    pub chat_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,9 @@ use time::OffsetDateTime;
 
 use crate::address::Address;
 use crate::envelope::Event;
-use crate::ids::{ContactId, CounsellorId, MessageId, MessageSid, OutboundId, PartnerId};
+use crate::ids::{
+    ChatSessionId, ContactId, CounsellorId, MessageId, MessageSid, OutboundId, PartnerId,
+};
 use crate::risk::Assessment;
 
 /// Twilio's limit for one SMS body (concatenated segments), and so for our
@@ -168,6 +170,76 @@ impl Event for SmsStatus {
     const TYPE: &'static str = "inbound.sms_status";
 }
 
+/// Longest chat message the chat service takes (characters). A message
+/// this long goes to triage whole, never truncated.
+pub const MAX_CHAT_MESSAGE_CHARS: usize = 4000;
+
+/// Something a person did in a web-chat session, published by the chat
+/// service on `nwd.v1.inbound.chat.<session>` only after it validated the
+/// session token, with `Nats-Msg-Id` = `chat:<session>:<seq>`
+/// ([`crate::wire::msg_id::inbound_chat`]): a message the browser resends
+/// after a reconnect is stored once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InboundChat {
+    pub session: ChatSessionId,
+    /// The browser's sequence number of this input in the session (1, 2, …).
+    pub seq: u64,
+    /// The partner whose page embeds the chat (the door); `None` on the
+    /// line's own chat page.
+    pub door: Option<PartnerId>,
+    pub input: ChatInput,
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+}
+
+impl Event for InboundChat {
+    const TYPE: &'static str = "inbound.chat";
+}
+
+/// What the person did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ChatInput {
+    /// A message, with the answer to the optional pre-chat question on the
+    /// session's first message.
+    Message {
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        safe_now: Option<SafeNow>,
+    },
+    /// The person pressed quick exit: the page is gone, the contact goes on
+    /// (the counsellor sees that the person left quickly).
+    QuickExit,
+    /// The answer to the post-chat question "Was this chat helpful?", kept
+    /// in INBOUND for the line's quality figures (never a contact message).
+    Feedback { helpful: bool },
+}
+
+/// The answer to the pre-chat question "Are you safe right now?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SafeNow {
+    Yes,
+    No,
+    NotSure,
+}
+
+impl SafeNow {
+    /// The answer as triage and the counsellor read it, in front of the
+    /// first message. "No" uses words the rulebook scores as a person in
+    /// danger now.
+    pub fn as_words(self) -> &'static str {
+        match self {
+            SafeNow::Yes => "[Before the chat: Are you safe right now? Yes]",
+            SafeNow::No => "[Before the chat: Are you safe right now? No, I am not safe right now]",
+            SafeNow::NotSure => "[Before the chat: Are you safe right now? Not sure]",
+        }
+    }
+}
+
+/// What the counsellor reads when a person pressed quick exit.
+pub const QUICK_EXIT_NOTE: &str = "[The person left quickly (quick exit). The chat page is closed on their side; they may come back in a new chat.]";
+
 // ---------------------------------------------------------------- CONTACTS
 
 /// How we talk to the person of a contact.
@@ -178,6 +250,15 @@ pub enum Channel {
     /// and the line address they wrote to (replies go out from that same
     /// line, on the person's channel, never from a counsellor's own number).
     Sms { patient: Address, line: Address },
+    /// The line's web chat: the person's session, the partner whose page
+    /// embeds it (the door), and the line address any SMS about the contact
+    /// goes from (to a trusted contact, the backup line, a hospital).
+    /// Messages to the person go to `nwd.v1.outbound.chat.<session>.<contact>`.
+    Chat {
+        session: ChatSessionId,
+        door: Option<PartnerId>,
+        line: Address,
+    },
 }
 
 impl Channel {
@@ -185,6 +266,10 @@ impl Channel {
     pub fn label(&self) -> String {
         match self {
             Channel::Sms { patient, .. } => patient.label(),
+            Channel::Chat { door, .. } => match door {
+                Some(door) => format!("Chat · {door}"),
+                None => "Chat".to_owned(),
+            },
         }
     }
 
@@ -192,14 +277,64 @@ impl Channel {
     pub fn kind(&self) -> &'static str {
         match self {
             Channel::Sms { patient, .. } => patient.channel_kind(),
+            Channel::Chat { .. } => "chat",
         }
     }
 
     /// Where a reply to the person goes, and the line address it goes from:
-    /// the person's own channel (`whatsapp:<line>` to `whatsapp:+1…`).
+    /// the person's own channel (`whatsapp:<line>` to `whatsapp:+1…`). A
+    /// chat session has no address: `chat:<session>` (send with
+    /// [`Channel::to_person`], which routes it to the chat service).
     pub fn reply_route(&self) -> (Address, Address) {
         match self {
             Channel::Sms { patient, line } => (patient.clone(), line.on_channel_of(patient)),
+            Channel::Chat { session, line, .. } => {
+                (Address::parse(&format!("chat:{session}")), line.clone())
+            }
+        }
+    }
+
+    /// The message `body` of ours to the person of contact `contact_id`, on
+    /// their channel: an SMS for the notifier, or a chat message for the
+    /// chat service. The only place a reply's route depends on the channel.
+    pub fn to_person(
+        &self,
+        contact_id: ContactId,
+        outbound_id: OutboundId,
+        body: String,
+        author: Author,
+        created_at: OffsetDateTime,
+    ) -> ToPerson {
+        match self {
+            Channel::Sms { .. } => {
+                let (to, from) = self.reply_route();
+                ToPerson::Sms(OutboundSms {
+                    outbound_id,
+                    contact_id,
+                    to,
+                    from,
+                    body,
+                    author,
+                    created_at,
+                })
+            }
+            Channel::Chat { session, .. } => ToPerson::Chat(OutboundChat {
+                outbound_id,
+                contact_id,
+                session: *session,
+                body,
+                author,
+                created_at,
+                note: None,
+            }),
+        }
+    }
+
+    /// The chat session of a chat contact.
+    pub fn chat_session(&self) -> Option<ChatSessionId> {
+        match self {
+            Channel::Chat { session, .. } => Some(*session),
+            Channel::Sms { .. } => None,
         }
     }
 
@@ -208,7 +343,7 @@ impl Channel {
     /// for the person.
     pub fn line_towards(&self, to: &Address) -> Address {
         match self {
-            Channel::Sms { line, .. } => line.on_channel_of(to),
+            Channel::Sms { line, .. } | Channel::Chat { line, .. } => line.on_channel_of(to),
         }
     }
 }
@@ -256,6 +391,10 @@ pub struct ContactAssigned {
     pub counsellor: CounsellorId,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// The contact's channel, so the chat service can tell a person in the
+    /// web chat that a counsellor joined (absent in older events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<Channel>,
 }
 
 impl Event for ContactAssigned {
@@ -400,6 +539,123 @@ impl Event for OutboundSms {
     const TYPE: &'static str = "outbound.sms";
 }
 
+/// A message of ours to a person in the web chat. Subject
+/// `nwd.v1.outbound.chat.<session>.<contact_id>`, `Nats-Msg-Id` =
+/// `out:<outbound_id>` (as an SMS: the ids are the same derived ones). The
+/// chat service delivers it to the session's socket, numbered by its OUTBOUND
+/// sequence, and replays it to a resuming page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboundChat {
+    pub outbound_id: OutboundId,
+    pub contact_id: ContactId,
+    pub session: ChatSessionId,
+    pub body: String,
+    pub author: Author,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// A note about the contact rather than a message (the page shows it
+    /// in the person's language; `body` is the English words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<ChatNote>,
+}
+
+/// A note to a person in the web chat about their contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChatNote {
+    /// A counsellor accepted the contact.
+    Joined,
+    /// The counsellor closed the conversation.
+    Closed,
+}
+
+impl ChatNote {
+    /// Bounded name (outbound ids, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatNote::Joined => "joined",
+            ChatNote::Closed => "closed",
+        }
+    }
+
+    /// The English words (the page translates by the note).
+    pub fn words(self) -> &'static str {
+        match self {
+            ChatNote::Joined => "A counsellor has joined the chat.",
+            ChatNote::Closed => {
+                "The counsellor has closed this conversation. If you write again, a counsellor will answer."
+            }
+        }
+    }
+}
+
+impl Event for OutboundChat {
+    const TYPE: &'static str = "outbound.chat";
+}
+
+/// A message of ours to the person of a contact, on the contact's channel
+/// ([`Channel::to_person`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToPerson {
+    Sms(OutboundSms),
+    Chat(OutboundChat),
+}
+
+impl ToPerson {
+    /// The OUTBOUND subject it is published on.
+    pub fn subject(&self) -> String {
+        match self {
+            ToPerson::Sms(m) => crate::subjects::outbound_sms(&m.contact_id),
+            ToPerson::Chat(m) => crate::subjects::outbound_chat(&m.session, &m.contact_id),
+        }
+    }
+
+    /// Its `Nats-Msg-Id`: `out:<outbound_id>` on either channel.
+    pub fn msg_id(&self) -> String {
+        crate::wire::msg_id::outbound_sms(&self.outbound_id())
+    }
+
+    pub fn outbound_id(&self) -> OutboundId {
+        match self {
+            ToPerson::Sms(m) => m.outbound_id,
+            ToPerson::Chat(m) => m.outbound_id,
+        }
+    }
+
+    /// The enveloped event.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            ToPerson::Sms(m) => crate::Envelope::new(m.clone()).to_bytes(),
+            ToPerson::Chat(m) => crate::Envelope::new(m.clone()).to_bytes(),
+        }
+    }
+
+    /// The same message as an SMS record (a chat message with the
+    /// `chat:<session>` address), for views that show either alike.
+    pub fn as_sms(&self) -> OutboundSms {
+        match self {
+            ToPerson::Sms(m) => m.clone(),
+            ToPerson::Chat(m) => m.as_sms(),
+        }
+    }
+}
+
+impl OutboundChat {
+    /// This chat message as an SMS-shaped record (`to` = `chat:<session>`,
+    /// no `from`), for transcript views.
+    pub fn as_sms(&self) -> OutboundSms {
+        OutboundSms {
+            outbound_id: self.outbound_id,
+            contact_id: self.contact_id,
+            to: Address::parse(&format!("chat:{}", self.session)),
+            from: Address::parse(""),
+            body: self.body.clone(),
+            author: self.author.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
 /// What became of an outbound message. Subject `nwd.v1.outbound.status.<contact_id>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboundStatus {
@@ -420,6 +676,61 @@ impl Event for OutboundStatus {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_chat_contact_is_answered_in_its_chat_session_and_sms_elsewhere_from_the_line() {
+        let session = ChatSessionId::new();
+        let contact = ContactId::new();
+        let line = Address::parse("+15005550110");
+        let chat = Channel::Chat {
+            session,
+            door: Some(PartnerId::parse("eastside-clinic").unwrap()),
+            line: line.clone(),
+        };
+        assert_eq!(chat.label(), "Chat · eastside-clinic");
+        assert_eq!(chat.kind(), "chat");
+        assert_eq!(chat.chat_session(), Some(session));
+        let out = OutboundId::new();
+        let msg = chat.to_person(
+            contact,
+            out,
+            "hello".into(),
+            Author::System,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(
+            msg.subject(),
+            crate::subjects::outbound_chat(&session, &contact)
+        );
+        assert_eq!(msg.msg_id(), crate::wire::msg_id::outbound_sms(&out));
+        assert!(matches!(&msg, ToPerson::Chat(c) if c.session == session && c.body == "hello"));
+        // A trusted contact or the backup line still gets an SMS from the line.
+        let backup = Address::parse("+15005550199");
+        assert_eq!(chat.line_towards(&backup), line);
+        let no_door = Channel::Chat {
+            session,
+            door: None,
+            line,
+        };
+        assert_eq!(no_door.label(), "Chat");
+        let json = serde_json::to_string(&chat).unwrap();
+        assert_eq!(serde_json::from_str::<Channel>(&json).unwrap(), chat);
+
+        let sms = Channel::Sms {
+            patient: Address::parse("+15005550142"),
+            line: Address::parse("+15005550100"),
+        };
+        let msg = sms.to_person(
+            contact,
+            out,
+            "hi".into(),
+            Author::System,
+            OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(msg.subject(), crate::subjects::outbound_sms(&contact));
+        assert!(matches!(msg, ToPerson::Sms(s) if s.to.as_str() == "+15005550142"));
+        assert_eq!(sms.chat_session(), None);
+    }
+
     use super::*;
 
     #[test]

@@ -102,6 +102,13 @@ ulid_id!(
     ClientReplyId
 );
 
+ulid_id!(
+    /// One patient web-chat session: from the page's first connection until
+    /// its token expires or the person leaves quickly. Not a secret (it
+    /// names subjects like a contact id does); the session *token* is.
+    ChatSessionId
+);
+
 macro_rules! slug_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*

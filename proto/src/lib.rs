@@ -7,6 +7,7 @@
 //! version token (`v1` → `v2`).
 
 pub mod address;
+pub mod chat;
 pub mod contact;
 pub mod dashboard;
 pub mod deadletter;
@@ -27,8 +28,8 @@ pub mod wire;
 pub use address::{Address, AddressKind};
 pub use envelope::{Envelope, Event};
 pub use ids::{
-    ClientReplyId, ContactId, CounsellorId, EventId, MessageId, MessageSid, OutboundId, PartnerId,
-    ReferralId,
+    ChatSessionId, ClientReplyId, ContactId, CounsellorId, EventId, MessageId, MessageSid,
+    OutboundId, PartnerId, ReferralId,
 };
 pub use phone::PhoneNumber;
 pub use pseudonym::Pseudonymiser;

@@ -58,6 +58,17 @@ impl Pseudonymiser {
         crate::wire::key::sms_thread(&self.key(sender))
     }
 
+    /// KV key of a web-chat session's thread: `chat.<pseudonym of the
+    /// session id>`. A chat session is one contact until it is resolved.
+    pub fn chat_thread_key(&self, session: &crate::ids::ChatSessionId) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(b"chat:");
+        mac.update(session.to_string().as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        crate::wire::key::chat_thread(&hex)
+    }
+
     /// The thread key of an inbound message. A message without a sender
     /// (never seen from Twilio, but a signed one is still taken) is its own
     /// thread, so that strangers are never joined into one contact.

@@ -25,6 +25,10 @@ pub mod consumers {
     pub const ROUTER: &str = "router";
     pub const NOTIFIER_SEND: &str = "notifier-send";
     pub const NOTIFIER_STATUS: &str = "notifier-status";
+    /// Intake: web-chat inputs → contact messages.
+    pub const INTAKE_CHAT: &str = "intake-chat";
+    /// Chat: assignments and resolutions → notes to chat sessions.
+    pub const CHAT_NOTES: &str = "chat-notes";
     /// Intake: partner referrals → outreach contacts.
     pub const INTAKE_REFERRAL: &str = "intake-referral";
     /// Referrals service: outreach updates → Task status.
@@ -58,9 +62,22 @@ pub mod buckets {
     /// key = referral id. The gateway creates; the referrals service changes.
     pub const REFERRALS: &str = "referrals";
 
+    /// Patient web-chat sessions ([`crate::chat::ChatSessionRecord`]), key
+    /// = a keyed hash of the session token (never the token itself).
+    /// Chat-owned; entries expire with the bucket's max age.
+    pub const CHAT_SESSIONS: &str = "chat_sessions";
+
     /// Every bucket, in the order they are created.
-    pub const ALL: [&str; 8] = [
-        CONTACTS, THREADS, PRESENCE, SENDS, REPLIES, DIRECTORY, SESSIONS, REFERRALS,
+    pub const ALL: [&str; 9] = [
+        CONTACTS,
+        THREADS,
+        PRESENCE,
+        SENDS,
+        REPLIES,
+        DIRECTORY,
+        SESSIONS,
+        REFERRALS,
+        CHAT_SESSIONS,
     ];
 
     /// The stream behind bucket `name` (`KV_<name>`), for its storage figures.

@@ -1,7 +1,7 @@
 //! Every subject, built in one place. Form: `nwd.v1.<area>.<event>[.<id>]`.
 //! Never write a subject as a string literal in a service.
 
-use crate::ids::{ContactId, CounsellorId, ReferralId};
+use crate::ids::{ChatSessionId, ContactId, CounsellorId, ReferralId};
 
 const ROOT: &str = "nwd.v1";
 
@@ -22,6 +22,41 @@ pub fn inbound_sms() -> String {
 
 pub fn inbound_sms_status() -> String {
     format!("{ROOT}.inbound.sms_status")
+}
+
+/// What a person did in web-chat session `session` (INBOUND): a message or
+/// a quick exit. Published by the chat service.
+pub fn inbound_chat(session: &ChatSessionId) -> String {
+    format!("{ROOT}.inbound.chat.{session}")
+}
+
+/// Every chat session's inputs (INBOUND), for intake's consumer.
+pub fn inbound_chat_all() -> String {
+    format!("{ROOT}.inbound.chat.*")
+}
+
+/// A message of ours to the person of chat contact `contact` in session
+/// `session` (OUTBOUND).
+pub fn outbound_chat(session: &ChatSessionId, contact: &ContactId) -> String {
+    format!("{ROOT}.outbound.chat.{session}.{contact}")
+}
+
+/// Everything we wrote to one chat session, whatever its contacts: what
+/// the chat service delivers and replays to the session's page.
+pub fn outbound_chat_session(session: &ChatSessionId) -> String {
+    format!("{ROOT}.outbound.chat.{session}.*")
+}
+
+/// Our chat messages to one contact, whatever its session: with
+/// [`outbound_for_contact`], the contact's side of the transcript.
+pub fn outbound_chat_for_contact(contact: &ContactId) -> String {
+    format!("{ROOT}.outbound.chat.*.{contact}")
+}
+
+/// Core NATS (not stored): the counsellor of a chat contact is typing;
+/// dashboard → the chat service holding session `session`'s socket.
+pub fn chat_typing(session: &ChatSessionId) -> String {
+    format!("{ROOT}.chat.typing.{session}")
 }
 
 /// A partner referral taken by the gateway (INBOUND).
@@ -74,6 +109,10 @@ pub fn contact_triaged_all() -> String {
 
 pub fn contact_assigned(id: &ContactId) -> String {
     format!("{ROOT}.contact.assigned.{id}")
+}
+
+pub fn contact_assigned_all() -> String {
+    format!("{ROOT}.contact.assigned.*")
 }
 
 pub fn contact_resolved(id: &ContactId) -> String {
@@ -172,6 +211,17 @@ mod tests {
         assert_eq!(
             last_token(&outbound_partner_task(&referral)),
             referral.to_string()
+        );
+        let session = ChatSessionId::new();
+        assert!(inbound_chat(&session).starts_with("nwd.v1.inbound."));
+        assert_eq!(last_token(&inbound_chat(&session)), session.to_string());
+        assert!(outbound_chat(&session, &id).starts_with("nwd.v1.outbound.chat."));
+        assert_eq!(last_token(&outbound_chat(&session, &id)), id.to_string());
+        // A chat message is on neither per-contact SMS filter nor another
+        // session's: `outbound.*.<contact>` has one token fewer.
+        assert_eq!(
+            outbound_for_contact(&id).split('.').count() + 1,
+            outbound_chat(&session, &id).split('.').count()
         );
         assert!(deadletter("intake-sms").starts_with("nwd.v1.deadletter."));
         assert_eq!(last_token(&contact_triaged(&id)), id.to_string());

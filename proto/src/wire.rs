@@ -20,7 +20,8 @@ use time::OffsetDateTime;
 use crate::events::DeliveryStatus;
 use crate::ids::PartnerId;
 use crate::ids::{
-    ClientReplyId, ContactId, CounsellorId, MessageId, MessageSid, OutboundId, ReferralId,
+    ChatSessionId, ClientReplyId, ContactId, CounsellorId, MessageId, MessageSid, OutboundId,
+    ReferralId,
 };
 use crate::referral::OutreachChange;
 
@@ -54,6 +55,12 @@ pub mod msg_id {
     /// A delivery-status callback (INBOUND): one per message and status.
     pub fn sms_status(sid: &MessageSid, status: DeliveryStatus) -> String {
         format!("status:{sid}:{}", status.as_str())
+    }
+
+    /// A web-chat input (INBOUND): the session and the browser's sequence
+    /// number, so a resend after a reconnect is stored once.
+    pub fn inbound_chat(session: &ChatSessionId, seq: u64) -> String {
+        format!("chat:{session}:{seq}")
     }
 
     /// A partner referral (INBOUND).
@@ -182,6 +189,21 @@ pub mod outbound {
         system(contact, &format!("step:{step}:backup"))
     }
 
+    /// The backup line's number shown to a person in the web chat when the
+    /// ladder reaches it: once per contact.
+    pub fn backup_line_note(contact: &ContactId) -> OutboundId {
+        system(contact, "backup:person")
+    }
+
+    /// A note to a person in the web chat about their contact (`joined`,
+    /// `closed`), once per contact and event time.
+    pub fn chat_note(contact: &ContactId, note: &str, at: OffsetDateTime) -> OutboundId {
+        system(
+            contact,
+            &format!("chat:{note}:{}", at.unix_timestamp_nanos()),
+        )
+    }
+
     /// The notice to trusted contact `recipient` sent by escalation step `step`.
     pub fn trusted_contact(contact: &ContactId, step: u64, recipient: &str) -> OutboundId {
         system(contact, &format!("step:{step}:trusted:{recipient}"))
@@ -240,6 +262,18 @@ pub mod key {
     /// pseudonym (never the number itself).
     pub fn sms_thread(pseudonym: &str) -> String {
         format!("sms.{pseudonym}")
+    }
+
+    /// `threads` bucket: the open thread of a web-chat session, by a
+    /// pseudonym of the session id.
+    pub fn chat_thread(pseudonym: &str) -> String {
+        format!("chat.{pseudonym}")
+    }
+
+    /// `chat_sessions` bucket: a session, by the keyed hash of its token
+    /// (hex), never the token.
+    pub fn chat_session(token_hash_hex: &str) -> String {
+        format!("t.{token_hash_hex}")
     }
 
     /// `referrals` bucket: the closed-loop record of one referral.

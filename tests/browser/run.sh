@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the whole line with up.sh on spare ports and a throwaway data dir,
-# runs the browser walkthrough against it in headless Chromium, stops the line.
+# runs the browser walkthroughs (dashboard + phone, patient chat) against it in headless Chromium, stops the line.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -9,6 +9,9 @@ DATA="$(mktemp -d)"
 export NWD_PROFILE="${NWD_PROFILE:-dev}" NWD_NO_BROWSER=1 NWD_DATA_DIR="$DATA"
 export NWD_NATS_PORT=14222 NWD_NATS_MONITOR_PORT=18222
 export NWD_GATEWAY_ADDR=127.0.0.1:18080 NWD_DASHBOARD_ADDR=127.0.0.1:18090 NWD_PHONE_SIM_ADDR=127.0.0.1:18070
+export NWD_CHAT_ADDR=127.0.0.1:18081
+# Quick exit goes to a page of the line itself here (no outside network).
+export NWD_CHAT_QUICK_EXIT_URL="http://$NWD_CHAT_ADDR/healthz"
 export NWD_INTAKE_METRICS_ADDR=127.0.0.1:19101 NWD_TRIAGE_METRICS_ADDR=127.0.0.1:19102
 export NWD_ROUTER_METRICS_ADDR=127.0.0.1:19103 NWD_ESCALATOR_METRICS_ADDR=127.0.0.1:19107 NWD_NOTIFIER_METRICS_ADDR=127.0.0.1:19104
 "$ROOT/deploy/local/up.sh" > "$DATA/up.log" 2>&1 &
@@ -24,4 +27,8 @@ grep -q "No Wrong Door is running" "$DATA/up.log" || { cat "$DATA/up.log"; exit 
 DASHBOARD="http://$NWD_DASHBOARD_ADDR" PHONE="http://$NWD_PHONE_SIM_ADDR" \
   NATS_URL="nats://127.0.0.1:$NWD_NATS_PORT" NATS_PASSWORD_FILE="$DATA/nats/operator.password" \
   SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" node "$ROOT/tests/browser/walkthrough.mjs" || {
+    echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }
+DASHBOARD="http://$NWD_DASHBOARD_ADDR" CHAT="http://$NWD_CHAT_ADDR" \
+  SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" CHAT_SCREENSHOT="${CHAT_SCREENSHOT:-}" \
+  node "$ROOT/tests/browser/chat.mjs" || {
     echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }

@@ -27,6 +27,8 @@ use tokio_util::sync::CancellationToken;
 pub const AUTH_TOKEN: &str = "e2e0000000000000000000000000auth";
 pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
 pub const SESSION_KEY: &str = "e2e-session-key-0123456789abcdef0123456789";
+/// The chat's token key in tests (never used outside tests).
+pub const CHAT_TOKEN_KEY: &str = "e2e-chat-token-key-0123456789abcdef0123456789";
 /// Intake's pseudonym key in tests (never used outside tests).
 pub const PSEUDONYM_KEY: &str = "e2e-pseudonym-key-0123456789abcdef0123456789";
 /// The line's own number and two partner doors in the demo directory.
@@ -95,6 +97,7 @@ pub struct Line {
 /// Names of the services, in start order.
 pub const SERVICES: [&str; 9] = [
     "gateway",
+    "chat",
     "intake",
     "triage",
     "router",
@@ -175,6 +178,16 @@ impl Line {
                 ("twilio-auth-token", AUTH_TOKEN.into()),
                 ("spool-dir", gateway_spool.path().display().to_string()),
                 ("directory", dir.clone()),
+            ],
+        );
+        opts.insert(
+            "chat",
+            vec![
+                ("nats-url", nats.url_for("chat")),
+                ("ack-timeout-ms", "1000".into()),
+                ("addr", addr("chat").to_string()),
+                ("directory", dir.clone()),
+                ("token-key", CHAT_TOKEN_KEY.into()),
             ],
         );
         opts.insert(
@@ -266,6 +279,10 @@ impl Line {
                 parse::<nwd_gateway::Config>(&f("gateway")),
                 nwd_gateway::run,
             ),
+        );
+        starters.insert(
+            "chat",
+            starter(parse::<nwd_chat::Config>(&f("chat")), nwd_chat::run),
         );
         starters.insert(
             "intake",
@@ -834,5 +851,172 @@ pub fn offer_with(
             Some(contact.clone())
         }
         _ => None,
+    }
+}
+
+// ------------------------------------------------------------ patient chat
+
+/// A patient's chat page, as a websocket client of the chat service.
+pub struct ChatPatient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    /// Frames received but not yet matched by an `expect`.
+    pub seen: Vec<nwd_proto::chat::ServerFrame>,
+}
+
+impl ChatPatient {
+    /// Opens `/ws` (with `?partner=` when given) from `origin` (`None`: no
+    /// `Origin` header). The HTTP refusal when the chat refuses the upgrade.
+    pub async fn open(
+        line: &Line,
+        partner: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<ChatPatient, tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let query = partner.map_or_else(String::new, |p| format!("?partner={p}"));
+        let mut req = format!("ws://{}/ws{query}", line.addr("chat"))
+            .into_client_request()
+            .unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+        Ok(ChatPatient {
+            ws,
+            seen: Vec::new(),
+        })
+    }
+
+    /// The chat's own origin (what its page sends).
+    pub fn own_origin(line: &Line) -> String {
+        format!("http://{}", line.addr("chat"))
+    }
+
+    /// A new session through `partner`'s door: the token and the session.
+    pub async fn start(
+        line: &Line,
+        partner: Option<&str>,
+    ) -> (ChatPatient, String, nwd_proto::ChatSessionId) {
+        use nwd_proto::chat::{ClientFrame, ServerFrame};
+        let mut p = Self::open(line, partner, Some(&Self::own_origin(line)))
+            .await
+            .expect("chat websocket");
+        p.send(&ClientFrame::Hello {
+            token: None,
+            last_seen: 0,
+        })
+        .await;
+        let (token, session) = p
+            .expect(WAIT, "a new session", |f| match f {
+                ServerFrame::Session { token, session, .. } => Some((token.clone(), *session)),
+                _ => None,
+            })
+            .await;
+        p.expect(WAIT, "welcome", |f| {
+            matches!(f, ServerFrame::Welcome { .. }).then_some(())
+        })
+        .await;
+        (p, token, session)
+    }
+
+    /// Resumes the session of `token` having seen ours up to `last_seen`:
+    /// the client and the welcome's `(stored_seq, own messages)`.
+    pub async fn resume(
+        line: &Line,
+        token: &str,
+        last_seen: u64,
+    ) -> (ChatPatient, nwd_proto::chat::ServerFrame) {
+        use nwd_proto::chat::{ClientFrame, ServerFrame};
+        let mut p = Self::open(line, None, Some(&Self::own_origin(line)))
+            .await
+            .expect("chat websocket");
+        p.send(&ClientFrame::Hello {
+            token: Some(token.to_owned()),
+            last_seen,
+        })
+        .await;
+        let first = p
+            .expect(WAIT, "welcome or refusal", |f| match f {
+                ServerFrame::Welcome { .. } | ServerFrame::Refused { .. } => Some(f.clone()),
+                _ => None,
+            })
+            .await;
+        (p, first)
+    }
+
+    pub async fn send(&mut self, frame: &nwd_proto::chat::ClientFrame) {
+        self.ws
+            .send(WsMessage::text(serde_json::to_string(frame).unwrap()))
+            .await
+            .unwrap();
+    }
+
+    /// Sends a message and waits for the server's ack of it.
+    pub async fn say(&mut self, seq: u64, text: &str) {
+        use nwd_proto::chat::{ClientFrame, ServerFrame};
+        self.send(&ClientFrame::Message {
+            seq,
+            text: text.to_owned(),
+            safe_now: None,
+        })
+        .await;
+        self.expect(WAIT, "the ack of a message", |f| {
+            matches!(f, ServerFrame::Ack { seq: s } if *s == seq).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for the first frame (already seen or new) `f` accepts.
+    pub async fn expect<T>(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut f: impl FnMut(&nwd_proto::chat::ServerFrame) -> Option<T>,
+    ) -> T {
+        if let Some(i) = self.seen.iter().position(|m| f(m).is_some()) {
+            let m = self.seen.remove(i);
+            return f(&m).unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} within {within:?}; seen {:?}", self.seen));
+            match next {
+                Some(Ok(WsMessage::Text(t))) => {
+                    let m: nwd_proto::chat::ServerFrame = serde_json::from_str(&t).unwrap();
+                    if let Some(v) = f(&m) {
+                        return v;
+                    }
+                    self.seen.push(m);
+                }
+                Some(Ok(_)) => {}
+                other => panic!(
+                    "chat socket ended while waiting for {what}: {other:?}; seen {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Waits until the server closes the socket.
+    pub async fn closed(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("the chat socket stayed open"),
+                Ok(None | Some(Err(_)) | Some(Ok(WsMessage::Close(_)))) => return,
+                Ok(Some(Ok(WsMessage::Text(t)))) => {
+                    self.seen.push(serde_json::from_str(&t).unwrap());
+                }
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
+    /// Drops the connection at once (no close handshake), like a lost network.
+    pub fn drop_connection(self) {
+        drop(self);
     }
 }

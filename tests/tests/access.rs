@@ -199,14 +199,61 @@ fn rules() -> Vec<Rules> {
         ),
         service(
             "chat",
-            vec![
-                p("nwd.v1.inbound.chat.message"),
-                s("nwd.v1.outbound.chat.x"),
-            ],
-            vec![
-                s(subjects::outbound_sms_all()),
-                p(subjects::contact_message(&id)),
-            ],
+            {
+                let session = nwd_proto::ChatSessionId::new();
+                vec![
+                    p(subjects::inbound_chat(&session)),
+                    p(api("STREAM.INFO.INBOUND")),
+                    p(api("STREAM.INFO.OUTBOUND")),
+                    // named ordered consumers whose one filter is a chat subject
+                    p(api(&format!(
+                        "CONSUMER.CREATE.INBOUND.chat-h-1.{}",
+                        subjects::inbound_chat(&session)
+                    ))),
+                    p(api(&format!(
+                        "CONSUMER.CREATE.OUTBOUND.chat-o-1.{}",
+                        subjects::outbound_chat_session(&session)
+                    ))),
+                    p(api("CONSUMER.MSG.NEXT.OUTBOUND.chat-o-1")),
+                    p(kv_get(buckets::CHAT_SESSIONS)),
+                    p("$KV.chat_sessions.t.x"),
+                    p(kv_get(buckets::DIRECTORY)),
+                    p(subjects::outbound_chat(&session, &ContactId::new())),
+                    p(api("CONSUMER.CREATE.CONTACTS.chat-notes")),
+                    p("nwd.v1.deadletter.chat-notes"),
+                    s("_INBOX_chat.x"),
+                    s(subjects::chat_typing(&session)),
+                ]
+            },
+            {
+                let session = nwd_proto::ChatSessionId::new();
+                vec![
+                    // never another stream's messages, nor any consumer but its own
+                    p(api("CONSUMER.CREATE.OUTBOUND")),
+                    p(api("CONSUMER.CREATE.INBOUND")),
+                    p(api(&format!(
+                        "CONSUMER.CREATE.OUTBOUND.chat-o-1.{}",
+                        subjects::outbound_sms(&id)
+                    ))),
+                    p(api(&format!(
+                        "CONSUMER.CREATE.INBOUND.chat-h-1.{}",
+                        subjects::inbound_sms()
+                    ))),
+                    p(api("CONSUMER.CREATE.CONTACTS")),
+                    p(api("CONSUMER.CREATE.CONTACTS.router")),
+                    p("nwd.v1.deadletter.intake-sms"),
+                    p(subjects::inbound_chat(&session).replace("inbound", "contact")),
+                    p(subjects::outbound_sms(&id)),
+                    p(subjects::inbound_referral()),
+                    p(kv_get(buckets::CONTACTS)),
+                    p(kv_get(buckets::THREADS)),
+                    p(kv_get(buckets::SESSIONS)),
+                    p("$KV.sessions.x"),
+                    s(subjects::outbound_sms_all()),
+                    s("nwd.v1.outbound.chat.>"),
+                    p(subjects::contact_message(&id)),
+                ]
+            },
         ),
         service(
             "intake",
@@ -222,6 +269,8 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.MSG.NEXT.INBOUND.intake-referral")),
                 p("$JS.ACK.INBOUND.intake-referral.1.1.1.1.1.0"),
                 p(subjects::ops_alert()),
+                p(api("CONSUMER.CREATE.INBOUND.intake-chat")),
+                p(api("CONSUMER.MSG.NEXT.INBOUND.intake-chat")),
                 p("$KV.threads.x"),
                 p(kv_get(buckets::THREADS)),
                 p(kv_get(buckets::DIRECTORY)),
@@ -232,6 +281,12 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.CREATE.OUTBOUND")),
                 p("$KV.contacts.x"),
                 p(subjects::outbound_sms(&id)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
+                p(subjects::inbound_chat(&nwd_proto::ChatSessionId::new())),
+                p("$KV.chat_sessions.x"),
             ],
         ),
         service(
@@ -258,6 +313,10 @@ fn rules() -> Vec<Rules> {
                 p(subjects::audit_disclosure_refused(&id)),
                 p(subjects::outbound_sms(&id)),
                 p(subjects::dashboard_push(&ana)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
                 p("$KV.contacts.x"),
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 p(api("CONSUMER.CREATE.CONTACTS.router")),
@@ -277,6 +336,10 @@ fn rules() -> Vec<Rules> {
                 p(subjects::contact_escalated(&id)),
                 p(subjects::audit_disclosure(&id)),
                 p(subjects::outbound_sms(&id)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
                 p("$KV.contacts.x"),
                 p(api("CONSUMER.CREATE.KV_presence")),
             ],
@@ -308,6 +371,10 @@ fn rules() -> Vec<Rules> {
             ],
             vec![
                 p(subjects::outbound_sms(&id)),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
                 p("$KV.contacts.x"),
                 p("$KV.referrals.x"),
                 p(kv_get(buckets::REFERRALS)),
@@ -350,6 +417,11 @@ fn rules() -> Vec<Rules> {
             vec![
                 p(subjects::router_command()),
                 p(subjects::outbound_sms(&id)),
+                p(subjects::chat_typing(&nwd_proto::ChatSessionId::new())),
+                p(subjects::outbound_chat(
+                    &nwd_proto::ChatSessionId::new(),
+                    &id,
+                )),
                 p("$KV.presence.x"),
                 p("$KV.sessions.x"),
                 p(kv_get(buckets::CONTACTS)),

@@ -160,6 +160,7 @@ async fn nats_down_for_a_minute_while_a_hundred_sms_arrive_loses_and_doubles_not
         .iter()
         .map(|r| match &r.channel {
             Channel::Sms { patient, .. } => patient.as_str().to_owned(),
+            Channel::Chat { session, .. } => session.to_string(),
         })
         .collect();
     let texted: HashSet<String> = (0..PATIENTS).map(phone).collect();

@@ -74,6 +74,7 @@ pub fn directory() -> Directory {
         medical_emergency_number: None,
         ladder: None,
         referrals: None,
+        chat_origins: vec![],
     };
     let consent = Consent {
         purpose: crate::TRUSTED_CONTACT_PURPOSE.into(),

@@ -273,7 +273,7 @@ impl From<&NatsArgs> for Layout {
 }
 
 /// Each stream's and bucket's share of the store, in thousandths. They add up
-/// to 735‰: the other 26.5% is headroom for what the store holds besides
+/// to 740‰: the other 26% is headroom for what the store holds besides
 /// messages (consumer state, indexes, tombstones of deleted keys, partly
 /// filled blocks) and for streams other deployments add (an edge spool), so
 /// that no stream reaching its own limit can ever fill the server's store;
@@ -289,7 +289,7 @@ impl From<&NatsArgs> for Layout {
 /// parking them — which is why `deploy/prometheus/rules/storage.yml` alerts
 /// on them at 60% and 80%, well before. KV buckets always refuse new writes
 /// when full (JetStream's KV requires `discard: new`).
-pub const SHARES: [(&str, u64); 13] = [
+pub const SHARES: [(&str, u64); 14] = [
     (streams::INBOUND, 100),
     (streams::CONTACTS, 175),
     (streams::OUTBOUND, 100),
@@ -303,6 +303,7 @@ pub const SHARES: [(&str, u64); 13] = [
     (buckets::DIRECTORY, 5),
     (buckets::SESSIONS, 5),
     (buckets::REFERRALS, 10),
+    (buckets::CHAT_SESSIONS, 5),
 ];
 
 impl Layout {
@@ -319,6 +320,10 @@ impl Layout {
 /// The longest a dashboard session can last: the `sessions` bucket drops
 /// entries older than this even if nobody logs out.
 pub const SESSIONS_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
+
+/// The longest a patient chat session's token can last: the
+/// `chat_sessions` bucket drops entries older than this.
+pub const CHAT_SESSIONS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Stream configurations, one place.
 pub fn stream_configs(layout: &Layout) -> Vec<stream::Config> {
@@ -382,6 +387,8 @@ pub fn bucket_configs(layout: &Layout) -> Vec<kv::Config> {
         // A referral's status is read by its partner for as long as the
         // partner may ask; history 5 to see a record's recent changes.
         base(buckets::REFERRALS, 5, Duration::ZERO),
+        // A chat token lasts at most this long, even if never used again.
+        base(buckets::CHAT_SESSIONS, 1, CHAT_SESSIONS_MAX_AGE),
     ]
 }
 
@@ -527,6 +534,24 @@ pub async fn send<T: Event>(
         .message_id(msg_id)
         .payload(envelope.to_bytes().into());
     js.send_publish(subject, publish).await
+}
+
+/// Publishes a message of ours to a person ([`nwd_proto::events::ToPerson`]:
+/// an SMS for the notifier or a chat message for the chat service) under
+/// its subject and `Nats-Msg-Id`, and waits for the server's ack.
+pub async fn publish_to_person(
+    js: &jetstream::Context,
+    msg: &nwd_proto::events::ToPerson,
+) -> Result<Published, jetstream::context::PublishError> {
+    use nwd_proto::events::ToPerson;
+    match msg {
+        ToPerson::Sms(m) => {
+            publish(js, msg.subject(), &msg.msg_id(), &Envelope::new(m.clone())).await
+        }
+        ToPerson::Chat(m) => {
+            publish(js, msg.subject(), &msg.msg_id(), &Envelope::new(m.clone())).await
+        }
+    }
 }
 
 /// The server's answer to a publish.

@@ -22,8 +22,7 @@ use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{DashboardPush, EscalationView, ServerMsg};
 use nwd_proto::directory::{Consent, Directory, Patient, TrustedContact};
 use nwd_proto::events::{
-    Author, Channel, ContactEscalated, Disclosure, DisclosureRefused, LegalBasis, OutboundSms,
-    Recipient,
+    Author, ContactEscalated, Disclosure, DisclosureRefused, LegalBasis, OutboundSms, Recipient,
 };
 use nwd_proto::ladder::{Rung, SkipReason, StepOutcome, StepRecord};
 use nwd_proto::{Address, CounsellorId, Envelope, Event, OutboundId, subjects, wire};
@@ -159,6 +158,25 @@ impl Announcer {
         .await
     }
 
+    /// A message of the line to the person of `rec`, on their channel (an
+    /// SMS, or the web chat).
+    async fn to_person(
+        &self,
+        rec: &ContactRecord,
+        outbound_id: OutboundId,
+        body: String,
+    ) -> Result<(), AnnounceError> {
+        let msg = rec.channel.to_person(
+            rec.id,
+            outbound_id,
+            body,
+            Author::System,
+            OffsetDateTime::now_utc(),
+        );
+        bus::publish_to_person(&self.js, &msg).await?;
+        Ok(())
+    }
+
     /// Publishes the effects of every unannounced step of `rec`, then marks
     /// them announced. Pushes to dashboards are best-effort (screens rebuild
     /// from KV on reconnect); stored effects must succeed or this fails and
@@ -283,11 +301,9 @@ impl Announcer {
             StepOutcome::Offered { .. } | StepOutcome::BackupAlerted { .. } => {}
             StepOutcome::Broadcast { .. } => {
                 // The safety message: once per contact (the id does not name the step).
-                let Channel::Sms { patient, .. } = &rec.channel;
-                self.sms(
+                self.to_person(
                     rec,
                     wire::outbound::safety_message(&id),
-                    patient.clone(),
                     self.dir().safety_message(rec.lang),
                 )
                 .await?;
@@ -299,15 +315,9 @@ impl Announcer {
                 ahead,
                 typical_wait_secs,
             } => {
-                let Channel::Sms { patient, .. } = &rec.channel;
                 let body = acknowledgement(&self.dir(), rec.lang, *ahead, *typical_wait_secs);
-                self.sms(
-                    rec,
-                    wire::outbound::acknowledgement(&id, step.step),
-                    patient.clone(),
-                    body,
-                )
-                .await?;
+                self.to_person(rec, wire::outbound::acknowledgement(&id, step.step), body)
+                    .await?;
             }
             StepOutcome::Skipped {
                 reason: SkipReason::NoTrustedContact,
@@ -332,6 +342,14 @@ impl Announcer {
                 body,
             )
             .await?;
+            // A person in the web chat has no number the backup line could
+            // call: the chat shows them the backup line's number instead
+            // (once per contact). An SMS sender is called back.
+            if rec.channel.chat_session().is_some() {
+                let body = backup_line_note(&self.dir(), rec.lang);
+                self.to_person(rec, wire::outbound::backup_line_note(&id), body)
+                    .await?;
+            }
         }
         let next_due = rec.escalation.as_ref().and_then(|e| e.due);
         let event = bus::send(
@@ -536,6 +554,22 @@ impl Announcer {
 /// The acknowledgement a waiting person gets once per wait: honest about
 /// the queue (how many are ahead; the recent typical wait only when the line
 /// has figures), and the emergency number.
+/// What a person in the web chat reads when the ladder reaches the backup
+/// line: its number, never "nobody is available".
+pub fn backup_line_note(dir: &Directory, lang: nwd_proto::Language) -> String {
+    let line = &dir.line.name;
+    let backup = dir.line.backup_line.as_e164();
+    let emergency = &dir.line.emergency_number;
+    match lang {
+        nwd_proto::Language::Es => format!(
+            "{line}: tu mensaje sigue con nosotros y un consejero te responderá aquí. Si prefieres hablar por teléfono ahora, llama a nuestra línea de apoyo: {backup}. Si estás en peligro ahora, llama al {emergency}."
+        ),
+        nwd_proto::Language::En => format!(
+            "{line}: your message is still with us and a counsellor will answer here. If you would rather talk on the phone now, call our partner line: {backup}. If you are in danger now, call {emergency}."
+        ),
+    }
+}
+
 pub fn acknowledgement(
     dir: &Directory,
     lang: nwd_proto::Language,

@@ -1,6 +1,6 @@
 //! A contact's conversation, rebuilt from the streams: person messages from
 //! CONTACTS (`contact.triaged.<id>`, which carry the body), our replies and
-//! their delivery statuses from OUTBOUND. Used by the router (offers) and the
+//! their delivery statuses from OUTBOUND (SMS and web chat). Used by the router (offers) and the
 //! dashboard (conversations, reconnects).
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use futures::StreamExt;
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{ContactView, MessageView, ReasonView, Speaker};
 use nwd_proto::directory::Directory;
-use nwd_proto::events::{Author, MessageTriaged, OutboundSms, OutboundStatus};
+use nwd_proto::events::{Author, MessageTriaged, OutboundChat, OutboundSms, OutboundStatus};
 use nwd_proto::{ContactId, Envelope, subjects};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,10 @@ pub async fn load(
     let ours = read_subjects(
         js,
         nwd_proto::streams::OUTBOUND,
-        vec![subjects::outbound_for_contact(contact)],
+        vec![
+            subjects::outbound_for_contact(contact),
+            subjects::outbound_chat_for_contact(contact),
+        ],
     )
     .await?;
     let mut views = Vec::new();
@@ -89,6 +92,8 @@ pub async fn load(
     for m in ours {
         if let Ok(env) = Envelope::<OutboundSms>::from_bytes(&m.payload) {
             replies.push(env.data);
+        } else if let Ok(env) = Envelope::<OutboundChat>::from_bytes(&m.payload) {
+            replies.push(env.data.as_sms());
         } else if let Ok(env) = Envelope::<OutboundStatus>::from_bytes(&m.payload) {
             statuses.insert(env.data.outbound_id, env.data.status);
         }

@@ -19,7 +19,7 @@
 use async_nats::jetstream;
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{ReplyRecord, ServerMsg};
-use nwd_proto::events::{Author, DeliveryStatus, MAX_SMS_BODY_CHARS, OutboundSms, OutboundStatus};
+use nwd_proto::events::{Author, DeliveryStatus, MAX_SMS_BODY_CHARS, OutboundStatus};
 use nwd_proto::{
     ClientReplyId, ContactId, CounsellorId, Envelope, OutboundId, streams, subjects, wire,
 };
@@ -129,33 +129,27 @@ pub async fn reply(
         Decided::Again(r) => (r, true),
     };
 
-    // Back on the person's own channel (SMS, WhatsApp, …), from the line they wrote to.
-    let (to, from) = rec.channel.reply_route();
-    let sms = OutboundSms {
-        outbound_id,
+    // Back on the person's own channel (SMS, WhatsApp, … from the line they
+    // wrote to; or their web-chat session).
+    let to_person = rec.channel.to_person(
         contact_id,
-        to,
-        from,
+        outbound_id,
         body,
-        author: Author::Counsellor(who.clone()),
-        created_at: record.created_at,
-    };
+        Author::Counsellor(who.clone()),
+        record.created_at,
+    );
+    let sms = to_person.as_sms();
     // A record not yet marked published may have been published just before
     // a crash: the same `Nats-Msg-Id` makes the stream say so.
     let resent = if record.published {
         true
     } else {
-        let published = bus::publish(
-            &app.js,
-            subjects::outbound_sms(&contact_id),
-            &wire::msg_id::outbound_sms(&outbound_id),
-            &Envelope::new(sms.clone()),
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "cannot publish the reply");
-            UNAVAILABLE
-        })?;
+        let published = bus::publish_to_person(&app.js, &to_person)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot publish the reply");
+                UNAVAILABLE
+            })?;
         // Off the reply's path: until it lands, a resend is deduplicated by
         // the stream.
         app.tasks

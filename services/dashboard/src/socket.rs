@@ -304,6 +304,31 @@ impl Session {
                 contact_id,
                 outcome,
             } => self.outreach_outcome(contact_id, outcome).await,
+            ClientMsg::Typing { contact_id } => self.typing(contact_id).await,
+        }
+    }
+
+    /// "Counsellor is typing…" for a person in the web chat: only from the
+    /// counsellor the contact is assigned to; best effort (core NATS).
+    async fn typing(&self, contact_id: ContactId) {
+        let rec = nwd_runtime::kv::get::<nwd_proto::contact::ContactRecord>(
+            &self.stores.contacts,
+            &nwd_proto::wire::key::contact(&contact_id),
+        )
+        .await
+        .ok()
+        .and_then(|v| v.value)
+        .filter(|r| r.assigned_to() == Some(&self.who));
+        let Some(session) = rec.and_then(|r| r.channel.chat_session()) else {
+            return;
+        };
+        if let Err(e) = self
+            .app
+            .client
+            .publish(subjects::chat_typing(&session), bytes::Bytes::new())
+            .await
+        {
+            tracing::debug!(error = %e, "typing signal not sent");
         }
     }
 

@@ -1,4 +1,5 @@
-//! Intake: turns inbound SMS into contacts.
+//! Intake: turns inbound SMS and web-chat messages into contacts (chat:
+//! [`chat`]).
 //!
 //! Each sender has at most one open contact, kept as a [`ThreadRecord`] in
 //! the `threads` bucket under [`Pseudonymiser::thread_key`]: a keyed
@@ -22,6 +23,8 @@
 //! the contact id is derived from the referral, the person's thread is
 //! opened on it (so their replies join it) and [`OutreachOpened`] is
 //! published; see `docs/adr/0014-outreach.md`.
+
+pub mod chat;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -133,6 +136,7 @@ pub async fn run(
         format!("consumer:{}", consumers::INTAKE_SMS),
         format!("consumer:{}", consumers::INTAKE_RESOLVED),
         format!("consumer:{}", consumers::INTAKE_REFERRAL),
+        format!("consumer:{}", consumers::INTAKE_CHAT),
     ]);
     let client = bus::connect(&config.nats, NAME).await?;
     readiness.watch_client(client.clone());
@@ -191,6 +195,23 @@ pub async fn run(
             readiness.set(nwd_runtime::directory::READY, true);
         }
     }
+    tasks.spawn(consume::run(
+        js.clone(),
+        ConsumerSpec::new(
+            NAME,
+            streams::INBOUND,
+            consumers::INTAKE_CHAT,
+            vec![subjects::inbound_chat_all()],
+        ),
+        chat::handler(
+            js.clone(),
+            threads.clone(),
+            directory.clone(),
+            pseudonyms.clone(),
+        ),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let sms = Arc::new(SmsHandler {
         js: js.clone(),
         threads: threads.clone(),
@@ -254,9 +275,15 @@ pub async fn run(
 /// same SMS after the stream's dedupe window, yields the same id (and so the
 /// same `Nats-Msg-Id` and the same message downstream).
 pub fn message_id_for(sid: &MessageSid, received_at: OffsetDateTime) -> MessageId {
+    message_id_from(sid.as_str(), received_at)
+}
+
+/// A message id with the millisecond timestamp of `received_at` and 80 bits
+/// of SHA-256 of `name` (a MessageSid, or `chat:<session>:<seq>`).
+pub fn message_id_from(name: &str, received_at: OffsetDateTime) -> MessageId {
     const MAX_MS: i128 = (1 << 48) - 1;
     let ms = (received_at.unix_timestamp_nanos() / 1_000_000).clamp(0, MAX_MS);
-    let digest = Sha256::digest(sid.as_str().as_bytes());
+    let digest = Sha256::digest(name.as_bytes());
     let random = digest[..10]
         .iter()
         .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
@@ -357,7 +384,7 @@ pub fn decide_close(
 }
 
 /// A decode failure without the payload (it may hold personal data).
-fn describe(e: &DecodeError) -> String {
+pub(crate) fn describe(e: &DecodeError) -> String {
     match e {
         DecodeError::Json(j) => format!(
             "malformed envelope ({:?} at line {} column {})",
@@ -370,7 +397,7 @@ fn describe(e: &DecodeError) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum HandleError {
+pub(crate) enum HandleError {
     #[error(transparent)]
     Kv(#[from] KvError),
     #[error("publish failed: {0}")]
@@ -681,8 +708,10 @@ impl Handler for ResolvedHandler {
             }
         };
         let ev = env.data;
-        let Channel::Sms { patient, .. } = &ev.channel;
-        let key = self.pseudonyms.thread_key(patient);
+        let key = match &ev.channel {
+            Channel::Sms { patient, .. } => self.pseudonyms.thread_key(patient),
+            Channel::Chat { session, .. } => self.pseudonyms.chat_thread_key(session),
+        };
         match kv::cas(&self.threads, &key, |current| {
             decide_close(current, ev.contact_id, ev.at)
         })

@@ -406,7 +406,9 @@ async fn a_restart_mid_stream_loses_nothing() {
     // One contact per sender, opened exactly once.
     let mut contacts: HashMap<String, HashSet<ContactId>> = HashMap::new();
     for m in &all {
-        let Channel::Sms { patient, .. } = &m.channel;
+        let Channel::Sms { patient, .. } = &m.channel else {
+            panic!("only SMS were sent")
+        };
         contacts
             .entry(patient.as_str().to_owned())
             .or_default()

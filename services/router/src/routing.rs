@@ -784,6 +784,7 @@ impl Router {
             contact_id: id,
             counsellor: who.clone(),
             at,
+            channel: Some(record.channel.clone()),
         });
         // The record is the truth; the event tells the rest of the line. On
         // failure the assignment still holds (a retried accept republishes).

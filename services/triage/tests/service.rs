@@ -335,6 +335,7 @@ async fn a_failed_publish_is_retried_and_poison_is_rejected() {
         contact_id: ContactId::new(),
         counsellor: nwd_proto::CounsellorId::parse("ana").unwrap(),
         at: time::OffsetDateTime::now_utc(),
+        channel: None,
     })
     .to_bytes();
     assert_eq!(

@@ -177,6 +177,31 @@ fn bare_reach_outs_and_emergency_signals() {
     );
 }
 
+/// The web chat's pre-chat answer "not safe right now" goes to triage in
+/// front of the first message (rulebook 2026.12.8, issue 15).
+#[test]
+fn not_safe_right_now_is_high_whatever_the_message() {
+    let no = nwd_proto::events::SafeNow::No.as_words();
+    let yes = nwd_proto::events::SafeNow::Yes.as_words();
+    assert_levels(
+        &engine(),
+        &[
+            (
+                &format!("{no}\nhi, can I ask something about my meds schedule"),
+                High,
+            ),
+            ("i dont feel safe at home tonight", High),
+            ("no me siento segura en casa esta noche", High),
+            (
+                &format!("{yes}\nhi, can I ask something about my meds schedule"),
+                Low,
+            ),
+            // Only the person about themselves.
+            ("is the shelter safe right now", Low),
+        ],
+    );
+}
+
 /// Injury in progress, plans and preparations in other words, obfuscated
 /// writing (categories of rulebook 2026.12.7).
 #[test]

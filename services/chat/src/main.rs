@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    nwd_runtime::service::main(nwd_chat::run)
+}
