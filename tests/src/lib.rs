@@ -95,7 +95,7 @@ pub struct Line {
 }
 
 /// Names of the services, in start order.
-pub const SERVICES: [&str; 9] = [
+pub const SERVICES: [&str; 10] = [
     "gateway",
     "chat",
     "intake",

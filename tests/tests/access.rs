@@ -214,7 +214,7 @@ fn rules() -> Vec<Rules> {
                         "CONSUMER.CREATE.OUTBOUND.chat-o-1.{}",
                         subjects::outbound_chat_session(&session)
                     ))),
-                    p(api("CONSUMER.MSG.NEXT.OUTBOUND.chat-o-1")),
+                    p("$JS.FC.OUTBOUND.chat-o-1.x"),
                     p(kv_get(buckets::CHAT_SESSIONS)),
                     p("$KV.chat_sessions.t.x"),
                     p(kv_get(buckets::DIRECTORY)),
@@ -241,6 +241,10 @@ fn rules() -> Vec<Rules> {
                     ))),
                     p(api("CONSUMER.CREATE.CONTACTS")),
                     p(api("CONSUMER.CREATE.CONTACTS.router")),
+                    // pulls from no consumer: not intake's SMS, not the notifier's sends
+                    p(api("CONSUMER.MSG.NEXT.INBOUND.intake-sms")),
+                    p(api("CONSUMER.MSG.NEXT.OUTBOUND.notifier-send")),
+                    p(api("CONSUMER.MSG.NEXT.OUTBOUND.chat-o-1")),
                     p("nwd.v1.deadletter.intake-sms"),
                     p(subjects::inbound_chat(&session).replace("inbound", "contact")),
                     p(subjects::outbound_sms(&id)),

@@ -1,12 +1,15 @@
 //! What a session's page is shown, read back from the streams: the
 //! person's own stored messages (INBOUND) and ours (OUTBOUND), each through
-//! a named ordered consumer whose single filter is a chat subject (the
-//! `chat` NATS user may create no other).
+//! a named ordered *push* consumer whose single filter is a chat subject,
+//! delivered to the chat's own inbox. The `chat` NATS user may create no
+//! other consumer and may pull from none (`CONSUMER.MSG.NEXT` is not
+//! granted): it cannot take or read another service's messages, such as
+//! intake's SMS.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::push};
 use futures::{Stream, StreamExt};
 use nwd_proto::chat::{OwnMessage, ServerFrame, Speaker};
 use nwd_proto::events::{Author, ChatInput, InboundChat, OutboundChat};
@@ -33,11 +36,12 @@ async fn ordered(
     filter: String,
     deliver_policy: DeliverPolicy,
     kind: &str,
-) -> Result<jetstream::consumer::Consumer<pull::OrderedConfig>, FeedError> {
+) -> Result<jetstream::consumer::Consumer<push::OrderedConfig>, FeedError> {
     let err = |source: async_nats::Error| FeedError::Read { stream, source };
     let handle = js.get_stream(stream).await.map_err(|e| err(e.into()))?;
     handle
-        .create_consumer(pull::OrderedConfig {
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
             name: Some(consumer_name(kind)),
             filter_subject: filter,
             deliver_policy,

@@ -20,7 +20,7 @@
 //! number or a reason.
 
 use nwd_proto::contact::{ContactRecord, ContactState, TransitionError};
-use nwd_proto::events::{Author, Channel, OutboundSms};
+use nwd_proto::events::{Author, ToPerson};
 use nwd_proto::ladder::{Escalation, StepRecord};
 use nwd_proto::referral::{OutreachChange, OutreachOpened, OutreachOutcome, OutreachUpdate};
 use nwd_proto::router::RouterReply;
@@ -225,25 +225,34 @@ impl Router {
     /// from the contact), then marks the record introduced.
     async fn introduce(&self, record: &ContactRecord) -> Result<(), StepError> {
         let id = record.id;
-        let Channel::Sms { patient, line } = &record.channel;
         // Only the line's name: the text takes nothing of the referral.
         let body = self.directory().outreach_intro(record.lang);
         let outbound_id = wire::outbound::outreach_intro(&id);
-        let sms = Envelope::new(OutboundSms {
+        // To the person on their channel, from the line's own address.
+        match record.channel.to_person(
+            id,
             outbound_id,
-            contact_id: id,
-            to: patient.clone(),
-            from: line.clone(),
             body,
-            author: Author::System,
-            created_at: OffsetDateTime::now_utc(),
-        });
-        self.publish(
-            subjects::outbound_sms(&id),
-            &wire::msg_id::outbound_sms(&outbound_id),
-            &sms,
-        )
-        .await?;
+            Author::System,
+            OffsetDateTime::now_utc(),
+        ) {
+            ToPerson::Sms(m) => {
+                self.publish(
+                    subjects::outbound_sms(&id),
+                    &wire::msg_id::outbound_sms(&outbound_id),
+                    &Envelope::new(m),
+                )
+                .await?;
+            }
+            ToPerson::Chat(m) => {
+                self.publish(
+                    subjects::outbound_chat(&m.session, &id),
+                    &wire::msg_id::outbound_sms(&outbound_id),
+                    &Envelope::new(m),
+                )
+                .await?;
+            }
+        }
         let (written, revision) = kv::cas(
             &self.contacts,
             &wire::key::contact(&id),
