@@ -36,7 +36,7 @@ if [[ "${1:-}" == "queue" ]]; then
 fi
 if [[ "${1:-}" == "referrals" ]]; then
   shift
-  cargo build --release --quiet -p nwd-bench -p nwd-gateway
+  cargo build --release --quiet -p nwd-bench -p nwd-gateway -p nwd-intake -p nwd-router
   exec "$BIN/nwd-bench-referrals" "$@"
 fi
 cargo build --release --quiet -p nwd-bench -p nwd-gateway -p nwd-intake -p nwd-triage \
