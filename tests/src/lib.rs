@@ -1020,3 +1020,59 @@ impl ChatPatient {
         drop(self);
     }
 }
+
+/// Every callback a partner endpoint received: (webhook-id, the Task's
+/// status, whether its Standard Webhooks signature verified).
+pub type Callbacks = Arc<std::sync::Mutex<Vec<(String, String, bool)>>>;
+
+/// A partner's callback endpoint on 127.0.0.1 that checks every POST's
+/// signature with `secret` and answers 204. Returns its URL.
+pub async fn partner_callbacks(secret: &'static str) -> (String, Callbacks) {
+    let calls: Callbacks = Arc::default();
+    let sink = calls.clone();
+    let app = axum::Router::new().route(
+        "/callbacks",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let verified = standardwebhooks::Webhook::new(secret)
+                        .expect("a valid test secret")
+                        .verify(&body, &headers)
+                        .is_ok();
+                    let task: serde_json::Value =
+                        serde_json::from_slice(&body).expect("a Task as JSON");
+                    let id = headers["webhook-id"]
+                        .to_str()
+                        .expect("webhook-id")
+                        .to_owned();
+                    let status = task["status"].as_str().expect("a status").to_owned();
+                    sink.lock().expect("callbacks").push((id, status, verified));
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            },
+        ),
+    );
+    let listener = nwd_testkit::listener().await;
+    let url = format!("http://{}/callbacks", listener.local_addr().expect("bound"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("partner endpoint") });
+    (url, calls)
+}
+
+impl Line {
+    /// Whether `service` has applied a directory version from the bucket
+    /// (`nwd_directory_updates_total{service,outcome="applied"}`; the
+    /// services run in the test's process, which must have installed the
+    /// metrics recorder before the line started).
+    pub async fn directory_applied(&self, service: &str) -> bool {
+        let Ok(res) = reqwest::get(format!("http://{}/metrics", self.addr(service))).await else {
+            return false;
+        };
+        let text = res.text().await.unwrap_or_default();
+        text.lines().any(|l| {
+            l.starts_with("nwd_directory_updates_total")
+                && l.contains(&format!("service=\"{service}\""))
+                && l.contains("outcome=\"applied\"")
+        })
+    }
+}

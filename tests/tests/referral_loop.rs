@@ -5,11 +5,9 @@
 //! through the contract, and runs the partner's callback endpoint.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use axum::http::HeaderMap;
 use nwd_e2e::Line;
 use nwd_proto::directory::Directory;
 use nwd_proto::referral::{
@@ -25,56 +23,12 @@ use time::OffsetDateTime;
 const T: Duration = Duration::from_secs(20);
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-/// (webhook-id, Task status, signature verified) of every callback.
-type Calls = Arc<Mutex<Vec<(String, String, bool)>>>;
-
-async fn partner_endpoint() -> (String, Calls) {
-    let calls: Calls = Arc::default();
-    let sink = calls.clone();
-    let app = axum::Router::new().route(
-        "/callbacks",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                let verified = standardwebhooks::Webhook::new(SECRET)
-                    .unwrap()
-                    .verify(&body, &headers)
-                    .is_ok();
-                let task: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let id = headers["webhook-id"].to_str().unwrap().to_owned();
-                let status = task["status"].as_str().unwrap().to_owned();
-                sink.lock().unwrap().push((id, status, verified));
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = nwd_testkit::listener().await;
-    let url = format!("http://{}/callbacks", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, calls)
-}
-
-/// `nwd_directory_updates_total{service,outcome="applied"}` of the line's process.
-async fn directory_applied(line: &Line, service: &str) -> bool {
-    let text = reqwest::get(format!("http://{}/metrics", line.addr(service)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines().any(|l| {
-        l.starts_with("nwd_directory_updates_total")
-            && l.contains(&format!("service=\"{service}\""))
-            && l.contains("outcome=\"applied\"")
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outreach_updates_reach_the_partner_as_signed_task_callbacks_in_order() {
     nwd_runtime::telemetry::metrics_handle();
     let mut line = Line::start().await;
     let js = jetstream::new(line.nats.client().await);
-    let (url, calls) = partner_endpoint().await;
+    let (url, calls) = nwd_e2e::partner_callbacks(SECRET).await;
 
     // The operator gives the hospital a callback URL, live.
     let hospital = PartnerId::parse("county-hospital").unwrap();
@@ -93,7 +47,7 @@ async fn outreach_updates_reach_the_partner_as_signed_task_callbacks_in_order() 
     nwd_runtime::directory::publish(&store, &dir).await.unwrap();
     for service in ["notifier", "referrals"] {
         eventually(T, "the directory applied", || async {
-            directory_applied(&line, service).await.then_some(())
+            line.directory_applied(service).await.then_some(())
         })
         .await;
     }

@@ -8,10 +8,8 @@
 //! Task. A replay creates nothing; another partner cannot read it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::HeaderMap;
 use nwd_e2e::{Counsellor, LINE_NUMBER, Line};
 use nwd_proto::dashboard::{ClientMsg, ServerMsg};
 use nwd_proto::directory::Directory;
@@ -29,35 +27,6 @@ const REENTRY_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const PATIENT: &str = "+15550100142";
 const FIXTURE: &str =
     include_str!("../../crates/fhir/tests/fixtures/valid-sr-ed-overdose-stat.json");
-
-/// (webhook-id, Task status, signature verified) of every callback.
-type Calls = Arc<Mutex<Vec<(String, String, bool)>>>;
-
-async fn hospital_endpoint() -> (String, Calls) {
-    let calls: Calls = Arc::default();
-    let sink = calls.clone();
-    let app = axum::Router::new().route(
-        "/tasks",
-        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                let verified = standardwebhooks::Webhook::new(HOSPITAL_SECRET)
-                    .unwrap()
-                    .verify(&body, &headers)
-                    .is_ok();
-                let task: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let id = headers["webhook-id"].to_str().unwrap().to_owned();
-                let status = task["status"].as_str().unwrap().to_owned();
-                sink.lock().unwrap().push((id, status, verified));
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    let listener = nwd_testkit::listener().await;
-    let url = format!("http://{}/tasks", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, calls)
-}
 
 /// Standard Webhooks headers for `body` signed with `secret` now.
 fn signed(secret: &str, webhook_id: &str, body: &[u8]) -> reqwest::header::HeaderMap {
@@ -94,21 +63,6 @@ async fn get_as(line: &Line, secret: &str, path: &str) -> reqwest::Response {
         .unwrap()
 }
 
-/// `nwd_directory_updates_total{service,outcome="applied"}` of a service.
-async fn directory_applied(line: &Line, service: &str) -> bool {
-    let text = reqwest::get(format!("http://{}/metrics", line.addr(service)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines().any(|l| {
-        l.starts_with("nwd_directory_updates_total")
-            && l.contains(&format!("service=\"{service}\""))
-            && l.contains("outcome=\"applied\"")
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_referral_is_reached_out_to_and_the_hospital_hears_each_step() {
     // The services run in this process: their counters need the recorder
@@ -116,7 +70,7 @@ async fn a_signed_referral_is_reached_out_to_and_the_hospital_hears_each_step() 
     nwd_runtime::telemetry::metrics_handle();
     let logs = nwd_testkit::capture_logs();
     let line = Line::start().await;
-    let (callback, calls) = hospital_endpoint().await;
+    let (callback, calls) = nwd_e2e::partner_callbacks(HOSPITAL_SECRET).await;
 
     // The operator points the hospital's callbacks at its endpoint and lets
     // the re-entry programme post referrals too, live.
@@ -144,7 +98,7 @@ async fn a_signed_referral_is_reached_out_to_and_the_hospital_hears_each_step() 
         eventually(
             T,
             &format!("the directory applied by {service}"),
-            || async { directory_applied(&line, service).await.then_some(()) },
+            || async { line.directory_applied(service).await.then_some(()) },
         )
         .await;
     }
