@@ -61,7 +61,7 @@ pub struct NatsArgs {
     pub ack_timeout_ms: u64,
     /// The JetStream file store the line may use, in bytes: the server's
     /// `max_file_store`. Every stream and bucket gets a fixed share of it
-    /// (`bus::SHARES`, 73.5% in all).
+    /// (`bus::SHARES`, 74% in all).
     #[arg(
         long = "jetstream-store-bytes",
         env = "NWD_JETSTREAM_STORE_BYTES",
