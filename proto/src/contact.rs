@@ -11,6 +11,7 @@ use crate::ids::{ContactId, CounsellorId, MessageId, PartnerId, ReferralId};
 use crate::ladder::Escalation;
 use crate::referral::{OutreachOpened, OutreachOutcome, Priority};
 use crate::risk::{Language, Reason, RiskLevel};
+use crate::screener::{ScreenerAnswers, ScreenerError, ScreenerResult};
 
 /// How many recent message ids a record remembers to make redelivery harmless.
 const SEEN_WINDOW: usize = 64;
@@ -69,6 +70,8 @@ pub enum TransitionError {
     Resolved,
     #[error("the contact is not an outreach")]
     NotOutreach,
+    #[error(transparent)]
+    Screener(#[from] ScreenerError),
 }
 
 /// The state record of one contact.
@@ -109,6 +112,10 @@ pub struct ContactRecord {
     /// person opened (and in records written before outreach existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outreach: Option<Outreach>,
+    /// The last C-SSRS screener a counsellor ran in this contact: its level
+    /// replaced the contact's `risk` (the only way a level goes down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screener: Option<ScreenerResult>,
 }
 
 /// What a contact record knows of the referral it reaches out for. The
@@ -259,6 +266,7 @@ impl ContactRecord {
             orphaned_at: None,
             emergencies: Vec::new(),
             outreach: None,
+            screener: None,
         };
         rec.apply_message(ev);
         rec
@@ -285,6 +293,7 @@ impl ContactRecord {
             orphaned_at: None,
             emergencies: Vec::new(),
             outreach: Some(Outreach::of(ev)),
+            screener: None,
         }
     }
 
@@ -561,6 +570,36 @@ impl ContactRecord {
             ContactState::Resolved { .. } => Err(TransitionError::Resolved),
             _ => Err(TransitionError::NotAssigned),
         }
+    }
+}
+
+/// The screener.
+impl ContactRecord {
+    /// Records a C-SSRS screener run by `who`, the counsellor the contact
+    /// is assigned to: its level becomes the contact's level, lower or
+    /// higher than before. Returns the result kept.
+    pub fn assess(
+        &mut self,
+        who: &CounsellorId,
+        answers: ScreenerAnswers,
+        now: OffsetDateTime,
+    ) -> Result<ScreenerResult, TransitionError> {
+        match &self.state {
+            ContactState::Assigned { counsellor, .. } if counsellor == who => {}
+            ContactState::Resolved { .. } => return Err(TransitionError::Resolved),
+            _ => return Err(TransitionError::NotAssigned),
+        }
+        answers.validate()?;
+        let result = ScreenerResult {
+            answers,
+            level: answers.level(),
+            before: self.risk,
+            by: who.clone(),
+            at: now,
+        };
+        self.risk = result.level;
+        self.screener = Some(result.clone());
+        Ok(result)
     }
 }
 

@@ -69,9 +69,22 @@ pub enum ClientMsg {
         client_id: ClientReplyId,
         body: String,
     },
+    /// Closes the conversation with a disposition (required by the page;
+    /// `None` only from pages served before dispositions) and an optional
+    /// short note (at most [`MAX_NOTE_CHARS`]).
     Resolve {
         contact_id: ContactId,
-        disposition: Option<String>,
+        disposition: Option<Disposition>,
+        #[serde(default)]
+        note: Option<String>,
+    },
+    /// "Help the next person": take the most urgent waiting contact this
+    /// counsellor is eligible for.
+    TakeNext,
+    /// The C-SSRS screener's answers for a conversation of this counsellor.
+    Assess {
+        contact_id: ContactId,
+        answers: crate::screener::ScreenerAnswers,
     },
     /// Disclose to medical personnel without consent for a medical
     /// emergency (42 CFR §2.51): `partner` is a hospital from `Hello`,
@@ -94,6 +107,94 @@ pub enum ClientMsg {
     Typing {
         contact_id: ContactId,
     },
+}
+
+/// How a conversation ended, chosen when resolving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Disposition {
+    DeEscalated,
+    SafetyPlanMade,
+    ReferredToTreatment,
+    EmergencyServicesDispatched,
+    TrustedContactInvolved,
+    SupportGiven,
+    NoResponse,
+    Other,
+}
+
+impl Disposition {
+    pub const ALL: [Disposition; 8] = [
+        Disposition::DeEscalated,
+        Disposition::SafetyPlanMade,
+        Disposition::ReferredToTreatment,
+        Disposition::EmergencyServicesDispatched,
+        Disposition::TrustedContactInvolved,
+        Disposition::SupportGiven,
+        Disposition::NoResponse,
+        Disposition::Other,
+    ];
+
+    /// The code in events and metric labels (bounded).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::DeEscalated => "de-escalated",
+            Disposition::SafetyPlanMade => "safety-plan-made",
+            Disposition::ReferredToTreatment => "referred-to-treatment",
+            Disposition::EmergencyServicesDispatched => "emergency-services-dispatched",
+            Disposition::TrustedContactInvolved => "trusted-contact-involved",
+            Disposition::SupportGiven => "support-given",
+            Disposition::NoResponse => "no-response",
+            Disposition::Other => "other",
+        }
+    }
+}
+
+/// Longest closing note, in characters.
+pub const MAX_NOTE_CHARS: usize = 2_000;
+
+/// One waiting contact in the queue every eligible counsellor sees: no
+/// message text, no address, no name; what a counsellor needs to choose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub contact_id: ContactId,
+    pub risk: RiskLevel,
+    pub reasons: Vec<ReasonView>,
+    pub lang: Language,
+    /// "SMS ··67", "Chat".
+    pub channel: String,
+    /// The door institution's name, or the line's.
+    pub door: String,
+    /// The door partner's id (the dashboard shows a partner's staff only
+    /// their own door's contacts).
+    #[serde(default)]
+    pub door_id: Option<PartnerId>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub waiting_since: OffsetDateTime,
+    #[serde(default)]
+    pub escalation: Option<Box<EscalationView>>,
+    /// How many counsellors it is offered to now.
+    pub offered: u32,
+    /// An outreach (the line reaches out to a referred person).
+    #[serde(default)]
+    pub outreach: bool,
+}
+
+/// The whole queue, most urgent first (risk, then wait), as the router
+/// knows it. Core NATS on [`crate::subjects::dashboard_queue`]: published
+/// on every change (coalesced) and at a steady interval, so a dashboard
+/// that starts or reconnects has it within seconds. `seq` rises with each
+/// snapshot of one router process; `at` orders snapshots across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub entries: Vec<QueueEntry>,
+}
+
+impl Event for QueueSnapshot {
+    const TYPE: &'static str = "dashboard.queue";
 }
 
 /// A partner a counsellor can choose on screen (ids and institution names only).
@@ -164,6 +265,9 @@ pub struct ContactView {
     /// Set when the line reaches out to a person a partner referred.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outreach: Option<Box<OutreachView>>,
+    /// The last screener run in this contact (its level is `risk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screener: Option<Box<crate::screener::ScreenerResult>>,
 }
 
 /// An outreach contact as the counsellor sees it: who referred the person
@@ -258,6 +362,26 @@ pub enum ServerMsg {
         /// directory's hospital partners.
         #[serde(default)]
         hospitals: Vec<PartnerOption>,
+        /// How many conversations they may hold at once.
+        #[serde(default)]
+        capacity: u32,
+        /// When their current on-call shift ends, if on a shift now.
+        #[serde(default, with = "time::serde::rfc3339::option")]
+        shift_ends_at: Option<OffsetDateTime>,
+    },
+    /// The waiting contacts this counsellor may see (all of them for the
+    /// line's staff and supervisors; a partner's staff see their door's),
+    /// most urgent first. Sent on connect and on every change.
+    Queue {
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        entries: Vec<QueueEntry>,
+    },
+    /// A screener was recorded in a conversation: the contact's level is
+    /// now `result.level` (every tab of the counsellor).
+    Assessed {
+        contact_id: ContactId,
+        result: Box<crate::screener::ScreenerResult>,
     },
     Presence {
         status: Presence,

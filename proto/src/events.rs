@@ -409,7 +409,14 @@ pub struct ContactResolved {
     /// So intake can close the sender's thread.
     pub channel: Channel,
     pub counsellor: CounsellorId,
+    /// A [`crate::dashboard::Disposition`] code (free text in events
+    /// written before dispositions were a fixed list).
     pub disposition: Option<String>,
+    /// The counsellor's short closing note (for the line's records only;
+    /// never logged, never sent to the person). At most
+    /// [`crate::dashboard::MAX_NOTE_CHARS`] characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }

@@ -21,6 +21,7 @@ pub mod pseudonym;
 pub mod referral;
 pub mod risk;
 pub mod router;
+pub mod screener;
 pub mod streams;
 pub mod subjects;
 pub mod wire;

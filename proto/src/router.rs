@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::Event;
 use crate::ids::{ContactId, CounsellorId, PartnerId};
 use crate::referral::OutreachOutcome;
+use crate::screener::ScreenerAnswers;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -22,7 +23,10 @@ pub enum RouterCommand {
     Resolve {
         contact_id: ContactId,
         counsellor: CounsellorId,
+        /// A [`crate::dashboard::Disposition`] code.
         disposition: Option<String>,
+        #[serde(default)]
+        note: Option<String>,
     },
     /// 42 CFR §2.51: the counsellor holding the contact discloses to medical
     /// personnel (a hospital partner) without consent, for a bona fide
@@ -41,9 +45,62 @@ pub enum RouterCommand {
         counsellor: CounsellorId,
         outcome: OutreachOutcome,
     },
+    /// "Help the next person": assign this counsellor the most urgent
+    /// waiting contact they are eligible for (risk, then wait), if they are
+    /// available and under capacity. Refused `queue-empty` when there is
+    /// none; the conversation is pushed as on an accept.
+    TakeNext { counsellor: CounsellorId },
+    /// A C-SSRS screener run by the counsellor the contact is assigned to:
+    /// sets the contact's assessed level ([`crate::screener`]).
+    Assess {
+        contact_id: ContactId,
+        counsellor: CounsellorId,
+        answers: ScreenerAnswers,
+    },
 }
 
 /// Longest description of the nature of a medical emergency, in characters.
+impl RouterCommand {
+    /// Bounded name (metric labels, spans).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RouterCommand::Accept { .. } => "accept",
+            RouterCommand::Decline { .. } => "decline",
+            RouterCommand::Resolve { .. } => "resolve",
+            RouterCommand::MedicalEmergency { .. } => "medical_emergency",
+            RouterCommand::OutreachOutcome { .. } => "outreach_outcome",
+            RouterCommand::TakeNext { .. } => "take_next",
+            RouterCommand::Assess { .. } => "assess",
+        }
+    }
+
+    /// The contact it acts on (none for "take the next").
+    pub fn contact(&self) -> Option<ContactId> {
+        match self {
+            RouterCommand::Accept { contact_id, .. }
+            | RouterCommand::Decline { contact_id, .. }
+            | RouterCommand::Resolve { contact_id, .. }
+            | RouterCommand::MedicalEmergency { contact_id, .. }
+            | RouterCommand::OutreachOutcome { contact_id, .. }
+            | RouterCommand::Assess { contact_id, .. } => Some(*contact_id),
+            RouterCommand::TakeNext { .. } => None,
+        }
+    }
+
+    /// The counsellor (or supervisor) who asked.
+    pub fn counsellor(&self) -> &CounsellorId {
+        match self {
+            RouterCommand::Accept { counsellor, .. }
+            | RouterCommand::Decline { counsellor, .. }
+            | RouterCommand::Resolve { counsellor, .. }
+            | RouterCommand::MedicalEmergency { counsellor, .. }
+            | RouterCommand::OutreachOutcome { counsellor, .. }
+            | RouterCommand::TakeNext { counsellor }
+            | RouterCommand::Assess { counsellor, .. } => counsellor,
+        }
+    }
+}
+
 pub const MAX_EMERGENCY_NATURE_CHARS: usize = 500;
 
 /// A description of the nature of a medical emergency is 1 to

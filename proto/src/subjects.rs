@@ -169,6 +169,12 @@ pub fn dashboard_push_all() -> String {
     format!("{ROOT}.dashboard.push.*")
 }
 
+/// Core NATS (not stored): router → every dashboard, the whole queue
+/// ([`crate::dashboard::QueueSnapshot`]).
+pub fn dashboard_queue() -> String {
+    format!("{ROOT}.dashboard.queue")
+}
+
 /// Dead letters of one durable consumer (stream DEADLETTER).
 pub fn deadletter(consumer: &str) -> String {
     format!("{ROOT}.deadletter.{consumer}")

@@ -658,6 +658,7 @@ async fn a_forged_router_command_is_refused_and_changes_nothing() {
         contact_id: offer.contact_id,
         counsellor: CounsellorId::parse("ana").unwrap(),
         disposition: None,
+        note: None,
     })
     .to_bytes();
     // All at once: each waits out a 1 s request timeout, and one after the

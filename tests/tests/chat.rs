@@ -149,7 +149,8 @@ async fn a_chat_message_is_offered_with_its_door_and_the_reply_comes_back_on_the
     // Closing the conversation tells the person.
     ana.send(&ClientMsg::Resolve {
         contact_id: offer.contact_id,
-        disposition: Some("supported".into()),
+        disposition: Some(nwd_proto::dashboard::Disposition::SupportGiven),
+        note: None,
     })
     .await;
     patient

@@ -163,7 +163,8 @@ async fn a_referral_is_reached_out_to_from_the_lines_number_and_each_step_is_tol
     .await;
     ana.send(&ClientMsg::Resolve {
         contact_id: id,
-        disposition: Some("reached".into()),
+        disposition: Some(nwd_proto::dashboard::Disposition::SupportGiven),
+        note: None,
     })
     .await;
     ana.expect(T, "resolved", |m| {

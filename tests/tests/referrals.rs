@@ -170,7 +170,8 @@ async fn a_signed_referral_is_reached_out_to_and_the_hospital_hears_each_step() 
     .await;
     ana.send(&ClientMsg::Resolve {
         contact_id: contact,
-        disposition: Some("reached".into()),
+        disposition: Some(nwd_proto::dashboard::Disposition::SupportGiven),
+        note: None,
     })
     .await;
 

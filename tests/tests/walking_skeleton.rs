@@ -110,7 +110,8 @@ async fn sms_reaches_a_counsellor_and_the_reply_reaches_the_phone() {
     // Resolve; the next message opens a new contact, offered again.
     ana.send(&ClientMsg::Resolve {
         contact_id: offer.contact_id,
-        disposition: Some("safe-plan".into()),
+        disposition: Some(nwd_proto::dashboard::Disposition::SafetyPlanMade),
+        note: Some("Plan agreed; will call the clinic tomorrow.".into()),
     })
     .await;
     ana.expect(T, "resolved", |m| {

@@ -1217,6 +1217,7 @@ async fn accepts_and_settle(
             contact_id: *contact,
             counsellor: who.clone(),
             disposition: None,
+            note: None,
         });
         let reply = line
             .client

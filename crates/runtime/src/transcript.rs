@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use nwd_proto::contact::ContactRecord;
-use nwd_proto::dashboard::{ContactView, MessageView, ReasonView, Speaker};
+use nwd_proto::dashboard::{ContactView, MessageView, QueueEntry, ReasonView, Speaker};
 use nwd_proto::directory::Directory;
 use nwd_proto::events::{Author, MessageTriaged, OutboundChat, OutboundSms, OutboundStatus};
 use nwd_proto::{ContactId, Envelope, subjects};
@@ -170,5 +170,28 @@ pub fn contact_view(
                 joined: o.joined,
             })
         }),
+        screener: rec.screener.clone().map(Box::new),
     }
+}
+
+/// A waiting contact as the queue shows it (no text, no address), or
+/// `None` when the contact is not waiting or offered.
+pub fn queue_entry(rec: &ContactRecord, dir: &Directory) -> Option<QueueEntry> {
+    let waiting_since = rec.waiting_since()?;
+    Some(QueueEntry {
+        contact_id: rec.id,
+        risk: rec.risk,
+        reasons: rec.reasons.iter().map(ReasonView::from).collect(),
+        lang: rec.lang,
+        channel: rec.channel.label(),
+        door: dir.door_name(rec.door.as_ref()),
+        door_id: rec.door.clone(),
+        waiting_since,
+        escalation: rec
+            .escalation
+            .as_ref()
+            .map(|e| Box::new(nwd_proto::dashboard::EscalationView::of(e))),
+        offered: u32::try_from(nwd_proto::contact::offered(rec).len()).unwrap_or(u32::MAX),
+        outreach: rec.outreach.is_some(),
+    })
 }

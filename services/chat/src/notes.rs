@@ -130,6 +130,7 @@ mod tests {
             channel: chat,
             counsellor: ana,
             disposition: None,
+            note: None,
             at,
         })
         .to_bytes();

@@ -12,12 +12,14 @@ use std::time::Instant;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use nwd_proto::contact::{ContactRecord, ContactState};
 use nwd_proto::dashboard::{
-    ClientMsg, ContactView, PartnerOption, Presence, ServerMsg, WithdrawReason,
+    ClientMsg, ContactView, Disposition, MAX_NOTE_CHARS, PartnerOption, Presence, ServerMsg,
+    WithdrawReason,
 };
 use nwd_proto::directory::{PartnerKind, Role};
 use nwd_proto::router::{
     MAX_EMERGENCY_NATURE_CHARS, RouterCommand, RouterReply, valid_emergency_nature,
 };
+use nwd_proto::screener::ScreenerAnswers;
 use nwd_proto::{ClientReplyId, ContactId, CounsellorId, Envelope, PartnerId, subjects, wire};
 use nwd_runtime::{kv, transcript};
 use time::OffsetDateTime;
@@ -206,8 +208,10 @@ impl Session {
         self.reply(ServerMsg::Hello {
             counsellor: self.who.clone(),
             name: staff.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-            supervisor: staff.is_some_and(|s| s.role == Role::Supervisor),
+            supervisor: staff.as_ref().is_some_and(|s| s.role == Role::Supervisor),
             presence: status,
+            capacity: staff.as_ref().map_or(0, |s| s.capacity),
+            shift_ends_at: None,
             hospitals: self
                 .app
                 .directory
@@ -289,7 +293,13 @@ impl Session {
             ClientMsg::Resolve {
                 contact_id,
                 disposition,
-            } => self.resolve(contact_id, disposition).await,
+                note,
+            } => self.resolve(contact_id, disposition, note).await,
+            ClientMsg::TakeNext => self.take_next().await,
+            ClientMsg::Assess {
+                contact_id,
+                answers,
+            } => self.assess(contact_id, answers).await,
             ClientMsg::Reply {
                 contact_id,
                 client_id,
@@ -441,11 +451,30 @@ impl Session {
         }
     }
 
-    async fn resolve(&self, contact_id: ContactId, disposition: Option<String>) {
+    async fn resolve(
+        &self,
+        contact_id: ContactId,
+        disposition: Option<Disposition>,
+        note: Option<String>,
+    ) {
+        let note = note.filter(|n| !n.trim().is_empty());
+        if note
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS)
+        {
+            count_command("resolve", "bad-note");
+            self.reply(error(
+                "bad-note",
+                format!("Keep the note to {MAX_NOTE_CHARS} characters"),
+            ))
+            .await;
+            return;
+        }
         let cmd = RouterCommand::Resolve {
             contact_id,
             counsellor: self.who.clone(),
-            disposition,
+            disposition: disposition.map(|d| d.as_str().to_owned()),
+            note,
         };
         if self
             .routed("resolve", cmd)
@@ -454,6 +483,30 @@ impl Session {
         {
             self.broadcast(&ServerMsg::Resolved { contact_id });
         }
+    }
+
+    /// "Help the next person": the router assigns the most urgent waiting
+    /// contact this counsellor may take and pushes the conversation.
+    async fn take_next(&self) {
+        let cmd = RouterCommand::TakeNext {
+            counsellor: self.who.clone(),
+        };
+        self.routed("take_next", cmd)
+            .instrument(tracing::info_span!("take_next"))
+            .await;
+    }
+
+    /// A screener's answers, checked by the router against the record
+    /// (only the holder; the skip logic) and recorded there.
+    async fn assess(&self, contact_id: ContactId, answers: ScreenerAnswers) {
+        let cmd = RouterCommand::Assess {
+            contact_id,
+            counsellor: self.who.clone(),
+            answers,
+        };
+        self.routed("assess", cmd)
+            .instrument(tracing::info_span!("assess", contact = %contact_id))
+            .await;
     }
 
     /// A medical-emergency disclosure (42 CFR §2.51): the router checks that

@@ -574,6 +574,8 @@ async fn hello_presence_heartbeat_and_offline_when_the_last_socket_closes() {
                 id: PartnerId::parse("county-hospital").unwrap(),
                 name: "County General Hospital ED".into(),
             }],
+            capacity: 3,
+            shift_ends_at: None,
         }
     );
     ws.send(&ClientMsg::SetPresence {
@@ -804,7 +806,8 @@ async fn decline_and_resolve_go_to_the_router_and_update_every_tab() {
 
     ana.send(&ClientMsg::Resolve {
         contact_id: mine.id,
-        disposition: Some("supported".into()),
+        disposition: Some(nwd_proto::dashboard::Disposition::SupportGiven),
+        note: None,
     })
     .await;
     assert_eq!(
@@ -812,7 +815,8 @@ async fn decline_and_resolve_go_to_the_router_and_update_every_tab() {
         RouterCommand::Resolve {
             contact_id: mine.id,
             counsellor: c("ana"),
-            disposition: Some("supported".into())
+            disposition: Some("support-given".into()),
+            note: None,
         }
     );
     for ws in [&mut ana, &mut tab] {

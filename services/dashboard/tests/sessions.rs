@@ -494,16 +494,11 @@ async fn router_commands_name_the_sessions_counsellor_not_one_the_browser_sends(
             .await
             .expect("no router command")
             .unwrap();
-        let who = match Envelope::<RouterCommand>::from_bytes(&cmd.payload)
+        let who = Envelope::<RouterCommand>::from_bytes(&cmd.payload)
             .unwrap()
             .data
-        {
-            RouterCommand::Accept { counsellor, .. }
-            | RouterCommand::Decline { counsellor, .. }
-            | RouterCommand::Resolve { counsellor, .. }
-            | RouterCommand::MedicalEmergency { counsellor, .. }
-            | RouterCommand::OutreachOutcome { counsellor, .. } => counsellor,
-        };
+            .counsellor()
+            .clone();
         assert_eq!(who.as_str(), "ana", "{msg}");
         let answer = Envelope::new(RouterReply::Refused {
             reason: "test".into(),

@@ -273,6 +273,7 @@ async fn resolution_closes_the_thread_and_the_next_sms_opens_a_new_contact() {
         },
         counsellor: CounsellorId::parse("ana").unwrap(),
         disposition: None,
+        note: None,
         at: OffsetDateTime::now_utc(),
     };
     let ev = Envelope::new(resolved(m1.contact_id));
@@ -359,6 +360,7 @@ fn resolved_for_type_check() -> ContactResolved {
         },
         counsellor: CounsellorId::parse("ana").unwrap(),
         disposition: None,
+        note: None,
         at: OffsetDateTime::now_utc(),
     }
 }

@@ -14,7 +14,8 @@ pub fn withdraw_reason(e: &TransitionError) -> WithdrawReason {
         TransitionError::Resolved => WithdrawReason::Resolved,
         TransitionError::NotOffered
         | TransitionError::NotAssigned
-        | TransitionError::NotOutreach => WithdrawReason::Expired,
+        | TransitionError::NotOutreach
+        | TransitionError::Screener(_) => WithdrawReason::Expired,
     }
 }
 

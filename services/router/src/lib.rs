@@ -383,32 +383,9 @@ async fn command(router: Arc<Router>, client: async_nats::Client, msg: async_nat
         .await;
         return;
     };
-    let (kind, contact, counsellor) = match &env.data {
-        RouterCommand::Accept {
-            contact_id,
-            counsellor,
-        } => ("accept", contact_id, counsellor),
-        RouterCommand::Decline {
-            contact_id,
-            counsellor,
-        } => ("decline", contact_id, counsellor),
-        RouterCommand::Resolve {
-            contact_id,
-            counsellor,
-            ..
-        } => ("resolve", contact_id, counsellor),
-        RouterCommand::MedicalEmergency {
-            contact_id,
-            counsellor,
-            ..
-        } => ("medical_emergency", contact_id, counsellor),
-        RouterCommand::OutreachOutcome {
-            contact_id,
-            counsellor,
-            ..
-        } => ("outreach_outcome", contact_id, counsellor),
-    };
-    let span = tracing::info_span!("command", kind, contact = %contact, counsellor = %counsellor);
+    let kind = env.data.kind();
+    let contact = env.data.contact().map(tracing::field::display);
+    let span = tracing::info_span!("command", kind, contact, counsellor = %env.data.counsellor());
     async {
         let (answer, follow_ups) = router.command(env.data).await;
         let outcome = match answer {

@@ -673,7 +673,15 @@ impl Router {
                 contact_id,
                 counsellor,
                 disposition,
-            } => self.resolve(contact_id, counsellor, disposition).await,
+                note,
+            } => {
+                self.resolve(contact_id, counsellor, disposition, note)
+                    .await
+            }
+            RouterCommand::TakeNext { .. } | RouterCommand::Assess { .. } => {
+                // Built next (issue 16): refused until then, never half done.
+                (refused("not-available-yet"), Vec::new())
+            }
             RouterCommand::MedicalEmergency {
                 contact_id,
                 counsellor,
@@ -901,6 +909,7 @@ impl Router {
         id: ContactId,
         who: CounsellorId,
         disposition: Option<String>,
+        note: Option<String>,
     ) -> (RouterReply, Vec<FollowUp>) {
         let now = OffsetDateTime::now_utc();
         let result = kv::cas(
@@ -941,6 +950,7 @@ impl Router {
             channel: record.channel.clone(),
             counsellor: who.clone(),
             disposition,
+            note,
             at,
         });
         // Intake closes the sender's thread on this event: it must be on the

@@ -589,6 +589,7 @@ async fn resolve_publishes_the_event_and_a_new_message_reopens_the_contact() {
             contact_id: id,
             counsellor: c("chloe"),
             disposition: None,
+            note: None,
         })
         .await;
     assert!(matches!(not_theirs, RouterReply::Refused { .. }));
@@ -597,6 +598,7 @@ async fn resolve_publishes_the_event_and_a_new_message_reopens_the_contact() {
         contact_id: id,
         counsellor: c("ben"),
         disposition: Some("support-given".into()),
+        note: None,
     };
     assert_eq!(line.command(resolve.clone()).await, RouterReply::Done);
     eventually(WITHIN, "Resolved pushed", || async {
@@ -1328,6 +1330,7 @@ mod outreach {
                 contact_id: id,
                 counsellor: c("ben"),
                 disposition: None,
+                note: None,
             })
             .await,
             RouterReply::Done
