@@ -3,15 +3,20 @@
 # nwd-bench (the line, webhook → offer), nwd-bench-deadlines (durable
 # deadlines, ADR 0006), then nwd-bench-queue (queue decisions with 1,000
 # contacts waiting and 200 counsellors, issue 5), then nwd-bench-referrals
-# (signed partner referral POST → 202, issue 14).
-#   bench/run.sh                  full run (100 and 500 contacts/s, 20 s each; 100,000 deadlines; 1,000 waiting / 200 staff)
-#   bench/run.sh --smoke          bounded run of all three for CI
+# (signed partner referral POST → 202, issue 14), then nwd-bench-shift (a
+# compressed shift with counsellor bots, issue 16).
+#   bench/run.sh                  full run (100 and 500 contacts/s, 20 s each; 100,000 deadlines; 1,000 waiting / 200 staff;
+#                                 a 3-minute shift of 4 counsellors at 0.7× and 1.5× capacity, both click policies)
+#   bench/run.sh --smoke          bounded run of each for CI
 #   bench/run.sh deadlines [...]  only nwd-bench-deadlines, with its own flags
 #   bench/run.sh queue [...]      only nwd-bench-queue, with its own flags (--waiting, --counsellors, --smoke, ...)
 #   bench/run.sh referrals [...]  only nwd-bench-referrals (--rate 50 --seconds 20 --burst 1000, --smoke)
 #   bench/run.sh chat [...]       only nwd-bench-chat: 5,000 open patient sockets on one chat, memory per
 #                                 socket, chat message → offer at 100/s (--sockets, --rate, --seconds, --smoke);
 #                                 needs `ulimit -n` above 2 × sockets
+#   bench/run.sh shift [...]      only nwd-bench-shift: a compressed shift with counsellor bots, time to answer
+#                                 by risk under two click policies (--counsellors, --capacity, --loads,
+#                                 --conversation-secs, --reaction-secs, --seconds, --mix, --smoke); a staffing tool
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -28,6 +33,12 @@ if [[ "${1:-}" == "chat" ]]; then
   cargo build --release --quiet -p nwd-bench -p nwd-chat -p nwd-intake -p nwd-triage -p nwd-router -p nwd-dashboard
   exec "$BIN/nwd-bench-chat" "$@"
 fi
+if [[ "${1:-}" == "shift" ]]; then
+  shift
+  cargo build --release --quiet -p nwd-bench -p nwd-gateway -p nwd-intake -p nwd-triage -p nwd-router \
+    -p nwd-escalator -p nwd-dashboard
+  exec "$BIN/nwd-bench-shift" "$@"
+fi
 if [[ "${1:-}" == "queue" ]]; then
   shift
   # Both packages whole: `--bin` would filter out the nwd-router binary.
@@ -40,7 +51,7 @@ if [[ "${1:-}" == "referrals" ]]; then
   exec "$BIN/nwd-bench-referrals" "$@"
 fi
 cargo build --release --quiet -p nwd-bench -p nwd-gateway -p nwd-intake -p nwd-triage \
-  -p nwd-router -p nwd-dashboard -p nwd-notifier -p nwd-phone-sim
+  -p nwd-router -p nwd-escalator -p nwd-dashboard -p nwd-notifier -p nwd-phone-sim
 "$BIN/nwd-bench" "$@"
 echo
 smoke_args=()
@@ -51,4 +62,6 @@ done
 echo
 "$BIN/nwd-bench-queue" "${smoke_args[@]}"
 echo
-exec "$BIN/nwd-bench-referrals" "${smoke_args[@]}"
+"$BIN/nwd-bench-referrals" "${smoke_args[@]}"
+echo
+exec "$BIN/nwd-bench-shift" "${smoke_args[@]}"

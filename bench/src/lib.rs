@@ -14,6 +14,176 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
+/// The HTTP address setting of each service (its API, or its metrics and
+/// health endpoints).
+const ADDR_VARS: [(&str, &str); 9] = [
+    ("gateway", "NWD_GATEWAY_ADDR"),
+    ("intake", "NWD_INTAKE_METRICS_ADDR"),
+    ("triage", "NWD_TRIAGE_METRICS_ADDR"),
+    ("router", "NWD_ROUTER_METRICS_ADDR"),
+    ("escalator", "NWD_ESCALATOR_METRICS_ADDR"),
+    ("notifier", "NWD_NOTIFIER_METRICS_ADDR"),
+    ("dashboard", "NWD_DASHBOARD_ADDR"),
+    ("chat", "NWD_CHAT_ADDR"),
+    ("phone-sim", "NWD_PHONE_SIM_ADDR"),
+];
+
+/// Twilio credentials the benches sign with (the gateway checks them).
+pub const TWILIO_AUTH_TOKEN: &str = "bench000000000000000000000000tok";
+pub const TWILIO_ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+
+/// A real nats-server (file storage, `sync_interval: always`, the shipped
+/// accounts) and real service binaries, each as its own NATS user and on a
+/// free port; stopped when dropped.
+pub struct Line {
+    pub nats: nwd_testkit::NatsServer,
+    pub procs: Procs,
+    pub addrs: HashMap<&'static str, SocketAddr>,
+    pub pids: HashMap<&'static str, u32>,
+}
+
+impl Line {
+    /// Starts `services` with `directory` and the settings every service
+    /// needs (keys, Twilio credentials, each service's address), plus
+    /// `extra` settings, and waits until each answers `/readyz`.
+    pub async fn start(
+        bin_dir: &Path,
+        log_dir: &Path,
+        services: &[&'static str],
+        directory: &Path,
+        extra: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(log_dir)?;
+        let nats = nwd_testkit::NatsServer::start().await;
+        nats.set_up_bus().await;
+        let addrs: HashMap<&'static str, SocketAddr> = services
+            .iter()
+            .map(|n| Ok((*n, free_addr()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "NWD_LOG".into(),
+                std::env::var("NWD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
+            ("NWD_DIRECTORY".into(), directory.display().to_string()),
+            (
+                "NWD_SESSION_KEY".into(),
+                "bench-session-key-0123456789abcdef".into(),
+            ),
+            (
+                "NWD_PSEUDONYM_KEY".into(),
+                "bench-pseudonym-key-0123456789abcdef0123".into(),
+            ),
+            (
+                "NWD_CHAT_TOKEN_KEY".into(),
+                "bench-chat-token-key-0123456789abcdef0123".into(),
+            ),
+            ("NWD_TWILIO_ACCOUNT_SID".into(), TWILIO_ACCOUNT_SID.into()),
+            ("NWD_TWILIO_AUTH_TOKEN".into(), TWILIO_AUTH_TOKEN.into()),
+        ];
+        for (name, var) in ADDR_VARS {
+            if let Some(a) = addrs.get(name) {
+                env.push((var.into(), a.to_string()));
+            }
+        }
+        if let Some(g) = addrs.get("gateway") {
+            env.push(("NWD_GATEWAY_PUBLIC_URL".into(), format!("http://{g}")));
+            env.push(("NWD_PHONE_SIM_GATEWAY_URL".into(), format!("http://{g}")));
+        }
+        if let Some(p) = addrs.get("phone-sim") {
+            env.push(("NWD_TWILIO_API_BASE".into(), format!("http://{p}")));
+        }
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let mut procs = Procs::default();
+        let mut pids = HashMap::new();
+        for name in services {
+            // Each service as its own NATS user.
+            let mut env = env.clone();
+            if nwd_testkit::NATS_USERS.contains(name) {
+                env.push(("NWD_NATS_URL".into(), nats.url_for(name)));
+            }
+            pids.insert(*name, procs.spawn(bin_dir, name, &env, log_dir)?);
+        }
+        wait_ready(addrs.iter().map(|(n, a)| (*n, *a))).await?;
+        Ok(Self {
+            nats,
+            procs,
+            addrs,
+            pids,
+        })
+    }
+
+    /// The HTTP address of a service started with the line.
+    pub fn addr(&self, service: &str) -> anyhow::Result<SocketAddr> {
+        self.addrs
+            .get(service)
+            .copied()
+            .with_context(|| format!("{service} was not started"))
+    }
+}
+
+/// A dashboard websocket.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Logs `username` in on the dashboard and opens their websocket, then sets
+/// them available.
+pub async fn counsellor_socket(
+    dashboard: SocketAddr,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<Ws> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let res = client
+        .post(format!("http://{dashboard}/login"))
+        .form(&[("username", username), ("password", password)])
+        .send()
+        .await?;
+    let cookie = res
+        .headers()
+        .get("set-cookie")
+        .context("no session cookie")?
+        .to_str()?
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{dashboard}/ws"
+    ))?;
+    req.headers_mut().insert("cookie", cookie.parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    ws.send(tungstenite::Message::Text(
+        r#"{"type":"set_presence","status":"available"}"#.into(),
+    ))
+    .await?;
+    Ok(ws)
+}
+
+/// Reads one counter or gauge from a service's Prometheus `/metrics`: the
+/// sum over the series whose name is `name` and whose labels contain every
+/// `label="value"` of `labels`.
+pub async fn metric_sum(addr: SocketAddr, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 /// Microseconds, 1 µs .. 20 min (constant bounds: creation cannot fail).
 #[allow(clippy::expect_used)]
 pub fn hist() -> Histogram<u64> {

@@ -12,20 +12,17 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
-use nwd_bench::{Procs, free_addr, hist, ms, raw_hop};
-use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
-
-const AUTH_TOKEN: &str = "bench000000000000000000000000tok";
-const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+use nwd_bench::{
+    Line, TWILIO_ACCOUNT_SID as ACCOUNT_SID, TWILIO_AUTH_TOKEN as AUTH_TOKEN, hist, ms, raw_hop,
+};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -54,117 +51,9 @@ const SERVICES: [&str; 7] = [
     "phone-sim",
 ];
 
-struct Line {
-    _nats: nwd_testkit::NatsServer,
-    nats_url: String,
-    _procs: Procs,
-    gateway: SocketAddr,
-    dashboard: SocketAddr,
-}
-
 async fn start_line(bin_dir: &Path, log_dir: &Path) -> anyhow::Result<Line> {
-    std::fs::create_dir_all(log_dir)?;
-    let nats = nwd_testkit::NatsServer::start().await;
-    nats.set_up_bus().await;
-    let root = nwd_testkit::workspace_root();
-    let directory = root.join("deploy/local/demo/directory.toml");
-    let addrs: HashMap<&str, SocketAddr> = SERVICES
-        .into_iter()
-        .map(|n| Ok((n, free_addr()?)))
-        .collect::<anyhow::Result<_>>()?;
-    let gateway_url = format!("http://{}", addrs["gateway"]);
-    let env: Vec<(String, String)> = vec![
-        (
-            "NWD_LOG".into(),
-            std::env::var("NWD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        ),
-        ("NWD_DIRECTORY".into(), directory.display().to_string()),
-        ("NWD_GATEWAY_ADDR".into(), addrs["gateway"].to_string()),
-        ("NWD_GATEWAY_PUBLIC_URL".into(), gateway_url.clone()),
-        (
-            "NWD_INTAKE_METRICS_ADDR".into(),
-            addrs["intake"].to_string(),
-        ),
-        (
-            "NWD_TRIAGE_METRICS_ADDR".into(),
-            addrs["triage"].to_string(),
-        ),
-        (
-            "NWD_ROUTER_METRICS_ADDR".into(),
-            addrs["router"].to_string(),
-        ),
-        (
-            "NWD_NOTIFIER_METRICS_ADDR".into(),
-            addrs["notifier"].to_string(),
-        ),
-        ("NWD_DASHBOARD_ADDR".into(), addrs["dashboard"].to_string()),
-        ("NWD_PHONE_SIM_ADDR".into(), addrs["phone-sim"].to_string()),
-        ("NWD_PHONE_SIM_GATEWAY_URL".into(), gateway_url),
-        (
-            "NWD_TWILIO_API_BASE".into(),
-            format!("http://{}", addrs["phone-sim"]),
-        ),
-        ("NWD_TWILIO_ACCOUNT_SID".into(), ACCOUNT_SID.into()),
-        ("NWD_TWILIO_AUTH_TOKEN".into(), AUTH_TOKEN.into()),
-        (
-            "NWD_SESSION_KEY".into(),
-            "bench-session-key-0123456789abcdef".into(),
-        ),
-        (
-            "NWD_PSEUDONYM_KEY".into(),
-            "bench-pseudonym-key-0123456789abcdef0123".into(),
-        ),
-    ];
-    let mut procs = Procs::default();
-    for name in SERVICES {
-        // Each service as its own NATS user.
-        let mut env = env.clone();
-        if nwd_testkit::NATS_USERS.contains(&name) {
-            env.push(("NWD_NATS_URL".into(), nats.url_for(name)));
-        }
-        procs.spawn(bin_dir, name, &env, log_dir)?;
-    }
-    nwd_bench::wait_ready(addrs.iter().map(|(n, a)| (*n, *a))).await?;
-    Ok(Line {
-        nats_url: nats.url(),
-        _nats: nats,
-        _procs: procs,
-        gateway: addrs["gateway"],
-        dashboard: addrs["dashboard"],
-    })
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn counsellor(dashboard: SocketAddr) -> anyhow::Result<Ws> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let res = client
-        .post(format!("http://{dashboard}/login"))
-        .form(&[("username", "ana"), ("password", "ana-demo")])
-        .send()
-        .await?;
-    let cookie = res
-        .headers()
-        .get("set-cookie")
-        .context("no session cookie")?
-        .to_str()?
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{dashboard}/ws"
-    ))?;
-    req.headers_mut().insert("cookie", cookie.parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-    ws.send(WsMessage::Text(
-        r#"{"type":"set_presence","status":"available"}"#.into(),
-    ))
-    .await?;
-    Ok(ws)
+    let directory = nwd_testkit::workspace_root().join("deploy/local/demo/directory.toml");
+    Line::start(bin_dir, log_dir, &SERVICES, &directory, &[]).await
 }
 
 /// Webhook POST → offer on the websocket, at `rate` new contacts/s for `seconds`.
@@ -174,13 +63,13 @@ async fn webhook_to_offer(
     seconds: u64,
     run: u32,
 ) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
-    let mut ws = counsellor(line.dashboard).await?;
+    let mut ws = nwd_bench::counsellor_socket(line.addr("dashboard")?, "ana", "ana-demo").await?;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let total = u64::from(rate) * seconds;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let url = format!("http://{}/v1/sms/twilio", line.gateway);
+    let url = format!("http://{}/v1/sms/twilio", line.addr("gateway")?);
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
 
     let reader_sent = sent.clone();
@@ -297,9 +186,9 @@ async fn main() -> anyhow::Result<()> {
         let line = start_line(&bin_dir, &log_dir.join(format!("rate-{rate}"))).await?;
         // Warm up connections, consumers and caches.
         let _ = webhook_to_offer(&line, 20, 1, 99).await?;
-        let _ = raw_hop(&line.nats_url, 20, 1, 99).await?;
+        let _ = raw_hop(&line.nats.url(), 20, 1, 99).await?;
         let (e2e, total, errors) = webhook_to_offer(&line, rate, args.seconds, run).await?;
-        let (hop, ack) = raw_hop(&line.nats_url, rate, args.seconds, run).await?;
+        let (hop, ack) = raw_hop(&line.nats.url(), rate, args.seconds, run).await?;
         let (p50, p99) = (e2e.value_at_quantile(0.5), e2e.value_at_quantile(0.99));
         let (h50, h99) = (hop.value_at_quantile(0.5), hop.value_at_quantile(0.99));
         println!(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
-use nwd_bench::{Procs, free_addr, hist, ms, raw_hop, rss_kib};
+use nwd_bench::{hist, ms, raw_hop, rss_kib};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 #[derive(Parser, Debug)]
@@ -43,39 +43,7 @@ struct Args {
 
 const SERVICES: [&str; 5] = ["chat", "intake", "triage", "router", "dashboard"];
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-type Sink = futures::stream::SplitSink<Ws, WsMessage>;
-
-async fn counsellor(dashboard: SocketAddr) -> anyhow::Result<Ws> {
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let res = client
-        .post(format!("http://{dashboard}/login"))
-        .form(&[("username", "ana"), ("password", "ana-demo")])
-        .send()
-        .await?;
-    let cookie = res
-        .headers()
-        .get("set-cookie")
-        .context("no session cookie")?
-        .to_str()?
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{dashboard}/ws"
-    ))?;
-    req.headers_mut().insert("cookie", cookie.parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-    ws.send(WsMessage::Text(
-        r#"{"type":"set_presence","status":"available"}"#.into(),
-    ))
-    .await?;
-    Ok(ws)
-}
+type Sink = futures::stream::SplitSink<nwd_bench::Ws, WsMessage>;
 
 /// Opens one patient session; returns its sending half (the receiving half
 /// is drained by a task, answering the server's pings).
@@ -119,63 +87,15 @@ async fn main() -> anyhow::Result<()> {
     nwd_bench::install_crypto();
     let bin_dir = nwd_bench::bin_dir(args.bin_dir.clone())?;
     let log_dir = nwd_bench::log_dir("nwd-bench-chat")?;
-    std::fs::create_dir_all(&log_dir)?;
-    let nats = nwd_testkit::NatsServer::start().await;
-    nats.set_up_bus().await;
     let directory = nwd_testkit::workspace_root().join("deploy/local/demo/directory.toml");
-    let addrs: HashMap<&str, SocketAddr> = SERVICES
-        .into_iter()
-        .map(|n| Ok((n, free_addr()?)))
-        .collect::<anyhow::Result<_>>()?;
-    let env: Vec<(String, String)> = vec![
-        (
-            "NWD_LOG".into(),
-            std::env::var("NWD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-        ),
-        ("NWD_DIRECTORY".into(), directory.display().to_string()),
-        ("NWD_CHAT_ADDR".into(), addrs["chat"].to_string()),
-        (
-            "NWD_CHAT_TOKEN_KEY".into(),
-            "bench-chat-token-key-0123456789abcdef0123".into(),
-        ),
-        // Every socket comes from 127.0.0.1.
-        (
-            "NWD_CHAT_SESSIONS_PER_ADDRESS_PER_MINUTE".into(),
-            "1000000".into(),
-        ),
-        (
-            "NWD_INTAKE_METRICS_ADDR".into(),
-            addrs["intake"].to_string(),
-        ),
-        (
-            "NWD_TRIAGE_METRICS_ADDR".into(),
-            addrs["triage"].to_string(),
-        ),
-        (
-            "NWD_ROUTER_METRICS_ADDR".into(),
-            addrs["router"].to_string(),
-        ),
-        ("NWD_DASHBOARD_ADDR".into(), addrs["dashboard"].to_string()),
-        (
-            "NWD_SESSION_KEY".into(),
-            "bench-session-key-0123456789abcdef".into(),
-        ),
-        (
-            "NWD_PSEUDONYM_KEY".into(),
-            "bench-pseudonym-key-0123456789abcdef0123".into(),
-        ),
-    ];
-    let mut procs = Procs::default();
-    let mut chat_pid = 0;
-    for name in SERVICES {
-        let mut env = env.clone();
-        env.push(("NWD_NATS_URL".into(), nats.url_for(name)));
-        let pid = procs.spawn(&bin_dir, name, &env, &log_dir)?;
-        if name == "chat" {
-            chat_pid = pid;
-        }
-    }
-    nwd_bench::wait_ready(addrs.iter().map(|(n, a)| (*n, *a))).await?;
+    // Every socket comes from 127.0.0.1.
+    let extra = [(
+        "NWD_CHAT_SESSIONS_PER_ADDRESS_PER_MINUTE",
+        "1000000".to_owned(),
+    )];
+    let line = nwd_bench::Line::start(&bin_dir, &log_dir, &SERVICES, &directory, &extra).await?;
+    let addrs = &line.addrs;
+    let chat_pid = line.pids.get("chat").copied().unwrap_or_default();
     println!(
         "nwd-bench-chat: real services from {} (logs {})",
         bin_dir.display(),
@@ -200,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let per_socket = (after.saturating_sub(before)) as f64 * 1024.0 / args.sockets as f64;
 
     // Chat message → offer, every socket still open.
-    let mut ws = counsellor(addrs["dashboard"]).await?;
+    let mut ws = nwd_bench::counsellor_socket(addrs["dashboard"], "ana", "ana-demo").await?;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let reader_sent = sent.clone();
     let seconds = args.seconds;
@@ -245,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
         sink.send(WsMessage::Text(frame.into())).await?;
     }
     let e2e = reader.await?;
-    let (hop, _) = raw_hop(&nats.url(), args.rate, args.seconds, 1).await?;
+    let (hop, _) = raw_hop(&line.nats.url(), args.rate, args.seconds, 1).await?;
     let (p50, p99) = (e2e.value_at_quantile(0.5), e2e.value_at_quantile(0.99));
     let (h50, h99) = (hop.value_at_quantile(0.5), hop.value_at_quantile(0.99));
     println!();
@@ -269,6 +189,6 @@ async fn main() -> anyhow::Result<()> {
         p50 as f64 / h50.max(1) as f64,
     );
     drop(sinks);
-    drop(procs);
+    drop(line);
     Ok(())
 }
