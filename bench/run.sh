@@ -14,6 +14,9 @@
 #   bench/run.sh chat [...]       only nwd-bench-chat: 5,000 open patient sockets on one chat, memory per
 #                                 socket, chat message → offer at 100/s (--sockets, --rate, --seconds, --smoke);
 #                                 needs `ulimit -n` above 2 × sockets
+#   bench/run.sh dashboard [...]  only nwd-bench-dashboard: 2,000 authenticated dashboard sockets on one instance,
+#                                 memory per socket, queue fan-out p50/p99, offer to screen (--users, --tabs,
+#                                 --rate, --seconds, --smoke); needs `ulimit -n` above 2 × sockets
 #   bench/run.sh shift [...]      only nwd-bench-shift: a compressed shift with counsellor bots, time to answer
 #                                 by risk under two click policies (--counsellors, --capacity, --loads,
 #                                 --conversation-secs, --reaction-secs, --seconds, --mix, --smoke); a staffing tool
@@ -32,6 +35,12 @@ if [[ "${1:-}" == "chat" ]]; then
   shift
   cargo build --release --quiet -p nwd-bench -p nwd-chat -p nwd-intake -p nwd-triage -p nwd-router -p nwd-dashboard
   exec "$BIN/nwd-bench-chat" "$@"
+fi
+if [[ "${1:-}" == "dashboard" ]]; then
+  shift
+  cargo build --release --quiet -p nwd-bench -p nwd-gateway -p nwd-intake -p nwd-triage -p nwd-router \
+    -p nwd-dashboard
+  exec "$BIN/nwd-bench-dashboard" "$@"
 fi
 if [[ "${1:-}" == "shift" ]]; then
   shift
@@ -63,5 +72,7 @@ echo
 "$BIN/nwd-bench-queue" "${smoke_args[@]}"
 echo
 "$BIN/nwd-bench-referrals" "${smoke_args[@]}"
+echo
+"$BIN/nwd-bench-dashboard" "${smoke_args[@]}"
 echo
 exec "$BIN/nwd-bench-shift" "${smoke_args[@]}"

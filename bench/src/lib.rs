@@ -133,6 +133,22 @@ pub async fn counsellor_socket(
     username: &str,
     password: &str,
 ) -> anyhow::Result<Ws> {
+    counsellor_tabs(dashboard, username, password, 1, true)
+        .await?
+        .pop()
+        .context("no socket")
+}
+
+/// Logs `username` in once and opens `tabs` websockets on that session;
+/// when `available`, the first sets them available (else they stay offline
+/// for offers, as a counsellor who has not started).
+pub async fn counsellor_tabs(
+    dashboard: SocketAddr,
+    username: &str,
+    password: &str,
+    tabs: usize,
+    available: bool,
+) -> anyhow::Result<Vec<Ws>> {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite;
     let client = reqwest::Client::builder()
@@ -152,36 +168,22 @@ pub async fn counsellor_socket(
         .next()
         .unwrap_or_default()
         .to_owned();
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
-        "ws://{dashboard}/ws"
-    ))?;
-    req.headers_mut().insert("cookie", cookie.parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-    ws.send(tungstenite::Message::Text(
-        r#"{"type":"set_presence","status":"available"}"#.into(),
-    ))
-    .await?;
-    Ok(ws)
-}
-
-/// Reads one counter or gauge from a service's Prometheus `/metrics`: the
-/// sum over the series whose name is `name` and whose labels contain every
-/// `label="value"` of `labels`.
-pub async fn metric_sum(addr: SocketAddr, name: &str, labels: &[&str]) -> anyhow::Result<f64> {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    let mut sockets = Vec::with_capacity(tabs);
+    for t in 0..tabs {
+        let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{dashboard}/ws"
+        ))?;
+        req.headers_mut().insert("cookie", cookie.parse()?);
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+        if available && t == 0 {
+            ws.send(tungstenite::Message::Text(
+                r#"{"type":"set_presence","status":"available"}"#.into(),
+            ))
+            .await?;
+        }
+        sockets.push(ws);
+    }
+    Ok(sockets)
 }
 
 /// Microseconds, 1 µs .. 20 min (constant bounds: creation cannot fail).
