@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::events::{Channel, MessageTriaged};
+use crate::handover::{Held, Left, Transfer};
 use crate::ids::{ContactId, CounsellorId, MessageId, PartnerId, ReferralId};
 use crate::ladder::Escalation;
 use crate::referral::{OutreachOpened, OutreachOutcome, Priority};
@@ -72,6 +73,12 @@ pub enum TransitionError {
     NotOutreach,
     #[error(transparent)]
     Screener(#[from] ScreenerError),
+    #[error("a transfer of this contact is already under way")]
+    TransferPending,
+    #[error("nobody the transfer names can take the contact now")]
+    NobodyToTransferTo,
+    #[error("the person has not left: there is nothing to follow up")]
+    NotLeft,
 }
 
 /// The state record of one contact.
@@ -116,6 +123,30 @@ pub struct ContactRecord {
     /// replaced the contact's `risk` (the only way a level goes down).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screener: Option<ScreenerResult>,
+    /// A transfer under way ([`crate::handover`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+    /// Held by the supervisors' switchboard: offered to supervisors only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+    /// The person left before anyone answered: in the follow-up list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<Left>,
+    /// The sender's previous contact (for "earlier contacts" on screen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ContactId>,
+    /// When the sender wrote STOP (Twilio opt-out) and not START since:
+    /// SMS to them are refused by the carrier.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub opted_out_at: Option<OffsetDateTime>,
+    /// The disposition chosen when the contact was last resolved (a
+    /// [`crate::dashboard::Disposition`] code).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<String>,
 }
 
 /// What a contact record knows of the referral it reaches out for. The
@@ -267,6 +298,12 @@ impl ContactRecord {
             emergencies: Vec::new(),
             outreach: None,
             screener: None,
+            transfer: None,
+            held: None,
+            left: None,
+            previous: m.previous,
+            opted_out_at: None,
+            disposition: None,
         };
         rec.apply_message(ev);
         rec
@@ -294,6 +331,12 @@ impl ContactRecord {
             emergencies: Vec::new(),
             outreach: Some(Outreach::of(ev)),
             screener: None,
+            transfer: None,
+            held: None,
+            left: None,
+            previous: None,
+            opted_out_at: None,
+            disposition: None,
         }
     }
 
@@ -374,6 +417,14 @@ impl ContactRecord {
         if m.received_at > self.last_message_at {
             self.last_message_at = m.received_at;
         }
+        match crate::events::opt_out_keyword(&m.body) {
+            Some(crate::events::OptOut::Stop) => {
+                self.opted_out_at.get_or_insert(m.received_at);
+            }
+            Some(crate::events::OptOut::Start) => self.opted_out_at = None,
+            None => {}
+        }
+        self.returned(m.received_at);
         if matches!(self.state, ContactState::Resolved { .. }) {
             self.state = ContactState::Waiting {
                 since: m.received_at,
@@ -471,6 +522,9 @@ impl ContactRecord {
                     since: now,
                 };
                 self.orphaned_at = None;
+                // A cold transfer or a held contact ends with the accept.
+                self.transfer = None;
+                self.held = None;
                 // An accept stops the ladder.
                 if let Some(e) = self.escalation.as_mut() {
                     e.due = None;
@@ -539,6 +593,7 @@ impl ContactRecord {
         let was = counsellor.clone();
         self.state = ContactState::Waiting { since: now };
         self.orphaned_at = None;
+        self.transfer = None;
         if let Some(e) = self.escalation.take() {
             let mut fresh = Escalation::start(e.policy, now);
             // Keep the step numbering going: step ids stay unique per contact.
@@ -562,6 +617,8 @@ impl ContactRecord {
                     by: who.clone(),
                     at: now,
                 };
+                self.transfer = None;
+                self.held = None;
                 if let Some(e) = self.escalation.as_mut() {
                     e.due = None;
                 }
@@ -674,6 +731,9 @@ pub struct ThreadRecord {
     /// Set when the contact is resolved: the sender's next message opens a new contact.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub closed_at: Option<OffsetDateTime>,
+    /// The contact this thread replaced (the sender's previous one, closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ContactId>,
 }
 
 #[cfg(test)]
@@ -698,6 +758,7 @@ mod tests {
                 body: "x".into(),
                 received_at: datetime!(2026-11-24 10:00 UTC),
                 opens_contact: true,
+                previous: None,
             },
             assessment: Assessment {
                 level,
@@ -963,5 +1024,269 @@ mod tests {
         rec.offer(&[c("ana")]).unwrap();
         rec.accept(&c("ana"), NOW).unwrap();
         assert!(!rec.owes_introduction());
+    }
+
+    /// A contact assigned to `who` (one message at `level`).
+    fn assigned(who: &str, level: RiskLevel) -> ContactRecord {
+        let mut rec = ContactRecord::open(&triaged(ContactId::new(), level, "a"));
+        rec.offer(&[c(who)]).unwrap();
+        rec.accept(&c(who), NOW).unwrap();
+        rec
+    }
+
+    fn message(rec: &ContactRecord, body: &str, at: OffsetDateTime) -> MessageTriaged {
+        let mut m = triaged(rec.id, RiskLevel::Low, "b");
+        m.message.body = body.into();
+        m.message.received_at = at;
+        m.message.opens_contact = false;
+        m
+    }
+
+    #[test]
+    fn a_screener_by_the_holder_sets_the_level_and_later_messages_raise_it_again() {
+        use crate::screener::{ScreenerAnswers, ScreenerError};
+        let mut rec = assigned("ana", RiskLevel::High);
+        let passive = ScreenerAnswers {
+            wish_dead: true,
+            thoughts: false,
+            method: None,
+            intent: None,
+            plan: None,
+            behaviour: false,
+            behaviour_recent: None,
+        };
+        assert_eq!(
+            rec.assess(&c("ben"), passive, NOW),
+            Err(TransitionError::NotAssigned)
+        );
+        let mut bad = passive;
+        bad.plan = Some(true);
+        assert_eq!(
+            rec.assess(&c("ana"), bad, NOW),
+            Err(TransitionError::Screener(ScreenerError::SkipAfterThoughts))
+        );
+        assert_eq!(
+            rec.risk,
+            RiskLevel::High,
+            "a refused screener changes nothing"
+        );
+        let result = rec.assess(&c("ana"), passive, NOW).unwrap();
+        assert_eq!(
+            (result.before, result.level),
+            (RiskLevel::High, RiskLevel::Low)
+        );
+        assert_eq!(rec.risk, RiskLevel::Low);
+        assert_eq!(rec.screener.as_ref().map(|s| &s.by), Some(&c("ana")));
+        let mut later = triaged(rec.id, RiskLevel::High, "c");
+        later.message.opens_contact = false;
+        rec.apply_message(&later);
+        assert_eq!(
+            rec.risk,
+            RiskLevel::High,
+            "triage raises from the screened level"
+        );
+    }
+
+    #[test]
+    fn a_warm_transfer_keeps_the_sender_until_a_receiver_accepts() {
+        use crate::handover::{Declined, TransferMode, TransferTarget};
+        let mut rec = assigned("ana", RiskLevel::High);
+        let target = TransferTarget::Supervisor;
+        assert_eq!(
+            rec.start_transfer(
+                &c("ben"),
+                target.clone(),
+                TransferMode::Warm,
+                &[c("sam")],
+                None,
+                NOW
+            ),
+            Err(TransitionError::NotAssigned)
+        );
+        assert_eq!(
+            rec.start_transfer(
+                &c("ana"),
+                target.clone(),
+                TransferMode::Warm,
+                &[c("ana")],
+                None,
+                NOW
+            ),
+            Err(TransitionError::NobodyToTransferTo)
+        );
+        rec.start_transfer(
+            &c("ana"),
+            target.clone(),
+            TransferMode::Warm,
+            &[c("sam"), c("sue")],
+            Some("Relapsed after detox; safety plan started".into()),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("ana")), "still with the sender");
+        assert_eq!(
+            rec.start_transfer(
+                &c("ana"),
+                target,
+                TransferMode::Warm,
+                &[c("sue")],
+                None,
+                NOW
+            ),
+            Err(TransitionError::TransferPending)
+        );
+        assert_eq!(rec.decline_transfer(&c("sam")), Ok(Declined::Pending));
+        assert_eq!(
+            rec.accept_transfer(&c("sam"), NOW),
+            Err(TransitionError::NotOffered)
+        );
+        assert_eq!(rec.accept_transfer(&c("sue"), NOW), Ok(c("ana")));
+        assert_eq!(rec.assigned_to(), Some(&c("sue")));
+        assert!(rec.transfer.is_none());
+    }
+
+    #[test]
+    fn a_warm_transfer_everyone_declines_or_the_sender_cancels_stays_with_the_sender() {
+        use crate::handover::{Declined, TransferMode, TransferTarget};
+        let mut rec = assigned("ana", RiskLevel::High);
+        let to = TransferTarget::Counsellor { id: c("ben") };
+        rec.start_transfer(
+            &c("ana"),
+            to.clone(),
+            TransferMode::Warm,
+            &[c("ben")],
+            None,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            rec.decline_transfer(&c("ben")),
+            Ok(Declined::Back(c("ana")))
+        );
+        assert_eq!(rec.assigned_to(), Some(&c("ana")));
+        assert!(rec.transfer.is_none());
+        rec.start_transfer(&c("ana"), to, TransferMode::Warm, &[c("ben")], None, NOW)
+            .unwrap();
+        assert_eq!(
+            rec.cancel_transfer(&c("ben")),
+            Err(TransitionError::NotAssigned)
+        );
+        assert_eq!(rec.cancel_transfer(&c("ana")), Ok(vec![c("ben")]));
+        assert!(rec.transfer.is_none());
+        assert_eq!(rec.assigned_to(), Some(&c("ana")));
+    }
+
+    #[test]
+    fn a_cold_transfer_lets_go_at_once_and_is_accepted_like_an_offer() {
+        use crate::handover::{TransferMode, TransferTarget};
+        let mut rec = assigned("ana", RiskLevel::High);
+        rec.escalation = Some(Escalation::start(
+            crate::ladder::LadderPolicy::default(),
+            NOW,
+        ));
+        let later = NOW + time::Duration::minutes(5);
+        let partner = TransferTarget::Partner {
+            partner: PartnerId::parse("county-hospital").unwrap(),
+        };
+        rec.start_transfer(
+            &c("ana"),
+            partner,
+            TransferMode::Cold,
+            &[c("chloe")],
+            None,
+            later,
+        )
+        .unwrap();
+        assert_eq!(offered(&rec), [c("chloe")]);
+        assert_eq!(rec.assigned_to(), None);
+        assert_eq!(
+            rec.escalation.as_ref().and_then(|e| e.due),
+            Some(later),
+            "the ladder starts again at once if nobody accepts"
+        );
+        rec.accept(&c("chloe"), later).unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("chloe")));
+        assert!(rec.transfer.is_none());
+    }
+
+    #[test]
+    fn the_switchboard_holds_waiting_contacts_and_releases_them() {
+        let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Moderate, "a"));
+        rec.offer(&[c("ana"), c("ben")]).unwrap();
+        assert_eq!(rec.hold(&c("sam"), NOW), Some(vec![c("ana"), c("ben")]));
+        assert!(
+            matches!(rec.state, ContactState::Waiting { .. }),
+            "offers withdrawn"
+        );
+        assert_eq!(rec.hold(&c("sam"), NOW), None, "held once");
+        assert!(rec.release());
+        assert!(!rec.release());
+        // A supervisor who accepts a held contact's offer takes it.
+        rec.hold(&c("sam"), NOW);
+        rec.offer(&[c("sam")]).unwrap();
+        rec.accept(&c("sam"), NOW).unwrap();
+        assert!(rec.held.is_none());
+        assert_eq!(
+            rec.hold(&c("sam"), NOW),
+            None,
+            "an assigned contact is not held"
+        );
+    }
+
+    #[test]
+    fn a_person_who_left_is_claimed_once_and_back_in_the_queue_if_they_write() {
+        use crate::handover::LeftHow;
+        let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::High, "a"));
+        rec.escalation = Some(Escalation::start(
+            crate::ladder::LadderPolicy::default(),
+            NOW,
+        ));
+        assert_eq!(rec.claim(&c("ana"), NOW), Err(TransitionError::NotLeft));
+        rec.offer(&[c("ana")]).unwrap();
+        assert_eq!(rec.leave(LeftHow::QuickExit, NOW), Some(vec![c("ana")]));
+        assert!(rec.awaits_follow_up());
+        assert_eq!(
+            rec.escalation.as_ref().and_then(|e| e.due),
+            None,
+            "nobody is rung"
+        );
+        assert_eq!(rec.leave(LeftHow::QuickExit, NOW), None);
+        // They write again before anyone claimed it: back in the queue now.
+        let back = NOW + time::Duration::minutes(1);
+        rec.apply_message(&message(&rec, "are you there", back));
+        assert!(rec.left.is_none());
+        assert_eq!(rec.escalation.as_ref().and_then(|e| e.due), Some(back));
+        // Left again, then claimed: the first claim wins.
+        rec.leave(LeftHow::QuickExit, back);
+        rec.claim(&c("ana"), back).unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("ana")));
+        assert_eq!(rec.claim(&c("ben"), back), Err(TransitionError::Taken));
+        assert_eq!(rec.claim(&c("ana"), back), Ok(()), "a retry");
+        assert!(!rec.awaits_follow_up());
+    }
+
+    #[test]
+    fn stop_and_start_keywords_set_and_clear_the_opt_out() {
+        let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Low, "a"));
+        rec.apply_message(&message(&rec, " stop ", NOW));
+        assert_eq!(rec.opted_out_at, Some(NOW));
+        rec.apply_message(&message(&rec, "please stop texting me", NOW));
+        assert_eq!(
+            rec.opted_out_at,
+            Some(NOW),
+            "only the whole message is a keyword"
+        );
+        rec.apply_message(&message(&rec, "START", NOW));
+        assert_eq!(rec.opted_out_at, None);
+        rec.apply_message(&message(&rec, "Unsubscribe.", NOW));
+        assert!(rec.opted_out_at.is_some());
+    }
+
+    #[test]
+    fn a_contact_remembers_the_senders_previous_one() {
+        let before = ContactId::new();
+        let mut first = triaged(ContactId::new(), RiskLevel::Low, "a");
+        first.message.previous = Some(before);
+        assert_eq!(ContactRecord::open(&first).previous, Some(before));
     }
 }

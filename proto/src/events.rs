@@ -366,6 +366,33 @@ pub struct ContactMessage {
     pub received_at: OffsetDateTime,
     /// True for the message that opened the contact.
     pub opens_contact: bool,
+    /// The sender's previous contact, on the message that opens a new one
+    /// (intake knows it from the sender's closed thread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ContactId>,
+}
+
+/// A Twilio opt-out or opt-in keyword (Advanced Opt-Out defaults): the
+/// whole message, trimmed, in any case. The message is still the person's
+/// message, taken and routed like any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptOut {
+    Stop,
+    Start,
+}
+
+/// Twilio's default keywords: STOP, STOPALL, UNSUBSCRIBE, CANCEL, END,
+/// QUIT (opt out); START, YES, UNSTOP (opt back in).
+pub fn opt_out_keyword(body: &str) -> Option<OptOut> {
+    let word = body
+        .trim()
+        .trim_end_matches(['.', '!'])
+        .to_ascii_uppercase();
+    match word.as_str() {
+        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" => Some(OptOut::Stop),
+        "START" | "YES" | "UNSTOP" => Some(OptOut::Start),
+        _ => None,
+    }
 }
 
 impl Event for ContactMessage {

@@ -14,6 +14,7 @@ pub mod deadletter;
 pub mod directory;
 pub mod envelope;
 pub mod events;
+pub mod handover;
 pub mod ids;
 pub mod ladder;
 pub mod phone;

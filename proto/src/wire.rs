@@ -243,6 +243,13 @@ pub mod key {
         contact.to_string()
     }
 
+    /// The line's switchboard record ([`crate::handover::Switchboard`]) in
+    /// the `contacts` bucket: not a contact id, so a watch of contacts
+    /// tells it apart.
+    pub fn switchboard() -> String {
+        "line.switchboard".to_owned()
+    }
+
     /// `presence` bucket: a counsellor's presence.
     pub fn presence(counsellor: &CounsellorId) -> String {
         counsellor.as_str().to_owned()

@@ -635,6 +635,7 @@ mod disclosures {
                 body: "hola".into(),
                 received_at: at - Duration::minutes(5),
                 opens_contact: true,
+                previous: None,
             },
             assessment: Assessment {
                 level: RiskLevel::High,

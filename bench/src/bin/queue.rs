@@ -222,6 +222,7 @@ fn triaged(
             body: format!("q{i} I need to talk to someone tonight"),
             received_at: at,
             opens_contact: true,
+            previous: None,
         },
         assessment: Assessment {
             level,

@@ -183,6 +183,7 @@ pub fn contact(
             body: "x".into(),
             received_at: at,
             opens_contact: true,
+            previous: None,
         },
         assessment: Assessment {
             level: risk,

@@ -265,6 +265,7 @@ fn rising_to_imminent_while_waiting_broadcasts_at_once() {
             body: "x".into(),
             received_at: later,
             opens_contact: false,
+            previous: None,
         },
         assessment: nwd_proto::Assessment {
             level: RiskLevel::Imminent,
@@ -496,7 +497,7 @@ mod props {
                                 message_id: nwd_proto::MessageId::new(),
                                 channel: rec.channel.clone(),
                                 door: None, patient: None, body: "x".into(),
-                                received_at: now, opens_contact: false,
+                                received_at: now, opens_contact: false, previous: None,
                             },
                             assessment: nwd_proto::Assessment {
                                 level, score: 0.5, reasons: vec![], lang: Language::En,

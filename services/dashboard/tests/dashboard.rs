@@ -275,6 +275,7 @@ fn triaged(contact: ContactId, body: &str) -> MessageTriaged {
             body: body.to_owned(),
             received_at: OffsetDateTime::now_utc(),
             opens_contact: true,
+            previous: None,
         },
         assessment: Assessment {
             level: RiskLevel::High,

@@ -101,6 +101,7 @@ impl ChatHandler {
             body,
             received_at: ev.received_at,
             opens_contact,
+            previous: thread.previous.filter(|_| opens_contact),
         };
         let published = bus::publish(
             &self.js,

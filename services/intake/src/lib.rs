@@ -306,12 +306,13 @@ pub fn decide_thread(
 ) -> Cas<ThreadRecord, ThreadRecord> {
     match current {
         Some(t) if t.closed_at.is_none_or(|closed| received_at < closed) => Cas::Keep(t),
-        _ => {
+        previous => {
             let t = ThreadRecord {
                 contact_id: ContactId::new(),
                 opened_at: received_at,
                 opened_by: message_id,
                 closed_at: None,
+                previous: previous.map(|p| p.contact_id),
             };
             Cas::Write(t.clone(), t)
         }
@@ -341,12 +342,13 @@ pub fn decide_referral_thread(
     match current {
         Some(t) if t.contact_id == contact_id => Cas::Keep(ReferralThread::Opened),
         Some(t) if t.closed_at.is_none() => Cas::Keep(ReferralThread::Joins(t.contact_id)),
-        _ => Cas::Write(
+        previous => Cas::Write(
             ThreadRecord {
                 contact_id,
                 opened_at: received_at,
                 opened_by: wire::outreach_thread_opener(referral),
                 closed_at: None,
+                previous: previous.map(|p| p.contact_id),
             },
             ReferralThread::Opened,
         ),
@@ -487,6 +489,7 @@ impl SmsHandler {
             body: sms.body.clone(),
             received_at: sms.received_at,
             opens_contact,
+            previous: thread.previous.filter(|_| opens_contact),
         };
         let published = bus::publish(
             &self.js,
@@ -799,6 +802,9 @@ mod tests {
         };
         assert_ne!(new.contact_id, open.contact_id);
         assert_eq!(new.opened_by, m2);
+        // It remembers the contact it replaced (for "earlier contacts").
+        assert_eq!(new.previous, Some(open.contact_id));
+        assert_eq!(open.previous, None);
     }
 
     #[test]
@@ -808,6 +814,7 @@ mod tests {
             opened_at: datetime!(2026-11-24 10:00 UTC),
             opened_by: MessageId::new(),
             closed_at: None,
+            previous: None,
         };
         let at = datetime!(2026-11-24 11:00 UTC);
         assert!(matches!(

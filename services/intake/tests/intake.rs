@@ -298,6 +298,9 @@ async fn resolution_closes_the_thread_and_the_next_sms_opens_a_new_contact() {
     let m2 = message_for(&js, &second).await;
     assert_ne!(m2.contact_id, m1.contact_id);
     assert!(m2.opens_contact);
+    // The new contact names the one it follows ("earlier contacts" on screen).
+    assert_eq!(m2.previous, Some(m1.contact_id));
+    assert_eq!(m1.previous, None);
 
     // A redelivered resolution of the old contact does not close the new one.
     let again = Envelope::new(resolved(m1.contact_id));
@@ -315,6 +318,7 @@ async fn resolution_closes_the_thread_and_the_next_sms_opens_a_new_contact() {
     let m3 = message_for(&js, &third).await;
     assert_eq!(m3.contact_id, m2.contact_id);
     assert!(!m3.opens_contact);
+    assert_eq!(m3.previous, None, "only the opening message names it");
 
     intake.stop().await;
 }

@@ -15,7 +15,10 @@ pub fn withdraw_reason(e: &TransitionError) -> WithdrawReason {
         TransitionError::NotOffered
         | TransitionError::NotAssigned
         | TransitionError::NotOutreach
-        | TransitionError::Screener(_) => WithdrawReason::Expired,
+        | TransitionError::Screener(_)
+        | TransitionError::TransferPending
+        | TransitionError::NobodyToTransferTo
+        | TransitionError::NotLeft => WithdrawReason::Expired,
     }
 }
 

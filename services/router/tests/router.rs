@@ -329,6 +329,7 @@ fn triaged(contact: ContactId, level: RiskLevel, lang: Language, body: &str) -> 
             body: body.to_owned(),
             received_at: OffsetDateTime::now_utc(),
             opens_contact: true,
+            previous: None,
         },
         assessment: Assessment {
             level,

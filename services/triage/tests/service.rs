@@ -72,6 +72,7 @@ fn contact_message(body: &str) -> ContactMessage {
         body: body.to_owned(),
         received_at: time::OffsetDateTime::now_utc(),
         opens_contact: true,
+        previous: None,
     }
 }
 
