@@ -138,6 +138,10 @@ pub struct ReadMark {
     pub upto: u64,
 }
 
+impl crate::envelope::Event for ReadMark {
+    const TYPE: &'static str = "chat.read_mark";
+}
+
 /// Dashboard → chat ([`crate::subjects::chat_read`]): the counsellor
 /// holding the session's contact has read the person's messages up to
 /// `upto`. The chat answers [`ReadAnswer`] once the mark is kept.

@@ -64,7 +64,11 @@ fn name_bits(name: &str) -> u128 {
 }
 
 /// The message id of web-chat input `seq` of `session` (intake's).
-pub fn chat_message_id(session: &ChatSessionId, seq: u64, received_at: OffsetDateTime) -> MessageId {
+pub fn chat_message_id(
+    session: &ChatSessionId,
+    seq: u64,
+    received_at: OffsetDateTime,
+) -> MessageId {
     received_message_id(&msg_id::inbound_chat(session, seq), received_at)
 }
 

@@ -53,12 +53,7 @@ pub fn status(floor: &Floor) -> LineStatus {
 
 /// Whether `now` must be published after `last` (none yet, figures
 /// changed, or the steady interval `every` passed since `last_sent`).
-fn due(
-    last: Option<&LineStatus>,
-    now: &LineStatus,
-    since_sent: Duration,
-    every: Duration,
-) -> bool {
+fn due(last: Option<&LineStatus>, now: &LineStatus, since_sent: Duration, every: Duration) -> bool {
     last.is_none_or(|l| !l.same_figures(now)) || since_sent >= every
 }
 
@@ -83,7 +78,10 @@ pub async fn publish(
             continue;
         }
         let payload = Envelope::new(now.clone()).to_bytes();
-        match client.publish(subjects::line_status(), payload.into()).await {
+        match client
+            .publish(subjects::line_status(), payload.into())
+            .await
+        {
             Ok(()) => {
                 metrics::counter!("nwd_router_line_status_published_total", "service" => NAME)
                     .increment(1);
@@ -108,7 +106,8 @@ mod tests {
     use super::*;
 
     fn demo() -> nwd_proto::directory::Directory {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/demo/directory.toml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/demo/directory.toml");
         nwd_runtime::directory::load(&path).unwrap()
     }
 
