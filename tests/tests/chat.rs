@@ -2,7 +2,10 @@
 //! offered to a counsellor like an SMS and the reply comes back on the
 //! patient's socket; a dropped socket resumes with nothing lost or doubled
 //! either way; expired, forged and quick-exited tokens open nothing; a
-//! foreign page cannot open the socket; limits are told in plain words.
+//! foreign page cannot open the socket; limits are told in plain words; a
+//! waiting person is told an honest wait estimate; the person's messages
+//! are marked seen only once the counsellor holding the chat read them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
 use std::time::Duration;
