@@ -3,7 +3,9 @@
 // history; keyboard-only use; axe-core finds no serious or critical
 // accessibility violation (English and Spanish); quick exit (Escape) clears
 // the screen, the tab's storage and the history entry, and the counsellor is
-// told the person left quickly.
+// told the person left quickly. While waiting, the status shows an honest
+// wait estimate; a message shows "Seen" only once the counsellor read it
+// (their conversation on screen), and again after a reload.
 // Usage: DASHBOARD=http://… CHAT=http://… SCREENSHOT_DIR=… node chat.mjs
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync } from "node:fs";
@@ -45,8 +47,15 @@ try {
   await dash.getByTestId("login-username").fill("ben");
   await dash.getByTestId("login-password").fill("ben-demo");
   await dash.getByTestId("login-submit").click();
-  await dash.getByTestId("presence-available").click();
-  step("counsellor logged in and available");
+  step("counsellor logged in, not available yet");
+
+  // Someone else is already waiting (another phone).
+  const otherCtx = await browser.newContext({ viewport: { width: 390, height: 780 }, isMobile: true, hasTouch: true });
+  const other = await otherCtx.newPage();
+  await other.goto(`${CHAT}/`);
+  await other.locator("#text").fill("hello? is anyone reading these");
+  await other.locator("#send").click();
+  await other.locator("#log li.me").getByText("Sent ✓").waitFor({ timeout: 10_000 });
 
   // A phone-sized patient: the chat page of the clinic's door.
   const phoneCtx = await browser.newContext({ viewport: { width: 390, height: 780 }, isMobile: true, hasTouch: true });
@@ -69,8 +78,24 @@ try {
   await chat.locator("#log li.me", { hasText: first }).getByText("Sent ✓").waitFor({ timeout: 10_000 });
   step("patient sent a message with the keyboard only; stored (Sent ✓)");
 
+  // Waiting: the line's figures, in plain words, and how to get help now.
+  const waiting = chat.locator("#status");
+  await waiting.getByText(/About \d+ people are waiting\./).waitFor({ timeout: 15_000 });
+  const words = await waiting.innerText();
+  if (!words.includes("a counsellor will answer here") || !words.includes("If you are in danger now, call")) {
+    throw new Error(`the wait estimate leaves out what matters: ${words}`);
+  }
+  if (/nobody|no one/i.test(words)) throw new Error(`the wait estimate says nobody: ${words}`);
+  step(`waiting: "${words}"`);
+  await dash.getByTestId("presence-available").click();
+  step("counsellor available");
+
   const offer = dash.getByTestId("offer").filter({ hasText: first });
   await offer.waitFor({ timeout: 10_000 });
+  // Offered is not read: the message is stored, not seen.
+  if (await chat.locator("#log li.me", { hasText: first }).getByText("Seen ✓✓").count()) {
+    throw new Error("seen before the counsellor opened the conversation");
+  }
   await offer.getByTestId("accept").click();
   const conv = dash.getByTestId("conversation").filter({ hasText: first });
   await conv.waitFor({ timeout: 10_000 });
@@ -80,6 +105,11 @@ try {
   await chat.locator("#log li.counsellor", { hasText: reply }).waitFor({ timeout: 10_000 });
   await chat.locator("#log li.line", { hasText: "A counsellor has joined" }).waitFor({ timeout: 10_000 });
   step("counsellor accepted and replied; the reply and the joined note show in the chat");
+  await chat.locator("#log li.me", { hasText: first }).getByText("Seen ✓✓").waitFor({ timeout: 10_000 });
+  if (await other.locator("#log li.me").getByText("Seen ✓✓").count()) {
+    throw new Error("a message nobody opened shows seen");
+  }
+  step("the message shows Seen once the counsellor has the conversation on screen; the other person's does not");
   if (DOCS_SHOT) await chat.screenshot({ path: DOCS_SHOT, fullPage: true });
   await chat.screenshot({ path: join(SHOTS, "chat.png"), fullPage: true });
 
@@ -105,7 +135,8 @@ try {
   const order = await chat.locator("#log li").evaluateAll((els) => els.map((e) => e.className));
   // Written, joined, answered, written offline: in that order, as it happened.
   if (order.join(",") !== "me,line,counsellor,me") throw new Error(`history out of order: ${order}`);
-  step("reload: history shown in order, nothing doubled");
+  await chat.locator("#log li.me", { hasText: first }).getByText("Seen ✓✓").waitFor({ timeout: 10_000 });
+  step("reload: history shown in order, nothing doubled, the read mark kept");
 
   // Spanish.
   await chat.locator("#lang").click();
@@ -157,6 +188,7 @@ try {
   if (partner.url().endsWith("/demo")) throw new Error("quick exit left the partner page in place");
   if (await partner.locator("iframe").count()) throw new Error("the chat frame is still there");
   step(`quick exit in the embedded chat replaced the partner page (now ${partner.url()})`);
+  await otherCtx.close();
   console.log("browser chat walkthrough passed");
 } catch (e) {
   failed = true;
