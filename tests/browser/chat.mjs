@@ -47,9 +47,10 @@ try {
   await dash.getByTestId("login-username").fill("ben");
   await dash.getByTestId("login-password").fill("ben-demo");
   await dash.getByTestId("login-submit").click();
-  step("counsellor logged in, not available yet");
+  await dash.getByTestId("presence-available").click();
+  step("counsellor logged in and available");
 
-  // Someone else is already waiting (another phone).
+  // Someone else is already waiting (another phone; offered, never accepted).
   const otherCtx = await browser.newContext({ viewport: { width: 390, height: 780 }, isMobile: true, hasTouch: true });
   const other = await otherCtx.newPage();
   await other.goto(`${CHAT}/`);
@@ -86,9 +87,7 @@ try {
     throw new Error(`the wait estimate leaves out what matters: ${words}`);
   }
   if (/nobody|no one/i.test(words)) throw new Error(`the wait estimate says nobody: ${words}`);
-  step(`waiting: "${words}"`);
-  await dash.getByTestId("presence-available").click();
-  step("counsellor available");
+  step(`waiting (offered, not yet accepted): "${words}"`);
 
   const offer = dash.getByTestId("offer").filter({ hasText: first });
   await offer.waitFor({ timeout: 10_000 });
@@ -132,11 +131,34 @@ try {
   const replies = await chat.locator("#log li.counsellor").count();
   const mine = await chat.locator("#log li.me").count();
   if (replies !== 1 || mine !== 2) throw new Error(`after reload: ${mine} own and ${replies} replies, expected 2 and 1`);
-  const order = await chat.locator("#log li").evaluateAll((els) => els.map((e) => e.className));
+  // The line's own notices while waiting (the ladder's acknowledgement) aside.
+  const order = await chat.locator("#log li").evaluateAll((els) => els
+    .map((e) => e.className !== "line" ? e.className : e.textContent.includes("has joined") ? "joined" : null)
+    .filter((c) => c));
   // Written, joined, answered, written offline: in that order, as it happened.
-  if (order.join(",") !== "me,line,counsellor,me") throw new Error(`history out of order: ${order}`);
+  if (order.join(",") !== "me,joined,counsellor,me") throw new Error(`history out of order: ${order}`);
   await chat.locator("#log li.me", { hasText: first }).getByText("Seen ✓✓").waitFor({ timeout: 10_000 });
   step("reload: history shown in order, nothing doubled, the read mark kept");
+
+  // The counsellor's page out of view: a new message is not read, even
+  // when they answer; it is once the page is back in view.
+  const visibility = (state) => dash.evaluate((s) => {
+    Object.defineProperty(document, "visibilityState", { value: s, configurable: true });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, state);
+  await visibility("hidden");
+  const unread = "are you still there?";
+  await chat.locator("#text").fill(unread);
+  await chat.locator("#send").click();
+  await conv.getByText(unread).waitFor({ timeout: 10_000 });
+  const answer = "Yes, I'm still here with you.";
+  await conv.getByTestId("reply-input").fill(answer);
+  await conv.getByTestId("reply-send").click();
+  await chat.locator("#log li.counsellor", { hasText: answer }).waitFor({ timeout: 10_000 });
+  await chat.locator("#log li.me", { hasText: unread }).getByText("Sent ✓").waitFor({ timeout: 5_000 });
+  await visibility("visible");
+  await chat.locator("#log li.me", { hasText: unread }).getByText("Seen ✓✓").waitFor({ timeout: 10_000 });
+  step("a message the counsellor's hidden page showed is seen only once the page is in view");
 
   // Spanish.
   await chat.locator("#lang").click();
@@ -188,6 +210,10 @@ try {
   if (partner.url().endsWith("/demo")) throw new Error("quick exit left the partner page in place");
   if (await partner.locator("iframe").count()) throw new Error("the chat frame is still there");
   step(`quick exit in the embedded chat replaced the partner page (now ${partner.url()})`);
+  // The other person still waits; in Spanish the estimate is in Spanish.
+  await other.locator("#lang").click();
+  await other.locator("#status").getByText(/Tu mensaje está con la línea.*Si estás en peligro ahora, llama al 911/).waitFor({ timeout: 10_000 });
+  step(`waiting, in Spanish: "${await other.locator("#status").innerText()}"`);
   await otherCtx.close();
   console.log("browser chat walkthrough passed");
 } catch (e) {
