@@ -736,7 +736,7 @@ fn read_count(metrics: &str, outcome: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_person_sees_their_messages_seen_only_once_the_counsellor_holding_the_chat_read_them() {
     nwd_runtime::telemetry::metrics_handle();
-    let line = Line::start().await;
+    let mut line = Line::start().await;
     let mut ana = Counsellor::available(&line, "ana").await;
     let (mut patient, token, _session) = ChatPatient::start(&line, None).await;
     patient.say(1, "first: I can't sleep again").await;
@@ -812,7 +812,7 @@ async fn the_person_sees_their_messages_seen_only_once_the_counsellor_holding_th
     assert_eq!(upto, 1, "ben's read of message 2 was not kept");
     ana.send(&ClientMsg::Read {
         contact_id: offer.contact_id,
-        upto: second,
+        upto: second.clone(),
     })
     .await;
     patient
@@ -829,6 +829,30 @@ async fn the_person_sees_their_messages_seen_only_once_the_counsellor_holding_th
         ServerFrame::Welcome { read_upto, .. } => assert_eq!(read_upto, 2),
         other => panic!("no welcome: {other:?}"),
     }
+
+    // What is not a message id, and a message id of no message of this
+    // chat, mark nothing; with no chat to keep the mark, it is not kept.
+    let metrics = dashboard_metrics(&line).await;
+    assert!(read_count(&metrics, "bad-message") >= 1, "{metrics}");
+    ana.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: nwd_proto::MessageId::new().to_string(),
+    })
+    .await;
+    nwd_testkit::eventually(T, "a foreign message id refused", || async {
+        (read_count(&dashboard_metrics(&line).await, "refused") >= 3).then_some(())
+    })
+    .await;
+    line.stop("chat").await;
+    ana.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: second,
+    })
+    .await;
+    nwd_testkit::eventually(T, "a read with no chat to keep it", || async {
+        (read_count(&dashboard_metrics(&line).await, "chat-unavailable") >= 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,10 +56,16 @@ fn config(nats: &NatsServer, addr: SocketAddr) -> Config {
 }
 
 async fn start(nats: &NatsServer) -> Chat {
+    start_with(nats, |_| {}).await
+}
+
+async fn start_with(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> Chat {
     let listener = nwd_testkit::listener().await;
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(nwd_chat::run(config(nats, addr), listener, stop.clone()));
+    let mut config = config(nats, addr);
+    adjust(&mut config);
+    tokio::spawn(nwd_chat::run(config, listener, stop.clone()));
     nwd_testkit::wait_ready(addr).await;
     Chat { addr, stop }
 }
@@ -586,5 +592,60 @@ async fn a_waiting_person_is_told_the_line_status_as_it_changes_and_unknown_figu
     assert!(
         metrics.contains("nwd_chat_wait_estimates_total"),
         "{metrics}"
+    );
+}
+
+async fn resume(chat: &Chat, token: &str) -> Option<ServerFrame> {
+    let mut ws = open(chat).await;
+    send(
+        &mut ws,
+        &ClientFrame::Hello {
+            token: Some(token.to_owned()),
+            last_seen: 0,
+        },
+    )
+    .await;
+    next(&mut ws).await
+}
+
+#[tokio::test]
+async fn activity_keeps_a_token_alive_up_to_its_cap_and_an_expired_token_stays_refused() {
+    let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
+    // Two seconds after the last activity, four at most from the start.
+    let chat = start_with(&nats, |c| {
+        c.session_ttl_secs = 2;
+        c.session_max_secs = 4;
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let (mut ws, token, _) = new_session(&chat).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    say(&mut ws, 1).await;
+    drop(ws);
+    // Past the first two seconds: the message moved the expiry on.
+    tokio::time::sleep_until(started + Duration::from_millis(2500)).await;
+    assert!(
+        matches!(
+            resume(&chat, &token).await,
+            Some(ServerFrame::Welcome { .. })
+        ),
+        "a message extends the token"
+    );
+    // Past the cap, however active: refused, and it stays refused.
+    tokio::time::sleep_until(started + Duration::from_millis(4300)).await;
+    let refused = |f: Option<ServerFrame>| {
+        matches!(
+            f,
+            Some(ServerFrame::Refused {
+                reason: Refusal::Expired | Refusal::UnknownToken,
+                ..
+            })
+        )
+    };
+    assert!(refused(resume(&chat, &token).await), "the cap holds");
+    assert!(
+        refused(resume(&chat, &token).await),
+        "an expired token stays refused"
     );
 }
