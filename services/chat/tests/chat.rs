@@ -421,6 +421,7 @@ async fn read_request(
 
 #[tokio::test]
 async fn a_read_mark_is_kept_only_raised_told_to_the_socket_and_given_back_in_the_welcome() {
+    nwd_runtime::telemetry::metrics_handle();
     let nats = NatsServer::start().await;
     nats.set_up_bus().await;
     let chat = start(&nats).await;
@@ -489,6 +490,18 @@ async fn a_read_mark_is_kept_only_raised_told_to_the_socket_and_given_back_in_th
     )
     .unwrap();
     assert_eq!(kept.upto, 3);
+    let metrics = reqwest::get(format!("http://{}/metrics", chat.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for counted in [
+        "nwd_chat_read_marks_total",
+        "nwd_chat_read_requests_total{service=\"chat\",outcome=\"malformed\"}",
+    ] {
+        assert!(metrics.contains(counted), "{counted}: {metrics}");
+    }
 }
 
 fn status(waiting: u32, typical_wait_secs: Option<u64>) -> LineStatus {
