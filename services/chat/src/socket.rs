@@ -254,6 +254,12 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
                 if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
                     return;
                 }
+                // Figures that went stale (no router) are told as unknown.
+                if let Some(estimate) = conversation.wait_estimate()
+                    && socket.send(text(&estimate)).await.is_err()
+                {
+                    return;
+                }
             }
             Some(_) = async {
                 match typing.as_mut() {
