@@ -14,6 +14,12 @@
 //! and number stores a resend once). The page acks our messages
 //! ([`ClientFrame::Ack`]) and resumes from the highest it saw: none lost,
 //! none doubled, either way.
+//!
+//! While the person waits for a counsellor the server tells the line's
+//! figures ([`ServerFrame::WaitEstimate`], from the router's
+//! [`crate::router::LineStatus`]); the counsellor's read mark
+//! ([`ReadMark`], kept in the session bucket) comes in `Welcome` and then as
+//! [`ServerFrame::Seen`].
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -32,6 +38,7 @@ pub struct ChatSessionRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// After this the token is refused (the bucket also drops old entries).
+    /// Activity moves it on (sliding), never past the cap from `created_at`.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
