@@ -14,6 +14,12 @@
 //! and number stores a resend once). The page acks our messages
 //! ([`ClientFrame::Ack`]) and resumes from the highest it saw: none lost,
 //! none doubled, either way.
+//!
+//! While the person waits for a counsellor the server tells the line's
+//! figures ([`ServerFrame::WaitEstimate`], from the router's
+//! [`crate::router::LineStatus`]); the counsellor's read mark
+//! ([`ReadMark`], kept in the session bucket) comes in `Welcome` and then as
+//! [`ServerFrame::Seen`].
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -32,6 +38,7 @@ pub struct ChatSessionRecord {
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     /// After this the token is refused (the bucket also drops old entries).
+    /// Activity moves it on (sliding), never past the cap from `created_at`.
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
@@ -85,6 +92,10 @@ pub enum ServerFrame {
         #[serde(default)]
         stored: Vec<u64>,
         mine: Vec<OwnMessage>,
+        /// The counsellor has read the person's messages up to this
+        /// sequence number (0: none yet); later marks come as [`ServerFrame::Seen`].
+        #[serde(default)]
+        read_upto: u64,
     },
     /// The page's message `seq` is stored.
     Ack { seq: u64 },
@@ -102,6 +113,20 @@ pub enum ServerFrame {
     },
     /// The counsellor is typing (shown for a few seconds).
     Typing,
+    /// The counsellor has read the person's messages up to `upto` (the
+    /// page's sequence number); only ever raised.
+    Seen { upto: u64 },
+    /// While the person waits for a counsellor: how the line is doing now.
+    /// `None`s when the line's figures are not known (the page then says
+    /// the message is with the line and a counsellor will answer).
+    WaitEstimate {
+        /// People waiting for a counsellor now, this person included.
+        #[serde(default)]
+        waiting: Option<u32>,
+        /// The typical recent wait until a counsellor answered, in seconds.
+        #[serde(default)]
+        typical_wait_secs: Option<u64>,
+    },
     /// Something was not done, with words for the person.
     Refused {
         reason: Refusal,
@@ -110,6 +135,44 @@ pub enum ServerFrame {
         seq: Option<u64>,
         text: String,
     },
+}
+
+/// How far the counsellor has read a session's messages, in the
+/// `chat_sessions` bucket ([`crate::wire::key::chat_read_mark`]): raised by
+/// compare-and-swap, never lowered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMark {
+    pub upto: u64,
+}
+
+impl crate::envelope::Event for ReadMark {
+    const TYPE: &'static str = "chat.read_mark";
+}
+
+/// Dashboard → chat ([`crate::subjects::chat_read`]): the counsellor
+/// holding the session's contact has read the person's messages up to
+/// `upto`. The chat answers [`ReadAnswer`] once the mark is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub session: ChatSessionId,
+    pub upto: u64,
+}
+
+impl crate::envelope::Event for ReadRequest {
+    const TYPE: &'static str = "chat.read";
+}
+
+/// Chat → dashboard: the session's read mark as kept (at least the
+/// request's), or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum ReadAnswer {
+    Kept { upto: u64 },
+    Failed { reason: String },
+}
+
+impl crate::envelope::Event for ReadAnswer {
+    const TYPE: &'static str = "chat.read_answer";
 }
 
 /// One of the person's own messages, as stored.
@@ -224,5 +287,28 @@ mod tests {
         assert!(json.contains(r#""type":"refused""#), "{json}");
         assert!(json.contains(r#""reason":"too_long""#), "{json}");
         assert_eq!(serde_json::from_str::<ServerFrame>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn a_welcome_from_before_read_marks_reads_as_nothing_read_yet() {
+        let session = ChatSessionId::new();
+        let old = format!(
+            r#"{{"type":"welcome","session":"{session}","stored_seq":2,"stored":[1,2],"mine":[]}}"#
+        );
+        match serde_json::from_str::<ServerFrame>(&old).unwrap() {
+            ServerFrame::Welcome { read_upto, .. } => assert_eq!(read_upto, 0),
+            other => panic!("{other:?}"),
+        }
+        let seen = serde_json::to_string(&ServerFrame::Seen { upto: 3 }).unwrap();
+        assert_eq!(seen, r#"{"type":"seen","upto":3}"#);
+        let unknown = serde_json::to_string(&ServerFrame::WaitEstimate {
+            waiting: None,
+            typical_wait_secs: None,
+        })
+        .unwrap();
+        assert_eq!(
+            unknown,
+            r#"{"type":"wait_estimate","waiting":null,"typical_wait_secs":null}"#
+        );
     }
 }

@@ -107,6 +107,15 @@ pub enum ClientMsg {
     Typing {
         contact_id: ContactId,
     },
+    /// The counsellor has `contact_id`'s conversation on screen (page
+    /// visible) down to the person's message `upto` (its
+    /// [`MessageView::id`]): a person in the web chat sees their messages up
+    /// to that one "Seen". Only from the counsellor holding the contact;
+    /// nothing for other channels.
+    Read {
+        contact_id: ContactId,
+        upto: String,
+    },
 }
 
 /// How a conversation ended, chosen when resolving it.

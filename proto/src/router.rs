@@ -126,3 +126,40 @@ pub enum RouterReply {
 impl Event for RouterReply {
     const TYPE: &'static str = "router.reply";
 }
+
+/// The line's status as the router sees it (core NATS,
+/// [`crate::subjects::line_status`]): counts and a duration only, nothing
+/// about any person. Published when it changes and at a steady interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineStatus {
+    /// Contacts waiting for a counsellor (queued or offered), per risk level.
+    pub waiting: Vec<(crate::RiskLevel, u32)>,
+    /// Counsellors available now (status and fresh heartbeat).
+    pub counsellors_available: u32,
+    /// Free seats among them (capacity minus open conversations).
+    pub free_seats: u32,
+    /// Median wait until an accept over recent contacts, if known.
+    #[serde(default)]
+    pub typical_wait_secs: Option<u64>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+}
+
+impl LineStatus {
+    /// Everyone waiting, whatever their risk.
+    pub fn waiting_total(&self) -> u32 {
+        self.waiting.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The same figures (the time aside): nothing worth publishing changed.
+    pub fn same_figures(&self, other: &LineStatus) -> bool {
+        self.waiting == other.waiting
+            && self.counsellors_available == other.counsellors_available
+            && self.free_seats == other.free_seats
+            && self.typical_wait_secs == other.typical_wait_secs
+    }
+}
+
+impl Event for LineStatus {
+    const TYPE: &'static str = "line.status";
+}

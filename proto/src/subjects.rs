@@ -59,6 +59,31 @@ pub fn chat_typing(session: &ChatSessionId) -> String {
     format!("{ROOT}.chat.typing.{session}")
 }
 
+/// Core NATS (not stored): the counsellor holding a chat contact has read
+/// the person's messages up to one; dashboard → chat (request/reply, queue
+/// group [`CHAT_QUEUE_GROUP`]: one chat instance keeps the mark and answers).
+pub fn chat_read(session: &ChatSessionId) -> String {
+    format!("{ROOT}.chat.read.{session}")
+}
+
+/// Every session's read requests (the chat service's subscription).
+pub fn chat_read_all() -> String {
+    format!("{ROOT}.chat.read.*")
+}
+
+/// Core NATS (not stored): a session's read mark was raised and kept;
+/// chat → the chat instance holding the session's socket.
+pub fn chat_seen(session: &ChatSessionId) -> String {
+    format!("{ROOT}.chat.seen.{session}")
+}
+
+/// Core NATS (not stored): the line's status (waiting counts, counsellors
+/// free, recent typical wait; no personal data), from the router on change
+/// and at a steady interval; the chat's honest wait estimate.
+pub fn line_status() -> String {
+    format!("{ROOT}.line.status")
+}
+
 /// A partner referral taken by the gateway (INBOUND).
 pub fn inbound_referral() -> String {
     format!("{ROOT}.inbound.referral")
@@ -193,6 +218,9 @@ pub fn router_command() -> String {
 
 /// Queue group of router replicas answering commands.
 pub const ROUTER_QUEUE_GROUP: &str = "router";
+
+/// Queue group of the chat instances answering read requests.
+pub const CHAT_QUEUE_GROUP: &str = "chat";
 
 /// The last token of a subject (the id for per-entity subjects).
 pub fn last_token(subject: &str) -> &str {

@@ -43,6 +43,47 @@ pub fn outreach_thread_opener(referral: &ReferralId) -> MessageId {
     MessageId::derived(&format!("outreach:{referral}"))
 }
 
+/// The id of a received message: time-ordered by `received_at` (ms), its
+/// random bits from `name` (a Twilio SID, or a chat session and sequence
+/// number), so a redelivered or resent message gets the same id.
+pub fn received_message_id(name: &str, received_at: OffsetDateTime) -> MessageId {
+    const MAX_MS: i128 = (1 << 48) - 1;
+    let ms = (received_at.unix_timestamp_nanos() / 1_000_000).clamp(0, MAX_MS);
+    // `ms` is clamped to 48 bits, so the conversion cannot fail.
+    let ms = u64::try_from(ms).unwrap_or(0);
+    MessageId::from_ulid(ulid::Ulid::from_parts(ms, name_bits(name)))
+}
+
+/// The 80 random bits of a received message's id named `name`.
+fn name_bits(name: &str) -> u128 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    digest[..10]
+        .iter()
+        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+}
+
+/// The message id of web-chat input `seq` of `session` (intake's).
+pub fn chat_message_id(
+    session: &ChatSessionId,
+    seq: u64,
+    received_at: OffsetDateTime,
+) -> MessageId {
+    received_message_id(&msg_id::inbound_chat(session, seq), received_at)
+}
+
+/// Page sequence numbers a chat session can reach: more than a day of
+/// messages at the highest rate a session may send.
+pub const MAX_CHAT_SEQ: u64 = 50_000;
+
+/// The page's sequence number of `session`'s message `id` (the inverse of
+/// [`chat_message_id`]), trying 1 to [`MAX_CHAT_SEQ`]; `None` when `id` is
+/// no message of that session.
+pub fn chat_message_seq(session: &ChatSessionId, id: &MessageId) -> Option<u64> {
+    let bits = id.ulid().random();
+    (1..=MAX_CHAT_SEQ).find(|seq| name_bits(&msg_id::inbound_chat(session, *seq)) == bits)
+}
+
 /// `Nats-Msg-Id`s: the idempotency key of each publish.
 pub mod msg_id {
     use super::*;
@@ -283,6 +324,13 @@ pub mod key {
         format!("t.{token_hash_hex}")
     }
 
+    /// `chat_sessions` bucket: how far the counsellor has read a session's
+    /// messages ([`crate::chat::ReadMark`]), by session id (the read request
+    /// names no token).
+    pub fn chat_read_mark(session: &ChatSessionId) -> String {
+        format!("r.{session}")
+    }
+
     /// `referrals` bucket: the closed-loop record of one referral.
     pub fn referral(referral: &ReferralId) -> String {
         referral.to_string()
@@ -499,5 +547,27 @@ mod tests {
         );
         assert_eq!(key::referral(&referral), r);
         assert_eq!(key::partner_callback(&referral), format!("callback.{r}"));
+    }
+}
+
+#[cfg(test)]
+mod chat_message_ids {
+    use super::*;
+
+    #[test]
+    fn a_chat_message_id_gives_back_its_sequence_number_and_only_in_its_session() {
+        let session = ChatSessionId::new();
+        let at = OffsetDateTime::now_utc();
+        for seq in [1, 2, 17, 400] {
+            let id = chat_message_id(&session, seq, at);
+            assert_eq!(chat_message_seq(&session, &id), Some(seq));
+            assert_eq!(chat_message_seq(&ChatSessionId::new(), &id), None);
+        }
+        assert_eq!(chat_message_seq(&session, &MessageId::new()), None);
+        assert_eq!(
+            received_message_id("chat:x:1", at),
+            received_message_id("chat:x:1", at),
+            "stable"
+        );
     }
 }

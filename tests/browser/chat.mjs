@@ -3,7 +3,9 @@
 // history; keyboard-only use; axe-core finds no serious or critical
 // accessibility violation (English and Spanish); quick exit (Escape) clears
 // the screen, the tab's storage and the history entry, and the counsellor is
-// told the person left quickly.
+// told the person left quickly. While waiting, the status shows an honest
+// wait estimate; a message shows "Seen" only once the counsellor read it
+// (their conversation on screen), and again after a reload.
 // Usage: DASHBOARD=http://… CHAT=http://… SCREENSHOT_DIR=… node chat.mjs
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync } from "node:fs";
@@ -48,6 +50,14 @@ try {
   await dash.getByTestId("presence-available").click();
   step("counsellor logged in and available");
 
+  // Someone else is already waiting (another phone; offered, never accepted).
+  const otherCtx = await browser.newContext({ viewport: { width: 390, height: 780 }, isMobile: true, hasTouch: true });
+  const other = await otherCtx.newPage();
+  await other.goto(`${CHAT}/`);
+  await other.locator("#text").fill("hello? is anyone reading these");
+  await other.locator("#send").click();
+  await other.locator("#log li.me").getByText("Sent ✓").waitFor({ timeout: 10_000 });
+
   // A phone-sized patient: the chat page of the clinic's door.
   const phoneCtx = await browser.newContext({ viewport: { width: 390, height: 780 }, isMobile: true, hasTouch: true });
   const chat = await phoneCtx.newPage();
@@ -69,8 +79,22 @@ try {
   await chat.locator("#log li.me", { hasText: first }).getByText("Sent ✓").waitFor({ timeout: 10_000 });
   step("patient sent a message with the keyboard only; stored (Sent ✓)");
 
+  // Waiting: the line's figures, in plain words, and how to get help now.
+  const waiting = chat.locator("#status");
+  await waiting.getByText(/About \d+ people are waiting\./).waitFor({ timeout: 15_000 });
+  const words = await waiting.innerText();
+  if (!words.includes("a counsellor will answer here") || !words.includes("If you are in danger now, call")) {
+    throw new Error(`the wait estimate leaves out what matters: ${words}`);
+  }
+  if (/nobody|no one/i.test(words)) throw new Error(`the wait estimate says nobody: ${words}`);
+  step(`waiting (offered, not yet accepted): "${words}"`);
+
   const offer = dash.getByTestId("offer").filter({ hasText: first });
   await offer.waitFor({ timeout: 10_000 });
+  // Offered is not read: the message is stored, not seen.
+  if (await chat.locator("#log li.me", { hasText: first }).getByText("Seen ✓✓").count()) {
+    throw new Error("seen before the counsellor opened the conversation");
+  }
   await offer.getByTestId("accept").click();
   const conv = dash.getByTestId("conversation").filter({ hasText: first });
   await conv.waitFor({ timeout: 10_000 });
@@ -80,6 +104,11 @@ try {
   await chat.locator("#log li.counsellor", { hasText: reply }).waitFor({ timeout: 10_000 });
   await chat.locator("#log li.line", { hasText: "A counsellor has joined" }).waitFor({ timeout: 10_000 });
   step("counsellor accepted and replied; the reply and the joined note show in the chat");
+  await chat.locator("#log li.me", { hasText: first }).getByText("Seen ✓✓").waitFor({ timeout: 10_000 });
+  if (await other.locator("#log li.me").getByText("Seen ✓✓").count()) {
+    throw new Error("a message nobody opened shows seen");
+  }
+  step("the message shows Seen once the counsellor has the conversation on screen; the other person's does not");
   if (DOCS_SHOT) await chat.screenshot({ path: DOCS_SHOT, fullPage: true });
   await chat.screenshot({ path: join(SHOTS, "chat.png"), fullPage: true });
 
@@ -102,10 +131,34 @@ try {
   const replies = await chat.locator("#log li.counsellor").count();
   const mine = await chat.locator("#log li.me").count();
   if (replies !== 1 || mine !== 2) throw new Error(`after reload: ${mine} own and ${replies} replies, expected 2 and 1`);
-  const order = await chat.locator("#log li").evaluateAll((els) => els.map((e) => e.className));
+  // The line's own notices while waiting (the ladder's acknowledgement) aside.
+  const order = await chat.locator("#log li").evaluateAll((els) => els
+    .map((e) => e.className !== "line" ? e.className : e.textContent.includes("has joined") ? "joined" : null)
+    .filter((c) => c));
   // Written, joined, answered, written offline: in that order, as it happened.
-  if (order.join(",") !== "me,line,counsellor,me") throw new Error(`history out of order: ${order}`);
-  step("reload: history shown in order, nothing doubled");
+  if (order.join(",") !== "me,joined,counsellor,me") throw new Error(`history out of order: ${order}`);
+  await chat.locator("#log li.me", { hasText: first }).getByText("Seen ✓✓").waitFor({ timeout: 10_000 });
+  step("reload: history shown in order, nothing doubled, the read mark kept");
+
+  // The counsellor's page out of view: a new message is not read, even
+  // when they answer; it is once the page is back in view.
+  const visibility = (state) => dash.evaluate((s) => {
+    Object.defineProperty(document, "visibilityState", { value: s, configurable: true });
+    document.dispatchEvent(new Event("visibilitychange"));
+  }, state);
+  await visibility("hidden");
+  const unread = "are you still there?";
+  await chat.locator("#text").fill(unread);
+  await chat.locator("#send").click();
+  await conv.getByText(unread).waitFor({ timeout: 10_000 });
+  const answer = "Yes, I'm still here with you.";
+  await conv.getByTestId("reply-input").fill(answer);
+  await conv.getByTestId("reply-send").click();
+  await chat.locator("#log li.counsellor", { hasText: answer }).waitFor({ timeout: 10_000 });
+  await chat.locator("#log li.me", { hasText: unread }).getByText("Sent ✓").waitFor({ timeout: 5_000 });
+  await visibility("visible");
+  await chat.locator("#log li.me", { hasText: unread }).getByText("Seen ✓✓").waitFor({ timeout: 10_000 });
+  step("a message the counsellor's hidden page showed is seen only once the page is in view");
 
   // Spanish.
   await chat.locator("#lang").click();
@@ -157,6 +210,11 @@ try {
   if (partner.url().endsWith("/demo")) throw new Error("quick exit left the partner page in place");
   if (await partner.locator("iframe").count()) throw new Error("the chat frame is still there");
   step(`quick exit in the embedded chat replaced the partner page (now ${partner.url()})`);
+  // The other person still waits; in Spanish the estimate is in Spanish.
+  await other.locator("#lang").click();
+  await other.locator("#status").getByText(/Tu mensaje está con la línea.*Si estás en peligro ahora, llama al 911/).waitFor({ timeout: 10_000 });
+  step(`waiting, in Spanish: "${await other.locator("#status").innerText()}"`);
+  await otherCtx.close();
   console.log("browser chat walkthrough passed");
 } catch (e) {
   failed = true;

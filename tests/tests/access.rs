@@ -223,6 +223,15 @@ fn rules() -> Vec<Rules> {
                     p("nwd.v1.deadletter.chat-notes"),
                     s("_INBOX_chat.x"),
                     s(subjects::chat_typing(&session)),
+                    // read marks: requests from the dashboard, kept marks, the line's status
+                    s(subjects::chat_read_all()),
+                    s(subjects::chat_seen(&session)),
+                    p(subjects::chat_seen(&session)),
+                    p(format!(
+                        "$KV.chat_sessions.{}",
+                        nwd_proto::wire::key::chat_read_mark(&session)
+                    )),
+                    s(subjects::line_status()),
                 ]
             },
             {
@@ -256,6 +265,9 @@ fn rules() -> Vec<Rules> {
                     s(subjects::outbound_sms_all()),
                     s("nwd.v1.outbound.chat.>"),
                     p(subjects::contact_message(&id)),
+                    // the router's status is the router's to tell
+                    p(subjects::line_status()),
+                    p(subjects::chat_read(&session)),
                 ]
             },
         ),
@@ -326,12 +338,16 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.CREATE.CONTACTS.router")),
                 p(kv_get(buckets::PRESENCE)),
                 s(subjects::router_command()),
+                p(subjects::line_status()),
             ],
             vec![
                 p(subjects::contact_message(&id)),
                 p(subjects::contact_triaged(&id)),
                 p("$KV.presence.x"),
                 p("$KV.sends.x"),
+                // read marks are the dashboard's to send, the chat's to keep
+                p(subjects::chat_read(&nwd_proto::ChatSessionId::new())),
+                p(subjects::chat_seen(&nwd_proto::ChatSessionId::new())),
             ],
         ),
         service(
@@ -422,6 +438,7 @@ fn rules() -> Vec<Rules> {
                 p(subjects::router_command()),
                 p(subjects::outbound_sms(&id)),
                 p(subjects::chat_typing(&nwd_proto::ChatSessionId::new())),
+                p(subjects::chat_read(&nwd_proto::ChatSessionId::new())),
                 p(subjects::outbound_chat(
                     &nwd_proto::ChatSessionId::new(),
                     &id,
@@ -437,6 +454,10 @@ fn rules() -> Vec<Rules> {
                 p("$KV.contacts.x"),
                 p(subjects::contact_assigned(&id)),
                 p(api("CONSUMER.CREATE.CONTACTS.router")),
+                // the mark is the chat's to keep and tell: not the dashboard's
+                p(subjects::chat_seen(&nwd_proto::ChatSessionId::new())),
+                p(subjects::line_status()),
+                p("$KV.chat_sessions.x"),
             ],
         ),
         Rules {

@@ -2,7 +2,10 @@
 //! offered to a counsellor like an SMS and the reply comes back on the
 //! patient's socket; a dropped socket resumes with nothing lost or doubled
 //! either way; expired, forged and quick-exited tokens open nothing; a
-//! foreign page cannot open the socket; limits are told in plain words.
+//! foreign page cannot open the socket; limits are told in plain words; a
+//! waiting person is told an honest wait estimate; the person's messages
+//! are marked seen only once the counsellor holding the chat read them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -695,4 +698,231 @@ async fn imminent_risk_shows_the_safety_message_and_the_ladder_shows_the_backup_
     .filter(|m| String::from_utf8_lossy(&m.payload).contains(nwd_e2e::BACKUP_LINE))
     .count();
     assert_eq!(notes, 1);
+}
+
+/// The id the counsellor's screen shows for the person's message `body`.
+fn shown_id(contact: &ContactView, body: &str) -> String {
+    contact
+        .messages
+        .iter()
+        .find(|m| m.body.contains(body))
+        .map(|m| m.id.clone())
+        .unwrap_or_else(|| panic!("{body:?} not on the counsellor's screen"))
+}
+
+async fn dashboard_metrics(line: &Line) -> String {
+    line.http
+        .get(line.url("dashboard", "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn read_count(metrics: &str, outcome: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("nwd_dashboard_commands_total{")
+                && l.contains("command=\"read\"")
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_person_sees_their_messages_seen_only_once_the_counsellor_holding_the_chat_read_them() {
+    nwd_runtime::telemetry::metrics_handle();
+    let mut line = Line::start().await;
+    let mut ana = Counsellor::available(&line, "ana").await;
+    let (mut patient, token, _session) = ChatPatient::start(&line, None).await;
+    patient.say(1, "first: I can't sleep again").await;
+    let offer = ana
+        .expect(
+            T,
+            "the offer",
+            offer_containing("I can't sleep again".into()),
+        )
+        .await;
+    let first = shown_id(&offer, "I can't sleep again");
+    // Offered is not held: a read before the accept is not kept.
+    ana.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: first.clone(),
+    })
+    .await;
+    nwd_testkit::eventually(T, "the refused read before the accept", || async {
+        (read_count(&dashboard_metrics(&line).await, "refused") >= 1).then_some(())
+    })
+    .await;
+    accept(&mut ana, offer.contact_id).await;
+    patient.say(2, "second: and my head is loud").await;
+    let second = ana
+        .expect(T, "the second message", |m| match m {
+            ServerMsg::Message {
+                contact_id,
+                message,
+                ..
+            } if *contact_id == offer.contact_id && message.body.contains("head is loud") => {
+                Some(message.id.clone())
+            }
+            _ => None,
+        })
+        .await;
+    // Another counsellor, who does not hold the contact, cannot mark it read.
+    let mut ben = Counsellor::available(&line, "ben").await;
+    ben.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: second.clone(),
+    })
+    .await;
+    nwd_testkit::eventually(T, "ben's read refused", || async {
+        (read_count(&dashboard_metrics(&line).await, "refused") >= 2).then_some(())
+    })
+    .await;
+    assert!(
+        !patient
+            .seen
+            .iter()
+            .any(|f| matches!(f, ServerFrame::Seen { .. })),
+        "no read mark before the holder read: {:?}",
+        patient.seen
+    );
+    // A message id that is none of this chat's is refused too.
+    ana.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: "not-a-message-id".into(),
+    })
+    .await;
+    // The holder read the first message: exactly that one is seen.
+    ana.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: first,
+    })
+    .await;
+    let upto = patient
+        .expect(T, "the read mark", |f| match f {
+            ServerFrame::Seen { upto } => Some(*upto),
+            _ => None,
+        })
+        .await;
+    assert_eq!(upto, 1, "ben's read of message 2 was not kept");
+    ana.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: second.clone(),
+    })
+    .await;
+    patient
+        .expect(T, "the read mark of message 2", |f| {
+            matches!(f, ServerFrame::Seen { upto: 2 }).then_some(())
+        })
+        .await;
+    assert!(read_count(&dashboard_metrics(&line).await, "done") >= 2);
+
+    // The page reloads: the mark is in its welcome.
+    patient.drop_connection();
+    let (_p, welcome) = ChatPatient::resume(&line, &token, 0).await;
+    match welcome {
+        ServerFrame::Welcome { read_upto, .. } => assert_eq!(read_upto, 2),
+        other => panic!("no welcome: {other:?}"),
+    }
+
+    // What is not a message id, and a message id of no message of this
+    // chat, mark nothing; with no chat to keep the mark, it is not kept.
+    let metrics = dashboard_metrics(&line).await;
+    assert!(read_count(&metrics, "bad-message") >= 1, "{metrics}");
+    ana.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: nwd_proto::MessageId::new().to_string(),
+    })
+    .await;
+    nwd_testkit::eventually(T, "a foreign message id refused", || async {
+        (read_count(&dashboard_metrics(&line).await, "refused") >= 3).then_some(())
+    })
+    .await;
+    line.stop("chat").await;
+    ana.send(&ClientMsg::Read {
+        contact_id: offer.contact_id,
+        upto: second,
+    })
+    .await;
+    nwd_testkit::eventually(T, "a read with no chat to keep it", || async {
+        (read_count(&dashboard_metrics(&line).await, "chat-unavailable") >= 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_person_is_told_how_many_wait_and_how_long_people_waited_recently() {
+    let line = Line::start().await;
+    // Nobody on the dashboard: both people wait.
+    let (mut first, _, _) = ChatPatient::start(&line, None).await;
+    first.say(1, "hello, I need to talk to someone").await;
+    let waiting = |n: u32| {
+        move |f: &ServerFrame| match f {
+            ServerFrame::WaitEstimate {
+                waiting: Some(w),
+                typical_wait_secs,
+            } if *w == n => Some(*typical_wait_secs),
+            _ => None,
+        }
+    };
+    let typical = first.expect(T, "one person waiting", waiting(1)).await;
+    assert_eq!(typical, None, "nobody has waited yet: no typical wait");
+    let (mut second, _, _) = ChatPatient::start(&line, None).await;
+    second
+        .say(1, "is this the right place to ask about my meds")
+        .await;
+    first.expect(T, "two people waiting", waiting(2)).await;
+    second.expect(T, "two people waiting", waiting(2)).await;
+
+    // A counsellor comes and takes the first: the second still waits, and
+    // is told one person waits and how long the first one waited.
+    let mut ana = Counsellor::available(&line, "ana").await;
+    let offer = ana
+        .expect(
+            T,
+            "the first offer",
+            offer_containing("need to talk".into()),
+        )
+        .await;
+    accept(&mut ana, offer.contact_id).await;
+    second
+        .expect(T, "one waiting, with the typical wait", |f| match f {
+            ServerFrame::WaitEstimate {
+                waiting: Some(_),
+                typical_wait_secs: Some(_),
+            } => Some(()),
+            _ => None,
+        })
+        .await;
+    // The person with a counsellor is told no more estimates.
+    first
+        .expect(T, "the counsellor joined", |f| {
+            matches!(
+                f,
+                ServerFrame::Message {
+                    note: Some(ChatNote::Joined),
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await;
+    first.seen.clear();
+    second.say(2, "still here").await;
+    ana.reply(offer.contact_id, "I'm here with you").await;
+    counsellor_says(&mut first, "I'm here with you").await;
+    assert!(
+        !first
+            .seen
+            .iter()
+            .any(|f| matches!(f, ServerFrame::WaitEstimate { .. })),
+        "{:?}",
+        first.seen
+    );
 }

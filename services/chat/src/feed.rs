@@ -100,34 +100,40 @@ pub async fn own_messages(
     Ok((mine, stored))
 }
 
-/// Our messages to `session` after OUTBOUND sequence `last_seen`, as they
-/// come, each as a [`ServerFrame::Message`] numbered by its sequence.
+/// One of our messages to a session, as read from OUTBOUND.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ours {
+    /// Its OUTBOUND sequence number (the page's `last_seen`).
+    pub seq: u64,
+    /// How it reaches the page (`None`: not one of our chat messages).
+    pub frame: Option<ServerFrame>,
+    /// Nothing stored before it is left to read: what follows is new.
+    pub caught_up: bool,
+}
+
+/// Every message of ours to `session`, from the first, as they come (the
+/// socket tells the page only those after its `last_seen`; the earlier
+/// ones tell whether a counsellor is with the person). Also whether none
+/// was stored when the feed started.
 pub async fn ours(
     js: &jetstream::Context,
     session: &ChatSessionId,
-    last_seen: u64,
-) -> Result<impl Stream<Item = Result<ServerFrame, FeedError>> + use<>, FeedError> {
+) -> Result<(bool, impl Stream<Item = Result<Ours, FeedError>> + use<>), FeedError> {
     let stream = streams::OUTBOUND;
-    let policy = if last_seen == 0 {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::ByStartSequence {
-            start_sequence: last_seen.saturating_add(1),
-        }
-    };
     let consumer = ordered(
         js,
         stream,
         subjects::outbound_chat_session(session),
-        policy,
+        DeliverPolicy::All,
         "o",
     )
     .await?;
+    let empty = consumer.cached_info().num_pending == 0;
     let messages = consumer.messages().await.map_err(|e| FeedError::Read {
         stream,
         source: e.into(),
     })?;
-    Ok(messages.filter_map(move |next| async move {
+    let ours = messages.filter_map(move |next| async move {
         let msg = match next {
             Ok(m) => m,
             Err(e) => {
@@ -137,10 +143,18 @@ pub async fn ours(
                 }));
             }
         };
-        let seq = msg.info().map(|i| i.stream_sequence).ok()?;
-        let env = Envelope::<OutboundChat>::from_bytes(&msg.payload).ok()?;
-        Some(Ok(frame(seq, &env.data)))
-    }))
+        let info = msg.info().ok()?;
+        let (seq, caught_up) = (info.stream_sequence, info.pending == 0);
+        let frame = Envelope::<OutboundChat>::from_bytes(&msg.payload)
+            .ok()
+            .map(|env| frame(seq, &env.data));
+        Some(Ok(Ours {
+            seq,
+            frame,
+            caught_up,
+        }))
+    });
+    Ok((empty, ours))
 }
 
 /// How one of our messages reaches the page.

@@ -7,7 +7,9 @@
 //!                │ ◄──ordered consumer from last_seen+1── OUTBOUND outbound.chat.<session>.*
 //!                │ ◄──ordered consumer (history)───────── INBOUND inbound.chat.<session>
 //!                ├ ◄──consumer chat-notes─── CONTACTS assigned / resolved → notes (OUTBOUND)
-//!                ├ ──create / get / delete──► chat_sessions bucket (keyed token hashes)
+//!                ├ ──create / get / update / delete──► chat_sessions bucket (keyed token hashes, read marks)
+//!                ├ ◄─request── dashboard chat.read.<session> (queue group chat) → mark kept → chat.seen.<session>
+//!                ├ ◄─subscribe── router line.status (the wait estimate)
 //!                └ ◄─watch── directory bucket (doors, allowed embedding origins)
 //! ```
 //!
@@ -33,7 +35,9 @@ use tokio_util::task::TaskTracker;
 pub mod feed;
 pub mod http;
 pub mod limits;
+pub mod line;
 pub mod notes;
+pub mod reads;
 pub mod socket;
 pub mod tokens;
 
@@ -64,9 +68,14 @@ pub struct Config {
     /// `http://` and the request's `Host`.
     #[arg(long, env = "NWD_CHAT_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
-    /// How long a session's token lasts, in seconds (at most 24 hours).
+    /// How long a session's token lasts after its last activity (a resume,
+    /// a message), in seconds: each activity extends it (at most 24 hours).
     #[arg(long, env = "NWD_CHAT_SESSION_TTL_SECS", default_value_t = 14_400)]
     pub session_ttl_secs: u64,
+    /// The most a session's token lasts from its start, however active, in
+    /// seconds (at least the TTL, at most 24 hours).
+    #[arg(long, env = "NWD_CHAT_SESSION_MAX_SECS", default_value_t = 86_400)]
+    pub session_max_secs: u64,
     /// Messages a session may send per minute (burst of 10).
     #[arg(long, env = "NWD_CHAT_MESSAGES_PER_MINUTE", default_value = "30")]
     pub messages_per_minute: NonZeroU32,
@@ -129,6 +138,8 @@ pub struct App {
     /// The `chat_sessions` bucket, once the bus is set up.
     pub sessions: OnceLock<jetstream::kv::Store>,
     pub settings: Settings,
+    /// The router's latest line status (the wait estimate).
+    pub line_status: tokio::sync::watch::Sender<Option<nwd_proto::router::LineStatus>>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -155,6 +166,13 @@ fn settings(config: &Config) -> Result<Settings, Error> {
             "session_ttl_secs must be positive and at most 24 hours",
         ));
     }
+    if config.session_max_secs < config.session_ttl_secs
+        || config.session_max_secs > bus::CHAT_SESSIONS_MAX_AGE.as_secs()
+    {
+        return Err(Error::Config(
+            "session_max_secs must be at least session_ttl_secs and at most 24 hours",
+        ));
+    }
     if let Some(u) = &config.public_url
         && (!matches!(u.scheme(), "http" | "https") || u.host().is_none())
     {
@@ -179,8 +197,12 @@ pub async fn run(
     let settings = settings(&config)?;
     let directory =
         nwd_runtime::directory::Live::new(nwd_runtime::directory::load(&config.directory)?);
-    let ttl = time::Duration::seconds(i64::try_from(config.session_ttl_secs).unwrap_or(i64::MAX));
-    let tokens = tokens::Tokens::new(config.token_key.expose().as_bytes(), ttl)?;
+    let secs = |s: u64| time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX));
+    let tokens = tokens::Tokens::new(
+        config.token_key.expose().as_bytes(),
+        secs(config.session_ttl_secs),
+        secs(config.session_max_secs),
+    )?;
     let limits = limits::Limits::new(
         config.messages_per_minute,
         config.sessions_per_address_per_minute,
@@ -191,6 +213,7 @@ pub async fn run(
         "bus".to_owned(),
         nwd_runtime::directory::READY.to_owned(),
         format!("consumer:{}", streams::consumers::CHAT_NOTES),
+        reads::READY.to_owned(),
     ]);
     readiness.watch_client(client.clone());
     let app = Arc::new(App {
@@ -201,9 +224,15 @@ pub async fn run(
         client,
         sessions: OnceLock::new(),
         settings,
+        line_status: tokio::sync::watch::Sender::new(None),
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
     });
+    app.tasks.spawn(line::follow(
+        app.client.clone(),
+        app.line_status.clone(),
+        shutdown.clone(),
+    ));
     app.tasks.spawn(set_up(app.clone(), readiness.clone()));
     let router = http::routes(app.clone()).merge(ops::routes(readiness));
     let served = ops::serve(listener, router, shutdown).await;
@@ -241,8 +270,14 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
     else {
         return;
     };
-    let _ = app.sessions.set(sessions);
+    let _ = app.sessions.set(sessions.clone());
     readiness.set("bus", true);
+    app.tasks.spawn(reads::serve(
+        app.client.clone(),
+        sessions,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     match bus::bucket(&app.js, buckets::DIRECTORY).await {
         Ok(store) => {
             app.tasks.spawn(nwd_runtime::directory::follow(
@@ -309,6 +344,15 @@ mod tests {
         ));
         assert!(matches!(
             parsed(&["--session-ttl-secs", "86401"]),
+            Err(Error::Config(_))
+        ));
+        assert!(parsed(&["--session-ttl-secs", "600", "--session-max-secs", "3600"]).is_ok());
+        assert!(matches!(
+            parsed(&["--session-ttl-secs", "7200", "--session-max-secs", "3600"]),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            parsed(&["--session-max-secs", "86401"]),
             Err(Error::Config(_))
         ));
         assert!(matches!(

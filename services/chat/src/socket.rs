@@ -4,7 +4,10 @@
 //! Ordering and acks: the person's messages are published one at a time,
 //! in the order the page sent them, and each is acked to the page only
 //! after JetStream stored it; ours are read from OUTBOUND in stream order
-//! from just after the page's `last_seen`.
+//! and told from just after the page's `last_seen` (the earlier ones say
+//! whether a counsellor is with the person). While the person waits for a
+//! counsellor the socket tells the line's wait estimate as it changes; the
+//! counsellor's read mark comes in `Welcome` and then as it is raised.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,14 +15,14 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures::StreamExt;
-use nwd_proto::chat::{ClientFrame, Refusal, ServerFrame};
+use nwd_proto::chat::{ClientFrame, ReadMark, Refusal, ServerFrame};
 use nwd_proto::events::{ChatInput, InboundChat, MAX_CHAT_MESSAGE_CHARS, SafeNow};
 use nwd_proto::{ChatSessionId, Envelope, PartnerId, subjects, wire};
 use nwd_runtime::bus;
 use time::OffsetDateTime;
 
 use crate::tokens::Found;
-use crate::{App, NAME, feed};
+use crate::{App, NAME, feed, line, reads};
 
 /// How long a new socket may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,6 +133,10 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
             Ok(Found::Open(record)) => {
                 metrics::counter!("nwd_chat_resumes_total", "service" => NAME).increment(1);
                 tracing::info!(session = %record.session, last_seen, "chat session resumed");
+                // A resume is activity: the token's expiry slides on.
+                if let Err(e) = app.tokens.extend(store, &token, now).await {
+                    tracing::warn!(session = %record.session, error = %e, "cannot extend a chat session");
+                }
                 (token, record)
             }
             Ok(Found::Expired) => {
@@ -163,16 +170,37 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
             return;
         }
     };
+    // Read marks: follow the signal first, then read the kept mark, so
+    // that no mark falls between the two.
+    let mut seen = match app.client.subscribe(subjects::chat_seen(&session)).await {
+        Ok(sub) => Some(sub),
+        Err(e) => {
+            tracing::debug!(session = %session, error = %e, "no read signals; marks on resume");
+            None
+        }
+    };
+    let read_upto = match reads::mark(store, &session).await {
+        Ok(upto) => upto,
+        Err(e) => {
+            tracing::warn!(session = %session, error = %e, "cannot read the session's read mark");
+            0
+        }
+    };
+    let mut waiting = line::Waiting::default();
+    for m in &mine {
+        waiting.own(m.at);
+    }
     let welcome = ServerFrame::Welcome {
         session,
         stored_seq: stored.last().copied().unwrap_or(0),
         stored: stored.iter().copied().collect(),
         mine,
+        read_upto,
     };
     if socket.send(text(&welcome)).await.is_err() {
         return;
     }
-    let ours = match feed::ours(&app.js, &session, last_seen).await {
+    let (caught_up, ours) = match feed::ours(&app.js, &session).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(session = %session, error = %e, "cannot follow the session's replies");
@@ -197,7 +225,17 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
         door: record.door.clone(),
         token,
         stored,
+        waiting,
+        caught_up,
+        told: None,
+        read_told: read_upto,
     };
+    let mut line_status = app.line_status.subscribe();
+    if let Some(estimate) = conversation.wait_estimate()
+        && socket.send(text(&estimate)).await.is_err()
+    {
+        return;
+    }
     let mut ours = std::pin::pin!(ours);
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
@@ -216,6 +254,12 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
                 if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
                     return;
                 }
+                // Figures that went stale (no router) are told as unknown.
+                if let Some(estimate) = conversation.wait_estimate()
+                    && socket.send(text(&estimate)).await.is_err()
+                {
+                    return;
+                }
             }
             Some(_) = async {
                 match typing.as_mut() {
@@ -227,11 +271,44 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
                     return;
                 }
             }
+            Some(mark) = async {
+                match seen.as_mut() {
+                    Some(sub) => sub.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Ok(mark) = Envelope::<ReadMark>::from_bytes(&mark.payload) else {
+                    continue;
+                };
+                if let Some(frame) = conversation.read(mark.data.upto)
+                    && socket.send(text(&frame)).await.is_err()
+                {
+                    return;
+                }
+            }
+            Ok(()) = line_status.changed() => {
+                if let Some(estimate) = conversation.wait_estimate()
+                    && socket.send(text(&estimate)).await.is_err()
+                {
+                    return;
+                }
+            }
             next = ours.next() => {
                 match next {
-                    Some(Ok(frame)) => {
-                        metrics::counter!("nwd_chat_messages_total", "service" => NAME, "direction" => "out").increment(1);
-                        if socket.send(text(&frame)).await.is_err() {
+                    Some(Ok(o)) => {
+                        if let Some(frame) = o.frame {
+                            conversation.waiting.ours(&frame);
+                            if o.seq > last_seen {
+                                metrics::counter!("nwd_chat_messages_total", "service" => NAME, "direction" => "out").increment(1);
+                                if socket.send(text(&frame)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        conversation.caught_up |= o.caught_up;
+                        if let Some(estimate) = conversation.wait_estimate()
+                            && socket.send(text(&estimate)).await.is_err()
+                        {
                             return;
                         }
                     }
@@ -249,10 +326,11 @@ pub async fn serve(app: Arc<App>, mut socket: WebSocket, door: Option<PartnerId>
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                     Some(Ok(_)) => continue,
                 };
-                let (replies, done) = match frame {
+                let (mut replies, done) = match frame {
                     Ok(frame) => conversation.handle(frame).await,
                     Err(()) => (vec![refused(Refusal::BadFrame, None)], false),
                 };
+                replies.extend(conversation.wait_estimate());
                 for reply in &replies {
                     if socket.send(text(reply)).await.is_err() {
                         return;
@@ -276,9 +354,46 @@ struct Conversation {
     /// The page's sequence numbers stored so far (a resend of one is only
     /// acked again; numbers may have gaps, refused ones resent later).
     stored: std::collections::BTreeSet<u64>,
+    /// Whether the person waits for a counsellor.
+    waiting: line::Waiting,
+    /// Our stored messages are all read (until then a counsellor who
+    /// joined may not be known yet).
+    caught_up: bool,
+    /// The wait estimate last told (`None`: not waiting, or none told).
+    told: Option<ServerFrame>,
+    /// The read mark last told.
+    read_told: u64,
 }
 
 impl Conversation {
+    /// The wait estimate to tell now, if the person waits and it is news.
+    fn wait_estimate(&mut self) -> Option<ServerFrame> {
+        if !(self.caught_up && self.waiting.is_waiting()) {
+            self.told = None;
+            return None;
+        }
+        let estimate = line::estimate(
+            self.app.line_status.borrow().as_ref(),
+            OffsetDateTime::now_utc(),
+        );
+        if self.told.as_ref() == Some(&estimate) {
+            return None;
+        }
+        self.told = Some(estimate.clone());
+        metrics::counter!("nwd_chat_wait_estimates_total", "service" => NAME).increment(1);
+        Some(estimate)
+    }
+
+    /// A kept read mark: the frame to tell, if it is higher than told.
+    fn read(&mut self, upto: u64) -> Option<ServerFrame> {
+        if upto <= self.read_told {
+            return None;
+        }
+        self.read_told = upto;
+        metrics::counter!("nwd_chat_read_marks_total", "service" => NAME).increment(1);
+        Some(ServerFrame::Seen { upto })
+    }
+
     /// Handles one frame: the frames to send back, and whether the socket ends.
     async fn handle(&mut self, frame: ClientFrame) -> (Vec<ServerFrame>, bool) {
         match frame {
@@ -318,10 +433,17 @@ impl Conversation {
         }
         let input = ChatInput::Message { text, safe_now };
         match self.publish(seq, input).await {
-            Ok(()) => {
+            Ok(at) => {
                 self.stored.insert(seq);
+                self.waiting.own(at);
                 metrics::counter!("nwd_chat_messages_total", "service" => NAME, "direction" => "in")
                     .increment(1);
+                // A message is activity: the token's expiry slides on.
+                if let Some(store) = self.app.sessions()
+                    && let Err(e) = self.app.tokens.extend(store, &self.token, at).await
+                {
+                    tracing::warn!(session = %self.session, error = %e, "cannot extend a chat session");
+                }
                 ServerFrame::Ack { seq }
             }
             Err(e) => {
@@ -341,7 +463,7 @@ impl Conversation {
             return ServerFrame::Ack { seq };
         }
         match self.publish(seq, ChatInput::Feedback { helpful }).await {
-            Ok(()) => {
+            Ok(_) => {
                 self.stored.insert(seq);
                 let answer = if helpful { "yes" } else { "no" };
                 metrics::counter!("nwd_chat_feedback_total", "service" => NAME, "helpful" => answer)
@@ -355,17 +477,19 @@ impl Conversation {
         }
     }
 
+    /// Stores one input of the page: when it was received.
     async fn publish(
         &self,
         seq: u64,
         input: ChatInput,
-    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+    ) -> Result<OffsetDateTime, async_nats::jetstream::context::PublishError> {
+        let received_at = OffsetDateTime::now_utc();
         let event = InboundChat {
             session: self.session,
             seq,
             door: self.door.clone(),
             input,
-            received_at: OffsetDateTime::now_utc(),
+            received_at,
         };
         bus::publish(
             &self.app.js,
@@ -374,7 +498,7 @@ impl Conversation {
             &Envelope::new(event),
         )
         .await
-        .map(|_| ())
+        .map(|_| received_at)
     }
 
     /// Tells the line the person left quickly (the contact goes on) and

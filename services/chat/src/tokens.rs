@@ -12,7 +12,7 @@ use nwd_proto::ChatSessionId;
 use nwd_proto::PartnerId;
 use nwd_proto::chat::ChatSessionRecord;
 use nwd_proto::wire;
-use nwd_runtime::kv::KvError;
+use nwd_runtime::kv::{Cas, KvError};
 use rand::RngCore;
 use sha2::Sha256;
 use time::OffsetDateTime;
@@ -35,6 +35,16 @@ pub enum TokenError {
     Delete(#[from] kv::DeleteError),
 }
 
+/// What activity does to a session's expiry.
+#[derive(Debug, PartialEq)]
+enum Extension {
+    /// Expired or ended: stays so.
+    Gone,
+    /// Not worth a write (moves less than a step, or at the cap).
+    Same(ChatSessionRecord),
+    To(ChatSessionRecord),
+}
+
 /// What a token opens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Found {
@@ -44,11 +54,20 @@ pub enum Found {
 }
 
 /// Issues and checks tokens. `Debug` never shows the key.
+///
+/// Expiry slides: a session lasts `ttl` after its last activity (a resume,
+/// a stored message), never more than `max` after it started; once past
+/// its expiry a token stays refused (nothing extends an expired session).
 #[derive(Clone)]
 pub struct Tokens {
     mac: Hmac<Sha256>,
     ttl: time::Duration,
+    max: time::Duration,
 }
+
+/// The least a sliding extension moves the expiry: fewer bucket writes
+/// than one per message.
+const EXTEND_STEP: time::Duration = time::Duration::minutes(1);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,13 +76,19 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    pub fn new(key: &[u8], ttl: time::Duration) -> Result<Self, TokenError> {
+    /// `ttl`: how long a session lasts after its last activity; `max`: the
+    /// most it lasts from its start.
+    pub fn new(key: &[u8], ttl: time::Duration, max: time::Duration) -> Result<Self, TokenError> {
         if key.len() < MIN_KEY_BYTES {
             return Err(TokenError::WeakKey);
         }
         let mut mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| TokenError::WeakKey)?;
         mac.update(b"nwd.chat.token.v1\0");
-        Ok(Self { mac, ttl })
+        Ok(Self {
+            mac,
+            ttl: ttl.min(max),
+            max,
+        })
     }
 
     pub fn ttl(&self) -> time::Duration {
@@ -117,6 +142,39 @@ impl Tokens {
         })
     }
 
+    /// Activity in `token`'s session at `now`: its expiry moves to `ttl`
+    /// from now (at most `max` from its start). An expired or ended session
+    /// stays so. The record as kept, `None` if it opens nothing.
+    pub async fn extend(
+        &self,
+        store: &kv::Store,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<ChatSessionRecord>, TokenError> {
+        let (kept, _) = nwd_runtime::kv::cas(store, &self.key(token), |current| {
+            match self.extended(current, now) {
+                Extension::Gone => Cas::Keep(None),
+                Extension::Same(r) => Cas::Keep(Some(r)),
+                Extension::To(r) => Cas::Write(r.clone(), Some(r)),
+            }
+        })
+        .await?;
+        Ok(kept)
+    }
+
+    /// What activity at `now` does to a session record (pure).
+    fn extended(&self, current: Option<ChatSessionRecord>, now: OffsetDateTime) -> Extension {
+        let Some(mut r) = current.filter(|r| r.expires_at > now) else {
+            return Extension::Gone;
+        };
+        let until = (now + self.ttl).min(r.created_at + self.max);
+        if until - r.expires_at < EXTEND_STEP.min(self.ttl / 10) {
+            return Extension::Same(r);
+        }
+        r.expires_at = until;
+        Extension::To(r)
+    }
+
     /// Ends `token`'s session (quick exit, expiry): the token opens nothing
     /// afterwards.
     pub async fn end(&self, store: &kv::Store, token: &str) -> Result<(), TokenError> {
@@ -129,16 +187,64 @@ impl Tokens {
 mod tests {
     use super::*;
 
+    const DAY: time::Duration = time::Duration::DAY;
+
     #[test]
     fn a_short_key_is_refused_and_keys_never_contain_the_token() {
-        assert!(Tokens::new(b"short", time::Duration::HOUR).is_err());
-        let t = Tokens::new(&[7u8; 32], time::Duration::HOUR).unwrap();
+        assert!(Tokens::new(b"short", time::Duration::HOUR, DAY).is_err());
+        let t = Tokens::new(&[7u8; 32], time::Duration::HOUR, DAY).unwrap();
         let k = t.key("abc");
         assert!(!k.contains("abc"));
         assert_eq!(k, t.key("abc"), "stable");
         assert_ne!(k, t.key("abd"));
-        let other = Tokens::new(&[8u8; 32], time::Duration::HOUR).unwrap();
+        let other = Tokens::new(&[8u8; 32], time::Duration::HOUR, DAY).unwrap();
         assert_ne!(k, other.key("abc"), "keyed");
         assert!(!format!("{t:?}").contains('7'));
+    }
+
+    #[test]
+    fn activity_slides_the_expiry_up_to_the_cap_and_an_expired_session_stays_expired() {
+        let hours = time::Duration::hours;
+        let t = Tokens::new(&[7u8; 32], hours(4), hours(12)).unwrap();
+        let start = OffsetDateTime::now_utc();
+        let record = ChatSessionRecord {
+            session: ChatSessionId::new(),
+            door: None,
+            created_at: start,
+            expires_at: start + hours(4),
+        };
+        // Three hours in: four more hours from now.
+        let Extension::To(r) = t.extended(Some(record.clone()), start + hours(3)) else {
+            panic!("extended")
+        };
+        assert_eq!(r.expires_at, start + hours(7));
+        // Seconds later: not worth a write.
+        assert!(matches!(
+            t.extended(
+                Some(r.clone()),
+                start + hours(3) + time::Duration::seconds(5)
+            ),
+            Extension::Same(_)
+        ));
+        // Never past the cap, however active.
+        let Extension::To(r) = t.extended(Some(r), start + hours(6)) else {
+            panic!("extended again")
+        };
+        assert_eq!(r.expires_at, start + hours(10));
+        let Extension::To(capped) = t.extended(Some(r), start + hours(9)) else {
+            panic!("extended to the cap")
+        };
+        assert_eq!(capped.expires_at, start + hours(12));
+        assert!(matches!(
+            t.extended(Some(capped.clone()), start + hours(11)),
+            Extension::Same(_)
+        ));
+        // Expired (or ended) stays so.
+        assert_eq!(t.extended(Some(capped), start + hours(12)), Extension::Gone);
+        assert_eq!(t.extended(Some(record), start + hours(5)), Extension::Gone);
+        assert_eq!(t.extended(None, start), Extension::Gone);
+        // The sliding window is never longer than the cap.
+        let short = Tokens::new(&[7u8; 32], hours(30), hours(12)).unwrap();
+        assert_eq!(short.ttl(), hours(12));
     }
 }

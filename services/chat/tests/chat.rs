@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use nwd_chat::Config;
-use nwd_proto::chat::{ClientFrame, Refusal, ServerFrame};
+use nwd_proto::chat::{ClientFrame, ReadAnswer, ReadRequest, Refusal, ServerFrame};
+use nwd_proto::router::LineStatus;
 use nwd_proto::streams::buckets;
 use nwd_runtime::bus::NatsArgs;
 use nwd_runtime::service::Secret;
@@ -46,6 +47,7 @@ fn config(nats: &NatsServer, addr: SocketAddr) -> Config {
         token_key: Secret::new(KEY),
         public_url: None,
         session_ttl_secs: 3600,
+        session_max_secs: 86_400,
         messages_per_minute: 30.try_into().unwrap(),
         sessions_per_address_per_minute: 2.try_into().unwrap(),
         trusted_proxies: Vec::new(),
@@ -54,10 +56,16 @@ fn config(nats: &NatsServer, addr: SocketAddr) -> Config {
 }
 
 async fn start(nats: &NatsServer) -> Chat {
+    start_with(nats, |_| {}).await
+}
+
+async fn start_with(nats: &NatsServer, adjust: impl FnOnce(&mut Config)) -> Chat {
     let listener = nwd_testkit::listener().await;
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(nwd_chat::run(config(nats, addr), listener, stop.clone()));
+    let mut config = config(nats, addr);
+    adjust(&mut config);
+    tokio::spawn(nwd_chat::run(config, listener, stop.clone()));
     nwd_testkit::wait_ready(addr).await;
     Chat { addr, stop }
 }
@@ -77,7 +85,18 @@ async fn send(ws: &mut Ws, frame: &ClientFrame) {
         .unwrap();
 }
 
+/// The next frame, wait estimates aside (they come whenever the person
+/// waits; [`any_next`] sees them).
 async fn next(ws: &mut Ws) -> Option<ServerFrame> {
+    loop {
+        match any_next(ws).await {
+            Some(ServerFrame::WaitEstimate { .. }) => {}
+            other => return other,
+        }
+    }
+}
+
+async fn any_next(ws: &mut Ws) -> Option<ServerFrame> {
     loop {
         match tokio::time::timeout(WAIT, ws.next())
             .await
@@ -88,6 +107,33 @@ async fn next(ws: &mut Ws) -> Option<ServerFrame> {
             Some(Ok(_)) => {}
         }
     }
+}
+
+/// A new session: its token and id (the welcome read).
+async fn new_session(chat: &Chat) -> (Ws, String, nwd_proto::ChatSessionId) {
+    let mut ws = open(chat).await;
+    send(&mut ws, &hello()).await;
+    let Some(ServerFrame::Session { token, session, .. }) = next(&mut ws).await else {
+        panic!("no session")
+    };
+    assert!(matches!(
+        next(&mut ws).await,
+        Some(ServerFrame::Welcome { read_upto: 0, .. })
+    ));
+    (ws, token, session)
+}
+
+async fn say(ws: &mut Ws, seq: u64) {
+    send(
+        ws,
+        &ClientFrame::Message {
+            seq,
+            text: format!("message {seq}"),
+            safe_now: None,
+        },
+    )
+    .await;
+    assert_eq!(next(ws).await, Some(ServerFrame::Ack { seq }));
 }
 
 fn hello() -> ClientFrame {
@@ -354,4 +400,265 @@ async fn the_page_and_the_embed_script_are_served_locally_with_safe_headers() {
     assert!(!js.contains("Notification"), "no notifications");
     // Not a websocket request: refused by axum, not a 500.
     assert_eq!(get("/ws").await.unwrap().status().as_u16() / 100, 4);
+}
+
+/// The dashboard's read request for `session` (sent on `subject`).
+async fn read_request(
+    dashboard: &async_nats::Client,
+    subject: String,
+    session: nwd_proto::ChatSessionId,
+    upto: u64,
+) -> ReadAnswer {
+    let body = nwd_proto::Envelope::new(ReadRequest { session, upto }).to_bytes();
+    let answer = tokio::time::timeout(WAIT, dashboard.request(subject, body.into()))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    nwd_proto::Envelope::<ReadAnswer>::from_bytes(&answer.payload)
+        .unwrap()
+        .data
+}
+
+#[tokio::test]
+async fn a_read_mark_is_kept_only_raised_told_to_the_socket_and_given_back_in_the_welcome() {
+    nwd_runtime::telemetry::metrics_handle();
+    let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
+    let chat = start(&nats).await;
+    let (mut ws, token, session) = new_session(&chat).await;
+    for seq in 1..=3 {
+        say(&mut ws, seq).await;
+    }
+    let dashboard = nats.client_as("dashboard").await;
+    let subject = nwd_proto::subjects::chat_read(&session);
+    assert_eq!(
+        read_request(&dashboard, subject.clone(), session, 2).await,
+        ReadAnswer::Kept { upto: 2 }
+    );
+    assert_eq!(next(&mut ws).await, Some(ServerFrame::Seen { upto: 2 }));
+    // A lower mark (an older screen) changes nothing and is not told.
+    assert_eq!(
+        read_request(&dashboard, subject.clone(), session, 1).await,
+        ReadAnswer::Kept { upto: 2 }
+    );
+    // A request whose body names another session than its subject is refused.
+    let other = nwd_proto::ChatSessionId::new();
+    assert!(matches!(
+        read_request(&dashboard, subject.clone(), other, 9).await,
+        ReadAnswer::Failed { .. }
+    ));
+    let js = async_nats::jetstream::new(nats.client().await);
+    let store = js.get_key_value(buckets::CHAT_SESSIONS).await.unwrap();
+    assert!(
+        store
+            .get(nwd_proto::wire::key::chat_read_mark(&other))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        read_request(&dashboard, subject, session, 3).await,
+        ReadAnswer::Kept { upto: 3 }
+    );
+    assert_eq!(
+        next(&mut ws).await,
+        Some(ServerFrame::Seen { upto: 3 }),
+        "the lower mark was never told"
+    );
+    drop(ws);
+
+    // The page comes back: the kept mark is in its welcome.
+    let mut ws = open(&chat).await;
+    send(
+        &mut ws,
+        &ClientFrame::Hello {
+            token: Some(token),
+            last_seen: 0,
+        },
+    )
+    .await;
+    match next(&mut ws).await {
+        Some(ServerFrame::Welcome { read_upto, .. }) => assert_eq!(read_upto, 3),
+        other => panic!("no welcome: {other:?}"),
+    }
+    let kept: nwd_proto::chat::ReadMark = serde_json::from_slice(
+        &store
+            .get(nwd_proto::wire::key::chat_read_mark(&session))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(kept.upto, 3);
+    let metrics = reqwest::get(format!("http://{}/metrics", chat.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for counted in [
+        "nwd_chat_read_marks_total",
+        "nwd_chat_read_requests_total{service=\"chat\",outcome=\"malformed\"}",
+    ] {
+        assert!(metrics.contains(counted), "{counted}: {metrics}");
+    }
+}
+
+fn status(waiting: u32, typical_wait_secs: Option<u64>) -> LineStatus {
+    LineStatus {
+        waiting: vec![
+            (nwd_proto::RiskLevel::Low, waiting.saturating_sub(1)),
+            (nwd_proto::RiskLevel::High, waiting.min(1)),
+        ],
+        counsellors_available: 1,
+        free_seats: 0,
+        typical_wait_secs,
+        at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// The next wait estimate on `ws`, the router publishing `status` until
+/// then (a chat that just started may not follow the subject yet).
+async fn estimate_while_publishing(
+    ws: &mut Ws,
+    router: &async_nats::Client,
+    status: LineStatus,
+) -> ServerFrame {
+    let router = router.clone();
+    let publisher = tokio::spawn(async move {
+        loop {
+            let body = nwd_proto::Envelope::new(status.clone()).to_bytes();
+            let _ = router
+                .publish(nwd_proto::subjects::line_status(), body.into())
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let frame = loop {
+        match any_next(ws).await {
+            Some(f @ ServerFrame::WaitEstimate { .. }) => break f,
+            Some(_) => {}
+            None => panic!("the socket closed"),
+        }
+    };
+    publisher.abort();
+    frame
+}
+
+#[tokio::test]
+async fn a_waiting_person_is_told_the_line_status_as_it_changes_and_unknown_figures_as_unknown() {
+    nwd_runtime::telemetry::metrics_handle();
+    let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
+    let chat = start(&nats).await;
+    let (mut ws, _token, _session) = new_session(&chat).await;
+    // Nothing written yet: not waiting, nothing told. The first message
+    // makes the person wait; no figures are known yet.
+    send(
+        &mut ws,
+        &ClientFrame::Message {
+            seq: 1,
+            text: "is anyone there".into(),
+            safe_now: None,
+        },
+    )
+    .await;
+    assert_eq!(any_next(&mut ws).await, Some(ServerFrame::Ack { seq: 1 }));
+    assert_eq!(
+        any_next(&mut ws).await,
+        Some(ServerFrame::WaitEstimate {
+            waiting: None,
+            typical_wait_secs: None
+        })
+    );
+    let router = nats.client_as("router").await;
+    assert_eq!(
+        estimate_while_publishing(&mut ws, &router, status(3, Some(240))).await,
+        ServerFrame::WaitEstimate {
+            waiting: Some(3),
+            typical_wait_secs: Some(240)
+        }
+    );
+    assert_eq!(
+        estimate_while_publishing(&mut ws, &router, status(5, Some(300))).await,
+        ServerFrame::WaitEstimate {
+            waiting: Some(5),
+            typical_wait_secs: Some(300)
+        }
+    );
+    // A session that wrote nothing is told nothing.
+    let (mut quiet, _, _) = new_session(&chat).await;
+    send(&mut quiet, &ClientFrame::Ack { seq: 0 }).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), quiet.next())
+            .await
+            .is_err(),
+        "no estimate before a message"
+    );
+    // The metric counts what was told.
+    let metrics = reqwest::get(format!("http://{}/metrics", chat.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("nwd_chat_wait_estimates_total"),
+        "{metrics}"
+    );
+}
+
+async fn resume(chat: &Chat, token: &str) -> Option<ServerFrame> {
+    let mut ws = open(chat).await;
+    send(
+        &mut ws,
+        &ClientFrame::Hello {
+            token: Some(token.to_owned()),
+            last_seen: 0,
+        },
+    )
+    .await;
+    next(&mut ws).await
+}
+
+#[tokio::test]
+async fn activity_keeps_a_token_alive_up_to_its_cap_and_an_expired_token_stays_refused() {
+    let nats = NatsServer::start().await;
+    nats.set_up_bus().await;
+    // Two seconds after the last activity, four at most from the start.
+    let chat = start_with(&nats, |c| {
+        c.session_ttl_secs = 2;
+        c.session_max_secs = 4;
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    let (mut ws, token, _) = new_session(&chat).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    say(&mut ws, 1).await;
+    drop(ws);
+    // Past the first two seconds: the message moved the expiry on.
+    tokio::time::sleep_until(started + Duration::from_millis(2500)).await;
+    assert!(
+        matches!(
+            resume(&chat, &token).await,
+            Some(ServerFrame::Welcome { .. })
+        ),
+        "a message extends the token"
+    );
+    // Past the cap, however active: refused, and it stays refused.
+    tokio::time::sleep_until(started + Duration::from_millis(4300)).await;
+    let refused = |f: Option<ServerFrame>| {
+        matches!(
+            f,
+            Some(ServerFrame::Refused {
+                reason: Refusal::Expired | Refusal::UnknownToken,
+                ..
+            })
+        )
+    };
+    assert!(refused(resume(&chat, &token).await), "the cap holds");
+    assert!(
+        refused(resume(&chat, &token).await),
+        "an expired token stays refused"
+    );
 }

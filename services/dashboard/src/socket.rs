@@ -315,7 +315,61 @@ impl Session {
                 outcome,
             } => self.outreach_outcome(contact_id, outcome).await,
             ClientMsg::Typing { contact_id } => self.typing(contact_id).await,
+            ClientMsg::Read { contact_id, upto } => self.read(contact_id, upto).await,
         }
+    }
+
+    /// The counsellor has read a person's web-chat messages up to `upto`:
+    /// only from the counsellor the contact is assigned to, only for a
+    /// message of the contact's chat session (nothing for other channels).
+    /// The chat keeps the mark (it survives the page's reloads) and tells
+    /// the person's page; a mark not kept is sent again by the page the
+    /// next time the conversation is shown.
+    async fn read(&self, contact_id: ContactId, upto: String) {
+        let Ok(message) = upto.parse::<nwd_proto::MessageId>() else {
+            count_command("read", "bad-message");
+            return;
+        };
+        let rec = nwd_runtime::kv::get::<ContactRecord>(
+            &self.stores.contacts,
+            &wire::key::contact(&contact_id),
+        )
+        .await
+        .ok()
+        .and_then(|v| v.value)
+        .filter(|r| r.assigned_to() == Some(&self.who));
+        let Some(session) = rec.and_then(|r| r.channel.chat_session()) else {
+            count_command("read", "refused");
+            return;
+        };
+        // The page's number of the message: found by its id (a search over
+        // the numbers a session can reach: off the socket's task).
+        let seq = tokio::task::spawn_blocking(move || wire::chat_message_seq(&session, &message))
+            .await
+            .ok()
+            .flatten();
+        let Some(upto) = seq else {
+            count_command("read", "refused");
+            return;
+        };
+        let request = Envelope::new(nwd_proto::chat::ReadRequest { session, upto }).to_bytes();
+        let answer = tokio::time::timeout(
+            self.app.settings.command_timeout,
+            self.app
+                .client
+                .request(subjects::chat_read(&session), request.into()),
+        )
+        .await;
+        let kept = match answer {
+            Ok(Ok(msg)) => Envelope::<nwd_proto::chat::ReadAnswer>::from_bytes(&msg.payload)
+                .is_ok_and(|env| matches!(env.data, nwd_proto::chat::ReadAnswer::Kept { .. })),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "read mark not sent");
+                false
+            }
+            Err(_) => false,
+        };
+        count_command("read", if kept { "done" } else { "chat-unavailable" });
     }
 
     /// "Counsellor is typing…" for a person in the web chat: only from the

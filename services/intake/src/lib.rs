@@ -49,7 +49,6 @@ use nwd_runtime::consume::{self, ConsumerSpec, Handler, Outcome};
 use nwd_runtime::kv::{self, Cas, KvError};
 use nwd_runtime::ops::{self, Readiness};
 use nwd_runtime::service::{Secret, ServiceConfig};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -281,15 +280,7 @@ pub fn message_id_for(sid: &MessageSid, received_at: OffsetDateTime) -> MessageI
 /// A message id with the millisecond timestamp of `received_at` and 80 bits
 /// of SHA-256 of `name` (a MessageSid, or `chat:<session>:<seq>`).
 pub fn message_id_from(name: &str, received_at: OffsetDateTime) -> MessageId {
-    const MAX_MS: i128 = (1 << 48) - 1;
-    let ms = (received_at.unix_timestamp_nanos() / 1_000_000).clamp(0, MAX_MS);
-    let digest = Sha256::digest(name.as_bytes());
-    let random = digest[..10]
-        .iter()
-        .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
-    // `ms` is clamped to 48 bits, so the conversion cannot fail.
-    let ms = u64::try_from(ms).unwrap_or(0);
-    MessageId::from_ulid(ulid::Ulid::from_parts(ms, random))
+    wire::received_message_id(name, received_at)
 }
 
 /// Decides the thread a message joins (pure, for `kv::cas`).

@@ -15,6 +15,7 @@
 //! escalator fires the rest.
 
 pub mod decide;
+pub mod line_status;
 pub mod routing;
 
 use std::net::SocketAddr;
@@ -79,6 +80,10 @@ pub struct Config {
     /// How often the queue is swept (offers, stale offers, anything missed).
     #[arg(long, env = "NWD_ROUTER_SWEEP_MS", default_value_t = 1_000)]
     pub sweep_ms: u64,
+    /// The line's status (for the chat's wait estimate) is published when
+    /// it changes and at least this often.
+    #[arg(long, env = "NWD_ROUTER_LINE_STATUS_MS", default_value_t = 10_000)]
+    pub line_status_ms: u64,
 }
 
 impl ServiceConfig for Config {
@@ -217,6 +222,12 @@ async fn start(
             let router = router.clone();
             move |entry| router.presence_entry(&entry)
         },
+    ));
+    tasks.spawn(line_status::publish(
+        router.clone(),
+        client.clone(),
+        Duration::from_millis(config.line_status_ms.max(100)),
+        shutdown.clone(),
     ));
     tasks.spawn(serve_commands(
         router.clone(),

@@ -19,7 +19,7 @@ use nwd_proto::dashboard::{
 use nwd_proto::events::{
     Channel, ContactAssigned, ContactMessage, ContactResolved, MessageTriaged,
 };
-use nwd_proto::router::{RouterCommand, RouterReply};
+use nwd_proto::router::{LineStatus, RouterCommand, RouterReply};
 use nwd_proto::streams::{self, buckets};
 use nwd_proto::{
     Assessment, ContactId, CounsellorId, Envelope, Language, MessageId, Reason, RiskLevel, subjects,
@@ -62,6 +62,7 @@ impl Running {
             presence_stale_ms: 15_000,
             orphan_grace_ms: 60_000,
             sweep_ms: 200,
+            line_status_ms: 300,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(nwd_router::run(config, listener, shutdown.clone()));
@@ -420,6 +421,63 @@ async fn a_new_contact_is_offered_with_its_message_risk_and_reasons() {
     assert!(logs.contains(&id.to_string()), "contact ids are logged");
     assert!(!logs.contains("pills"), "never a message body");
     assert!(!logs.contains("5550142"), "never a phone number");
+}
+
+#[tokio::test]
+async fn the_line_status_tells_the_chat_the_queue_the_free_seats_and_the_typical_wait() {
+    let line = Line::start().await;
+    // As the chat, the status's one reader.
+    let chat = line.server.client_as("chat").await;
+    let mut statuses = chat.subscribe(subjects::line_status()).await.unwrap();
+    chat.flush().await.unwrap();
+    let mut next_matching = async |what: &str, want: &dyn Fn(&LineStatus) -> bool| {
+        tokio::time::timeout(WITHIN, async {
+            loop {
+                let msg = statuses.next().await.unwrap();
+                let status = Envelope::<LineStatus>::from_bytes(&msg.payload)
+                    .unwrap()
+                    .data;
+                if want(&status) {
+                    return status;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no line status with {what}"))
+    };
+    // Steady even when nothing happens: a new chat learns the figures.
+    let empty = next_matching("nothing waiting", &|s| s.waiting_total() == 0).await;
+    assert_eq!(empty.counsellors_available, 0);
+    assert_eq!(empty.typical_wait_secs, None);
+    let again = next_matching("the steady repeat", &|s| s.at > empty.at).await;
+    assert!(again.same_figures(&empty));
+
+    let (low, high) = (ContactId::new(), ContactId::new());
+    line.message(low, RiskLevel::Low, Language::En, "a question")
+        .await;
+    line.message(high, RiskLevel::High, Language::En, "I have a plan")
+        .await;
+    let queued = next_matching("two waiting", &|s| s.waiting_total() == 2).await;
+    assert!(queued.waiting.contains(&(RiskLevel::High, 1)));
+    assert!(queued.waiting.contains(&(RiskLevel::Low, 1)));
+    // Nothing about any person: counts and a duration only.
+    let json = serde_json::to_string(&queued).unwrap();
+    assert!(
+        !json.contains(&low.to_string()) && !json.contains("question"),
+        "{json}"
+    );
+
+    line.presence("ben", Presence::Available).await;
+    line.pushes.wait_offer("ben", high).await;
+    assert_eq!(line.accept(high, "ben").await, RouterReply::Done);
+    let served = next_matching("one taken, a typical wait", &|s| {
+        s.waiting_total() == 1 && s.typical_wait_secs.is_some() && s.counsellors_available == 1
+    })
+    .await;
+    assert_eq!(
+        served.free_seats, 1,
+        "ben holds one of two seats: {served:?}"
+    );
 }
 
 #[tokio::test]

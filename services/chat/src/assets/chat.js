@@ -28,7 +28,10 @@
       typing: 'The counsellor is typing…',
       helpfulQ: 'Was this chat helpful?', thanks: 'Thank you for telling us.', seen: 'Seen ✓✓',
       sending: 'Sending…', sent: 'Sent ✓', notSent: 'Not sent yet — it will be sent when you are back online.',
-      waiting: 'Your message is with the line. A counsellor will answer here as soon as one is free. If you are in danger now, call ' + cfg.emergency + '.',
+      waiting: 'Your message is with the line and a counsellor will answer here. If you are in danger now, call ' + cfg.emergency + '.',
+      waitingPeople: function (n) { return 'About ' + n + ' people are waiting.'; },
+      waitedLess: 'Recently people waited less than a minute.',
+      waitedAbout: function (m) { return 'Recently people waited about ' + m + (m === 1 ? ' minute.' : ' minutes.'); },
       connecting: 'Connecting…', offline: 'You are offline. Your messages will be sent when the connection is back.',
       connected: '', otherLang: 'Español', otherCode: 'es',
       notes: {
@@ -57,7 +60,10 @@
       typing: 'El consejero está escribiendo…',
       helpfulQ: '¿Te ayudó este chat?', thanks: 'Gracias por contarnos.', seen: 'Visto ✓✓',
       sending: 'Enviando…', sent: 'Enviado ✓', notSent: 'Aún no enviado: se enviará cuando vuelvas a tener conexión.',
-      waiting: 'Tu mensaje está con la línea. Un consejero te responderá aquí en cuanto esté libre. Si estás en peligro ahora, llama al ' + cfg.emergency + '.',
+      waiting: 'Tu mensaje está con la línea y un consejero te responderá aquí. Si estás en peligro ahora, llama al ' + cfg.emergency + '.',
+      waitingPeople: function (n) { return 'Hay unas ' + n + ' personas esperando.'; },
+      waitedLess: 'Últimamente la espera fue de menos de un minuto.',
+      waitedAbout: function (m) { return 'Últimamente la espera fue de unos ' + m + (m === 1 ? ' minuto.' : ' minutos.'); },
       connecting: 'Conectando…', offline: 'No tienes conexión. Tus mensajes se enviarán cuando vuelva.',
       connected: '', otherLang: 'English', otherCode: 'en',
       notes: {
@@ -93,6 +99,9 @@
   var shownMine = {};                // seq -> li
   var typingTimer = null;
   var ws = null, retry = 0, retryTimer = null, exited = false, ended = false, waitingShown = false;
+  var readUpto = 0;                  // the counsellor has read ours up to this seq
+  var withCounsellor = false;        // a counsellor joined (until the chat is closed)
+  var estimate = null;               // the last wait estimate shown
 
   function save() {
     if (exited) return;
@@ -172,14 +181,32 @@
     frame(f);
   }
 
-  // A counsellor who joined or answered has the conversation before them:
-  // the person's stored messages up to now are marked seen.
-  function markSeen() {
+  // The counsellor read the person's messages up to `upto` (the server's
+  // read mark, only ever raised): exactly those are marked seen.
+  function seenUpto(upto) {
+    if (upto > readUpto) readUpto = upto;
     Object.keys(shownMine).forEach(function (seq) {
-      var li = shownMine[seq];
-      var meta = li.querySelector('.meta');
-      if (meta.textContent === t('sent')) meta.textContent = t('seen');
+      if (Number(seq) > readUpto) return;
+      var meta = shownMine[seq].querySelector('.meta');
+      if (meta.textContent === t('sent') || meta.textContent === WORDS[other()].sent) meta.textContent = t('seen');
     });
+  }
+  function other() { return lang === 'es' ? 'en' : 'es'; }
+
+  // An honest wait estimate: what is known, in plain words; never
+  // "nobody is available"; always how to get help now.
+  function estimateWords(f) {
+    var w = WORDS[lang], parts = [];
+    if (f.waiting && f.waiting > 1) parts.push(w.waitingPeople(f.waiting));
+    if (f.typical_wait_secs !== null && f.typical_wait_secs !== undefined) {
+      parts.push(f.typical_wait_secs < 60 ? w.waitedLess : w.waitedAbout(Math.max(1, Math.round(f.typical_wait_secs / 60))));
+    }
+    parts.push(w.waiting);
+    return parts.join(' ');
+  }
+  function showEstimate(f) {
+    estimate = f;
+    status.textContent = estimateWords(f);
   }
 
   // ---- the socket
@@ -223,6 +250,7 @@
           if (stored[p.seq]) { mark(p.seq, t('sent')); return false; }
           return true;
         });
+        seenUpto(f.read_upto || 0);
         if (nextSeq <= f.stored_seq) nextSeq = f.stored_seq + 1;
         save();
         pending.forEach(function (p) {
@@ -234,11 +262,17 @@
       case 'ack':
         pending = pending.filter(function (p) { return p.seq !== f.seq; });
         save();
-        mark(f.seq, t('sent'));
-        if (!waitingShown && shownMine[f.seq]) {
+        mark(f.seq, f.seq <= readUpto ? t('seen') : t('sent'));
+        if (!waitingShown && !withCounsellor && shownMine[f.seq]) {
           waitingShown = true;
-          status.textContent = t('waiting');
+          if (estimate) showEstimate(estimate); else status.textContent = t('waiting');
         }
+        break;
+      case 'seen':
+        seenUpto(f.upto);
+        break;
+      case 'wait_estimate':
+        if (!withCounsellor) showEstimate(f);
         break;
       case 'message':
         if (f.seq <= lastSeen) return; // never twice
@@ -246,10 +280,16 @@
         var words = f.note ? (WORDS[lang].notes[f.note] || f.text) : f.text;
         item(f.from === 'counsellor' ? 'counsellor' : 'line',
           f.from === 'counsellor' ? t('counsellor') : t('lineName'), words, time(f.at), f.at);
-        if (f.note === 'joined') status.textContent = '';
-        if (f.from === 'counsellor' || f.note === 'joined') markSeen();
-        if (f.note === 'closed') $('feedback').hidden = false;
-        if (f.from === 'counsellor') status.textContent = '';
+        if (f.from === 'counsellor' || f.note === 'joined') {
+          withCounsellor = true;
+          estimate = null;
+          status.textContent = '';
+        }
+        if (f.note === 'closed') {
+          withCounsellor = false;
+          waitingShown = false;
+          $('feedback').hidden = false;
+        }
         frame({ type: 'ack', seq: f.seq });
         break;
       case 'typing':
@@ -345,6 +385,9 @@
     $('composer').hidden = false;
     $('prechat').hidden = false;
     waitingShown = false;
+    readUpto = 0;
+    withCounsellor = false;
+    estimate = null;
     connect();
   });
   function answer(helpful) {
@@ -358,8 +401,10 @@
   $('helpful-yes').addEventListener('click', function () { answer(true); });
   $('helpful-no').addEventListener('click', function () { answer(false); });
   $('lang').addEventListener('click', function () {
+    var showing = estimate && status.textContent === estimateWords(estimate);
     lang = lang === 'es' ? 'en' : 'es';
     translate();
+    if (showing) showEstimate(estimate);
   });
   // The browser knows the network is gone before the socket does: close it,
   // keep what is written in the queue, and reconnect as soon as it is back.
