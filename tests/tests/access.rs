@@ -385,6 +385,7 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 p(api("STREAM.MSG.DELETE.OUTBOUND")),
                 s(subjects::dashboard_push_all()),
+                s(subjects::dashboard_queue()),
             ],
         ),
         service(
@@ -431,10 +432,12 @@ fn rules() -> Vec<Rules> {
                 p(kv_get(buckets::CONTACTS)),
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 s(subjects::dashboard_push_all()),
+                s(subjects::dashboard_queue()),
                 s(subjects::outbound_status_all()),
             ],
             vec![
                 p("$KV.contacts.x"),
+                p(subjects::dashboard_queue()),
                 p(subjects::contact_assigned(&id)),
                 p(api("CONSUMER.CREATE.CONTACTS.router")),
             ],
