@@ -310,6 +310,45 @@ mod tests {
     }
 
     #[test]
+    fn a_fan_out_sends_each_counsellor_their_audiences_text() {
+        let hub = Hub::default();
+        let root = CancellationToken::new();
+        let clinic = Audience::Door(nwd_proto::PartnerId::parse("clinic").unwrap());
+        let mut a1 = hub.register(&login("ana"), Presence::Available, clinic.clone(), &root);
+        let mut a2 = hub.register(&login("ana"), Presence::Available, clinic.clone(), &root);
+        let mut b = hub.register(&login("ben"), Presence::Available, clinic.clone(), &root);
+        let mut s = hub.register(
+            &login("sam"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
+        let _gone = hub.register(&login("cy"), Presence::Available, Audience::Nobody, &root);
+        let mut rendered = Vec::new();
+        let sent = hub.fan_out(|audience| {
+            rendered.push(audience.clone());
+            match audience {
+                Audience::Nobody => None,
+                Audience::Everyone => Some(Utf8Bytes::from_static("all")),
+                Audience::Door(_) => Some(Utf8Bytes::from_static("clinic")),
+            }
+        });
+        assert_eq!(sent, 4);
+        for rx in [&mut a1.rx, &mut a2.rx, &mut b.rx] {
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                Frame::Json(Utf8Bytes::from_static("clinic"))
+            );
+        }
+        assert_eq!(
+            s.rx.try_recv().unwrap(),
+            Frame::Json(Utf8Bytes::from_static("all"))
+        );
+        // Asked once per counsellor (the queue caches per audience).
+        assert_eq!(rendered.len(), 4);
+    }
+
+    #[test]
     fn ended_sessions_close_only_their_own_sockets() {
         let hub = Hub::default();
         let root = CancellationToken::new();

@@ -190,6 +190,62 @@ mod tests {
     }
 
     #[test]
+    fn a_change_is_serialised_once_per_audience_and_shared() {
+        use crate::session::Login;
+        use nwd_proto::dashboard::Presence;
+        let hub = Hub::default();
+        let root = tokio_util::sync::CancellationToken::new();
+        let login = |who: &str| Login {
+            key: format!("session-of-{who}"),
+            counsellor: nwd_proto::CounsellorId::parse(who).unwrap(),
+            expires_at: OffsetDateTime::now_utc() + time::Duration::hours(1),
+        };
+        let clinic = Audience::Door(PartnerId::parse("clinic").unwrap());
+        let mut socks: Vec<_> = ["ana", "ben", "cy"]
+            .iter()
+            .map(|w| hub.register(&login(w), Presence::Available, clinic.clone(), &root))
+            .collect();
+        let mut sam = hub.register(
+            &login("sam"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
+        let queue = Queue::default();
+        let entries = vec![entry(None), entry(Some("clinic")), entry(Some("hospital"))];
+        let taken = queue.take(
+            QueueSnapshot {
+                seq: 1,
+                at: OffsetDateTime::now_utc(),
+                entries,
+            },
+            &hub,
+        );
+        assert_eq!(taken, Taken::Changed(4));
+        assert_eq!(queue.latest().rendered.len(), 2, "two audiences, two texts");
+        let texts: Vec<_> = socks
+            .iter_mut()
+            .map(|s| match s.rx.try_recv().unwrap() {
+                Frame::Json(t) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The same bytes, not copies.
+        assert!(
+            texts
+                .iter()
+                .all(|t| t.as_str().as_ptr() == texts[0].as_str().as_ptr())
+        );
+        let mine: ServerMsg = serde_json::from_str(texts[0].as_str()).unwrap();
+        assert!(matches!(mine, ServerMsg::Queue { entries, .. } if entries.len() == 2));
+        let Frame::Json(all) = sam.rx.try_recv().unwrap() else {
+            panic!("a queue frame")
+        };
+        let all: ServerMsg = serde_json::from_str(all.as_str()).unwrap();
+        assert!(matches!(all, ServerMsg::Queue { entries, .. } if entries.len() == 3));
+    }
+
+    #[test]
     fn only_a_newer_snapshot_replaces_the_kept_one() {
         let queue = Queue::default();
         let hub = Hub::default();
