@@ -509,46 +509,17 @@ impl Session {
     }
 
     /// A screener's answers, checked by the router against the record
-    /// (only the holder; the skip logic) and recorded there; then every tab
-    /// of the counsellor gets the result as the record keeps it.
+    /// (only the holder; the skip logic) and recorded there; the router
+    /// pushes the result (`Assessed`) to every tab of the counsellor.
     async fn assess(&self, contact_id: ContactId, answers: ScreenerAnswers) {
-        let span = tracing::info_span!("assess", contact = %contact_id);
-        async {
-            let cmd = RouterCommand::Assess {
-                contact_id,
-                counsellor: self.who.clone(),
-                answers,
-            };
-            if !self.routed("assess", cmd).await {
-                return;
-            }
-            let rec =
-                kv::get::<ContactRecord>(&self.stores.contacts, &wire::key::contact(&contact_id))
-                    .await;
-            match rec.map(|v| v.value.and_then(|r| r.screener)) {
-                Ok(Some(result)) => self.broadcast(&ServerMsg::Assessed {
-                    contact_id,
-                    result: Box::new(result),
-                }),
-                Ok(None) => {
-                    self.reply(error(
-                        "unavailable",
-                        "The screener was not found; reconnect",
-                    ))
-                    .await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load the assessed contact");
-                    self.reply(error(
-                        "unavailable",
-                        "Recorded, but the result could not be loaded; reconnect",
-                    ))
-                    .await;
-                }
-            }
-        }
-        .instrument(span)
-        .await;
+        let cmd = RouterCommand::Assess {
+            contact_id,
+            counsellor: self.who.clone(),
+            answers,
+        };
+        self.routed("assess", cmd)
+            .instrument(tracing::info_span!("assess", contact = %contact_id))
+            .await;
     }
 
     /// A medical-emergency disclosure (42 CFR §2.51): the router checks that

@@ -1104,68 +1104,6 @@ async fn a_refused_screener_is_an_error_and_names_the_sessions_counsellor() {
 }
 
 #[tokio::test]
-async fn a_screener_done_but_missing_from_the_record_is_an_error() {
-    let d = Dashboard::start().await;
-    let mine = d.contact("hello", assigned_to("ana")).await;
-    let _commands = d.fake_router(RouterReply::Done).await;
-    let mut ana = d.socket("ana").await;
-    ana.hello().await;
-    ana.send_text(&format!(
-        r#"{{"type":"assess","contact_id":"{}","answers":{{"wish_dead":false,"thoughts":false,"behaviour":false}}}}"#,
-        mine.id
-    ))
-    .await;
-    let message = ana.expect_error("unavailable").await;
-    assert!(message.contains("reconnect"), "{message}");
-}
-
-#[tokio::test]
-async fn an_accepted_screener_is_read_back_from_the_record_for_every_tab() {
-    let d = Dashboard::start().await;
-    let mut mine = d.contact("hello", assigned_to("ana")).await;
-    let answers = nwd_proto::screener::ScreenerAnswers {
-        wish_dead: true,
-        thoughts: true,
-        method: Some(true),
-        intent: Some(false),
-        plan: Some(false),
-        behaviour: false,
-        behaviour_recent: None,
-    };
-    // What the router does on Assess: record it on the contact, then answer.
-    let result = mine
-        .assess(&c("ana"), answers, OffsetDateTime::now_utc())
-        .unwrap();
-    assert_eq!(result.level, RiskLevel::Moderate);
-    d.put(&mine).await;
-    let mut commands = d.fake_router(RouterReply::Done).await;
-    let mut ana = d.socket("ana").await;
-    let mut tab = d.socket("ana").await;
-    ana.hello().await;
-    tab.hello().await;
-    ana.send(&ClientMsg::Assess {
-        contact_id: mine.id,
-        answers,
-    })
-    .await;
-    assert!(matches!(
-        commands.recv().await.unwrap(),
-        RouterCommand::Assess { counsellor, .. } if counsellor == c("ana")
-    ));
-    for ws in [&mut ana, &mut tab] {
-        let got = ws
-            .expect("assessed", |m| match m {
-                ServerMsg::Assessed { contact_id, result } if *contact_id == mine.id => {
-                    Some(result.clone())
-                }
-                _ => None,
-            })
-            .await;
-        assert_eq!(*got, result);
-    }
-}
-
-#[tokio::test]
 async fn take_next_asks_the_router_for_this_counsellor_and_a_refusal_is_shown() {
     let d = Dashboard::start().await;
     let mut commands = d
