@@ -241,8 +241,12 @@ impl Router {
                 metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "declined")
                     .increment(1);
                 // When nobody holds an offer any more the next step is due
-                // now: the escalator fires it.
-                (RouterReply::Done, vec![withdrawn(WithdrawReason::Declined)])
+                // now: the escalator fires it. Their seat is free for the
+                // next contact: run the queue.
+                (
+                    RouterReply::Done,
+                    vec![withdrawn(WithdrawReason::Declined), FollowUp::WakeQueue],
+                )
             }
             // Nothing to decline (the offer was already withdrawn): done.
             Ok((Declined::Refused(TransitionError::NotOffered), _)) => {

@@ -111,6 +111,14 @@ impl Router {
         if matches!(record.state, ContactState::Waiting { .. }) {
             tracing::info!(contact = %id, risk = %record.risk, "waiting: nobody available");
         }
+        // Someone offered this one has no seat left for an offer they hold
+        // of a less urgent contact: the sweep withdraws it (ADR 0017).
+        if newly_offered
+            .iter()
+            .any(|c| floor.held_count(c) >= floor.free_seats(c) as usize)
+        {
+            self.wake_queue();
+        }
         Ok(())
     }
 
@@ -146,7 +154,7 @@ impl Router {
     /// [`Self::offer`] against a given view of the floor (a sweep builds one
     /// for all the contacts it looks at).
     async fn offer_on(&self, id: ContactId, floor: &Floor) -> Result<(), StepError> {
-        if let Some(made) = self.decide_offer(id, floor).await? {
+        if let Some(made) = self.decide_offer(id, floor, None).await? {
             self.push_offers(&made.record, &made.to, made.messages)
                 .await;
         }
@@ -160,14 +168,24 @@ impl Router {
         &self,
         id: ContactId,
         floor: &Floor,
+        planned: Option<&[CounsellorId]>,
     ) -> Result<Option<Offers>, StepError> {
+        // Whom to offer: those a sweep's plan gave it to (and still
+        // eligible), or, alone, whose seats it is within.
+        let whom = |rec: &ContactRecord| match planned {
+            Some(planned) => nwd_ladder::eligible(rec, floor)
+                .into_iter()
+                .filter(|c| planned.contains(c))
+                .collect(),
+            None => nwd_ladder::widen(rec, floor),
+        };
         // Decide on the cached record first: no stream read and no KV round
         // trip when nobody new can be offered (the common case in a sweep).
         // (On the record in place, under the lock: no copy of it.)
         let worth_a_write = self
             .state()
             .get(&id)
-            .is_some_and(|cached| !nwd_ladder::widen(cached, floor).is_empty());
+            .is_some_and(|cached| !whom(cached).is_empty());
         if !worth_a_write {
             return Ok(None);
         }
@@ -180,7 +198,7 @@ impl Router {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(None);
                 };
-                let new = nwd_ladder::widen(&rec, floor);
+                let new: Vec<CounsellorId> = whom(&rec);
                 if new.is_empty() || rec.offer(&new).is_err() {
                     return Cas::Keep(Some((rec, Vec::new())));
                 }
@@ -200,8 +218,8 @@ impl Router {
     }
 
     /// Withdraws the offers of counsellors who can no longer take the
-    /// contact, all in one write (after a wave of accepts one contact may
-    /// have many such holders).
+    /// contact, or whose seats more urgent contacts now need, all in one
+    /// write (after a wave of accepts one contact may have many such holders).
     pub async fn expire(&self, id: ContactId, holders: &[CounsellorId]) -> Result<(), StepError> {
         let now = OffsetDateTime::now_utc();
         let (outcome, revision) = kv::cas_from(
@@ -230,7 +248,7 @@ impl Router {
         };
         self.remember(&record, revision);
         for who in &withdrawn {
-            tracing::info!(contact = %id, counsellor = %who, "offer withdrawn: counsellor cannot take it");
+            tracing::info!(contact = %id, counsellor = %who, "offer withdrawn: no seat for it");
             metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "withdrawn")
                 .increment(1);
             self.push(
@@ -245,20 +263,24 @@ impl Router {
         Ok(())
     }
 
-    /// One pass of the queue: withdraws offers held by counsellors who can
-    /// no longer take them, then offers the queue in order (risk, then wait).
-    /// Also catches anything missed (after a restart, a failed push).
+    /// One pass of the queue (ADR 0017): plans each counsellor's free seats
+    /// over the queue in serving order, withdraws the offers of those who can
+    /// no longer take them or whose seats more urgent contacts need, then
+    /// offers in queue order (risk, then wait). Also catches anything missed
+    /// (after a restart, a failed push).
     pub async fn sweep(&self) {
         let floor = self.floor();
-        let (stale, queue) = {
-            let state = self.state();
-            let stale: Vec<(ContactId, Vec<CounsellorId>)> = state
-                .records()
-                .map(|r| (r.id, floor.stale_offers(r)))
-                .filter(|(_, holders)| !holders.is_empty())
-                .collect();
-            (stale, state.queue())
-        };
+        let plan = self.state().plan(&floor);
+        let stale: Vec<(ContactId, Vec<CounsellorId>)> = plan
+            .iter()
+            .filter(|p| !p.withdraw.is_empty())
+            .map(|p| (p.contact, p.withdraw.clone()))
+            .collect();
+        let queue: Vec<(ContactId, Vec<CounsellorId>)> = plan
+            .into_iter()
+            .filter(|p| !p.offer.is_empty())
+            .map(|p| (p.contact, p.offer))
+            .collect();
         // Contacts are independent (each write is its own compare-and-swap),
         // so a few at a time: the waits on the store overlap. They start in
         // queue order, so the most urgent are decided first.
@@ -273,7 +295,9 @@ impl Router {
         let floor = &floor;
         let mut decided = std::pin::pin!(
             futures::stream::iter(queue)
-                .map(|id| async move { (id, self.decide_offer(id, floor).await) })
+                .map(|(id, planned)| async move {
+                    (id, self.decide_offer(id, floor, Some(&planned)).await)
+                })
                 .buffered(SWEEP_CONCURRENCY)
         );
         while let Some((id, result)) = decided.next().await {
