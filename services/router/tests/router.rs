@@ -1629,3 +1629,195 @@ async fn a_lower_offer_is_withdrawn_when_a_more_urgent_contact_needs_the_seat() 
     line.wait_state(high, "the high is hers", offered_to(&["ana"]))
         .await;
 }
+
+// ------------------------------------------------------------ "take the next" (ADR 0017)
+
+mod take_next {
+    use super::*;
+
+    async fn take_next(line: &Line, who: &str) -> RouterReply {
+        line.command(RouterCommand::TakeNext { counsellor: c(who) })
+            .await
+    }
+
+    fn refusal(reason: &str) -> RouterReply {
+        RouterReply::Refused {
+            reason: reason.into(),
+        }
+    }
+
+    fn conversations(line: &Line, who: &str) -> Vec<ContactView> {
+        line.pushes
+            .to(who)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Conversation { contact } => Some(contact),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn takes_the_most_urgent_contact_they_are_eligible_for_and_the_others_lose_the_offer() {
+        nwd_runtime::telemetry::metrics_handle();
+        let line = Line::start().await;
+        line.presence("ana", Presence::Available).await;
+        line.presence("ben", Presence::Available).await;
+        // A Spanish speaker's contact: during the language wait only ana
+        // (who speaks Spanish) is eligible, though it is the most urgent.
+        let spanish = ContactId::new();
+        line.message(spanish, RiskLevel::High, Language::Es, "ayuda")
+            .await;
+        line.wait_state(spanish, "offered to ana", offered_to(&["ana"]))
+            .await;
+        let low = ContactId::new();
+        line.message(low, RiskLevel::Low, Language::En, "a question")
+            .await;
+        let moderate = ContactId::new();
+        line.message(moderate, RiskLevel::Moderate, Language::En, "cravings")
+            .await;
+        line.pushes.wait_offer("ben", moderate).await;
+        line.presence("chloe", Presence::Available).await;
+        line.pushes.wait_offer("chloe", moderate).await;
+
+        assert_eq!(take_next(&line, "ben").await, RouterReply::Done);
+        let rec = line.record(moderate).await.unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("ben")), "not the Spanish one");
+        assert_eq!(
+            line.pushes.wait_withdrawn("chloe", moderate).await,
+            WithdrawReason::Taken
+        );
+        let conversation = eventually(WITHIN, "the conversation pushed", || async {
+            conversations(&line, "ben").into_iter().next()
+        })
+        .await;
+        assert_eq!(conversation.contact_id, moderate);
+        assert_eq!(conversation.messages[0].body, "cravings");
+        let assigned: Vec<ContactAssigned> =
+            stored(&line.js, subjects::contact_assigned(&moderate)).await;
+        assert_eq!(assigned.len(), 1);
+        assert_eq!(assigned[0].counsellor, c("ben"));
+        assert!(line.record(spanish).await.unwrap().assigned_to().is_none());
+
+        // ana takes the top of hers: the Spanish contact.
+        assert_eq!(take_next(&line, "ana").await, RouterReply::Done);
+        assert_eq!(
+            line.record(spanish).await.unwrap().assigned_to(),
+            Some(&c("ana"))
+        );
+        let addr = line.router.as_ref().unwrap().addr;
+        let metrics = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(r#"nwd_router_take_next_total{service="router",outcome="taken"} 2"#),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_when_away_at_capacity_or_with_nothing_to_take() {
+        let line = Line::start().await;
+        assert_eq!(take_next(&line, "sam").await, refusal("not-available"));
+        line.presence("ben", Presence::Away).await;
+        assert_eq!(take_next(&line, "ben").await, refusal("not-available"));
+        line.presence("ana", Presence::Available).await;
+        assert_eq!(take_next(&line, "ana").await, refusal("queue-empty"));
+        let first = ContactId::new();
+        line.message(first, RiskLevel::Low, Language::En, "one")
+            .await;
+        line.wait_state(first, "offered to ana", offered_to(&["ana"]))
+            .await;
+        assert_eq!(take_next(&line, "ana").await, RouterReply::Done);
+        let second = ContactId::new();
+        line.message(second, RiskLevel::High, Language::En, "two")
+            .await;
+        line.wait_state(second, "waiting", waiting).await;
+        assert_eq!(take_next(&line, "ana").await, refusal("at-capacity"));
+        assert!(line.record(second).await.unwrap().assigned_to().is_none());
+    }
+
+    #[tokio::test]
+    async fn two_counsellors_taking_the_next_at_once_never_get_the_same_contact() {
+        let line = Line::start().await;
+        line.presence("ben", Presence::Available).await;
+        line.presence("chloe", Presence::Available).await;
+        let only = ContactId::new();
+        line.message(only, RiskLevel::High, Language::En, "help")
+            .await;
+        line.wait_state(only, "offered", offered_to(&["ben", "chloe"]))
+            .await;
+        let (a, b) = tokio::join!(take_next(&line, "ben"), take_next(&line, "chloe"));
+        let mut replies = [a, b];
+        replies.sort_by_key(|r| r == &RouterReply::Done);
+        assert_eq!(replies, [refusal("queue-empty"), RouterReply::Done]);
+        assert_eq!(
+            stored::<ContactAssigned>(&line.js, subjects::contact_assigned(&only))
+                .await
+                .len(),
+            1
+        );
+
+        // Two waiting, two takers: one each.
+        let first = ContactId::new();
+        let second = ContactId::new();
+        line.message(first, RiskLevel::High, Language::En, "one")
+            .await;
+        line.message(second, RiskLevel::Low, Language::En, "two")
+            .await;
+        line.wait_state(first, "offered", |s| {
+            matches!(s, ContactState::Offered { .. })
+        })
+        .await;
+        line.wait_state(second, "in the queue", |s| {
+            matches!(
+                s,
+                ContactState::Offered { .. } | ContactState::Waiting { .. }
+            )
+        })
+        .await;
+        let (a, b) = tokio::join!(take_next(&line, "ben"), take_next(&line, "chloe"));
+        assert_eq!((a, b), (RouterReply::Done, RouterReply::Done));
+        let mut holders = vec![
+            line.record(first)
+                .await
+                .unwrap()
+                .assigned_to()
+                .cloned()
+                .unwrap(),
+            line.record(second)
+                .await
+                .unwrap()
+                .assigned_to()
+                .cloned()
+                .unwrap(),
+        ];
+        holders.sort();
+        assert_eq!(holders, vec![c("ben"), c("chloe")]);
+    }
+
+    /// Take-next and accept share the counsellor's lock: at once, by one
+    /// counsellor with one seat, they give one conversation.
+    #[tokio::test]
+    async fn take_next_and_accept_together_never_exceed_capacity() {
+        let line = Line::start().await;
+        let (first, second) = two_offers_to_ana(&line).await;
+        let (a, b) = tokio::join!(line.accept(first, "ana"), take_next(&line, "ana"));
+        let done = [&a, &b]
+            .iter()
+            .filter(|r| ***r == RouterReply::Done)
+            .count();
+        assert_eq!(done, 1, "{a:?} {b:?}");
+        let held = [
+            line.record(first).await.unwrap(),
+            line.record(second).await.unwrap(),
+        ]
+        .iter()
+        .filter(|r| r.assigned_to() == Some(&c("ana")))
+        .count();
+        assert_eq!(held, 1);
+    }
+}

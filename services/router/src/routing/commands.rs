@@ -7,11 +7,55 @@ use nwd_proto::events::{ContactAssigned, ContactResolved};
 use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::{ContactId, CounsellorId, Envelope, subjects, wire};
 use nwd_runtime::kv::{self, Cas};
+use nwd_runtime::transcript;
+use std::sync::Arc;
 use time::OffsetDateTime;
 
 use super::{FollowUp, Router, kv_failure, ladder_floor, refused};
 use crate::NAME;
-use crate::decide::{self};
+use crate::decide;
+
+/// "Take the next" refusals (codes the dashboard shows as they are).
+pub const QUEUE_EMPTY: &str = "queue-empty";
+pub const AT_CAPACITY: &str = "at-capacity";
+pub const NOT_AVAILABLE: &str = "not-available";
+
+/// Contacts "take the next" tries when the one it chose is taken meanwhile.
+const TAKE_ATTEMPTS: usize = 3;
+
+/// How a counsellor comes to hold a contact.
+#[derive(Debug, Clone, Copy)]
+enum Taking {
+    /// Accepting an offer they hold.
+    Accept,
+    /// "Take the next": offered to them or not.
+    TakeNext,
+}
+
+impl Taking {
+    fn as_str(self) -> &'static str {
+        match self {
+            Taking::Accept => "accept",
+            Taking::TakeNext => "take-next",
+        }
+    }
+
+    /// `nwd_offers_total` outcome.
+    fn outcome(self) -> &'static str {
+        match self {
+            Taking::Accept => "accepted",
+            Taking::TakeNext => "taken",
+        }
+    }
+}
+
+/// Why a contact was not assigned.
+enum Unassigned {
+    /// The record refused (taken, resolved, not offered).
+    Refused(TransitionError),
+    /// The store or the stream failed: the reply to give.
+    Failed((RouterReply, Vec<FollowUp>)),
+}
 
 impl Router {
     /// Handles one command; the reply is sent before the follow-ups run.
@@ -34,7 +78,8 @@ impl Router {
                 self.resolve(contact_id, counsellor, disposition, note)
                     .await
             }
-            RouterCommand::TakeNext { .. } | RouterCommand::Assess { .. } => {
+            RouterCommand::TakeNext { counsellor } => self.take_next(counsellor).await,
+            RouterCommand::Assess { .. } => {
                 // Built next (issue 16): refused until then, never half done.
                 (refused("not-available-yet"), Vec::new())
             }
@@ -76,13 +121,7 @@ impl Router {
     }
 
     async fn accept(&self, id: ContactId, who: CounsellorId) -> (RouterReply, Vec<FollowUp>) {
-        let lock = self
-            .accept_locks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(who.clone())
-            .or_default()
-            .clone();
+        let lock = self.accept_lock(&who);
         let _serial = lock.lock().await;
         let already_theirs = self
             .state()
@@ -95,6 +134,47 @@ impl Router {
                 vec![FollowUp::Expire(id, who)],
             );
         }
+        match self.assign(id, &who, Taking::Accept).await {
+            Ok((_, follow)) => (RouterReply::Done, follow),
+            Err(Unassigned::Refused(e)) => {
+                tracing::info!(contact = %id, counsellor = %who, refusal = %e, "accept refused");
+                (
+                    refused(&e.to_string()),
+                    vec![FollowUp::Push(
+                        who,
+                        ServerMsg::OfferWithdrawn {
+                            contact_id: id,
+                            reason: decide::withdraw_reason(&e),
+                        },
+                    )],
+                )
+            }
+            Err(Unassigned::Failed(reply)) => reply,
+        }
+    }
+
+    /// The per-counsellor lock that serialises their accepts and takes, so
+    /// that two of them at once cannot take them over capacity.
+    fn accept_lock(&self, who: &CounsellorId) -> Arc<tokio::sync::Mutex<()>> {
+        self.accept_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(who.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Gives `who` the contact (an accept of their offer, or a take) in one
+    /// compare-and-swap, then tells the line: `ContactAssigned`, an
+    /// outreach's introduction, `OfferWithdrawn { Taken }` to the other
+    /// holders of the offer (follow-ups) and a queue run. Returns the record
+    /// as written. The caller holds `who`'s accept lock and checked capacity.
+    async fn assign(
+        &self,
+        id: ContactId,
+        who: &CounsellorId,
+        how: Taking,
+    ) -> Result<(ContactRecord, Vec<FollowUp>), Unassigned> {
         let now = OffsetDateTime::now_utc();
         let result = kv::cas_from(
             &self.contacts,
@@ -105,13 +185,17 @@ impl Router {
                     return Cas::Keep(Err(TransitionError::NotOffered));
                 };
                 let before = rec.clone();
-                match rec.accept(&who, now) {
+                let taken = match how {
+                    Taking::Accept => rec.accept(who, now),
+                    Taking::TakeNext => rec.take(who, now),
+                };
+                match taken {
                     Err(e) => Cas::Keep(Err(e)),
                     Ok(()) if rec.state == before.state => Cas::Keep(Ok((rec, Vec::new(), None))),
                     Ok(()) => {
                         let others: Vec<CounsellorId> = ladder_floor::offered_to(&before)
                             .iter()
-                            .filter(|c| **c != who)
+                            .filter(|c| *c != who)
                             .cloned()
                             .collect();
                         Cas::Write(rec.clone(), Ok((rec, others, before.waiting_since())))
@@ -125,20 +209,8 @@ impl Router {
                 self.remember(&r.0, revision);
                 r
             }
-            Ok((Err(e), _)) => {
-                tracing::info!(contact = %id, counsellor = %who, refusal = %e, "accept refused");
-                return (
-                    refused(&e.to_string()),
-                    vec![FollowUp::Push(
-                        who,
-                        ServerMsg::OfferWithdrawn {
-                            contact_id: id,
-                            reason: decide::withdraw_reason(&e),
-                        },
-                    )],
-                );
-            }
-            Err(e) => return kv_failure(id, &e),
+            Ok((Err(e), _)) => return Err(Unassigned::Refused(e)),
+            Err(e) => return Err(Unassigned::Failed(kv_failure(id, &e))),
         };
         let at = match &record.state {
             ContactState::Assigned { since, .. } => *since,
@@ -155,7 +227,7 @@ impl Router {
         if let Err(e) = self
             .publish(
                 subjects::contact_assigned(&id),
-                &wire::msg_id::contact_assigned(&id, &who),
+                &wire::msg_id::contact_assigned(&id, who),
                 &event,
             )
             .await
@@ -167,14 +239,14 @@ impl Router {
         // owed). On failure the sweep sends it; the accept says try again.
         if let Err(e) = self.after_outreach_accept(&record).await {
             tracing::error!(contact = %id, error = %e, "cannot publish the outreach accept; the sweep retries");
-            return (
+            return Err(Unassigned::Failed((
                 refused("the line could not send its introduction just now; please accept again"),
                 vec![FollowUp::WakeQueue],
-            );
+            )));
         }
         if let Some(since) = waited_since {
-            tracing::info!(contact = %id, counsellor = %who, "accepted");
-            metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "accepted")
+            tracing::info!(contact = %id, counsellor = %who, how = how.as_str(), "assigned");
+            metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => how.outcome())
                 .increment(1);
             metrics::histogram!("nwd_time_to_answer_seconds", "service" => NAME, "risk" => record.risk.as_str())
                 .record((at - since).as_seconds_f64().max(0.0));
@@ -195,9 +267,66 @@ impl Router {
             .collect();
         // They may now be at capacity: their other offers go to others.
         follow.push(FollowUp::WakeQueue);
-        (RouterReply::Done, follow)
+        Ok((record, follow))
     }
 
+    /// "Help the next person" (ADR 0017): gives an available counsellor
+    /// under capacity the most urgent contact in the queue they are eligible
+    /// for, and pushes them the conversation as an accept does.
+    async fn take_next(&self, who: CounsellorId) -> (RouterReply, Vec<FollowUp>) {
+        let lock = self.accept_lock(&who);
+        let _serial = lock.lock().await;
+        let floor = self.floor();
+        let refuse = |outcome: &'static str| {
+            tracing::info!(counsellor = %who, outcome, "take-next refused");
+            metrics::counter!("nwd_router_take_next_total", "service" => NAME, "outcome" => outcome)
+                .increment(1);
+            (refused(outcome), Vec::new())
+        };
+        if !floor.is_available(&who) {
+            return refuse(NOT_AVAILABLE);
+        }
+        if !floor.has_room(&who) {
+            return refuse(AT_CAPACITY);
+        }
+        // Between the choice and the write another counsellor may take it:
+        // then the next one down.
+        let mut passed: Vec<ContactId> = Vec::new();
+        for _ in 0..TAKE_ATTEMPTS {
+            let next = self
+                .state()
+                .queued()
+                .filter(|r| !passed.contains(&r.id))
+                .find(|r| {
+                    ladder_floor::offered_to(r).contains(&who)
+                        || nwd_ladder::eligible(r, &floor).contains(&who)
+                })
+                .map(|r| r.id);
+            let Some(id) = next else {
+                return refuse(QUEUE_EMPTY);
+            };
+            match self.assign(id, &who, Taking::TakeNext).await {
+                Ok((record, mut follow)) => {
+                    metrics::counter!("nwd_router_take_next_total", "service" => NAME, "outcome" => "taken")
+                        .increment(1);
+                    let messages = transcript::load(&self.js, &id).await.unwrap_or_else(|e| {
+                        // The dashboard rebuilds it from the streams on reconnect.
+                        tracing::warn!(contact = %id, error = %e, "cannot read the transcript for the taker");
+                        Vec::new()
+                    });
+                    let contact = transcript::contact_view(&record, &self.directory(), messages);
+                    follow.insert(0, FollowUp::Push(who, ServerMsg::Conversation { contact }));
+                    return (RouterReply::Done, follow);
+                }
+                Err(Unassigned::Refused(e)) => {
+                    tracing::info!(contact = %id, counsellor = %who, refusal = %e, "take-next: taken meanwhile; trying the next");
+                    passed.push(id);
+                }
+                Err(Unassigned::Failed(reply)) => return reply,
+            }
+        }
+        refuse(QUEUE_EMPTY)
+    }
     async fn decline(&self, id: ContactId, who: CounsellorId) -> (RouterReply, Vec<FollowUp>) {
         let now = OffsetDateTime::now_utc();
         let result = kv::cas(
