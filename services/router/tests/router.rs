@@ -1821,3 +1821,146 @@ mod take_next {
         assert_eq!(held, 1);
     }
 }
+
+// ------------------------------------------------------------ the C-SSRS screener
+
+mod screener {
+    use super::*;
+    use nwd_proto::events::ScreenerRecorded;
+    use nwd_proto::screener::ScreenerAnswers;
+
+    /// Thoughts of killing oneself and of how, no intent, no plan, nothing
+    /// done: moderate.
+    fn moderate() -> ScreenerAnswers {
+        ScreenerAnswers {
+            wish_dead: true,
+            thoughts: true,
+            method: Some(true),
+            intent: Some(false),
+            plan: Some(false),
+            behaviour: false,
+            behaviour_recent: None,
+        }
+    }
+
+    async fn assess(
+        line: &Line,
+        id: ContactId,
+        who: &str,
+        answers: ScreenerAnswers,
+    ) -> RouterReply {
+        line.command(RouterCommand::Assess {
+            contact_id: id,
+            counsellor: c(who),
+            answers,
+        })
+        .await
+    }
+
+    async fn audited(line: &Line, id: ContactId) -> Vec<ScreenerRecorded> {
+        nwd_runtime::transcript::read_subjects(
+            &line.js,
+            streams::AUDIT,
+            vec![subjects::audit_screener(&id)],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            Envelope::<ScreenerRecorded>::from_bytes(&m.payload)
+                .unwrap()
+                .data
+        })
+        .collect()
+    }
+
+    /// A high-risk contact ben accepted.
+    async fn held_by_ben(line: &Line) -> ContactId {
+        line.presence("ben", Presence::Available).await;
+        let id = ContactId::new();
+        line.message(id, RiskLevel::High, Language::En, "I want to die")
+            .await;
+        line.pushes.wait_offer("ben", id).await;
+        assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+        id
+    }
+
+    #[tokio::test]
+    async fn a_screener_by_the_holder_lowers_the_level_is_audited_and_later_messages_raise_it_again()
+     {
+        let line = Line::start().await;
+        let id = held_by_ben(&line).await;
+        assert_eq!(
+            assess(&line, id, "ben", moderate()).await,
+            RouterReply::Done
+        );
+        let rec = line.record(id).await.unwrap();
+        assert_eq!(rec.risk, RiskLevel::Moderate, "lowered by the screener");
+        let result = rec.screener.unwrap();
+        assert_eq!(
+            (result.before, result.level),
+            (RiskLevel::High, RiskLevel::Moderate)
+        );
+        assert_eq!(result.by, c("ben"));
+        let pushed = eventually(WITHIN, "Assessed pushed to ben", || async {
+            line.pushes.to("ben").into_iter().find_map(|m| match m {
+                ServerMsg::Assessed { contact_id, result } if contact_id == id => Some(result),
+                _ => None,
+            })
+        })
+        .await;
+        assert_eq!(pushed.level, RiskLevel::Moderate);
+        let audit = audited(&line, id).await;
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].counsellor, c("ben"));
+        assert_eq!(
+            (audit[0].before, audit[0].after),
+            (RiskLevel::High, RiskLevel::Moderate)
+        );
+        assert_eq!(audit[0].answers, moderate());
+        assert_eq!(audit[0].at, result.at);
+        // The same answers again (a retry): recorded once.
+        assert_eq!(
+            assess(&line, id, "ben", moderate()).await,
+            RouterReply::Done
+        );
+        assert_eq!(audited(&line, id).await.len(), 1);
+
+        // A low message leaves the assessed level; a high one raises it.
+        line.message(id, RiskLevel::Low, Language::En, "thanks")
+            .await;
+        line.pushes.wait_message("ben", id, "thanks").await;
+        assert_eq!(line.record(id).await.unwrap().risk, RiskLevel::Moderate);
+        line.message(id, RiskLevel::High, Language::En, "I have the pills")
+            .await;
+        line.pushes
+            .wait_message("ben", id, "I have the pills")
+            .await;
+        assert_eq!(line.record(id).await.unwrap().risk, RiskLevel::High);
+    }
+
+    #[tokio::test]
+    async fn refused_for_anyone_but_the_holder_and_for_answers_that_break_the_skip_logic() {
+        let line = Line::start().await;
+        let id = held_by_ben(&line).await;
+        let not_theirs = assess(&line, id, "chloe", moderate()).await;
+        assert_eq!(
+            not_theirs,
+            RouterReply::Refused {
+                reason: "the contact is not assigned to this counsellor".into()
+            }
+        );
+        let mut skipped = moderate();
+        skipped.plan = None;
+        let RouterReply::Refused { reason } = assess(&line, id, "ben", skipped).await else {
+            panic!("answers missing question 5 are refused");
+        };
+        assert!(reason.contains("only after yes to question 2"), "{reason}");
+        let unknown = assess(&line, ContactId::new(), "ben", moderate()).await;
+        assert!(matches!(unknown, RouterReply::Refused { .. }));
+        let rec = line.record(id).await.unwrap();
+        assert_eq!(rec.risk, RiskLevel::High, "unchanged");
+        assert!(rec.screener.is_none());
+        assert!(audited(&line, id).await.is_empty());
+    }
+}

@@ -79,10 +79,11 @@ impl Router {
                     .await
             }
             RouterCommand::TakeNext { counsellor } => self.take_next(counsellor).await,
-            RouterCommand::Assess { .. } => {
-                // Built next (issue 16): refused until then, never half done.
-                (refused("not-available-yet"), Vec::new())
-            }
+            RouterCommand::Assess {
+                contact_id,
+                counsellor,
+                answers,
+            } => self.assess(contact_id, counsellor, answers).await,
             RouterCommand::MedicalEmergency {
                 contact_id,
                 counsellor,

@@ -6,7 +6,8 @@
 //! - [`offers`]: triaged messages, offering, withdrawing, the queue sweep;
 //! - [`orphans`]: conversations whose counsellor's connection dropped;
 //! - [`commands`]: the dashboard's commands (accept, decline, resolve, …);
-//! - [`emergency`] and [`outreach`]: the §2.51 disclosure and outreach contacts.
+//! - [`emergency`], [`outreach`] and [`screener`]: the §2.51 disclosure,
+//!   outreach contacts and the C-SSRS screener.
 //!
 //! The contact record in KV is the truth. The in-memory cache of open
 //! contacts and the presence map only feed decisions; every decision is
@@ -39,6 +40,7 @@ pub mod offers;
 pub mod orphans;
 /// Outreach contacts (partner referrals).
 pub mod outreach;
+pub mod screener;
 
 use nwd_ladder::Board;
 use nwd_ladder::floor as ladder_floor;
