@@ -1964,3 +1964,99 @@ mod screener {
         assert!(audited(&line, id).await.is_empty());
     }
 }
+
+// ------------------------------------------------------------ the queue feed
+
+mod queue_feed {
+    use super::*;
+    use nwd_proto::dashboard::QueueSnapshot;
+
+    /// Every snapshot on the queue subject (as the dashboard's user), with
+    /// its raw payload.
+    #[derive(Clone, Default)]
+    struct Snapshots(Arc<Mutex<Vec<(QueueSnapshot, String)>>>);
+
+    impl Snapshots {
+        async fn follow(line: &Line) -> Self {
+            let snapshots = Self::default();
+            let mut sub = line
+                .client
+                .subscribe(subjects::dashboard_queue())
+                .await
+                .unwrap();
+            line.client.flush().await.unwrap();
+            let sink = snapshots.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    let raw = String::from_utf8(msg.payload.to_vec()).unwrap();
+                    let env = Envelope::<QueueSnapshot>::from_bytes(&msg.payload).unwrap();
+                    sink.0.lock().unwrap().push((env.data, raw));
+                }
+            });
+            snapshots
+        }
+
+        /// The first snapshot after the `after`-th one that satisfies `check`.
+        async fn wait(
+            &self,
+            after: usize,
+            what: &str,
+            check: impl Fn(&QueueSnapshot) -> bool,
+        ) -> (usize, QueueSnapshot, String) {
+            eventually(WITHIN, what, || async {
+                let all = self.0.lock().unwrap().clone();
+                all.into_iter()
+                    .enumerate()
+                    .skip(after)
+                    .find(|(_, (s, _))| check(s))
+                    .map(|(i, (s, raw))| (i + 1, s, raw))
+            })
+            .await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_contact_is_in_the_next_snapshot_without_its_text_and_leaves_on_accept() {
+        let line = Line::start().await;
+        let snapshots = Snapshots::follow(&line).await;
+        let low = ContactId::new();
+        let high = ContactId::new();
+        line.message(low, RiskLevel::Low, Language::En, "a question")
+            .await;
+        line.message(high, RiskLevel::High, Language::En, "the pills are here")
+            .await;
+        let (seen, snapshot, raw) = snapshots
+            .wait(0, "both waiting contacts in a snapshot", |s| {
+                s.entries.len() == 2
+            })
+            .await;
+        let order: Vec<ContactId> = snapshot.entries.iter().map(|e| e.contact_id).collect();
+        assert_eq!(order, vec![high, low], "most urgent first");
+        let entry = &snapshot.entries[0];
+        assert_eq!(entry.risk, RiskLevel::High);
+        assert_eq!(entry.reasons[0].rule, "rule-high");
+        assert_eq!(entry.channel, "SMS ··42");
+        assert_eq!(entry.door, "Eastside Recovery Clinic");
+        assert_eq!(entry.offered, 0);
+        assert!(!raw.contains("pills"), "never the message text: {raw}");
+        assert!(!raw.contains("5550142"), "never the number: {raw}");
+
+        line.presence("ben", Presence::Available).await;
+        line.pushes.wait_offer("ben", high).await;
+        let (seen, offered, _) = snapshots
+            .wait(seen, "the high offered to one", |s| {
+                s.entries
+                    .iter()
+                    .any(|e| e.contact_id == high && e.offered == 1)
+            })
+            .await;
+        assert!(offered.seq > snapshot.seq);
+        assert_eq!(line.accept(high, "ben").await, RouterReply::Done);
+        let (_, after, _) = snapshots
+            .wait(seen, "the high gone from the queue", |s| {
+                s.entries.iter().all(|e| e.contact_id != high)
+            })
+            .await;
+        assert!(after.entries.iter().any(|e| e.contact_id == low));
+    }
+}

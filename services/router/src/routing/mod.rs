@@ -26,7 +26,7 @@ use nwd_proto::{ContactId, CounsellorId, Envelope, Event, subjects};
 use nwd_runtime::bus;
 use nwd_runtime::escalation::Announcer;
 use nwd_runtime::kv::{self, KvError};
-use nwd_runtime::transcript::TranscriptError;
+use nwd_runtime::transcript::{self, TranscriptError};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
@@ -81,6 +81,8 @@ pub struct Router {
     state: Mutex<Board>,
     /// Wakes the queue task (coalesced).
     wake: Notify,
+    /// Wakes the queue feed: the queue changed (coalesced).
+    queue_changed: Notify,
     /// Serialises each counsellor's accepts (one lock per counsellor), so
     /// that two accepts by one counsellor cannot take them over capacity
     /// while accepts by different counsellors run in parallel.
@@ -126,6 +128,7 @@ impl Router {
                 .unwrap_or(time::Duration::seconds(15)),
             state: Mutex::new(Board::default()),
             wake: Notify::new(),
+            queue_changed: Notify::new(),
             accept_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -173,12 +176,33 @@ impl Router {
     /// Records what was read or written at `revision` (newer wins).
     fn remember(&self, record: &ContactRecord, revision: u64) {
         let mut state = self.state();
+        let was_queued = state
+            .get(&record.id)
+            .is_some_and(|r| r.waiting_since().is_some());
         if state.put(record.clone(), revision) {
             for (risk, n) in state.depth() {
                 metrics::gauge!("nwd_queue_depth", "service" => NAME, "risk" => risk.as_str())
                     .set(n as f64);
             }
+            if was_queued || record.waiting_since().is_some() {
+                self.queue_changed.notify_one();
+            }
         }
+    }
+
+    /// Waits until the queue changed (a contact joined, left, or changed in it).
+    pub async fn queue_changed(&self) {
+        self.queue_changed.notified().await;
+    }
+
+    /// The queue as the dashboards show it, most urgent first (the ladder's
+    /// serving order): no message text, no address.
+    pub fn queue_entries(&self) -> Vec<nwd_proto::dashboard::QueueEntry> {
+        let directory = self.directory();
+        self.state()
+            .queued()
+            .filter_map(|r| transcript::queue_entry(r, &directory))
+            .collect()
     }
 
     /// A contact record changed (or was first seen at start): kept if open.
@@ -208,6 +232,7 @@ impl Router {
             },
             Operation::Delete | Operation::Purge => {
                 self.state().remove(&id);
+                self.queue_changed.notify_one();
             }
         }
     }
