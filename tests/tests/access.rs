@@ -123,6 +123,8 @@ fn no_service_may(id: &ContactId, other_inbox: &str) -> Vec<Op> {
     vec![
         p(subjects::router_command()),
         p(subjects::audit_disclosure(id)),
+        p(subjects::audit_screener(id)),
+        p(subjects::dashboard_queue()),
         p(subjects::inbound_sms()),
         p(subjects::contact_triaged(id)),
         p(subjects::contact_outreach(id)),
@@ -315,8 +317,10 @@ fn rules() -> Vec<Rules> {
                 p(subjects::contact_outreach_update(&id)),
                 p(subjects::audit_disclosure(&id)),
                 p(subjects::audit_disclosure_refused(&id)),
+                p(subjects::audit_screener(&id)),
                 p(subjects::outbound_sms(&id)),
                 p(subjects::dashboard_push(&ana)),
+                p(subjects::dashboard_queue()),
                 p(subjects::outbound_chat(
                     &nwd_proto::ChatSessionId::new(),
                     &id,
@@ -456,6 +460,7 @@ fn rules() -> Vec<Rules> {
                 p(api("STREAM.PURGE.AUDIT")),
                 p(api("STREAM.MSG.DELETE.AUDIT")),
                 p(subjects::audit_disclosure(&id)),
+                p(subjects::audit_screener(&id)),
                 p(subjects::router_command()),
             ],
         },

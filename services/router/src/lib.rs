@@ -15,6 +15,7 @@
 //! escalator fires the rest.
 
 pub mod decide;
+pub mod queue_feed;
 pub mod routing;
 
 use std::net::SocketAddr;
@@ -217,6 +218,11 @@ async fn start(
             let router = router.clone();
             move |entry| router.presence_entry(&entry)
         },
+    ));
+    tasks.spawn(queue_feed::run(
+        router.clone(),
+        client.clone(),
+        shutdown.clone(),
     ));
     tasks.spawn(serve_commands(
         router.clone(),
