@@ -28,8 +28,8 @@ const SHOTS = process.env.SCREENSHOT_DIR ?? "target/browser";
 // The screenshots the docs show (dashboard-queue, -conversation, -screener).
 const DOCS_SHOTS = process.env.DOCS_SCREENSHOT_DIR;
 // The steps that need the router's queue snapshots, "take the next" and the
-// screener's Assess command: WALKTHROUGH_ROUTER_QUEUE=1 turns them on.
-const ROUTER_QUEUE = process.env.WALKTHROUGH_ROUTER_QUEUE === "1";
+// screener's Assess command (router): WALKTHROUGH_ROUTER_QUEUE=0 turns them off.
+const ROUTER_QUEUE = process.env.WALKTHROUGH_ROUTER_QUEUE !== "0";
 const PATIENT = "+15005550142";
 const SECOND_PATIENT = "+15005550143";
 const DOOR = "+15005550110";

@@ -441,7 +441,6 @@ fn rules() -> Vec<Rules> {
             ],
             vec![
                 p("$KV.contacts.x"),
-                p(subjects::dashboard_queue()),
                 p(subjects::contact_assigned(&id)),
                 p(api("CONSUMER.CREATE.CONTACTS.router")),
             ],
