@@ -1659,6 +1659,14 @@ async fn the_page_is_served_with_its_test_ids() {
         "\"emergency-nature\"",
         "\"emergency-send\"",
         "\"emergency-status\"",
+        "\"take-next\"",
+        "\"queue-list\"",
+        "\"load\"",
+        "\"shift-end\"",
+        "\"resolve-dialog\"",
+        "\"disposition\"",
+        "\"screener-submit\"",
+        "<h1>",
     ] {
         assert!(html.contains(id), "page lacks {id}");
     }
