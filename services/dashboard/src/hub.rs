@@ -50,8 +50,8 @@ struct Conn {
 
 struct Desk {
     status: Presence,
-    /// Which queue entries this counsellor sees (from the directory when
-    /// their newest socket opened).
+    /// Which queue entries this counsellor sees (from the directory when a
+    /// socket opened; the revocation sweep follows directory changes).
     audience: Audience,
     conns: Vec<Conn>,
 }
@@ -207,6 +207,41 @@ impl Hub {
             return 0;
         };
         deliver(who, desk, &Frame::Msg(msg.clone()))
+    }
+
+    /// Sets each connected counsellor's audience to what `audience_of` says
+    /// now (the directory changed: a role or a home partner); returns those
+    /// whose audience changed.
+    pub fn refresh_audiences(
+        &self,
+        audience_of: impl Fn(&CounsellorId) -> Audience,
+    ) -> Vec<CounsellorId> {
+        let mut desks = self.desks();
+        let mut changed = Vec::new();
+        for (who, desk) in desks.iter_mut() {
+            let now = audience_of(who);
+            if now != desk.audience {
+                desk.audience = now;
+                changed.push(who.clone());
+            }
+        }
+        changed
+    }
+
+    /// Like [`Hub::fan_out`], for the sockets of one counsellor.
+    pub fn send_rendered(
+        &self,
+        who: &CounsellorId,
+        frame_for: impl FnOnce(&Audience) -> Option<Utf8Bytes>,
+    ) -> usize {
+        let mut desks = self.desks();
+        let Some(desk) = desks.get_mut(who) else {
+            return 0;
+        };
+        match frame_for(&desk.audience) {
+            Some(text) => deliver(who, desk, &Frame::Json(text)),
+            None => 0,
+        }
     }
 
     /// Queues for every socket the frame `frame_for` gives its counsellor's

@@ -151,6 +151,12 @@ impl Queue {
         }
     }
 
+    /// Sends the kept queue to the sockets of `who` (their audience changed).
+    pub fn resend(&self, hub: &Hub, who: &nwd_proto::CounsellorId) -> usize {
+        let mut latest = self.latest();
+        hub.send_rendered(who, |audience| latest.frame(audience))
+    }
+
     /// The `(at, seq)` of the snapshot kept.
     pub fn kept(&self) -> Option<(time::OffsetDateTime, u64)> {
         self.latest().snapshot.as_ref().map(|s| (s.at, s.seq))

@@ -783,6 +783,33 @@ async fn a_later_socket_gets_the_newest_queue_at_once_and_an_older_snapshot_is_i
 }
 
 #[tokio::test]
+async fn a_directory_change_of_home_partner_changes_the_queue_an_open_socket_sees() {
+    let d = Dashboard::start().await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let line = queue_entry(None, RiskLevel::High);
+    let clinic = queue_entry(Some("eastside-clinic"), RiskLevel::High);
+    let hospital = queue_entry(Some("county-hospital"), RiskLevel::High);
+    d.publish_queue(
+        1,
+        OffsetDateTime::now_utc(),
+        &[line.clone(), clinic.clone(), hospital.clone()],
+    )
+    .await;
+    assert_eq!(ben.queue().await, [line.contact_id, clinic.contact_id]);
+
+    // Ben moves from Eastside to the hospital: his queue follows without a
+    // reconnect and without a new snapshot.
+    let mut dir = nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap();
+    for s in dir.staff.iter_mut().filter(|s| s.id.as_str() == "ben") {
+        s.partner = PartnerId::parse("county-hospital").unwrap();
+    }
+    let store = d.js.get_key_value(buckets::DIRECTORY).await.unwrap();
+    nwd_runtime::directory::publish(&store, &dir).await.unwrap();
+    assert_eq!(ben.queue().await, [line.contact_id, hospital.contact_id]);
+}
+
+#[tokio::test]
 async fn hello_carries_capacity_and_the_end_of_the_shift() {
     let d = Dashboard::start().await;
     let mut ana = d.socket("ana").await;
