@@ -517,18 +517,7 @@ impl ContactRecord {
     ) -> Result<(), TransitionError> {
         match &self.state {
             ContactState::Offered { to, .. } if to.contains(who) => {
-                self.state = ContactState::Assigned {
-                    counsellor: who.clone(),
-                    since: now,
-                };
-                self.orphaned_at = None;
-                // A cold transfer or a held contact ends with the accept.
-                self.transfer = None;
-                self.held = None;
-                // An accept stops the ladder.
-                if let Some(e) = self.escalation.as_mut() {
-                    e.due = None;
-                }
+                self.assign(who, now);
                 Ok(())
             }
             ContactState::Offered { .. } | ContactState::Waiting { .. } => {
@@ -537,6 +526,41 @@ impl ContactRecord {
             ContactState::Assigned { counsellor, .. } if counsellor == who => Ok(()),
             ContactState::Assigned { .. } => Err(TransitionError::Taken),
             ContactState::Resolved { .. } => Err(TransitionError::Resolved),
+        }
+    }
+
+    /// "Take the next": assigns a waiting or offered contact to `who`,
+    /// whether it was offered to them or not (the router checked they may
+    /// take it); the others' offers end with it. Taking twice is harmless
+    /// for the taker.
+    pub fn take(&mut self, who: &CounsellorId, now: OffsetDateTime) -> Result<(), TransitionError> {
+        match &self.state {
+            // A person who left is followed up by a claim, not taken.
+            ContactState::Waiting { .. } | ContactState::Offered { .. } if self.left.is_some() => {
+                Err(TransitionError::NotOffered)
+            }
+            ContactState::Waiting { .. } | ContactState::Offered { .. } => {
+                self.assign(who, now);
+                Ok(())
+            }
+            ContactState::Assigned { counsellor, .. } if counsellor == who => Ok(()),
+            ContactState::Assigned { .. } => Err(TransitionError::Taken),
+            ContactState::Resolved { .. } => Err(TransitionError::Resolved),
+        }
+    }
+
+    fn assign(&mut self, who: &CounsellorId, now: OffsetDateTime) {
+        self.state = ContactState::Assigned {
+            counsellor: who.clone(),
+            since: now,
+        };
+        self.orphaned_at = None;
+        // A cold transfer or a held contact ends when someone takes it.
+        self.transfer = None;
+        self.held = None;
+        // Being taken stops the ladder.
+        if let Some(e) = self.escalation.as_mut() {
+            e.due = None;
         }
     }
 
@@ -814,6 +838,35 @@ mod tests {
             "idempotent for the winner"
         );
         assert_eq!(rec.offer(&[c("cy")]), Err(TransitionError::Taken));
+    }
+
+    #[test]
+    fn take_assigns_a_waiting_or_offered_contact_once() {
+        let waiting = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::High, "a"));
+        let mut rec = waiting.clone();
+        rec.take(&c("cy"), NOW).unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("cy")));
+        assert_eq!(rec.take(&c("cy"), NOW), Ok(()), "idempotent for the taker");
+        assert_eq!(rec.take(&c("ana"), NOW), Err(TransitionError::Taken));
+
+        let mut offered = waiting.clone();
+        offered.escalation = Some(crate::ladder::Escalation::start(
+            crate::ladder::LadderPolicy::default(),
+            NOW,
+        ));
+        offered.offer(&[c("ana"), c("ben")]).unwrap();
+        offered.take(&c("cy"), NOW).unwrap();
+        assert_eq!(offered.assigned_to(), Some(&c("cy")), "not offered to cy");
+        assert_eq!(offered.escalation.unwrap().due, None, "the ladder stops");
+        assert_eq!(rec.accept(&c("ana"), NOW), Err(TransitionError::Taken));
+
+        let mut resolved = waiting;
+        resolved.take(&c("ana"), NOW).unwrap();
+        resolved.resolve(&c("ana"), NOW).unwrap();
+        assert_eq!(
+            resolved.take(&c("ben"), NOW),
+            Err(TransitionError::Resolved)
+        );
     }
 
     #[test]

@@ -187,6 +187,10 @@ pub struct QueueEntry {
     /// An outreach (the line reaches out to a referred person).
     #[serde(default)]
     pub outreach: bool,
+    /// Its ladder has reached "any on call" (or the imminent broadcast):
+    /// every counsellor may take it now, whatever their door.
+    #[serde(default)]
+    pub open_to_all: bool,
 }
 
 /// The whole queue, most urgent first (risk, then wait), as the router

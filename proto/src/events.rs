@@ -542,6 +542,25 @@ impl Event for DisclosureRefused {
     const TYPE: &'static str = "audit.disclosure_refused";
 }
 
+/// A C-SSRS screener a counsellor ran in a contact, as AUDIT keeps it: who,
+/// when, the level before and after, and the answers (yes/no only; no
+/// text). Subject `nwd.v1.audit.screener.<contact_id>`, `Nats-Msg-Id`
+/// `wire::msg_id::screener`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScreenerRecorded {
+    pub contact_id: ContactId,
+    pub counsellor: CounsellorId,
+    pub before: crate::risk::RiskLevel,
+    pub after: crate::risk::RiskLevel,
+    pub answers: crate::screener::ScreenerAnswers,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for ScreenerRecorded {
+    const TYPE: &'static str = "audit.screener";
+}
+
 // ---------------------------------------------------------------- OUTBOUND
 
 /// Who wrote an outbound message.

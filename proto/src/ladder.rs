@@ -257,6 +257,24 @@ pub struct Escalation {
 pub const TRAIL_LEN: usize = 32;
 
 impl Escalation {
+    /// Whether the ladder has reached "any on call" or beyond, or broadcast
+    /// an imminent contact: from then on any on-call counsellor may take it,
+    /// whatever their door.
+    pub fn open_to_all(&self) -> bool {
+        self.broadcast
+            || self.trail.iter().any(|s| {
+                matches!(
+                    s.rung,
+                    Some(
+                        Rung::AnyOnCall
+                            | Rung::Supervisor
+                            | Rung::TrustedContact
+                            | Rung::BackupLine
+                    )
+                )
+            })
+    }
+
     /// A fresh ladder with its first step due at `now`.
     pub fn start(policy: LadderPolicy, now: OffsetDateTime) -> Self {
         Self {
@@ -295,6 +313,29 @@ impl Escalation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ladder_is_open_to_all_from_any_on_call_or_the_broadcast() {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let mut e = Escalation::start(LadderPolicy::default(), now);
+        assert!(!e.open_to_all());
+        let step = |n, rung| StepRecord {
+            step: n,
+            rung,
+            outcome: StepOutcome::Skipped {
+                reason: SkipReason::NobodyEligible,
+            },
+            at: now,
+        };
+        e.trail.push(step(1, Some(Rung::Coordinator)));
+        e.trail.push(step(2, Some(Rung::DoorOnCall)));
+        assert!(!e.open_to_all(), "the door's own staff only");
+        e.trail.push(step(3, Some(Rung::AnyOnCall)));
+        assert!(e.open_to_all());
+        let mut imminent = Escalation::start(LadderPolicy::default(), now);
+        imminent.broadcast = true;
+        assert!(imminent.open_to_all());
+    }
 
     #[test]
     fn default_policy_is_valid_and_ends_with_the_backup_line() {

@@ -164,6 +164,12 @@ pub fn audit_disclosure_refused(id: &ContactId) -> String {
     format!("{ROOT}.audit.disclosure_refused.{id}")
 }
 
+/// A C-SSRS screener recorded in a contact (AUDIT, router):
+/// [`crate::events::ScreenerRecorded`].
+pub fn audit_screener(id: &ContactId) -> String {
+    format!("{ROOT}.audit.screener.{id}")
+}
+
 pub fn outbound_sms(contact: &ContactId) -> String {
     format!("{ROOT}.outbound.sms.{contact}")
 }

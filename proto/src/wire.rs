@@ -181,6 +181,12 @@ pub mod msg_id {
         format!("{}:refused:{recipient}", escalation_step(contact, step))
     }
 
+    /// A screener recorded in a contact (AUDIT) at `at`: a retried request
+    /// finds the record's result, so the same id.
+    pub fn screener(contact: &ContactId, at: OffsetDateTime) -> String {
+        format!("{contact}:screener:{}", at.unix_timestamp_nanos())
+    }
+
     /// A medical-emergency disclosure (AUDIT) made at `at` (whole seconds):
     /// a retried request carries the record's time, so the same id.
     pub fn emergency_disclosure(

@@ -188,8 +188,9 @@ try {
 
   await conv.getByText("The person left quickly").waitFor({ timeout: 10_000 });
   step("counsellor sees that the person left quickly; the conversation stays open");
-  dash.once("dialog", (d) => d.accept());
-  await conv.getByTestId("resolve").click();
+  await conv.getByRole("button", { name: "Resolve…" }).click();
+  await dash.getByLabel(/How did it end/).selectOption("support-given");
+  await dash.getByRole("dialog").getByRole("button", { name: "Resolve", exact: true }).click();
   await conv.waitFor({ state: "detached", timeout: 10_000 });
 
   // The demo partner page embeds the chat with two lines of HTML.

@@ -26,7 +26,8 @@ done
 grep -q "No Wrong Door is running" "$DATA/up.log" || { cat "$DATA/up.log"; exit 1; }
 DASHBOARD="http://$NWD_DASHBOARD_ADDR" PHONE="http://$NWD_PHONE_SIM_ADDR" \
   NATS_URL="nats://127.0.0.1:$NWD_NATS_PORT" NATS_PASSWORD_FILE="$DATA/nats/operator.password" \
-  SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" node "$ROOT/tests/browser/walkthrough.mjs" || {
+  SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" DOCS_SCREENSHOT_DIR="${DOCS_SCREENSHOT_DIR:-}" \
+  WALKTHROUGH_ROUTER_QUEUE="${WALKTHROUGH_ROUTER_QUEUE:-1}" node "$ROOT/tests/browser/walkthrough.mjs" || {
     echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }
 DASHBOARD="http://$NWD_DASHBOARD_ADDR" CHAT="http://$NWD_CHAT_ADDR" \
   SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" CHAT_SCREENSHOT="${CHAT_SCREENSHOT:-}" \

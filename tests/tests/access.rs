@@ -123,6 +123,8 @@ fn no_service_may(id: &ContactId, other_inbox: &str) -> Vec<Op> {
     vec![
         p(subjects::router_command()),
         p(subjects::audit_disclosure(id)),
+        p(subjects::audit_screener(id)),
+        p(subjects::dashboard_queue()),
         p(subjects::inbound_sms()),
         p(subjects::contact_triaged(id)),
         p(subjects::contact_outreach(id)),
@@ -327,8 +329,10 @@ fn rules() -> Vec<Rules> {
                 p(subjects::contact_outreach_update(&id)),
                 p(subjects::audit_disclosure(&id)),
                 p(subjects::audit_disclosure_refused(&id)),
+                p(subjects::audit_screener(&id)),
                 p(subjects::outbound_sms(&id)),
                 p(subjects::dashboard_push(&ana)),
+                p(subjects::dashboard_queue()),
                 p(subjects::outbound_chat(
                     &nwd_proto::ChatSessionId::new(),
                     &id,
@@ -401,6 +405,7 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 p(api("STREAM.MSG.DELETE.OUTBOUND")),
                 s(subjects::dashboard_push_all()),
+                s(subjects::dashboard_queue()),
             ],
         ),
         service(
@@ -448,6 +453,7 @@ fn rules() -> Vec<Rules> {
                 p(kv_get(buckets::CONTACTS)),
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 s(subjects::dashboard_push_all()),
+                s(subjects::dashboard_queue()),
                 s(subjects::outbound_status_all()),
             ],
             vec![
@@ -474,6 +480,7 @@ fn rules() -> Vec<Rules> {
                 p(api("STREAM.PURGE.AUDIT")),
                 p(api("STREAM.MSG.DELETE.AUDIT")),
                 p(subjects::audit_disclosure(&id)),
+                p(subjects::audit_screener(&id)),
                 p(subjects::router_command()),
             ],
         },

@@ -84,6 +84,9 @@ pub struct Floor {
     pub stale_after: time::Duration,
     /// How the line has been doing, for the honest wait estimate.
     pub queue: QueueStats,
+    /// The contacts each counsellor holds an offer of, in serving order:
+    /// their seats are spoken for by these first (see [`Floor::in_window`]).
+    pub held: HashMap<CounsellorId, imbl::OrdSet<QueueKey>>,
     /// Derived from `directory` and `now` on first use (so set those first).
     roster: std::sync::OnceLock<Roster>,
 }
@@ -146,6 +149,7 @@ pub struct Board {
     load: HashMap<CounsellorId, u32>,
     queue: imbl::OrdSet<QueueKey>,
     depth: [usize; 4],
+    held: HashMap<CounsellorId, imbl::OrdSet<QueueKey>>,
 }
 
 impl Board {
@@ -243,6 +247,16 @@ impl Board {
                 queue.remove(&key);
                 self.depth[slot] = self.depth[slot].saturating_sub(1);
             }
+            for who in offered_to(rec) {
+                if add {
+                    self.held.entry(who.clone()).or_default().insert(key);
+                } else if let Some(held) = self.held.get_mut(who) {
+                    held.remove(&key);
+                    if held.is_empty() {
+                        self.held.remove(who);
+                    }
+                }
+            }
         }
     }
 
@@ -260,6 +274,17 @@ impl Board {
 
     pub fn presence(&self, who: &CounsellorId) -> Option<&PresenceRecord> {
         self.presence.get(who)
+    }
+
+    /// The waiting contacts in serving order (most urgent first).
+    pub fn queued(&self) -> impl Iterator<Item = &ContactRecord> {
+        self.queue.iter().filter_map(|(_, _, id)| self.get(id))
+    }
+
+    /// The offers to make and withdraw so that every counsellor holds
+    /// offers of the contacts their free seats are for (see [`crate::plan`]).
+    pub fn plan(&self, floor: &Floor) -> Vec<crate::Planned> {
+        crate::plan(floor, self.queued())
     }
 
     /// The floor at `now` under `directory`.
@@ -280,6 +305,7 @@ impl Board {
                 typical_wait: self.waits.median(),
             },
         )
+        .with_held(self.held.clone())
     }
 }
 
@@ -320,8 +346,15 @@ impl Floor {
             now,
             stale_after,
             queue,
+            held: HashMap::new(),
             roster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The offers each counsellor holds (by the contacts' queue keys).
+    pub fn with_held(mut self, held: HashMap<CounsellorId, imbl::OrdSet<QueueKey>>) -> Self {
+        self.held = held;
+        self
     }
 
     fn roster(&self) -> &Roster {
@@ -364,6 +397,33 @@ impl Floor {
 
     pub fn load_of(&self, who: &CounsellorId) -> u32 {
         self.load.get(who).copied().unwrap_or(0)
+    }
+
+    /// Seats free: capacity less open conversations (unknown staff have none).
+    pub fn free_seats(&self, who: &CounsellorId) -> u32 {
+        self.staff(who)
+            .map_or(0, |s| s.capacity.saturating_sub(self.load_of(who)))
+    }
+
+    /// How many offers of contacts served before this one the counsellor
+    /// holds (their seats are spoken for by those first).
+    pub fn held_ahead(&self, who: &CounsellorId, rec: &ContactRecord) -> usize {
+        let (Some(held), Some(me)) = (self.held.get(who), queue_key(rec)) else {
+            return 0;
+        };
+        held.range(..me).filter(|(_, _, id)| *id != rec.id).count()
+    }
+
+    /// How many offers the counsellor holds in all.
+    pub fn held_count(&self, who: &CounsellorId) -> usize {
+        self.held.get(who).map_or(0, imbl::OrdSet::len)
+    }
+
+    /// Whether this contact is within the counsellor's window: one of the
+    /// k most urgent contacts they hold or may be offered, k being their
+    /// free seats (ADR 0017). The imminent broadcast does not ask.
+    pub fn in_window(&self, who: &CounsellorId, rec: &ContactRecord) -> bool {
+        queue_key(rec).is_none() || self.held_ahead(who, rec) < self.free_seats(who) as usize
     }
 
     /// Below the directory's capacity (unknown staff have none).

@@ -14,6 +14,12 @@
 //!   out; when nobody holds an offer any more the next step is due at once.
 //! - The last rung repeats after its timeout until someone accepts: the
 //!   ladder never runs out. Who is on call is resolved when a step fires.
+//! - Priority offers (ADR 0017): a counsellor with k free seats holds offers
+//!   of at most k contacts, the most urgent they are eligible for (risk,
+//!   then wait); a less urgent one waits until one ahead is taken or a seat
+//!   frees, and an offer pushed out of the window by a more urgent arrival
+//!   is withdrawn ([`plan`]). The imminent broadcast is exempt: it goes to
+//!   everyone on call at once and speaks for their seats first.
 
 pub mod floor;
 pub mod oncall;
@@ -178,8 +184,8 @@ fn climb(
                 return;
             }
             offering => {
-                let to = floor.choose(rec, floor.rung_candidates(offering, rec));
-                if to.is_empty() {
+                let eligible = floor.choose(rec, floor.rung_candidates(offering, rec));
+                if eligible.is_empty() {
                     let reason = if offering == Rung::Coordinator
                         && patient(floor, rec)
                             .and_then(|p| p.coordinator.as_ref())
@@ -192,6 +198,11 @@ fn climb(
                     step(e, Some(rung), StepOutcome::Skipped { reason });
                     continue;
                 }
+                // Eligible people whose free seats are spoken for by more
+                // urgent contacts are not offered this one yet; the rung
+                // still waits its timeout (it is not skipped), and the
+                // sweep offers it as soon as a seat is its turn.
+                let to = in_windows(rec, floor, eligible);
                 offer(rec, &to);
                 step(e, Some(rung), StepOutcome::Offered { to });
                 e.due = Some(now + timeout(e, rec.risk));
@@ -211,7 +222,8 @@ fn offer(rec: &mut ContactRecord, to: &[CounsellorId]) {
 
 /// Staff who may be offered this contact now under the rungs it has already
 /// reached (and the broadcast, if it fired) but hold no offer yet: those
-/// who became available, got room, or came on call since the step fired.
+/// who became available, got room, or came on call since the step fired,
+/// and have a free seat not spoken for by a more urgent offer.
 pub fn widen(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
     match (&rec.state, &rec.escalation) {
         (ContactState::Waiting { .. } | ContactState::Offered { .. }, Some(e)) => {
@@ -221,7 +233,39 @@ pub fn widen(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
     }
 }
 
+/// [`widen`] before the priority windows: everyone eligible under the rungs
+/// reached so far (and the broadcast) who holds no offer yet. "Take the
+/// next" uses this eligibility, and so does [`plan`].
+pub fn eligible(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
+    match (&rec.state, &rec.escalation) {
+        (ContactState::Waiting { .. } | ContactState::Offered { .. }, Some(e)) => {
+            eligible_with(rec, floor, e)
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Whether the contact is in the imminent broadcast (offered to everyone
+/// on call at once, outside the priority windows).
+pub fn broadcasting(rec: &ContactRecord) -> bool {
+    rec.escalation.as_ref().is_some_and(|e| e.broadcast)
+}
+
+/// Keeps those whose window admits the contact (everyone, for the broadcast).
+fn in_windows(rec: &ContactRecord, floor: &Floor, ids: Vec<CounsellorId>) -> Vec<CounsellorId> {
+    if broadcasting(rec) {
+        return ids;
+    }
+    ids.into_iter()
+        .filter(|c| floor.in_window(c, rec))
+        .collect()
+}
+
 fn widen_with(rec: &ContactRecord, floor: &Floor, e: &Escalation) -> Vec<CounsellorId> {
+    in_windows(rec, floor, eligible_with(rec, floor, e))
+}
+
+fn eligible_with(rec: &ContactRecord, floor: &Floor, e: &Escalation) -> Vec<CounsellorId> {
     let candidates = if e.broadcast {
         floor.broadcast_candidates(rec)
     } else {
@@ -239,4 +283,70 @@ fn widen_with(rec: &ContactRecord, floor: &Floor, e: &Escalation) -> Vec<Counsel
             .collect()
     };
     floor.choose(rec, candidates)
+}
+
+/// What a pass over the queue should change for one contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub contact: nwd_proto::ContactId,
+    /// Eligible staff whose window now reaches it: offer it to them.
+    pub offer: Vec<CounsellorId>,
+    /// Holders who can no longer take it (gone, away, stale, at capacity),
+    /// or whose free seats are now spoken for by more urgent contacts.
+    pub withdraw: Vec<CounsellorId>,
+}
+
+/// The priority offers over the whole queue (ADR 0017). Walks the waiting
+/// contacts in serving order (`queue` must be in that order, as
+/// [`Board::queued`] gives it), giving each counsellor as many contacts as
+/// they have free seats, the most urgent they are eligible for first:
+/// - a holder keeps their offer while it is within their seats, and loses
+///   it when more urgent contacts (or they themselves) took those seats;
+/// - someone eligible who holds no offer gets one when a seat is left;
+/// - the imminent broadcast holds for everyone on call who can take it,
+///   whatever their seats, and uses them up first.
+///
+/// Returns only the contacts where something changes.
+pub fn plan<'r>(floor: &Floor, queue: impl IntoIterator<Item = &'r ContactRecord>) -> Vec<Planned> {
+    let mut seats: std::collections::HashMap<CounsellorId, u32> = std::collections::HashMap::new();
+    let mut seat = |who: &CounsellorId, force: bool| -> bool {
+        let left = seats.entry(who.clone()).or_insert_with(|| {
+            if floor.is_available(who) {
+                floor.free_seats(who)
+            } else {
+                0
+            }
+        });
+        if *left > 0 {
+            *left -= 1;
+            true
+        } else {
+            force
+        }
+    };
+    let mut planned = Vec::new();
+    for rec in queue {
+        let broadcast = broadcasting(rec);
+        let mut withdraw = Vec::new();
+        for who in floor::offered_to(rec) {
+            let can_take = floor.is_available(who) && floor.has_room(who);
+            // The broadcast holds whatever the seats (but not for someone
+            // who cannot take anything).
+            if !seat(who, broadcast && can_take) {
+                withdraw.push(who.clone());
+            }
+        }
+        let offer: Vec<CounsellorId> = eligible(rec, floor)
+            .into_iter()
+            .filter(|who| seat(who, broadcast))
+            .collect();
+        if !offer.is_empty() || !withdraw.is_empty() {
+            planned.push(Planned {
+                contact: rec.id,
+                offer,
+                withdraw,
+            });
+        }
+    }
+    planned
 }

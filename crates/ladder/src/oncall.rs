@@ -96,6 +96,59 @@ pub fn on_call(directory: &Directory, staff: &Staff, now: OffsetDateTime) -> boo
     })
 }
 
+/// How far ahead [`shift_end`] looks: a rota that keeps someone on call
+/// for longer than a week (a 24/7 rota, no rota at all) has no end to show.
+pub const SHIFT_END_HORIZON: time::Duration = time::Duration::days(7);
+
+/// When the staff member's current on-call period ends: the first instant
+/// after `now` at which [`on_call`] turns false (shifts back to back, or
+/// running past midnight, count as one period; an override of leave ends
+/// it early, one of cover extends it). `None` when they are not on call
+/// now, or stay on call for the whole [`SHIFT_END_HORIZON`].
+pub fn shift_end(
+    directory: &Directory,
+    staff: &Staff,
+    now: OffsetDateTime,
+) -> Option<OffsetDateTime> {
+    if !on_call(directory, staff, now) {
+        return None;
+    }
+    let tz = directory
+        .partner(&staff.partner)
+        .and_then(|p| TimeZone::get(&p.timezone).ok())
+        .unwrap_or(TimeZone::UTC);
+    let horizon = now + SHIFT_END_HORIZON;
+    // Shifts change on whole local minutes (every real offset is whole
+    // minutes, so whole UTC minutes too); overrides at their own instants.
+    let first_minute = now.replace_second(0).ok()?.replace_nanosecond(0).ok()? + MINUTE;
+    let mut overrides: Vec<OffsetDateTime> = directory
+        .overrides
+        .iter()
+        .filter(|o| o.staff == staff.id)
+        .flat_map(|o| [o.from, o.until])
+        .filter(|t| *t > now && *t <= horizon)
+        .collect();
+    overrides.sort();
+    let mut overrides = overrides.into_iter().peekable();
+    let mut minute = first_minute;
+    while minute <= horizon {
+        let next = match overrides.peek() {
+            Some(o) if *o <= minute => overrides.next().unwrap_or(minute),
+            _ => {
+                let m = minute;
+                minute += MINUTE;
+                m
+            }
+        };
+        if !on_call_at(directory, staff, next, || local_in(&tz, next)) {
+            return Some(next);
+        }
+    }
+    None
+}
+
+const MINUTE: time::Duration = time::Duration::minutes(1);
+
 /// [`on_call`] for every staff member, in directory order, reading each
 /// partner's time zone once.
 pub fn on_call_all(directory: &Directory, now: OffsetDateTime) -> Vec<bool> {
@@ -124,9 +177,14 @@ fn local_time(
         .partner(partner)
         .and_then(|p| TimeZone::get(&p.timezone).ok())
         .unwrap_or(TimeZone::UTC);
+    local_in(&tz, now)
+}
+
+/// The weekday and minute of the day at `now` in `tz`.
+fn local_in(tz: &TimeZone, now: OffsetDateTime) -> Option<(Weekday, u32)> {
     let local = jiff::Timestamp::new(now.unix_timestamp(), 0)
         .ok()?
-        .to_zoned(tz);
+        .to_zoned(tz.clone());
     let minute =
         u32::from(local.hour().unsigned_abs()) * 60 + u32::from(local.minute().unsigned_abs());
     Some((local.weekday(), minute))
@@ -203,6 +261,71 @@ mod tests {
         assert!(!on_call(&dir, &ana, datetime!(2026-11-24 22:00 UTC)));
         // Saturday.
         assert!(!on_call(&dir, &ana, datetime!(2026-11-28 15:00 UTC)));
+    }
+
+    #[test]
+    fn a_shift_ends_where_on_call_turns_false() {
+        let mut dir = directory();
+        // New York, 09:00–17:00 weekdays; Tuesday 14:30 UTC is 09:30 there.
+        dir.staff[0].shifts = vec![shift(
+            &["mon", "tue", "wed", "thu", "fri"],
+            "09:00",
+            "17:00",
+        )];
+        let ana = dir.staff[0].clone();
+        assert_eq!(
+            shift_end(&dir, &ana, datetime!(2026-11-24 14:30:17 UTC)),
+            Some(datetime!(2026-11-24 22:00 UTC))
+        );
+        // Off call now: no end to show.
+        assert_eq!(shift_end(&dir, &ana, datetime!(2026-11-24 13:30 UTC)), None);
+        // Back-to-back and overnight shifts are one period.
+        dir.staff[0].shifts = vec![
+            shift(&["tue"], "09:00", "17:00"),
+            shift(&["tue"], "17:00", "02:00"),
+        ];
+        let ana = dir.staff[0].clone();
+        assert_eq!(
+            shift_end(&dir, &ana, datetime!(2026-11-24 14:30 UTC)),
+            Some(datetime!(2026-11-25 07:00 UTC))
+        );
+    }
+
+    #[test]
+    fn overrides_move_a_shifts_end_and_a_rota_without_end_has_none() {
+        let mut dir = directory();
+        let ben = dir.staff[1].clone();
+        // All week, every day: no end within the horizon.
+        assert_eq!(shift_end(&dir, &ben, datetime!(2026-11-24 11:00 UTC)), None);
+        // Leave from 12:00:30 ends it there, to the second.
+        dir.overrides.push(OnCallOverride {
+            staff: sid("ben"),
+            from: datetime!(2026-11-24 12:00:30 UTC),
+            until: datetime!(2026-11-24 18:00 UTC),
+            on_call: false,
+        });
+        assert_eq!(
+            shift_end(&dir, &ben, datetime!(2026-11-24 11:00 UTC)),
+            Some(datetime!(2026-11-24 12:00:30 UTC))
+        );
+        // Cover outside any shift ends with the cover.
+        dir.staff[0].shifts = vec![shift(&["sun"], "00:00", "01:00")];
+        dir.overrides.push(OnCallOverride {
+            staff: sid("ana"),
+            from: datetime!(2026-11-24 10:00 UTC),
+            until: datetime!(2026-11-24 12:00 UTC),
+            on_call: true,
+        });
+        let ana = dir.staff[0].clone();
+        assert_eq!(
+            shift_end(&dir, &ana, datetime!(2026-11-24 11:00 UTC)),
+            Some(datetime!(2026-11-24 12:00 UTC))
+        );
+        // No rota at all: on call whenever available, no end.
+        dir.staff[0].shifts.clear();
+        dir.overrides.clear();
+        let ana = dir.staff[0].clone();
+        assert_eq!(shift_end(&dir, &ana, datetime!(2026-11-24 11:00 UTC)), None);
     }
 
     #[test]

@@ -793,3 +793,309 @@ fn an_outreach_through_a_door_with_nobody_on_call_goes_to_any_on_call_counsellor
             .all(|s| !matches!(s.outcome, StepOutcome::Acknowledged { .. }))
     );
 }
+
+/// Priority offers (ADR 0017): a counsellor's free seats go to the most
+/// urgent contacts they are eligible for; the imminent broadcast stays.
+mod priority {
+    use std::sync::Arc;
+
+    use nwd_proto::ContactId;
+    use nwd_proto::directory::Directory;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{Board, Floor, Planned, broadcasting, eligible};
+
+    /// A line at one instant: the board as the router keeps it.
+    struct Line {
+        board: Board,
+        dir: Arc<Directory>,
+        now: time::OffsetDateTime,
+        rev: u64,
+    }
+
+    impl Line {
+        fn new(available: &[&str]) -> Self {
+            let mut line = Self {
+                board: Board::default(),
+                dir: Arc::new(directory()),
+                now: NOW,
+                rev: 0,
+            };
+            for who in available {
+                line.available(who);
+            }
+            line
+        }
+
+        fn available(&mut self, who: &str) {
+            let (id, p) = presence(who, Presence::Available, self.now);
+            self.board.set_presence(id, Some(p));
+        }
+
+        fn floor(&self) -> Floor {
+            self.board.floor(self.dir.clone(), self.now, STALE)
+        }
+
+        fn put(&mut self, rec: ContactRecord) {
+            self.rev += 1;
+            self.board.put(rec, self.rev);
+        }
+
+        fn get(&self, id: ContactId) -> ContactRecord {
+            self.board.get(&id).unwrap().clone()
+        }
+
+        /// A contact opens at the clinic's door and its first step fires.
+        fn arrive(&mut self, risk: RiskLevel) -> (ContactId, Vec<nwd_proto::ladder::StepRecord>) {
+            self.now += Duration::seconds(1);
+            let mut rec = contact(risk, Language::En, None, Some("clinic"), self.now);
+            let steps = fire(&mut rec, &self.floor());
+            let id = rec.id;
+            self.put(rec);
+            (id, steps)
+        }
+
+        /// One pass of the queue, applied as the router applies it.
+        fn sweep(&mut self) -> Vec<Planned> {
+            let plan = self.board.plan(&self.floor());
+            for p in &plan {
+                let mut rec = self.get(p.contact);
+                for who in &p.withdraw {
+                    rec.withdraw(who, self.now).unwrap();
+                }
+                if !p.offer.is_empty() {
+                    rec.offer(&p.offer).unwrap();
+                }
+                self.put(rec);
+            }
+            self.check();
+            plan
+        }
+
+        fn accept(&mut self, id: ContactId, who: &str) {
+            let mut rec = self.get(id);
+            rec.accept(&sid(who), self.now).unwrap();
+            self.put(rec);
+        }
+
+        fn offered(&self, id: ContactId) -> Vec<&str> {
+            let mut to: Vec<&str> = crate::floor::offered_to(self.board.get(&id).unwrap())
+                .iter()
+                .map(|c| c.as_str())
+                .collect();
+            to.sort_unstable();
+            to
+        }
+
+        /// The invariants after a pass: nobody holds more non-broadcast
+        /// offers than their seats allow, a second pass changes nothing,
+        /// and a contact offered to nobody has every eligible counsellor's
+        /// seats spoken for by more urgent contacts.
+        fn check(&self) {
+            let floor = self.floor();
+            assert_eq!(
+                self.board.plan(&floor),
+                vec![],
+                "a second pass changes nothing"
+            );
+            for rec in self.board.queued() {
+                for who in crate::floor::offered_to(rec) {
+                    assert!(
+                        broadcasting(rec) || floor.in_window(who, rec),
+                        "{who} holds an offer beyond their seats"
+                    );
+                }
+                if crate::floor::offered_to(rec).is_empty() {
+                    for who in eligible(rec, &floor) {
+                        assert!(
+                            floor.held_ahead(&who, rec) >= floor.free_seats(&who) as usize,
+                            "{who} has a free seat and is not offered {}",
+                            rec.id
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// ana (2 seats) holding one conversation: one free seat.
+    fn one_conversation(line: &mut Line, who: &str) {
+        let (id, _) = line.arrive(RiskLevel::Low);
+        let mut rec = line.get(id);
+        if !matches!(rec.state, ContactState::Offered { .. }) {
+            rec.offer(&[sid(who)]).unwrap();
+        }
+        rec.accept(&sid(who), line.now).unwrap();
+        line.put(rec);
+    }
+
+    #[test]
+    fn one_free_seat_is_offered_only_the_most_urgent_and_then_the_next() {
+        let mut line = Line::new(&[]);
+        let (low, _) = line.arrive(RiskLevel::Low);
+        let (moderate, _) = line.arrive(RiskLevel::Moderate);
+        let (high, _) = line.arrive(RiskLevel::High);
+        line.available("ben");
+        line.sweep();
+        assert_eq!(line.offered(high), vec!["ben"]);
+        assert!(line.offered(moderate).is_empty(), "ben has one seat");
+        assert!(line.offered(low).is_empty());
+
+        // ana comes with one seat free: the high is the top of hers too.
+        line.available("ana");
+        one_conversation(&mut line, "ana");
+        line.sweep();
+        assert_eq!(line.offered(high), vec!["ana", "ben"]);
+        assert!(line.offered(moderate).is_empty());
+
+        // ben takes it: ana's seat goes to the moderate, still not the low.
+        line.accept(high, "ben");
+        line.sweep();
+        assert_eq!(line.offered(moderate), vec!["ana"]);
+        assert!(line.offered(low).is_empty());
+    }
+
+    #[test]
+    fn a_lower_offer_is_withdrawn_when_a_more_urgent_contact_needs_the_seat() {
+        let mut line = Line::new(&["ben"]);
+        let (low, _) = line.arrive(RiskLevel::Low);
+        assert_eq!(line.offered(low), vec!["ben"]);
+        let (high, _) = line.arrive(RiskLevel::High);
+        assert_eq!(line.offered(high), vec!["ben"], "offered as it opens");
+        let plan = line.sweep();
+        assert_eq!(
+            plan,
+            vec![Planned {
+                contact: low,
+                offer: vec![],
+                withdraw: vec![sid("ben")],
+            }]
+        );
+        assert!(line.offered(low).is_empty());
+        // ben declines the high: his seat goes back to the low.
+        let mut rec = line.get(high);
+        rec.escalation.as_mut().unwrap().declined.push(sid("ben"));
+        rec.withdraw(&sid("ben"), line.now).unwrap();
+        line.put(rec);
+        line.sweep();
+        assert_eq!(line.offered(low), vec!["ben"]);
+    }
+
+    #[test]
+    fn with_seats_for_everyone_every_contact_is_offered() {
+        let mut line = Line::new(&["ana", "ben"]);
+        let (low, _) = line.arrive(RiskLevel::Low);
+        let (high, _) = line.arrive(RiskLevel::High);
+        line.sweep();
+        assert_eq!(line.offered(high), vec!["ana", "ben"]);
+        assert_eq!(line.offered(low), vec!["ana"], "ana's second seat");
+    }
+
+    #[test]
+    fn a_new_contact_behind_full_seats_waits_its_rung_instead_of_skipping_it() {
+        let mut line = Line::new(&["ben"]);
+        let (high, _) = line.arrive(RiskLevel::High);
+        assert_eq!(line.offered(high), vec!["ben"]);
+        let (moderate, steps) = line.arrive(RiskLevel::Moderate);
+        assert_eq!(
+            rungs(&steps).last().copied(),
+            Some((Some(Rung::DoorOnCall), &StepOutcome::Offered { to: vec![] })),
+            "ben is eligible but his seat is the high's"
+        );
+        assert!(
+            steps
+                .iter()
+                .any(|s| matches!(s.outcome, StepOutcome::Acknowledged { .. })),
+            "the person hears they are in the queue"
+        );
+        assert!(line.offered(moderate).is_empty());
+        assert_eq!(
+            line.get(moderate).escalation.unwrap().due,
+            Some(line.now + Duration::seconds(60)),
+            "the door rung waits its timeout"
+        );
+    }
+
+    #[test]
+    fn the_imminent_broadcast_goes_to_everyone_and_takes_their_seats_first() {
+        let mut line = Line::new(&["ana", "ben"]);
+        let (moderate, _) = line.arrive(RiskLevel::Moderate);
+        let (low, _) = line.arrive(RiskLevel::Low);
+        assert_eq!(line.offered(moderate), vec!["ana", "ben"]);
+        let (imminent, steps) = line.arrive(RiskLevel::Imminent);
+        assert!(matches!(
+            &steps[0].outcome,
+            StepOutcome::Broadcast { to, .. } if to.len() == 2
+        ));
+        assert_eq!(line.offered(imminent), vec!["ana", "ben"]);
+        line.sweep();
+        assert_eq!(line.offered(imminent), vec!["ana", "ben"]);
+        assert_eq!(
+            line.offered(moderate),
+            vec!["ana"],
+            "ben's one seat is the imminent's"
+        );
+        assert!(
+            line.offered(low).is_empty(),
+            "ana's two seats are spoken for"
+        );
+        // A second imminent is broadcast too, though every seat is spoken for.
+        let (second, _) = line.arrive(RiskLevel::Imminent);
+        assert_eq!(line.offered(second), vec!["ana", "ben"]);
+        line.sweep();
+        assert_eq!(line.offered(second), vec!["ana", "ben"]);
+        assert!(line.offered(moderate).is_empty());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Act {
+        Arrive(usize),
+        Available(usize),
+        Accept(usize, usize),
+        Sweep,
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        prop_oneof![
+            (0usize..4).prop_map(Act::Arrive),
+            (0usize..3).prop_map(Act::Available),
+            (0usize..12, 0usize..3).prop_map(|(c, s)| Act::Accept(c, s)),
+            Just(Act::Sweep),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        /// Whatever arrives and whoever accepts, after a pass no seat is
+        /// free while an eligible contact is offered to nobody, nobody holds
+        /// offers beyond their seats (but the broadcast), and a second pass
+        /// changes nothing ([`Line::check`]).
+        #[test]
+        fn after_any_pass_no_free_seat_is_left_without_the_most_urgent_offer(
+            acts in proptest::collection::vec(act(), 1..40),
+        ) {
+            const STAFF: [&str; 3] = ["ana", "ben", "cy"];
+            let mut line = Line::new(&[]);
+            let mut ids: Vec<ContactId> = Vec::new();
+            for a in acts {
+                match a {
+                    Act::Arrive(r) => ids.push(line.arrive(RiskLevel::ALL[r]).0),
+                    Act::Available(s) => line.available(STAFF[s]),
+                    Act::Accept(c, s) => {
+                        let Some(id) = ids.get(c).copied() else { continue };
+                        let who = sid(STAFF[s]);
+                        let rec = line.get(id);
+                        if crate::floor::offered_to(&rec).contains(&who)
+                            && line.floor().has_room(&who)
+                        {
+                            line.accept(id, STAFF[s]);
+                        }
+                    }
+                    Act::Sweep => { line.sweep(); }
+                }
+            }
+            line.sweep();
+        }
+    }
+}

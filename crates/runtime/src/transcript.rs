@@ -12,6 +12,7 @@ use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{ContactView, MessageView, QueueEntry, ReasonView, Speaker};
 use nwd_proto::directory::Directory;
 use nwd_proto::events::{Author, MessageTriaged, OutboundChat, OutboundSms, OutboundStatus};
+use nwd_proto::ladder::Escalation;
 use nwd_proto::{ContactId, Envelope, subjects};
 
 #[derive(Debug, thiserror::Error)]
@@ -193,5 +194,6 @@ pub fn queue_entry(rec: &ContactRecord, dir: &Directory) -> Option<QueueEntry> {
             .map(|e| Box::new(nwd_proto::dashboard::EscalationView::of(e))),
         offered: u32::try_from(nwd_proto::contact::offered(rec).len()).unwrap_or(u32::MAX),
         outreach: rec.outreach.is_some(),
+        open_to_all: rec.escalation.as_ref().is_some_and(Escalation::open_to_all),
     })
 }

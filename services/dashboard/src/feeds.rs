@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_nats::Subscriber;
 use futures::StreamExt;
 use nwd_proto::contact::ContactRecord;
-use nwd_proto::dashboard::{DashboardPush, ServerMsg};
+use nwd_proto::dashboard::{DashboardPush, QueueSnapshot, ServerMsg};
 use nwd_proto::deadletter::OpsAlert;
 use nwd_proto::directory::Role;
 use nwd_proto::events::OutboundStatus;
@@ -114,6 +114,31 @@ pub async fn forward_ops_alerts(app: Arc<App>, mut sub: Subscriber) {
             .map(|s| app.hub.send(&s.id, &alert))
             .sum();
         count("ops-alert", if n > 0 { "delivered" } else { "no-socket" });
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+/// Keeps the newest [`QueueSnapshot`] and sends it to every open socket
+/// when it changes ([`crate::queue`]).
+pub async fn forward_queue(app: Arc<App>, mut sub: Subscriber) {
+    loop {
+        let msg = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let Ok(env) = Envelope::<QueueSnapshot>::from_bytes(&msg.payload) else {
+            count("queue", "undecodable");
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let taken = app.queue.take(env.data, &app.hub);
+        if let crate::queue::Taken::Changed(sockets) = taken {
+            metrics::histogram!("nwd_dashboard_queue_fanout_seconds", "service" => crate::NAME)
+                .record(started.elapsed().as_secs_f64());
+            tracing::debug!(sockets, "queue sent");
+        }
+        count("queue", taken.as_str());
     }
     let _ = sub.unsubscribe().await;
 }

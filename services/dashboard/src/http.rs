@@ -394,6 +394,7 @@ async fn serve_websocket(app: Arc<App>, login: Login, ws: WebSocket) {
     let writer = sink.with(|out: Outbound| {
         future::ready(Ok::<_, axum::Error>(match out {
             Outbound::Msg(m) => Message::Text(serde_json::to_string(&m).unwrap_or_default().into()),
+            Outbound::Json(text) => Message::Text(text),
             Outbound::KeepAlive => Message::Ping(Bytes::new()),
         }))
     });

@@ -9,13 +9,24 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::extract::ws::Utf8Bytes;
 use nwd_proto::CounsellorId;
 use nwd_proto::dashboard::{Presence, ServerMsg};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::Audience;
 use crate::session::Login;
+
+/// What a socket's queue carries: a message for this counsellor, or one
+/// already serialised once for every socket of an audience (the queue).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Msg(ServerMsg),
+    /// JSON text shared by many sockets (cloning it is a reference count).
+    Json(Utf8Bytes),
+}
 
 /// Messages queued per socket before it counts as too slow and is closed.
 /// Large enough for a burst: a counsellor who logs in while hundreds of
@@ -33,12 +44,15 @@ struct Conn {
     /// The bucket key of the session the socket was opened with.
     session: String,
     expires_at: OffsetDateTime,
-    tx: mpsc::Sender<ServerMsg>,
+    tx: mpsc::Sender<Frame>,
     close: CancellationToken,
 }
 
 struct Desk {
     status: Presence,
+    /// Which queue entries this counsellor sees (from the directory when a
+    /// socket opened; the revocation sweep follows directory changes).
+    audience: Audience,
     conns: Vec<Conn>,
 }
 
@@ -59,8 +73,8 @@ impl std::fmt::Debug for Hub {
 #[derive(Debug)]
 pub struct Registration {
     pub id: u64,
-    pub tx: mpsc::Sender<ServerMsg>,
-    pub rx: mpsc::Receiver<ServerMsg>,
+    pub tx: mpsc::Sender<Frame>,
+    pub rx: mpsc::Receiver<Frame>,
     pub close: CancellationToken,
     /// The counsellor's presence in effect (their other sockets' if any, else `initial`).
     pub status: Presence,
@@ -74,11 +88,12 @@ impl Hub {
 
     /// Registers a socket of `login`'s counsellor. `initial` is the presence
     /// to take if the counsellor has no other socket here; `parent` closes
-    /// the socket too.
+    /// the socket too; `audience` is the part of the queue the counsellor sees.
     pub fn register(
         &self,
         login: &Login,
         initial: Presence,
+        audience: Audience,
         parent: &CancellationToken,
     ) -> Registration {
         let (tx, rx) = mpsc::channel(SOCKET_QUEUE);
@@ -89,8 +104,10 @@ impl Hub {
             .entry(login.counsellor.clone())
             .or_insert_with(|| Desk {
                 status: initial,
+                audience: audience.clone(),
                 conns: Vec::new(),
             });
+        desk.audience = audience;
         desk.conns.push(Conn {
             id,
             session: login.key.clone(),
@@ -189,23 +206,77 @@ impl Hub {
         let Some(desk) = desks.get_mut(who) else {
             return 0;
         };
-        let mut delivered = 0;
-        desk.conns.retain(|c| match c.tx.try_send(msg.clone()) {
-            Ok(()) => {
-                delivered += 1;
-                true
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(counsellor = %who, socket = c.id, "socket too slow; closing it");
-                metrics::counter!("nwd_dashboard_slow_sockets_total", "service" => crate::NAME)
-                    .increment(1);
-                c.close.cancel();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        });
-        delivered
+        deliver(who, desk, &Frame::Msg(msg.clone()))
     }
+
+    /// Sets each connected counsellor's audience to what `audience_of` says
+    /// now (the directory changed: a role or a home partner); returns those
+    /// whose audience changed.
+    pub fn refresh_audiences(
+        &self,
+        audience_of: impl Fn(&CounsellorId) -> Audience,
+    ) -> Vec<CounsellorId> {
+        let mut desks = self.desks();
+        let mut changed = Vec::new();
+        for (who, desk) in desks.iter_mut() {
+            let now = audience_of(who);
+            if now != desk.audience {
+                desk.audience = now;
+                changed.push(who.clone());
+            }
+        }
+        changed
+    }
+
+    /// Like [`Hub::fan_out`], for the sockets of one counsellor.
+    pub fn send_rendered(
+        &self,
+        who: &CounsellorId,
+        frame_for: impl FnOnce(&Audience) -> Option<Utf8Bytes>,
+    ) -> usize {
+        let mut desks = self.desks();
+        let Some(desk) = desks.get_mut(who) else {
+            return 0;
+        };
+        match frame_for(&desk.audience) {
+            Some(text) => deliver(who, desk, &Frame::Json(text)),
+            None => 0,
+        }
+    }
+
+    /// Queues for every socket the frame `frame_for` gives its counsellor's
+    /// audience (`None`: nothing for them); returns how many sockets took
+    /// one. The caller renders each audience's frame once and shares it.
+    pub fn fan_out(&self, mut frame_for: impl FnMut(&Audience) -> Option<Utf8Bytes>) -> usize {
+        let mut desks = self.desks();
+        desks
+            .iter_mut()
+            .map(|(who, desk)| match frame_for(&desk.audience) {
+                Some(text) => deliver(who, desk, &Frame::Json(text)),
+                None => 0,
+            })
+            .sum()
+    }
+}
+
+/// Queues `frame` for every socket of one desk; closes those too slow.
+fn deliver(who: &CounsellorId, desk: &mut Desk, frame: &Frame) -> usize {
+    let mut delivered = 0;
+    desk.conns.retain(|c| match c.tx.try_send(frame.clone()) {
+        Ok(()) => {
+            delivered += 1;
+            true
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(counsellor = %who, socket = c.id, "socket too slow; closing it");
+            metrics::counter!("nwd_dashboard_slow_sockets_total", "service" => crate::NAME)
+                .increment(1);
+            c.close.cancel();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
+    delivered
 }
 
 #[cfg(test)]
@@ -235,13 +306,18 @@ mod tests {
     fn messages_reach_every_socket_of_one_counsellor_only() {
         let hub = Hub::default();
         let root = CancellationToken::new();
-        let mut a1 = hub.register(&login("ana"), Presence::Offline, &root);
-        let mut a2 = hub.register(&login("ana"), Presence::Available, &root);
+        let mut a1 = hub.register(&login("ana"), Presence::Offline, Audience::Everyone, &root);
+        let mut a2 = hub.register(
+            &login("ana"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
         assert_eq!(a2.status, Presence::Offline, "the desk's status wins");
-        let mut b = hub.register(&login("ben"), Presence::Busy, &root);
+        let mut b = hub.register(&login("ben"), Presence::Busy, Audience::Everyone, &root);
         assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 2);
-        assert_eq!(a1.rx.try_recv().unwrap(), ServerMsg::Pong);
-        assert_eq!(a2.rx.try_recv().unwrap(), ServerMsg::Pong);
+        assert_eq!(a1.rx.try_recv().unwrap(), Frame::Msg(ServerMsg::Pong));
+        assert_eq!(a2.rx.try_recv().unwrap(), Frame::Msg(ServerMsg::Pong));
         assert!(b.rx.try_recv().is_err());
         assert_eq!(hub.send(&c("nobody"), &ServerMsg::Pong), 0);
         assert!(!hub.unregister(&c("ana"), a1.id));
@@ -254,7 +330,12 @@ mod tests {
     fn a_socket_that_falls_behind_is_closed() {
         let hub = Hub::default();
         let root = CancellationToken::new();
-        let slow = hub.register(&login("ana"), Presence::Available, &root);
+        let slow = hub.register(
+            &login("ana"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
         for _ in 0..SOCKET_QUEUE {
             assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 1);
         }
@@ -264,20 +345,71 @@ mod tests {
     }
 
     #[test]
+    fn a_fan_out_sends_each_counsellor_their_audiences_text() {
+        let hub = Hub::default();
+        let root = CancellationToken::new();
+        let clinic = Audience::Door(nwd_proto::PartnerId::parse("clinic").unwrap());
+        let mut a1 = hub.register(&login("ana"), Presence::Available, clinic.clone(), &root);
+        let mut a2 = hub.register(&login("ana"), Presence::Available, clinic.clone(), &root);
+        let mut b = hub.register(&login("ben"), Presence::Available, clinic.clone(), &root);
+        let mut s = hub.register(
+            &login("sam"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
+        let _gone = hub.register(&login("cy"), Presence::Available, Audience::Nobody, &root);
+        let mut rendered = Vec::new();
+        let sent = hub.fan_out(|audience| {
+            rendered.push(audience.clone());
+            match audience {
+                Audience::Nobody => None,
+                Audience::Everyone => Some(Utf8Bytes::from_static("all")),
+                Audience::Door(_) => Some(Utf8Bytes::from_static("clinic")),
+            }
+        });
+        assert_eq!(sent, 4);
+        for rx in [&mut a1.rx, &mut a2.rx, &mut b.rx] {
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                Frame::Json(Utf8Bytes::from_static("clinic"))
+            );
+        }
+        assert_eq!(
+            s.rx.try_recv().unwrap(),
+            Frame::Json(Utf8Bytes::from_static("all"))
+        );
+        // Asked once per counsellor (the queue caches per audience).
+        assert_eq!(rendered.len(), 4);
+    }
+
+    #[test]
     fn ended_sessions_close_only_their_own_sockets() {
         let hub = Hub::default();
         let root = CancellationToken::new();
         let now = OffsetDateTime::now_utc();
-        let a1 = hub.register(&login("ana"), Presence::Available, &root);
+        let a1 = hub.register(
+            &login("ana"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
         let a2 = hub.register(
             &login_until("ana", now + time::Duration::hours(2)),
             Presence::Available,
+            Audience::Everyone,
             &root,
         );
-        let b = hub.register(&login("ben"), Presence::Available, &root);
+        let b = hub.register(
+            &login("ben"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
         let s = hub.register(
             &login_until("sam", now - time::Duration::seconds(1)),
             Presence::Available,
+            Audience::Everyone,
             &root,
         );
 

@@ -4,6 +4,7 @@
 //! ```text
 //! browser ──ws──► dashboard ──request──► router          (accept / decline / resolve)
 //!                     │ ◄──core push─── router          (offers, withdrawals, messages)
+//!                     │ ◄──core sub──── router          (the queue, to every socket)
 //!                     │ ──publish────► OUTBOUND          (replies)
 //!                     │ ──cas────────► replies bucket    (a reply's body hash: resends)
 //!                     │ ◄──core sub─── OUTBOUND status   (delivery ticks)
@@ -40,6 +41,7 @@ pub mod feeds;
 pub mod http;
 pub mod hub;
 pub mod presence;
+pub mod queue;
 pub mod reply;
 pub mod revocation;
 pub mod session;
@@ -220,6 +222,8 @@ pub struct App {
     /// Set once the streams and buckets exist.
     pub stores: OnceLock<Stores>,
     pub hub: hub::Hub,
+    /// The newest queue snapshot from the router.
+    pub queue: queue::Queue,
     pub settings: Settings,
     /// Cancelled on shutdown; every socket's own token is a child of it.
     pub shutdown: CancellationToken,
@@ -278,6 +282,7 @@ impl App {
             js,
             stores: OnceLock::new(),
             hub: hub::Hub::default(),
+            queue: queue::Queue::default(),
             settings,
             shutdown,
             tasks: TaskTracker::new(),
@@ -387,10 +392,11 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
                 .subscribe(subjects::outbound_status_all())
                 .await?;
             let alerts = app.client.subscribe(subjects::ops_alert()).await?;
+            let queue = app.client.subscribe(subjects::dashboard_queue()).await?;
             // A flush only empties our buffer; a request's answer proves the
             // server has processed the subscriptions sent before it.
             round_trip(&app.client).await?;
-            Ok::<_, async_nats::Error>((pushes, statuses, alerts))
+            Ok::<_, async_nats::Error>((pushes, statuses, alerts, queue))
         };
         match subscribed.await {
             Ok(s) => break s,
@@ -401,7 +407,8 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
             _ = tokio::time::sleep(delay) => {}
         }
     };
-    let (pushes, statuses, alerts) = pushes;
+    let (pushes, statuses, alerts, queue) = pushes;
+    app.tasks.spawn(feeds::forward_queue(app.clone(), queue));
     app.tasks.spawn(feeds::forward_pushes(app.clone(), pushes));
     app.tasks
         .spawn(feeds::forward_ops_alerts(app.clone(), alerts));

@@ -3,7 +3,8 @@
 //!   process, or an operator revoking it) closes its sockets as soon as the
 //!   bucket's watch delivers the delete marker;
 //! - an expired session, or one whose counsellor is no longer in the live
-//!   directory, is found by a sweep every heartbeat.
+//!   directory, is found by a sweep every heartbeat (which also follows a
+//!   changed role or home partner into the part of the queue they see).
 //!
 //! The watch starts with the bucket's history, so deletes that happened
 //! while it was down (a NATS reconnect) still close their sockets.
@@ -66,6 +67,13 @@ pub async fn sweep(app: Arc<App>) {
         count("not-in-directory", removed);
         if expired + removed > 0 {
             tracing::info!(expired, removed, "ended sessions' sockets closed");
+        }
+        let moved = app
+            .hub
+            .refresh_audiences(|who| crate::queue::Audience::of(directory.staff(who)));
+        for who in moved {
+            tracing::info!(counsellor = %who, "queue audience changed with the directory");
+            app.queue.resend(&app.hub, &who);
         }
     }
 }

@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::hub::Frame;
+use crate::queue::Audience;
 use crate::session::Login;
 use crate::{App, Stores, presence};
 
@@ -44,6 +46,8 @@ pub enum Inbound {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
     Msg(ServerMsg),
+    /// A message serialised once for many sockets (the queue): sent as is.
+    Json(axum::extract::ws::Utf8Bytes),
     /// A keep-alive ping (a websocket ping frame on a real socket).
     KeepAlive,
 }
@@ -86,7 +90,10 @@ where
     };
     let who = login.counsellor.clone();
     let initial = presence::initial(&stores.presence, &who).await;
-    let reg = app.hub.register(&login, initial, &app.shutdown);
+    let audience = Audience::of(app.directory.get().staff(&who));
+    let reg = app
+        .hub
+        .register(&login, initial, audience.clone(), &app.shutdown);
     // A logout between the upgrade and this registration was not seen by
     // the hub: look once more now that revocations reach this socket.
     if !still_open(&app, &stores, &login).await {
@@ -109,7 +116,7 @@ where
             who: who.clone(),
             tx: reg.tx,
         };
-        session.greet(reg.status).await;
+        session.greet(reg.status, &audience).await;
         session.read_loop(reader, &reg.close).await;
 
         reg.close.cancel();
@@ -157,7 +164,7 @@ async fn still_open(app: &App, stores: &Stores, login: &Login) -> bool {
 
 async fn write_loop<W>(
     mut writer: std::pin::Pin<Box<W>>,
-    mut rx: mpsc::Receiver<ServerMsg>,
+    mut rx: mpsc::Receiver<Frame>,
     close: CancellationToken,
     keepalive: std::time::Duration,
 ) where
@@ -171,7 +178,8 @@ async fn write_loop<W>(
             biased;
             _ = close.cancelled() => break,
             m = rx.recv() => match m {
-                Some(m) => Outbound::Msg(m),
+                Some(Frame::Msg(m)) => Outbound::Msg(m),
+                Some(Frame::Json(text)) => Outbound::Json(text),
                 None => break,
             },
             _ = tick.tick() => Outbound::KeepAlive,
@@ -189,13 +197,13 @@ struct Session {
     app: Arc<App>,
     stores: Stores,
     who: CounsellorId,
-    tx: mpsc::Sender<ServerMsg>,
+    tx: mpsc::Sender<Frame>,
 }
 
 impl Session {
     /// To this socket only. Waits for room: the reader is this socket's own.
     async fn reply(&self, msg: ServerMsg) {
-        let _ = self.tx.send(msg).await;
+        let _ = self.tx.send(Frame::Msg(msg)).await;
     }
 
     /// To every socket of this counsellor (other tabs too).
@@ -203,19 +211,22 @@ impl Session {
         self.app.hub.send(&self.who, msg);
     }
 
-    async fn greet(&self, status: Presence) {
-        let staff = self.app.directory.get().staff(&self.who).cloned();
+    /// Hello, the queue this counsellor sees, then their conversations and
+    /// offers.
+    async fn greet(&self, status: Presence, audience: &Audience) {
+        let directory = self.app.directory.get();
+        let staff = directory.staff(&self.who).cloned();
+        let now = OffsetDateTime::now_utc();
         self.reply(ServerMsg::Hello {
             counsellor: self.who.clone(),
             name: staff.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
             supervisor: staff.as_ref().is_some_and(|s| s.role == Role::Supervisor),
             presence: status,
             capacity: staff.as_ref().map_or(0, |s| s.capacity),
-            shift_ends_at: None,
-            hospitals: self
-                .app
-                .directory
-                .get()
+            shift_ends_at: staff
+                .as_ref()
+                .and_then(|s| nwd_ladder::oncall::shift_end(&directory, s, now)),
+            hospitals: directory
                 .partners
                 .iter()
                 .filter(|p| p.kind == PartnerKind::Hospital)
@@ -226,6 +237,7 @@ impl Session {
                 .collect(),
         })
         .await;
+        self.app.queue.greet(audience, &self.tx);
         if status != Presence::Offline {
             // Taken back from before a reconnect: refresh it now.
             if let Err(e) = presence::refresh(&self.stores.presence, &self.app.hub, &self.who).await
@@ -551,7 +563,8 @@ impl Session {
     }
 
     /// A screener's answers, checked by the router against the record
-    /// (only the holder; the skip logic) and recorded there.
+    /// (only the holder; the skip logic) and recorded there; the router
+    /// pushes the result (`Assessed`) to every tab of the counsellor.
     async fn assess(&self, contact_id: ContactId, answers: ScreenerAnswers) {
         let cmd = RouterCommand::Assess {
             contact_id,

@@ -14,8 +14,8 @@ use nwd_dashboard::socket::{self, Inbound, Outbound};
 use nwd_dashboard::{App, Config};
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{
-    ClientMsg, DashboardPush, MessageView, PartnerOption, Presence, PresenceRecord, ReplyRecord,
-    ServerMsg, Speaker, WithdrawReason,
+    ClientMsg, DashboardPush, MessageView, PartnerOption, Presence, PresenceRecord, QueueEntry,
+    QueueSnapshot, ReplyRecord, ServerMsg, Speaker, WithdrawReason,
 };
 use nwd_proto::events::{
     Author, Channel, ContactMessage, DeliveryStatus, MessageTriaged, OutboundSms, OutboundStatus,
@@ -655,6 +655,208 @@ async fn a_router_push_reaches_only_its_counsellor() {
     .await;
 }
 
+// ------------------------------------------------------------------ the queue
+
+fn queue_entry(door: Option<&str>, risk: RiskLevel) -> QueueEntry {
+    QueueEntry {
+        contact_id: ContactId::new(),
+        risk,
+        reasons: vec![nwd_proto::dashboard::ReasonView {
+            rule: "relapse.using-again".into(),
+            label: "Using again".into(),
+            level: RiskLevel::High,
+        }],
+        lang: Language::En,
+        channel: "SMS ··42".into(),
+        door: door.unwrap_or("No Wrong Door").into(),
+        door_id: door.map(|d| PartnerId::parse(d).unwrap()),
+        waiting_since: OffsetDateTime::now_utc(),
+        escalation: None,
+        offered: 2,
+        outreach: false,
+        open_to_all: false,
+    }
+}
+
+impl Dashboard {
+    /// A queue snapshot as the router publishes it (core NATS).
+    async fn publish_queue(&self, seq: u64, at: OffsetDateTime, entries: &[QueueEntry]) {
+        let snapshot = Envelope::new(QueueSnapshot {
+            seq,
+            at,
+            entries: entries.to_vec(),
+        });
+        let client = self.nats.client().await;
+        client
+            .publish(subjects::dashboard_queue(), snapshot.to_bytes().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+}
+
+impl Ws {
+    /// The contact ids of the next queue message.
+    async fn queue(&mut self) -> Vec<ContactId> {
+        self.expect("the queue", |m| match m {
+            ServerMsg::Queue { entries, .. } => {
+                Some(entries.iter().map(|e| e.contact_id).collect())
+            }
+            _ => None,
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn the_queue_reaches_every_socket_and_a_partners_counsellor_sees_their_doors() {
+    let d = Dashboard::start().await;
+    let mut sockets = Vec::new();
+    for who in ["ana", "ana", "ben", "chloe", "sam"] {
+        let mut ws = d.socket(who).await;
+        ws.hello().await;
+        sockets.push(ws);
+    }
+    let line = queue_entry(None, RiskLevel::Imminent);
+    let clinic = queue_entry(Some("eastside-clinic"), RiskLevel::High);
+    let hospital = queue_entry(Some("county-hospital"), RiskLevel::Moderate);
+    d.publish_queue(
+        1,
+        OffsetDateTime::now_utc(),
+        &[line.clone(), clinic.clone(), hospital.clone()],
+    )
+    .await;
+
+    let [ana, ana_tab, ben, chloe, sam] = &mut sockets[..] else {
+        unreachable!()
+    };
+    // Eastside's counsellors: the line's own number and Eastside's door, in
+    // the router's order; the hospital's counsellor: the line's and hers.
+    for ws in [ana, ana_tab, ben] {
+        assert_eq!(ws.queue().await, [line.contact_id, clinic.contact_id]);
+    }
+    assert_eq!(chloe.queue().await, [line.contact_id, hospital.contact_id]);
+    // The supervisor: everything.
+    assert_eq!(
+        sam.queue().await,
+        [line.contact_id, clinic.contact_id, hospital.contact_id]
+    );
+}
+
+#[tokio::test]
+async fn a_later_socket_gets_the_newest_queue_at_once_and_an_older_snapshot_is_ignored() {
+    let d = Dashboard::start().await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let now = OffsetDateTime::now_utc();
+    let newest = queue_entry(None, RiskLevel::High);
+    d.publish_queue(7, now, std::slice::from_ref(&newest)).await;
+    assert_eq!(ana.queue().await, [newest.contact_id]);
+
+    // Late arrivals: a lower seq at the same time, an earlier time with a
+    // higher seq (a router that restarted on a clock behind). Neither
+    // replaces the newest, so neither is sent.
+    let stale = queue_entry(None, RiskLevel::Imminent);
+    d.publish_queue(6, now, std::slice::from_ref(&stale)).await;
+    d.publish_queue(
+        99,
+        now - time::Duration::seconds(5),
+        std::slice::from_ref(&stale),
+    )
+    .await;
+    // The same entries again (the router's steady republish): nothing sent.
+    d.publish_queue(8, now, std::slice::from_ref(&newest)).await;
+    let next = queue_entry(None, RiskLevel::Low);
+    d.publish_queue(9, now, &[newest.clone(), next.clone()])
+        .await;
+    assert_eq!(
+        ana.queue().await,
+        [newest.contact_id, next.contact_id],
+        "the next queue message is the newer change, not a stale one"
+    );
+
+    // A socket opened now gets the newest straight after its hello.
+    let mut tab = d.socket("ana").await;
+    tab.hello().await;
+    assert_eq!(tab.queue().await, [newest.contact_id, next.contact_id]);
+    let mut chloe = d.socket("chloe").await;
+    chloe.hello().await;
+    assert_eq!(chloe.queue().await, [newest.contact_id, next.contact_id]);
+}
+
+#[tokio::test]
+async fn a_directory_change_of_home_partner_changes_the_queue_an_open_socket_sees() {
+    let d = Dashboard::start().await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let line = queue_entry(None, RiskLevel::High);
+    let clinic = queue_entry(Some("eastside-clinic"), RiskLevel::High);
+    let hospital = queue_entry(Some("county-hospital"), RiskLevel::High);
+    d.publish_queue(
+        1,
+        OffsetDateTime::now_utc(),
+        &[line.clone(), clinic.clone(), hospital.clone()],
+    )
+    .await;
+    assert_eq!(ben.queue().await, [line.contact_id, clinic.contact_id]);
+
+    // Ben moves from Eastside to the hospital: his queue follows without a
+    // reconnect and without a new snapshot.
+    let mut dir = nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap();
+    for s in dir.staff.iter_mut().filter(|s| s.id.as_str() == "ben") {
+        s.partner = PartnerId::parse("county-hospital").unwrap();
+    }
+    let store = d.js.get_key_value(buckets::DIRECTORY).await.unwrap();
+    nwd_runtime::directory::publish(&store, &dir).await.unwrap();
+    assert_eq!(ben.queue().await, [line.contact_id, hospital.contact_id]);
+}
+
+#[tokio::test]
+async fn hello_carries_capacity_and_the_end_of_the_shift() {
+    let d = Dashboard::start().await;
+    let mut ana = d.socket("ana").await;
+    match ana.hello().await {
+        ServerMsg::Hello {
+            capacity,
+            shift_ends_at,
+            ..
+        } => {
+            assert_eq!(capacity, 3, "the directory's capacity");
+            assert_eq!(shift_ends_at, None, "a 24/7 rota has no end to show");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Leave from an hour from now ends her shift there.
+    let leave = OffsetDateTime::now_utc() + time::Duration::hours(1);
+    let leave = leave.replace_nanosecond(0).unwrap();
+    let mut dir = nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap();
+    dir.overrides.push(nwd_proto::directory::OnCallOverride {
+        staff: c("ana"),
+        from: leave,
+        until: leave + time::Duration::hours(2),
+        on_call: false,
+    });
+    let store = d.js.get_key_value(buckets::DIRECTORY).await.unwrap();
+    nwd_runtime::directory::publish(&store, &dir).await.unwrap();
+    eventually(WAIT, "the shift end from the new directory", || async {
+        let mut ws = d.socket("ana").await;
+        match ws.hello().await {
+            ServerMsg::Hello {
+                shift_ends_at: Some(end),
+                ..
+            } => Some(end),
+            _ => None,
+        }
+    })
+    .await;
+    let mut ws = d.socket("ana").await;
+    assert!(matches!(
+        ws.hello().await,
+        ServerMsg::Hello { shift_ends_at: Some(end), .. } if end == leave
+    ));
+}
+
 #[tokio::test]
 async fn an_ops_alert_reaches_every_supervisor_and_no_one_else() {
     let d = Dashboard::start().await;
@@ -829,6 +1031,127 @@ async fn decline_and_resolve_go_to_the_router_and_update_every_tab() {
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn a_resolve_carries_its_disposition_and_note_and_a_long_note_is_refused() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+
+    // One character too many: refused here, nothing reaches the router.
+    let long = "n".repeat(nwd_proto::dashboard::MAX_NOTE_CHARS + 1);
+    ana.send_text(&format!(
+        r#"{{"type":"resolve","contact_id":"{}","disposition":"safety-plan-made","note":"{long}"}}"#,
+        mine.id
+    ))
+    .await;
+    let message = ana.expect_error("bad-note").await;
+    assert!(message.contains("2000"), "{message}");
+
+    // The longest note, counted in characters (not bytes), goes through.
+    let note = "é".repeat(nwd_proto::dashboard::MAX_NOTE_CHARS);
+    ana.send(&ClientMsg::Resolve {
+        contact_id: mine.id,
+        disposition: Some(nwd_proto::dashboard::Disposition::SafetyPlanMade),
+        note: Some(note.clone()),
+    })
+    .await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Resolve {
+            contact_id: mine.id,
+            counsellor: c("ana"),
+            disposition: Some("safety-plan-made".into()),
+            note: Some(note),
+        },
+        "the first command the router sees is the valid one"
+    );
+    ana.expect("resolved", |m| {
+        (*m == ServerMsg::Resolved {
+            contact_id: mine.id,
+        })
+        .then_some(())
+    })
+    .await;
+
+    // An unknown disposition is not a message the dashboard understands.
+    ana.send_text(&format!(
+        r#"{{"type":"resolve","contact_id":"{}","disposition":"went-fishing"}}"#,
+        mine.id
+    ))
+    .await;
+    ana.expect_error("bad-message").await;
+    assert!(
+        commands.try_recv().is_err(),
+        "nothing more reached the router"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_screener_is_an_error_and_names_the_sessions_counsellor() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let answers = nwd_proto::screener::ScreenerAnswers {
+        wish_dead: true,
+        thoughts: true,
+        method: Some(true),
+        intent: Some(false),
+        plan: Some(false),
+        behaviour: false,
+        behaviour_recent: None,
+    };
+
+    // Refused (e.g. not the holder any more): an error, nothing recorded.
+    let mut refusing = d
+        .fake_router(RouterReply::Refused {
+            reason: "not-assigned".into(),
+        })
+        .await;
+    ana.send(&ClientMsg::Assess {
+        contact_id: mine.id,
+        answers,
+    })
+    .await;
+    assert_eq!(
+        refusing.recv().await.unwrap(),
+        RouterCommand::Assess {
+            contact_id: mine.id,
+            counsellor: c("ana"),
+            answers,
+        }
+    );
+    assert_eq!(ana.expect_error("refused").await, "not-assigned");
+    ana.expect_none(Duration::from_millis(300), "a result", |m| {
+        matches!(m, ServerMsg::Assessed { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn take_next_asks_the_router_for_this_counsellor_and_a_refusal_is_shown() {
+    let d = Dashboard::start().await;
+    let mut commands = d
+        .fake_router(RouterReply::Refused {
+            reason: "queue-empty".into(),
+        })
+        .await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    // Whatever else the browser writes, the command names the session's counsellor.
+    ana.send_text(r#"{"type":"take_next","counsellor":"ben"}"#)
+        .await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::TakeNext {
+            counsellor: c("ana")
+        }
+    );
+    assert_eq!(ana.expect_error("refused").await, "queue-empty");
 }
 
 #[tokio::test]
@@ -1365,6 +1688,14 @@ async fn the_page_is_served_with_its_test_ids() {
         "\"emergency-nature\"",
         "\"emergency-send\"",
         "\"emergency-status\"",
+        "\"take-next\"",
+        "\"queue-list\"",
+        "\"load\"",
+        "\"shift-end\"",
+        "\"resolve-dialog\"",
+        "\"disposition\"",
+        "\"screener-submit\"",
+        "<h1>",
     ] {
         assert!(html.contains(id), "page lacks {id}");
     }
@@ -1414,7 +1745,7 @@ async fn the_socket_logic_runs_over_plain_channels() {
     // Keep-alives (every heartbeat) may come first.
     let next_msg = async |rx: &mut futures::channel::mpsc::Receiver<Outbound>| loop {
         match rx.next().await.unwrap() {
-            Outbound::KeepAlive => continue,
+            Outbound::KeepAlive | Outbound::Json(_) => continue,
             Outbound::Msg(m) => break m,
         }
     };

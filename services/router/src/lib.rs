@@ -16,6 +16,7 @@
 
 pub mod decide;
 pub mod line_status;
+pub mod queue_feed;
 pub mod routing;
 
 use std::net::SocketAddr;
@@ -227,6 +228,11 @@ async fn start(
         router.clone(),
         client.clone(),
         Duration::from_millis(config.line_status_ms.max(100)),
+        shutdown.clone(),
+    ));
+    tasks.spawn(queue_feed::run(
+        router.clone(),
+        client.clone(),
         shutdown.clone(),
     ));
     tasks.spawn(serve_commands(

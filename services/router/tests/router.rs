@@ -505,23 +505,35 @@ async fn nobody_available_means_waiting_then_the_highest_risk_is_offered_first()
     line.wait_state(moderate, "moderate waiting", waiting).await;
 
     line.presence("ben", Presence::Available).await;
-    for id in [low, imminent, moderate] {
+    for id in [imminent, moderate] {
         line.pushes.wait_offer("ben", id).await;
     }
-    let order: Vec<ContactId> = line
-        .pushes
-        .all()
-        .into_iter()
-        .filter_map(|(_, m)| match m {
-            ServerMsg::Offer { contact } => Some(contact.contact_id),
-            _ => None,
-        })
-        .collect();
+    let order = || -> Vec<ContactId> {
+        line.pushes
+            .all()
+            .into_iter()
+            .filter_map(|(_, m)| match m {
+                ServerMsg::Offer { contact } => Some(contact.contact_id),
+                _ => None,
+            })
+            .collect()
+    };
     assert_eq!(
-        order,
-        vec![imminent, moderate, low],
-        "nothing offered before ben was available; then risk first"
+        order(),
+        vec![imminent, moderate],
+        "nothing offered before ben was available; then risk first, \
+         as many as his two seats"
     );
+    // He passes on the moderate: his seat goes to the low.
+    let reply = line
+        .command(RouterCommand::Decline {
+            contact_id: moderate,
+            counsellor: c("ben"),
+        })
+        .await;
+    assert_eq!(reply, RouterReply::Done);
+    line.pushes.wait_offer("ben", low).await;
+    assert_eq!(order(), vec![imminent, moderate, low]);
 }
 
 #[tokio::test]
@@ -759,14 +771,15 @@ async fn a_redelivered_message_of_an_assigned_contact_is_pushed_again() {
     assert_eq!(line.record(id).await.unwrap().message_count, 2);
 }
 
-/// ana (capacity 1) available and offered two new contacts.
+/// ana (capacity 1) available and offered two new imminent contacts (the
+/// imminent broadcast goes to everyone, whatever their free seats).
 async fn two_offers_to_ana(line: &Line) -> (ContactId, ContactId) {
     line.presence("ana", Presence::Available).await;
     let first = ContactId::new();
     let second = ContactId::new();
-    line.message(first, RiskLevel::Low, Language::En, "one")
+    line.message(first, RiskLevel::Imminent, Language::En, "one")
         .await;
-    line.message(second, RiskLevel::Low, Language::En, "two")
+    line.message(second, RiskLevel::Imminent, Language::En, "two")
         .await;
     line.pushes.wait_offer("ana", first).await;
     line.pushes.wait_offer("ana", second).await;
@@ -1579,6 +1592,179 @@ mod outreach {
         );
         assert!(view.outreach.unwrap().late);
         let addr = line.router.as_ref().unwrap().addr;
+        // Counted just after the record is written: wait for it.
+        let metrics = eventually(WITHIN, "the late outreach counted", || async {
+            let metrics = reqwest::get(format!("http://{addr}/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            metrics
+                .contains(
+                    r#"nwd_outreach_late_total{service="router",partner="eastside-clinic",priority="stat"} 1"#,
+                )
+                .then_some(metrics)
+        })
+        .await;
+        assert!(metrics.contains("nwd_outreach_due_total"), "{metrics}");
+        line.router.unwrap().stop().await;
+    }
+}
+
+// ------------------------------------------------------------ priority offers (ADR 0017)
+
+/// `who` available, holding one conversation, then away: one seat free when
+/// they come back.
+async fn one_conversation(line: &Line, who: &str) -> ContactId {
+    line.presence(who, Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::Low, Language::En, "earlier")
+        .await;
+    line.pushes.wait_offer(who, id).await;
+    assert_eq!(line.accept(id, who).await, RouterReply::Done);
+    line.presence(who, Presence::Away).await;
+    id
+}
+
+#[tokio::test]
+async fn one_free_seat_is_offered_only_the_most_urgent_contact_then_the_next() {
+    let line = Line::start().await;
+    let earlier = one_conversation(&line, "ben").await;
+    let low = ContactId::new();
+    let moderate = ContactId::new();
+    let high = ContactId::new();
+    for (id, level) in [
+        (low, RiskLevel::Low),
+        (moderate, RiskLevel::Moderate),
+        (high, RiskLevel::High),
+    ] {
+        line.message(id, level, Language::En, "waiting").await;
+        line.wait_state(id, "waiting", waiting).await;
+    }
+    line.presence("ben", Presence::Available).await;
+    line.pushes.wait_offer("ben", high).await;
+    line.wait_state(high, "the high offered to ben", offered_to(&["ben"]))
+        .await;
+    // The pass that offered the high decided the others too (and pushes in
+    // queue order, the high first); absence cannot be waited on, so give
+    // the sweep (every 200 ms here) a few more passes.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(line.pushes.offers("ben", moderate).is_empty());
+    assert!(line.pushes.offers("ben", low).is_empty());
+    assert!(waiting(&line.record(moderate).await.unwrap().state));
+
+    // He takes it and closes his earlier conversation: the moderate is next.
+    assert_eq!(line.accept(high, "ben").await, RouterReply::Done);
+    let resolve = RouterCommand::Resolve {
+        contact_id: earlier,
+        counsellor: c("ben"),
+        disposition: Some("support-given".into()),
+        note: None,
+    };
+    assert_eq!(line.command(resolve).await, RouterReply::Done);
+    line.pushes.wait_offer("ben", moderate).await;
+    assert!(line.pushes.offers("ben", low).is_empty());
+}
+
+#[tokio::test]
+async fn a_lower_offer_is_withdrawn_when_a_more_urgent_contact_needs_the_seat() {
+    let line = Line::start().await;
+    // ana: one seat.
+    line.presence("ana", Presence::Available).await;
+    let low = ContactId::new();
+    line.message(low, RiskLevel::Low, Language::En, "a question")
+        .await;
+    line.pushes.wait_offer("ana", low).await;
+    let high = ContactId::new();
+    line.message(high, RiskLevel::High, Language::En, "I have the pills")
+        .await;
+    line.pushes.wait_offer("ana", high).await;
+    assert_eq!(
+        line.pushes.wait_withdrawn("ana", low).await,
+        WithdrawReason::Expired
+    );
+    line.wait_state(low, "the low waits", waiting).await;
+    line.wait_state(high, "the high is hers", offered_to(&["ana"]))
+        .await;
+}
+
+// ------------------------------------------------------------ "take the next" (ADR 0017)
+
+mod take_next {
+    use super::*;
+
+    async fn take_next(line: &Line, who: &str) -> RouterReply {
+        line.command(RouterCommand::TakeNext { counsellor: c(who) })
+            .await
+    }
+
+    fn refusal(reason: &str) -> RouterReply {
+        RouterReply::Refused {
+            reason: reason.into(),
+        }
+    }
+
+    fn conversations(line: &Line, who: &str) -> Vec<ContactView> {
+        line.pushes
+            .to(who)
+            .into_iter()
+            .filter_map(|m| match m {
+                ServerMsg::Conversation { contact } => Some(contact),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn takes_the_most_urgent_contact_they_are_eligible_for_and_the_others_lose_the_offer() {
+        nwd_runtime::telemetry::metrics_handle();
+        let line = Line::start().await;
+        line.presence("ana", Presence::Available).await;
+        line.presence("ben", Presence::Available).await;
+        // A Spanish speaker's contact: during the language wait only ana
+        // (who speaks Spanish) is eligible, though it is the most urgent.
+        let spanish = ContactId::new();
+        line.message(spanish, RiskLevel::High, Language::Es, "ayuda")
+            .await;
+        line.wait_state(spanish, "offered to ana", offered_to(&["ana"]))
+            .await;
+        let low = ContactId::new();
+        line.message(low, RiskLevel::Low, Language::En, "a question")
+            .await;
+        let moderate = ContactId::new();
+        line.message(moderate, RiskLevel::Moderate, Language::En, "cravings")
+            .await;
+        line.pushes.wait_offer("ben", moderate).await;
+        line.presence("chloe", Presence::Available).await;
+        line.pushes.wait_offer("chloe", moderate).await;
+
+        assert_eq!(take_next(&line, "ben").await, RouterReply::Done);
+        let rec = line.record(moderate).await.unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("ben")), "not the Spanish one");
+        assert_eq!(
+            line.pushes.wait_withdrawn("chloe", moderate).await,
+            WithdrawReason::Taken
+        );
+        let conversation = eventually(WITHIN, "the conversation pushed", || async {
+            conversations(&line, "ben").into_iter().next()
+        })
+        .await;
+        assert_eq!(conversation.contact_id, moderate);
+        assert_eq!(conversation.messages[0].body, "cravings");
+        let assigned: Vec<ContactAssigned> =
+            stored(&line.js, subjects::contact_assigned(&moderate)).await;
+        assert_eq!(assigned.len(), 1);
+        assert_eq!(assigned[0].counsellor, c("ben"));
+        assert!(line.record(spanish).await.unwrap().assigned_to().is_none());
+
+        // ana takes the top of hers: the Spanish contact.
+        assert_eq!(take_next(&line, "ana").await, RouterReply::Done);
+        assert_eq!(
+            line.record(spanish).await.unwrap().assigned_to(),
+            Some(&c("ana"))
+        );
+        let addr = line.router.as_ref().unwrap().addr;
         let metrics = reqwest::get(format!("http://{addr}/metrics"))
             .await
             .unwrap()
@@ -1586,12 +1772,350 @@ mod outreach {
             .await
             .unwrap();
         assert!(
-            metrics.contains(
-                r#"nwd_outreach_late_total{service="router",partner="eastside-clinic",priority="stat"} 1"#
-            ),
+            metrics.contains(r#"nwd_router_take_next_total{service="router",outcome="taken"} 2"#),
             "{metrics}"
         );
-        assert!(metrics.contains("nwd_outreach_due_total"), "{metrics}");
-        line.router.unwrap().stop().await;
+    }
+
+    #[tokio::test]
+    async fn refused_when_away_at_capacity_or_with_nothing_to_take() {
+        let line = Line::start().await;
+        assert_eq!(take_next(&line, "sam").await, refusal("not-available"));
+        line.presence("ben", Presence::Away).await;
+        assert_eq!(take_next(&line, "ben").await, refusal("not-available"));
+        line.presence("ana", Presence::Available).await;
+        assert_eq!(take_next(&line, "ana").await, refusal("queue-empty"));
+        let first = ContactId::new();
+        line.message(first, RiskLevel::Low, Language::En, "one")
+            .await;
+        line.wait_state(first, "offered to ana", offered_to(&["ana"]))
+            .await;
+        assert_eq!(take_next(&line, "ana").await, RouterReply::Done);
+        let second = ContactId::new();
+        line.message(second, RiskLevel::High, Language::En, "two")
+            .await;
+        line.wait_state(second, "waiting", waiting).await;
+        assert_eq!(take_next(&line, "ana").await, refusal("at-capacity"));
+        assert!(line.record(second).await.unwrap().assigned_to().is_none());
+    }
+
+    #[tokio::test]
+    async fn two_counsellors_taking_the_next_at_once_never_get_the_same_contact() {
+        let line = Line::start().await;
+        line.presence("ben", Presence::Available).await;
+        line.presence("chloe", Presence::Available).await;
+        let only = ContactId::new();
+        line.message(only, RiskLevel::High, Language::En, "help")
+            .await;
+        line.wait_state(only, "offered", offered_to(&["ben", "chloe"]))
+            .await;
+        let (a, b) = tokio::join!(take_next(&line, "ben"), take_next(&line, "chloe"));
+        let mut replies = [a, b];
+        replies.sort_by_key(|r| r == &RouterReply::Done);
+        assert_eq!(replies, [refusal("queue-empty"), RouterReply::Done]);
+        assert_eq!(
+            stored::<ContactAssigned>(&line.js, subjects::contact_assigned(&only))
+                .await
+                .len(),
+            1
+        );
+
+        // Two waiting, two takers: one each.
+        let first = ContactId::new();
+        let second = ContactId::new();
+        line.message(first, RiskLevel::High, Language::En, "one")
+            .await;
+        line.message(second, RiskLevel::Low, Language::En, "two")
+            .await;
+        line.wait_state(first, "offered", |s| {
+            matches!(s, ContactState::Offered { .. })
+        })
+        .await;
+        line.wait_state(second, "in the queue", |s| {
+            matches!(
+                s,
+                ContactState::Offered { .. } | ContactState::Waiting { .. }
+            )
+        })
+        .await;
+        let (a, b) = tokio::join!(take_next(&line, "ben"), take_next(&line, "chloe"));
+        assert_eq!((a, b), (RouterReply::Done, RouterReply::Done));
+        let mut holders = vec![
+            line.record(first)
+                .await
+                .unwrap()
+                .assigned_to()
+                .cloned()
+                .unwrap(),
+            line.record(second)
+                .await
+                .unwrap()
+                .assigned_to()
+                .cloned()
+                .unwrap(),
+        ];
+        holders.sort();
+        assert_eq!(holders, vec![c("ben"), c("chloe")]);
+    }
+
+    /// Take-next and accept share the counsellor's lock: at once, by one
+    /// counsellor with one seat, they give one conversation.
+    #[tokio::test]
+    async fn take_next_and_accept_together_never_exceed_capacity() {
+        let line = Line::start().await;
+        let (first, second) = two_offers_to_ana(&line).await;
+        let (a, b) = tokio::join!(line.accept(first, "ana"), take_next(&line, "ana"));
+        let done = [&a, &b]
+            .iter()
+            .filter(|r| ***r == RouterReply::Done)
+            .count();
+        assert_eq!(done, 1, "{a:?} {b:?}");
+        let held = [
+            line.record(first).await.unwrap(),
+            line.record(second).await.unwrap(),
+        ]
+        .iter()
+        .filter(|r| r.assigned_to() == Some(&c("ana")))
+        .count();
+        assert_eq!(held, 1);
+    }
+}
+
+// ------------------------------------------------------------ the C-SSRS screener
+
+mod screener {
+    use super::*;
+    use nwd_proto::events::ScreenerRecorded;
+    use nwd_proto::screener::ScreenerAnswers;
+
+    /// Thoughts of killing oneself and of how, no intent, no plan, nothing
+    /// done: moderate.
+    fn moderate() -> ScreenerAnswers {
+        ScreenerAnswers {
+            wish_dead: true,
+            thoughts: true,
+            method: Some(true),
+            intent: Some(false),
+            plan: Some(false),
+            behaviour: false,
+            behaviour_recent: None,
+        }
+    }
+
+    async fn assess(
+        line: &Line,
+        id: ContactId,
+        who: &str,
+        answers: ScreenerAnswers,
+    ) -> RouterReply {
+        line.command(RouterCommand::Assess {
+            contact_id: id,
+            counsellor: c(who),
+            answers,
+        })
+        .await
+    }
+
+    async fn audited(line: &Line, id: ContactId) -> Vec<ScreenerRecorded> {
+        nwd_runtime::transcript::read_subjects(
+            &line.js,
+            streams::AUDIT,
+            vec![subjects::audit_screener(&id)],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            Envelope::<ScreenerRecorded>::from_bytes(&m.payload)
+                .unwrap()
+                .data
+        })
+        .collect()
+    }
+
+    /// A high-risk contact ben accepted.
+    async fn held_by_ben(line: &Line) -> ContactId {
+        line.presence("ben", Presence::Available).await;
+        let id = ContactId::new();
+        line.message(id, RiskLevel::High, Language::En, "I want to die")
+            .await;
+        line.pushes.wait_offer("ben", id).await;
+        assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+        id
+    }
+
+    #[tokio::test]
+    async fn a_screener_by_the_holder_lowers_the_level_is_audited_and_later_messages_raise_it_again()
+     {
+        let line = Line::start().await;
+        let id = held_by_ben(&line).await;
+        assert_eq!(
+            assess(&line, id, "ben", moderate()).await,
+            RouterReply::Done
+        );
+        let rec = line.record(id).await.unwrap();
+        assert_eq!(rec.risk, RiskLevel::Moderate, "lowered by the screener");
+        let result = rec.screener.unwrap();
+        assert_eq!(
+            (result.before, result.level),
+            (RiskLevel::High, RiskLevel::Moderate)
+        );
+        assert_eq!(result.by, c("ben"));
+        let pushed = eventually(WITHIN, "Assessed pushed to ben", || async {
+            line.pushes.to("ben").into_iter().find_map(|m| match m {
+                ServerMsg::Assessed { contact_id, result } if contact_id == id => Some(result),
+                _ => None,
+            })
+        })
+        .await;
+        assert_eq!(pushed.level, RiskLevel::Moderate);
+        let audit = audited(&line, id).await;
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].counsellor, c("ben"));
+        assert_eq!(
+            (audit[0].before, audit[0].after),
+            (RiskLevel::High, RiskLevel::Moderate)
+        );
+        assert_eq!(audit[0].answers, moderate());
+        assert_eq!(audit[0].at, result.at);
+        // The same answers again (a retry): recorded once.
+        assert_eq!(
+            assess(&line, id, "ben", moderate()).await,
+            RouterReply::Done
+        );
+        assert_eq!(audited(&line, id).await.len(), 1);
+
+        // A low message leaves the assessed level; a high one raises it.
+        line.message(id, RiskLevel::Low, Language::En, "thanks")
+            .await;
+        line.pushes.wait_message("ben", id, "thanks").await;
+        assert_eq!(line.record(id).await.unwrap().risk, RiskLevel::Moderate);
+        line.message(id, RiskLevel::High, Language::En, "I have the pills")
+            .await;
+        line.pushes
+            .wait_message("ben", id, "I have the pills")
+            .await;
+        assert_eq!(line.record(id).await.unwrap().risk, RiskLevel::High);
+    }
+
+    #[tokio::test]
+    async fn refused_for_anyone_but_the_holder_and_for_answers_that_break_the_skip_logic() {
+        let line = Line::start().await;
+        let id = held_by_ben(&line).await;
+        let not_theirs = assess(&line, id, "chloe", moderate()).await;
+        assert_eq!(
+            not_theirs,
+            RouterReply::Refused {
+                reason: "the contact is not assigned to this counsellor".into()
+            }
+        );
+        let mut skipped = moderate();
+        skipped.plan = None;
+        let RouterReply::Refused { reason } = assess(&line, id, "ben", skipped).await else {
+            panic!("answers missing question 5 are refused");
+        };
+        assert!(reason.contains("only after yes to question 2"), "{reason}");
+        let unknown = assess(&line, ContactId::new(), "ben", moderate()).await;
+        assert!(matches!(unknown, RouterReply::Refused { .. }));
+        let rec = line.record(id).await.unwrap();
+        assert_eq!(rec.risk, RiskLevel::High, "unchanged");
+        assert!(rec.screener.is_none());
+        assert!(audited(&line, id).await.is_empty());
+    }
+}
+
+// ------------------------------------------------------------ the queue feed
+
+mod queue_feed {
+    use super::*;
+    use nwd_proto::dashboard::QueueSnapshot;
+
+    /// Every snapshot on the queue subject (as the dashboard's user), with
+    /// its raw payload.
+    #[derive(Clone, Default)]
+    struct Snapshots(Arc<Mutex<Vec<(QueueSnapshot, String)>>>);
+
+    impl Snapshots {
+        async fn follow(line: &Line) -> Self {
+            let snapshots = Self::default();
+            let mut sub = line
+                .client
+                .subscribe(subjects::dashboard_queue())
+                .await
+                .unwrap();
+            line.client.flush().await.unwrap();
+            let sink = snapshots.clone();
+            tokio::spawn(async move {
+                while let Some(msg) = sub.next().await {
+                    let raw = String::from_utf8(msg.payload.to_vec()).unwrap();
+                    let env = Envelope::<QueueSnapshot>::from_bytes(&msg.payload).unwrap();
+                    sink.0.lock().unwrap().push((env.data, raw));
+                }
+            });
+            snapshots
+        }
+
+        /// The first snapshot after the `after`-th one that satisfies `check`.
+        async fn wait(
+            &self,
+            after: usize,
+            what: &str,
+            check: impl Fn(&QueueSnapshot) -> bool,
+        ) -> (usize, QueueSnapshot, String) {
+            eventually(WITHIN, what, || async {
+                let all = self.0.lock().unwrap().clone();
+                all.into_iter()
+                    .enumerate()
+                    .skip(after)
+                    .find(|(_, (s, _))| check(s))
+                    .map(|(i, (s, raw))| (i + 1, s, raw))
+            })
+            .await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_contact_is_in_the_next_snapshot_without_its_text_and_leaves_on_accept() {
+        let line = Line::start().await;
+        let snapshots = Snapshots::follow(&line).await;
+        let low = ContactId::new();
+        let high = ContactId::new();
+        line.message(low, RiskLevel::Low, Language::En, "a question")
+            .await;
+        line.message(high, RiskLevel::High, Language::En, "the pills are here")
+            .await;
+        let (seen, snapshot, raw) = snapshots
+            .wait(0, "both waiting contacts in a snapshot", |s| {
+                s.entries.len() == 2
+            })
+            .await;
+        let order: Vec<ContactId> = snapshot.entries.iter().map(|e| e.contact_id).collect();
+        assert_eq!(order, vec![high, low], "most urgent first");
+        let entry = &snapshot.entries[0];
+        assert_eq!(entry.risk, RiskLevel::High);
+        assert_eq!(entry.reasons[0].rule, "rule-high");
+        assert_eq!(entry.channel, "SMS ··42");
+        assert_eq!(entry.door, "Eastside Recovery Clinic");
+        assert_eq!(entry.offered, 0);
+        assert!(!raw.contains("pills"), "never the message text: {raw}");
+        assert!(!raw.contains("5550142"), "never the number: {raw}");
+
+        line.presence("ben", Presence::Available).await;
+        line.pushes.wait_offer("ben", high).await;
+        let (seen, offered, _) = snapshots
+            .wait(seen, "the high offered to one", |s| {
+                s.entries
+                    .iter()
+                    .any(|e| e.contact_id == high && e.offered == 1)
+            })
+            .await;
+        assert!(offered.seq > snapshot.seq);
+        assert_eq!(line.accept(high, "ben").await, RouterReply::Done);
+        let (_, after, _) = snapshots
+            .wait(seen, "the high gone from the queue", |s| {
+                s.entries.iter().all(|e| e.contact_id != high)
+            })
+            .await;
+        assert!(after.entries.iter().any(|e| e.contact_id == low));
     }
 }
