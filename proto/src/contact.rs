@@ -783,6 +783,7 @@ mod tests {
                 received_at: datetime!(2026-11-24 10:00 UTC),
                 opens_contact: true,
                 previous: None,
+                quick_exit: false,
             },
             assessment: Assessment {
                 level,

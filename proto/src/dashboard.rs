@@ -116,6 +116,60 @@ pub enum ClientMsg {
         contact_id: ContactId,
         upto: String,
     },
+    /// Hand the conversation on (ADR 0019).
+    Transfer {
+        contact_id: ContactId,
+        target: crate::handover::TransferTarget,
+        mode: crate::handover::TransferMode,
+        #[serde(default)]
+        note: Option<String>,
+    },
+    CancelTransfer {
+        contact_id: ContactId,
+    },
+    /// Supervisors: hold every waiting contact for the supervisors, or release them.
+    Switchboard {
+        on: bool,
+    },
+    /// Supervisors: give a contact to `to`.
+    Reassign {
+        contact_id: ContactId,
+        to: CounsellorId,
+    },
+    /// "I'm reaching out" to a person in the follow-up list.
+    Claim {
+        contact_id: ContactId,
+    },
+    /// Tell the person's trusted contact (only with a consent that covers it).
+    InvolveTrustedContact {
+        contact_id: ContactId,
+        trusted: String,
+    },
+    /// A private note on a conversation the counsellor holds (or, for a
+    /// supervisor, monitors); `client_id` makes a resend the same note.
+    Note {
+        contact_id: ContactId,
+        client_id: ClientReplyId,
+        text: String,
+    },
+    /// The person's profile for a conversation they hold or monitor.
+    Profile {
+        contact_id: ContactId,
+    },
+    /// Supervisors: follow a conversation silently (history, then every
+    /// new line); audited.
+    Monitor {
+        contact_id: ContactId,
+    },
+    StopMonitoring {
+        contact_id: ContactId,
+    },
+    /// After a reconnect: send what was pushed after `last_seq` (the
+    /// highest [`SequencedMsg::seq`] the page saw), or a full resync when
+    /// it is no longer kept.
+    Resume {
+        last_seq: u64,
+    },
 }
 
 /// How a conversation ended, chosen when resolving it.
@@ -191,6 +245,174 @@ pub struct QueueEntry {
     /// every counsellor may take it now, whatever their door.
     #[serde(default)]
     pub open_to_all: bool,
+    /// Held by the switchboard: offered to supervisors only.
+    #[serde(default)]
+    pub held: bool,
+}
+
+/// A person who left before anyone answered, in the follow-up list (no
+/// text, no address).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpEntry {
+    pub contact_id: ContactId,
+    pub risk: RiskLevel,
+    pub lang: Language,
+    pub channel: String,
+    pub door: String,
+    #[serde(default)]
+    pub door_id: Option<PartnerId>,
+    pub left: crate::handover::Left,
+}
+
+/// One member of staff as supervisors see the floor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaffView {
+    pub id: CounsellorId,
+    pub name: String,
+    pub role: crate::directory::Role,
+    pub presence: Presence,
+    /// Conversations held now.
+    pub load: u32,
+    pub capacity: u32,
+    pub on_call: bool,
+}
+
+/// A conversation in progress as supervisors see it (no text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub contact_id: ContactId,
+    pub counsellor: CounsellorId,
+    pub risk: RiskLevel,
+    pub channel: String,
+    pub door: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// The counsellor's connection dropped (requeued after a grace).
+    #[serde(default)]
+    pub orphaned: bool,
+    /// A transfer of it is under way.
+    #[serde(default)]
+    pub transferring: bool,
+}
+
+/// The floor for supervisors, from the router: core NATS on
+/// [`crate::subjects::dashboard_floor`], on every change (coalesced) and at
+/// a steady interval, like [`QueueSnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FloorSnapshot {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub staff: Vec<StaffView>,
+    pub conversations: Vec<ConversationSummary>,
+    /// The switchboard, when a supervisor has used it.
+    #[serde(default)]
+    pub switchboard: Option<crate::handover::Switchboard>,
+}
+
+impl Event for FloorSnapshot {
+    const TYPE: &'static str = "dashboard.floor";
+}
+
+/// A transfer as its receivers see it on their offer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferView {
+    pub from: CounsellorId,
+    pub from_name: String,
+    pub mode: crate::handover::TransferMode,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// What became of a transfer, for its sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TransferStatus {
+    /// Offered to these (names).
+    Offered {
+        to: Vec<String>,
+    },
+    /// Every receiver declined: the conversation is still yours.
+    Declined,
+    Cancelled,
+    /// Taken by `by` (a name): the conversation has left you.
+    Accepted {
+        by: String,
+    },
+}
+
+/// A trusted contact as the counsellor sees them: whether a consent covers
+/// telling them now, and if not, why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustedContactView {
+    pub id: String,
+    pub name: String,
+    pub relationship: String,
+    pub consent_covers: bool,
+    /// Why not, in plain words ("no consent on file", "consent expired on …").
+    #[serde(default)]
+    pub why_not: Option<String>,
+}
+
+/// The person as the directory knows them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatientView {
+    pub name: String,
+    /// The programme (institution) treating them.
+    pub programme: String,
+    #[serde(default)]
+    pub coordinator: Option<String>,
+    pub trusted_contacts: Vec<TrustedContactView>,
+}
+
+/// An earlier contact of the same sender, in brief.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlierContact {
+    pub contact_id: ContactId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub opened_at: OffsetDateTime,
+    pub risk: RiskLevel,
+    pub channel: String,
+    #[serde(default)]
+    pub disposition: Option<String>,
+    /// The level a screener gave, if one was run.
+    #[serde(default)]
+    pub screened: Option<RiskLevel>,
+}
+
+/// The person's profile beside a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileView {
+    /// `None` for a person the directory does not know.
+    #[serde(default)]
+    pub patient: Option<PatientView>,
+    /// Most recent first.
+    pub earlier: Vec<EarlierContact>,
+    /// They wrote STOP (Twilio opt-out): SMS will not reach them.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub opted_out_at: Option<OffsetDateTime>,
+    /// The channel of this contact ("SMS ··67", "Chat · Eastside").
+    pub channel: String,
+}
+
+/// A private note as shown in a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NoteView {
+    pub id: String,
+    pub by: CounsellorId,
+    pub by_name: String,
+    pub text: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A frame to the browser: a [`ServerMsg`] numbered per counsellor, so a
+/// page that reconnects can [`ClientMsg::Resume`] from the last it saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SequencedMsg {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub msg: ServerMsg,
 }
 
 /// The whole queue, most urgent first (risk, then wait), as the router
@@ -204,6 +426,9 @@ pub struct QueueSnapshot {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
     pub entries: Vec<QueueEntry>,
+    /// People who left before anyone answered, not yet claimed.
+    #[serde(default)]
+    pub follow_ups: Vec<FollowUpEntry>,
 }
 
 impl Event for QueueSnapshot {
@@ -281,6 +506,21 @@ pub struct ContactView {
     /// The last screener run in this contact (its level is `risk`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub screener: Option<Box<crate::screener::ScreenerResult>>,
+    /// On a transfer's offer: who hands it on, how, and their note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Box<TransferView>>,
+    /// The person left before anyone answered (follow-up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<Box<crate::handover::Left>>,
+    /// Held by the switchboard.
+    #[serde(default)]
+    pub held: bool,
+    /// They wrote STOP: SMS will not reach them.
+    #[serde(default)]
+    pub opted_out: bool,
+    /// Private notes, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<NoteView>,
 }
 
 /// An outreach contact as the counsellor sees it: who referred the person
@@ -381,6 +621,9 @@ pub enum ServerMsg {
         /// When their current on-call shift ends, if on a shift now.
         #[serde(default, with = "time::serde::rfc3339::option")]
         shift_ends_at: Option<OffsetDateTime>,
+        /// Canned safety-planning snippets in the languages they speak.
+        #[serde(default)]
+        snippets: Vec<crate::directory::Snippet>,
     },
     /// The waiting contacts this counsellor may see (all of them for the
     /// line's staff and supervisors; a partner's staff see their door's),
@@ -389,7 +632,42 @@ pub enum ServerMsg {
         #[serde(with = "time::serde::rfc3339")]
         at: OffsetDateTime,
         entries: Vec<QueueEntry>,
+        /// People who left before anyone answered, not yet claimed.
+        #[serde(default)]
+        follow_ups: Vec<FollowUpEntry>,
     },
+    /// Supervisors: everyone on shift, conversations in progress, the switchboard.
+    Floor {
+        floor: Box<FloorSnapshot>,
+    },
+    /// To a transfer's sender: what became of it.
+    TransferUpdate {
+        contact_id: ContactId,
+        status: TransferStatus,
+    },
+    /// The conversation has left this counsellor (a transfer accepted, a
+    /// reassignment): close its tab; `to` names who has it now.
+    HandedOver {
+        contact_id: ContactId,
+        to: String,
+    },
+    Profile {
+        contact_id: ContactId,
+        profile: Box<ProfileView>,
+    },
+    /// A private note was added (every tab of the holder, and monitors).
+    Noted {
+        contact_id: ContactId,
+        note: NoteView,
+    },
+    /// Supervisors: a conversation they monitor, with its history; new
+    /// lines follow as `Message`.
+    Monitoring {
+        contact: Box<ContactView>,
+    },
+    /// The page's `Resume` could not be served from what is kept: what
+    /// follows (Hello, offers, conversations, queue) replaces its state.
+    Resync,
     /// A screener was recorded in a conversation: the contact's level is
     /// now `result.level` (every tab of the counsellor).
     Assessed {

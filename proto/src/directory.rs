@@ -65,6 +65,19 @@ pub struct Line {
     /// (42 CFR Part 2: the person must not learn who referred them).
     #[serde(default)]
     pub outreach_intros: BTreeMap<Language, String>,
+    /// Canned safety-planning snippets a counsellor can insert in a reply.
+    #[serde(default)]
+    pub snippets: Vec<Snippet>,
+}
+
+/// A canned text for a counsellor's reply (safety planning), in one language.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snippet {
+    pub id: String,
+    pub lang: Language,
+    pub title: String,
+    pub text: String,
 }
 
 /// The introduction when the directory has none in the contact's language

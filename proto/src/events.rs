@@ -370,6 +370,10 @@ pub struct ContactMessage {
     /// (intake knows it from the sender's closed thread).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<ContactId>,
+    /// The person left the web chat by its quick exit (the body is
+    /// [`QUICK_EXIT_NOTE`]): a waiting contact goes to the follow-ups.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quick_exit: bool,
 }
 
 /// A Twilio opt-out or opt-in keyword (Advanced Opt-Out defaults): the
@@ -446,6 +450,27 @@ pub struct ContactResolved {
     pub note: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+}
+
+/// A counsellor's private note on a contact, on
+/// [`crate::subjects::contact_noted`], `Nats-Msg-Id`
+/// [`crate::wire::msg_id::contact_noted`]. For the line's staff only: shown
+/// in the conversation's history, never sent to the person, never logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactNoted {
+    pub contact_id: ContactId,
+    /// Derived from the contact, the counsellor and the browser's id (a
+    /// resend is the same note).
+    pub note_id: String,
+    pub counsellor: CounsellorId,
+    /// At most [`crate::dashboard::MAX_NOTE_CHARS`] characters.
+    pub text: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for ContactNoted {
+    const TYPE: &'static str = "contact.noted";
 }
 
 impl Event for ContactResolved {

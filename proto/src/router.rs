@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Event;
+use crate::handover::{TransferMode, TransferTarget};
 use crate::ids::{ContactId, CounsellorId, PartnerId};
 use crate::referral::OutreachOutcome;
 use crate::screener::ScreenerAnswers;
@@ -57,6 +58,47 @@ pub enum RouterCommand {
         counsellor: CounsellorId,
         answers: ScreenerAnswers,
     },
+    /// Hands a conversation on (ADR 0019): only its holder; `note` (at most
+    /// [`crate::handover::MAX_HANDOVER_NOTE_CHARS`]) is for the receivers.
+    /// A receiver takes a warm transfer with `Accept` and refuses it with
+    /// `Decline`, like an offer.
+    Transfer {
+        contact_id: ContactId,
+        counsellor: CounsellorId,
+        target: TransferTarget,
+        mode: TransferMode,
+        #[serde(default)]
+        note: Option<String>,
+    },
+    /// The sender takes a warm transfer back before anyone accepted it.
+    CancelTransfer {
+        contact_id: ContactId,
+        counsellor: CounsellorId,
+    },
+    /// Supervisors: hold every waiting contact (and every new one) for the
+    /// supervisors (`on`), or release them all to the floor.
+    Switchboard { counsellor: CounsellorId, on: bool },
+    /// Supervisors: give a waiting, offered or assigned contact to `to`
+    /// (offered to them alone; its holder, if any, is told).
+    Reassign {
+        contact_id: ContactId,
+        counsellor: CounsellorId,
+        to: CounsellorId,
+    },
+    /// "I'm reaching out" to a person who left before anyone answered: the
+    /// first claim wins and the contact becomes the claimer's conversation.
+    Claim {
+        contact_id: ContactId,
+        counsellor: CounsellorId,
+    },
+    /// Tells the person's trusted contact `trusted` (a directory id), only
+    /// when a consent covers it now (42 CFR Part 2), audited before the SMS;
+    /// only the holder. Refused `no-consent` otherwise.
+    InvolveTrustedContact {
+        contact_id: ContactId,
+        counsellor: CounsellorId,
+        trusted: String,
+    },
 }
 
 /// Longest description of the nature of a medical emergency, in characters.
@@ -71,6 +113,12 @@ impl RouterCommand {
             RouterCommand::OutreachOutcome { .. } => "outreach_outcome",
             RouterCommand::TakeNext { .. } => "take_next",
             RouterCommand::Assess { .. } => "assess",
+            RouterCommand::Transfer { .. } => "transfer",
+            RouterCommand::CancelTransfer { .. } => "cancel_transfer",
+            RouterCommand::Switchboard { .. } => "switchboard",
+            RouterCommand::Reassign { .. } => "reassign",
+            RouterCommand::Claim { .. } => "claim",
+            RouterCommand::InvolveTrustedContact { .. } => "involve_trusted_contact",
         }
     }
 
@@ -82,8 +130,13 @@ impl RouterCommand {
             | RouterCommand::Resolve { contact_id, .. }
             | RouterCommand::MedicalEmergency { contact_id, .. }
             | RouterCommand::OutreachOutcome { contact_id, .. }
-            | RouterCommand::Assess { contact_id, .. } => Some(*contact_id),
-            RouterCommand::TakeNext { .. } => None,
+            | RouterCommand::Assess { contact_id, .. }
+            | RouterCommand::Transfer { contact_id, .. }
+            | RouterCommand::CancelTransfer { contact_id, .. }
+            | RouterCommand::Reassign { contact_id, .. }
+            | RouterCommand::Claim { contact_id, .. }
+            | RouterCommand::InvolveTrustedContact { contact_id, .. } => Some(*contact_id),
+            RouterCommand::TakeNext { .. } | RouterCommand::Switchboard { .. } => None,
         }
     }
 
@@ -96,7 +149,13 @@ impl RouterCommand {
             | RouterCommand::MedicalEmergency { counsellor, .. }
             | RouterCommand::OutreachOutcome { counsellor, .. }
             | RouterCommand::TakeNext { counsellor }
-            | RouterCommand::Assess { counsellor, .. } => counsellor,
+            | RouterCommand::Assess { counsellor, .. }
+            | RouterCommand::Transfer { counsellor, .. }
+            | RouterCommand::CancelTransfer { counsellor, .. }
+            | RouterCommand::Switchboard { counsellor, .. }
+            | RouterCommand::Reassign { counsellor, .. }
+            | RouterCommand::Claim { counsellor, .. }
+            | RouterCommand::InvolveTrustedContact { counsellor, .. } => counsellor,
         }
     }
 }

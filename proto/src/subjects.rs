@@ -156,6 +156,16 @@ pub fn contact_escalated_all() -> String {
     format!("{ROOT}.contact.escalated.*")
 }
 
+/// A counsellor's private note on a contact (CONTACTS): for the line's
+/// staff only, never sent to the person.
+pub fn contact_noted(id: &ContactId) -> String {
+    format!("{ROOT}.contact.noted.{id}")
+}
+
+pub fn contact_noted_all() -> String {
+    format!("{ROOT}.contact.noted.*")
+}
+
 pub fn audit_disclosure(id: &ContactId) -> String {
     format!("{ROOT}.audit.disclosure.{id}")
 }
@@ -204,6 +214,12 @@ pub fn dashboard_push_all() -> String {
 /// ([`crate::dashboard::QueueSnapshot`]).
 pub fn dashboard_queue() -> String {
     format!("{ROOT}.dashboard.queue")
+}
+
+/// Core NATS (not stored): router → every dashboard, the floor for the
+/// supervisors ([`crate::dashboard::FloorSnapshot`]).
+pub fn dashboard_floor() -> String {
+    format!("{ROOT}.dashboard.floor")
 }
 
 /// Dead letters of one durable consumer (stream DEADLETTER).

@@ -151,6 +151,15 @@ pub mod msg_id {
 
     /// A contact resolved at `at` (CONTACTS): a retried resolve republishes
     /// under the same id because the record keeps `at`.
+    /// A private note: one per (contact, counsellor, browser id).
+    pub fn contact_noted(
+        contact: &ContactId,
+        counsellor: &CounsellorId,
+        client: &ClientReplyId,
+    ) -> String {
+        format!("noted:{contact}:{counsellor}:{client}")
+    }
+
     pub fn contact_resolved(contact: &ContactId, at: OffsetDateTime) -> String {
         format!("resolved:{contact}:{}", at.unix_timestamp_nanos())
     }

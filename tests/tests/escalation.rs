@@ -636,6 +636,7 @@ mod disclosures {
                 received_at: at - Duration::minutes(5),
                 opens_contact: true,
                 previous: None,
+                quick_exit: false,
             },
             assessment: Assessment {
                 level: RiskLevel::High,

@@ -223,6 +223,7 @@ fn triaged(
             received_at: at,
             opens_contact: true,
             previous: None,
+            quick_exit: false,
         },
         assessment: Assessment {
             level,

@@ -99,6 +99,7 @@ pub fn directory() -> Directory {
             ladder: LadderPolicy::default(),
             safety_messages: Default::default(),
             outreach_intros: Default::default(),
+            snippets: Vec::new(),
         },
         partners: vec![
             partner("clinic", "America/New_York"),
@@ -184,6 +185,7 @@ pub fn contact(
             received_at: at,
             opens_contact: true,
             previous: None,
+            quick_exit: false,
         },
         assessment: Assessment {
             level: risk,

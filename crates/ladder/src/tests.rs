@@ -266,6 +266,7 @@ fn rising_to_imminent_while_waiting_broadcasts_at_once() {
             received_at: later,
             opens_contact: false,
             previous: None,
+            quick_exit: false,
         },
         assessment: nwd_proto::Assessment {
             level: RiskLevel::Imminent,
@@ -497,7 +498,7 @@ mod props {
                                 message_id: nwd_proto::MessageId::new(),
                                 channel: rec.channel.clone(),
                                 door: None, patient: None, body: "x".into(),
-                                received_at: now, opens_contact: false, previous: None,
+                                received_at: now, opens_contact: false, previous: None, quick_exit: false,
                             },
                             assessment: nwd_proto::Assessment {
                                 level, score: 0.5, reasons: vec![], lang: Language::En,

@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use nwd_proto::contact::ContactRecord;
-use nwd_proto::dashboard::{ContactView, MessageView, QueueEntry, ReasonView, Speaker};
+use nwd_proto::dashboard::{
+    ContactView, FollowUpEntry, MessageView, QueueEntry, ReasonView, Speaker, TransferView,
+};
 use nwd_proto::directory::Directory;
 use nwd_proto::events::{Author, MessageTriaged, OutboundChat, OutboundSms, OutboundStatus};
 use nwd_proto::ladder::Escalation;
@@ -172,12 +174,31 @@ pub fn contact_view(
             })
         }),
         screener: rec.screener.clone().map(Box::new),
+        transfer: rec.transfer.as_ref().map(|t| {
+            Box::new(TransferView {
+                from: t.from.clone(),
+                from_name: dir
+                    .staff(&t.from)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                mode: t.mode,
+                note: t.note.clone(),
+            })
+        }),
+        left: rec.left.clone().map(Box::new),
+        held: rec.held.is_some(),
+        opted_out: rec.opted_out_at.is_some(),
+        // Notes are events on CONTACTS; a reader that has them adds them.
+        notes: Vec::new(),
     }
 }
 
 /// A waiting contact as the queue shows it (no text, no address), or
 /// `None` when the contact is not waiting or offered.
 pub fn queue_entry(rec: &ContactRecord, dir: &Directory) -> Option<QueueEntry> {
+    if rec.left.is_some() {
+        return None;
+    }
     let waiting_since = rec.waiting_since()?;
     Some(QueueEntry {
         contact_id: rec.id,
@@ -195,5 +216,21 @@ pub fn queue_entry(rec: &ContactRecord, dir: &Directory) -> Option<QueueEntry> {
         offered: u32::try_from(nwd_proto::contact::offered(rec).len()).unwrap_or(u32::MAX),
         outreach: rec.outreach.is_some(),
         open_to_all: rec.escalation.as_ref().is_some_and(Escalation::open_to_all),
+        held: rec.held.is_some(),
+    })
+}
+
+/// A person who left before anyone answered, as the follow-up list shows
+/// them, or `None` when the contact is not awaiting a follow-up.
+pub fn follow_up_entry(rec: &ContactRecord, dir: &Directory) -> Option<FollowUpEntry> {
+    let left = rec.left.clone().filter(|_| rec.awaits_follow_up())?;
+    Some(FollowUpEntry {
+        contact_id: rec.id,
+        risk: rec.risk,
+        lang: rec.lang,
+        channel: rec.channel.label(),
+        door: dir.door_name(rec.door.as_ref()),
+        door_id: rec.door.clone(),
+        left,
     })
 }

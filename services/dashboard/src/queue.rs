@@ -13,7 +13,7 @@ use std::sync::Mutex;
 
 use axum::extract::ws::Utf8Bytes;
 use nwd_proto::PartnerId;
-use nwd_proto::dashboard::{QueueEntry, QueueSnapshot, ServerMsg};
+use nwd_proto::dashboard::{FollowUpEntry, QueueEntry, QueueSnapshot, ServerMsg};
 use nwd_proto::directory::{Role, Staff};
 use tokio::sync::mpsc;
 
@@ -40,6 +40,16 @@ impl Audience {
             None => Audience::Nobody,
             Some(s) if s.role == Role::Supervisor => Audience::Everyone,
             Some(s) => Audience::Door(s.partner.clone()),
+        }
+    }
+
+    /// A follow-up: for the staff of the person's door (or the line's own
+    /// numbers) and the supervisors.
+    pub fn sees_follow_up(&self, f: &FollowUpEntry) -> bool {
+        match self {
+            Audience::Everyone => true,
+            Audience::Door(partner) => f.door_id.as_ref().is_none_or(|d| d == partner),
+            Audience::Nobody => false,
         }
     }
 
@@ -100,6 +110,12 @@ impl Latest {
                 .entries
                 .iter()
                 .filter(|e| audience.sees(e))
+                .cloned()
+                .collect(),
+            follow_ups: snapshot
+                .follow_ups
+                .iter()
+                .filter(|f| audience.sees_follow_up(f))
                 .cloned()
                 .collect(),
         };
@@ -186,6 +202,7 @@ mod tests {
             offered: 1,
             outreach: false,
             open_to_all: false,
+            held: false,
         }
     }
 
@@ -234,6 +251,7 @@ mod tests {
                 seq: 1,
                 at: OffsetDateTime::now_utc(),
                 entries,
+                follow_ups: Vec::new(),
             },
             &hub,
         );
@@ -266,7 +284,12 @@ mod tests {
         let queue = Queue::default();
         let hub = Hub::default();
         let at = OffsetDateTime::now_utc();
-        let snap = |seq, at, entries: Vec<QueueEntry>| QueueSnapshot { seq, at, entries };
+        let snap = |seq, at, entries: Vec<QueueEntry>| QueueSnapshot {
+            seq,
+            at,
+            entries,
+            follow_ups: Vec::new(),
+        };
         let one = vec![entry(None)];
         assert_eq!(
             queue.take(snap(5, at, one.clone()), &hub),

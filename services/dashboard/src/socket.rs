@@ -226,6 +226,18 @@ impl Session {
             shift_ends_at: staff
                 .as_ref()
                 .and_then(|s| nwd_ladder::oncall::shift_end(&directory, s, now)),
+            // Safety-planning snippets in the languages they speak.
+            snippets: directory
+                .line
+                .snippets
+                .iter()
+                .filter(|n| {
+                    staff
+                        .as_ref()
+                        .is_some_and(|s| s.languages.contains(&n.lang))
+                })
+                .cloned()
+                .collect(),
             hospitals: directory
                 .partners
                 .iter()
@@ -328,6 +340,25 @@ impl Session {
             } => self.outreach_outcome(contact_id, outcome).await,
             ClientMsg::Typing { contact_id } => self.typing(contact_id).await,
             ClientMsg::Read { contact_id, upto } => self.read(contact_id, upto).await,
+            ClientMsg::Transfer { .. }
+            | ClientMsg::CancelTransfer { .. }
+            | ClientMsg::Switchboard { .. }
+            | ClientMsg::Reassign { .. }
+            | ClientMsg::Claim { .. }
+            | ClientMsg::InvolveTrustedContact { .. }
+            | ClientMsg::Note { .. }
+            | ClientMsg::Profile { .. }
+            | ClientMsg::Monitor { .. }
+            | ClientMsg::StopMonitoring { .. }
+            | ClientMsg::Resume { .. } => {
+                // Being built (issue 16, ADR 0019): refused, never half done.
+                count_command("unknown", "not-available-yet");
+                self.reply(error(
+                    "not-available-yet",
+                    "This action is not available yet",
+                ))
+                .await;
+            }
         }
     }
 

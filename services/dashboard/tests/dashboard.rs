@@ -276,6 +276,7 @@ fn triaged(contact: ContactId, body: &str) -> MessageTriaged {
             received_at: OffsetDateTime::now_utc(),
             opens_contact: true,
             previous: None,
+            quick_exit: false,
         },
         assessment: Assessment {
             level: RiskLevel::High,
@@ -577,6 +578,7 @@ async fn hello_presence_heartbeat_and_offline_when_the_last_socket_closes() {
             }],
             capacity: 3,
             shift_ends_at: None,
+            snippets: Vec::new(),
         }
     );
     ws.send(&ClientMsg::SetPresence {
@@ -675,6 +677,7 @@ fn queue_entry(door: Option<&str>, risk: RiskLevel) -> QueueEntry {
         offered: 2,
         outreach: false,
         open_to_all: false,
+        held: false,
     }
 }
 
@@ -685,6 +688,7 @@ impl Dashboard {
             seq,
             at,
             entries: entries.to_vec(),
+            follow_ups: Vec::new(),
         });
         let client = self.nats.client().await;
         client

@@ -102,6 +102,7 @@ impl ChatHandler {
             received_at: ev.received_at,
             opens_contact,
             previous: thread.previous.filter(|_| opens_contact),
+            quick_exit: matches!(ev.input, ChatInput::QuickExit),
         };
         let published = bus::publish(
             &self.js,

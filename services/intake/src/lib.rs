@@ -481,6 +481,7 @@ impl SmsHandler {
             received_at: sms.received_at,
             opens_contact,
             previous: thread.previous.filter(|_| opens_contact),
+            quick_exit: false,
         };
         let published = bus::publish(
             &self.js,

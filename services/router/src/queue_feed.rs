@@ -38,6 +38,7 @@ pub async fn run(router: Arc<Router>, client: async_nats::Client, shutdown: Canc
             seq,
             at: OffsetDateTime::now_utc(),
             entries: router.queue_entries(),
+            follow_ups: router.follow_up_entries(),
         };
         let entries = snapshot.entries.len();
         if let Err(e) = client

@@ -331,6 +331,7 @@ fn triaged(contact: ContactId, level: RiskLevel, lang: Language, body: &str) -> 
             received_at: OffsetDateTime::now_utc(),
             opens_contact: true,
             previous: None,
+            quick_exit: false,
         },
         assessment: Assessment {
             level,

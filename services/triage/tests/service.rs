@@ -73,6 +73,7 @@ fn contact_message(body: &str) -> ContactMessage {
         received_at: time::OffsetDateTime::now_utc(),
         opens_contact: true,
         previous: None,
+        quick_exit: false,
     }
 }
 

@@ -84,6 +84,15 @@ impl Router {
                 counsellor,
                 answers,
             } => self.assess(contact_id, counsellor, answers).await,
+            RouterCommand::Transfer { .. }
+            | RouterCommand::CancelTransfer { .. }
+            | RouterCommand::Switchboard { .. }
+            | RouterCommand::Reassign { .. }
+            | RouterCommand::Claim { .. }
+            | RouterCommand::InvolveTrustedContact { .. } => {
+                // Being built (issue 16, ADR 0019): refused, never half done.
+                (refused("not-available-yet"), Vec::new())
+            }
             RouterCommand::MedicalEmergency {
                 contact_id,
                 counsellor,

@@ -205,6 +205,19 @@ impl Router {
             .collect()
     }
 
+    /// People who left before anyone answered and nobody has claimed yet,
+    /// longest gone first.
+    pub fn follow_up_entries(&self) -> Vec<nwd_proto::dashboard::FollowUpEntry> {
+        let directory = self.directory();
+        let mut entries: Vec<_> = self
+            .state()
+            .records()
+            .filter_map(|r| transcript::follow_up_entry(r, &directory))
+            .collect();
+        entries.sort_by_key(|f| f.left.at);
+        entries
+    }
+
     /// A contact record changed (or was first seen at start): kept if open.
     pub fn contact_entry(&self, entry: &jetstream::kv::Entry) {
         let Ok(id) = entry.key.parse::<ContactId>() else {
