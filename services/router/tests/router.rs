@@ -2060,3 +2060,37 @@ mod queue_feed {
         assert!(after.entries.iter().any(|e| e.contact_id == low));
     }
 }
+
+#[tokio::test]
+async fn the_closing_note_and_disposition_reach_contact_resolved() {
+    let logs = nwd_testkit::capture_logs();
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::Moderate, Language::En, "hello")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+    let note = "Agreed a safety plan; will text the clinic tomorrow";
+    let reply = line
+        .command(RouterCommand::Resolve {
+            contact_id: id,
+            counsellor: c("ben"),
+            disposition: Some(
+                nwd_proto::dashboard::Disposition::SafetyPlanMade
+                    .as_str()
+                    .into(),
+            ),
+            note: Some(note.into()),
+        })
+        .await;
+    assert_eq!(reply, RouterReply::Done);
+    let resolved: Vec<ContactResolved> = stored(&line.js, subjects::contact_resolved(&id)).await;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].note.as_deref(), Some(note));
+    assert_eq!(resolved[0].disposition.as_deref(), Some("safety-plan-made"));
+    assert!(
+        !logs.contents().contains("safety plan"),
+        "never the note in logs"
+    );
+}
