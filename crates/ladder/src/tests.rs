@@ -670,6 +670,20 @@ mod board {
                 for (pos, r) in queue(open.iter().copied()).into_iter().enumerate() {
                     prop_assert_eq!(floor.queue.ahead_of(r) as usize, pos);
                 }
+                // The offers each counsellor holds (priority windows).
+                let mut held: std::collections::HashMap<nwd_proto::CounsellorId, Vec<nwd_proto::ContactId>> =
+                    std::collections::HashMap::new();
+                for r in queue(open.iter().copied()) {
+                    for who in crate::floor::offered_to(r) {
+                        held.entry(who.clone()).or_default().push(r.id);
+                    }
+                }
+                let board_held: std::collections::HashMap<nwd_proto::CounsellorId, Vec<nwd_proto::ContactId>> = floor
+                    .held
+                    .iter()
+                    .map(|(who, keys)| (who.clone(), keys.iter().map(|k| k.2).collect()))
+                    .collect();
+                prop_assert_eq!(board_held, held);
             }
         }
     }

@@ -6,13 +6,17 @@
 //! from the dashboard (core NATS request/reply). State: the contact record
 //! in the `contacts` bucket, changed only by compare-and-swap. Outputs:
 //! pushes to counsellors' dashboards, and `ContactAssigned` /
-//! `ContactResolved` on CONTACTS, and `OutreachUpdate`s of outreach
-//! contacts (`routing::outreach`).
+//! `ContactResolved` on CONTACTS, `OutreachUpdate`s of outreach contacts
+//! (`routing::outreach`), screeners in AUDIT (`routing::screener`), and the
+//! queue snapshot every dashboard shows ([`queue_feed`]).
 //!
-//! Ring-all offers to every eligible counsellor (same language first),
-//! first accept wins; the queue is served risk first, then longest waiting;
-//! the escalation ladder (`nwd-ladder`) fires its first step here and the
-//! escalator fires the rest.
+//! Priority offers (ADR 0017): a counsellor with k free seats is offered the
+//! k most urgent contacts they are eligible for (risk, then wait; same
+//! language first), first accept wins; the imminent broadcast rings everyone
+//! at once. "Take the next" assigns the top of the queue a counsellor is
+//! eligible for. The escalation ladder (`nwd-ladder`) fires its first step
+//! here and the escalator fires the rest. `routing` holds the effects, one
+//! job per file.
 
 pub mod decide;
 pub mod line_status;

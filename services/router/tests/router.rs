@@ -1778,6 +1778,45 @@ mod take_next {
         );
     }
 
+    /// A contact through another institution's door, offered to its own
+    /// counsellor on the door rung, is not "the next" for a counsellor of
+    /// another door until the ladder widens to them.
+    #[tokio::test]
+    async fn a_contact_of_another_door_not_yet_widened_is_not_taken() {
+        let line = Line::start().await;
+        line.presence("dee", Presence::Available).await;
+        line.presence("ben", Presence::Available).await;
+        let hospital = ContactId::new();
+        let mut ev = triaged(hospital, RiskLevel::High, Language::En, "help");
+        ev.message.door = Some(nwd_proto::PartnerId::parse("county-hospital").unwrap());
+        line.publish(
+            &ev,
+            &nwd_proto::wire::msg_id::message_triaged(&ev.message.message_id),
+        )
+        .await;
+        line.wait_state(hospital, "offered to dee only", offered_to(&["dee"]))
+            .await;
+        assert_eq!(take_next(&line, "ben").await, refusal("queue-empty"));
+        let clinic = ContactId::new();
+        line.message(clinic, RiskLevel::Low, Language::En, "a question")
+            .await;
+        line.wait_state(clinic, "in the queue", |s| {
+            matches!(
+                s,
+                ContactState::Offered { .. } | ContactState::Waiting { .. }
+            )
+        })
+        .await;
+        assert_eq!(take_next(&line, "ben").await, RouterReply::Done);
+        assert_eq!(
+            line.record(clinic).await.unwrap().assigned_to(),
+            Some(&c("ben")),
+            "the less urgent contact of his own door"
+        );
+        let rec = line.record(hospital).await.unwrap();
+        assert!(offered_to(&["dee"])(&rec.state), "still dee's only");
+    }
+
     #[tokio::test]
     async fn refused_when_away_at_capacity_or_with_nothing_to_take() {
         let line = Line::start().await;
@@ -2119,4 +2158,38 @@ mod queue_feed {
             .await;
         assert!(after.entries.iter().any(|e| e.contact_id == low));
     }
+}
+
+#[tokio::test]
+async fn the_closing_note_and_disposition_reach_contact_resolved() {
+    let logs = nwd_testkit::capture_logs();
+    let line = Line::start().await;
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::Moderate, Language::En, "hello")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+    let note = "Agreed a safety plan; will text the clinic tomorrow";
+    let reply = line
+        .command(RouterCommand::Resolve {
+            contact_id: id,
+            counsellor: c("ben"),
+            disposition: Some(
+                nwd_proto::dashboard::Disposition::SafetyPlanMade
+                    .as_str()
+                    .into(),
+            ),
+            note: Some(note.into()),
+        })
+        .await;
+    assert_eq!(reply, RouterReply::Done);
+    let resolved: Vec<ContactResolved> = stored(&line.js, subjects::contact_resolved(&id)).await;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].note.as_deref(), Some(note));
+    assert_eq!(resolved[0].disposition.as_deref(), Some("safety-plan-made"));
+    assert!(
+        !logs.contents().contains("safety plan"),
+        "never the note in logs"
+    );
 }

@@ -226,11 +226,24 @@ impl Router {
         match entry.operation {
             Operation::Put => match serde_json::from_slice::<ContactRecord>(&entry.value) {
                 Ok(rec) => {
-                    let was_unheld = self
-                        .state()
-                        .get(&id)
-                        .is_some_and(|r| matches!(r.state, ContactState::Waiting { .. }));
+                    let (was_unheld, newly_offered) = {
+                        let state = self.state();
+                        let before = state.get(&id);
+                        let held_before = before.map_or(&[][..], ladder_floor::offered_to);
+                        (
+                            before.is_some_and(|r| matches!(r.state, ContactState::Waiting { .. })),
+                            ladder_floor::offered_to(&rec)
+                                .iter()
+                                .any(|c| !held_before.contains(c)),
+                        )
+                    };
                     self.remember(&rec, entry.revision);
+                    // Offered to someone (by another replica or the
+                    // escalator's step) who now holds more offers than
+                    // seats: the sweep withdraws the less urgent (ADR 0017).
+                    if newly_offered && self.over_seats(&rec) {
+                        self.wake_queue();
+                    }
                     // A contact newly waiting with nobody holding an offer
                     // (opened elsewhere, declined, withdrawn): let the sweep
                     // see whether someone can take it. Not for contacts held
@@ -248,6 +261,15 @@ impl Router {
                 self.queue_changed.notify_one();
             }
         }
+    }
+
+    /// Whether someone holding an offer of this contact holds more offers
+    /// than they have free seats.
+    fn over_seats(&self, rec: &ContactRecord) -> bool {
+        let floor = self.floor();
+        ladder_floor::offered_to(rec)
+            .iter()
+            .any(|c| floor.held_count(c) > floor.free_seats(c) as usize)
     }
 
     /// Wakes the queue task.
