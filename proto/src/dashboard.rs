@@ -435,6 +435,14 @@ impl Event for QueueSnapshot {
     const TYPE: &'static str = "dashboard.queue";
 }
 
+/// A member of staff a counsellor can choose on screen (a transfer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaffOption {
+    pub id: CounsellorId,
+    pub name: String,
+    pub role: crate::directory::Role,
+}
+
 /// A partner a counsellor can choose on screen (ids and institution names only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartnerOption {
@@ -624,6 +632,12 @@ pub enum ServerMsg {
         /// Canned safety-planning snippets in the languages they speak.
         #[serde(default)]
         snippets: Vec<crate::directory::Snippet>,
+        /// Staff a conversation can be transferred to (ids, names, roles).
+        #[serde(default)]
+        colleagues: Vec<StaffOption>,
+        /// Institutions whose on-call staff can take a transfer.
+        #[serde(default)]
+        partners: Vec<PartnerOption>,
     },
     /// The waiting contacts this counsellor may see (all of them for the
     /// line's staff and supervisors; a partner's staff see their door's),

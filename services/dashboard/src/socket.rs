@@ -13,7 +13,7 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use nwd_proto::contact::{ContactRecord, ContactState};
 use nwd_proto::dashboard::{
     ClientMsg, ContactView, Disposition, MAX_NOTE_CHARS, PartnerOption, Presence, ServerMsg,
-    WithdrawReason,
+    StaffOption, WithdrawReason,
 };
 use nwd_proto::directory::{PartnerKind, Role};
 use nwd_proto::router::{
@@ -237,6 +237,24 @@ impl Session {
                         .is_some_and(|s| s.languages.contains(&n.lang))
                 })
                 .cloned()
+                .collect(),
+            colleagues: directory
+                .staff
+                .iter()
+                .filter(|s| s.id != self.who)
+                .map(|s| StaffOption {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    role: s.role,
+                })
+                .collect(),
+            partners: directory
+                .partners
+                .iter()
+                .map(|p| PartnerOption {
+                    id: p.id.clone(),
+                    name: p.name.clone(),
+                })
                 .collect(),
             hospitals: directory
                 .partners

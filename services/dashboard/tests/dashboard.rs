@@ -564,23 +564,52 @@ async fn the_websocket_and_me_need_a_valid_session() {
 async fn hello_presence_heartbeat_and_offline_when_the_last_socket_closes() {
     let d = Dashboard::start().await;
     let mut ws = d.socket("ana").await;
+    let ServerMsg::Hello {
+        counsellor,
+        name,
+        supervisor,
+        presence,
+        hospitals,
+        capacity,
+        shift_ends_at,
+        snippets,
+        colleagues,
+        partners,
+    } = ws.hello().await
+    else {
+        panic!("the first message is Hello");
+    };
     assert_eq!(
-        ws.hello().await,
-        ServerMsg::Hello {
-            counsellor: c("ana"),
-            name: "Ana García".into(),
-            supervisor: false,
-            presence: Presence::Offline,
-            // Medical personnel for a §2.51 disclosure: the hospitals only.
-            hospitals: vec![PartnerOption {
-                id: PartnerId::parse("county-hospital").unwrap(),
-                name: "County General Hospital ED".into(),
-            }],
-            capacity: 3,
-            shift_ends_at: None,
-            snippets: Vec::new(),
-        }
+        (counsellor, name.as_str(), supervisor, presence),
+        (c("ana"), "Ana García", false, Presence::Offline)
     );
+    assert_eq!((capacity, shift_ends_at), (3, None));
+    // Medical personnel for a §2.51 disclosure: the hospitals only.
+    assert_eq!(
+        hospitals,
+        vec![PartnerOption {
+            id: PartnerId::parse("county-hospital").unwrap(),
+            name: "County General Hospital ED".into(),
+        }]
+    );
+    // Whom a conversation can be transferred to: everyone else, every partner.
+    assert!(colleagues.iter().any(|s| s.id == c("ben")));
+    assert!(colleagues.iter().all(|s| s.id != c("ana")));
+    assert_eq!(partners.len(), 3);
+    // Snippets in the languages she speaks (English and Spanish).
+    let langs: std::collections::BTreeSet<Language> = snippets.iter().map(|s| s.lang).collect();
+    assert_eq!(langs, [Language::En, Language::Es].into());
+    let ben = d.socket("ben").await;
+    let mut ben = ben;
+    let ServerMsg::Hello { snippets, .. } = ben.hello().await else {
+        panic!("the first message is Hello");
+    };
+    assert!(!snippets.is_empty());
+    assert!(
+        snippets.iter().all(|s| s.lang == Language::En),
+        "Ben speaks English only"
+    );
+    drop(ben);
     ws.send(&ClientMsg::SetPresence {
         status: Presence::Available,
     })
