@@ -23,7 +23,8 @@ use crate::session::Login;
 /// already serialised once for every socket of an audience (the queue).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
-    Msg(ServerMsg),
+    /// Boxed: a `ServerMsg` is large and most frames are shared JSON.
+    Msg(Box<ServerMsg>),
     /// JSON text shared by many sockets (cloning it is a reference count).
     Json(Utf8Bytes),
 }
@@ -206,7 +207,7 @@ impl Hub {
         let Some(desk) = desks.get_mut(who) else {
             return 0;
         };
-        deliver(who, desk, &Frame::Msg(msg.clone()))
+        deliver(who, desk, &Frame::Msg(Box::new(msg.clone())))
     }
 
     /// Sets each connected counsellor's audience to what `audience_of` says
@@ -316,8 +317,14 @@ mod tests {
         assert_eq!(a2.status, Presence::Offline, "the desk's status wins");
         let mut b = hub.register(&login("ben"), Presence::Busy, Audience::Everyone, &root);
         assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 2);
-        assert_eq!(a1.rx.try_recv().unwrap(), Frame::Msg(ServerMsg::Pong));
-        assert_eq!(a2.rx.try_recv().unwrap(), Frame::Msg(ServerMsg::Pong));
+        assert_eq!(
+            a1.rx.try_recv().unwrap(),
+            Frame::Msg(Box::new(ServerMsg::Pong))
+        );
+        assert_eq!(
+            a2.rx.try_recv().unwrap(),
+            Frame::Msg(Box::new(ServerMsg::Pong))
+        );
         assert!(b.rx.try_recv().is_err());
         assert_eq!(hub.send(&c("nobody"), &ServerMsg::Pong), 0);
         assert!(!hub.unregister(&c("ana"), a1.id));

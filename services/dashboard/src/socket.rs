@@ -45,7 +45,8 @@ pub enum Inbound {
 /// A frame to the browser.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
-    Msg(ServerMsg),
+    /// Boxed: a `ServerMsg` is large.
+    Msg(Box<ServerMsg>),
     /// A message serialised once for many sockets (the queue): sent as is.
     Json(axum::extract::ws::Utf8Bytes),
     /// A keep-alive ping (a websocket ping frame on a real socket).
@@ -80,10 +81,10 @@ where
     let Some(stores) = app.stores().cloned() else {
         let mut writer = Box::pin(writer);
         let _ = writer
-            .send(Outbound::Msg(error(
+            .send(Outbound::Msg(Box::new(error(
                 "unavailable",
                 "The dashboard is starting; retry",
-            )))
+            ))))
             .await;
         let _ = writer.close().await;
         return;
@@ -203,7 +204,7 @@ struct Session {
 impl Session {
     /// To this socket only. Waits for room: the reader is this socket's own.
     async fn reply(&self, msg: ServerMsg) {
-        let _ = self.tx.send(Frame::Msg(msg)).await;
+        let _ = self.tx.send(Frame::Msg(Box::new(msg))).await;
     }
 
     /// To every socket of this counsellor (other tabs too).

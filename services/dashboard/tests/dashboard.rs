@@ -1761,14 +1761,17 @@ async fn the_socket_logic_runs_over_plain_channels() {
         .unwrap();
     let served = tokio::spawn(socket::serve(Arc::clone(&app), login, out_tx, in_rx));
     match out_rx.next().await.unwrap() {
-        Outbound::Msg(ServerMsg::Hello {
-            counsellor,
-            supervisor,
-            ..
-        }) => {
-            assert_eq!(counsellor, c("sam"));
-            assert!(supervisor);
-        }
+        Outbound::Msg(m) => match *m {
+            ServerMsg::Hello {
+                counsellor,
+                supervisor,
+                ..
+            } => {
+                assert_eq!(counsellor, c("sam"));
+                assert!(supervisor);
+            }
+            other => panic!("expected hello, got {other:?}"),
+        },
         other => panic!("expected hello, got {other:?}"),
     }
     in_tx
@@ -1779,7 +1782,7 @@ async fn the_socket_logic_runs_over_plain_channels() {
     let next_msg = async |rx: &mut futures::channel::mpsc::Receiver<Outbound>| loop {
         match rx.next().await.unwrap() {
             Outbound::KeepAlive | Outbound::Json(_) => continue,
-            Outbound::Msg(m) => break m,
+            Outbound::Msg(m) => break *m,
         }
     };
     assert_eq!(next_msg(&mut out_rx).await, ServerMsg::Pong);

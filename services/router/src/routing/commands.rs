@@ -114,7 +114,7 @@ impl Router {
     pub async fn follow_up(&self, follow_ups: Vec<FollowUp>) {
         for f in follow_ups {
             match f {
-                FollowUp::Push(who, msg) => self.push(&who, msg).await,
+                FollowUp::Push(who, msg) => self.push(&who, *msg).await,
                 FollowUp::Offer(id) => {
                     if let Err(e) = self.offer(id).await {
                         tracing::warn!(contact = %id, error = %e, "offer step failed; the sweep retries");
@@ -150,7 +150,7 @@ impl Router {
                 tracing::info!(contact = %id, counsellor = %who, refusal = %e, "accept refused");
                 (
                     refused(&e.to_string()),
-                    vec![FollowUp::Push(
+                    vec![FollowUp::push(
                         who,
                         ServerMsg::OfferWithdrawn {
                             contact_id: id,
@@ -266,7 +266,7 @@ impl Router {
             .map(|c| {
                 metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "withdrawn")
                     .increment(1);
-                FollowUp::Push(
+                FollowUp::push(
                     c,
                     ServerMsg::OfferWithdrawn {
                         contact_id: id,
@@ -325,7 +325,7 @@ impl Router {
                         Vec::new()
                     });
                     let contact = transcript::contact_view(&record, &self.directory(), messages);
-                    follow.insert(0, FollowUp::Push(who, ServerMsg::Conversation { contact }));
+                    follow.insert(0, FollowUp::push(who, ServerMsg::Conversation { contact }));
                     return (RouterReply::Done, follow);
                 }
                 Err(Unassigned::Refused(e)) => {
@@ -365,7 +365,7 @@ impl Router {
         )
         .await;
         let withdrawn = |reason| {
-            FollowUp::Push(
+            FollowUp::push(
                 who.clone(),
                 ServerMsg::OfferWithdrawn {
                     contact_id: id,
@@ -486,7 +486,7 @@ impl Router {
         (
             RouterReply::Done,
             vec![
-                FollowUp::Push(who, ServerMsg::Resolved { contact_id: id }),
+                FollowUp::push(who, ServerMsg::Resolved { contact_id: id }),
                 FollowUp::WakeQueue,
             ],
         )

@@ -59,13 +59,20 @@ pub enum StepError {
 /// Something to do after a command's reply was sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FollowUp {
-    Push(CounsellorId, ServerMsg),
+    /// Push a message to a counsellor's screens (boxed: a `ServerMsg` is large).
+    Push(CounsellorId, Box<ServerMsg>),
     /// Run the offer step for this contact.
     Offer(ContactId),
     /// Withdraw this counsellor's offer (they cannot take it).
     Expire(ContactId, CounsellorId),
     /// Capacity or availability changed: run the queue.
     WakeQueue,
+}
+
+impl FollowUp {
+    pub fn push(who: CounsellorId, msg: ServerMsg) -> Self {
+        FollowUp::Push(who, Box::new(msg))
+    }
 }
 
 /// The router: shared by the consumer lanes, the command tasks, the presence

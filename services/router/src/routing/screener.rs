@@ -88,7 +88,7 @@ impl Router {
             .increment(1);
         (
             RouterReply::Done,
-            vec![FollowUp::Push(
+            vec![FollowUp::push(
                 who,
                 ServerMsg::Assessed {
                     contact_id: id,
