@@ -16,7 +16,9 @@
 //!    present but away, N triaged new contacts are published as triage
 //!    would, as fast as the router takes them (publish → record written,
 //!    from a watch of the contacts bucket). Then all M become available at
-//!    once: the time until all N hold offers, and how many offers that made;
+//!    once: the time until the offers settle (priority offers, ADR 0017: only
+//!    the top of the queue is offered when contacts outnumber seats), and how
+//!    many offers that made;
 //!    then the router's CPU while nothing changes. Then every counsellor
 //!    accepts disjoint contacts in queue order up to capacity, all at once
 //!    (accept round trip, accepts/s); the router is timed until no offer is
@@ -988,16 +990,27 @@ async fn everyone_available(
         line.staff.len(),
         secs(start.elapsed())
     ));
+    // Priority offers (ADR 0017): each counsellor's free seats go to the most
+    // urgent contacts they may take, so with more contacts than seats only
+    // the top of the queue holds offers. The phase ends when the offers
+    // settle: every contact offered, or no record written for a second.
     let mut next_note = Instant::now() + Duration::from_secs(5);
-    let all = wait_for(tracker, deadline, Duration::from_millis(50), |s| {
+    let first = wait_for(tracker, deadline, Duration::from_millis(50), |s| {
         let offered = s.count(|r| matches!(r.state, ContactState::Offered { .. }));
         if Instant::now() >= next_note {
             next_note = Instant::now() + Duration::from_secs(5);
             progress(&format!("B: {offered} of {n} hold offers"));
         }
-        offered >= n
+        offered > 0
     })
     .await;
+    let all = first
+        && wait_for(tracker, deadline, Duration::from_millis(50), |s| {
+            s.count(|r| matches!(r.state, ContactState::Offered { .. })) >= n
+                || s.last_read
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        })
+        .await;
     let all_offered_in = all
         .then(|| {
             lock(tracker)
@@ -1009,7 +1022,7 @@ async fn everyone_available(
         .flatten();
     let cpu_offers = cpu.report();
     progress(&format!(
-        "B: all hold offers: {}",
+        "B: offers settled: {}",
         all_offered_in.map_or_else(|| "no (time limit)".to_owned(), secs)
     ));
     // Offers keep widening (the language wait ends, later sweeps): until quiet.
@@ -1626,19 +1639,22 @@ async fn main() -> anyhow::Result<()> {
         "| router A: every step announced | {} | – |",
         or_not(opened.announced_in, limit)
     );
+    // Contacts that held an offer at some point in the phase.
+    let decided = offered.per_contact.len().max(1);
     match offered.all_offered_in {
         Some(t) => println!(
-            "| router B: {m} staff available at once → all {n} hold offers (CPU {}) | {} = **{:.0} decisions/s**, {} per decision; first offer {}, half {} | {} |",
+            "| router B: {m} staff available at once → offers settle (priority offers: {} of {n} contacts offered; CPU {}) | {} = **{:.0} decisions/s**, {} per decision; first offer {}, half {} | {} |",
+            offered.per_contact.len(),
             offered.cpu,
             secs(t),
-            n as f64 / t.as_secs_f64().max(1e-3),
-            ms((t.as_micros() as u64) / n.max(1) as u64),
+            decided as f64 / t.as_secs_f64().max(1e-3),
+            ms((t.as_micros() as u64) / decided as u64),
             ms(q(&offered.per_contact, 0.0)),
             ms(q(&offered.per_contact, 0.5)),
-            ratio(t.as_secs_f64() * 1e6 / n.max(1) as f64 / r)
+            ratio(t.as_secs_f64() * 1e6 / decided as f64 / r)
         ),
         None => println!(
-            "| router B: {m} staff available at once → all {n} hold offers | did not finish in {}: {} of {n} offered | – |",
+            "| router B: {m} staff available at once → offers settle | did not settle in {}: {} of {n} offered | – |",
             secs(limit),
             offered.offered
         ),
@@ -1651,7 +1667,7 @@ async fn main() -> anyhow::Result<()> {
         or_not(offered.quiet_in, limit)
     );
     println!(
-        "| router B, then idle for {}: {n} contacts offered to everyone, nothing changing{} | CPU {} | – |",
+        "| router B, then idle for {}: {n} contacts waiting, the top of the queue offered, nothing changing{} | CPU {} | – |",
         secs(offered.idle_window),
         if offered.idle_writes {
             " (some records were still written)"
