@@ -105,6 +105,16 @@ impl Line {
             pids.insert(*name, procs.spawn(bin_dir, name, &env, log_dir)?);
         }
         wait_ready(addrs.iter().map(|(n, a)| (*n, *a))).await?;
+        // A free port can be taken by another program between our check and
+        // the service's bind: then something else answered `/readyz`.
+        for (name, child) in &mut procs.0 {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{name} exited ({status}) right after start; see {}",
+                    log_dir.join(format!("{name}.log")).display()
+                );
+            }
+        }
         Ok(Self {
             nats,
             procs,
