@@ -880,13 +880,22 @@ threshold = 0.5
         let own = format!("can you see me, i am on the ledge {filler}");
         let theirs = format!("do you see, he is on the ledge, he is {filler}");
         assert!(addressed.split_whitespace().count() > WINDOW_WORDS);
-        assert_eq!(opinion_with_voices(&m, short, RiskLevel::Low), Some(RiskLevel::High));
+        assert_eq!(
+            opinion_with_voices(&m, short, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
         assert_eq!(
             opinion_with_voices(&m, &addressed, RiskLevel::Low),
             Some(RiskLevel::Moderate)
         );
-        assert_eq!(opinion_with_voices(&m, &own, RiskLevel::Low), Some(RiskLevel::High));
-        assert_eq!(opinion_with_voices(&m, &theirs, RiskLevel::Low), Some(RiskLevel::High));
+        assert_eq!(
+            opinion_with_voices(&m, &own, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+        assert_eq!(
+            opinion_with_voices(&m, &theirs, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
         // When the rules rate the message high, every window is open.
         assert_eq!(
             opinion_with_voices(&m, &addressed, RiskLevel::High),

@@ -238,7 +238,10 @@ mod tests {
         let text = long("if you want to kill yourself, please reach out. im fine");
         assert_eq!(
             stretches(&text),
-            [("you want to kill yourself, please reach out".to_owned(), true)]
+            [(
+                "you want to kill yourself, please reach out".to_owned(),
+                true
+            )]
         );
         let text = long("op, dont do it. you deserve to live");
         assert_eq!(
@@ -248,11 +251,15 @@ mod tests {
                 ("you deserve to live".to_owned(), true)
             ]
         );
-        let text = long("si tu quieres matarte, por favor llama a alguien. no lo hagas, vale la pena");
+        let text =
+            long("si tu quieres matarte, por favor llama a alguien. no lo hagas, vale la pena");
         assert_eq!(
             stretches(&text),
             [
-                ("tu quieres matarte, por favor llama a alguien".to_owned(), true),
+                (
+                    "tu quieres matarte, por favor llama a alguien".to_owned(),
+                    true
+                ),
                 (", vale la pena".to_owned(), true)
             ]
         );
@@ -270,7 +277,10 @@ mod tests {
         assert_eq!(stretches(&text), [("you there".to_owned(), true)]);
         // Someone else's state is for the rules' own third-person context.
         let text = long("do you know what to do, he is not breathing");
-        assert_eq!(stretches(&text), [("you know what to do,".to_owned(), true)]);
+        assert_eq!(
+            stretches(&text),
+            [("you know what to do,".to_owned(), true)]
+        );
         let text = long("sabes que hacer, ella no respira");
         assert!(stretches(&text).is_empty());
     }
@@ -290,14 +300,18 @@ mod tests {
         );
         let full = addressed(text.as_bytes());
         // Cut at word boundaries: text is appended after a space.
-        let cuts = (0..=text.len()).filter(|&c| !text.as_bytes().get(c).is_some_and(u8::is_ascii_alphanumeric));
+        let cuts = (0..=text.len()).filter(|&c| {
+            !text
+                .as_bytes()
+                .get(c)
+                .is_some_and(u8::is_ascii_alphanumeric)
+        });
         for cut in cuts {
             let prefix = &text.as_bytes()[..cut];
             let part = addressed(prefix);
             // Every word of the prefix is hidden alike.
             for (s, _) in prefix.iter().enumerate().filter(|&(s, &b)| {
-                b.is_ascii_alphanumeric()
-                    && (s == 0 || !prefix[s - 1].is_ascii_alphanumeric())
+                b.is_ascii_alphanumeric() && (s == 0 || !prefix[s - 1].is_ascii_alphanumeric())
             }) {
                 assert_eq!(hides(&part, s), hides(&full, s), "cut {cut}, word at {s}");
             }
