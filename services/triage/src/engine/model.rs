@@ -409,18 +409,22 @@ impl Scorer<'_> {
 }
 
 /// Whether the window of [`WINDOW_WORDS`] words from word `from` is not
-/// written to someone else: it has no second-person word, or at least
-/// [`PERSONS_PER_YOU`] words naming the writer or a third person for each
-/// one. A window of advice or support ("you deserve to live, please reach
-/// out") is not about the writer's own state; "can you help me, I took my
-/// pills" and "do you know what to do, he is not breathing" are. Appending
-/// words without a second-person word only adds persons, so it never makes
-/// a window addressed.
+/// written to someone else. A second-person word must be outweighed by
+/// words naming a person as the subject — the writer or a third person —
+/// twice over in the window ([`PERSONS_PER_YOU`]), and at least once over
+/// in the whole text up to the window's end (a long reply that has so far
+/// said "you" more often than it named anyone is a reply, even where one
+/// window tells the helper's own story). A window of advice or support
+/// ("you deserve to live, please reach out") is not about the writer's own
+/// state; "can you help me, I took my pills" and "do you know what to do,
+/// he is not breathing" are. Appending words without a second-person word
+/// only adds persons, so it never makes a window addressed.
 fn not_addressed(persons: &[usize], yous: &[usize], from: usize) -> bool {
-    let count = |v: &[usize]| {
-        v.partition_point(|&w| w < from + WINDOW_WORDS) - v.partition_point(|&w| w < from)
-    };
-    count(persons) >= count(yous) * PERSONS_PER_YOU
+    let end = from + WINDOW_WORDS;
+    let upto = |v: &[usize], at: usize| v.partition_point(|&w| w < at);
+    let (p, y) = (upto(persons, end), upto(yous, end));
+    let window = (p - upto(persons, from), y - upto(yous, from));
+    window.0 >= window.1 * PERSONS_PER_YOU && p >= y
 }
 
 /// Words naming a person (the writer, a third person) a window of a long
@@ -909,9 +913,15 @@ threshold = 0.5
         assert!(!not_addressed(&[], &[3], 0));
         assert!(!not_addressed(&[1], &[3], 0));
         assert!(not_addressed(&[1, 2], &[3], 0));
-        // Only the window's own words count.
+        // The window's own words…
         assert!(not_addressed(&[], &[WINDOW_WORDS], 0));
-        assert!(!not_addressed(&[1, 2], &[WINDOW_WORDS], 24));
+        assert!(!not_addressed(&[30], &[WINDOW_WORDS], 24));
+        assert!(not_addressed(&[30, 40, 50, 60], &[WINDOW_WORDS], 24));
+        // …and the text so far: a window that tells the writer's own story
+        // after a reply that said "you" more often than it named anyone.
+        let yous = [1, 2, 3, 4, 5];
+        assert!(!not_addressed(&[30, 40, 50, 60], &yous, 24));
+        assert!(not_addressed(&[10, 30, 40, 50, 60], &yous, 24));
     }
 
     #[test]
