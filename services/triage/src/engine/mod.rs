@@ -441,9 +441,12 @@ impl Engine {
                 unsaid.push((start, end));
                 continue;
             };
-            if voice::discounts(&addressed, start, end) {
+            if rule.level < RiskLevel::Imminent && voice::discounts(&addressed, start, end) {
                 // Advice or support to someone else: at most moderate, and
-                // its tags combine with nothing.
+                // its tags combine with nothing. An emergency in progress
+                // (overdose signs, an attempt under way, bleeding that will
+                // not stop) is not advice, and a message to the line often
+                // says "you" to the counsellor before it: it keeps its level.
                 level = level.min(RiskLevel::Moderate);
                 unlowered = false;
             }

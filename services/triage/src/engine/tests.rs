@@ -1048,3 +1048,19 @@ fn a_third_person_after_you_ends_the_addressed_voice() {
         }
     }
 }
+
+/// An emergency in progress after a "you" is not advice: rules rated
+/// imminent keep their level in an addressed stretch ("are you still
+/// there? … not breathing"), where the model does not read.
+#[test]
+fn an_emergency_in_progress_is_never_discounted() {
+    for e in [engine(), with_model()] {
+        for tail in [
+            "are you still there? you need to send someone, not breathing and lips are blue",
+            "you need to hurry, the cut wont stop bleeding",
+        ] {
+            let text = format!("{REPLY}{tail}");
+            assert_eq!(e.assess(&text).level, Imminent, "{tail}");
+        }
+    }
+}
