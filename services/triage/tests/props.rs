@@ -93,10 +93,24 @@ const VOCAB: &[&str] = &[
     "ya",
     "no",
     "aguanto",
+    // The addressed voice (past the first 48 words).
+    "you",
+    "your",
+    "op",
+    "tú",
+    "te",
+    "please",
+    "dont do it",
 ];
 
 fn soup() -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(VOCAB), 0..60).prop_map(|w| w.join(" "))
+}
+
+/// Longer than the model's window (48 words), where text written to
+/// someone else is discounted.
+fn long_soup() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(VOCAB), 45..110).prop_map(|w| w.join(" "))
 }
 
 fn any_text() -> impl Strategy<Value = String> {
@@ -104,6 +118,7 @@ fn any_text() -> impl Strategy<Value = String> {
         any::<String>(),
         prop::collection::vec(any::<char>(), 0..1700).prop_map(|c| c.into_iter().collect()),
         soup(),
+        long_soup(),
     ]
 }
 

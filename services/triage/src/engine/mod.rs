@@ -22,6 +22,7 @@ mod matcher;
 mod model;
 mod normalise;
 mod rulebook;
+mod voice;
 
 use std::path::Path;
 
@@ -357,10 +358,19 @@ impl Engine {
                 .filter(|&id| id < self.patterns.len())
                 .collect()
         };
+        // Stretches addressed to someone else (only past the first window).
+        let words = word_count(&n.text);
+        let addressed = if words > voice::FROM_WORD {
+            voice::addressed(&n.text)
+        } else {
+            Vec::new()
+        };
         if candidates.is_empty() {
             return Judged {
                 n,
                 lang,
+                addressed,
+                words,
                 unsaid: Vec::new(),
                 fired: Vec::new(),
                 reasons: Vec::new(),
@@ -416,20 +426,30 @@ impl Engine {
         };
         let no_plan_at: Vec<usize> = matched
             .iter()
-            .filter(|&&(r, s, e, eff)| eff.is_some() && says_no_plan(r, s, e))
+            .filter(|&&(r, s, e, eff)| {
+                eff.is_some() && says_no_plan(r, s, e) && !voice::discounts(&addressed, s, e)
+            })
             .map(|&(_, s, _, _)| s)
             .collect();
         // Matches of `bare` rules, and whether the message is short enough.
         let mut deferred: Vec<(Hit, bool)> = Vec::new();
-        let words = word_count(&n.text);
         for &(rule_index, start, end, effective) in &matched {
             let Some(rule) = self.rules.get(rule_index) else {
                 continue;
             };
-            let Some((mut level, unlowered)) = effective else {
+            let Some((mut level, mut unlowered)) = effective else {
                 unsaid.push((start, end));
                 continue;
             };
+            if rule.level < RiskLevel::Imminent && voice::discounts(&addressed, start, end) {
+                // Advice or support to someone else: at most moderate, and
+                // its tags combine with nothing. An emergency in progress
+                // (overdose signs, an attempt under way, bleeding that will
+                // not stop) is not advice, and a message to the line often
+                // says "you" to the counsellor before it: it keeps its level.
+                level = level.min(RiskLevel::Moderate);
+                unlowered = false;
+            }
             if rule.tags & self.no_plan != 0 && !says_no_plan(rule_index, start, end) {
                 // A negated plan: neither a reason nor a feature.
                 continue;
@@ -559,6 +579,8 @@ impl Engine {
         Judged {
             n,
             lang,
+            addressed,
+            words,
             unsaid,
             fired,
             reasons,
@@ -571,8 +593,18 @@ impl Engine {
         let mut j = self.judge(text, exhaustive);
         if let Some(model) = &self.model {
             let mut scorer = model.scorer();
+            let long = j.words > model::WINDOW_WORDS;
             self.each_feature(&j, |key, t, s, e, narrated| {
-                scorer.add(key, t, s, e, narrated)
+                // The voice counts only matter past one window.
+                if long
+                    && let Some(word) = key.strip_prefix(b"w:").or_else(|| key.strip_prefix(b"h:"))
+                    && let Some(v) = voice::of(word)
+                {
+                    scorer.voice(v, t);
+                }
+                if !key.starts_with(b"h:") {
+                    scorer.add(key, t, s, e, narrated);
+                }
             });
             let opinion = scorer.opinion(j.level);
             if let Some(level) = opinion.level.filter(|&l| l > j.level) {
@@ -603,6 +635,9 @@ impl Engine {
         let judged = self.judge(text, false);
         let mut out = Vec::new();
         self.each_feature(&judged, |key, _, start, end, narrated| {
+            if key.starts_with(b"h:") {
+                return;
+            }
             out.push(Feature {
                 key: String::from_utf8_lossy(key).into_owned(),
                 start,
@@ -678,6 +713,11 @@ impl Engine {
 struct Judged {
     n: Normalised,
     lang: Language,
+    /// Stretches addressed to someone else: rule matches inside them are
+    /// discounted, and the model does not read them.
+    addressed: Vec<voice::Addressed>,
+    /// Words in the normalised text.
+    words: usize,
     /// Spans of matches the context negated ("no me voy a matar"): the
     /// model does not see their words.
     unsaid: Vec<(usize, usize)>,
@@ -711,7 +751,7 @@ impl Engine {
             f(key, token, start, end, narrated);
         };
         if j.unsaid.is_empty() {
-            model::each_word_feature(&j.n.text, &mut emit);
+            model::each_word_feature(&j.n.text, &j.addressed, &mut emit);
         } else {
             let mut text = j.n.text.clone();
             for &(s, e) in &j.unsaid {
@@ -719,10 +759,13 @@ impl Engine {
                     bytes.fill(b' ');
                 }
             }
-            model::each_word_feature(&text, &mut emit);
+            model::each_word_feature(&text, &j.addressed, &mut emit);
         }
         let mut key = Vec::with_capacity(64);
         for r in &j.fired {
+            if voice::hides(&j.addressed, r.at) {
+                continue;
+            }
             let id = if r.combo {
                 self.combos.get(r.index).map(|c| c.id.as_str())
             } else {

@@ -24,6 +24,7 @@ use toml::Spanned;
 
 use super::normalise::{TokenHasher, TokenMap};
 use super::rulebook::{RulebookError, line_of};
+use super::voice::{Addressed, Voice};
 
 /// The model shipped with the service.
 pub const BUILTIN_MODEL: &str = include_str!("../../rules/model.toml");
@@ -230,6 +231,8 @@ impl Model {
             model: self,
             hits: Vec::new(),
             words: 0,
+            persons: Vec::new(),
+            yous: Vec::new(),
         }
     }
 
@@ -258,6 +261,12 @@ pub(crate) struct Scorer<'m> {
     hits: Vec<Hit>,
     /// Words in the message (one past the last word index fed).
     words: usize,
+    /// Word indices of words naming the writer or a third person as the
+    /// subject ("i", "me", "my", "he", "she", "yo" …), in order.
+    persons: Vec<usize>,
+    /// Word indices of second-person words ("you", "your", "tú" …), read or
+    /// not, in order.
+    yous: Vec<usize>,
 }
 
 /// One known feature occurrence: (word index, weight row, start, end, narrated).
@@ -279,6 +288,17 @@ impl Scorer<'_> {
         };
         if let Some(&row) = row {
             self.hits.push((token, row, start, end, narrated));
+        }
+    }
+
+    /// Notes the voice of a word at word index `token` (words come in
+    /// order): a person ([`Voice::Person`]) or the one addressed
+    /// ([`Voice::You`]). Addressed words the model does not read still
+    /// count, at the index the next read word will have.
+    pub(crate) fn voice(&mut self, voice: Voice, token: usize) {
+        match voice {
+            Voice::Person => self.persons.push(token),
+            Voice::You => self.yous.push(token),
         }
     }
 
@@ -305,12 +325,16 @@ impl Scorer<'_> {
         // counsellor on shift.
         let open = self.words <= WINDOW_WORDS || rules >= RiskLevel::High;
         let imminent_ok = |hits: &[Hit]| open || own_voice(hits);
+        // Past one window, the model may raise above moderate only in a
+        // window not written to someone else (`not_addressed`).
+        let (persons, yous) = (&self.persons, &self.yous);
+        let high_ok = |from: usize| open || not_addressed(persons, yous, from);
         let first = window(0);
-        let mut best = self.window_opinion(first, rules, imminent_ok(first), &mut seen);
+        let mut best = self.window_opinion(first, rules, high_ok(0), imminent_ok(first), &mut seen);
         let mut from = stride;
         while from + stride <= last {
             let hits = window(from);
-            let o = self.window_opinion(hits, rules, imminent_ok(hits), &mut seen);
+            let o = self.window_opinion(hits, rules, high_ok(from), imminent_ok(hits), &mut seen);
             if (o.level, o.top()) > (best.level, best.top()) {
                 best = o;
             }
@@ -332,6 +356,7 @@ impl Scorer<'_> {
         &self,
         hits: &[Hit],
         rules: RiskLevel,
+        high_ok: bool,
         imminent_ok: bool,
         seen: &mut [u64],
     ) -> Opinion {
@@ -369,11 +394,11 @@ impl Scorer<'_> {
                 .zip(self.model.heads.get(i))
                 .is_some_and(|(&pi, head)| pi >= head.threshold)
         };
-        let at_high = imminent_ok && (rules >= RiskLevel::High || reached(HIGH_HEAD));
+        let at_high = high_ok && imminent_ok && (rules >= RiskLevel::High || reached(HIGH_HEAD));
         let mut level = None;
         let mut span = None;
         for i in (0..self.model.heads.len()).rev() {
-            if reached(i) && (i != IMMINENT_HEAD || at_high) {
+            if reached(i) && (i != IMMINENT_HEAD || at_high) && (i != HIGH_HEAD || high_ok) {
                 level = HEADS.get(i).copied();
                 span = best.get(i).copied().flatten().map(|(_, s)| s);
                 break;
@@ -382,6 +407,30 @@ impl Scorer<'_> {
         Opinion { level, p, span }
     }
 }
+
+/// Whether the window of [`WINDOW_WORDS`] words from word `from` is not
+/// written to someone else. A second-person word must be outweighed by
+/// words naming a person as the subject — the writer or a third person —
+/// twice over in the window ([`PERSONS_PER_YOU`]), and at least once over
+/// in the whole text up to the window's end (a long reply that has so far
+/// said "you" more often than it named anyone is a reply, even where one
+/// window tells the helper's own story). A window of advice or support
+/// ("you deserve to live, please reach out") is not about the writer's own
+/// state; "can you help me, I took my pills" and "do you know what to do,
+/// he is not breathing" are. Appending words without a second-person word
+/// only adds persons, so it never makes a window addressed.
+fn not_addressed(persons: &[usize], yous: &[usize], from: usize) -> bool {
+    let end = from + WINDOW_WORDS;
+    let upto = |v: &[usize], at: usize| v.partition_point(|&w| w < at);
+    let (p, y) = (upto(persons, end), upto(yous, end));
+    let window = (p - upto(persons, from), y - upto(yous, from));
+    window.0 >= window.1 * PERSONS_PER_YOU && p >= y
+}
+
+/// Words naming a person (the writer, a third person) a window of a long
+/// text needs per second-person word for the model to raise it above
+/// moderate: 2. Chosen on the C-SSRS sample (docs/triage.md).
+const PERSONS_PER_YOU: usize = 2;
 
 /// At most this share of a long text's window (in tenths of its words)
 /// may be narration for the model to call it imminent: 3 in 10. Chosen on
@@ -442,8 +491,17 @@ fn sigmoid(z: f32) -> f32 {
 /// line break), inside double quotes, or on a line quoting another post
 /// (`>`). Only what comes *before* a word decides, so text appended to a
 /// message never changes which of its words are narrated.
-pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usize, usize, bool)) {
+///
+/// Words in `hidden` (addressed to someone else, [`super::voice`]) are not
+/// read at all: no features, no word index, no pair across them. Appending
+/// addressed text therefore changes nothing the model sees.
+pub(crate) fn each_word_feature(
+    text: &[u8],
+    hidden: &[Addressed],
+    mut f: impl FnMut(&[u8], usize, usize, usize, bool),
+) {
     let mut key: Vec<u8> = Vec::with_capacity(64);
+    let mut stretch = 0;
     let mut prev: Option<(usize, usize)> = None;
     let mut token = 0;
     let mut i = 0;
@@ -465,6 +523,19 @@ pub(crate) fn each_word_feature(text: &[u8], mut f: impl FnMut(&[u8], usize, usi
                     .is_some_and(|rest| starts_narration(word, rest))
             {
                 narrating = true;
+            }
+            while hidden.get(stretch).is_some_and(|a| a.end <= start) {
+                stretch += 1;
+            }
+            if hidden.get(stretch).is_some_and(|a| a.start <= start) {
+                // Not a feature: the word itself (`h:`), for the voice
+                // counts, at the index the next read word will have.
+                key.clear();
+                key.extend_from_slice(b"h:");
+                key.extend_from_slice(word);
+                f(&key, token, start, i, true);
+                prev = None;
+                continue;
             }
             let narrated = narrating || quoted;
             let n = word.len() + 2;
@@ -599,7 +670,10 @@ fn starts_narration(word: &[u8], rest: &[u8]) -> bool {
 /// [`each_word_feature`] collected.
 #[cfg(test)]
 pub(crate) fn word_features(text: &[u8], out: &mut Vec<Feature>) {
-    each_word_feature(text, |key, _, start, end, narrated| {
+    each_word_feature(text, &[], |key, _, start, end, narrated| {
+        if key.starts_with(b"h:") {
+            return;
+        }
         out.push(Feature {
             key: String::from_utf8_lossy(key).into_owned(),
             start,
@@ -748,7 +822,7 @@ threshold = 0.5
     /// The opinion as the engine forms it: features with their word index.
     fn opinion_in_windows(m: &Model, text: &str, rules: RiskLevel) -> Option<RiskLevel> {
         let mut scorer = m.scorer();
-        each_word_feature(text.as_bytes(), |key, token, s, e, narrated| {
+        each_word_feature(text.as_bytes(), &[], |key, token, s, e, narrated| {
             scorer.add(key, token, s, e, narrated);
         });
         scorer.opinion(rules).level
@@ -784,6 +858,70 @@ threshold = 0.5
             opinion_in_windows(&m, &told, RiskLevel::High),
             Some(RiskLevel::Imminent)
         );
+    }
+
+    /// Like `opinion_in_windows`, with the voice counts the engine feeds.
+    fn opinion_with_voices(m: &Model, text: &str, rules: RiskLevel) -> Option<RiskLevel> {
+        let mut scorer = m.scorer();
+        each_word_feature(text.as_bytes(), &[], |key, token, s, e, narrated| {
+            if let Some(v) = key.strip_prefix(b"w:").and_then(super::super::voice::of) {
+                scorer.voice(v, token);
+            }
+            scorer.add(key, token, s, e, narrated);
+        });
+        scorer.opinion(rules).level
+    }
+
+    #[test]
+    fn past_one_window_a_window_written_to_someone_else_is_raised_to_moderate_at_most() {
+        let m = Model::from_str(SMALL, "small.toml").unwrap();
+        let filler = "and so on ".repeat(20);
+        // The same risky word in an SMS, in a long text addressed to
+        // someone else, and in one where the writer (or a third person)
+        // is there at least twice per "you".
+        let short = "you on the ledge";
+        let addressed = format!("you on the ledge {filler}");
+        let own = format!("can you see me, i am on the ledge {filler}");
+        let theirs = format!("do you see, he is on the ledge, he is {filler}");
+        assert!(addressed.split_whitespace().count() > WINDOW_WORDS);
+        assert_eq!(
+            opinion_with_voices(&m, short, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+        assert_eq!(
+            opinion_with_voices(&m, &addressed, RiskLevel::Low),
+            Some(RiskLevel::Moderate)
+        );
+        assert_eq!(
+            opinion_with_voices(&m, &own, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+        assert_eq!(
+            opinion_with_voices(&m, &theirs, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+        // When the rules rate the message high, every window is open.
+        assert_eq!(
+            opinion_with_voices(&m, &addressed, RiskLevel::High),
+            Some(RiskLevel::High)
+        );
+    }
+
+    #[test]
+    fn a_window_is_addressed_with_fewer_than_two_persons_per_you() {
+        assert!(not_addressed(&[], &[], 0));
+        assert!(!not_addressed(&[], &[3], 0));
+        assert!(!not_addressed(&[1], &[3], 0));
+        assert!(not_addressed(&[1, 2], &[3], 0));
+        // The window's own words…
+        assert!(not_addressed(&[], &[WINDOW_WORDS], 0));
+        assert!(!not_addressed(&[30], &[WINDOW_WORDS], 24));
+        assert!(not_addressed(&[30, 40, 50, 60], &[WINDOW_WORDS], 24));
+        // …and the text so far: a window that tells the writer's own story
+        // after a reply that said "you" more often than it named anyone.
+        let yous = [1, 2, 3, 4, 5];
+        assert!(!not_addressed(&[30, 40, 50, 60], &yous, 24));
+        assert!(not_addressed(&[10, 30, 40, 50, 60], &yous, 24));
     }
 
     #[test]

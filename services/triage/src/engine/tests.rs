@@ -986,3 +986,81 @@ fn a_long_message_in_the_persons_own_voice_can_be_imminent_a_long_reply_cannot()
     let a = e.assess(reply);
     assert!(a.level < Imminent, "{a:?}");
 }
+
+/// A supportive reply of more than one model window, written to "you"
+/// and about nothing risky, so that what follows is past the first window.
+const REPLY: &str = "hey op, thanks for posting. you are not alone in this and you did the \
+     right thing by writing it down. your job sounds exhausting and your landlord sounds awful. \
+     you could ask your doctor about a sick note, and you might call the tenants union about the \
+     deposit. take it one day at a time, you have got this. ";
+
+/// Issue 13, addressed voice: past the first window, risk in text written
+/// to someone else ("you are having suicidal thoughts, please reach out")
+/// does not raise a message above moderate by itself, rules or model (the
+/// shipped engine called all three imminent); the same words in the
+/// writer's own voice, or after the writer comes back into the sentence,
+/// count fully. English and Spanish.
+#[test]
+fn past_the_first_window_risk_addressed_to_someone_else_is_at_most_moderate() {
+    assert!(REPLY.split_whitespace().count() > voice::FROM_WORD);
+    // Written to someone else, the model does not raise it (it said high).
+    assert_eq!(with_model().assess(REPLY).level, Low);
+    let addressed = [
+        "you are having suicidal thoughts tonight, please reach out to someone. you deserve to live.",
+        "op, thinking about suicide does not make you a failure.",
+        "si tú tienes pensamientos suicidas esta noche, por favor llama a alguien. no lo hagas.",
+    ];
+    let own = [
+        ("i want to kill myself tonight.", Imminent),
+        ("can you help me, i want to kill myself.", High),
+        ("are you there? i have a plan to end my life.", High),
+        ("quiero quitarme la vida esta noche.", Imminent),
+        ("te escribo porque quiero quitarme la vida.", High),
+    ];
+    for e in [engine(), with_model()] {
+        for tail in addressed {
+            let text = format!("{REPLY}{tail}");
+            let a = e.assess(&text);
+            assert!(a.level <= Moderate, "{tail}: {a:?}");
+            // The same words as a short message are not discounted.
+            assert!(e.assess(tail).level >= High, "{tail} alone");
+        }
+        for (tail, want) in own {
+            let text = format!("{REPLY}{tail}");
+            let a = e.assess(&text);
+            assert!(a.level >= want, "{tail}: want {want}, got {a:?}");
+        }
+    }
+}
+
+/// Someone else's emergency is not advice: a third person after a "you"
+/// is judged by the rules' own third-person context (an overdose in
+/// progress is imminent whoever it is).
+#[test]
+fn a_third_person_after_you_ends_the_addressed_voice() {
+    for e in [engine(), with_model()] {
+        for tail in [
+            "do you know what to do, he took all his pills and he is not breathing.",
+            "sabes que hacer? ella no respira.",
+        ] {
+            let text = format!("{REPLY}{tail}");
+            assert_eq!(e.assess(&text).level, Imminent, "{tail}");
+        }
+    }
+}
+
+/// An emergency in progress after a "you" is not advice: rules rated
+/// imminent keep their level in an addressed stretch ("are you still
+/// there? … not breathing"), where the model does not read.
+#[test]
+fn an_emergency_in_progress_is_never_discounted() {
+    for e in [engine(), with_model()] {
+        for tail in [
+            "are you still there? you need to send someone, not breathing and lips are blue",
+            "you need to hurry, the cut wont stop bleeding",
+        ] {
+            let text = format!("{REPLY}{tail}");
+            assert_eq!(e.assess(&text).level, Imminent, "{tail}");
+        }
+    }
+}
