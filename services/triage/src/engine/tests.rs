@@ -1016,6 +1016,9 @@ fn past_the_first_window_risk_addressed_to_someone_else_is_at_most_moderate() {
         ("are you there? i have a plan to end my life.", High),
         ("quiero quitarme la vida esta noche.", Imminent),
         ("te escribo porque quiero quitarme la vida.", High),
+        // After a clause break the writer's own words, subject dropped.
+        ("you never listen, going to end it all.", High),
+        ("nunca me escuchas, me voy a matar.", High),
     ];
     for e in [engine(), with_model()] {
         for tail in addressed {

@@ -3,7 +3,8 @@
 //! live", "OP, don't do it"), as opposed to the writer's own voice.
 //!
 //! A stretch starts at a second-person cue ([`YOU`], [`YOU_PHRASES`]) and
-//! runs to the end of its sentence (`. ! ?`, a line break) or to the first
+//! runs to the end of its sentence (`. ! ?`, a line break), to the end of
+//! its clause (`, ; :`) once it has said something after its cue, or to the first
 //! word that puts a person back in the sentence as its subject: the writer
 //! ([`OWN`]: "can you help me I want to die" is own voice again from "me")
 //! or a third person ([`THEY`]: "do you know what to do, she is not
@@ -111,6 +112,12 @@ const THEY: &[&[u8]] = &[
 pub(crate) fn addressed(text: &[u8]) -> Vec<Addressed> {
     let mut out = Vec::new();
     let mut open: Option<usize> = None;
+    // Words of the open stretch after its cue: a clause break (`, ; :`)
+    // ends a stretch that has said something ("you never listen, going to
+    // end it all": the writer's own words again after the comma), not a
+    // cue alone ("op, don't do it", "no lo hagas, vale la pena": a vocative
+    // or an imperative whose advice follows).
+    let mut said = 0usize;
     let mut words = 0usize;
     let mut i = 0;
     while i < text.len() {
@@ -132,19 +139,25 @@ pub(crate) fn addressed(text: &[u8]) -> Vec<Addressed> {
                         without_writer: !writer,
                     });
                     open = None;
+                } else if start > from {
+                    said += 1;
                 }
             } else if index >= FROM_WORD {
                 if YOU.contains(&word) {
                     open = Some(start);
+                    said = 0;
                 } else if let Some(len) = phrase_at(text.get(start..).unwrap_or_default()) {
                     // From the end of the phrase: its first words are not
                     // addressed until it is complete.
                     open = Some(start + len);
+                    said = 0;
                 }
             }
             continue;
         }
-        if matches!(b, b'.' | b'!' | b'?')
+        let sentence_end = matches!(b, b'.' | b'!' | b'?' | b'\n');
+        let clause_end = matches!(b, b',' | b';' | b':') && said > 0;
+        if (sentence_end || clause_end)
             && let Some(from) = open.take()
         {
             out.push(Addressed {
@@ -238,11 +251,12 @@ mod tests {
         let text = long("if you want to kill yourself, please reach out. im fine");
         assert_eq!(
             stretches(&text),
-            [(
-                "you want to kill yourself, please reach out".to_owned(),
-                true
-            )]
+            [("you want to kill yourself".to_owned(), true)]
         );
+        // A clause break ends a stretch that has said something: the
+        // writer's own (subject-less) words may follow.
+        let text = long("you never listen, going to end it all");
+        assert_eq!(stretches(&text), [("you never listen".to_owned(), true)]);
         let text = long("op, dont do it. you deserve to live");
         assert_eq!(
             stretches(&text),
@@ -256,10 +270,7 @@ mod tests {
         assert_eq!(
             stretches(&text),
             [
-                (
-                    "tu quieres matarte, por favor llama a alguien".to_owned(),
-                    true
-                ),
+                ("tu quieres matarte".to_owned(), true),
                 (", vale la pena".to_owned(), true)
             ]
         );
@@ -277,10 +288,7 @@ mod tests {
         assert_eq!(stretches(&text), [("you there".to_owned(), true)]);
         // Someone else's state is for the rules' own third-person context.
         let text = long("do you know what to do, he is not breathing");
-        assert_eq!(
-            stretches(&text),
-            [("you know what to do,".to_owned(), true)]
-        );
+        assert_eq!(stretches(&text), [("you know what to do".to_owned(), true)]);
         let text = long("sabes que hacer, ella no respira");
         assert!(stretches(&text).is_empty());
     }
