@@ -2160,6 +2160,75 @@ mod queue_feed {
     }
 }
 
+/// The floor feed for supervisors: staff, conversations, the switchboard.
+#[tokio::test]
+async fn the_floor_snapshot_shows_staff_load_conversations_and_the_switchboard_without_text() {
+    use nwd_proto::dashboard::FloorSnapshot;
+    let line = Line::start().await;
+    let seen: Arc<Mutex<Vec<(FloorSnapshot, String)>>> = Arc::default();
+    let mut sub = line
+        .client
+        .subscribe(subjects::dashboard_floor())
+        .await
+        .unwrap();
+    line.client.flush().await.unwrap();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let raw = String::from_utf8(msg.payload.to_vec()).unwrap();
+            let env = Envelope::<FloorSnapshot>::from_bytes(&msg.payload).unwrap();
+            sink.lock().unwrap().push((env.data, raw));
+        }
+    });
+    let wait = |what: &'static str, check: Box<dyn Fn(&FloorSnapshot) -> bool + Send + Sync>| {
+        let seen = seen.clone();
+        async move {
+            eventually(WITHIN, what, || async {
+                seen.lock().unwrap().iter().find(|(s, _)| check(s)).cloned()
+            })
+            .await
+        }
+    };
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::High, Language::En, "the pills are here")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+    let (snapshot, raw) = wait(
+        "ben's conversation on the floor",
+        Box::new(move |s| s.conversations.iter().any(|c| c.contact_id == id)),
+    )
+    .await;
+    let conversation = &snapshot.conversations[0];
+    assert_eq!(conversation.counsellor, c("ben"));
+    assert_eq!(conversation.risk, RiskLevel::High);
+    assert_eq!(conversation.door, "Eastside Recovery Clinic");
+    assert!(!conversation.orphaned && !conversation.transferring);
+    let ben = snapshot.staff.iter().find(|s| s.id == c("ben")).unwrap();
+    assert_eq!(
+        (ben.presence, ben.load, ben.capacity, ben.on_call),
+        (Presence::Available, 1, 2, true)
+    );
+    let ana = snapshot.staff.iter().find(|s| s.id == c("ana")).unwrap();
+    assert_eq!((ana.presence, ana.load), (Presence::Offline, 0));
+    assert_eq!(snapshot.staff.len(), 5, "everyone in the directory");
+    assert!(snapshot.switchboard.is_none());
+    assert!(!raw.contains("pills"), "never the message text: {raw}");
+    assert!(!raw.contains("5550142"), "never the number: {raw}");
+    let on = RouterCommand::Switchboard {
+        counsellor: c("sam"),
+        on: true,
+    };
+    assert_eq!(line.command(on).await, RouterReply::Done);
+    let (snapshot, _) = wait(
+        "the switchboard on",
+        Box::new(|s| s.switchboard.as_ref().is_some_and(|b| b.on)),
+    )
+    .await;
+    assert_eq!(snapshot.switchboard.unwrap().by, c("sam"));
+}
+
 #[tokio::test]
 async fn the_closing_note_and_disposition_reach_contact_resolved() {
     let logs = nwd_testkit::capture_logs();
