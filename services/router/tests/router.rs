@@ -2757,4 +2757,114 @@ mod handovers {
             nwd_proto::contact::TransitionError::NotLeft.to_string()
         );
     }
+
+    /// Events on a subject of a stream.
+    async fn events<T: nwd_proto::Event>(
+        line: &Line,
+        stream: &'static str,
+        subject: String,
+    ) -> Vec<T> {
+        nwd_runtime::transcript::read_subjects(&line.js, stream, vec![subject])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| Envelope::<T>::from_bytes(&m.payload).unwrap().data)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn involving_a_trusted_contact_needs_a_consent_that_covers_it_now_and_is_audited_before_the_sms()
+     {
+        use nwd_proto::events::{Disclosure, DisclosureRefused, OutboundSms, Recipient};
+        let line = Line::start().await;
+        line.presence("ana", Presence::Available).await;
+        let id = ContactId::new();
+        let mut ev = triaged(id, RiskLevel::High, Language::En, "hello");
+        ev.message.patient = Some("pat".into());
+        line.publish(
+            &ev,
+            &nwd_proto::wire::msg_id::message_triaged(&ev.message.message_id),
+        )
+        .await;
+        line.pushes.wait_offer("ana", id).await;
+        assert_eq!(line.accept(id, "ana").await, RouterReply::Done);
+        let involve = |who: &str, trusted: &str| RouterCommand::InvolveTrustedContact {
+            contact_id: id,
+            counsellor: c(who),
+            trusted: trusted.into(),
+        };
+        // Only the holder.
+        line.presence("ben", Presence::Available).await;
+        let r = line.command(involve("ben", "pat-sister")).await;
+        assert!(matches!(r, RouterReply::Refused { .. }), "{r:?}");
+        assert!(
+            events::<Disclosure>(&line, streams::AUDIT, subjects::audit_disclosure(&id))
+                .await
+                .is_empty()
+        );
+        // Consent covers it: audited, then texted; twice is once.
+        assert_eq!(
+            line.command(involve("ana", "pat-sister")).await,
+            RouterReply::Done
+        );
+        assert_eq!(
+            line.command(involve("ana", "pat-sister")).await,
+            RouterReply::Done
+        );
+        let disclosed: Vec<Disclosure> =
+            events(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+        assert_eq!(disclosed.len(), 1);
+        assert_eq!(
+            disclosed[0].recipient,
+            Recipient::TrustedContact("pat-sister".into())
+        );
+        assert_eq!(disclosed[0].by, "counsellor:ana");
+        let sms: Vec<OutboundSms> =
+            events(&line, streams::OUTBOUND, subjects::outbound_sms(&id)).await;
+        let to_sister: Vec<&OutboundSms> = sms
+            .iter()
+            .filter(|s| s.to.as_str() == "+15005550171")
+            .collect();
+        assert_eq!(to_sister.len(), 1, "one SMS");
+        assert!(
+            disclosed[0].at <= to_sister[0].created_at,
+            "audited before the SMS"
+        );
+        // Expired, revoked, absent: refused and audited, no SMS.
+        for (trusted, reason) in [
+            ("pat-brother", "expired"),
+            ("pat-friend", "revoked"),
+            ("pat-neighbour", "no_consent"),
+        ] {
+            let r = line.command(involve("ana", trusted)).await;
+            assert_eq!(refusal(r), "no-consent", "{trusted}");
+            let refusals: Vec<DisclosureRefused> = events(
+                &line,
+                streams::AUDIT,
+                subjects::audit_disclosure_refused(&id),
+            )
+            .await;
+            assert!(
+                refusals
+                    .iter()
+                    .any(|f| f.recipient == Recipient::TrustedContact(trusted.into())
+                        && f.reason == reason),
+                "{trusted}: {refusals:?}"
+            );
+        }
+        // Not one of the patient's trusted contacts.
+        assert_eq!(
+            refusal(line.command(involve("ana", "pat-stranger")).await),
+            "unknown-trusted-contact"
+        );
+        let sms: Vec<OutboundSms> =
+            events(&line, streams::OUTBOUND, subjects::outbound_sms(&id)).await;
+        assert_eq!(sms.len(), 1, "only the sister was texted");
+        assert_eq!(
+            events::<Disclosure>(&line, streams::AUDIT, subjects::audit_disclosure(&id))
+                .await
+                .len(),
+            1
+        );
+    }
 }
