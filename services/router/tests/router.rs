@@ -2867,4 +2867,73 @@ mod handovers {
             1
         );
     }
+
+    #[tokio::test]
+    async fn handovers_of_what_cannot_be_handed_over_are_refused_and_a_repeated_switch_is_audited_once()
+     {
+        let line = Line::start().await;
+        let id = held_by(&line, "ana", "hello").await;
+        // Reassign to someone the directory does not know.
+        let r = line
+            .command(RouterCommand::Reassign {
+                contact_id: id,
+                counsellor: c("sam"),
+                to: c("zed"),
+            })
+            .await;
+        assert_eq!(refusal(r), "nobody-available");
+        // Ana is at capacity (1): she cannot claim a follow-up.
+        let gone = ContactId::new();
+        let mut quick = triaged(gone, RiskLevel::Low, Language::En, "bye");
+        quick.message.quick_exit = true;
+        line.publish(
+            &quick,
+            &nwd_proto::wire::msg_id::message_triaged(&quick.message.message_id),
+        )
+        .await;
+        eventually(WITHIN, "left", || async {
+            line.record(gone).await.filter(|r| r.left.is_some())
+        })
+        .await;
+        let claim = RouterCommand::Claim {
+            contact_id: gone,
+            counsellor: c("ana"),
+        };
+        assert_eq!(refusal(line.command(claim).await), "at-capacity");
+        // Resolved: no transfer, no reassignment.
+        let resolve = RouterCommand::Resolve {
+            contact_id: id,
+            counsellor: c("ana"),
+            disposition: None,
+            note: None,
+        };
+        assert_eq!(line.command(resolve).await, RouterReply::Done);
+        line.presence("ben", Presence::Available).await;
+        let r = transfer(&line, id, "ana", to("ben"), TransferMode::Warm, None).await;
+        assert!(matches!(r, RouterReply::Refused { .. }), "{r:?}");
+        let r = line
+            .command(RouterCommand::Reassign {
+                contact_id: id,
+                counsellor: c("sam"),
+                to: c("ben"),
+            })
+            .await;
+        assert_eq!(
+            refusal(r),
+            nwd_proto::contact::TransitionError::Resolved.to_string()
+        );
+        assert!(audited(&line, id).await.is_empty());
+        // The switchboard on twice: one audit record.
+        for _ in 0..2 {
+            let on = RouterCommand::Switchboard {
+                counsellor: c("sam"),
+                on: true,
+            };
+            assert_eq!(line.command(on).await, RouterReply::Done);
+        }
+        assert_eq!(
+            audit_on(&line, subjects::audit_switchboard()).await.len(),
+            1
+        );
+    }
 }

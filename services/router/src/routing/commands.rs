@@ -189,7 +189,7 @@ impl Router {
 
     /// The per-counsellor lock that serialises their accepts and takes, so
     /// that two of them at once cannot take them over capacity.
-    fn accept_lock(&self, who: &CounsellorId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn accept_lock(&self, who: &CounsellorId) -> Arc<tokio::sync::Mutex<()>> {
         self.accept_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())

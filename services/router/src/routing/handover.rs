@@ -627,6 +627,18 @@ impl Router {
         id: ContactId,
         who: CounsellorId,
     ) -> (RouterReply, Vec<FollowUp>) {
+        // A claim takes a seat, like an accept: serialised with their
+        // accepts and takes, and never over capacity.
+        let lock = self.accept_lock(&who);
+        let _serial = lock.lock().await;
+        let already_theirs = self
+            .state()
+            .get(&id)
+            .is_some_and(|r| r.assigned_to() == Some(&who));
+        if !already_theirs && !self.floor().has_room(&who) {
+            count("claim", "refused");
+            return (refused(super::commands::AT_CAPACITY), Vec::new());
+        }
         let now = OffsetDateTime::now_utc();
         let result = kv::cas_from(
             &self.contacts,
