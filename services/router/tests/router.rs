@@ -2907,8 +2907,18 @@ mod handovers {
             disposition: None,
             note: None,
         };
-        assert_eq!(line.command(resolve).await, RouterReply::Done);
         line.presence("ben", Presence::Available).await;
+        assert_eq!(
+            transfer(&line, id, "ana", to("ben"), TransferMode::Warm, None).await,
+            RouterReply::Done
+        );
+        line.pushes.wait_offer("ben", id).await;
+        assert_eq!(line.command(resolve).await, RouterReply::Done);
+        // Ben's offer of the warm transfer ends with the conversation.
+        assert_eq!(
+            line.pushes.wait_withdrawn("ben", id).await,
+            WithdrawReason::Resolved
+        );
         let r = transfer(&line, id, "ana", to("ben"), TransferMode::Warm, None).await;
         assert!(matches!(r, RouterReply::Refused { .. }), "{r:?}");
         let r = line
@@ -2922,7 +2932,7 @@ mod handovers {
             refusal(r),
             nwd_proto::contact::TransitionError::Resolved.to_string()
         );
-        assert!(audited(&line, id).await.is_empty());
+        assert_eq!(audited(&line, id).await.len(), 1, "only the transfer");
         // The switchboard on twice: one audit record.
         for _ in 0..2 {
             let on = RouterCommand::Switchboard {
