@@ -51,6 +51,10 @@ struct Running {
 
 impl Running {
     async fn start(url: &str) -> Self {
+        Self::start_with_grace(url, 60_000).await
+    }
+
+    async fn start_with_grace(url: &str, orphan_grace_ms: u64) -> Self {
         // reqwest (readiness polling) needs a crypto provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = nwd_testkit::listener().await;
@@ -60,7 +64,7 @@ impl Running {
             metrics_addr: addr,
             directory: test_directory(),
             presence_stale_ms: 15_000,
-            orphan_grace_ms: 60_000,
+            orphan_grace_ms,
             sweep_ms: 200,
             line_status_ms: 300,
         };
@@ -181,6 +185,11 @@ struct Line {
 
 impl Line {
     async fn start() -> Self {
+        Self::start_with_grace(60_000).await
+    }
+
+    /// With a short grace before a dropped counsellor's conversations are requeued.
+    async fn start_with_grace(orphan_grace_ms: u64) -> Self {
         let server = NatsServer::start().await;
         let args = NatsArgs::local(server.url());
         let js = bus::jetstream(bus::connect(&args, "test").await.unwrap(), &args);
@@ -209,7 +218,8 @@ impl Line {
                     .push((env.data.counsellor, env.data.msg));
             }
         });
-        let router = Some(Running::start(&server.url_for("router")).await);
+        let router =
+            Some(Running::start_with_grace(&server.url_for("router"), orphan_grace_ms).await);
         Self {
             server,
             client,
@@ -2944,6 +2954,39 @@ mod handovers {
         assert_eq!(
             audit_on(&line, subjects::audit_switchboard()).await.len(),
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_warm_transfer_ends_when_the_sender_drops_off_and_the_contact_is_requeued() {
+        let line = Line::start_with_grace(300).await;
+        let id = held_by(&line, "ana", "hello").await;
+        // Dee, at the hospital, is not on the clinic's first rungs.
+        line.presence("dee", Presence::Available).await;
+        let hospital = TransferTarget::Partner {
+            partner: nwd_proto::PartnerId::parse("county-hospital").unwrap(),
+        };
+        assert_eq!(
+            transfer(&line, id, "ana", hospital, TransferMode::Warm, None).await,
+            RouterReply::Done
+        );
+        line.pushes.wait_offer("dee", id).await;
+        // Ana drops off; Ben, on the clinic's door rung, is there.
+        line.presence("ben", Presence::Available).await;
+        line.presence("ana", Presence::Offline).await;
+        line.pushes.wait_offer("ben", id).await;
+        assert_eq!(
+            line.pushes.wait_withdrawn("dee", id).await,
+            WithdrawReason::Expired
+        );
+        let rec = line.record(id).await.unwrap();
+        assert!(rec.transfer.is_none());
+        assert_eq!(rec.assigned_to(), None);
+        assert_eq!(
+            line.accept(id, "dee").await,
+            RouterReply::Refused {
+                reason: nwd_proto::contact::TransitionError::NotOffered.to_string()
+            }
         );
     }
 }
