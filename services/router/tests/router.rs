@@ -2338,6 +2338,23 @@ mod handovers {
         .await
     }
 
+    /// A transfer expected to go through: retried while the router has not
+    /// yet seen the receiver's presence (a refusal changes nothing).
+    async fn transfer_done(
+        line: &Line,
+        id: ContactId,
+        who: &str,
+        target: TransferTarget,
+        mode: TransferMode,
+        note: Option<&str>,
+    ) {
+        eventually(WITHIN, "the transfer accepted by the router", || async {
+            let reply = transfer(line, id, who, target.clone(), mode, note).await;
+            (reply == RouterReply::Done).then_some(())
+        })
+        .await;
+    }
+
     fn to(who: &str) -> TransferTarget {
         TransferTarget::Counsellor { id: c(who) }
     }
@@ -2366,8 +2383,7 @@ mod handovers {
         let id = held_by(&line, "ana", "hello").await;
         line.presence("ben", Presence::Available).await;
         let note = "Talked about her sister; wants a callback";
-        let reply = transfer(&line, id, "ana", to("ben"), TransferMode::Warm, Some(note)).await;
-        assert_eq!(reply, RouterReply::Done);
+        transfer_done(&line, id, "ana", to("ben"), TransferMode::Warm, Some(note)).await;
         // Ben is offered it with the sender and the note; Ana keeps it.
         let offer = line.pushes.wait_offer("ben", id).await;
         let t = offer.transfer.expect("the offer names the transfer");
@@ -2443,10 +2459,7 @@ mod handovers {
         let line = Line::start().await;
         let id = held_by(&line, "ana", "hello").await;
         line.presence("ben", Presence::Available).await;
-        assert_eq!(
-            transfer(&line, id, "ana", to("ben"), TransferMode::Warm, None).await,
-            RouterReply::Done
-        );
+        transfer_done(&line, id, "ana", to("ben"), TransferMode::Warm, None).await;
         line.pushes.wait_offer("ben", id).await;
         let decline = line
             .command(RouterCommand::Decline {
@@ -2474,10 +2487,7 @@ mod handovers {
         assert!(rec.transfer.is_none());
         // Again, then cancelled by the sender: Chloe's offer is withdrawn.
         line.presence("chloe", Presence::Available).await;
-        assert_eq!(
-            transfer(&line, id, "ana", to("chloe"), TransferMode::Warm, None).await,
-            RouterReply::Done
-        );
+        transfer_done(&line, id, "ana", to("chloe"), TransferMode::Warm, None).await;
         line.pushes.wait_offer("chloe", id).await;
         let cancel = RouterCommand::CancelTransfer {
             contact_id: id,
@@ -2557,10 +2567,7 @@ mod handovers {
         let hospital = TransferTarget::Partner {
             partner: nwd_proto::PartnerId::parse("county-hospital").unwrap(),
         };
-        assert_eq!(
-            transfer(&line, id, "ana", hospital, TransferMode::Cold, None).await,
-            RouterReply::Done
-        );
+        transfer_done(&line, id, "ana", hospital, TransferMode::Cold, None).await;
         wait_push(
             &line,
             "ana",
@@ -2918,10 +2925,7 @@ mod handovers {
             note: None,
         };
         line.presence("ben", Presence::Available).await;
-        assert_eq!(
-            transfer(&line, id, "ana", to("ben"), TransferMode::Warm, None).await,
-            RouterReply::Done
-        );
+        transfer_done(&line, id, "ana", to("ben"), TransferMode::Warm, None).await;
         line.pushes.wait_offer("ben", id).await;
         assert_eq!(line.command(resolve).await, RouterReply::Done);
         // Ben's offer of the warm transfer ends with the conversation.
@@ -2966,10 +2970,7 @@ mod handovers {
         let hospital = TransferTarget::Partner {
             partner: nwd_proto::PartnerId::parse("county-hospital").unwrap(),
         };
-        assert_eq!(
-            transfer(&line, id, "ana", hospital, TransferMode::Warm, None).await,
-            RouterReply::Done
-        );
+        transfer_done(&line, id, "ana", hospital, TransferMode::Warm, None).await;
         line.pushes.wait_offer("dee", id).await;
         // Ana drops off; Ben, on the clinic's door rung, is there.
         line.presence("ben", Presence::Available).await;
