@@ -20,6 +20,11 @@
 //!   frees, and an offer pushed out of the window by a more urgent arrival
 //!   is withdrawn ([`plan`]). The imminent broadcast is exempt: it goes to
 //!   everyone on call at once and speaks for their seats first.
+//! - The switchboard (ADR 0019): a held contact is offered at every
+//!   offering rung to the supervisors on call only; its clock keeps running
+//!   and the imminent broadcast is not held back.
+//! - A person who left before anyone answered (quick exit, STOP) is in no
+//!   queue: no step fires and nobody is offered them until they write again.
 
 pub mod floor;
 pub mod oncall;
@@ -39,8 +44,10 @@ pub use floor::{Board, Floor, QueueStats, WaitSamples};
 pub use nwd_proto::ladder::TRUSTED_CONTACT_PURPOSE;
 
 /// Whether the contact's next step is due at `now`.
+/// Never for a person who left (ADR 0019): nobody is rung for them.
 pub fn is_due(rec: &ContactRecord, now: OffsetDateTime) -> bool {
     rec.waiting_since().is_some()
+        && rec.left.is_none()
         && rec
             .escalation
             .as_ref()
@@ -225,6 +232,9 @@ fn offer(rec: &mut ContactRecord, to: &[CounsellorId]) {
 /// who became available, got room, or came on call since the step fired,
 /// and have a free seat not spoken for by a more urgent offer.
 pub fn widen(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
+    if rec.left.is_some() {
+        return Vec::new();
+    }
     match (&rec.state, &rec.escalation) {
         (ContactState::Waiting { .. } | ContactState::Offered { .. }, Some(e)) => {
             widen_with(rec, floor, e)
@@ -237,6 +247,9 @@ pub fn widen(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
 /// reached so far (and the broadcast) who holds no offer yet. "Take the
 /// next" uses this eligibility, and so does [`plan`].
 pub fn eligible(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
+    if rec.left.is_some() {
+        return Vec::new();
+    }
     match (&rec.state, &rec.escalation) {
         (ContactState::Waiting { .. } | ContactState::Offered { .. }, Some(e)) => {
             eligible_with(rec, floor, e)
