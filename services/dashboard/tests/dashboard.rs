@@ -1798,3 +1798,128 @@ async fn the_socket_logic_runs_over_plain_channels() {
     stop.cancel();
     app.drain().await;
 }
+
+// ------------------------------------------------------------------ handover commands
+
+#[tokio::test]
+async fn handover_commands_go_to_the_router_in_the_sessions_name() {
+    use nwd_proto::handover::{TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let id = ContactId::new();
+
+    // A forged counsellor in the frame is ignored: the session's is named.
+    ana.send_text(&format!(
+        r#"{{"type":"transfer","contact_id":"{id}","counsellor":"ben","target":{{"kind":"supervisor"}},"mode":"warm","note":"knows the plan"}}"#
+    ))
+    .await;
+    let sent = commands.recv().await.unwrap();
+    assert_eq!(
+        sent,
+        RouterCommand::Transfer {
+            contact_id: id,
+            counsellor: c("ana"),
+            target: TransferTarget::Supervisor,
+            mode: TransferMode::Warm,
+            note: Some("knows the plan".into()),
+        }
+    );
+    for (msg, expected) in [
+        (
+            ClientMsg::CancelTransfer { contact_id: id },
+            RouterCommand::CancelTransfer {
+                contact_id: id,
+                counsellor: c("ana"),
+            },
+        ),
+        (
+            ClientMsg::Claim { contact_id: id },
+            RouterCommand::Claim {
+                contact_id: id,
+                counsellor: c("ana"),
+            },
+        ),
+        (
+            ClientMsg::InvolveTrustedContact {
+                contact_id: id,
+                trusted: "maria-sister".into(),
+            },
+            RouterCommand::InvolveTrustedContact {
+                contact_id: id,
+                counsellor: c("ana"),
+                trusted: "maria-sister".into(),
+            },
+        ),
+    ] {
+        ana.send(&msg).await;
+        assert_eq!(commands.recv().await.unwrap(), expected);
+    }
+
+    // A supervisor may use the switchboard and reassign.
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Switchboard { on: true }).await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Switchboard {
+            counsellor: c("sam"),
+            on: true
+        }
+    );
+    sam.send(&ClientMsg::Reassign {
+        contact_id: id,
+        to: c("ben"),
+    })
+    .await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Reassign {
+            contact_id: id,
+            counsellor: c("sam"),
+            to: c("ben"),
+        }
+    );
+}
+
+#[tokio::test]
+async fn supervisor_actions_and_long_handover_notes_are_refused_before_the_router() {
+    use nwd_proto::handover::{MAX_HANDOVER_NOTE_CHARS, TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let id = ContactId::new();
+
+    ana.send(&ClientMsg::Switchboard { on: true }).await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Reassign {
+        contact_id: id,
+        to: c("ana"),
+    })
+    .await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Monitor { contact_id: id }).await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Transfer {
+        contact_id: id,
+        target: TransferTarget::Supervisor,
+        mode: TransferMode::Cold,
+        note: Some("x".repeat(MAX_HANDOVER_NOTE_CHARS + 1)),
+    })
+    .await;
+    let why = ana.expect_error("bad-note").await;
+    assert!(why.contains(&MAX_HANDOVER_NOTE_CHARS.to_string()), "{why}");
+
+    // Nothing of that reached the router: the next command it sees is this.
+    ana.send(&ClientMsg::Claim { contact_id: id }).await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Claim {
+            contact_id: id,
+            counsellor: c("ana"),
+        }
+    );
+    assert!(commands.try_recv().is_err());
+}
