@@ -40,6 +40,8 @@ pub mod credentials;
 pub mod feeds;
 pub mod http;
 pub mod hub;
+pub mod monitor;
+pub mod notes;
 pub mod presence;
 pub mod queue;
 pub mod reply;
@@ -224,6 +226,8 @@ pub struct App {
     pub hub: hub::Hub,
     /// The newest queue snapshot from the router.
     pub queue: queue::Queue,
+    /// Supervisors' silent monitorings in this process.
+    pub monitors: monitor::Monitors,
     pub settings: Settings,
     /// Cancelled on shutdown; every socket's own token is a child of it.
     pub shutdown: CancellationToken,
@@ -283,6 +287,7 @@ impl App {
             stores: OnceLock::new(),
             hub: hub::Hub::default(),
             queue: queue::Queue::default(),
+            monitors: monitor::Monitors::default(),
             settings,
             shutdown,
             tasks: TaskTracker::new(),

@@ -123,6 +123,9 @@ where
 
         reg.close.cancel();
         let last = app.hub.unregister(&who, reg.id);
+        if last {
+            app.monitors.stop_all(&who);
+        }
         // On shutdown the browser reconnects to the next dashboard, which
         // takes the status back; only a counsellor who left goes offline.
         let left = last && !app.shutdown.is_cancelled();
@@ -467,8 +470,26 @@ impl Session {
         .await;
     }
 
-    async fn note(&self, _contact_id: ContactId, _client_id: ClientReplyId, _text: String) {
-        self.not_yet().await
+    /// A private note (never logged): stored, then shown to the holder's
+    /// tabs and the contact's monitors.
+    async fn note(&self, contact_id: ContactId, client_id: ClientReplyId, text: String) {
+        let written = crate::notes::write(
+            &self.app,
+            &self.stores,
+            &self.who,
+            contact_id,
+            client_id,
+            text,
+        )
+        .instrument(tracing::info_span!("note", contact = %contact_id))
+        .await;
+        match written {
+            Ok(()) => count_command("note", "done"),
+            Err((code, message)) => {
+                count_command("note", code);
+                self.reply(error(code, message)).await;
+            }
+        }
     }
     async fn profile(&self, _contact_id: ContactId) {
         self.not_yet().await
@@ -872,11 +893,11 @@ pub async fn conversation(
         .await?
         .value;
     let Some(rec) = rec else { return Ok(None) };
-    let messages = transcript::load(&app.js, contact_id).await?;
-    Ok(Some(transcript::contact_view(
+    let transcript = transcript::load_with_notes(&app.js, contact_id).await?;
+    Ok(Some(transcript::contact_view_with_notes(
         &rec,
         &app.directory.get(),
-        messages,
+        transcript,
     )))
 }
 
@@ -917,13 +938,13 @@ pub async fn snapshot(
     });
     let mut out = Vec::with_capacity(mine.len() + offered.len());
     for rec in mine {
-        let messages = transcript::load(&app.js, &rec.id).await?;
-        let contact = transcript::contact_view(&rec, &app.directory.get(), messages);
+        let transcript = transcript::load_with_notes(&app.js, &rec.id).await?;
+        let contact = transcript::contact_view_with_notes(&rec, &app.directory.get(), transcript);
         out.push(ServerMsg::Conversation { contact });
     }
     for rec in offered {
-        let messages = transcript::load(&app.js, &rec.id).await?;
-        let contact = transcript::contact_view(&rec, &app.directory.get(), messages);
+        let transcript = transcript::load_with_notes(&app.js, &rec.id).await?;
+        let contact = transcript::contact_view_with_notes(&rec, &app.directory.get(), transcript);
         out.push(ServerMsg::Offer { contact });
     }
     Ok(out)

@@ -1923,3 +1923,102 @@ async fn supervisor_actions_and_long_handover_notes_are_refused_before_the_route
     );
     assert!(commands.try_recv().is_err());
 }
+
+// ------------------------------------------------------------------ private notes
+
+#[tokio::test]
+async fn a_note_is_stored_once_shown_on_every_tab_and_in_the_conversation_after() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut tab1 = d.socket("ana").await;
+    let mut tab2 = d.socket("ana").await;
+    tab1.hello().await;
+    tab2.hello().await;
+    let client_id = ClientReplyId::new();
+    let note = ClientMsg::Note {
+        contact_id: mine.id,
+        client_id,
+        text: "Sister is nearby".into(),
+    };
+    tab1.send(&note).await;
+    let mut ids = Vec::new();
+    for tab in [&mut tab1, &mut tab2] {
+        let shown = tab
+            .expect("noted", |m| match m {
+                ServerMsg::Noted { contact_id, note } if *contact_id == mine.id => {
+                    Some(note.clone())
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(shown.text, "Sister is nearby");
+        assert_eq!(shown.by, c("ana"));
+        assert_eq!(shown.by_name, "Ana García");
+        ids.push(shown.id);
+    }
+    assert_eq!(ids[0], ids[1]);
+    // A resend (a dropped socket) is the same note: stored once.
+    tab1.send(&note).await;
+    tab1.expect("the resend's noted", |m| {
+        matches!(m, ServerMsg::Noted { note, .. } if note.id == ids[0]).then_some(())
+    })
+    .await;
+    let stored = transcript::read_subjects(
+        &d.js,
+        streams::CONTACTS,
+        vec![subjects::contact_noted(&mine.id)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 1);
+
+    // A socket opened later has the note in the conversation.
+    let mut later = d.socket("ana").await;
+    let contact = later
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } if contact.contact_id == mine.id => {
+                Some(contact.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(contact.notes.len(), 1);
+    assert_eq!(contact.notes[0].text, "Sister is nearby");
+}
+
+#[tokio::test]
+async fn a_note_on_someone_elses_conversation_or_too_long_is_refused_and_not_stored() {
+    let d = Dashboard::start().await;
+    let anas = d.contact("hello", assigned_to("ana")).await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Note {
+        contact_id: anas.id,
+        client_id: ClientReplyId::new(),
+        text: "forged".into(),
+    })
+    .await;
+    ben.expect_error("not-assigned").await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    for text in [
+        String::from("   "),
+        "x".repeat(nwd_proto::dashboard::MAX_NOTE_CHARS + 1),
+    ] {
+        ana.send(&ClientMsg::Note {
+            contact_id: anas.id,
+            client_id: ClientReplyId::new(),
+            text,
+        })
+        .await;
+        ana.expect_error("bad-note").await;
+    }
+    let stored = transcript::read_subjects(
+        &d.js,
+        streams::CONTACTS,
+        vec![subjects::contact_noted(&anas.id)],
+    )
+    .await
+    .unwrap();
+    assert!(stored.is_empty());
+}
