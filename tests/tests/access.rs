@@ -454,7 +454,9 @@ fn rules() -> Vec<Rules> {
                 p(api("CONSUMER.CREATE.CONTACTS")),
                 s(subjects::dashboard_push_all()),
                 s(subjects::dashboard_queue()),
+                s(subjects::dashboard_floor()),
                 s(subjects::outbound_status_all()),
+                p(subjects::contact_noted(&id)),
             ],
             vec![
                 p("$KV.contacts.x"),

@@ -176,3 +176,23 @@ pub async fn forward_queue(app: Arc<App>, mut sub: Subscriber) {
     }
     let _ = sub.unsubscribe().await;
 }
+
+/// Keeps the newest [`nwd_proto::dashboard::FloorSnapshot`] and sends it to
+/// every supervisor's sockets when it changes ([`crate::floor`]).
+pub async fn forward_floor(app: Arc<App>, mut sub: Subscriber) {
+    loop {
+        let msg = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let Ok(env) = Envelope::<nwd_proto::dashboard::FloorSnapshot>::from_bytes(&msg.payload)
+        else {
+            count("floor", "undecodable");
+            continue;
+        };
+        let taken = app.floor.take(env.data, &app.hub);
+        count("floor", taken.as_str());
+    }
+    let _ = sub.unsubscribe().await;
+}

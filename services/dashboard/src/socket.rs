@@ -273,6 +273,7 @@ impl Session {
         })
         .await;
         self.app.queue.greet(audience, &self.tx);
+        self.app.floor.greet(audience, &self.tx);
         if status != Presence::Offline {
             // Taken back from before a reconnect: refresh it now.
             if let Err(e) = presence::refresh(&self.stores.presence, &self.app.hub, &self.who).await

@@ -2022,3 +2022,59 @@ async fn a_note_on_someone_elses_conversation_or_too_long_is_refused_and_not_sto
     .unwrap();
     assert!(stored.is_empty());
 }
+
+// ------------------------------------------------------------------ the floor
+
+impl Dashboard {
+    /// A floor snapshot as the router publishes it (core NATS).
+    async fn publish_floor(&self, seq: u64, switchboard_on: bool) {
+        let at = OffsetDateTime::now_utc();
+        let snapshot = Envelope::new(nwd_proto::dashboard::FloorSnapshot {
+            seq,
+            at,
+            staff: Vec::new(),
+            conversations: Vec::new(),
+            switchboard: Some(nwd_proto::handover::Switchboard {
+                on: switchboard_on,
+                by: c("sam"),
+                at,
+            }),
+        });
+        let client = self.nats.client().await;
+        client
+            .publish(subjects::dashboard_floor(), snapshot.to_bytes().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_floor_reaches_supervisors_on_change_and_on_connect_and_no_counsellor() {
+    let d = Dashboard::start().await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    d.publish_floor(1, true).await;
+    let seq = sam
+        .expect("the floor", |m| match m {
+            ServerMsg::Floor { floor } => Some(floor.seq),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seq, 1);
+    // A supervisor who connects later has it at once.
+    let mut later = d.socket("sam").await;
+    let on = later
+        .expect("the floor on connect", |m| match m {
+            ServerMsg::Floor { floor } => Some(floor.switchboard.as_ref().unwrap().on),
+            _ => None,
+        })
+        .await;
+    assert!(on);
+    ana.expect_none(Duration::from_millis(300), "a floor", |m| {
+        matches!(m, ServerMsg::Floor { .. })
+    })
+    .await;
+}
