@@ -492,8 +492,52 @@ impl Session {
             }
         }
     }
-    async fn profile(&self, _contact_id: ContactId) {
-        self.not_yet().await
+    /// The person's profile, for the holder, a counsellor it is offered
+    /// to, or a supervisor monitoring it.
+    async fn profile(&self, contact_id: ContactId) {
+        let rec =
+            match kv::get::<ContactRecord>(&self.stores.contacts, &wire::key::contact(&contact_id))
+                .await
+            {
+                Ok(v) => v.value,
+                Err(e) => {
+                    tracing::warn!(contact = %contact_id, error = %e, "cannot read the contact");
+                    count_command("profile", "unavailable");
+                    self.reply(error(
+                        "unavailable",
+                        "The profile could not be loaded; retry",
+                    ))
+                    .await;
+                    return;
+                }
+            };
+        let Some(rec) = rec.filter(|r| self.may_see(r)) else {
+            count_command("profile", "not-assigned");
+            self.reply(error("not-assigned", "This conversation is not with you"))
+                .await;
+            return;
+        };
+        let earlier = crate::profile::earlier(&self.stores.contacts, &rec).await;
+        let profile = crate::profile::build(
+            &rec,
+            &self.app.directory.get(),
+            &earlier,
+            OffsetDateTime::now_utc(),
+        );
+        count_command("profile", "done");
+        self.reply(ServerMsg::Profile {
+            contact_id,
+            profile: Box::new(profile),
+        })
+        .await;
+    }
+
+    /// Whether this counsellor may see `rec` in full: they hold it, it is
+    /// offered to them, or they monitor it.
+    fn may_see(&self, rec: &ContactRecord) -> bool {
+        rec.assigned_to() == Some(&self.who)
+            || nwd_proto::contact::offered(rec).contains(&self.who)
+            || self.app.monitors.is_monitoring(&rec.id, &self.who)
     }
     async fn monitor(&self, _contact_id: ContactId) {
         self.not_yet().await

@@ -2078,3 +2078,51 @@ async fn the_floor_reaches_supervisors_on_change_and_on_connect_and_no_counsello
     })
     .await;
 }
+
+// ------------------------------------------------------------------ profile
+
+#[tokio::test]
+async fn the_profile_is_for_the_holder_and_offered_and_lists_earlier_contacts() {
+    let d = Dashboard::start().await;
+    let earlier = d
+        .contact("before", |r| {
+            r.patient = Some("maria".into());
+            r.disposition = Some("safety-plan-made".into());
+        })
+        .await;
+    let now = d
+        .contact("again", |r| {
+            r.patient = Some("maria".into());
+            r.previous = Some(earlier.id);
+            r.offer(&[c("ana"), c("ben")]).unwrap();
+        })
+        .await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Profile { contact_id: now.id }).await;
+    let profile = ben
+        .expect("the profile", |m| match m {
+            ServerMsg::Profile {
+                contact_id,
+                profile,
+            } if *contact_id == now.id => Some(profile.clone()),
+            _ => None,
+        })
+        .await;
+    let patient = profile.patient.unwrap();
+    assert_eq!(patient.name, "María López");
+    assert_eq!(patient.coordinator.as_deref(), Some("Ana García"));
+    assert!(!patient.trusted_contacts.is_empty());
+    assert_eq!(profile.earlier.len(), 1);
+    assert_eq!(profile.earlier[0].contact_id, earlier.id);
+    assert_eq!(
+        profile.earlier[0].disposition.as_deref(),
+        Some("safety-plan-made")
+    );
+
+    // Chloe is neither offered nor holding it: refused.
+    let mut chloe = d.socket("chloe").await;
+    chloe.hello().await;
+    chloe.send(&ClientMsg::Profile { contact_id: now.id }).await;
+    chloe.expect_error("not-assigned").await;
+}
