@@ -539,11 +539,87 @@ impl Session {
             || nwd_proto::contact::offered(rec).contains(&self.who)
             || self.app.monitors.is_monitoring(&rec.id, &self.who)
     }
-    async fn monitor(&self, _contact_id: ContactId) {
-        self.not_yet().await
+    /// Supervisors: follow a conversation silently ([`crate::monitor`]).
+    /// The live lines are subscribed before the history is read, so none
+    /// falls between; every tab of the supervisor gets them.
+    async fn monitor(&self, contact_id: ContactId) {
+        let span = tracing::info_span!("monitor", contact = %contact_id);
+        async {
+            let rec =
+                kv::get::<ContactRecord>(&self.stores.contacts, &wire::key::contact(&contact_id))
+                    .await;
+            let rec = match rec {
+                Ok(v) => v.value,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the contact");
+                    None
+                }
+            };
+            let Some(rec) = rec.filter(|r| !matches!(r.state, ContactState::Resolved { .. }))
+            else {
+                count_command("monitor", "not-open");
+                self.reply(error("not-open", "This conversation is not open"))
+                    .await;
+                return;
+            };
+            // Asked again (a reload): start afresh, with the history again.
+            self.app.monitors.stop(&contact_id, &self.who);
+            let Some(started) = self
+                .app
+                .monitors
+                .start(contact_id, &self.who, &self.app.shutdown)
+            else {
+                return;
+            };
+            let lines = crate::monitor::live_lines(&self.app.js, &contact_id).await;
+            let history = transcript::load_with_notes(&self.app.js, &contact_id).await;
+            let (lines, history) = match (lines, history) {
+                (Ok(l), Ok(h)) => (l, h),
+                (Err(e), _) => {
+                    tracing::warn!(error = %e, "cannot follow the contact");
+                    return self.monitor_failed(contact_id).await;
+                }
+                (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the history");
+                    return self.monitor_failed(contact_id).await;
+                }
+            };
+            let view =
+                transcript::contact_view_with_notes(&rec, &self.app.directory.get(), history);
+            let shown = crate::monitor::shown_ids(&view);
+            count_command("monitor", "done");
+            self.broadcast(&ServerMsg::Monitoring {
+                contact: Box::new(view.clone()),
+            });
+            self.app.tasks.spawn(crate::monitor::follow(
+                self.app.clone(),
+                self.who.clone(),
+                view,
+                lines,
+                shown,
+                started,
+            ));
+        }
+        .instrument(span)
+        .await;
     }
-    async fn stop_monitoring(&self, _contact_id: ContactId) {
-        self.not_yet().await
+
+    async fn monitor_failed(&self, contact_id: ContactId) {
+        self.app.monitors.stop(&contact_id, &self.who);
+        count_command("monitor", "unavailable");
+        self.reply(error(
+            "unavailable",
+            "Could not follow the conversation; retry",
+        ))
+        .await;
+    }
+
+    async fn stop_monitoring(&self, contact_id: ContactId) {
+        let stopped = self.app.monitors.stop(&contact_id, &self.who);
+        count_command(
+            "stop_monitoring",
+            if stopped { "done" } else { "not-monitoring" },
+        );
     }
     async fn resume(&self, _last_seq: u64) {
         self.not_yet().await
