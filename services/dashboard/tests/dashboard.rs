@@ -2392,3 +2392,90 @@ async fn a_gap_beyond_what_is_kept_gets_a_resync_and_the_whole_state() {
         |(_, m)| matches!(m, ServerMsg::Conversation { contact } if contact.contact_id == mine.id)
     ));
 }
+
+// ------------------------------------------------------------------ audit of views
+
+impl Dashboard {
+    /// The AUDIT records of who was shown `contact`.
+    async fn views_of(&self, contact: &ContactId) -> Vec<nwd_proto::events::ContactViewed> {
+        transcript::read_subjects(
+            &self.js,
+            streams::AUDIT,
+            vec![subjects::audit_viewed(contact)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            Envelope::<nwd_proto::events::ContactViewed>::from_bytes(&m.payload)
+                .unwrap()
+                .data
+        })
+        .collect()
+    }
+}
+
+#[tokio::test]
+async fn showing_a_contact_is_audited_once_per_counsellor_and_view() {
+    use nwd_proto::events::ContactViewKind;
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut tab1 = d.socket("ana").await;
+    tab1.hello().await;
+    tab1.send(&ClientMsg::Profile {
+        contact_id: mine.id,
+    })
+    .await;
+    tab1.expect("the profile", |m| {
+        matches!(m, ServerMsg::Profile { .. }).then_some(())
+    })
+    .await;
+    // A second tab renders the same conversation again: no second record.
+    let mut tab2 = d.socket("ana").await;
+    tab2.expect("the conversation", |m| {
+        matches!(m, ServerMsg::Conversation { .. }).then_some(())
+    })
+    .await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Monitor {
+        contact_id: mine.id,
+    })
+    .await;
+    sam.expect("monitoring", |m| {
+        matches!(m, ServerMsg::Monitoring { .. }).then_some(())
+    })
+    .await;
+    let views = eventually(WAIT, "three view records", || async {
+        let v = d.views_of(&mine.id).await;
+        (v.len() >= 3).then_some(v)
+    })
+    .await;
+    let mut got: Vec<(CounsellorId, ContactViewKind)> = views
+        .iter()
+        .map(|v| (v.counsellor.clone(), v.view))
+        .collect();
+    got.sort_by_key(|(w, v)| (w.to_string(), v.as_str()));
+    assert_eq!(
+        got,
+        vec![
+            (c("ana"), ContactViewKind::Conversation),
+            (c("ana"), ContactViewKind::Profile),
+            (c("sam"), ContactViewKind::Monitoring),
+        ]
+    );
+    // Nothing of the conversation's text is in the trail.
+    let raw = transcript::read_subjects(
+        &d.js,
+        streams::AUDIT,
+        vec![subjects::audit_viewed(&mine.id)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        raw.iter()
+            .all(|m| !String::from_utf8_lossy(&m.payload).contains("hello"))
+    );
+    tab2.answers_ping().await;
+    assert_eq!(d.views_of(&mine.id).await.len(), 3);
+}
