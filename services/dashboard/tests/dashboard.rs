@@ -2592,3 +2592,84 @@ async fn a_supervisor_demoted_in_the_directory_loses_supervisor_actions_at_once(
         }
     }
 }
+
+#[tokio::test]
+async fn a_monitoring_ends_when_the_contact_is_resolved() {
+    let d = Dashboard::start().await;
+    let anas = d.contact("first words", assigned_to("ana")).await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Monitor {
+        contact_id: anas.id,
+    })
+    .await;
+    sam.expect("monitoring", |m| {
+        matches!(m, ServerMsg::Monitoring { .. }).then_some(())
+    })
+    .await;
+    let at = OffsetDateTime::now_utc();
+    bus::publish(
+        &d.js,
+        subjects::contact_resolved(&anas.id),
+        &wire::msg_id::contact_resolved(&anas.id, at),
+        &Envelope::new(nwd_proto::events::ContactResolved {
+            contact_id: anas.id,
+            channel: anas.channel.clone(),
+            counsellor: c("ana"),
+            disposition: Some("de-escalated".into()),
+            note: None,
+            at,
+        }),
+    )
+    .await
+    .unwrap();
+    sam.expect("resolved", |m| {
+        matches!(m, ServerMsg::Resolved { contact_id } if *contact_id == anas.id).then_some(())
+    })
+    .await;
+    let mut late = triaged(anas.id, "after the end");
+    late.message.opens_contact = false;
+    d.publish_triaged(&late).await;
+    sam.expect_none(Duration::from_millis(400), "a line after the end", |m| {
+        matches!(m, ServerMsg::Message { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_warm_transfers_receiver_may_read_the_profile_and_no_one_else() {
+    use nwd_proto::handover::{TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let handed = d
+        .contact("hello", |r| {
+            assigned_to("ana")(r);
+            r.start_transfer(
+                &c("ana"),
+                TransferTarget::Counsellor { id: c("ben") },
+                TransferMode::Warm,
+                &[c("ben")],
+                None,
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        })
+        .await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Profile {
+        contact_id: handed.id,
+    })
+    .await;
+    ben.expect("the profile", |m| {
+        matches!(m, ServerMsg::Profile { contact_id, .. } if *contact_id == handed.id).then_some(())
+    })
+    .await;
+    let mut diego = d.socket("diego").await;
+    diego.hello().await;
+    diego
+        .send(&ClientMsg::Profile {
+            contact_id: handed.id,
+        })
+        .await;
+    diego.expect_error("not-assigned").await;
+}
