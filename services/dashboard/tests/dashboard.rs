@@ -2673,3 +2673,59 @@ async fn a_warm_transfers_receiver_may_read_the_profile_and_no_one_else() {
         .await;
     diego.expect_error("not-assigned").await;
 }
+
+#[tokio::test]
+async fn a_conversation_the_router_pushes_carries_its_notes_and_is_audited() {
+    use nwd_proto::events::ContactViewKind;
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    let mut view = ana
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    ana.send(&ClientMsg::Note {
+        contact_id: mine.id,
+        client_id: ClientReplyId::new(),
+        text: "noted before the push".into(),
+    })
+    .await;
+    ana.expect("noted", |m| {
+        matches!(m, ServerMsg::Noted { .. }).then_some(())
+    })
+    .await;
+    // The router's view has no notes; ben is shown it (a reassignment).
+    view.notes.clear();
+    let push = Envelope::new(DashboardPush {
+        counsellor: c("ben"),
+        msg: ServerMsg::Conversation { contact: view },
+    });
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let client = d.nats.client().await;
+    client
+        .publish(subjects::dashboard_push(&c("ben")), push.to_bytes().into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let shown = ben
+        .expect("the pushed conversation", |m| match m {
+            ServerMsg::Conversation { contact } if contact.contact_id == mine.id => {
+                Some(contact.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(shown.notes.len(), 1);
+    assert_eq!(shown.notes[0].text, "noted before the push");
+    eventually(WAIT, "ben's view audited", || async {
+        d.views_of(&mine.id)
+            .await
+            .iter()
+            .any(|v| v.counsellor == c("ben") && v.view == ContactViewKind::Conversation)
+            .then_some(())
+    })
+    .await;
+}
