@@ -5,7 +5,9 @@
 //! browser ──ws──► dashboard ──request──► router          (accept / decline / resolve)
 //!                     │ ◄──core push─── router          (offers, withdrawals, messages)
 //!                     │ ◄──core sub──── router          (the queue, to every socket)
+//!                     │ ◄──core sub──── router          (the floor, to supervisors)
 //!                     │ ──publish────► OUTBOUND          (replies)
+//!                     │ ──publish────► CONTACTS / AUDIT  (private notes / who viewed what)
 //!                     │ ──cas────────► replies bucket    (a reply's body hash: resends)
 //!                     │ ◄──core sub─── OUTBOUND status   (delivery ticks)
 //!                     ├ ──cas────────► presence bucket   (status + heartbeat)
@@ -36,11 +38,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod audit;
 pub mod credentials;
 pub mod feeds;
+pub mod floor;
 pub mod http;
 pub mod hub;
+pub mod monitor;
+pub mod notes;
 pub mod presence;
+pub mod profile;
 pub mod queue;
 pub mod reply;
 pub mod revocation;
@@ -224,6 +231,12 @@ pub struct App {
     pub hub: hub::Hub,
     /// The newest queue snapshot from the router.
     pub queue: queue::Queue,
+    /// The newest floor snapshot from the router (supervisors only).
+    pub floor: floor::Floor,
+    /// The views recorded in AUDIT (once per counsellor, contact and view).
+    pub viewed: audit::Seen,
+    /// Supervisors' silent monitorings in this process.
+    pub monitors: monitor::Monitors,
     pub settings: Settings,
     /// Cancelled on shutdown; every socket's own token is a child of it.
     pub shutdown: CancellationToken,
@@ -283,6 +296,9 @@ impl App {
             stores: OnceLock::new(),
             hub: hub::Hub::default(),
             queue: queue::Queue::default(),
+            floor: floor::Floor::default(),
+            viewed: audit::Seen::default(),
+            monitors: monitor::Monitors::default(),
             settings,
             shutdown,
             tasks: TaskTracker::new(),
@@ -393,10 +409,11 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
                 .await?;
             let alerts = app.client.subscribe(subjects::ops_alert()).await?;
             let queue = app.client.subscribe(subjects::dashboard_queue()).await?;
+            let floor = app.client.subscribe(subjects::dashboard_floor()).await?;
             // A flush only empties our buffer; a request's answer proves the
             // server has processed the subscriptions sent before it.
             round_trip(&app.client).await?;
-            Ok::<_, async_nats::Error>((pushes, statuses, alerts, queue))
+            Ok::<_, async_nats::Error>((pushes, statuses, alerts, queue, floor))
         };
         match subscribed.await {
             Ok(s) => break s,
@@ -407,8 +424,9 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
             _ = tokio::time::sleep(delay) => {}
         }
     };
-    let (pushes, statuses, alerts, queue) = pushes;
+    let (pushes, statuses, alerts, queue, floor) = pushes;
     app.tasks.spawn(feeds::forward_queue(app.clone(), queue));
+    app.tasks.spawn(feeds::forward_floor(app.clone(), floor));
     app.tasks.spawn(feeds::forward_pushes(app.clone(), pushes));
     app.tasks
         .spawn(feeds::forward_ops_alerts(app.clone(), alerts));
@@ -419,7 +437,8 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
     tracing::info!("dashboard ready");
 }
 
-/// Prunes the login throttle's keyed state every minute, so it stays bounded.
+/// Prunes the login throttle's keyed state and the journals of counsellors
+/// long gone every minute, so both stay bounded.
 async fn throttle_pruning(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -429,6 +448,7 @@ async fn throttle_pruning(app: Arc<App>) {
             _ = tick.tick() => {}
         }
         app.throttle.prune(std::time::Instant::now());
+        app.hub.prune_journals();
         metrics::gauge!("nwd_dashboard_login_throttle_keys", "service" => NAME)
             .set(app.throttle.keys() as f64);
     }

@@ -16,6 +16,7 @@ use nwd_proto::dashboard::{
     StaffOption, WithdrawReason,
 };
 use nwd_proto::directory::{PartnerKind, Role};
+use nwd_proto::handover::MAX_HANDOVER_NOTE_CHARS;
 use nwd_proto::router::{
     MAX_EMERGENCY_NATURE_CHARS, RouterCommand, RouterReply, valid_emergency_nature,
 };
@@ -116,12 +117,17 @@ where
             stores,
             who: who.clone(),
             tx: reg.tx,
+            joined_at: reg.joined_at,
         };
         session.greet(reg.status, &audience).await;
         session.read_loop(reader, &reg.close).await;
 
         reg.close.cancel();
         let last = app.hub.unregister(&who, reg.id);
+        if last {
+            app.monitors.stop_all(&who);
+            app.viewed.forget(&who);
+        }
         // On shutdown the browser reconnects to the next dashboard, which
         // takes the status back; only a counsellor who left goes offline.
         let left = last && !app.shutdown.is_cancelled();
@@ -199,16 +205,39 @@ struct Session {
     stores: Stores,
     who: CounsellorId,
     tx: mpsc::Sender<Frame>,
+    /// The counsellor's last message number before this socket opened.
+    joined_at: u64,
 }
 
 impl Session {
     /// To this socket only. Waits for room: the reader is this socket's own.
     async fn reply(&self, msg: ServerMsg) {
+        self.audit(&msg);
         let _ = self.tx.send(Frame::Msg(Box::new(msg))).await;
+    }
+
+    /// An AUDIT record if `msg` shows a contact ([`crate::audit`]).
+    fn audit(&self, msg: &ServerMsg) {
+        if let Some((contact, view)) = crate::audit::shown(msg) {
+            crate::audit::viewed(&self.app, &self.who, contact, view);
+        }
+    }
+
+    /// To this socket only, with the number of the counsellor's last
+    /// message before it opened (the state it shows is as of then or later).
+    async fn reply_numbered(&self, msg: ServerMsg) {
+        match serde_json::to_string(&msg) {
+            Ok(json) => {
+                let text = crate::hub::numbered(&json, self.joined_at);
+                let _ = self.tx.send(Frame::Json(text.into())).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialise a message"),
+        }
     }
 
     /// To every socket of this counsellor (other tabs too).
     fn broadcast(&self, msg: &ServerMsg) {
+        self.audit(msg);
         self.app.hub.send(&self.who, msg);
     }
 
@@ -218,7 +247,9 @@ impl Session {
         let directory = self.app.directory.get();
         let staff = directory.staff(&self.who).cloned();
         let now = OffsetDateTime::now_utc();
-        self.reply(ServerMsg::Hello {
+        // Numbered with the counsellor's last number before this socket:
+        // the page resumes from there after a drop.
+        self.reply_numbered(ServerMsg::Hello {
             counsellor: self.who.clone(),
             name: staff.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
             supervisor: staff.as_ref().is_some_and(|s| s.role == Role::Supervisor),
@@ -269,6 +300,7 @@ impl Session {
         })
         .await;
         self.app.queue.greet(audience, &self.tx);
+        self.app.floor.greet(audience, &self.tx);
         if status != Presence::Offline {
             // Taken back from before a reconnect: refresh it now.
             if let Err(e) = presence::refresh(&self.stores.presence, &self.app.hub, &self.who).await
@@ -359,26 +391,310 @@ impl Session {
             } => self.outreach_outcome(contact_id, outcome).await,
             ClientMsg::Typing { contact_id } => self.typing(contact_id).await,
             ClientMsg::Read { contact_id, upto } => self.read(contact_id, upto).await,
-            ClientMsg::Transfer { .. }
-            | ClientMsg::CancelTransfer { .. }
-            | ClientMsg::Switchboard { .. }
-            | ClientMsg::Reassign { .. }
-            | ClientMsg::Claim { .. }
-            | ClientMsg::InvolveTrustedContact { .. }
-            | ClientMsg::Note { .. }
-            | ClientMsg::Profile { .. }
-            | ClientMsg::Monitor { .. }
-            | ClientMsg::StopMonitoring { .. }
-            | ClientMsg::Resume { .. } => {
-                // Being built (issue 16, ADR 0019): refused, never half done.
-                count_command("unknown", "not-available-yet");
-                self.reply(error(
-                    "not-available-yet",
-                    "This action is not available yet",
-                ))
-                .await;
+            ClientMsg::Transfer {
+                contact_id,
+                target,
+                mode,
+                note,
+            } => self.transfer(contact_id, target, mode, note).await,
+            ClientMsg::CancelTransfer { contact_id } => {
+                let cmd = RouterCommand::CancelTransfer {
+                    contact_id,
+                    counsellor: self.who.clone(),
+                };
+                self.forward(cmd).await;
+            }
+            ClientMsg::Switchboard { on } => {
+                if self.supervisor_only("switchboard").await {
+                    let cmd = RouterCommand::Switchboard {
+                        counsellor: self.who.clone(),
+                        on,
+                    };
+                    self.forward(cmd).await;
+                }
+            }
+            ClientMsg::Reassign { contact_id, to } => {
+                if self.supervisor_only("reassign").await {
+                    let cmd = RouterCommand::Reassign {
+                        contact_id,
+                        counsellor: self.who.clone(),
+                        to,
+                    };
+                    self.forward(cmd).await;
+                }
+            }
+            ClientMsg::Claim { contact_id } => {
+                let cmd = RouterCommand::Claim {
+                    contact_id,
+                    counsellor: self.who.clone(),
+                };
+                self.forward(cmd).await;
+            }
+            ClientMsg::InvolveTrustedContact {
+                contact_id,
+                trusted,
+            } => {
+                let cmd = RouterCommand::InvolveTrustedContact {
+                    contact_id,
+                    counsellor: self.who.clone(),
+                    trusted,
+                };
+                self.forward(cmd).await;
+            }
+            ClientMsg::Note {
+                contact_id,
+                client_id,
+                text,
+            } => self.note(contact_id, client_id, text).await,
+            ClientMsg::Profile { contact_id } => self.profile(contact_id).await,
+            ClientMsg::Monitor { contact_id } => {
+                if self.supervisor_only("monitor").await {
+                    self.monitor(contact_id).await;
+                }
+            }
+            ClientMsg::StopMonitoring { contact_id } => self.stop_monitoring(contact_id).await,
+            ClientMsg::Resume { last_seq } => self.resume(last_seq).await,
+        }
+    }
+
+    /// Whether the session's counsellor is a supervisor in the directory as
+    /// it is now (a role taken away counts at once); tells this socket
+    /// `not-a-supervisor` when not.
+    async fn supervisor_only(&self, command: &'static str) -> bool {
+        if self.is_supervisor() {
+            return true;
+        }
+        count_command(command, "not-a-supervisor");
+        self.reply(error("not-a-supervisor", "Only a supervisor can do this"))
+            .await;
+        false
+    }
+
+    fn is_supervisor(&self) -> bool {
+        self.app
+            .directory
+            .get()
+            .staff(&self.who)
+            .is_some_and(|s| s.role == Role::Supervisor)
+    }
+
+    /// Sends a command to the router in the session's name; the router
+    /// pushes what follows (to this counsellor and the others concerned).
+    async fn forward(&self, cmd: RouterCommand) {
+        let name = cmd.kind();
+        let span = match cmd.contact() {
+            Some(contact) => tracing::info_span!("command", command = name, contact = %contact),
+            None => tracing::info_span!("command", command = name),
+        };
+        self.routed(name, cmd).instrument(span).await;
+    }
+
+    /// A private note (never logged): stored, then shown to the holder's
+    /// tabs and the contact's monitors.
+    async fn note(&self, contact_id: ContactId, client_id: ClientReplyId, text: String) {
+        let written = crate::notes::write(
+            &self.app,
+            &self.stores,
+            &self.who,
+            contact_id,
+            client_id,
+            text,
+        )
+        .instrument(tracing::info_span!("note", contact = %contact_id))
+        .await;
+        match written {
+            Ok(()) => count_command("note", "done"),
+            Err((code, message)) => {
+                count_command("note", code);
+                self.reply(error(code, message)).await;
             }
         }
+    }
+    /// The person's profile, for the holder, a counsellor it is offered
+    /// to, or a supervisor monitoring it.
+    async fn profile(&self, contact_id: ContactId) {
+        let rec =
+            match kv::get::<ContactRecord>(&self.stores.contacts, &wire::key::contact(&contact_id))
+                .await
+            {
+                Ok(v) => v.value,
+                Err(e) => {
+                    tracing::warn!(contact = %contact_id, error = %e, "cannot read the contact");
+                    count_command("profile", "unavailable");
+                    self.reply(error(
+                        "unavailable",
+                        "The profile could not be loaded; retry",
+                    ))
+                    .await;
+                    return;
+                }
+            };
+        let Some(rec) = rec.filter(|r| self.may_see(r)) else {
+            count_command("profile", "not-assigned");
+            self.reply(error("not-assigned", "This conversation is not with you"))
+                .await;
+            return;
+        };
+        let earlier = crate::profile::earlier(&self.stores.contacts, &rec).await;
+        let profile = crate::profile::build(
+            &rec,
+            &self.app.directory.get(),
+            &earlier,
+            OffsetDateTime::now_utc(),
+        );
+        count_command("profile", "done");
+        self.reply(ServerMsg::Profile {
+            contact_id,
+            profile: Box::new(profile),
+        })
+        .await;
+    }
+
+    /// Whether this counsellor may see `rec` in full: they hold it, it is
+    /// offered to them (a warm transfer's receivers too), or they monitor it.
+    fn may_see(&self, rec: &ContactRecord) -> bool {
+        rec.assigned_to() == Some(&self.who)
+            || nwd_proto::contact::offered(rec).contains(&self.who)
+            || rec
+                .transfer
+                .as_ref()
+                .is_some_and(|t| t.to.contains(&self.who))
+            || self.app.monitors.is_monitoring(&rec.id, &self.who)
+    }
+    /// Supervisors: follow a conversation silently ([`crate::monitor`]).
+    /// The live lines are subscribed before the history is read, so none
+    /// falls between; every tab of the supervisor gets them.
+    async fn monitor(&self, contact_id: ContactId) {
+        let span = tracing::info_span!("monitor", contact = %contact_id);
+        async {
+            let rec =
+                kv::get::<ContactRecord>(&self.stores.contacts, &wire::key::contact(&contact_id))
+                    .await;
+            let rec = match rec {
+                Ok(v) => v.value,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the contact");
+                    None
+                }
+            };
+            let Some(rec) = rec.filter(|r| !matches!(r.state, ContactState::Resolved { .. }))
+            else {
+                count_command("monitor", "not-open");
+                self.reply(error("not-open", "This conversation is not open"))
+                    .await;
+                return;
+            };
+            // Asked again (a reload): start afresh, with the history again.
+            self.app.monitors.stop(&contact_id, &self.who);
+            let Some(started) = self
+                .app
+                .monitors
+                .start(contact_id, &self.who, &self.app.shutdown)
+            else {
+                return;
+            };
+            let lines = crate::monitor::live_lines(&self.app.js, &contact_id).await;
+            let history = transcript::load_with_notes(&self.app.js, &contact_id).await;
+            let (lines, history) = match (lines, history) {
+                (Ok(l), Ok(h)) => (l, h),
+                (Err(e), _) => {
+                    tracing::warn!(error = %e, "cannot follow the contact");
+                    return self.monitor_failed(contact_id).await;
+                }
+                (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the history");
+                    return self.monitor_failed(contact_id).await;
+                }
+            };
+            let view =
+                transcript::contact_view_with_notes(&rec, &self.app.directory.get(), history);
+            let shown = crate::monitor::shown_ids(&view);
+            count_command("monitor", "done");
+            self.broadcast(&ServerMsg::Monitoring {
+                contact: Box::new(view.clone()),
+            });
+            self.app.tasks.spawn(crate::monitor::follow(
+                self.app.clone(),
+                self.who.clone(),
+                view,
+                lines,
+                shown,
+                started,
+            ));
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn monitor_failed(&self, contact_id: ContactId) {
+        self.app.monitors.stop(&contact_id, &self.who);
+        count_command("monitor", "unavailable");
+        self.reply(error(
+            "unavailable",
+            "Could not follow the conversation; retry",
+        ))
+        .await;
+    }
+
+    async fn stop_monitoring(&self, contact_id: ContactId) {
+        let stopped = self.app.monitors.stop(&contact_id, &self.who);
+        count_command(
+            "stop_monitoring",
+            if stopped { "done" } else { "not-monitoring" },
+        );
+    }
+    /// After a reconnect: the counsellor's messages this page missed
+    /// (numbered after `last_seq`, up to when this socket opened; later
+    /// ones reached it live), in order; or, when they are no longer all
+    /// kept, `Resync` and the whole state again.
+    async fn resume(&self, last_seq: u64) {
+        match self.app.hub.missed(&self.who, last_seq, self.joined_at) {
+            Some(missed) => {
+                count_command("resume", "replayed");
+                for text in missed {
+                    let _ = self.tx.send(Frame::Json(text)).await;
+                }
+            }
+            None => {
+                count_command("resume", "resync");
+                self.reply(ServerMsg::Resync).await;
+                let status = self.app.hub.status(&self.who).unwrap_or(Presence::Offline);
+                let audience = Audience::of(self.app.directory.get().staff(&self.who));
+                self.greet(status, &audience).await;
+            }
+        }
+    }
+
+    /// Hands a conversation on; the note (for the receivers) is at most
+    /// [`MAX_HANDOVER_NOTE_CHARS`] characters, and never logged.
+    async fn transfer(
+        &self,
+        contact_id: ContactId,
+        target: nwd_proto::handover::TransferTarget,
+        mode: nwd_proto::handover::TransferMode,
+        note: Option<String>,
+    ) {
+        let note = note.filter(|n| !n.trim().is_empty());
+        if note
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_HANDOVER_NOTE_CHARS)
+        {
+            count_command("transfer", "bad-note");
+            self.reply(error(
+                "bad-note",
+                format!("Keep the handover note to {MAX_HANDOVER_NOTE_CHARS} characters"),
+            ))
+            .await;
+            return;
+        }
+        let cmd = RouterCommand::Transfer {
+            contact_id,
+            counsellor: self.who.clone(),
+            target,
+            mode,
+            note,
+        };
+        self.forward(cmd).await;
     }
 
     /// The counsellor has read a person's web-chat messages up to `upto`:
@@ -738,11 +1054,11 @@ pub async fn conversation(
         .await?
         .value;
     let Some(rec) = rec else { return Ok(None) };
-    let messages = transcript::load(&app.js, contact_id).await?;
-    Ok(Some(transcript::contact_view(
+    let transcript = transcript::load_with_notes(&app.js, contact_id).await?;
+    Ok(Some(transcript::contact_view_with_notes(
         &rec,
         &app.directory.get(),
-        messages,
+        transcript,
     )))
 }
 
@@ -783,13 +1099,13 @@ pub async fn snapshot(
     });
     let mut out = Vec::with_capacity(mine.len() + offered.len());
     for rec in mine {
-        let messages = transcript::load(&app.js, &rec.id).await?;
-        let contact = transcript::contact_view(&rec, &app.directory.get(), messages);
+        let transcript = transcript::load_with_notes(&app.js, &rec.id).await?;
+        let contact = transcript::contact_view_with_notes(&rec, &app.directory.get(), transcript);
         out.push(ServerMsg::Conversation { contact });
     }
     for rec in offered {
-        let messages = transcript::load(&app.js, &rec.id).await?;
-        let contact = transcript::contact_view(&rec, &app.directory.get(), messages);
+        let transcript = transcript::load_with_notes(&app.js, &rec.id).await?;
+        let contact = transcript::contact_view_with_notes(&rec, &app.directory.get(), transcript);
         out.push(ServerMsg::Offer { contact });
     }
     Ok(out)

@@ -1760,18 +1760,24 @@ async fn the_socket_logic_runs_over_plain_channels() {
         .await
         .unwrap();
     let served = tokio::spawn(socket::serve(Arc::clone(&app), login, out_tx, in_rx));
+    // The hello is numbered: the page resumes from its number after a drop.
     match out_rx.next().await.unwrap() {
-        Outbound::Msg(m) => match *m {
-            ServerMsg::Hello {
-                counsellor,
-                supervisor,
-                ..
-            } => {
-                assert_eq!(counsellor, c("sam"));
-                assert!(supervisor);
+        Outbound::Json(text) => {
+            let hello: nwd_proto::dashboard::SequencedMsg =
+                serde_json::from_str(text.as_str()).unwrap();
+            assert!(hello.seq > 0);
+            match hello.msg {
+                ServerMsg::Hello {
+                    counsellor,
+                    supervisor,
+                    ..
+                } => {
+                    assert_eq!(counsellor, c("sam"));
+                    assert!(supervisor);
+                }
+                other => panic!("expected hello, got {other:?}"),
             }
-            other => panic!("expected hello, got {other:?}"),
-        },
+        }
         other => panic!("expected hello, got {other:?}"),
     }
     in_tx
@@ -1797,4 +1803,929 @@ async fn the_socket_logic_runs_over_plain_channels() {
     assert_eq!(app.hub.socket_count(), 0);
     stop.cancel();
     app.drain().await;
+}
+
+// ------------------------------------------------------------------ handover commands
+
+#[tokio::test]
+async fn handover_commands_go_to_the_router_in_the_sessions_name() {
+    use nwd_proto::handover::{TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let id = ContactId::new();
+
+    // A forged counsellor in the frame is ignored: the session's is named.
+    ana.send_text(&format!(
+        r#"{{"type":"transfer","contact_id":"{id}","counsellor":"ben","target":{{"kind":"supervisor"}},"mode":"warm","note":"knows the plan"}}"#
+    ))
+    .await;
+    let sent = commands.recv().await.unwrap();
+    assert_eq!(
+        sent,
+        RouterCommand::Transfer {
+            contact_id: id,
+            counsellor: c("ana"),
+            target: TransferTarget::Supervisor,
+            mode: TransferMode::Warm,
+            note: Some("knows the plan".into()),
+        }
+    );
+    for (msg, expected) in [
+        (
+            ClientMsg::CancelTransfer { contact_id: id },
+            RouterCommand::CancelTransfer {
+                contact_id: id,
+                counsellor: c("ana"),
+            },
+        ),
+        (
+            ClientMsg::Claim { contact_id: id },
+            RouterCommand::Claim {
+                contact_id: id,
+                counsellor: c("ana"),
+            },
+        ),
+        (
+            ClientMsg::InvolveTrustedContact {
+                contact_id: id,
+                trusted: "maria-sister".into(),
+            },
+            RouterCommand::InvolveTrustedContact {
+                contact_id: id,
+                counsellor: c("ana"),
+                trusted: "maria-sister".into(),
+            },
+        ),
+    ] {
+        ana.send(&msg).await;
+        assert_eq!(commands.recv().await.unwrap(), expected);
+    }
+
+    // A supervisor may use the switchboard and reassign.
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Switchboard { on: true }).await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Switchboard {
+            counsellor: c("sam"),
+            on: true
+        }
+    );
+    sam.send(&ClientMsg::Reassign {
+        contact_id: id,
+        to: c("ben"),
+    })
+    .await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Reassign {
+            contact_id: id,
+            counsellor: c("sam"),
+            to: c("ben"),
+        }
+    );
+}
+
+#[tokio::test]
+async fn supervisor_actions_and_long_handover_notes_are_refused_before_the_router() {
+    use nwd_proto::handover::{MAX_HANDOVER_NOTE_CHARS, TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let id = ContactId::new();
+
+    ana.send(&ClientMsg::Switchboard { on: true }).await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Reassign {
+        contact_id: id,
+        to: c("ana"),
+    })
+    .await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Monitor { contact_id: id }).await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Transfer {
+        contact_id: id,
+        target: TransferTarget::Supervisor,
+        mode: TransferMode::Cold,
+        note: Some("x".repeat(MAX_HANDOVER_NOTE_CHARS + 1)),
+    })
+    .await;
+    let why = ana.expect_error("bad-note").await;
+    assert!(why.contains(&MAX_HANDOVER_NOTE_CHARS.to_string()), "{why}");
+
+    // Nothing of that reached the router: the next command it sees is this.
+    ana.send(&ClientMsg::Claim { contact_id: id }).await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Claim {
+            contact_id: id,
+            counsellor: c("ana"),
+        }
+    );
+    assert!(commands.try_recv().is_err());
+}
+
+// ------------------------------------------------------------------ private notes
+
+#[tokio::test]
+async fn a_note_is_stored_once_shown_on_every_tab_and_in_the_conversation_after() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut tab1 = d.socket("ana").await;
+    let mut tab2 = d.socket("ana").await;
+    tab1.hello().await;
+    tab2.hello().await;
+    let client_id = ClientReplyId::new();
+    let note = ClientMsg::Note {
+        contact_id: mine.id,
+        client_id,
+        text: "Sister is nearby".into(),
+    };
+    tab1.send(&note).await;
+    let mut ids = Vec::new();
+    for tab in [&mut tab1, &mut tab2] {
+        let shown = tab
+            .expect("noted", |m| match m {
+                ServerMsg::Noted { contact_id, note } if *contact_id == mine.id => {
+                    Some(note.clone())
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(shown.text, "Sister is nearby");
+        assert_eq!(shown.by, c("ana"));
+        assert_eq!(shown.by_name, "Ana García");
+        ids.push(shown.id);
+    }
+    assert_eq!(ids[0], ids[1]);
+    // A resend (a dropped socket) is the same note: stored once.
+    tab1.send(&note).await;
+    tab1.expect("the resend's noted", |m| {
+        matches!(m, ServerMsg::Noted { note, .. } if note.id == ids[0]).then_some(())
+    })
+    .await;
+    let stored = transcript::read_subjects(
+        &d.js,
+        streams::CONTACTS,
+        vec![subjects::contact_noted(&mine.id)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 1);
+
+    // A socket opened later has the note in the conversation.
+    let mut later = d.socket("ana").await;
+    let contact = later
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } if contact.contact_id == mine.id => {
+                Some(contact.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(contact.notes.len(), 1);
+    assert_eq!(contact.notes[0].text, "Sister is nearby");
+}
+
+#[tokio::test]
+async fn a_note_on_someone_elses_conversation_or_too_long_is_refused_and_not_stored() {
+    let d = Dashboard::start().await;
+    let anas = d.contact("hello", assigned_to("ana")).await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Note {
+        contact_id: anas.id,
+        client_id: ClientReplyId::new(),
+        text: "forged".into(),
+    })
+    .await;
+    ben.expect_error("not-assigned").await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    for text in [
+        String::from("   "),
+        "x".repeat(nwd_proto::dashboard::MAX_NOTE_CHARS + 1),
+    ] {
+        ana.send(&ClientMsg::Note {
+            contact_id: anas.id,
+            client_id: ClientReplyId::new(),
+            text,
+        })
+        .await;
+        ana.expect_error("bad-note").await;
+    }
+    let stored = transcript::read_subjects(
+        &d.js,
+        streams::CONTACTS,
+        vec![subjects::contact_noted(&anas.id)],
+    )
+    .await
+    .unwrap();
+    assert!(stored.is_empty());
+}
+
+// ------------------------------------------------------------------ the floor
+
+impl Dashboard {
+    /// A floor snapshot as the router publishes it (core NATS).
+    async fn publish_floor(&self, seq: u64, switchboard_on: bool) {
+        let at = OffsetDateTime::now_utc();
+        let snapshot = Envelope::new(nwd_proto::dashboard::FloorSnapshot {
+            seq,
+            at,
+            staff: Vec::new(),
+            conversations: Vec::new(),
+            switchboard: Some(nwd_proto::handover::Switchboard {
+                on: switchboard_on,
+                by: c("sam"),
+                at,
+            }),
+        });
+        let client = self.nats.client().await;
+        client
+            .publish(subjects::dashboard_floor(), snapshot.to_bytes().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_floor_reaches_supervisors_on_change_and_on_connect_and_no_counsellor() {
+    let d = Dashboard::start().await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    d.publish_floor(1, true).await;
+    let seq = sam
+        .expect("the floor", |m| match m {
+            ServerMsg::Floor { floor } => Some(floor.seq),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seq, 1);
+    // A supervisor who connects later has it at once.
+    let mut later = d.socket("sam").await;
+    let on = later
+        .expect("the floor on connect", |m| match m {
+            ServerMsg::Floor { floor } => Some(floor.switchboard.as_ref().unwrap().on),
+            _ => None,
+        })
+        .await;
+    assert!(on);
+    ana.expect_none(Duration::from_millis(300), "a floor", |m| {
+        matches!(m, ServerMsg::Floor { .. })
+    })
+    .await;
+}
+
+// ------------------------------------------------------------------ profile
+
+#[tokio::test]
+async fn the_profile_is_for_the_holder_and_offered_and_lists_earlier_contacts() {
+    let d = Dashboard::start().await;
+    let earlier = d
+        .contact("before", |r| {
+            r.patient = Some("maria".into());
+            r.disposition = Some("safety-plan-made".into());
+        })
+        .await;
+    let now = d
+        .contact("again", |r| {
+            r.patient = Some("maria".into());
+            r.previous = Some(earlier.id);
+            r.offer(&[c("ana"), c("ben")]).unwrap();
+        })
+        .await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Profile { contact_id: now.id }).await;
+    let profile = ben
+        .expect("the profile", |m| match m {
+            ServerMsg::Profile {
+                contact_id,
+                profile,
+            } if *contact_id == now.id => Some(profile.clone()),
+            _ => None,
+        })
+        .await;
+    let patient = profile.patient.unwrap();
+    assert_eq!(patient.name, "María López");
+    assert_eq!(patient.coordinator.as_deref(), Some("Ana García"));
+    assert!(!patient.trusted_contacts.is_empty());
+    assert_eq!(profile.earlier.len(), 1);
+    assert_eq!(profile.earlier[0].contact_id, earlier.id);
+    assert_eq!(
+        profile.earlier[0].disposition.as_deref(),
+        Some("safety-plan-made")
+    );
+
+    // Chloe is neither offered nor holding it: refused.
+    let mut chloe = d.socket("chloe").await;
+    chloe.hello().await;
+    chloe.send(&ClientMsg::Profile { contact_id: now.id }).await;
+    chloe.expect_error("not-assigned").await;
+}
+
+// ------------------------------------------------------------------ silent monitoring
+
+#[tokio::test]
+async fn a_supervisor_monitors_a_conversation_silently_until_they_stop() {
+    let d = Dashboard::start().await;
+    let anas = d.contact("first words", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Monitor {
+        contact_id: anas.id,
+    })
+    .await;
+    let history = sam
+        .expect("monitoring", |m| match m {
+            ServerMsg::Monitoring { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(history.contact_id, anas.id);
+    assert_eq!(history.messages.len(), 1);
+    assert_eq!(history.messages[0].body, "first words");
+
+    // The person writes, the counsellor replies and notes: sam sees each.
+    let mut more = triaged(anas.id, "second words");
+    more.message.opens_contact = false;
+    d.publish_triaged(&more).await;
+    let line = sam
+        .expect("the person's line", |m| match m {
+            ServerMsg::Message {
+                contact_id,
+                message,
+                ..
+            } if *contact_id == anas.id => Some(message.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (line.speaker, line.body.as_str()),
+        (Speaker::Person, "second words")
+    );
+    ana.send(&reply(anas.id, ClientReplyId::new(), "I'm here"))
+        .await;
+    let line = sam
+        .expect("the reply", |m| match m {
+            ServerMsg::Message { message, .. } if message.speaker == Speaker::Counsellor => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(line.body, "I'm here");
+    ana.send(&ClientMsg::Note {
+        contact_id: anas.id,
+        client_id: ClientReplyId::new(),
+        text: "calmer".into(),
+    })
+    .await;
+    sam.expect("the note", |m| {
+        matches!(m, ServerMsg::Noted { note, .. } if note.text == "calmer").then_some(())
+    })
+    .await;
+    // A monitoring supervisor may note too; the holder sees it.
+    sam.send(&ClientMsg::Note {
+        contact_id: anas.id,
+        client_id: ClientReplyId::new(),
+        text: "watch the plan".into(),
+    })
+    .await;
+    ana.expect("the supervisor's note", |m| {
+        matches!(m, ServerMsg::Noted { note, .. } if note.by == c("sam")).then_some(())
+    })
+    .await;
+
+    // Nothing tells the holder they are watched.
+    ana.expect_none(Duration::from_millis(200), "a monitoring frame", |m| {
+        matches!(m, ServerMsg::Monitoring { .. })
+    })
+    .await;
+
+    sam.send(&ClientMsg::StopMonitoring {
+        contact_id: anas.id,
+    })
+    .await;
+    sam.answers_ping().await;
+    let mut last = triaged(anas.id, "third words");
+    last.message.opens_contact = false;
+    d.publish_triaged(&last).await;
+    sam.expect_none(
+        Duration::from_millis(400),
+        "a line after stopping",
+        |m| matches!(m, ServerMsg::Message { message, .. } if message.body == "third words"),
+    )
+    .await;
+}
+
+impl Ws {
+    /// Sends a ping and waits for its pong: everything sent before is handled.
+    async fn answers_ping(&mut self) {
+        self.send(&ClientMsg::Ping).await;
+        self.expect("pong", |m| matches!(m, ServerMsg::Pong).then_some(()))
+            .await;
+    }
+}
+
+// ------------------------------------------------------------------ resume by sequence
+
+impl Dashboard {
+    /// A router push to `who` of an offer withdrawn for `contact_id`.
+    async fn push_withdrawn(&self, who: &str, contact_id: ContactId) {
+        let push = Envelope::new(DashboardPush {
+            counsellor: c(who),
+            msg: ServerMsg::OfferWithdrawn {
+                contact_id,
+                reason: WithdrawReason::Taken,
+            },
+        });
+        let client = self.nats.client().await;
+        client
+            .publish(subjects::dashboard_push(&c(who)), push.to_bytes().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+}
+
+impl Ws {
+    /// The next text frame as numbered JSON (`seq` is `None` when unnumbered).
+    async fn next_raw(&mut self) -> (Option<u64>, ServerMsg) {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame")
+                .expect("the socket is open")
+                .unwrap();
+            if let WsMessage::Text(t) = frame {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                return (v["seq"].as_u64(), serde_json::from_str(&t).unwrap());
+            }
+        }
+    }
+
+    /// Frames up to the pong of a ping sent now.
+    async fn raw_until_pong(&mut self) -> Vec<(Option<u64>, ServerMsg)> {
+        self.send(&ClientMsg::Ping).await;
+        let mut out = Vec::new();
+        loop {
+            let f = self.next_raw().await;
+            if f.1 == ServerMsg::Pong {
+                return out;
+            }
+            out.push(f);
+        }
+    }
+
+    /// The hello's number.
+    async fn hello_seq(&mut self) -> u64 {
+        loop {
+            if let (seq, ServerMsg::Hello { .. }) = self.next_raw().await {
+                return seq.expect("a numbered hello");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_page_that_resumes_gets_exactly_the_frames_it_missed_in_order() {
+    let d = Dashboard::start().await;
+    let cookie = d.cookie("ana").await;
+    let mut tab = d.socket_with(&cookie).await.unwrap();
+    let hello = tab.hello_seq().await;
+    let first = ContactId::new();
+    d.push_withdrawn("ana", first).await;
+    let seen = loop {
+        if let (Some(seq), ServerMsg::OfferWithdrawn { contact_id, .. }) = tab.next_raw().await
+            && contact_id == first
+        {
+            break seq;
+        }
+    };
+    assert!(seen > hello);
+
+    // The network drops; three pushes come meanwhile.
+    drop(tab);
+    eventually(WAIT, "ana offline", || async {
+        d.presence_of("ana")
+            .await
+            .is_some_and(|p| p.status == Presence::Offline)
+            .then_some(())
+    })
+    .await;
+    let missed: Vec<ContactId> = (0..3).map(|_| ContactId::new()).collect();
+    for id in &missed {
+        d.push_withdrawn("ana", *id).await;
+    }
+    // Pushes are handled in order: once ben has his, ana's are journaled.
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let marker = ContactId::new();
+    d.push_withdrawn("ben", marker).await;
+    ben.expect("the marker", |m| {
+        matches!(m, ServerMsg::OfferWithdrawn { contact_id, .. } if *contact_id == marker)
+            .then_some(())
+    })
+    .await;
+
+    let mut back = d.socket_with(&cookie).await.unwrap();
+    let rejoined = back.hello_seq().await;
+    assert_eq!(rejoined, seen + 3);
+    back.raw_until_pong().await;
+    back.send(&ClientMsg::Resume { last_seq: seen }).await;
+    let replayed: Vec<(u64, ContactId)> = back
+        .raw_until_pong()
+        .await
+        .into_iter()
+        .filter_map(|(seq, m)| match m {
+            ServerMsg::OfferWithdrawn { contact_id, .. } => Some((seq.unwrap(), contact_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        replayed,
+        vec![
+            (seen + 1, missed[0]),
+            (seen + 2, missed[1]),
+            (seen + 3, missed[2])
+        ]
+    );
+    // Nothing missed since: nothing replayed.
+    back.send(&ClientMsg::Resume { last_seq: rejoined }).await;
+    assert!(
+        back.raw_until_pong()
+            .await
+            .iter()
+            .all(|(_, m)| !matches!(m, ServerMsg::OfferWithdrawn { .. } | ServerMsg::Resync))
+    );
+}
+
+#[tokio::test]
+async fn a_gap_beyond_what_is_kept_gets_a_resync_and_the_whole_state() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    let hello = ana.hello_seq().await;
+    ana.raw_until_pong().await;
+    // A number from before this journal (another process, a restart, or
+    // long ago): not kept.
+    ana.send(&ClientMsg::Resume {
+        last_seq: hello / 2,
+    })
+    .await;
+    let after = ana.raw_until_pong().await;
+    assert_eq!(after[0].1, ServerMsg::Resync);
+    assert!(matches!(after[1].1, ServerMsg::Hello { .. }));
+    assert!(after.iter().any(
+        |(_, m)| matches!(m, ServerMsg::Conversation { contact } if contact.contact_id == mine.id)
+    ));
+}
+
+// ------------------------------------------------------------------ audit of views
+
+impl Dashboard {
+    /// The AUDIT records of who was shown `contact`.
+    async fn views_of(&self, contact: &ContactId) -> Vec<nwd_proto::events::ContactViewed> {
+        transcript::read_subjects(
+            &self.js,
+            streams::AUDIT,
+            vec![subjects::audit_viewed(contact)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            Envelope::<nwd_proto::events::ContactViewed>::from_bytes(&m.payload)
+                .unwrap()
+                .data
+        })
+        .collect()
+    }
+}
+
+#[tokio::test]
+async fn showing_a_contact_is_audited_once_per_counsellor_and_view() {
+    use nwd_proto::events::ContactViewKind;
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut tab1 = d.socket("ana").await;
+    tab1.hello().await;
+    tab1.send(&ClientMsg::Profile {
+        contact_id: mine.id,
+    })
+    .await;
+    tab1.expect("the profile", |m| {
+        matches!(m, ServerMsg::Profile { .. }).then_some(())
+    })
+    .await;
+    // A second tab renders the same conversation again: no second record.
+    let mut tab2 = d.socket("ana").await;
+    tab2.expect("the conversation", |m| {
+        matches!(m, ServerMsg::Conversation { .. }).then_some(())
+    })
+    .await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Monitor {
+        contact_id: mine.id,
+    })
+    .await;
+    sam.expect("monitoring", |m| {
+        matches!(m, ServerMsg::Monitoring { .. }).then_some(())
+    })
+    .await;
+    let views = eventually(WAIT, "three view records", || async {
+        let v = d.views_of(&mine.id).await;
+        (v.len() >= 3).then_some(v)
+    })
+    .await;
+    let mut got: Vec<(CounsellorId, ContactViewKind)> = views
+        .iter()
+        .map(|v| (v.counsellor.clone(), v.view))
+        .collect();
+    got.sort_by_key(|(w, v)| (w.to_string(), v.as_str()));
+    assert_eq!(
+        got,
+        vec![
+            (c("ana"), ContactViewKind::Conversation),
+            (c("ana"), ContactViewKind::Profile),
+            (c("sam"), ContactViewKind::Monitoring),
+        ]
+    );
+    // Nothing of the conversation's text is in the trail.
+    let raw = transcript::read_subjects(
+        &d.js,
+        streams::AUDIT,
+        vec![subjects::audit_viewed(&mine.id)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        raw.iter()
+            .all(|m| !String::from_utf8_lossy(&m.payload).contains("hello"))
+    );
+    tab2.answers_ping().await;
+    assert_eq!(d.views_of(&mine.id).await.len(), 3);
+}
+
+// ------------------------------------------------------------------ authorisation
+
+#[tokio::test]
+async fn a_counsellor_cannot_read_or_act_on_anothers_conversation_by_forged_messages() {
+    let d = Dashboard::start().await;
+    let bens = d.contact("ben's person", assigned_to("ben")).await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    // Ana never had ben's conversation on connect.
+    ana.answers_ping().await;
+    assert!(!ana.seen.iter().any(|m| matches!(
+        m,
+        ServerMsg::Conversation { contact } | ServerMsg::Offer { contact }
+            if contact.contact_id == bens.id
+    )));
+
+    for forged in [
+        ClientMsg::Note {
+            contact_id: bens.id,
+            client_id: ClientReplyId::new(),
+            text: "forged".into(),
+        },
+        ClientMsg::Profile {
+            contact_id: bens.id,
+        },
+        reply(bens.id, ClientReplyId::new(), "forged"),
+    ] {
+        ana.send(&forged).await;
+        ana.expect_error("not-assigned").await;
+    }
+    ana.send(&ClientMsg::Monitor {
+        contact_id: bens.id,
+    })
+    .await;
+    ana.expect_error("not-a-supervisor").await;
+    // A read mark or typing for ben's conversation: silently nothing.
+    ana.send(&ClientMsg::Read {
+        contact_id: bens.id,
+        upto: MessageId::new().to_string(),
+    })
+    .await;
+    ana.send(&ClientMsg::Typing {
+        contact_id: bens.id,
+    })
+    .await;
+    ana.answers_ping().await;
+
+    // Ben's own note reaches ben, never ana.
+    ben.send(&ClientMsg::Note {
+        contact_id: bens.id,
+        client_id: ClientReplyId::new(),
+        text: "his".into(),
+    })
+    .await;
+    ben.expect("ben's note", |m| {
+        matches!(m, ServerMsg::Noted { .. }).then_some(())
+    })
+    .await;
+    ana.expect_none(Duration::from_millis(300), "ben's note", |m| {
+        matches!(m, ServerMsg::Noted { .. } | ServerMsg::Profile { .. })
+    })
+    .await;
+    assert!(d.outbound(&bens.id).await.is_empty());
+    let notes = transcript::load_notes(&d.js, &bens.id).await.unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].counsellor, c("ben"));
+}
+
+#[tokio::test]
+async fn a_supervisor_demoted_in_the_directory_loses_supervisor_actions_at_once() {
+    let d = Dashboard::start().await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Switchboard { on: true }).await;
+    assert!(matches!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Switchboard { .. }
+    ));
+
+    let store = d.js.get_key_value(buckets::DIRECTORY).await.unwrap();
+    let mut dir = nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap();
+    // The line keeps a supervisor: chloe takes over.
+    for s in dir.staff.iter_mut() {
+        match s.id.as_str() {
+            "sam" => s.role = nwd_proto::directory::Role::Counsellor,
+            "chloe" => s.role = nwd_proto::directory::Role::Supervisor,
+            _ => {}
+        }
+    }
+    nwd_runtime::directory::publish(&store, &dir).await.unwrap();
+    // The socket stays open (sam is still staff); the role is read live.
+    // Each try is answered before the ping after it: no sleep needed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        sam.send(&ClientMsg::Switchboard { on: false }).await;
+        sam.send(&ClientMsg::Ping).await;
+        let refused = sam
+            .expect("an answer", |m| match m {
+                ServerMsg::Error { code, .. } if code == "not-a-supervisor" => Some(true),
+                ServerMsg::Pong => Some(false),
+                _ => None,
+            })
+            .await;
+        if refused {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_monitoring_ends_when_the_contact_is_resolved() {
+    let d = Dashboard::start().await;
+    let anas = d.contact("first words", assigned_to("ana")).await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Monitor {
+        contact_id: anas.id,
+    })
+    .await;
+    sam.expect("monitoring", |m| {
+        matches!(m, ServerMsg::Monitoring { .. }).then_some(())
+    })
+    .await;
+    let at = OffsetDateTime::now_utc();
+    bus::publish(
+        &d.js,
+        subjects::contact_resolved(&anas.id),
+        &wire::msg_id::contact_resolved(&anas.id, at),
+        &Envelope::new(nwd_proto::events::ContactResolved {
+            contact_id: anas.id,
+            channel: anas.channel.clone(),
+            counsellor: c("ana"),
+            disposition: Some("de-escalated".into()),
+            note: None,
+            at,
+        }),
+    )
+    .await
+    .unwrap();
+    sam.expect("resolved", |m| {
+        matches!(m, ServerMsg::Resolved { contact_id } if *contact_id == anas.id).then_some(())
+    })
+    .await;
+    let mut late = triaged(anas.id, "after the end");
+    late.message.opens_contact = false;
+    d.publish_triaged(&late).await;
+    sam.expect_none(Duration::from_millis(400), "a line after the end", |m| {
+        matches!(m, ServerMsg::Message { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_warm_transfers_receiver_may_read_the_profile_and_no_one_else() {
+    use nwd_proto::handover::{TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let handed = d
+        .contact("hello", |r| {
+            assigned_to("ana")(r);
+            r.start_transfer(
+                &c("ana"),
+                TransferTarget::Counsellor { id: c("ben") },
+                TransferMode::Warm,
+                &[c("ben")],
+                None,
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        })
+        .await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Profile {
+        contact_id: handed.id,
+    })
+    .await;
+    ben.expect("the profile", |m| {
+        matches!(m, ServerMsg::Profile { contact_id, .. } if *contact_id == handed.id).then_some(())
+    })
+    .await;
+    let mut diego = d.socket("diego").await;
+    diego.hello().await;
+    diego
+        .send(&ClientMsg::Profile {
+            contact_id: handed.id,
+        })
+        .await;
+    diego.expect_error("not-assigned").await;
+}
+
+#[tokio::test]
+async fn a_conversation_the_router_pushes_carries_its_notes_and_is_audited() {
+    use nwd_proto::events::ContactViewKind;
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    let mut view = ana
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    ana.send(&ClientMsg::Note {
+        contact_id: mine.id,
+        client_id: ClientReplyId::new(),
+        text: "noted before the push".into(),
+    })
+    .await;
+    ana.expect("noted", |m| {
+        matches!(m, ServerMsg::Noted { .. }).then_some(())
+    })
+    .await;
+    // The router's view has no notes; ben is shown it (a reassignment).
+    view.notes.clear();
+    let push = Envelope::new(DashboardPush {
+        counsellor: c("ben"),
+        msg: ServerMsg::Conversation { contact: view },
+    });
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let client = d.nats.client().await;
+    client
+        .publish(subjects::dashboard_push(&c("ben")), push.to_bytes().into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let shown = ben
+        .expect("the pushed conversation", |m| match m {
+            ServerMsg::Conversation { contact } if contact.contact_id == mine.id => {
+                Some(contact.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(shown.notes.len(), 1);
+    assert_eq!(shown.notes[0].text, "noted before the push");
+    eventually(WAIT, "ben's view audited", || async {
+        d.views_of(&mine.id)
+            .await
+            .iter()
+            .any(|v| v.counsellor == c("ben") && v.view == ContactViewKind::Conversation)
+            .then_some(())
+    })
+    .await;
 }
