@@ -4,6 +4,8 @@
 //   coordinator, trusted contact and whether consent covers involving her,
 //   earlier contacts), inserts a safety-planning snippet into her reply and
 //   writes a private note that stays in the history and never reaches the phone;
+// - Ana's network drops (the context goes offline); María writes meanwhile;
+//   back online, the page resumes and shows her message exactly once;
 // - Sam (supervisor) sees everyone on shift and the conversation in progress,
 //   monitors it silently (history, the note, a new line; no reply box) and
 //   stops;
@@ -11,16 +13,14 @@
 //   she sees "Waiting for Ben Okafor to accept…"; Ben's offer says
 //   "Transfer from Ana García (warm)" with the handover note; he accepts and
 //   Ana's tab closes with a polite announcement;
-// - Ben's network drops; María writes meanwhile; back online, the page
-//   resumes and shows her message exactly once;
 // - Sam holds every waiting contact with the switchboard: a new text is
 //   shown held in the queue and offered to no counsellor; "Release them"
 //   and it is offered.
 // axe-core finds no serious or critical violation on each new view;
 // screenshots dashboard-profile, -supervisor, -transfer.
 // The steps that need the router's handovers and the dashboard's server side
-// (profile, notes, floor, monitoring, transfer, resume, switchboard):
-// SHIFT_SERVER_SIDE=0 turns them off (snippets still run).
+// (profile, notes, floor, monitoring, transfer, switchboard):
+// SHIFT_SERVER_SIDE=0 turns them off (snippets and the network drop still run).
 // Usage: DASHBOARD=http://… PHONE=http://… SCREENSHOT_DIR=… [DOCS_SCREENSHOT_DIR=docs/screenshots] node shift.mjs
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync } from "node:fs";
@@ -163,6 +163,28 @@ try {
     step("private note shown in the history, marked as never sent");
   }
 
+  // ---- Ana's network drops; María writes meanwhile; nothing is lost.
+  await ana.ctx.setOffline(true);
+  await ana.page.getByTestId("connection").filter({ hasText: "reconnecting" }).waitFor({ timeout: 10_000 });
+  const meanwhile = "ok. I put the pills in the car like you said";
+  await text(maria, EASTSIDE, meanwhile);
+  await maria.locator("#conversation").getByText(meanwhile).waitFor({ timeout: 10_000 });
+  // Give the line time to route it to the dropped page (it must not arrive there).
+  await ana.page.waitForTimeout(1500);
+  if (await conv.getByText(meanwhile).count()) throw new Error("the message arrived while offline: the drop was not real");
+  await ana.ctx.setOffline(false);
+  await ana.page.getByTestId("connection").filter({ hasText: /^connected$/ }).waitFor({ timeout: 15_000 });
+  const history = conv.getByRole("log", { name: "Conversation history" });
+  await history.getByText(meanwhile).waitFor({ timeout: 15_000 });
+  await history.getByText(snippet, { exact: false }).waitFor();
+  await ana.page.waitForTimeout(500);
+  for (const line of [first, meanwhile]) {
+    const shown = await history.getByText(line).count();
+    if (shown !== 1) throw new Error(`"${line}" is shown ${shown} times after the reconnect`);
+  }
+  if (SERVER_SIDE) await history.getByText(privateNote).waitFor();
+  step("network dropped and came back: María's message from meanwhile is shown once, nothing else doubled");
+
   const ben = await staff("ben");
   await available(ben.page);
   step("Ben logged in and available");
@@ -230,24 +252,6 @@ try {
     await conv.waitFor({ state: "detached", timeout: 10_000 });
     await ana.page.getByTestId("announce-polite").filter({ hasText: /now with Ben/ }).waitFor({ timeout: 5_000 });
     step("Ben accepted: the conversation and its history are his; Ana's tab closed with a polite announcement");
-
-    // ---- Ben's network drops; María writes meanwhile; nothing is lost.
-    await ben.ctx.setOffline(true);
-    await ben.page.getByTestId("connection").filter({ hasText: "reconnecting" }).waitFor({ timeout: 10_000 });
-    const meanwhile = "ok. I put the pills in the car like you said";
-    await text(maria, EASTSIDE, meanwhile);
-    // It reached the line: the supervisor's floor still shows Ben's
-    // conversation, and the phone shows it sent.
-    await maria.locator("#conversation").getByText(meanwhile).waitFor({ timeout: 10_000 });
-    await ben.page.waitForTimeout(1500);
-    if (await benConv.getByText(meanwhile).count()) throw new Error("the message arrived while offline: the drop was not real");
-    await ben.ctx.setOffline(false);
-    await ben.page.getByTestId("connection").filter({ hasText: /^connected$/ }).waitFor({ timeout: 15_000 });
-    await benConv.getByText(meanwhile).waitFor({ timeout: 15_000 });
-    await ben.page.waitForTimeout(500);
-    const shown = await benConv.getByRole("log", { name: "Conversation history" }).getByText(meanwhile).count();
-    if (shown !== 1) throw new Error(`the message sent during the drop is shown ${shown} times`);
-    step("network dropped and came back: María's message from meanwhile is shown once");
 
     // ---- The switchboard: hold, then release.
     await floor.getByRole("button", { name: "Hold every waiting contact for supervisors" }).click();
