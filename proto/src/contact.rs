@@ -1264,6 +1264,52 @@ mod tests {
     }
 
     #[test]
+    fn a_reassignment_offers_the_contact_to_one_counsellor_as_a_cold_transfer() {
+        use crate::handover::{Reassigned, TransferMode};
+        let later = NOW + time::Duration::minutes(5);
+        // Assigned: the holder lets go.
+        let mut rec = assigned("ana", RiskLevel::High);
+        rec.escalation = Some(Escalation::start(
+            crate::ladder::LadderPolicy::default(),
+            NOW,
+        ));
+        let done = rec.reassign(&c("sam"), &c("ben"), later).unwrap();
+        assert_eq!(done.holder, Some(c("ana")));
+        assert_eq!(offered(&rec), [c("ben")]);
+        let t = rec.transfer.as_ref().unwrap();
+        assert_eq!((t.from.clone(), t.mode), (c("sam"), TransferMode::Cold));
+        assert_eq!(rec.escalation.as_ref().and_then(|e| e.due), Some(later));
+        // The same again: a retry; to the one who has it: refused.
+        assert_eq!(
+            rec.reassign(&c("sam"), &c("ben"), later),
+            Ok(Reassigned::default())
+        );
+        rec.accept(&c("ben"), later).unwrap();
+        assert_eq!(
+            rec.reassign(&c("sam"), &c("ben"), later),
+            Err(TransitionError::Taken)
+        );
+        // Offered and held: the other offers end, and the hold.
+        let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Moderate, "a"));
+        rec.offer(&[c("ana"), c("ben")]).unwrap();
+        rec.held = Some(crate::handover::Held {
+            by: c("sam"),
+            at: NOW,
+        });
+        let done = rec.reassign(&c("sam"), &c("ben"), later).unwrap();
+        assert_eq!(done.withdrawn, [c("ana")]);
+        assert_eq!(offered(&rec), [c("ben")]);
+        assert!(rec.held.is_none());
+        // Resolved: refused.
+        let mut rec = assigned("ana", RiskLevel::High);
+        rec.resolve(&c("ana"), NOW).unwrap();
+        assert_eq!(
+            rec.reassign(&c("sam"), &c("ben"), later),
+            Err(TransitionError::Resolved)
+        );
+    }
+
+    #[test]
     fn the_switchboard_holds_waiting_contacts_and_releases_them() {
         let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Moderate, "a"));
         rec.offer(&[c("ana"), c("ben")]).unwrap();

@@ -586,6 +586,64 @@ impl Event for ScreenerRecorded {
     const TYPE: &'static str = "audit.screener";
 }
 
+/// What a handover did (never the handover note's text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HandoverAction {
+    /// A transfer started, offered to `to`.
+    Transfer {
+        target: crate::handover::TransferTarget,
+        mode: crate::handover::TransferMode,
+        to: Vec<CounsellorId>,
+        /// Whether the sender left a note (its text is not audited here).
+        #[serde(default)]
+        with_note: bool,
+    },
+    /// The sender took a warm transfer back.
+    CancelTransfer,
+    /// A supervisor gave the contact to `to` (cold); `from` held it.
+    Reassign {
+        from: Option<CounsellorId>,
+        to: CounsellorId,
+    },
+    /// "I'm reaching out" to a person who left.
+    Claim,
+    /// The switchboard turned on (hold) or off (release).
+    Switchboard { on: bool },
+}
+
+impl HandoverAction {
+    /// Bounded name (metric labels, message ids).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandoverAction::Transfer { .. } => "transfer",
+            HandoverAction::CancelTransfer => "cancel_transfer",
+            HandoverAction::Reassign { .. } => "reassign",
+            HandoverAction::Claim => "claim",
+            HandoverAction::Switchboard { .. } => "switchboard",
+        }
+    }
+}
+
+/// A handover recorded before it takes effect (AUDIT, ADR 0019): subject
+/// `nwd.v1.audit.handover.<contact_id>` (or `nwd.v1.audit.switchboard`,
+/// without a contact), `Nats-Msg-Id` `wire::msg_id::handover` /
+/// `wire::msg_id::switchboard`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandoverRecorded {
+    #[serde(default)]
+    pub contact_id: Option<ContactId>,
+    /// Who did it.
+    pub counsellor: CounsellorId,
+    pub action: HandoverAction,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for HandoverRecorded {
+    const TYPE: &'static str = "audit.handover";
+}
+
 // ---------------------------------------------------------------- OUTBOUND
 
 /// Who wrote an outbound message.

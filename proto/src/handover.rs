@@ -78,6 +78,15 @@ pub enum Declined {
     Back(CounsellorId),
 }
 
+/// What a reassignment ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reassigned {
+    /// Who held the conversation (they are told it left them).
+    pub holder: Option<CounsellorId>,
+    /// Who held an offer of it (withdrawn).
+    pub withdrawn: Vec<CounsellorId>,
+}
+
 /// A contact held by the switchboard: offered to supervisors only until it
 /// is released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +258,54 @@ impl ContactRecord {
                 Err(TransitionError::NotAssigned)
             }
         }
+    }
+
+    /// A supervisor `by` gives a waiting, offered or assigned contact to
+    /// `to` alone, as a cold transfer they started: the holder (returned,
+    /// if any) lets go, other offers end (returned), a hold or a follow-up
+    /// ends, and the ladder restarts from the bottom. The same reassignment
+    /// again while `to` holds the offer is a retry (nothing changes).
+    pub fn reassign(
+        &mut self,
+        by: &CounsellorId,
+        to: &CounsellorId,
+        now: OffsetDateTime,
+    ) -> Result<Reassigned, TransitionError> {
+        let (holder, withdrawn) = match &self.state {
+            ContactState::Resolved { .. } => return Err(TransitionError::Resolved),
+            ContactState::Assigned { counsellor, .. } if counsellor == to => {
+                return Err(TransitionError::Taken);
+            }
+            ContactState::Offered { to: offered, .. }
+                if offered == std::slice::from_ref(to)
+                    && self.transfer.as_ref().is_some_and(|t| t.from == *by) =>
+            {
+                return Ok(Reassigned::default());
+            }
+            ContactState::Assigned { counsellor, .. } => (Some(counsellor.clone()), Vec::new()),
+            ContactState::Offered { to: offered, .. } => {
+                (None, offered.iter().filter(|c| *c != to).cloned().collect())
+            }
+            ContactState::Waiting { .. } => (None, Vec::new()),
+        };
+        let since = self.waiting_since().unwrap_or(now);
+        self.state = ContactState::Offered {
+            to: vec![to.clone()],
+            since,
+        };
+        self.orphaned_at = None;
+        self.held = None;
+        self.left = None;
+        self.restart_ladder(now);
+        self.transfer = Some(Transfer {
+            from: by.clone(),
+            target: TransferTarget::Counsellor { id: to.clone() },
+            mode: TransferMode::Cold,
+            to: vec![to.clone()],
+            since: now,
+            note: None,
+        });
+        Ok(Reassigned { holder, withdrawn })
     }
 
     /// Climbs the ladder from the bottom again at `now`, keeping the step

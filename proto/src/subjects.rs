@@ -180,6 +180,19 @@ pub fn audit_screener(id: &ContactId) -> String {
     format!("{ROOT}.audit.screener.{id}")
 }
 
+/// A handover of a contact (AUDIT, router): a transfer started or
+/// cancelled, a reassignment, a follow-up claimed
+/// ([`crate::events::HandoverRecorded`]).
+pub fn audit_handover(id: &ContactId) -> String {
+    format!("{ROOT}.audit.handover.{id}")
+}
+
+/// The switchboard turned on or off (AUDIT, router):
+/// [`crate::events::HandoverRecorded`] without a contact.
+pub fn audit_switchboard() -> String {
+    format!("{ROOT}.audit.switchboard")
+}
+
 pub fn outbound_sms(contact: &ContactId) -> String {
     format!("{ROOT}.outbound.sms.{contact}")
 }

@@ -196,6 +196,17 @@ pub mod msg_id {
         format!("{contact}:screener:{}", at.unix_timestamp_nanos())
     }
 
+    /// A handover (AUDIT) of a contact: `what` is the action's kind, `at`
+    /// the time the record carries, so a retried command has the same id.
+    pub fn handover(contact: &ContactId, what: &str, at: OffsetDateTime) -> String {
+        format!("{contact}:handover:{what}:{}", at.unix_timestamp_nanos())
+    }
+
+    /// The switchboard turned on or off at `at` (AUDIT).
+    pub fn switchboard(on: bool, at: OffsetDateTime) -> String {
+        format!("switchboard:{on}:{}", at.unix_timestamp_nanos())
+    }
+
     /// A medical-emergency disclosure (AUDIT) made at `at` (whole seconds):
     /// a retried request carries the record's time, so the same id.
     pub fn emergency_disclosure(

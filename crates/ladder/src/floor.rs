@@ -39,7 +39,7 @@ pub fn load<'r>(
 pub fn queue<'r>(contacts: impl IntoIterator<Item = &'r ContactRecord>) -> Vec<&'r ContactRecord> {
     let mut q: Vec<&ContactRecord> = contacts
         .into_iter()
-        .filter(|c| c.waiting_since().is_some() && !c.scheduled())
+        .filter(|c| queue_key(c).is_some())
         .collect();
     q.sort_by(|a, b| {
         b.risk
@@ -56,7 +56,7 @@ pub fn queue_depth<'r>(
 ) -> [(RiskLevel, usize); 4] {
     let mut depth = RiskLevel::ALL.map(|r| (r, 0));
     for c in contacts {
-        if c.waiting_since().is_none() || c.scheduled() {
+        if queue_key(c).is_none() {
             continue;
         }
         if let Some(slot) = depth.iter_mut().find(|(r, _)| *r == c.risk) {
@@ -105,9 +105,11 @@ pub type QueueKey = (Reverse<RiskLevel>, OffsetDateTime, ContactId);
 
 /// The queue key of a contact, if it is in the queue (waiting or offered).
 /// An outreach scheduled for later (its ladder has not started) is in no
-/// queue yet: it joins when its first step fires at `offer_at`.
+/// queue yet: it joins when its first step fires at `offer_at`. A person
+/// who left before anyone answered is in the follow-up list instead (ADR
+/// 0019): nobody is rung for someone who is gone.
 pub fn queue_key(rec: &ContactRecord) -> Option<QueueKey> {
-    if rec.scheduled() {
+    if rec.scheduled() || rec.left.is_some() {
         return None;
     }
     rec.waiting_since()
@@ -469,9 +471,16 @@ impl Floor {
 
     /// Who a rung would offer this contact to now, before language
     /// preference and before removing those already offered. Empty for the
-    /// rungs that notify rather than offer.
+    /// rungs that notify rather than offer. A contact the switchboard holds
+    /// (ADR 0019) is offered at every offering rung to the supervisors on
+    /// call only; its clock keeps running.
     pub fn rung_candidates(&self, rung: Rung, rec: &ContactRecord) -> Vec<&Staff> {
         let staff = self.directory.staff.iter();
+        if rec.held.is_some() && rung.offers() {
+            return staff
+                .filter(|s| s.role == Role::Supervisor && self.can_take(s, rec))
+                .collect();
+        }
         match rung {
             Rung::Coordinator => {
                 let coordinator = rec

@@ -39,8 +39,10 @@ pub use floor::{Board, Floor, QueueStats, WaitSamples};
 pub use nwd_proto::ladder::TRUSTED_CONTACT_PURPOSE;
 
 /// Whether the contact's next step is due at `now`.
+/// Never for a person who left (ADR 0019): nobody is rung for them.
 pub fn is_due(rec: &ContactRecord, now: OffsetDateTime) -> bool {
     rec.waiting_since().is_some()
+        && rec.left.is_none()
         && rec
             .escalation
             .as_ref()
@@ -225,6 +227,9 @@ fn offer(rec: &mut ContactRecord, to: &[CounsellorId]) {
 /// who became available, got room, or came on call since the step fired,
 /// and have a free seat not spoken for by a more urgent offer.
 pub fn widen(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
+    if rec.left.is_some() {
+        return Vec::new();
+    }
     match (&rec.state, &rec.escalation) {
         (ContactState::Waiting { .. } | ContactState::Offered { .. }, Some(e)) => {
             widen_with(rec, floor, e)
@@ -237,6 +242,9 @@ pub fn widen(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
 /// reached so far (and the broadcast) who holds no offer yet. "Take the
 /// next" uses this eligibility, and so does [`plan`].
 pub fn eligible(rec: &ContactRecord, floor: &Floor) -> Vec<CounsellorId> {
+    if rec.left.is_some() {
+        return Vec::new();
+    }
     match (&rec.state, &rec.escalation) {
         (ContactState::Waiting { .. } | ContactState::Offered { .. }, Some(e)) => {
             eligible_with(rec, floor, e)

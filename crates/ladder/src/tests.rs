@@ -1114,3 +1114,78 @@ mod priority {
         }
     }
 }
+
+/// The switchboard and follow-ups (ADR 0019).
+mod handovers {
+    use super::*;
+    use crate::{Board, eligible, plan};
+    use nwd_proto::handover::LeftHow;
+
+    #[test]
+    fn a_held_contact_is_offered_only_to_supervisors_and_its_clock_keeps_running() {
+        let dir = directory();
+        let f = floor(&dir, &["ana", "ben", "cy", "sam"], NOW);
+        let mut rec = contact(RiskLevel::High, Language::En, None, Some("clinic"), NOW);
+        rec.hold(&sid("sam"), NOW).unwrap();
+        // Coordinator and door rungs would offer ana and ben: held, sam only.
+        let steps = fire(&mut rec, &f);
+        assert_eq!(
+            rungs(&steps),
+            vec![(
+                Some(Rung::Coordinator),
+                &StepOutcome::Offered {
+                    to: vec![sid("sam")]
+                }
+            )]
+        );
+        assert_eq!(due(&rec), NOW + Duration::seconds(30), "the clock runs");
+        assert_eq!(eligible(&rec, &f), Vec::<nwd_proto::CounsellorId>::new());
+        // Released: the next rung offers the floor again.
+        assert!(rec.release());
+        let f = floor(&dir, &["ana", "ben", "cy", "sam"], due(&rec));
+        let steps = fire(&mut rec, &f);
+        let StepOutcome::Offered { to } = &steps[0].outcome else {
+            panic!("expected an offer, got {steps:?}");
+        };
+        assert!(
+            to.contains(&sid("ana")) && to.contains(&sid("ben")),
+            "{to:?}"
+        );
+    }
+
+    #[test]
+    fn the_imminent_broadcast_is_not_held_back() {
+        let dir = directory();
+        let f = floor(&dir, &["ana", "ben", "sam"], NOW);
+        let mut rec = contact(RiskLevel::Imminent, Language::En, None, Some("clinic"), NOW);
+        rec.hold(&sid("sam"), NOW).unwrap();
+        let steps = fire(&mut rec, &f);
+        let StepOutcome::Broadcast { to, .. } = &steps[0].outcome else {
+            panic!("expected the broadcast, got {steps:?}");
+        };
+        for who in ["ana", "ben", "sam"] {
+            assert!(to.contains(&sid(who)), "{who} is in the broadcast");
+        }
+    }
+
+    #[test]
+    fn a_contact_whose_person_left_gets_no_step_no_offer_and_no_place_in_the_queue() {
+        let dir = directory();
+        let f = floor(&dir, &["ana", "ben", "cy", "sam"], NOW);
+        let mut rec = contact(RiskLevel::High, Language::En, None, Some("clinic"), NOW);
+        rec.leave(LeftHow::QuickExit, NOW).unwrap();
+        // Even with a deadline set, nothing fires.
+        rec.escalation.as_mut().unwrap().due = Some(NOW);
+        assert!(!is_due(&rec, NOW));
+        assert!(fire(&mut rec, &f).is_empty());
+        assert!(widen(&rec, &f).is_empty());
+        assert!(eligible(&rec, &f).is_empty());
+        assert!(crate::floor::queue_key(&rec).is_none());
+        assert!(crate::floor::queue([&rec]).is_empty());
+        let mut board = Board::default();
+        board.put(rec.clone(), 1);
+        assert_eq!(board.waiting(), 0);
+        assert!(plan(&f, board.queued()).is_empty());
+        assert!(board.get(&rec.id).is_some(), "still open: a follow-up");
+    }
+}

@@ -4,6 +4,7 @@
 use nwd_proto::contact::{ContactRecord, ContactState, TransitionError};
 use nwd_proto::dashboard::{ServerMsg, WithdrawReason};
 use nwd_proto::events::{ContactAssigned, ContactResolved};
+use nwd_proto::handover::TransferMode;
 use nwd_proto::router::{RouterCommand, RouterReply};
 use nwd_proto::{ContactId, CounsellorId, Envelope, subjects, wire};
 use nwd_runtime::kv::{self, Cas};
@@ -84,12 +85,31 @@ impl Router {
                 counsellor,
                 answers,
             } => self.assess(contact_id, counsellor, answers).await,
-            RouterCommand::Transfer { .. }
-            | RouterCommand::CancelTransfer { .. }
-            | RouterCommand::Switchboard { .. }
-            | RouterCommand::Reassign { .. }
-            | RouterCommand::Claim { .. }
-            | RouterCommand::InvolveTrustedContact { .. } => {
+            RouterCommand::Transfer {
+                contact_id,
+                counsellor,
+                target,
+                mode,
+                note,
+            } => {
+                self.transfer(contact_id, counsellor, target, mode, note)
+                    .await
+            }
+            RouterCommand::CancelTransfer {
+                contact_id,
+                counsellor,
+            } => self.cancel_transfer(contact_id, counsellor).await,
+            RouterCommand::Switchboard { counsellor, on } => self.switchboard(counsellor, on).await,
+            RouterCommand::Reassign {
+                contact_id,
+                counsellor,
+                to,
+            } => self.reassign(contact_id, counsellor, to).await,
+            RouterCommand::Claim {
+                contact_id,
+                counsellor,
+            } => self.claim(contact_id, counsellor).await,
+            RouterCommand::InvolveTrustedContact { .. } => {
                 // Being built (issue 16, ADR 0019): refused, never half done.
                 (refused("not-available-yet"), Vec::new())
             }
@@ -195,26 +215,36 @@ impl Router {
                     return Cas::Keep(Err(TransitionError::NotOffered));
                 };
                 let before = rec.clone();
+                // A receiver accepting a warm transfer (ADR 0019).
+                let warm = matches!(how, Taking::Accept)
+                    && rec
+                        .transfer
+                        .as_ref()
+                        .is_some_and(|t| t.mode == TransferMode::Warm && t.to.contains(who));
                 let taken = match how {
-                    Taking::Accept => rec.accept(who, now),
-                    Taking::TakeNext => rec.take(who, now),
+                    Taking::Accept if warm => rec.accept_transfer(who, now).map(Some),
+                    Taking::Accept => rec.accept(who, now).map(|()| None),
+                    Taking::TakeNext => rec.take(who, now).map(|()| None),
                 };
                 match taken {
                     Err(e) => Cas::Keep(Err(e)),
-                    Ok(()) if rec.state == before.state => Cas::Keep(Ok((rec, Vec::new(), None))),
-                    Ok(()) => {
-                        let others: Vec<CounsellorId> = ladder_floor::offered_to(&before)
-                            .iter()
-                            .filter(|c| *c != who)
-                            .cloned()
-                            .collect();
-                        Cas::Write(rec.clone(), Ok((rec, others, before.waiting_since())))
+                    Ok(_) if rec.state == before.state => {
+                        Cas::Keep(Ok((rec, Vec::new(), None, None)))
+                    }
+                    Ok(from) => {
+                        let held: &[CounsellorId] = match (&from, &before.transfer) {
+                            (Some(_), Some(t)) => &t.to,
+                            _ => ladder_floor::offered_to(&before),
+                        };
+                        let others: Vec<CounsellorId> =
+                            held.iter().filter(|c| *c != who).cloned().collect();
+                        Cas::Write(rec.clone(), Ok((rec, others, before.waiting_since(), from)))
                     }
                 }
             },
         )
         .await;
-        let (record, others, waited_since) = match result {
+        let (record, others, waited_since, handed_from) = match result {
             Ok((Ok(r), revision)) => {
                 self.remember(&r.0, revision);
                 r
@@ -275,6 +305,19 @@ impl Router {
                 )
             })
             .collect();
+        if let Some(from) = handed_from {
+            tracing::info!(contact = %id, counsellor = %who, "warm transfer accepted");
+            let messages = transcript::load(&self.js, &id).await.unwrap_or_else(|e| {
+                tracing::warn!(contact = %id, error = %e, "cannot read the transcript for the receiver");
+                Vec::new()
+            });
+            let contact = transcript::contact_view(&record, &self.directory(), messages);
+            follow.insert(
+                0,
+                FollowUp::push(who.clone(), ServerMsg::Conversation { contact }),
+            );
+            follow.extend(self.handed_over(id, from, who));
+        }
         // They may now be at capacity: their other offers go to others.
         follow.push(FollowUp::WakeQueue);
         Ok((record, follow))
@@ -338,6 +381,9 @@ impl Router {
         refuse(QUEUE_EMPTY)
     }
     async fn decline(&self, id: ContactId, who: CounsellorId) -> (RouterReply, Vec<FollowUp>) {
+        if let Some(done) = self.decline_transfer(id, &who).await {
+            return done;
+        }
         let now = OffsetDateTime::now_utc();
         let result = kv::cas(
             &self.contacts,
@@ -423,7 +469,10 @@ impl Router {
                     return Cas::Keep(Ok(rec));
                 }
                 match rec.resolve(&who, now) {
-                    Ok(()) => Cas::Write(rec.clone(), Ok(rec)),
+                    Ok(()) => {
+                        rec.disposition = disposition.clone();
+                        Cas::Write(rec.clone(), Ok(rec))
+                    }
                     Err(e) => Cas::Keep(Err(e)),
                 }
             },

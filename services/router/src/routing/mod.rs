@@ -6,6 +6,8 @@
 //! - [`offers`]: triaged messages, offering, withdrawing, the queue sweep;
 //! - [`orphans`]: conversations whose counsellor's connection dropped;
 //! - [`commands`]: the dashboard's commands (accept, decline, resolve, …);
+//! - [`handover`]: transfers, a supervisor's reassignment, the
+//!   switchboard and follow-ups of people who left (ADR 0019);
 //! - [`emergency`], [`outreach`] and [`screener`]: the §2.51 disclosure,
 //!   outreach contacts and the C-SSRS screener.
 //!
@@ -36,6 +38,8 @@ use crate::decide::{self, Floor};
 pub mod commands;
 /// The medical-emergency disclosure (42 CFR §2.51).
 pub mod emergency;
+/// Transfers, reassignment, the switchboard and follow-ups (ADR 0019).
+pub mod handover;
 pub mod offers;
 pub mod orphans;
 /// Outreach contacts (partner referrals).
@@ -90,6 +94,10 @@ pub struct Router {
     wake: Notify,
     /// Wakes the queue feed: the queue changed (coalesced).
     queue_changed: Notify,
+    /// Wakes the floor feed: a contact or someone's presence changed.
+    floor_changed: Notify,
+    /// The line's switchboard as last read from KV (ADR 0019).
+    switchboard: Mutex<Option<nwd_proto::handover::Switchboard>>,
     /// Serialises each counsellor's accepts (one lock per counsellor), so
     /// that two accepts by one counsellor cannot take them over capacity
     /// while accepts by different counsellors run in parallel.
@@ -136,6 +144,8 @@ impl Router {
             state: Mutex::new(Board::default()),
             wake: Notify::new(),
             queue_changed: Notify::new(),
+            floor_changed: Notify::new(),
+            switchboard: Mutex::new(None),
             accept_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -187,6 +197,7 @@ impl Router {
             .get(&record.id)
             .is_some_and(|r| r.waiting_since().is_some());
         if state.put(record.clone(), revision) {
+            self.floor_changed.notify_one();
             for (risk, n) in state.depth() {
                 metrics::gauge!("nwd_queue_depth", "service" => NAME, "risk" => risk.as_str())
                     .set(n as f64);
@@ -202,6 +213,39 @@ impl Router {
         self.queue_changed.notified().await;
     }
 
+    /// Waits until the floor changed (a contact, someone's presence, the
+    /// switchboard).
+    pub async fn floor_changed(&self) {
+        self.floor_changed.notified().await;
+    }
+
+    /// The switchboard as last read (none: never used).
+    pub fn switchboard_state(&self) -> Option<nwd_proto::handover::Switchboard> {
+        self.switchboard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the switchboard holds new contacts now, and by whom.
+    pub(crate) fn holding(&self) -> Option<CounsellorId> {
+        self.switchboard_state().filter(|s| s.on).map(|s| s.by)
+    }
+
+    /// Records the switchboard as read or written; a change wakes the queue.
+    pub(crate) fn set_switchboard(&self, board: Option<nwd_proto::handover::Switchboard>) {
+        let changed = {
+            let mut cur = self.switchboard.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = cur.as_ref().map(|s| s.on) != board.as_ref().map(|s| s.on);
+            *cur = board;
+            changed
+        };
+        if changed {
+            self.floor_changed.notify_one();
+            self.queue_changed.notify_one();
+            self.wake_queue();
+        }
+    }
     /// The queue as the dashboards show it, most urgent first (the ladder's
     /// serving order): no message text, no address.
     pub fn queue_entries(&self) -> Vec<nwd_proto::dashboard::QueueEntry> {
@@ -227,6 +271,20 @@ impl Router {
 
     /// A contact record changed (or was first seen at start): kept if open.
     pub fn contact_entry(&self, entry: &jetstream::kv::Entry) {
+        if entry.key == nwd_proto::wire::key::switchboard() {
+            let board = match entry.operation {
+                Operation::Put => match serde_json::from_slice(&entry.value) {
+                    Ok(b) => Some(b),
+                    Err(_) => {
+                        tracing::error!("corrupt switchboard record; ignored");
+                        return;
+                    }
+                },
+                Operation::Delete | Operation::Purge => None,
+            };
+            self.set_switchboard(board);
+            return;
+        }
         let Ok(id) = entry.key.parse::<ContactId>() else {
             return;
         };
@@ -321,6 +379,7 @@ impl Router {
             let before = state.set_presence(who.clone(), record);
             available(before.as_ref()) != after
         };
+        self.floor_changed.notify_one();
         if changed {
             tracing::info!(counsellor = %who, "availability changed");
             self.wake_queue();

@@ -26,6 +26,9 @@ struct Triaged {
     record: ContactRecord,
     /// Steps of the ladder fired in the same write (the first, on open).
     steps: Vec<StepRecord>,
+    /// Offers withdrawn in the same write: the person left, or the
+    /// switchboard holds the contact (ADR 0019).
+    withdrawn: Vec<CounsellorId>,
 }
 
 /// Contacts a sweep decides at once.
@@ -37,6 +40,8 @@ impl Router {
     pub async fn on_triaged(&self, ev: &MessageTriaged) -> Result<(), StepError> {
         let id = ev.message.contact_id;
         let floor = self.floor();
+        let holding = self.holding();
+        let left = super::handover::left_how(&ev.message);
         let (outcome, revision) = kv::cas_from(
             &self.contacts,
             &wire::key::contact(&id),
@@ -53,6 +58,7 @@ impl Router {
                             return Cas::Keep(Triaged {
                                 record: rec,
                                 steps: Vec::new(),
+                                withdrawn: Vec::new(),
                             });
                         }
                         rec
@@ -66,12 +72,38 @@ impl Router {
                 // The first step (or an imminent broadcast) fires in the same
                 // write, so a new contact is offered without waiting for the
                 // escalator; later steps are the escalator's.
+                let at = ev.message.received_at;
+                let mut withdrawn = Vec::new();
+                // The person left before anyone answered: out of the live
+                // queue, into the follow-ups; nobody is rung for them.
+                if let Some(how) = left
+                    && let Some(w) = record.leave(how, at)
+                {
+                    withdrawn.extend(w);
+                }
+                // The switchboard is on: held for the supervisors at once.
+                if let Some(by) = &holding
+                    && let Some(w) = record.hold(by, at)
+                {
+                    withdrawn.extend(w);
+                }
                 let steps = nwd_ladder::fire(&mut record, &floor);
-                Cas::Write(record.clone(), Triaged { record, steps })
+                Cas::Write(
+                    record.clone(),
+                    Triaged {
+                        record,
+                        steps,
+                        withdrawn,
+                    },
+                )
             },
         )
         .await?;
-        let Triaged { record, steps } = outcome;
+        let Triaged {
+            record,
+            steps,
+            withdrawn,
+        } = outcome;
         self.remember(&record, revision);
         let view = transcript::person_view(ev);
         let line = ServerMsg::Message {
@@ -92,6 +124,23 @@ impl Router {
                 }
             }
             ContactState::Waiting { .. } | ContactState::Resolved { .. } => {}
+        }
+        for who in &withdrawn {
+            metrics::counter!("nwd_offers_total", "service" => NAME, "outcome" => "withdrawn")
+                .increment(1);
+            self.push(
+                who,
+                ServerMsg::OfferWithdrawn {
+                    contact_id: id,
+                    reason: WithdrawReason::Expired,
+                },
+            )
+            .await;
+        }
+        if let Some(l) = record.left.as_ref().filter(|_| left.is_some()) {
+            tracing::info!(contact = %id, how = l.how.as_str(), "the person left: a follow-up");
+            metrics::counter!("nwd_follow_ups_total", "service" => NAME, "how" => l.how.as_str())
+                .increment(1);
         }
         if !steps.is_empty()
             && let Err(e) = self
@@ -269,6 +318,8 @@ impl Router {
     /// offers in queue order (risk, then wait). Also catches anything missed
     /// (after a restart, a failed push).
     pub async fn sweep(&self) {
+        // The switchboard first: held contacts are offered to supervisors only.
+        self.apply_switchboard().await;
         let floor = self.floor();
         let plan = self.state().plan(&floor);
         let stale: Vec<(ContactId, Vec<CounsellorId>)> = plan
