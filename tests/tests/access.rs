@@ -462,6 +462,7 @@ fn rules() -> Vec<Rules> {
                 s(subjects::dashboard_queue()),
                 s(subjects::dashboard_floor()),
                 s(subjects::outbound_status_all()),
+                p(subjects::contact_noted(&id)),
             ],
             vec![
                 p("$KV.contacts.x"),

@@ -10,10 +10,13 @@ use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use nwd_proto::contact::ContactRecord;
 use nwd_proto::dashboard::{
-    ContactView, FollowUpEntry, MessageView, QueueEntry, ReasonView, Speaker, TransferView,
+    ContactView, FollowUpEntry, MessageView, NoteView, QueueEntry, ReasonView, Speaker,
+    TransferView,
 };
 use nwd_proto::directory::Directory;
-use nwd_proto::events::{Author, MessageTriaged, OutboundChat, OutboundSms, OutboundStatus};
+use nwd_proto::events::{
+    Author, ContactNoted, MessageTriaged, OutboundChat, OutboundSms, OutboundStatus,
+};
 use nwd_proto::ladder::Escalation;
 use nwd_proto::{ContactId, Envelope, subjects};
 
@@ -69,10 +72,31 @@ pub async fn load(
     js: &jetstream::Context,
     contact: &ContactId,
 ) -> Result<Vec<MessageView>, TranscriptError> {
+    Ok(load_with_notes(js, contact).await?.messages)
+}
+
+/// A contact's conversation and its private notes, oldest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transcript {
+    pub messages: Vec<MessageView>,
+    pub notes: Vec<ContactNoted>,
+}
+
+/// The conversation of one contact and its private notes (CONTACTS
+/// `contact.noted.<id>`, read in the same pass as the person's messages).
+/// A note resent by the browser is stored once (its `Nats-Msg-Id`); a
+/// resend after the stream's duplicate window is dropped here by its id.
+pub async fn load_with_notes(
+    js: &jetstream::Context,
+    contact: &ContactId,
+) -> Result<Transcript, TranscriptError> {
     let person = read_subjects(
         js,
         nwd_proto::streams::CONTACTS,
-        vec![subjects::contact_triaged(contact)],
+        vec![
+            subjects::contact_triaged(contact),
+            subjects::contact_noted(contact),
+        ],
     )
     .await?;
     let ours = read_subjects(
@@ -85,9 +109,14 @@ pub async fn load(
     )
     .await?;
     let mut views = Vec::new();
+    let mut notes: Vec<ContactNoted> = Vec::new();
     for m in person {
         if let Ok(env) = Envelope::<MessageTriaged>::from_bytes(&m.payload) {
             views.push(person_view(&env.data));
+        } else if let Ok(env) = Envelope::<ContactNoted>::from_bytes(&m.payload)
+            && !notes.iter().any(|n| n.note_id == env.data.note_id)
+        {
+            notes.push(env.data);
         }
     }
     let mut statuses = HashMap::new();
@@ -109,7 +138,58 @@ pub async fn load(
         });
     }
     views.sort_by_key(|v| v.at);
-    Ok(views)
+    Ok(Transcript {
+        messages: views,
+        notes,
+    })
+}
+
+/// Only the private notes of one contact, oldest first (a resend once).
+pub async fn load_notes(
+    js: &jetstream::Context,
+    contact: &ContactId,
+) -> Result<Vec<ContactNoted>, TranscriptError> {
+    let stored = read_subjects(
+        js,
+        nwd_proto::streams::CONTACTS,
+        vec![subjects::contact_noted(contact)],
+    )
+    .await?;
+    let mut notes: Vec<ContactNoted> = Vec::new();
+    for m in stored {
+        if let Ok(env) = Envelope::<ContactNoted>::from_bytes(&m.payload)
+            && !notes.iter().any(|n| n.note_id == env.data.note_id)
+        {
+            notes.push(env.data);
+        }
+    }
+    Ok(notes)
+}
+
+/// A private note as shown in a conversation (the author's name from the
+/// directory; the text is for the screen only, never for logs).
+pub fn note_view(note: &ContactNoted, dir: &Directory) -> NoteView {
+    NoteView {
+        id: note.note_id.clone(),
+        by: note.counsellor.clone(),
+        by_name: dir
+            .staff(&note.counsellor)
+            .map(|s| s.name.clone())
+            .unwrap_or_default(),
+        text: note.text.clone(),
+        at: note.at,
+    }
+}
+
+/// [`contact_view`] with the transcript's notes.
+pub fn contact_view_with_notes(
+    rec: &ContactRecord,
+    dir: &Directory,
+    transcript: Transcript,
+) -> ContactView {
+    let mut view = contact_view(rec, dir, transcript.messages);
+    view.notes = transcript.notes.iter().map(|n| note_view(n, dir)).collect();
+    view
 }
 
 /// How a person's message appears on screen.
@@ -188,7 +268,7 @@ pub fn contact_view(
         left: rec.left.clone().map(Box::new),
         held: rec.held.is_some(),
         opted_out: rec.opted_out_at.is_some(),
-        // Notes are events on CONTACTS; a reader that has them adds them.
+        // Notes are events on CONTACTS: `contact_view_with_notes` adds them.
         notes: Vec::new(),
     }
 }

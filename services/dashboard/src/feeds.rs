@@ -33,7 +33,8 @@ pub async fn forward_pushes(app: Arc<App>, mut sub: Subscriber) {
         let Some(msg) = msg else { break };
         match Envelope::<DashboardPush>::from_bytes(&msg.payload) {
             Ok(env) => {
-                let push = env.data;
+                let mut push = env.data;
+                with_notes(&app, &mut push.msg).await;
                 let n = app.hub.send(&push.counsellor, &push.msg);
                 tracing::debug!(counsellor = %push.counsellor, sockets = n, "push forwarded");
                 count("push", if n > 0 { "delivered" } else { "no-socket" });
@@ -45,6 +46,39 @@ pub async fn forward_pushes(app: Arc<App>, mut sub: Subscriber) {
         }
     }
     let _ = sub.unsubscribe().await;
+}
+
+/// Adds the contact's private notes to a conversation or offer the router
+/// pushed (the router's view leaves them out). Only a contact someone has
+/// held can have notes: an offer of a contact nobody answered yet is sent
+/// as it came, without reading the stream.
+async fn with_notes(app: &App, msg: &mut ServerMsg) {
+    let contact = match msg {
+        ServerMsg::Conversation { contact } => contact,
+        ServerMsg::Offer { contact }
+            if contact.transfer.is_some()
+                || contact
+                    .messages
+                    .iter()
+                    .any(|m| m.speaker == nwd_proto::dashboard::Speaker::Counsellor) =>
+        {
+            contact
+        }
+        _ => return,
+    };
+    match nwd_runtime::transcript::load_notes(&app.js, &contact.contact_id).await {
+        Ok(notes) => {
+            let directory = app.directory.get();
+            contact.notes = notes
+                .iter()
+                .map(|n| nwd_runtime::transcript::note_view(n, &directory))
+                .collect();
+        }
+        Err(e) => {
+            tracing::warn!(contact = %contact.contact_id, error = %e, "cannot read the notes");
+            count("push", "notes-unavailable");
+        }
+    }
 }
 
 /// Forwards each [`OutboundStatus`] to the sockets of the counsellor the
@@ -139,6 +173,26 @@ pub async fn forward_queue(app: Arc<App>, mut sub: Subscriber) {
             tracing::debug!(sockets, "queue sent");
         }
         count("queue", taken.as_str());
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+/// Keeps the newest [`nwd_proto::dashboard::FloorSnapshot`] and sends it to
+/// every supervisor's sockets when it changes ([`crate::floor`]).
+pub async fn forward_floor(app: Arc<App>, mut sub: Subscriber) {
+    loop {
+        let msg = tokio::select! {
+            _ = app.shutdown.cancelled() => break,
+            m = sub.next() => m,
+        };
+        let Some(msg) = msg else { break };
+        let Ok(env) = Envelope::<nwd_proto::dashboard::FloorSnapshot>::from_bytes(&msg.payload)
+        else {
+            count("floor", "undecodable");
+            continue;
+        };
+        let taken = app.floor.take(env.data, &app.hub);
+        count("floor", taken.as_str());
     }
     let _ = sub.unsubscribe().await;
 }

@@ -5,6 +5,7 @@
 //! browser ──ws──► dashboard ──request──► router          (accept / decline / resolve)
 //!                     │ ◄──core push─── router          (offers, withdrawals, messages)
 //!                     │ ◄──core sub──── router          (the queue, to every socket)
+//!                     │ ◄──core sub──── router          (the floor, to supervisors)
 //!                     │ ──publish────► OUTBOUND          (replies)
 //!                     │ ──cas────────► replies bucket    (a reply's body hash: resends)
 //!                     │ ◄──core sub─── OUTBOUND status   (delivery ticks)
@@ -38,8 +39,11 @@ use tokio_util::task::TaskTracker;
 
 pub mod credentials;
 pub mod feeds;
+pub mod floor;
 pub mod http;
 pub mod hub;
+pub mod monitor;
+pub mod notes;
 pub mod presence;
 pub mod queue;
 pub mod reply;
@@ -224,6 +228,10 @@ pub struct App {
     pub hub: hub::Hub,
     /// The newest queue snapshot from the router.
     pub queue: queue::Queue,
+    /// The newest floor snapshot from the router (supervisors only).
+    pub floor: floor::Floor,
+    /// Supervisors' silent monitorings in this process.
+    pub monitors: monitor::Monitors,
     pub settings: Settings,
     /// Cancelled on shutdown; every socket's own token is a child of it.
     pub shutdown: CancellationToken,
@@ -283,6 +291,8 @@ impl App {
             stores: OnceLock::new(),
             hub: hub::Hub::default(),
             queue: queue::Queue::default(),
+            floor: floor::Floor::default(),
+            monitors: monitor::Monitors::default(),
             settings,
             shutdown,
             tasks: TaskTracker::new(),
@@ -393,10 +403,11 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
                 .await?;
             let alerts = app.client.subscribe(subjects::ops_alert()).await?;
             let queue = app.client.subscribe(subjects::dashboard_queue()).await?;
+            let floor = app.client.subscribe(subjects::dashboard_floor()).await?;
             // A flush only empties our buffer; a request's answer proves the
             // server has processed the subscriptions sent before it.
             round_trip(&app.client).await?;
-            Ok::<_, async_nats::Error>((pushes, statuses, alerts, queue))
+            Ok::<_, async_nats::Error>((pushes, statuses, alerts, queue, floor))
         };
         match subscribed.await {
             Ok(s) => break s,
@@ -407,8 +418,9 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
             _ = tokio::time::sleep(delay) => {}
         }
     };
-    let (pushes, statuses, alerts, queue) = pushes;
+    let (pushes, statuses, alerts, queue, floor) = pushes;
     app.tasks.spawn(feeds::forward_queue(app.clone(), queue));
+    app.tasks.spawn(feeds::forward_floor(app.clone(), floor));
     app.tasks.spawn(feeds::forward_pushes(app.clone(), pushes));
     app.tasks
         .spawn(feeds::forward_ops_alerts(app.clone(), alerts));

@@ -64,6 +64,31 @@ impl Audience {
     }
 }
 
+/// A snapshot the router republishes on every change and at a steady
+/// interval (the queue, the floor): `seq` rises within one router process,
+/// `at` orders snapshots across restarts.
+pub trait Republished {
+    fn order(&self) -> (time::OffsetDateTime, u64);
+}
+
+impl Republished for QueueSnapshot {
+    fn order(&self) -> (time::OffsetDateTime, u64) {
+        (self.at, self.seq)
+    }
+}
+
+impl Republished for nwd_proto::dashboard::FloorSnapshot {
+    fn order(&self) -> (time::OffsetDateTime, u64) {
+        (self.at, self.seq)
+    }
+}
+
+/// Whether `new` replaces `kept`: only a newer one does (by `at`, then
+/// `seq`), so a late or repeated message is ignored.
+pub fn is_newer<T: Republished>(kept: Option<&T>, new: &T) -> bool {
+    kept.is_none_or(|k| new.order() > k.order())
+}
+
 /// What became of a snapshot from the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Taken {
@@ -145,13 +170,13 @@ impl Queue {
     /// ([`Queue::greet`]) never gets an older queue after a newer one.
     pub fn take(&self, snapshot: QueueSnapshot, hub: &Hub) -> Taken {
         let mut latest = self.latest();
-        let unchanged = match &latest.snapshot {
-            Some(kept) if (snapshot.at, snapshot.seq) <= (kept.at, kept.seq) => {
-                return Taken::Stale;
-            }
-            Some(kept) => kept.entries == snapshot.entries,
-            None => false,
-        };
+        if !is_newer(latest.snapshot.as_ref(), &snapshot) {
+            return Taken::Stale;
+        }
+        let unchanged = latest
+            .snapshot
+            .as_ref()
+            .is_some_and(|kept| kept.entries == snapshot.entries);
         latest.snapshot = Some(snapshot);
         latest.rendered.clear();
         if unchanged {

@@ -16,6 +16,7 @@ use nwd_proto::dashboard::{
     StaffOption, WithdrawReason,
 };
 use nwd_proto::directory::{PartnerKind, Role};
+use nwd_proto::handover::MAX_HANDOVER_NOTE_CHARS;
 use nwd_proto::router::{
     MAX_EMERGENCY_NATURE_CHARS, RouterCommand, RouterReply, valid_emergency_nature,
 };
@@ -122,6 +123,9 @@ where
 
         reg.close.cancel();
         let last = app.hub.unregister(&who, reg.id);
+        if last {
+            app.monitors.stop_all(&who);
+        }
         // On shutdown the browser reconnects to the next dashboard, which
         // takes the status back; only a counsellor who left goes offline.
         let left = last && !app.shutdown.is_cancelled();
@@ -269,6 +273,7 @@ impl Session {
         })
         .await;
         self.app.queue.greet(audience, &self.tx);
+        self.app.floor.greet(audience, &self.tx);
         if status != Presence::Offline {
             // Taken back from before a reconnect: refresh it now.
             if let Err(e) = presence::refresh(&self.stores.presence, &self.app.hub, &self.who).await
@@ -359,26 +364,177 @@ impl Session {
             } => self.outreach_outcome(contact_id, outcome).await,
             ClientMsg::Typing { contact_id } => self.typing(contact_id).await,
             ClientMsg::Read { contact_id, upto } => self.read(contact_id, upto).await,
-            ClientMsg::Transfer { .. }
-            | ClientMsg::CancelTransfer { .. }
-            | ClientMsg::Switchboard { .. }
-            | ClientMsg::Reassign { .. }
-            | ClientMsg::Claim { .. }
-            | ClientMsg::InvolveTrustedContact { .. }
-            | ClientMsg::Note { .. }
-            | ClientMsg::Profile { .. }
-            | ClientMsg::Monitor { .. }
-            | ClientMsg::StopMonitoring { .. }
-            | ClientMsg::Resume { .. } => {
-                // Being built (issue 16, ADR 0019): refused, never half done.
-                count_command("unknown", "not-available-yet");
-                self.reply(error(
-                    "not-available-yet",
-                    "This action is not available yet",
-                ))
-                .await;
+            ClientMsg::Transfer {
+                contact_id,
+                target,
+                mode,
+                note,
+            } => self.transfer(contact_id, target, mode, note).await,
+            ClientMsg::CancelTransfer { contact_id } => {
+                let cmd = RouterCommand::CancelTransfer {
+                    contact_id,
+                    counsellor: self.who.clone(),
+                };
+                self.forward(cmd).await;
+            }
+            ClientMsg::Switchboard { on } => {
+                if self.supervisor_only("switchboard").await {
+                    let cmd = RouterCommand::Switchboard {
+                        counsellor: self.who.clone(),
+                        on,
+                    };
+                    self.forward(cmd).await;
+                }
+            }
+            ClientMsg::Reassign { contact_id, to } => {
+                if self.supervisor_only("reassign").await {
+                    let cmd = RouterCommand::Reassign {
+                        contact_id,
+                        counsellor: self.who.clone(),
+                        to,
+                    };
+                    self.forward(cmd).await;
+                }
+            }
+            ClientMsg::Claim { contact_id } => {
+                let cmd = RouterCommand::Claim {
+                    contact_id,
+                    counsellor: self.who.clone(),
+                };
+                self.forward(cmd).await;
+            }
+            ClientMsg::InvolveTrustedContact {
+                contact_id,
+                trusted,
+            } => {
+                let cmd = RouterCommand::InvolveTrustedContact {
+                    contact_id,
+                    counsellor: self.who.clone(),
+                    trusted,
+                };
+                self.forward(cmd).await;
+            }
+            ClientMsg::Note {
+                contact_id,
+                client_id,
+                text,
+            } => self.note(contact_id, client_id, text).await,
+            ClientMsg::Profile { contact_id } => self.profile(contact_id).await,
+            ClientMsg::Monitor { contact_id } => {
+                if self.supervisor_only("monitor").await {
+                    self.monitor(contact_id).await;
+                }
+            }
+            ClientMsg::StopMonitoring { contact_id } => self.stop_monitoring(contact_id).await,
+            ClientMsg::Resume { last_seq } => self.resume(last_seq).await,
+        }
+    }
+
+    /// Whether the session's counsellor is a supervisor in the directory as
+    /// it is now (a role taken away counts at once); tells this socket
+    /// `not-a-supervisor` when not.
+    async fn supervisor_only(&self, command: &'static str) -> bool {
+        if self.is_supervisor() {
+            return true;
+        }
+        count_command(command, "not-a-supervisor");
+        self.reply(error("not-a-supervisor", "Only a supervisor can do this"))
+            .await;
+        false
+    }
+
+    fn is_supervisor(&self) -> bool {
+        self.app
+            .directory
+            .get()
+            .staff(&self.who)
+            .is_some_and(|s| s.role == Role::Supervisor)
+    }
+
+    /// Sends a command to the router in the session's name; the router
+    /// pushes what follows (to this counsellor and the others concerned).
+    async fn forward(&self, cmd: RouterCommand) {
+        let name = cmd.kind();
+        let span = match cmd.contact() {
+            Some(contact) => tracing::info_span!("command", command = name, contact = %contact),
+            None => tracing::info_span!("command", command = name),
+        };
+        self.routed(name, cmd).instrument(span).await;
+    }
+
+    async fn not_yet(&self) {
+        count_command("unknown", "not-available-yet");
+        self.reply(error(
+            "not-available-yet",
+            "This action is not available yet",
+        ))
+        .await;
+    }
+
+    /// A private note (never logged): stored, then shown to the holder's
+    /// tabs and the contact's monitors.
+    async fn note(&self, contact_id: ContactId, client_id: ClientReplyId, text: String) {
+        let written = crate::notes::write(
+            &self.app,
+            &self.stores,
+            &self.who,
+            contact_id,
+            client_id,
+            text,
+        )
+        .instrument(tracing::info_span!("note", contact = %contact_id))
+        .await;
+        match written {
+            Ok(()) => count_command("note", "done"),
+            Err((code, message)) => {
+                count_command("note", code);
+                self.reply(error(code, message)).await;
             }
         }
+    }
+    async fn profile(&self, _contact_id: ContactId) {
+        self.not_yet().await
+    }
+    async fn monitor(&self, _contact_id: ContactId) {
+        self.not_yet().await
+    }
+    async fn stop_monitoring(&self, _contact_id: ContactId) {
+        self.not_yet().await
+    }
+    async fn resume(&self, _last_seq: u64) {
+        self.not_yet().await
+    }
+
+    /// Hands a conversation on; the note (for the receivers) is at most
+    /// [`MAX_HANDOVER_NOTE_CHARS`] characters, and never logged.
+    async fn transfer(
+        &self,
+        contact_id: ContactId,
+        target: nwd_proto::handover::TransferTarget,
+        mode: nwd_proto::handover::TransferMode,
+        note: Option<String>,
+    ) {
+        let note = note.filter(|n| !n.trim().is_empty());
+        if note
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_HANDOVER_NOTE_CHARS)
+        {
+            count_command("transfer", "bad-note");
+            self.reply(error(
+                "bad-note",
+                format!("Keep the handover note to {MAX_HANDOVER_NOTE_CHARS} characters"),
+            ))
+            .await;
+            return;
+        }
+        let cmd = RouterCommand::Transfer {
+            contact_id,
+            counsellor: self.who.clone(),
+            target,
+            mode,
+            note,
+        };
+        self.forward(cmd).await;
     }
 
     /// The counsellor has read a person's web-chat messages up to `upto`:
@@ -738,11 +894,11 @@ pub async fn conversation(
         .await?
         .value;
     let Some(rec) = rec else { return Ok(None) };
-    let messages = transcript::load(&app.js, contact_id).await?;
-    Ok(Some(transcript::contact_view(
+    let transcript = transcript::load_with_notes(&app.js, contact_id).await?;
+    Ok(Some(transcript::contact_view_with_notes(
         &rec,
         &app.directory.get(),
-        messages,
+        transcript,
     )))
 }
 
@@ -783,13 +939,13 @@ pub async fn snapshot(
     });
     let mut out = Vec::with_capacity(mine.len() + offered.len());
     for rec in mine {
-        let messages = transcript::load(&app.js, &rec.id).await?;
-        let contact = transcript::contact_view(&rec, &app.directory.get(), messages);
+        let transcript = transcript::load_with_notes(&app.js, &rec.id).await?;
+        let contact = transcript::contact_view_with_notes(&rec, &app.directory.get(), transcript);
         out.push(ServerMsg::Conversation { contact });
     }
     for rec in offered {
-        let messages = transcript::load(&app.js, &rec.id).await?;
-        let contact = transcript::contact_view(&rec, &app.directory.get(), messages);
+        let transcript = transcript::load_with_notes(&app.js, &rec.id).await?;
+        let contact = transcript::contact_view_with_notes(&rec, &app.directory.get(), transcript);
         out.push(ServerMsg::Offer { contact });
     }
     Ok(out)

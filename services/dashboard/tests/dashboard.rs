@@ -1798,3 +1798,283 @@ async fn the_socket_logic_runs_over_plain_channels() {
     stop.cancel();
     app.drain().await;
 }
+
+// ------------------------------------------------------------------ handover commands
+
+#[tokio::test]
+async fn handover_commands_go_to_the_router_in_the_sessions_name() {
+    use nwd_proto::handover::{TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let id = ContactId::new();
+
+    // A forged counsellor in the frame is ignored: the session's is named.
+    ana.send_text(&format!(
+        r#"{{"type":"transfer","contact_id":"{id}","counsellor":"ben","target":{{"kind":"supervisor"}},"mode":"warm","note":"knows the plan"}}"#
+    ))
+    .await;
+    let sent = commands.recv().await.unwrap();
+    assert_eq!(
+        sent,
+        RouterCommand::Transfer {
+            contact_id: id,
+            counsellor: c("ana"),
+            target: TransferTarget::Supervisor,
+            mode: TransferMode::Warm,
+            note: Some("knows the plan".into()),
+        }
+    );
+    for (msg, expected) in [
+        (
+            ClientMsg::CancelTransfer { contact_id: id },
+            RouterCommand::CancelTransfer {
+                contact_id: id,
+                counsellor: c("ana"),
+            },
+        ),
+        (
+            ClientMsg::Claim { contact_id: id },
+            RouterCommand::Claim {
+                contact_id: id,
+                counsellor: c("ana"),
+            },
+        ),
+        (
+            ClientMsg::InvolveTrustedContact {
+                contact_id: id,
+                trusted: "maria-sister".into(),
+            },
+            RouterCommand::InvolveTrustedContact {
+                contact_id: id,
+                counsellor: c("ana"),
+                trusted: "maria-sister".into(),
+            },
+        ),
+    ] {
+        ana.send(&msg).await;
+        assert_eq!(commands.recv().await.unwrap(), expected);
+    }
+
+    // A supervisor may use the switchboard and reassign.
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Switchboard { on: true }).await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Switchboard {
+            counsellor: c("sam"),
+            on: true
+        }
+    );
+    sam.send(&ClientMsg::Reassign {
+        contact_id: id,
+        to: c("ben"),
+    })
+    .await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Reassign {
+            contact_id: id,
+            counsellor: c("sam"),
+            to: c("ben"),
+        }
+    );
+}
+
+#[tokio::test]
+async fn supervisor_actions_and_long_handover_notes_are_refused_before_the_router() {
+    use nwd_proto::handover::{MAX_HANDOVER_NOTE_CHARS, TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let id = ContactId::new();
+
+    ana.send(&ClientMsg::Switchboard { on: true }).await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Reassign {
+        contact_id: id,
+        to: c("ana"),
+    })
+    .await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Monitor { contact_id: id }).await;
+    ana.expect_error("not-a-supervisor").await;
+    ana.send(&ClientMsg::Transfer {
+        contact_id: id,
+        target: TransferTarget::Supervisor,
+        mode: TransferMode::Cold,
+        note: Some("x".repeat(MAX_HANDOVER_NOTE_CHARS + 1)),
+    })
+    .await;
+    let why = ana.expect_error("bad-note").await;
+    assert!(why.contains(&MAX_HANDOVER_NOTE_CHARS.to_string()), "{why}");
+
+    // Nothing of that reached the router: the next command it sees is this.
+    ana.send(&ClientMsg::Claim { contact_id: id }).await;
+    assert_eq!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Claim {
+            contact_id: id,
+            counsellor: c("ana"),
+        }
+    );
+    assert!(commands.try_recv().is_err());
+}
+
+// ------------------------------------------------------------------ private notes
+
+#[tokio::test]
+async fn a_note_is_stored_once_shown_on_every_tab_and_in_the_conversation_after() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut tab1 = d.socket("ana").await;
+    let mut tab2 = d.socket("ana").await;
+    tab1.hello().await;
+    tab2.hello().await;
+    let client_id = ClientReplyId::new();
+    let note = ClientMsg::Note {
+        contact_id: mine.id,
+        client_id,
+        text: "Sister is nearby".into(),
+    };
+    tab1.send(&note).await;
+    let mut ids = Vec::new();
+    for tab in [&mut tab1, &mut tab2] {
+        let shown = tab
+            .expect("noted", |m| match m {
+                ServerMsg::Noted { contact_id, note } if *contact_id == mine.id => {
+                    Some(note.clone())
+                }
+                _ => None,
+            })
+            .await;
+        assert_eq!(shown.text, "Sister is nearby");
+        assert_eq!(shown.by, c("ana"));
+        assert_eq!(shown.by_name, "Ana García");
+        ids.push(shown.id);
+    }
+    assert_eq!(ids[0], ids[1]);
+    // A resend (a dropped socket) is the same note: stored once.
+    tab1.send(&note).await;
+    tab1.expect("the resend's noted", |m| {
+        matches!(m, ServerMsg::Noted { note, .. } if note.id == ids[0]).then_some(())
+    })
+    .await;
+    let stored = transcript::read_subjects(
+        &d.js,
+        streams::CONTACTS,
+        vec![subjects::contact_noted(&mine.id)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 1);
+
+    // A socket opened later has the note in the conversation.
+    let mut later = d.socket("ana").await;
+    let contact = later
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } if contact.contact_id == mine.id => {
+                Some(contact.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(contact.notes.len(), 1);
+    assert_eq!(contact.notes[0].text, "Sister is nearby");
+}
+
+#[tokio::test]
+async fn a_note_on_someone_elses_conversation_or_too_long_is_refused_and_not_stored() {
+    let d = Dashboard::start().await;
+    let anas = d.contact("hello", assigned_to("ana")).await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Note {
+        contact_id: anas.id,
+        client_id: ClientReplyId::new(),
+        text: "forged".into(),
+    })
+    .await;
+    ben.expect_error("not-assigned").await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    for text in [
+        String::from("   "),
+        "x".repeat(nwd_proto::dashboard::MAX_NOTE_CHARS + 1),
+    ] {
+        ana.send(&ClientMsg::Note {
+            contact_id: anas.id,
+            client_id: ClientReplyId::new(),
+            text,
+        })
+        .await;
+        ana.expect_error("bad-note").await;
+    }
+    let stored = transcript::read_subjects(
+        &d.js,
+        streams::CONTACTS,
+        vec![subjects::contact_noted(&anas.id)],
+    )
+    .await
+    .unwrap();
+    assert!(stored.is_empty());
+}
+
+// ------------------------------------------------------------------ the floor
+
+impl Dashboard {
+    /// A floor snapshot as the router publishes it (core NATS).
+    async fn publish_floor(&self, seq: u64, switchboard_on: bool) {
+        let at = OffsetDateTime::now_utc();
+        let snapshot = Envelope::new(nwd_proto::dashboard::FloorSnapshot {
+            seq,
+            at,
+            staff: Vec::new(),
+            conversations: Vec::new(),
+            switchboard: Some(nwd_proto::handover::Switchboard {
+                on: switchboard_on,
+                by: c("sam"),
+                at,
+            }),
+        });
+        let client = self.nats.client().await;
+        client
+            .publish(subjects::dashboard_floor(), snapshot.to_bytes().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_floor_reaches_supervisors_on_change_and_on_connect_and_no_counsellor() {
+    let d = Dashboard::start().await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    d.publish_floor(1, true).await;
+    let seq = sam
+        .expect("the floor", |m| match m {
+            ServerMsg::Floor { floor } => Some(floor.seq),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seq, 1);
+    // A supervisor who connects later has it at once.
+    let mut later = d.socket("sam").await;
+    let on = later
+        .expect("the floor on connect", |m| match m {
+            ServerMsg::Floor { floor } => Some(floor.switchboard.as_ref().unwrap().on),
+            _ => None,
+        })
+        .await;
+    assert!(on);
+    ana.expect_none(Duration::from_millis(300), "a floor", |m| {
+        matches!(m, ServerMsg::Floor { .. })
+    })
+    .await;
+}
