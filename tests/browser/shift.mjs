@@ -20,7 +20,8 @@
 // screenshots dashboard-profile, -supervisor, -transfer.
 // The steps that need the router's handovers and the dashboard's server side
 // (profile, notes, floor, monitoring, transfer, switchboard):
-// SHIFT_SERVER_SIDE=0 turns them off (snippets and the network drop still run).
+// SHIFT_SERVER_SIDE=0 turns them off (snippets and the network drop still run);
+// SHIFT_SKIP=profile,note,floor,monitor,transfer,switchboard turns off some.
 // Usage: DASHBOARD=http://… PHONE=http://… SCREENSHOT_DIR=… [DOCS_SCREENSHOT_DIR=docs/screenshots] node shift.mjs
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync } from "node:fs";
@@ -34,6 +35,8 @@ const PHONE = process.env.PHONE ?? "http://127.0.0.1:8070";
 const SHOTS = process.env.SCREENSHOT_DIR ?? "target/browser";
 const DOCS_SHOTS = process.env.DOCS_SCREENSHOT_DIR;
 const SERVER_SIDE = process.env.SHIFT_SERVER_SIDE !== "0";
+const SKIP = new Set((process.env.SHIFT_SKIP ?? "").split(",").map((x) => x.trim()).filter(Boolean));
+const runs = (part) => SERVER_SIDE && !SKIP.has(part);
 // María (demo directory: Eastside's patient, sister Lucía with a consent).
 const MARIA = "+15005550142";
 const JAMES = "+15005550143";
@@ -128,7 +131,7 @@ try {
   step("Ana accepted María's text");
 
   // ---- The profile beside the conversation.
-  if (SERVER_SIDE) {
+  if (runs("profile")) {
     const profile = conv.getByRole("region", { name: "The person" });
     await profile.getByText("María López").waitFor({ timeout: 10_000 });
     await profile.getByText("Eastside Recovery Clinic").waitFor();
@@ -154,7 +157,7 @@ try {
 
   // ---- A private note: in the history, marked, never on the phone.
   const privateNote = "Has naloxone at home; her sister Lucía is her main support.";
-  if (SERVER_SIDE) {
+  if (runs("note")) {
     await conv.getByLabel("Private note — never sent to the person").fill(privateNote);
     await conv.getByRole("button", { name: "Add private note" }).click();
     const noted = conv.getByRole("log", { name: "Conversation history" }).getByTestId("note").filter({ hasText: privateNote });
@@ -182,7 +185,7 @@ try {
     const shown = await history.getByText(line).count();
     if (shown !== 1) throw new Error(`"${line}" is shown ${shown} times after the reconnect`);
   }
-  if (SERVER_SIDE) await history.getByText(privateNote).waitFor();
+  if (runs("note")) await history.getByText(privateNote).waitFor();
   step("network dropped and came back: María's message from meanwhile is shown once, nothing else doubled");
 
   const ben = await staff("ben");
@@ -190,9 +193,10 @@ try {
   step("Ben logged in and available");
 
   // ---- The supervisor's floor and silent monitoring.
-  if (SERVER_SIDE) {
-    const sam = await staff("sam");
-    const floor = sam.page.getByRole("region", { name: "Supervisor — the floor" });
+  let benConv = null;
+  const sam = runs("floor") ? await staff("sam") : null;
+  const floor = sam && sam.page.getByRole("region", { name: "Supervisor — the floor" });
+  if (runs("floor")) {
     const onShift = floor.getByRole("table", { name: "On shift" });
     await onShift.getByRole("row").filter({ hasText: "Ana García" }).filter({ hasText: "1 of 3" }).waitFor({ timeout: 15_000 });
     await onShift.getByRole("row").filter({ hasText: "Ben Okafor" }).filter({ hasText: "Available" }).waitFor({ timeout: 15_000 });
@@ -200,10 +204,16 @@ try {
       .filter({ hasText: "with Ana García" });
     await inProgress.waitFor({ timeout: 15_000 });
     step("Sam sees Ana and Ben on shift with their load, and Ana's conversation in progress");
+    await axe(sam.page, "supervisor floor");
+    await shot(sam.page, "dashboard-supervisor.png");
+  }
+  if (runs("floor") && runs("monitor")) {
+    const inProgress = floor.getByRole("list", { name: "Conversations in progress" }).getByRole("listitem")
+      .filter({ hasText: "with Ana García" });
     await inProgress.getByRole("button", { name: /^Monitor / }).click();
     const watch = floor.getByRole("region", { name: /^Monitoring / });
     await watch.getByText(first).waitFor({ timeout: 10_000 });
-    await watch.getByText(privateNote).waitFor();
+    if (runs("note")) await watch.getByText(privateNote).waitFor();
     if (await watch.getByRole("textbox").count()) throw new Error("the monitoring view has a text box");
     const later = "sorry my phone died. are you still there";
     await text(maria, EASTSIDE, later);
@@ -215,8 +225,10 @@ try {
     await watch.getByRole("button", { name: "Stop monitoring" }).click();
     await watch.waitFor({ state: "detached" });
     step("Sam stopped monitoring");
+  }
 
-    // ---- Warm transfer to Ben, keyboard only.
+  // ---- Warm transfer to Ben, keyboard only.
+  if (runs("transfer")) {
     await replyBox.focus();
     await focusReaches(ana.page, "transfer");
     await ana.page.keyboard.press("Enter");
@@ -247,13 +259,16 @@ try {
     await axe(ben.page, "transfer offer");
     await ben.page.screenshot({ path: join(SHOTS, "dashboard-transfer-offer.png"), fullPage: true });
     await transferOffer.getByRole("button", { name: "Accept" }).click();
-    const benConv = ben.page.getByRole("tabpanel").filter({ hasText: first });
+    benConv = ben.page.getByRole("tabpanel").filter({ hasText: first });
     await benConv.waitFor({ timeout: 10_000 });
     await conv.waitFor({ state: "detached", timeout: 10_000 });
     await ana.page.getByTestId("announce-polite").filter({ hasText: /now with Ben/ }).waitFor({ timeout: 5_000 });
     step("Ben accepted: the conversation and its history are his; Ana's tab closed with a polite announcement");
+  }
 
-    // ---- The switchboard: hold, then release.
+  // ---- The switchboard: hold, then release.
+  let released = null;
+  if (runs("floor") && runs("switchboard")) {
     await floor.getByRole("button", { name: "Hold every waiting contact for supervisors" }).click();
     await floor.getByRole("status").filter({ hasText: /^Switchboard on/ }).waitFor({ timeout: 10_000 });
     await floor.getByRole("button", { name: "Release them" }).waitFor();
@@ -271,20 +286,18 @@ try {
     await shot(sam.page, "dashboard-switchboard.png");
     await floor.getByRole("button", { name: "Release them" }).click();
     await floor.getByRole("status").filter({ hasText: /^Switchboard off/ }).waitFor({ timeout: 10_000 });
-    const released = ana.page.getByRole("article", { name: /^New contact/ }).filter({ hasText: surge });
-    await released.waitFor({ timeout: 15_000 });
+    const offered = ana.page.getByRole("article", { name: /^New contact/ }).filter({ hasText: surge });
+    await offered.waitFor({ timeout: 15_000 });
     step("released: the contact is offered to the floor again");
-
-    // ---- Leave the line clean for the next spec.
-    await released.getByRole("button", { name: "Accept" }).click();
-    await resolve(ana.page, ana.page.getByRole("tabpanel").filter({ hasText: surge }));
-    await resolve(ben.page, benConv);
-    step("both conversations resolved");
-    await sam.ctx.close();
-  } else {
-    await resolve(ana.page, conv);
-    step("conversation resolved");
+    await offered.getByRole("button", { name: "Accept" }).click();
+    released = ana.page.getByRole("tabpanel").filter({ hasText: surge });
   }
+
+  // ---- Leave the line clean for the next spec.
+  if (released) await resolve(ana.page, released);
+  await resolve(...(benConv ? [ben.page, benConv] : [ana.page, conv]));
+  step("conversations resolved");
+  if (sam) await sam.ctx.close();
   await ana.ctx.close();
   await ben.ctx.close();
   console.log("browser shift passed");
