@@ -185,6 +185,44 @@ pub mod msg_id {
         format!("{}:disclosure:{recipient}", escalation_step(contact, step))
     }
 
+    /// A counsellor's notice to a trusted contact ("involve trusted
+    /// contact") in the conversation they hold since `since`: once per
+    /// trusted contact per conversation, so a retried request is the same.
+    pub fn involve_trusted_contact(
+        contact: &ContactId,
+        since: OffsetDateTime,
+        recipient: &str,
+    ) -> String {
+        format!(
+            "{contact}:involve:{}:{recipient}",
+            since.unix_timestamp_nanos()
+        )
+    }
+
+    /// The disclosure record (AUDIT) of a counsellor's notice to a trusted contact.
+    pub fn involve_disclosure(
+        contact: &ContactId,
+        since: OffsetDateTime,
+        recipient: &str,
+    ) -> String {
+        format!(
+            "{}:disclosure",
+            involve_trusted_contact(contact, since, recipient)
+        )
+    }
+
+    /// The refusal record (AUDIT) of a counsellor's notice to a trusted contact.
+    pub fn involve_disclosure_refused(
+        contact: &ContactId,
+        since: OffsetDateTime,
+        recipient: &str,
+    ) -> String {
+        format!(
+            "{}:refused",
+            involve_trusted_contact(contact, since, recipient)
+        )
+    }
+
     /// The refusal record (AUDIT) of a step's disclosure to a trusted contact.
     pub fn step_disclosure_refused(contact: &ContactId, step: u64, recipient: &str) -> String {
         format!("{}:refused:{recipient}", escalation_step(contact, step))
@@ -274,6 +312,22 @@ pub mod outbound {
     /// The notice to trusted contact `recipient` sent by escalation step `step`.
     pub fn trusted_contact(contact: &ContactId, step: u64, recipient: &str) -> OutboundId {
         system(contact, &format!("step:{step}:trusted:{recipient}"))
+    }
+
+    /// The SMS of a counsellor's notice to a trusted contact in the
+    /// conversation they hold since `since` (once per conversation).
+    pub fn involved_trusted_contact(
+        contact: &ContactId,
+        since: OffsetDateTime,
+        recipient: &str,
+    ) -> OutboundId {
+        system(
+            contact,
+            &format!(
+                "involve:{}:trusted:{recipient}",
+                since.unix_timestamp_nanos()
+            ),
+        )
     }
 
     /// The SMS telling a hospital of a medical-emergency disclosure made at `at`.

@@ -60,6 +60,70 @@ pub fn refusal_reason(consent: Option<&Consent>, at: OffsetDateTime) -> &'static
     }
 }
 
+/// Who asks for a notice to a trusted contact; it gives the notice's ids
+/// (so a redelivery or a retry is deduplicated) and the audit's `by`.
+#[derive(Debug, Clone, Copy)]
+enum Notice<'a> {
+    /// A fired ladder step.
+    Step(&'a StepRecord),
+    /// The counsellor holding the contact since `since` ("involve trusted
+    /// contact", ADR 0019).
+    Counsellor(&'a CounsellorId, OffsetDateTime),
+}
+
+impl Notice<'_> {
+    fn by(&self, service: &str, rec: &ContactRecord) -> String {
+        match self {
+            Notice::Step(step) => {
+                format!(
+                    "{service}:{}",
+                    wire::msg_id::escalation_step(&rec.id, step.step)
+                )
+            }
+            Notice::Counsellor(who, _) => format!("counsellor:{who}"),
+        }
+    }
+
+    fn disclosure_id(&self, rec: &ContactRecord, recipient: &str) -> String {
+        match self {
+            Notice::Step(step) => wire::msg_id::step_disclosure(&rec.id, step.step, recipient),
+            Notice::Counsellor(_, since) => {
+                wire::msg_id::involve_disclosure(&rec.id, *since, recipient)
+            }
+        }
+    }
+
+    fn refused_id(&self, rec: &ContactRecord, recipient: &str) -> String {
+        match self {
+            Notice::Step(step) => {
+                wire::msg_id::step_disclosure_refused(&rec.id, step.step, recipient)
+            }
+            Notice::Counsellor(_, since) => {
+                wire::msg_id::involve_disclosure_refused(&rec.id, *since, recipient)
+            }
+        }
+    }
+
+    fn outbound_id(&self, rec: &ContactRecord, recipient: &str) -> OutboundId {
+        match self {
+            Notice::Step(step) => wire::outbound::trusted_contact(&rec.id, step.step, recipient),
+            Notice::Counsellor(_, since) => {
+                wire::outbound::involved_trusted_contact(&rec.id, *since, recipient)
+            }
+        }
+    }
+}
+
+/// What became of a counsellor's request to involve a trusted contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Involved {
+    /// Recorded in AUDIT, then texted.
+    Told,
+    /// Not told, and the refusal recorded in AUDIT with this reason (one of
+    /// the `REFUSED_*`).
+    Refused(&'static str),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
     #[error("publish failed: {0}")]
@@ -406,8 +470,15 @@ impl Announcer {
             // can be checked, so nobody is told, and that is recorded.
             let who = rec.patient.as_deref().unwrap_or(UNKNOWN);
             for t in notified.iter().chain(refused) {
-                self.refusal(rec, step, who, t, REFUSED_PATIENT_NOT_IN_DIRECTORY, now)
-                    .await?;
+                self.refusal(
+                    rec,
+                    Notice::Step(step),
+                    who,
+                    t,
+                    REFUSED_PATIENT_NOT_IN_DIRECTORY,
+                    now,
+                )
+                .await?;
             }
             return Ok(());
         };
@@ -421,12 +492,13 @@ impl Announcer {
                 .as_ref()
                 .filter(|c| c.covers(TRUSTED_CONTACT_PURPOSE, now))
             {
-                Some(c) if chosen => self.disclose(rec, step, p, t, c, now).await?,
+                Some(c) if chosen => self.disclose(rec, Notice::Step(step), p, t, c, now).await?,
                 _ => {
                     // Refused by the ladder at the step's time, or since.
                     let at = if chosen { now } else { step.at };
                     let reason = refusal_reason(t.consent.as_ref(), at);
-                    self.refusal(rec, step, &p.id, &t.id, reason, now).await?;
+                    self.refusal(rec, Notice::Step(step), &p.id, &t.id, reason, now)
+                        .await?;
                 }
             }
         }
@@ -437,7 +509,7 @@ impl Announcer {
         {
             self.refusal(
                 rec,
-                step,
+                Notice::Step(step),
                 &p.id,
                 gone,
                 REFUSED_RECIPIENT_NOT_IN_DIRECTORY,
@@ -448,21 +520,77 @@ impl Announcer {
         Ok(())
     }
 
+    /// A counsellor holding the contact asks to tell trusted contact
+    /// `trusted` (ADR 0019): the same rules as the ladder's rung — the
+    /// consent is checked now against the directory in force, the AUDIT
+    /// record is stored before the SMS, and a refusal is audited too. Once
+    /// per trusted contact per conversation (`since`: when they took it).
+    pub async fn involve_trusted_contact(
+        &self,
+        rec: &ContactRecord,
+        who: &CounsellorId,
+        since: OffsetDateTime,
+        trusted: &str,
+    ) -> Result<Involved, AnnounceError> {
+        let dir = self.dir();
+        let now = OffsetDateTime::now_utc();
+        let notice = Notice::Counsellor(who, since);
+        let patient_id = rec.patient.as_deref().unwrap_or(UNKNOWN);
+        let Some(p) = patient(&dir, rec) else {
+            self.refusal(
+                rec,
+                notice,
+                patient_id,
+                trusted,
+                REFUSED_PATIENT_NOT_IN_DIRECTORY,
+                now,
+            )
+            .await?;
+            return Ok(Involved::Refused(REFUSED_PATIENT_NOT_IN_DIRECTORY));
+        };
+        let Some(t) = p.trusted_contacts.iter().find(|t| t.id == trusted) else {
+            self.refusal(
+                rec,
+                notice,
+                &p.id,
+                trusted,
+                REFUSED_RECIPIENT_NOT_IN_DIRECTORY,
+                now,
+            )
+            .await?;
+            return Ok(Involved::Refused(REFUSED_RECIPIENT_NOT_IN_DIRECTORY));
+        };
+        match t
+            .consent
+            .as_ref()
+            .filter(|c| c.covers(TRUSTED_CONTACT_PURPOSE, now))
+        {
+            Some(c) => {
+                self.disclose(rec, notice, p, t, c, now).await?;
+                Ok(Involved::Told)
+            }
+            None => {
+                let reason = refusal_reason(t.consent.as_ref(), now);
+                self.refusal(rec, notice, &p.id, &t.id, reason, now).await?;
+                Ok(Involved::Refused(reason))
+            }
+        }
+    }
+
     /// One notice to a trusted contact: the AUDIT record first (stored, its
     /// ack awaited), then the SMS.
     async fn disclose(
         &self,
         rec: &ContactRecord,
-        step: &StepRecord,
+        notice: Notice<'_>,
         p: &Patient,
         t: &TrustedContact,
         c: &Consent,
         now: OffsetDateTime,
     ) -> Result<(), AnnounceError> {
-        let key = wire::msg_id::escalation_step(&rec.id, step.step);
         self.publish(
             subjects::audit_disclosure(&rec.id),
-            &wire::msg_id::step_disclosure(&rec.id, step.step, &t.id),
+            &notice.disclosure_id(rec, &t.id),
             Disclosure {
                 contact_id: rec.id,
                 patient: p.id.clone(),
@@ -475,7 +603,7 @@ impl Announcer {
                     signed_at: c.signed_at,
                     expires_at: c.expires_at,
                 },
-                by: format!("{}:{key}", self.service),
+                by: notice.by(self.service, rec),
                 at: now,
             },
         )
@@ -487,13 +615,8 @@ impl Announcer {
             "{}: {first_name} contacted us and may need your support. Please check in with them. In an emergency call {}.",
             dir.line.name, dir.line.emergency_number
         );
-        self.sms(
-            rec,
-            wire::outbound::trusted_contact(&rec.id, step.step, &t.id),
-            t.phone.clone(),
-            body,
-        )
-        .await?;
+        self.sms(rec, notice.outbound_id(rec, &t.id), t.phone.clone(), body)
+            .await?;
         metrics::counter!("nwd_disclosures_total", "service" => self.service, "outcome" => "disclosed").increment(1);
         Ok(())
     }
@@ -515,7 +638,7 @@ impl Announcer {
         let now = OffsetDateTime::now_utc();
         self.refusal(
             rec,
-            step,
+            Notice::Step(step),
             id,
             UNKNOWN,
             REFUSED_PATIENT_NOT_IN_DIRECTORY,
@@ -527,23 +650,22 @@ impl Announcer {
     async fn refusal(
         &self,
         rec: &ContactRecord,
-        step: &StepRecord,
+        notice: Notice<'_>,
         patient: &str,
         recipient: &str,
         reason: &str,
         at: OffsetDateTime,
     ) -> Result<(), AnnounceError> {
         metrics::counter!("nwd_disclosures_total", "service" => self.service, "outcome" => "refused").increment(1);
-        let key = wire::msg_id::escalation_step(&rec.id, step.step);
         self.publish(
             subjects::audit_disclosure_refused(&rec.id),
-            &wire::msg_id::step_disclosure_refused(&rec.id, step.step, recipient),
+            &notice.refused_id(rec, recipient),
             DisclosureRefused {
                 contact_id: rec.id,
                 patient: patient.to_owned(),
                 recipient: Recipient::TrustedContact(recipient.to_owned()),
                 reason: reason.to_owned(),
-                by: format!("{}:{key}", self.service),
+                by: notice.by(self.service, rec),
                 at,
             },
         )

@@ -2160,6 +2160,75 @@ mod queue_feed {
     }
 }
 
+/// The floor feed for supervisors: staff, conversations, the switchboard.
+#[tokio::test]
+async fn the_floor_snapshot_shows_staff_load_conversations_and_the_switchboard_without_text() {
+    use nwd_proto::dashboard::FloorSnapshot;
+    let line = Line::start().await;
+    let seen: Arc<Mutex<Vec<(FloorSnapshot, String)>>> = Arc::default();
+    let mut sub = line
+        .client
+        .subscribe(subjects::dashboard_floor())
+        .await
+        .unwrap();
+    line.client.flush().await.unwrap();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let raw = String::from_utf8(msg.payload.to_vec()).unwrap();
+            let env = Envelope::<FloorSnapshot>::from_bytes(&msg.payload).unwrap();
+            sink.lock().unwrap().push((env.data, raw));
+        }
+    });
+    let wait = |what: &'static str, check: Box<dyn Fn(&FloorSnapshot) -> bool + Send + Sync>| {
+        let seen = seen.clone();
+        async move {
+            eventually(WITHIN, what, || async {
+                seen.lock().unwrap().iter().find(|(s, _)| check(s)).cloned()
+            })
+            .await
+        }
+    };
+    line.presence("ben", Presence::Available).await;
+    let id = ContactId::new();
+    line.message(id, RiskLevel::High, Language::En, "the pills are here")
+        .await;
+    line.pushes.wait_offer("ben", id).await;
+    assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+    let (snapshot, raw) = wait(
+        "ben's conversation on the floor",
+        Box::new(move |s| s.conversations.iter().any(|c| c.contact_id == id)),
+    )
+    .await;
+    let conversation = &snapshot.conversations[0];
+    assert_eq!(conversation.counsellor, c("ben"));
+    assert_eq!(conversation.risk, RiskLevel::High);
+    assert_eq!(conversation.door, "Eastside Recovery Clinic");
+    assert!(!conversation.orphaned && !conversation.transferring);
+    let ben = snapshot.staff.iter().find(|s| s.id == c("ben")).unwrap();
+    assert_eq!(
+        (ben.presence, ben.load, ben.capacity, ben.on_call),
+        (Presence::Available, 1, 2, true)
+    );
+    let ana = snapshot.staff.iter().find(|s| s.id == c("ana")).unwrap();
+    assert_eq!((ana.presence, ana.load), (Presence::Offline, 0));
+    assert_eq!(snapshot.staff.len(), 5, "everyone in the directory");
+    assert!(snapshot.switchboard.is_none());
+    assert!(!raw.contains("pills"), "never the message text: {raw}");
+    assert!(!raw.contains("5550142"), "never the number: {raw}");
+    let on = RouterCommand::Switchboard {
+        counsellor: c("sam"),
+        on: true,
+    };
+    assert_eq!(line.command(on).await, RouterReply::Done);
+    let (snapshot, _) = wait(
+        "the switchboard on",
+        Box::new(|s| s.switchboard.as_ref().is_some_and(|b| b.on)),
+    )
+    .await;
+    assert_eq!(snapshot.switchboard.unwrap().by, c("sam"));
+}
+
 #[tokio::test]
 async fn the_closing_note_and_disposition_reach_contact_resolved() {
     let logs = nwd_testkit::capture_logs();
@@ -2188,8 +2257,614 @@ async fn the_closing_note_and_disposition_reach_contact_resolved() {
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0].note.as_deref(), Some(note));
     assert_eq!(resolved[0].disposition.as_deref(), Some("safety-plan-made"));
+    assert_eq!(
+        line.record(id).await.unwrap().disposition.as_deref(),
+        Some("safety-plan-made"),
+        "the disposition is on the record"
+    );
     assert!(
         !logs.contents().contains("safety plan"),
         "never the note in logs"
     );
+}
+
+// ------------------------------------------------------------ handovers (ADR 0019)
+
+mod handovers {
+    use super::*;
+    use nwd_proto::dashboard::TransferStatus;
+    use nwd_proto::events::{HandoverAction, HandoverRecorded};
+    use nwd_proto::handover::{LeftHow, TransferMode, TransferTarget};
+
+    async fn audited(line: &Line, id: ContactId) -> Vec<HandoverRecorded> {
+        audit_on(line, subjects::audit_handover(&id)).await
+    }
+
+    async fn audit_on(line: &Line, subject: String) -> Vec<HandoverRecorded> {
+        nwd_runtime::transcript::read_subjects(&line.js, streams::AUDIT, vec![subject])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| {
+                Envelope::<HandoverRecorded>::from_bytes(&m.payload)
+                    .unwrap()
+                    .data
+            })
+            .collect()
+    }
+
+    fn refusal(reply: RouterReply) -> String {
+        match reply {
+            RouterReply::Refused { reason } => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// A contact `who` accepted (they stay available).
+    async fn held_by(line: &Line, who: &str, body: &str) -> ContactId {
+        line.presence(who, Presence::Available).await;
+        let id = ContactId::new();
+        line.message(id, RiskLevel::High, Language::En, body).await;
+        line.pushes.wait_offer(who, id).await;
+        assert_eq!(line.accept(id, who).await, RouterReply::Done);
+        id
+    }
+
+    async fn transfer(
+        line: &Line,
+        id: ContactId,
+        who: &str,
+        target: TransferTarget,
+        mode: TransferMode,
+        note: Option<&str>,
+    ) -> RouterReply {
+        line.command(RouterCommand::Transfer {
+            contact_id: id,
+            counsellor: c(who),
+            target,
+            mode,
+            note: note.map(str::to_owned),
+        })
+        .await
+    }
+
+    fn to(who: &str) -> TransferTarget {
+        TransferTarget::Counsellor { id: c(who) }
+    }
+
+    async fn wait_push(
+        line: &Line,
+        who: &str,
+        what: &str,
+        pick: impl Fn(&ServerMsg) -> bool,
+    ) -> ServerMsg {
+        eventually(WITHIN, what, || async {
+            line.pushes.to(who).into_iter().find(|m| pick(m))
+        })
+        .await
+    }
+
+    fn assigned_to(who: &'static str) -> impl Fn(&ContactState) -> bool {
+        move |s| matches!(s, ContactState::Assigned { counsellor, .. } if counsellor.as_str() == who)
+    }
+
+    #[tokio::test]
+    async fn a_warm_transfer_stays_with_the_sender_until_the_receiver_accepts_and_is_audited_without_the_note()
+     {
+        let logs = nwd_testkit::capture_logs();
+        let line = Line::start().await;
+        let id = held_by(&line, "ana", "hello").await;
+        line.presence("ben", Presence::Available).await;
+        let note = "Talked about her sister; wants a callback";
+        let reply = transfer(&line, id, "ana", to("ben"), TransferMode::Warm, Some(note)).await;
+        assert_eq!(reply, RouterReply::Done);
+        // Ben is offered it with the sender and the note; Ana keeps it.
+        let offer = line.pushes.wait_offer("ben", id).await;
+        let t = offer.transfer.expect("the offer names the transfer");
+        assert_eq!(
+            (t.from, t.from_name.as_str(), t.mode),
+            (c("ana"), "Ana", TransferMode::Warm)
+        );
+        assert_eq!(t.note.as_deref(), Some(note));
+        assert_eq!(
+            line.record(id).await.unwrap().assigned_to(),
+            Some(&c("ana"))
+        );
+        wait_push(&line, "ana", "transfer offered", |m| {
+            matches!(m, ServerMsg::TransferUpdate { status: TransferStatus::Offered { to }, .. } if to == &["Ben".to_owned()])
+        })
+        .await;
+        let audit = audited(&line, id).await;
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].counsellor, c("ana"));
+        assert_eq!(
+            audit[0].action,
+            HandoverAction::Transfer {
+                target: to("ben"),
+                mode: TransferMode::Warm,
+                to: vec![c("ben")],
+                with_note: true,
+            }
+        );
+        // Ben accepts: his now; Ana is told; Ben has the conversation.
+        assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+        line.wait_state(id, "assigned to ben", assigned_to("ben"))
+            .await;
+        wait_push(
+            &line,
+            "ana",
+            "handed over",
+            |m| matches!(m, ServerMsg::HandedOver { to, .. } if to == "Ben"),
+        )
+        .await;
+        wait_push(&line, "ana", "transfer accepted", |m| {
+            matches!(m, ServerMsg::TransferUpdate { status: TransferStatus::Accepted { by }, .. } if by == "Ben")
+        })
+        .await;
+        wait_push(
+            &line,
+            "ben",
+            "the conversation",
+            |m| matches!(m, ServerMsg::Conversation { contact } if contact.contact_id == id),
+        )
+        .await;
+        let assigned: Vec<ContactAssigned> =
+            stored(&line.js, subjects::contact_assigned(&id)).await;
+        assert!(assigned.iter().any(|a| a.counsellor == c("ben")));
+        assert!(line.record(id).await.unwrap().transfer.is_none());
+        // A later message goes to Ben only.
+        line.message(id, RiskLevel::High, Language::En, "are you there")
+            .await;
+        line.pushes.wait_message("ben", id, "are you there").await;
+        assert!(
+            !line
+                .pushes
+                .messages("ana", id)
+                .contains(&"are you there".to_owned())
+        );
+        assert!(
+            !logs.contents().contains("sister"),
+            "never the note in logs"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_declined_or_cancelled_warm_transfer_leaves_the_conversation_with_the_sender() {
+        let line = Line::start().await;
+        let id = held_by(&line, "ana", "hello").await;
+        line.presence("ben", Presence::Available).await;
+        assert_eq!(
+            transfer(&line, id, "ana", to("ben"), TransferMode::Warm, None).await,
+            RouterReply::Done
+        );
+        line.pushes.wait_offer("ben", id).await;
+        let decline = line
+            .command(RouterCommand::Decline {
+                contact_id: id,
+                counsellor: c("ben"),
+            })
+            .await;
+        assert_eq!(decline, RouterReply::Done);
+        assert_eq!(
+            line.pushes.wait_withdrawn("ben", id).await,
+            WithdrawReason::Declined
+        );
+        wait_push(&line, "ana", "declined", |m| {
+            matches!(
+                m,
+                ServerMsg::TransferUpdate {
+                    status: TransferStatus::Declined,
+                    ..
+                }
+            )
+        })
+        .await;
+        let rec = line.record(id).await.unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("ana")));
+        assert!(rec.transfer.is_none());
+        // Again, then cancelled by the sender: Chloe's offer is withdrawn.
+        line.presence("chloe", Presence::Available).await;
+        assert_eq!(
+            transfer(&line, id, "ana", to("chloe"), TransferMode::Warm, None).await,
+            RouterReply::Done
+        );
+        line.pushes.wait_offer("chloe", id).await;
+        let cancel = RouterCommand::CancelTransfer {
+            contact_id: id,
+            counsellor: c("ana"),
+        };
+        assert_eq!(line.command(cancel.clone()).await, RouterReply::Done);
+        line.pushes.wait_withdrawn("chloe", id).await;
+        wait_push(&line, "ana", "cancelled", |m| {
+            matches!(
+                m,
+                ServerMsg::TransferUpdate {
+                    status: TransferStatus::Cancelled,
+                    ..
+                }
+            )
+        })
+        .await;
+        assert_eq!(line.accept(id, "chloe").await, refusal_of_taken());
+        assert_eq!(
+            line.record(id).await.unwrap().assigned_to(),
+            Some(&c("ana"))
+        );
+        // Nothing left to cancel.
+        assert!(matches!(
+            line.command(cancel).await,
+            RouterReply::Refused { .. }
+        ));
+        let audit = audited(&line, id).await;
+        let kinds: Vec<&str> = audit.iter().map(|a| a.action.kind()).collect();
+        assert_eq!(kinds, ["transfer", "transfer", "cancel_transfer"]);
+    }
+
+    fn refusal_of_taken() -> RouterReply {
+        RouterReply::Refused {
+            reason: nwd_proto::contact::TransitionError::Taken.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transfer_is_refused_unless_by_the_holder_to_someone_free_with_a_short_note() {
+        let line = Line::start().await;
+        let id = held_by(&line, "ana", "hello").await;
+        // Not the holder.
+        line.presence("ben", Presence::Available).await;
+        let r = transfer(&line, id, "ben", to("chloe"), TransferMode::Warm, None).await;
+        assert!(matches!(r, RouterReply::Refused { .. }), "{r:?}");
+        // Chloe is not available; nobody knows "zed"; the supervisor is away.
+        for target in [to("chloe"), to("zed"), TransferTarget::Supervisor] {
+            let r = transfer(&line, id, "ana", target, TransferMode::Cold, None).await;
+            assert_eq!(refusal(r), "nobody-available");
+        }
+        // A partner with nobody available.
+        let hospital = TransferTarget::Partner {
+            partner: nwd_proto::PartnerId::parse("county-hospital").unwrap(),
+        };
+        let r = transfer(&line, id, "ana", hospital, TransferMode::Warm, None).await;
+        assert_eq!(refusal(r), "nobody-available");
+        // Ben has a free seat, but the note is too long.
+        let long = "x".repeat(nwd_proto::handover::MAX_HANDOVER_NOTE_CHARS + 1);
+        let r = transfer(&line, id, "ana", to("ben"), TransferMode::Warm, Some(&long)).await;
+        assert_eq!(refusal(r), "note-too-long");
+        let rec = line.record(id).await.unwrap();
+        assert_eq!(rec.assigned_to(), Some(&c("ana")));
+        assert!(rec.transfer.is_none());
+        assert!(
+            audited(&line, id).await.is_empty(),
+            "refusals change nothing"
+        );
+        assert!(line.pushes.offers("ben", id).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cold_transfer_to_a_partner_lets_go_at_once_and_is_accepted_like_an_offer() {
+        let line = Line::start().await;
+        let id = held_by(&line, "ana", "hello").await;
+        line.presence("dee", Presence::Available).await;
+        let hospital = TransferTarget::Partner {
+            partner: nwd_proto::PartnerId::parse("county-hospital").unwrap(),
+        };
+        assert_eq!(
+            transfer(&line, id, "ana", hospital, TransferMode::Cold, None).await,
+            RouterReply::Done
+        );
+        wait_push(
+            &line,
+            "ana",
+            "handed over",
+            |m| matches!(m, ServerMsg::HandedOver { to, .. } if to == "Dee"),
+        )
+        .await;
+        let offer = line.pushes.wait_offer("dee", id).await;
+        assert_eq!(offer.transfer.map(|t| t.mode), Some(TransferMode::Cold));
+        assert_eq!(line.record(id).await.unwrap().assigned_to(), None);
+        assert_eq!(line.accept(id, "dee").await, RouterReply::Done);
+        let rec = line
+            .wait_state(id, "assigned to dee", assigned_to("dee"))
+            .await;
+        assert!(rec.transfer.is_none());
+    }
+
+    #[tokio::test]
+    async fn only_a_supervisor_reassigns_and_the_holder_is_told() {
+        let line = Line::start().await;
+        let id = held_by(&line, "ana", "hello").await;
+        let reassign = |by: &str| RouterCommand::Reassign {
+            contact_id: id,
+            counsellor: c(by),
+            to: c("ben"),
+        };
+        assert_eq!(
+            refusal(line.command(reassign("chloe")).await),
+            "not-a-supervisor"
+        );
+        assert_eq!(
+            line.record(id).await.unwrap().assigned_to(),
+            Some(&c("ana"))
+        );
+        line.presence("ben", Presence::Available).await;
+        assert_eq!(line.command(reassign("sam")).await, RouterReply::Done);
+        line.pushes.wait_offer("ben", id).await;
+        wait_push(
+            &line,
+            "ana",
+            "handed over",
+            |m| matches!(m, ServerMsg::HandedOver { to, .. } if to == "Ben"),
+        )
+        .await;
+        let audit = audited(&line, id).await;
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].counsellor, c("sam"));
+        assert_eq!(
+            audit[0].action,
+            HandoverAction::Reassign {
+                from: Some(c("ana")),
+                to: c("ben")
+            }
+        );
+        assert_eq!(line.accept(id, "ben").await, RouterReply::Done);
+        line.wait_state(id, "assigned to ben", assigned_to("ben"))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn the_switchboard_holds_the_queue_for_supervisors_across_a_restart_and_releases_it() {
+        let mut line = Line::start().await;
+        line.presence("ana", Presence::Available).await;
+        line.presence("ben", Presence::Available).await;
+        let first = ContactId::new();
+        line.message(first, RiskLevel::Moderate, Language::En, "one")
+            .await;
+        line.pushes.wait_offer("ana", first).await;
+        let switch = |by: &str, on: bool| RouterCommand::Switchboard {
+            counsellor: c(by),
+            on,
+        };
+        assert_eq!(
+            refusal(line.command(switch("ana", true)).await),
+            "not-a-supervisor"
+        );
+        assert_eq!(line.command(switch("sam", true)).await, RouterReply::Done);
+        // Held: offers withdrawn; offered to the supervisor once available.
+        line.pushes.wait_withdrawn("ana", first).await;
+        let rec = line.wait_state(first, "held", waiting).await;
+        assert!(rec.held.is_some());
+        line.presence("sam", Presence::Available).await;
+        line.pushes.wait_offer("sam", first).await;
+        // The router restarts: the switchboard is still on.
+        line.restart_router().await;
+        line.presence("sam", Presence::Away).await;
+        let second = ContactId::new();
+        line.message(second, RiskLevel::High, Language::En, "two")
+            .await;
+        let rec = line.wait_state(second, "held at open", waiting).await;
+        assert!(rec.held.is_some(), "new contacts are held while it is on");
+        assert!(line.pushes.offers("ana", second).is_empty());
+        assert!(line.pushes.offers("ben", second).is_empty());
+        // Off: released, offered to the floor again (most urgent first).
+        assert_eq!(line.command(switch("sam", false)).await, RouterReply::Done);
+        line.pushes.wait_offer("ana", second).await;
+        eventually(WITHIN, "released", || async {
+            let a = line.record(first).await.unwrap();
+            let b = line.record(second).await.unwrap();
+            (a.held.is_none() && b.held.is_none()).then_some(())
+        })
+        .await;
+        let audit = audit_on(&line, subjects::audit_switchboard()).await;
+        let ons: Vec<_> = audit
+            .iter()
+            .map(|a| (a.counsellor.as_str(), a.action.clone()))
+            .collect();
+        assert_eq!(
+            ons,
+            [
+                ("sam", HandoverAction::Switchboard { on: true }),
+                ("sam", HandoverAction::Switchboard { on: false })
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_person_who_left_is_not_rung_and_the_first_claim_wins() {
+        let line = Line::start().await;
+        line.presence("ana", Presence::Available).await;
+        let id = ContactId::new();
+        line.message(id, RiskLevel::High, Language::En, "hello")
+            .await;
+        line.pushes.wait_offer("ana", id).await;
+        // Quick exit: out of the queue, Ana's offer withdrawn.
+        let mut exit = triaged(id, RiskLevel::High, Language::En, "bye");
+        exit.message.opens_contact = false;
+        exit.message.quick_exit = true;
+        line.publish(
+            &exit,
+            &nwd_proto::wire::msg_id::message_triaged(&exit.message.message_id),
+        )
+        .await;
+        line.pushes.wait_withdrawn("ana", id).await;
+        let rec = line.wait_state(id, "waiting", waiting).await;
+        assert_eq!(rec.left.as_ref().map(|l| l.how), Some(LeftHow::QuickExit));
+        // Ben comes on: nobody is offered a person who left.
+        line.presence("ben", Presence::Available).await;
+        line.presence("chloe", Presence::Available).await;
+        let claim = |who: &str| RouterCommand::Claim {
+            contact_id: id,
+            counsellor: c(who),
+        };
+        assert_eq!(line.command(claim("ben")).await, RouterReply::Done);
+        assert_eq!(refusal(line.command(claim("chloe")).await), "taken");
+        assert_eq!(
+            line.command(claim("ben")).await,
+            RouterReply::Done,
+            "a retry"
+        );
+        wait_push(
+            &line,
+            "ben",
+            "the conversation",
+            |m| matches!(m, ServerMsg::Conversation { contact } if contact.contact_id == id),
+        )
+        .await;
+        assert!(line.pushes.offers("ben", id).is_empty());
+        assert!(line.pushes.offers("chloe", id).is_empty());
+        let rec = line
+            .wait_state(id, "assigned to ben", assigned_to("ben"))
+            .await;
+        assert!(rec.left.unwrap().claimed.is_some());
+        let audit = audited(&line, id).await;
+        assert_eq!(audit.len(), 1, "one claim audited once");
+        assert_eq!(audit[0].action, HandoverAction::Claim);
+    }
+
+    #[tokio::test]
+    async fn stop_while_waiting_is_an_opt_out_follow_up() {
+        let line = Line::start().await;
+        let id = ContactId::new();
+        line.message(id, RiskLevel::Moderate, Language::En, "hello")
+            .await;
+        line.wait_state(id, "waiting", waiting).await;
+        let mut stop = triaged(id, RiskLevel::Moderate, Language::En, "STOP");
+        stop.message.opens_contact = false;
+        line.publish(
+            &stop,
+            &nwd_proto::wire::msg_id::message_triaged(&stop.message.message_id),
+        )
+        .await;
+        let rec = eventually(WITHIN, "left", || async {
+            line.record(id).await.filter(|r| r.left.is_some())
+        })
+        .await;
+        assert_eq!(rec.left.map(|l| l.how), Some(LeftHow::OptedOut));
+        assert!(rec.opted_out_at.is_some());
+        // Ana comes on: she is offered the next contact, never the one who left.
+        line.presence("ana", Presence::Available).await;
+        let next = ContactId::new();
+        line.message(next, RiskLevel::Low, Language::En, "hi").await;
+        line.pushes.wait_offer("ana", next).await;
+        assert!(line.pushes.offers("ana", id).is_empty());
+        // Nothing to claim for a contact nobody left.
+        assert_eq!(
+            refusal(
+                line.command(RouterCommand::Claim {
+                    contact_id: ContactId::new(),
+                    counsellor: c("ana"),
+                })
+                .await
+            ),
+            nwd_proto::contact::TransitionError::NotLeft.to_string()
+        );
+    }
+
+    /// Events on a subject of a stream.
+    async fn events<T: nwd_proto::Event>(
+        line: &Line,
+        stream: &'static str,
+        subject: String,
+    ) -> Vec<T> {
+        nwd_runtime::transcript::read_subjects(&line.js, stream, vec![subject])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| Envelope::<T>::from_bytes(&m.payload).unwrap().data)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn involving_a_trusted_contact_needs_a_consent_that_covers_it_now_and_is_audited_before_the_sms()
+     {
+        use nwd_proto::events::{Disclosure, DisclosureRefused, OutboundSms, Recipient};
+        let line = Line::start().await;
+        line.presence("ana", Presence::Available).await;
+        let id = ContactId::new();
+        let mut ev = triaged(id, RiskLevel::High, Language::En, "hello");
+        ev.message.patient = Some("pat".into());
+        line.publish(
+            &ev,
+            &nwd_proto::wire::msg_id::message_triaged(&ev.message.message_id),
+        )
+        .await;
+        line.pushes.wait_offer("ana", id).await;
+        assert_eq!(line.accept(id, "ana").await, RouterReply::Done);
+        let involve = |who: &str, trusted: &str| RouterCommand::InvolveTrustedContact {
+            contact_id: id,
+            counsellor: c(who),
+            trusted: trusted.into(),
+        };
+        // Only the holder.
+        line.presence("ben", Presence::Available).await;
+        let r = line.command(involve("ben", "pat-sister")).await;
+        assert!(matches!(r, RouterReply::Refused { .. }), "{r:?}");
+        assert!(
+            events::<Disclosure>(&line, streams::AUDIT, subjects::audit_disclosure(&id))
+                .await
+                .is_empty()
+        );
+        // Consent covers it: audited, then texted; twice is once.
+        assert_eq!(
+            line.command(involve("ana", "pat-sister")).await,
+            RouterReply::Done
+        );
+        assert_eq!(
+            line.command(involve("ana", "pat-sister")).await,
+            RouterReply::Done
+        );
+        let disclosed: Vec<Disclosure> =
+            events(&line, streams::AUDIT, subjects::audit_disclosure(&id)).await;
+        assert_eq!(disclosed.len(), 1);
+        assert_eq!(
+            disclosed[0].recipient,
+            Recipient::TrustedContact("pat-sister".into())
+        );
+        assert_eq!(disclosed[0].by, "counsellor:ana");
+        let sms: Vec<OutboundSms> =
+            events(&line, streams::OUTBOUND, subjects::outbound_sms(&id)).await;
+        let to_sister: Vec<&OutboundSms> = sms
+            .iter()
+            .filter(|s| s.to.as_str() == "+15005550171")
+            .collect();
+        assert_eq!(to_sister.len(), 1, "one SMS");
+        assert!(
+            disclosed[0].at <= to_sister[0].created_at,
+            "audited before the SMS"
+        );
+        // Expired, revoked, absent: refused and audited, no SMS.
+        for (trusted, reason) in [
+            ("pat-brother", "expired"),
+            ("pat-friend", "revoked"),
+            ("pat-neighbour", "no_consent"),
+        ] {
+            let r = line.command(involve("ana", trusted)).await;
+            assert_eq!(refusal(r), "no-consent", "{trusted}");
+            let refusals: Vec<DisclosureRefused> = events(
+                &line,
+                streams::AUDIT,
+                subjects::audit_disclosure_refused(&id),
+            )
+            .await;
+            assert!(
+                refusals
+                    .iter()
+                    .any(|f| f.recipient == Recipient::TrustedContact(trusted.into())
+                        && f.reason == reason),
+                "{trusted}: {refusals:?}"
+            );
+        }
+        // Not one of the patient's trusted contacts.
+        assert_eq!(
+            refusal(line.command(involve("ana", "pat-stranger")).await),
+            "unknown-trusted-contact"
+        );
+        let sms: Vec<OutboundSms> =
+            events(&line, streams::OUTBOUND, subjects::outbound_sms(&id)).await;
+        assert_eq!(sms.len(), 1, "only the sister was texted");
+        assert_eq!(
+            events::<Disclosure>(&line, streams::AUDIT, subjects::audit_disclosure(&id))
+                .await
+                .len(),
+            1
+        );
+    }
 }

@@ -109,9 +109,13 @@ impl Router {
                 contact_id,
                 counsellor,
             } => self.claim(contact_id, counsellor).await,
-            RouterCommand::InvolveTrustedContact { .. } => {
-                // Being built (issue 16, ADR 0019): refused, never half done.
-                (refused("not-available-yet"), Vec::new())
+            RouterCommand::InvolveTrustedContact {
+                contact_id,
+                counsellor,
+                trusted,
+            } => {
+                self.involve_trusted_contact(contact_id, counsellor, trusted)
+                    .await
             }
             RouterCommand::MedicalEmergency {
                 contact_id,

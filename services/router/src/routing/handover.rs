@@ -19,6 +19,9 @@ use nwd_proto::handover::{
 };
 use nwd_proto::router::RouterReply;
 use nwd_proto::{ContactId, CounsellorId, Envelope, subjects, wire};
+use nwd_runtime::escalation::{
+    Involved, REFUSED_PATIENT_NOT_IN_DIRECTORY, REFUSED_RECIPIENT_NOT_IN_DIRECTORY,
+};
 use nwd_runtime::kv::{self, Cas};
 use nwd_runtime::transcript;
 use time::OffsetDateTime;
@@ -32,6 +35,8 @@ pub const NOBODY_AVAILABLE: &str = "nobody-available";
 pub const NOT_A_SUPERVISOR: &str = "not-a-supervisor";
 pub const NOTE_TOO_LONG: &str = "note-too-long";
 pub const TAKEN: &str = "taken";
+pub const NO_CONSENT: &str = "no-consent";
+pub const UNKNOWN_TRUSTED_CONTACT: &str = "unknown-trusted-contact";
 
 const RETRY: &str = "the line could not record this just now; please try again";
 
@@ -682,5 +687,68 @@ impl Router {
                 FollowUp::WakeQueue,
             ],
         )
+    }
+}
+
+/// Involving a trusted contact: a disclosure, not a handover.
+impl Router {
+    /// Handles [`nwd_proto::router::RouterCommand::InvolveTrustedContact`]:
+    /// only the holder; the ladder's own notice (consent checked now,
+    /// audited before the SMS, refusals audited), once per trusted contact
+    /// per conversation.
+    pub(crate) async fn involve_trusted_contact(
+        &self,
+        id: ContactId,
+        who: CounsellorId,
+        trusted: String,
+    ) -> (RouterReply, Vec<FollowUp>) {
+        let record = match kv::get::<ContactRecord>(&self.contacts, &wire::key::contact(&id)).await
+        {
+            Ok(v) => v.value,
+            Err(e) => return kv_failure(id, &e),
+        };
+        let since = match record.as_ref().map(|r| &r.state) {
+            Some(nwd_proto::contact::ContactState::Assigned { counsellor, since })
+                if *counsellor == who =>
+            {
+                *since
+            }
+            _ => {
+                count("involve_trusted_contact", "refused");
+                return (
+                    refused(&TransitionError::NotAssigned.to_string()),
+                    Vec::new(),
+                );
+            }
+        };
+        let Some(record) = record else {
+            return (refused(RETRY), Vec::new());
+        };
+        match self
+            .announcer
+            .involve_trusted_contact(&record, &who, since, &trusted)
+            .await
+        {
+            Ok(Involved::Told) => {
+                tracing::info!(contact = %id, counsellor = %who, "trusted contact involved");
+                count("involve_trusted_contact", "told");
+                (RouterReply::Done, Vec::new())
+            }
+            Ok(Involved::Refused(reason)) => {
+                tracing::info!(contact = %id, counsellor = %who, reason, "trusted contact not involved");
+                count("involve_trusted_contact", "refused");
+                let code = match reason {
+                    REFUSED_PATIENT_NOT_IN_DIRECTORY | REFUSED_RECIPIENT_NOT_IN_DIRECTORY => {
+                        UNKNOWN_TRUSTED_CONTACT
+                    }
+                    _ => NO_CONSENT,
+                };
+                (refused(code), Vec::new())
+            }
+            Err(e) => {
+                tracing::error!(contact = %id, error = %e, "cannot involve the trusted contact");
+                (refused(RETRY), Vec::new())
+            }
+        }
     }
 }

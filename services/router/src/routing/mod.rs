@@ -161,6 +161,11 @@ impl Router {
         self
     }
 
+    /// The board, for reading (the floor feed).
+    pub(crate) fn state_view(&self) -> MutexGuard<'_, Board> {
+        self.state()
+    }
+
     fn state(&self) -> MutexGuard<'_, Board> {
         // Nothing panics while holding the lock; recover the data if it ever did.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
