@@ -45,6 +45,7 @@ pub mod hub;
 pub mod monitor;
 pub mod notes;
 pub mod presence;
+pub mod profile;
 pub mod queue;
 pub mod reply;
 pub mod revocation;

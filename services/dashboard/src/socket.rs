@@ -492,14 +492,134 @@ impl Session {
             }
         }
     }
-    async fn profile(&self, _contact_id: ContactId) {
-        self.not_yet().await
+    /// The person's profile, for the holder, a counsellor it is offered
+    /// to, or a supervisor monitoring it.
+    async fn profile(&self, contact_id: ContactId) {
+        let rec =
+            match kv::get::<ContactRecord>(&self.stores.contacts, &wire::key::contact(&contact_id))
+                .await
+            {
+                Ok(v) => v.value,
+                Err(e) => {
+                    tracing::warn!(contact = %contact_id, error = %e, "cannot read the contact");
+                    count_command("profile", "unavailable");
+                    self.reply(error(
+                        "unavailable",
+                        "The profile could not be loaded; retry",
+                    ))
+                    .await;
+                    return;
+                }
+            };
+        let Some(rec) = rec.filter(|r| self.may_see(r)) else {
+            count_command("profile", "not-assigned");
+            self.reply(error("not-assigned", "This conversation is not with you"))
+                .await;
+            return;
+        };
+        let earlier = crate::profile::earlier(&self.stores.contacts, &rec).await;
+        let profile = crate::profile::build(
+            &rec,
+            &self.app.directory.get(),
+            &earlier,
+            OffsetDateTime::now_utc(),
+        );
+        count_command("profile", "done");
+        self.reply(ServerMsg::Profile {
+            contact_id,
+            profile: Box::new(profile),
+        })
+        .await;
     }
-    async fn monitor(&self, _contact_id: ContactId) {
-        self.not_yet().await
+
+    /// Whether this counsellor may see `rec` in full: they hold it, it is
+    /// offered to them, or they monitor it.
+    fn may_see(&self, rec: &ContactRecord) -> bool {
+        rec.assigned_to() == Some(&self.who)
+            || nwd_proto::contact::offered(rec).contains(&self.who)
+            || self.app.monitors.is_monitoring(&rec.id, &self.who)
     }
-    async fn stop_monitoring(&self, _contact_id: ContactId) {
-        self.not_yet().await
+    /// Supervisors: follow a conversation silently ([`crate::monitor`]).
+    /// The live lines are subscribed before the history is read, so none
+    /// falls between; every tab of the supervisor gets them.
+    async fn monitor(&self, contact_id: ContactId) {
+        let span = tracing::info_span!("monitor", contact = %contact_id);
+        async {
+            let rec =
+                kv::get::<ContactRecord>(&self.stores.contacts, &wire::key::contact(&contact_id))
+                    .await;
+            let rec = match rec {
+                Ok(v) => v.value,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the contact");
+                    None
+                }
+            };
+            let Some(rec) = rec.filter(|r| !matches!(r.state, ContactState::Resolved { .. }))
+            else {
+                count_command("monitor", "not-open");
+                self.reply(error("not-open", "This conversation is not open"))
+                    .await;
+                return;
+            };
+            // Asked again (a reload): start afresh, with the history again.
+            self.app.monitors.stop(&contact_id, &self.who);
+            let Some(started) = self
+                .app
+                .monitors
+                .start(contact_id, &self.who, &self.app.shutdown)
+            else {
+                return;
+            };
+            let lines = crate::monitor::live_lines(&self.app.js, &contact_id).await;
+            let history = transcript::load_with_notes(&self.app.js, &contact_id).await;
+            let (lines, history) = match (lines, history) {
+                (Ok(l), Ok(h)) => (l, h),
+                (Err(e), _) => {
+                    tracing::warn!(error = %e, "cannot follow the contact");
+                    return self.monitor_failed(contact_id).await;
+                }
+                (_, Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the history");
+                    return self.monitor_failed(contact_id).await;
+                }
+            };
+            let view =
+                transcript::contact_view_with_notes(&rec, &self.app.directory.get(), history);
+            let shown = crate::monitor::shown_ids(&view);
+            count_command("monitor", "done");
+            self.broadcast(&ServerMsg::Monitoring {
+                contact: Box::new(view.clone()),
+            });
+            self.app.tasks.spawn(crate::monitor::follow(
+                self.app.clone(),
+                self.who.clone(),
+                view,
+                lines,
+                shown,
+                started,
+            ));
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn monitor_failed(&self, contact_id: ContactId) {
+        self.app.monitors.stop(&contact_id, &self.who);
+        count_command("monitor", "unavailable");
+        self.reply(error(
+            "unavailable",
+            "Could not follow the conversation; retry",
+        ))
+        .await;
+    }
+
+    async fn stop_monitoring(&self, contact_id: ContactId) {
+        let stopped = self.app.monitors.stop(&contact_id, &self.who);
+        count_command(
+            "stop_monitoring",
+            if stopped { "done" } else { "not-monitoring" },
+        );
     }
     async fn resume(&self, _last_seq: u64) {
         self.not_yet().await

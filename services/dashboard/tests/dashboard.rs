@@ -2078,3 +2078,157 @@ async fn the_floor_reaches_supervisors_on_change_and_on_connect_and_no_counsello
     })
     .await;
 }
+
+// ------------------------------------------------------------------ profile
+
+#[tokio::test]
+async fn the_profile_is_for_the_holder_and_offered_and_lists_earlier_contacts() {
+    let d = Dashboard::start().await;
+    let earlier = d
+        .contact("before", |r| {
+            r.patient = Some("maria".into());
+            r.disposition = Some("safety-plan-made".into());
+        })
+        .await;
+    let now = d
+        .contact("again", |r| {
+            r.patient = Some("maria".into());
+            r.previous = Some(earlier.id);
+            r.offer(&[c("ana"), c("ben")]).unwrap();
+        })
+        .await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Profile { contact_id: now.id }).await;
+    let profile = ben
+        .expect("the profile", |m| match m {
+            ServerMsg::Profile {
+                contact_id,
+                profile,
+            } if *contact_id == now.id => Some(profile.clone()),
+            _ => None,
+        })
+        .await;
+    let patient = profile.patient.unwrap();
+    assert_eq!(patient.name, "María López");
+    assert_eq!(patient.coordinator.as_deref(), Some("Ana García"));
+    assert!(!patient.trusted_contacts.is_empty());
+    assert_eq!(profile.earlier.len(), 1);
+    assert_eq!(profile.earlier[0].contact_id, earlier.id);
+    assert_eq!(
+        profile.earlier[0].disposition.as_deref(),
+        Some("safety-plan-made")
+    );
+
+    // Chloe is neither offered nor holding it: refused.
+    let mut chloe = d.socket("chloe").await;
+    chloe.hello().await;
+    chloe.send(&ClientMsg::Profile { contact_id: now.id }).await;
+    chloe.expect_error("not-assigned").await;
+}
+
+// ------------------------------------------------------------------ silent monitoring
+
+#[tokio::test]
+async fn a_supervisor_monitors_a_conversation_silently_until_they_stop() {
+    let d = Dashboard::start().await;
+    let anas = d.contact("first words", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Monitor {
+        contact_id: anas.id,
+    })
+    .await;
+    let history = sam
+        .expect("monitoring", |m| match m {
+            ServerMsg::Monitoring { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(history.contact_id, anas.id);
+    assert_eq!(history.messages.len(), 1);
+    assert_eq!(history.messages[0].body, "first words");
+
+    // The person writes, the counsellor replies and notes: sam sees each.
+    let mut more = triaged(anas.id, "second words");
+    more.message.opens_contact = false;
+    d.publish_triaged(&more).await;
+    let line = sam
+        .expect("the person's line", |m| match m {
+            ServerMsg::Message {
+                contact_id,
+                message,
+                ..
+            } if *contact_id == anas.id => Some(message.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (line.speaker, line.body.as_str()),
+        (Speaker::Person, "second words")
+    );
+    ana.send(&reply(anas.id, ClientReplyId::new(), "I'm here"))
+        .await;
+    let line = sam
+        .expect("the reply", |m| match m {
+            ServerMsg::Message { message, .. } if message.speaker == Speaker::Counsellor => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(line.body, "I'm here");
+    ana.send(&ClientMsg::Note {
+        contact_id: anas.id,
+        client_id: ClientReplyId::new(),
+        text: "calmer".into(),
+    })
+    .await;
+    sam.expect("the note", |m| {
+        matches!(m, ServerMsg::Noted { note, .. } if note.text == "calmer").then_some(())
+    })
+    .await;
+    // A monitoring supervisor may note too; the holder sees it.
+    sam.send(&ClientMsg::Note {
+        contact_id: anas.id,
+        client_id: ClientReplyId::new(),
+        text: "watch the plan".into(),
+    })
+    .await;
+    ana.expect("the supervisor's note", |m| {
+        matches!(m, ServerMsg::Noted { note, .. } if note.by == c("sam")).then_some(())
+    })
+    .await;
+
+    // Nothing tells the holder they are watched.
+    ana.expect_none(Duration::from_millis(200), "a monitoring frame", |m| {
+        matches!(m, ServerMsg::Monitoring { .. })
+    })
+    .await;
+
+    sam.send(&ClientMsg::StopMonitoring {
+        contact_id: anas.id,
+    })
+    .await;
+    sam.answers_ping().await;
+    let mut last = triaged(anas.id, "third words");
+    last.message.opens_contact = false;
+    d.publish_triaged(&last).await;
+    sam.expect_none(
+        Duration::from_millis(400),
+        "a line after stopping",
+        |m| matches!(m, ServerMsg::Message { message, .. } if message.body == "third words"),
+    )
+    .await;
+}
+
+impl Ws {
+    /// Sends a ping and waits for its pong: everything sent before is handled.
+    async fn answers_ping(&mut self) {
+        self.send(&ClientMsg::Ping).await;
+        self.expect("pong", |m| matches!(m, ServerMsg::Pong).then_some(()))
+            .await;
+    }
+}
