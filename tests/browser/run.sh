@@ -35,7 +35,7 @@ DASHBOARD="http://$NWD_DASHBOARD_ADDR" CHAT="http://$NWD_CHAT_ADDR" \
     echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }
 # A shift with a transfer, a supervisor, a network drop and the switchboard
 # (SHIFT_SERVER_SIDE=0 skips the steps that need handovers on the server).
-DASHBOARD="http://$NWD_DASHBOARD_ADDR" PHONE="http://$NWD_PHONE_SIM_ADDR" \
+DASHBOARD="http://$NWD_DASHBOARD_ADDR" PHONE="http://$NWD_PHONE_SIM_ADDR" CHAT="http://$NWD_CHAT_ADDR" \
   SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" DOCS_SCREENSHOT_DIR="${DOCS_SCREENSHOT_DIR:-}" \
   SHIFT_SERVER_SIDE="${SHIFT_SERVER_SIDE:-1}" node "$ROOT/tests/browser/shift.mjs" || {
     echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }

@@ -15,14 +15,17 @@
 //   Ana's tab closes with a polite announcement;
 // - Sam holds every waiting contact with the switchboard: a new text is
 //   shown held in the queue and offered to no counsellor; "Release them"
-//   and it is offered.
+//   and it is offered;
+// - a person in the web chat leaves with the quick exit before anyone
+//   answers: they are in Ana's follow-ups with "answer in the chat only";
+//   "I'm reaching out" makes it her conversation.
 // axe-core finds no serious or critical violation on each new view;
 // screenshots dashboard-profile, -supervisor, -transfer.
 // The steps that need the router's handovers and the dashboard's server side
 // (profile, notes, floor, monitoring, transfer, switchboard):
 // SHIFT_SERVER_SIDE=0 turns them off (snippets and the network drop still run);
-// SHIFT_SKIP=profile,note,floor,monitor,transfer,switchboard turns off some.
-// Usage: DASHBOARD=http://… PHONE=http://… SCREENSHOT_DIR=… [DOCS_SCREENSHOT_DIR=docs/screenshots] node shift.mjs
+// SHIFT_SKIP=profile,note,floor,monitor,transfer,switchboard,follow-up turns off some.
+// Usage: DASHBOARD=http://… PHONE=http://… CHAT=http://… SCREENSHOT_DIR=… [DOCS_SCREENSHOT_DIR=docs/screenshots] node shift.mjs
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -32,6 +35,7 @@ const require = createRequire(import.meta.url);
 const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
 const DASHBOARD = process.env.DASHBOARD ?? "http://127.0.0.1:8090";
 const PHONE = process.env.PHONE ?? "http://127.0.0.1:8070";
+const CHAT = process.env.CHAT ?? "http://127.0.0.1:8081";
 const SHOTS = process.env.SCREENSHOT_DIR ?? "target/browser";
 const DOCS_SHOTS = process.env.DOCS_SCREENSHOT_DIR;
 const SERVER_SIDE = process.env.SHIFT_SERVER_SIDE !== "0";
@@ -179,9 +183,8 @@ try {
   await ana.page.getByTestId("connection").filter({ hasText: /^connected$/ }).waitFor({ timeout: 15_000 });
   const history = conv.getByRole("log", { name: "Conversation history" });
   await history.getByText(meanwhile).waitFor({ timeout: 15_000 });
-  await history.getByText(snippet, { exact: false }).waitFor();
   await ana.page.waitForTimeout(500);
-  for (const line of [first, meanwhile]) {
+  for (const line of [first, snippet, meanwhile]) {
     const shown = await history.getByText(line).count();
     if (shown !== 1) throw new Error(`"${line}" is shown ${shown} times after the reconnect`);
   }
@@ -293,7 +296,39 @@ try {
     released = ana.page.getByRole("tabpanel").filter({ hasText: surge });
   }
 
+  // ---- A person leaves with the quick exit before anyone answers: they
+  // are in the follow-up list with the warning; "I'm reaching out" claims it.
+  let claimed = null;
+  if (runs("follow-up")) {
+    const chatCtx = await browser.newContext({ viewport: { width: 390, height: 780 } });
+    const chat = await chatCtx.newPage();
+    await chat.goto(`${CHAT}/`);
+    const gone = "someone might see this, I have to go";
+    await chat.locator("#text").fill(gone);
+    await chat.locator("#send").click();
+    await chat.locator("#log li.me", { hasText: gone }).getByText("Sent ✓").waitFor({ timeout: 10_000 });
+    await ana.page.getByRole("article", { name: /^New contact/ }).filter({ hasText: gone }).waitFor({ timeout: 15_000 });
+    await chat.keyboard.press("Escape");
+    await chat.waitForURL((u) => !u.toString().startsWith(`${CHAT}/`) || u.pathname === "/healthz", { timeout: 10_000 });
+    await chatCtx.close();
+    const followUps = ana.page.getByRole("region", { name: /^Follow-ups/ });
+    const entry = followUps.getByRole("listitem").filter({ hasText: "Chat" }).first();
+    await entry.waitFor({ timeout: 15_000 });
+    await entry.getByText(/Answer in the chat only/).waitFor();
+    if (await ana.page.getByRole("article", { name: /^New contact/ }).filter({ hasText: gone }).count()) {
+      throw new Error("the offer of a person who left is still shown");
+    }
+    step("the person left with the quick exit: offer gone, in the follow-ups with the chat-only warning");
+    await axe(ana.page, "follow-ups");
+    await entry.getByRole("button", { name: "I'm reaching out" }).click();
+    claimed = ana.page.getByRole("tabpanel").filter({ hasText: gone });
+    await claimed.waitFor({ timeout: 10_000 });
+    await claimed.getByText(/Answer in the chat only/).waitFor();
+    step("Ana claimed it: the conversation is hers, with the warning to answer in the chat only");
+  }
+
   // ---- Leave the line clean for the next spec.
+  if (claimed) await resolve(ana.page, claimed);
   if (released) await resolve(ana.page, released);
   await resolve(...(benConv ? [ben.page, benConv] : [ana.page, conv]));
   step("conversations resolved");
