@@ -4,8 +4,17 @@
 //! A counsellor may have several tabs open; everything for them goes to all
 //! of them. Delivery never waits on a slow browser: a socket whose queue is
 //! full is closed, and the browser reconnects and gets a fresh snapshot.
+//!
+//! Every message for one counsellor is numbered (`"seq"`, shared by their
+//! tabs, so the tabs stay consistent) and the last ones are kept in their
+//! journal, also while no socket of theirs is open, so a page that
+//! reconnects after a drop can `Resume` from the last number it saw. The
+//! queue and the floor are snapshots, sent whole on connect: they are not
+//! numbered, and a reconnecting page gets the newest. Numbers start at the
+//! journal's creation time (milliseconds × 1024), so a number from another
+//! dashboard process or before a restart is not mistaken for one of ours.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -40,6 +49,78 @@ pub enum Frame {
 /// (see docs/adr/0007).
 pub const SOCKET_QUEUE: usize = 4096;
 
+/// Messages kept per counsellor for a `Resume`.
+pub const JOURNAL_FRAMES: usize = 512;
+/// How long a message is kept for a `Resume` (a laptop's short sleep, a
+/// network drop); a page away longer gets a full resync.
+pub const JOURNAL_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// One counsellor's numbered messages: the last number given and the
+/// messages still kept (oldest first).
+#[derive(Debug)]
+struct Journal {
+    last: u64,
+    kept: VecDeque<(u64, std::time::Instant, Utf8Bytes)>,
+}
+
+impl Journal {
+    fn new() -> Self {
+        let ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        Self {
+            last: u64::try_from(ms).unwrap_or(0).saturating_mul(1024),
+            kept: VecDeque::new(),
+        }
+    }
+
+    /// Numbers `json` (a serialised [`ServerMsg`]) and keeps it.
+    fn record(&mut self, json: &str) -> Utf8Bytes {
+        self.last += 1;
+        let text = Utf8Bytes::from(numbered(json, self.last));
+        let now = std::time::Instant::now();
+        self.kept.push_back((self.last, now, text.clone()));
+        while self.kept.len() > JOURNAL_FRAMES
+            || self
+                .kept
+                .front()
+                .is_some_and(|(_, at, _)| now.duration_since(*at) > JOURNAL_AGE)
+        {
+            self.kept.pop_front();
+        }
+        text
+    }
+
+    /// The messages numbered after `after` up to `upto`, if all are kept.
+    fn since(&self, after: u64, upto: u64) -> Option<Vec<Utf8Bytes>> {
+        if after > self.last {
+            return None;
+        }
+        if after >= upto {
+            return Some(Vec::new());
+        }
+        let first = self.kept.front().map_or(self.last + 1, |(seq, _, _)| *seq);
+        if first > after + 1 {
+            return None;
+        }
+        Some(
+            self.kept
+                .iter()
+                .filter(|(seq, _, _)| *seq > after && *seq <= upto)
+                .map(|(_, _, text)| text.clone())
+                .collect(),
+        )
+    }
+}
+
+/// `json` (an object) with `"seq":n` added last: the page reads `type` as
+/// before, and a reader that matches the start of the text still can.
+pub fn numbered(json: &str, seq: u64) -> String {
+    match json.strip_suffix('}') {
+        Some(body) if body.len() > 1 => format!(r#"{body},"seq":{seq}}}"#),
+        Some(_) => format!(r#"{{"seq":{seq}}}"#),
+        None => json.to_owned(),
+    }
+}
+
 struct Conn {
     id: u64,
     /// The bucket key of the session the socket was opened with.
@@ -61,6 +142,8 @@ struct Desk {
 #[derive(Default)]
 pub struct Hub {
     desks: Mutex<HashMap<CounsellorId, Desk>>,
+    /// Locked after `desks` when both are needed.
+    journals: Mutex<HashMap<CounsellorId, Journal>>,
     next_id: AtomicU64,
 }
 
@@ -79,12 +162,41 @@ pub struct Registration {
     pub close: CancellationToken,
     /// The counsellor's presence in effect (their other sockets' if any, else `initial`).
     pub status: Presence,
+    /// The number of the counsellor's last message before this socket
+    /// opened: every later one reaches it live.
+    pub joined_at: u64,
 }
 
 impl Hub {
     fn desks(&self) -> std::sync::MutexGuard<'_, HashMap<CounsellorId, Desk>> {
         // A poisoned lock only means a panic elsewhere; the map itself is consistent.
         self.desks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn journals(&self) -> std::sync::MutexGuard<'_, HashMap<CounsellorId, Journal>> {
+        self.journals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The messages of `who` numbered after `after` up to `upto`, in
+    /// order, if every one is still kept (`None`: a resync is needed).
+    pub fn missed(&self, who: &CounsellorId, after: u64, upto: u64) -> Option<Vec<Utf8Bytes>> {
+        self.journals().get(who)?.since(after, upto)
+    }
+
+    /// Forgets the journals of counsellors with no socket here whose last
+    /// message is older than [`JOURNAL_AGE`]; returns how many.
+    pub fn prune_journals(&self) -> usize {
+        let desks = self.desks();
+        let mut journals = self.journals();
+        let before = journals.len();
+        let now = std::time::Instant::now();
+        journals.retain(|who, j| {
+            desks.contains_key(who)
+                || j.kept
+                    .back()
+                    .is_some_and(|(_, at, _)| now.duration_since(*at) <= JOURNAL_AGE)
+        });
+        before - journals.len()
     }
 
     /// Registers a socket of `login`'s counsellor. `initial` is the presence
@@ -109,6 +221,11 @@ impl Hub {
                 conns: Vec::new(),
             });
         desk.audience = audience;
+        let joined_at = self
+            .journals()
+            .entry(login.counsellor.clone())
+            .or_insert_with(Journal::new)
+            .last;
         desk.conns.push(Conn {
             id,
             session: login.key.clone(),
@@ -122,6 +239,7 @@ impl Hub {
             rx,
             close,
             status: desk.status,
+            joined_at,
         }
     }
 
@@ -202,12 +320,26 @@ impl Hub {
 
     /// Queues `msg` for every socket of `who`; returns how many took it.
     /// A socket with a full queue is closed (it reconnects and re-syncs).
+    /// The message is numbered and kept in the counsellor's journal (also
+    /// with no socket open: a page that comes back resumes from it).
     pub fn send(&self, who: &CounsellorId, msg: &ServerMsg) -> usize {
+        let json = match serde_json::to_string(msg) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serialise a message");
+                return 0;
+            }
+        };
         let mut desks = self.desks();
+        let text = match self.journals().get_mut(who) {
+            Some(journal) => journal.record(&json),
+            // Never connected here: nobody to resume.
+            None => return 0,
+        };
         let Some(desk) = desks.get_mut(who) else {
             return 0;
         };
-        deliver(who, desk, &Frame::Msg(Box::new(msg.clone())))
+        deliver(who, desk, &Frame::Json(text))
     }
 
     /// Sets each connected counsellor's audience to what `audience_of` says
@@ -317,20 +449,78 @@ mod tests {
         assert_eq!(a2.status, Presence::Offline, "the desk's status wins");
         let mut b = hub.register(&login("ben"), Presence::Busy, Audience::Everyone, &root);
         assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 2);
-        assert_eq!(
-            a1.rx.try_recv().unwrap(),
-            Frame::Msg(Box::new(ServerMsg::Pong))
-        );
-        assert_eq!(
-            a2.rx.try_recv().unwrap(),
-            Frame::Msg(Box::new(ServerMsg::Pong))
-        );
+        let (Frame::Json(t1), Frame::Json(t2)) =
+            (a1.rx.try_recv().unwrap(), a2.rx.try_recv().unwrap())
+        else {
+            panic!("numbered text")
+        };
+        assert_eq!(t1, t2, "one number for both tabs");
+        let seq: nwd_proto::dashboard::SequencedMsg = serde_json::from_str(t1.as_str()).unwrap();
+        assert_eq!(seq.seq, a1.joined_at + 1);
+        assert_eq!(seq.msg, ServerMsg::Pong);
         assert!(b.rx.try_recv().is_err());
         assert_eq!(hub.send(&c("nobody"), &ServerMsg::Pong), 0);
         assert!(!hub.unregister(&c("ana"), a1.id));
         assert!(hub.unregister(&c("ana"), a2.id));
         assert_eq!(hub.status(&c("ana")), None);
         assert_eq!(hub.present(), vec![c("ben")]);
+    }
+
+    #[test]
+    fn numbers_go_last_and_the_type_stays_first() {
+        assert_eq!(
+            numbered(r#"{"type":"pong"}"#, 7),
+            r#"{"type":"pong","seq":7}"#
+        );
+        assert_eq!(numbered("{}", 7), r#"{"seq":7}"#);
+    }
+
+    #[test]
+    fn a_journal_gives_what_was_missed_or_nothing_when_it_no_longer_has_it() {
+        let hub = Hub::default();
+        let root = CancellationToken::new();
+        let a = hub.register(
+            &login("ana"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
+        let start = a.joined_at;
+        assert!(hub.unregister(&c("ana"), a.id));
+        // Sent while no socket is open: kept.
+        for _ in 0..3 {
+            assert_eq!(hub.send(&c("ana"), &ServerMsg::Pong), 0);
+        }
+        let b = hub.register(
+            &login("ana"),
+            Presence::Available,
+            Audience::Everyone,
+            &root,
+        );
+        assert_eq!(b.joined_at, start + 3);
+        let missed = hub.missed(&c("ana"), start + 1, b.joined_at).unwrap();
+        let seqs: Vec<u64> = missed
+            .iter()
+            .map(|t| {
+                serde_json::from_str::<nwd_proto::dashboard::SequencedMsg>(t.as_str())
+                    .unwrap()
+                    .seq
+            })
+            .collect();
+        assert_eq!(seqs, vec![start + 2, start + 3]);
+        assert_eq!(
+            hub.missed(&c("ana"), b.joined_at, b.joined_at),
+            Some(Vec::new())
+        );
+        // A number this journal never gave (another process): resync.
+        assert_eq!(hub.missed(&c("ana"), b.joined_at + 10, b.joined_at), None);
+        // Beyond what is kept: resync.
+        for _ in 0..JOURNAL_FRAMES + 1 {
+            hub.send(&c("ana"), &ServerMsg::Pong);
+        }
+        assert_eq!(hub.missed(&c("ana"), start, start + 5), None);
+        assert_eq!(hub.missed(&c("nobody"), 0, 0), None);
+        assert_eq!(hub.prune_journals(), 0, "ana is connected");
     }
 
     #[test]

@@ -432,7 +432,8 @@ async fn set_up(app: Arc<App>, readiness: Readiness) {
     tracing::info!("dashboard ready");
 }
 
-/// Prunes the login throttle's keyed state every minute, so it stays bounded.
+/// Prunes the login throttle's keyed state and the journals of counsellors
+/// long gone every minute, so both stay bounded.
 async fn throttle_pruning(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -442,6 +443,7 @@ async fn throttle_pruning(app: Arc<App>) {
             _ = tick.tick() => {}
         }
         app.throttle.prune(std::time::Instant::now());
+        app.hub.prune_journals();
         metrics::gauge!("nwd_dashboard_login_throttle_keys", "service" => NAME)
             .set(app.throttle.keys() as f64);
     }

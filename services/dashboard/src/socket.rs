@@ -117,6 +117,7 @@ where
             stores,
             who: who.clone(),
             tx: reg.tx,
+            joined_at: reg.joined_at,
         };
         session.greet(reg.status, &audience).await;
         session.read_loop(reader, &reg.close).await;
@@ -203,12 +204,26 @@ struct Session {
     stores: Stores,
     who: CounsellorId,
     tx: mpsc::Sender<Frame>,
+    /// The counsellor's last message number before this socket opened.
+    joined_at: u64,
 }
 
 impl Session {
     /// To this socket only. Waits for room: the reader is this socket's own.
     async fn reply(&self, msg: ServerMsg) {
         let _ = self.tx.send(Frame::Msg(Box::new(msg))).await;
+    }
+
+    /// To this socket only, with the number of the counsellor's last
+    /// message before it opened (the state it shows is as of then or later).
+    async fn reply_numbered(&self, msg: ServerMsg) {
+        match serde_json::to_string(&msg) {
+            Ok(json) => {
+                let text = crate::hub::numbered(&json, self.joined_at);
+                let _ = self.tx.send(Frame::Json(text.into())).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot serialise a message"),
+        }
     }
 
     /// To every socket of this counsellor (other tabs too).
@@ -222,7 +237,9 @@ impl Session {
         let directory = self.app.directory.get();
         let staff = directory.staff(&self.who).cloned();
         let now = OffsetDateTime::now_utc();
-        self.reply(ServerMsg::Hello {
+        // Numbered with the counsellor's last number before this socket:
+        // the page resumes from there after a drop.
+        self.reply_numbered(ServerMsg::Hello {
             counsellor: self.who.clone(),
             name: staff.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
             supervisor: staff.as_ref().is_some_and(|s| s.role == Role::Supervisor),
@@ -462,15 +479,6 @@ impl Session {
         self.routed(name, cmd).instrument(span).await;
     }
 
-    async fn not_yet(&self) {
-        count_command("unknown", "not-available-yet");
-        self.reply(error(
-            "not-available-yet",
-            "This action is not available yet",
-        ))
-        .await;
-    }
-
     /// A private note (never logged): stored, then shown to the holder's
     /// tabs and the contact's monitors.
     async fn note(&self, contact_id: ContactId, client_id: ClientReplyId, text: String) {
@@ -621,8 +629,26 @@ impl Session {
             if stopped { "done" } else { "not-monitoring" },
         );
     }
-    async fn resume(&self, _last_seq: u64) {
-        self.not_yet().await
+    /// After a reconnect: the counsellor's messages this page missed
+    /// (numbered after `last_seq`, up to when this socket opened; later
+    /// ones reached it live), in order; or, when they are no longer all
+    /// kept, `Resync` and the whole state again.
+    async fn resume(&self, last_seq: u64) {
+        match self.app.hub.missed(&self.who, last_seq, self.joined_at) {
+            Some(missed) => {
+                count_command("resume", "replayed");
+                for text in missed {
+                    let _ = self.tx.send(Frame::Json(text)).await;
+                }
+            }
+            None => {
+                count_command("resume", "resync");
+                self.reply(ServerMsg::Resync).await;
+                let status = self.app.hub.status(&self.who).unwrap_or(Presence::Offline);
+                let audience = Audience::of(self.app.directory.get().staff(&self.who));
+                self.greet(status, &audience).await;
+            }
+        }
     }
 
     /// Hands a conversation on; the note (for the receivers) is at most

@@ -1760,18 +1760,24 @@ async fn the_socket_logic_runs_over_plain_channels() {
         .await
         .unwrap();
     let served = tokio::spawn(socket::serve(Arc::clone(&app), login, out_tx, in_rx));
+    // The hello is numbered: the page resumes from its number after a drop.
     match out_rx.next().await.unwrap() {
-        Outbound::Msg(m) => match *m {
-            ServerMsg::Hello {
-                counsellor,
-                supervisor,
-                ..
-            } => {
-                assert_eq!(counsellor, c("sam"));
-                assert!(supervisor);
+        Outbound::Json(text) => {
+            let hello: nwd_proto::dashboard::SequencedMsg =
+                serde_json::from_str(text.as_str()).unwrap();
+            assert!(hello.seq > 0);
+            match hello.msg {
+                ServerMsg::Hello {
+                    counsellor,
+                    supervisor,
+                    ..
+                } => {
+                    assert_eq!(counsellor, c("sam"));
+                    assert!(supervisor);
+                }
+                other => panic!("expected hello, got {other:?}"),
             }
-            other => panic!("expected hello, got {other:?}"),
-        },
+        }
         other => panic!("expected hello, got {other:?}"),
     }
     in_tx
@@ -2231,4 +2237,158 @@ impl Ws {
         self.expect("pong", |m| matches!(m, ServerMsg::Pong).then_some(()))
             .await;
     }
+}
+
+// ------------------------------------------------------------------ resume by sequence
+
+impl Dashboard {
+    /// A router push to `who` of an offer withdrawn for `contact_id`.
+    async fn push_withdrawn(&self, who: &str, contact_id: ContactId) {
+        let push = Envelope::new(DashboardPush {
+            counsellor: c(who),
+            msg: ServerMsg::OfferWithdrawn {
+                contact_id,
+                reason: WithdrawReason::Taken,
+            },
+        });
+        let client = self.nats.client().await;
+        client
+            .publish(subjects::dashboard_push(&c(who)), push.to_bytes().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+}
+
+impl Ws {
+    /// The next text frame as numbered JSON (`seq` is `None` when unnumbered).
+    async fn next_raw(&mut self) -> (Option<u64>, ServerMsg) {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame")
+                .expect("the socket is open")
+                .unwrap();
+            if let WsMessage::Text(t) = frame {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                return (v["seq"].as_u64(), serde_json::from_str(&t).unwrap());
+            }
+        }
+    }
+
+    /// Frames up to the pong of a ping sent now.
+    async fn raw_until_pong(&mut self) -> Vec<(Option<u64>, ServerMsg)> {
+        self.send(&ClientMsg::Ping).await;
+        let mut out = Vec::new();
+        loop {
+            let f = self.next_raw().await;
+            if f.1 == ServerMsg::Pong {
+                return out;
+            }
+            out.push(f);
+        }
+    }
+
+    /// The hello's number.
+    async fn hello_seq(&mut self) -> u64 {
+        loop {
+            if let (seq, ServerMsg::Hello { .. }) = self.next_raw().await {
+                return seq.expect("a numbered hello");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_page_that_resumes_gets_exactly_the_frames_it_missed_in_order() {
+    let d = Dashboard::start().await;
+    let cookie = d.cookie("ana").await;
+    let mut tab = d.socket_with(&cookie).await.unwrap();
+    let hello = tab.hello_seq().await;
+    let first = ContactId::new();
+    d.push_withdrawn("ana", first).await;
+    let seen = loop {
+        if let (Some(seq), ServerMsg::OfferWithdrawn { contact_id, .. }) = tab.next_raw().await
+            && contact_id == first
+        {
+            break seq;
+        }
+    };
+    assert!(seen > hello);
+
+    // The network drops; three pushes come meanwhile.
+    drop(tab);
+    eventually(WAIT, "ana offline", || async {
+        d.presence_of("ana")
+            .await
+            .is_some_and(|p| p.status == Presence::Offline)
+            .then_some(())
+    })
+    .await;
+    let missed: Vec<ContactId> = (0..3).map(|_| ContactId::new()).collect();
+    for id in &missed {
+        d.push_withdrawn("ana", *id).await;
+    }
+    // Pushes are handled in order: once ben has his, ana's are journaled.
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let marker = ContactId::new();
+    d.push_withdrawn("ben", marker).await;
+    ben.expect("the marker", |m| {
+        matches!(m, ServerMsg::OfferWithdrawn { contact_id, .. } if *contact_id == marker)
+            .then_some(())
+    })
+    .await;
+
+    let mut back = d.socket_with(&cookie).await.unwrap();
+    let rejoined = back.hello_seq().await;
+    assert_eq!(rejoined, seen + 3);
+    back.raw_until_pong().await;
+    back.send(&ClientMsg::Resume { last_seq: seen }).await;
+    let replayed: Vec<(u64, ContactId)> = back
+        .raw_until_pong()
+        .await
+        .into_iter()
+        .filter_map(|(seq, m)| match m {
+            ServerMsg::OfferWithdrawn { contact_id, .. } => Some((seq.unwrap(), contact_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        replayed,
+        vec![
+            (seen + 1, missed[0]),
+            (seen + 2, missed[1]),
+            (seen + 3, missed[2])
+        ]
+    );
+    // Nothing missed since: nothing replayed.
+    back.send(&ClientMsg::Resume { last_seq: rejoined }).await;
+    assert!(
+        back.raw_until_pong()
+            .await
+            .iter()
+            .all(|(_, m)| !matches!(m, ServerMsg::OfferWithdrawn { .. } | ServerMsg::Resync))
+    );
+}
+
+#[tokio::test]
+async fn a_gap_beyond_what_is_kept_gets_a_resync_and_the_whole_state() {
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    let hello = ana.hello_seq().await;
+    ana.raw_until_pong().await;
+    // A number from before this journal (another process, a restart, or
+    // long ago): not kept.
+    ana.send(&ClientMsg::Resume {
+        last_seq: hello / 2,
+    })
+    .await;
+    let after = ana.raw_until_pong().await;
+    assert_eq!(after[0].1, ServerMsg::Resync);
+    assert!(matches!(after[1].1, ServerMsg::Hello { .. }));
+    assert!(after.iter().any(
+        |(_, m)| matches!(m, ServerMsg::Conversation { contact } if contact.contact_id == mine.id)
+    ));
 }
