@@ -12,7 +12,7 @@
 // - Ana hands the conversation to Ben with a warm transfer, keyboard only;
 //   she sees "Waiting for Ben Okafor to accept…"; Ben's offer says
 //   "Transfer from Ana García (warm)" with the handover note; he accepts and
-//   Ana's tab closes with a polite announcement;
+//   Ana's tab closes with a polite announcement; Sam reassigns it to Ana;
 // - Sam holds every waiting contact with the switchboard: a new text is
 //   shown held in the queue and offered to no counsellor; "Release them"
 //   and it is offered;
@@ -24,7 +24,7 @@
 // The steps that need the router's handovers and the dashboard's server side
 // (profile, notes, floor, monitoring, transfer, switchboard):
 // SHIFT_SERVER_SIDE=0 turns them off (snippets and the network drop still run);
-// SHIFT_SKIP=profile,note,floor,monitor,transfer,switchboard,follow-up turns off some.
+// SHIFT_SKIP=profile,note,floor,monitor,transfer,reassign,switchboard,follow-up turns off some.
 // Usage: DASHBOARD=http://… PHONE=http://… CHAT=http://… SCREENSHOT_DIR=… [DOCS_SCREENSHOT_DIR=docs/screenshots] node shift.mjs
 import { chromium } from "playwright-core";
 import { mkdirSync, readFileSync } from "node:fs";
@@ -269,6 +269,24 @@ try {
     step("Ben accepted: the conversation and its history are his; Ana's tab closed with a polite announcement");
   }
 
+  // ---- The supervisor gives Ben's conversation back to Ana.
+  if (benConv && runs("floor") && runs("reassign")) {
+    const item = floor.getByRole("list", { name: "Conversations in progress" }).getByRole("listitem")
+      .filter({ hasText: "with Ben Okafor" });
+    await item.waitFor({ timeout: 15_000 });
+    await item.getByRole("combobox", { name: /^Reassign / }).selectOption({ label: "Ana García" });
+    await item.getByRole("button", { name: "Reassign" }).click();
+    await benConv.waitFor({ state: "detached", timeout: 10_000 });
+    await ben.page.getByTestId("announce-polite").filter({ hasText: /now with Ana/ }).waitFor({ timeout: 5_000 });
+    // A reassignment is a cold transfer from the supervisor to Ana alone.
+    const given = ana.page.getByRole("article", { name: /^Transfer from Sam Whitfield \(cold\)/ }).filter({ hasText: first });
+    await given.waitFor({ timeout: 10_000 });
+    await given.getByRole("button", { name: "Accept" }).click();
+    await conv.getByText(meanwhile).waitFor({ timeout: 10_000 });
+    benConv = null;
+    step("Sam reassigned the conversation to Ana: Ben's tab closed; Ana accepted it, with its history");
+  }
+
   // ---- The switchboard: hold, then release.
   let released = null;
   if (runs("floor") && runs("switchboard")) {
@@ -286,6 +304,7 @@ try {
       .filter({ hasText: "Held for supervisors" }).first().waitFor({ timeout: 10_000 });
     if (await ana.page.getByRole("article").filter({ hasText: surge }).count()) throw new Error("a held contact was offered to a counsellor");
     step("a new text is held: shown held in the queue, offered to no counsellor");
+    await axe(sam.page, "switchboard on, a contact held");
     await shot(sam.page, "dashboard-switchboard.png");
     await floor.getByRole("button", { name: "Release them" }).click();
     await floor.getByRole("status").filter({ hasText: /^Switchboard off/ }).waitFor({ timeout: 10_000 });
