@@ -61,9 +61,10 @@ async function axe(page, what) {
   }
   step(`${what}: axe-core found no serious or critical violation`);
 }
-async function shot(page, name) {
-  await page.screenshot({ path: join(SHOTS, name), fullPage: true });
-  if (DOCS_SHOTS) await page.screenshot({ path: join(DOCS_SHOTS, name), fullPage: true });
+// fullPage: false for a modal dialog (its backdrop covers the viewport only).
+async function shot(page, name, fullPage = true) {
+  await page.screenshot({ path: join(SHOTS, name), fullPage });
+  if (DOCS_SHOTS) await page.screenshot({ path: join(DOCS_SHOTS, name), fullPage });
 }
 const focusedTestId = (page) => page.evaluate(() => document.activeElement?.dataset?.testid ?? document.activeElement?.tagName);
 async function focusReaches(page, testid, maxTabs = 12) {
@@ -107,12 +108,18 @@ async function text(phone, line, body) {
   await phone.locator("#text").fill(body);
   await phone.locator("#send").click();
 }
-async function resolve(page, conv) {
+// Resolves the conversation that shows `text`, opening its tab first (it
+// may not be the one shown).
+async function resolve(page, text) {
+  const panel = page.getByTestId("conversation").filter({ hasText: text });
+  const id = await panel.getAttribute("data-contact-id", { timeout: 10_000 });
+  await page.locator(`[role="tab"][data-contact-id="${id}"]`).click();
+  const conv = page.getByRole("tabpanel").filter({ hasText: text });
   await conv.getByRole("button", { name: "Resolve…" }).click();
   const dialog = page.getByRole("dialog", { name: "Resolve the conversation" });
   await dialog.getByLabel(/How did it end/).selectOption("support-given");
   await dialog.getByRole("button", { name: "Resolve", exact: true }).click();
-  await conv.waitFor({ state: "detached", timeout: 10_000 });
+  await panel.waitFor({ state: "detached", timeout: 10_000 });
 }
 
 let phoneCtx;
@@ -249,7 +256,7 @@ try {
     await ana.page.keyboard.type(handover);
     await focusReaches(ana.page, "transfer-confirm");
     await axe(ana.page, "transfer dialog");
-    await shot(ana.page, "dashboard-transfer.png");
+    await shot(ana.page, "dashboard-transfer.png", false);
     await ana.page.keyboard.press("Enter");
     await conv.getByRole("status").filter({ hasText: "Waiting for Ben Okafor to accept…" }).waitFor({ timeout: 10_000 });
     await conv.getByRole("button", { name: "Cancel transfer" }).waitFor();
@@ -312,7 +319,17 @@ try {
     await offered.waitFor({ timeout: 15_000 });
     step("released: the contact is offered to the floor again");
     await offered.getByRole("button", { name: "Accept" }).click();
-    released = ana.page.getByRole("tabpanel").filter({ hasText: surge });
+    released = surge;
+    if (runs("profile")) {
+      // James's partner has no consent on file: the control says why not.
+      const profile = ana.page.getByRole("tabpanel").filter({ hasText: surge }).getByRole("region", { name: "The person" });
+      const involve = profile.getByRole("button", { name: "Involve Taylor Reed" });
+      await involve.waitFor({ timeout: 10_000 });
+      if (!(await involve.isDisabled())) throw new Error("Involve is enabled without a consent");
+      const why = await profile.getByTestId("trusted-contact").filter({ hasText: "Taylor Reed" }).textContent();
+      if (!/cannot involve: /.test(why)) throw new Error(`no reason shown: ${why}`);
+      step(`James's trusted contact cannot be involved, and the profile says why: "${why.split("cannot involve: ")[1].replace(/\.?\s*Involve.*$/, "")}"`);
+    }
   }
 
   // ---- A person leaves with the quick exit before anyone answers: they
@@ -326,7 +343,9 @@ try {
     await chat.locator("#text").fill(gone);
     await chat.locator("#send").click();
     await chat.locator("#log li.me", { hasText: gone }).getByText("Sent ✓").waitFor({ timeout: 10_000 });
-    await ana.page.getByRole("article", { name: /^New contact/ }).filter({ hasText: gone }).waitFor({ timeout: 15_000 });
+    // Offered to whoever the router gives it to first (the most urgent go first).
+    const offers = [ana.page, ben.page].map((p) => p.getByRole("article", { name: /^New contact/ }).filter({ hasText: gone }));
+    await Promise.any(offers.map((o) => o.waitFor({ timeout: 15_000 })));
     await chat.keyboard.press("Escape");
     await chat.waitForURL((u) => !u.toString().startsWith(`${CHAT}/`) || u.pathname === "/healthz", { timeout: 10_000 });
     await chatCtx.close();
@@ -334,22 +353,21 @@ try {
     const entry = followUps.getByRole("listitem").filter({ hasText: "Chat" }).first();
     await entry.waitFor({ timeout: 15_000 });
     await entry.getByText(/Answer in the chat only/).waitFor();
-    if (await ana.page.getByRole("article", { name: /^New contact/ }).filter({ hasText: gone }).count()) {
-      throw new Error("the offer of a person who left is still shown");
-    }
+    for (const o of offers) await o.waitFor({ state: "detached", timeout: 10_000 });
     step("the person left with the quick exit: offer gone, in the follow-ups with the chat-only warning");
     await axe(ana.page, "follow-ups");
     await entry.getByRole("button", { name: "I'm reaching out" }).click();
-    claimed = ana.page.getByRole("tabpanel").filter({ hasText: gone });
-    await claimed.waitFor({ timeout: 10_000 });
-    await claimed.getByText(/Answer in the chat only/).waitFor();
+    const mine = ana.page.getByRole("tabpanel").filter({ hasText: gone });
+    await mine.waitFor({ timeout: 10_000 });
+    await mine.getByText(/Answer in the chat only/).waitFor();
+    claimed = gone;
     step("Ana claimed it: the conversation is hers, with the warning to answer in the chat only");
   }
 
   // ---- Leave the line clean for the next spec.
   if (claimed) await resolve(ana.page, claimed);
   if (released) await resolve(ana.page, released);
-  await resolve(...(benConv ? [ben.page, benConv] : [ana.page, conv]));
+  await resolve(benConv ? ben.page : ana.page, first);
   step("conversations resolved");
   if (sam) await sam.ctx.close();
   await ana.ctx.close();
