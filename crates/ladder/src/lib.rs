@@ -20,6 +20,11 @@
 //!   frees, and an offer pushed out of the window by a more urgent arrival
 //!   is withdrawn ([`plan`]). The imminent broadcast is exempt: it goes to
 //!   everyone on call at once and speaks for their seats first.
+//! - The switchboard (ADR 0019): a held contact is offered at every
+//!   offering rung to the supervisors on call only; its clock keeps running
+//!   and the imminent broadcast is not held back.
+//! - A person who left before anyone answered (quick exit, STOP) is in no
+//!   queue: no step fires and nobody is offered them until they write again.
 
 pub mod floor;
 pub mod oncall;

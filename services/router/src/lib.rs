@@ -7,8 +7,15 @@
 //! in the `contacts` bucket, changed only by compare-and-swap. Outputs:
 //! pushes to counsellors' dashboards, and `ContactAssigned` /
 //! `ContactResolved` on CONTACTS, `OutreachUpdate`s of outreach contacts
-//! (`routing::outreach`), screeners in AUDIT (`routing::screener`), and the
-//! queue snapshot every dashboard shows ([`queue_feed`]).
+//! (`routing::outreach`), screeners, handovers and the switchboard in AUDIT
+//! (`routing::screener`, `routing::handover`), the queue snapshot every
+//! dashboard shows and the floor snapshot supervisors see ([`queue_feed`]).
+//!
+//! Handovers (ADR 0019): warm and cold transfers, a supervisor's
+//! reassignment, the switchboard (held contacts offered to supervisors
+//! only; its state in the `contacts` bucket under `line.switchboard`),
+//! follow-ups of people who left (claimed once) and involving a trusted
+//! contact under a consent that covers it now.
 //!
 //! Priority offers (ADR 0017): a counsellor with k free seats is offered the
 //! k most urgent contacts they are eligible for (risk, then wait; same

@@ -51,6 +51,10 @@ struct Running {
 
 impl Running {
     async fn start(url: &str) -> Self {
+        Self::start_with_grace(url, 60_000).await
+    }
+
+    async fn start_with_grace(url: &str, orphan_grace_ms: u64) -> Self {
         // reqwest (readiness polling) needs a crypto provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = nwd_testkit::listener().await;
@@ -60,7 +64,7 @@ impl Running {
             metrics_addr: addr,
             directory: test_directory(),
             presence_stale_ms: 15_000,
-            orphan_grace_ms: 60_000,
+            orphan_grace_ms,
             sweep_ms: 200,
             line_status_ms: 300,
         };
@@ -181,6 +185,11 @@ struct Line {
 
 impl Line {
     async fn start() -> Self {
+        Self::start_with_grace(60_000).await
+    }
+
+    /// With a short grace before a dropped counsellor's conversations are requeued.
+    async fn start_with_grace(orphan_grace_ms: u64) -> Self {
         let server = NatsServer::start().await;
         let args = NatsArgs::local(server.url());
         let js = bus::jetstream(bus::connect(&args, "test").await.unwrap(), &args);
@@ -209,7 +218,8 @@ impl Line {
                     .push((env.data.counsellor, env.data.msg));
             }
         });
-        let router = Some(Running::start(&server.url_for("router")).await);
+        let router =
+            Some(Running::start_with_grace(&server.url_for("router"), orphan_grace_ms).await);
         Self {
             server,
             client,
@@ -2328,6 +2338,23 @@ mod handovers {
         .await
     }
 
+    /// A transfer expected to go through: retried while the router has not
+    /// yet seen the receiver's presence (a refusal changes nothing).
+    async fn transfer_done(
+        line: &Line,
+        id: ContactId,
+        who: &str,
+        target: TransferTarget,
+        mode: TransferMode,
+        note: Option<&str>,
+    ) {
+        eventually(WITHIN, "the transfer accepted by the router", || async {
+            let reply = transfer(line, id, who, target.clone(), mode, note).await;
+            (reply == RouterReply::Done).then_some(())
+        })
+        .await;
+    }
+
     fn to(who: &str) -> TransferTarget {
         TransferTarget::Counsellor { id: c(who) }
     }
@@ -2356,8 +2383,7 @@ mod handovers {
         let id = held_by(&line, "ana", "hello").await;
         line.presence("ben", Presence::Available).await;
         let note = "Talked about her sister; wants a callback";
-        let reply = transfer(&line, id, "ana", to("ben"), TransferMode::Warm, Some(note)).await;
-        assert_eq!(reply, RouterReply::Done);
+        transfer_done(&line, id, "ana", to("ben"), TransferMode::Warm, Some(note)).await;
         // Ben is offered it with the sender and the note; Ana keeps it.
         let offer = line.pushes.wait_offer("ben", id).await;
         let t = offer.transfer.expect("the offer names the transfer");
@@ -2433,10 +2459,7 @@ mod handovers {
         let line = Line::start().await;
         let id = held_by(&line, "ana", "hello").await;
         line.presence("ben", Presence::Available).await;
-        assert_eq!(
-            transfer(&line, id, "ana", to("ben"), TransferMode::Warm, None).await,
-            RouterReply::Done
-        );
+        transfer_done(&line, id, "ana", to("ben"), TransferMode::Warm, None).await;
         line.pushes.wait_offer("ben", id).await;
         let decline = line
             .command(RouterCommand::Decline {
@@ -2464,10 +2487,7 @@ mod handovers {
         assert!(rec.transfer.is_none());
         // Again, then cancelled by the sender: Chloe's offer is withdrawn.
         line.presence("chloe", Presence::Available).await;
-        assert_eq!(
-            transfer(&line, id, "ana", to("chloe"), TransferMode::Warm, None).await,
-            RouterReply::Done
-        );
+        transfer_done(&line, id, "ana", to("chloe"), TransferMode::Warm, None).await;
         line.pushes.wait_offer("chloe", id).await;
         let cancel = RouterCommand::CancelTransfer {
             contact_id: id,
@@ -2547,10 +2567,7 @@ mod handovers {
         let hospital = TransferTarget::Partner {
             partner: nwd_proto::PartnerId::parse("county-hospital").unwrap(),
         };
-        assert_eq!(
-            transfer(&line, id, "ana", hospital, TransferMode::Cold, None).await,
-            RouterReply::Done
-        );
+        transfer_done(&line, id, "ana", hospital, TransferMode::Cold, None).await;
         wait_push(
             &line,
             "ana",
@@ -2865,6 +2882,112 @@ mod handovers {
                 .await
                 .len(),
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn handovers_of_what_cannot_be_handed_over_are_refused_and_a_repeated_switch_is_audited_once()
+     {
+        let line = Line::start().await;
+        let id = held_by(&line, "ana", "hello").await;
+        // Reassign to someone the directory does not know.
+        let r = line
+            .command(RouterCommand::Reassign {
+                contact_id: id,
+                counsellor: c("sam"),
+                to: c("zed"),
+            })
+            .await;
+        assert_eq!(refusal(r), "nobody-available");
+        // Ana is at capacity (1): she cannot claim a follow-up.
+        let gone = ContactId::new();
+        let mut quick = triaged(gone, RiskLevel::Low, Language::En, "bye");
+        quick.message.quick_exit = true;
+        line.publish(
+            &quick,
+            &nwd_proto::wire::msg_id::message_triaged(&quick.message.message_id),
+        )
+        .await;
+        eventually(WITHIN, "left", || async {
+            line.record(gone).await.filter(|r| r.left.is_some())
+        })
+        .await;
+        let claim = RouterCommand::Claim {
+            contact_id: gone,
+            counsellor: c("ana"),
+        };
+        assert_eq!(refusal(line.command(claim).await), "at-capacity");
+        // Resolved: no transfer, no reassignment.
+        let resolve = RouterCommand::Resolve {
+            contact_id: id,
+            counsellor: c("ana"),
+            disposition: None,
+            note: None,
+        };
+        line.presence("ben", Presence::Available).await;
+        transfer_done(&line, id, "ana", to("ben"), TransferMode::Warm, None).await;
+        line.pushes.wait_offer("ben", id).await;
+        assert_eq!(line.command(resolve).await, RouterReply::Done);
+        // Ben's offer of the warm transfer ends with the conversation.
+        assert_eq!(
+            line.pushes.wait_withdrawn("ben", id).await,
+            WithdrawReason::Resolved
+        );
+        let r = transfer(&line, id, "ana", to("ben"), TransferMode::Warm, None).await;
+        assert!(matches!(r, RouterReply::Refused { .. }), "{r:?}");
+        let r = line
+            .command(RouterCommand::Reassign {
+                contact_id: id,
+                counsellor: c("sam"),
+                to: c("ben"),
+            })
+            .await;
+        assert_eq!(
+            refusal(r),
+            nwd_proto::contact::TransitionError::Resolved.to_string()
+        );
+        assert_eq!(audited(&line, id).await.len(), 1, "only the transfer");
+        // The switchboard on twice: one audit record.
+        for _ in 0..2 {
+            let on = RouterCommand::Switchboard {
+                counsellor: c("sam"),
+                on: true,
+            };
+            assert_eq!(line.command(on).await, RouterReply::Done);
+        }
+        assert_eq!(
+            audit_on(&line, subjects::audit_switchboard()).await.len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_warm_transfer_ends_when_the_sender_drops_off_and_the_contact_is_requeued() {
+        let line = Line::start_with_grace(300).await;
+        let id = held_by(&line, "ana", "hello").await;
+        // Dee, at the hospital, is not on the clinic's first rungs.
+        line.presence("dee", Presence::Available).await;
+        let hospital = TransferTarget::Partner {
+            partner: nwd_proto::PartnerId::parse("county-hospital").unwrap(),
+        };
+        transfer_done(&line, id, "ana", hospital, TransferMode::Warm, None).await;
+        line.pushes.wait_offer("dee", id).await;
+        // Ana drops off; Ben, on the clinic's door rung, is there.
+        line.presence("ben", Presence::Available).await;
+        line.presence("ana", Presence::Offline).await;
+        line.pushes.wait_offer("ben", id).await;
+        assert_eq!(
+            line.pushes.wait_withdrawn("dee", id).await,
+            WithdrawReason::Expired
+        );
+        let rec = line.record(id).await.unwrap();
+        assert!(rec.transfer.is_none());
+        assert_eq!(rec.assigned_to(), None);
+        assert_eq!(
+            line.accept(id, "dee").await,
+            RouterReply::Refused {
+                reason: nwd_proto::contact::TransitionError::NotOffered.to_string()
+            }
         );
     }
 }

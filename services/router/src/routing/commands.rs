@@ -189,7 +189,7 @@ impl Router {
 
     /// The per-counsellor lock that serialises their accepts and takes, so
     /// that two of them at once cannot take them over capacity.
-    fn accept_lock(&self, who: &CounsellorId) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn accept_lock(&self, who: &CounsellorId) -> Arc<tokio::sync::Mutex<()>> {
         self.accept_locks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -470,22 +470,28 @@ impl Router {
                 };
                 if matches!(&rec.state, ContactState::Resolved { by, .. } if *by == who) {
                     // Resolved by them already: a retry; republish (deduplicated).
-                    return Cas::Keep(Ok(rec));
+                    return Cas::Keep(Ok((rec, Vec::new())));
                 }
+                // A warm transfer still offered ends with the conversation.
+                let receivers = rec
+                    .transfer
+                    .as_ref()
+                    .map(|t| t.to.clone())
+                    .unwrap_or_default();
                 match rec.resolve(&who, now) {
                     Ok(()) => {
                         rec.disposition = disposition.clone();
-                        Cas::Write(rec.clone(), Ok(rec))
+                        Cas::Write(rec.clone(), Ok((rec, receivers)))
                     }
                     Err(e) => Cas::Keep(Err(e)),
                 }
             },
         )
         .await;
-        let record = match result {
-            Ok((Ok(record), revision)) => {
-                self.remember(&record, revision);
-                record
+        let (record, receivers) = match result {
+            Ok((Ok(done), revision)) => {
+                self.remember(&done.0, revision);
+                done
             }
             Ok((Err(e), _)) => {
                 tracing::info!(contact = %id, counsellor = %who, refusal = %e, "resolve refused");
@@ -536,13 +542,20 @@ impl Router {
             );
         }
         tracing::info!(contact = %id, counsellor = %who, "resolved");
-        (
-            RouterReply::Done,
-            vec![
-                FollowUp::push(who, ServerMsg::Resolved { contact_id: id }),
-                FollowUp::WakeQueue,
-            ],
-        )
+        let mut follow = vec![
+            FollowUp::push(who, ServerMsg::Resolved { contact_id: id }),
+            FollowUp::WakeQueue,
+        ];
+        follow.extend(receivers.into_iter().map(|c| {
+            FollowUp::push(
+                c,
+                ServerMsg::OfferWithdrawn {
+                    contact_id: id,
+                    reason: WithdrawReason::Resolved,
+                },
+            )
+        }));
+        (RouterReply::Done, follow)
     }
 }
 

@@ -110,18 +110,18 @@ impl Router {
         action: HandoverAction,
         at: OffsetDateTime,
     ) -> Result<(), StepError> {
-        let (subject, msg_id) = match (&contact, &action) {
-            (Some(id), _) => (
+        let (subject, msg_id) = match &contact {
+            Some(id) => (
                 subjects::audit_handover(id),
                 wire::msg_id::handover(id, action.kind(), at),
             ),
-            (None, HandoverAction::Switchboard { on }) => (
+            // Only the switchboard is line-wide.
+            None => (
                 subjects::audit_switchboard(),
-                wire::msg_id::switchboard(*on, at),
-            ),
-            (None, _) => (
-                subjects::audit_switchboard(),
-                wire::msg_id::switchboard(false, at),
+                wire::msg_id::switchboard(
+                    matches!(action, HandoverAction::Switchboard { on: true }),
+                    at,
+                ),
             ),
         };
         let event = Envelope::new(HandoverRecorded {
@@ -434,12 +434,11 @@ impl Router {
                 let Some(mut rec) = cur else {
                     return Cas::Keep(Err(TransitionError::NotOffered));
                 };
+                let before = rec.clone();
                 match rec.reassign(&who, &to, now) {
-                    Ok(done) if rec.transfer.as_ref().is_some_and(|t| t.since == now) => {
-                        Cas::Write(rec.clone(), Ok((rec, done)))
-                    }
-                    // A retry: as written.
-                    Ok(done) => Cas::Keep(Ok((rec, done))),
+                    // The same reassignment again (a retry): as written.
+                    Ok(done) if rec == before => Cas::Keep(Ok((rec, done))),
+                    Ok(done) => Cas::Write(rec.clone(), Ok((rec, done))),
                     Err(e) => Cas::Keep(Err(e)),
                 }
             },
@@ -628,6 +627,18 @@ impl Router {
         id: ContactId,
         who: CounsellorId,
     ) -> (RouterReply, Vec<FollowUp>) {
+        // A claim takes a seat, like an accept: serialised with their
+        // accepts and takes, and never over capacity.
+        let lock = self.accept_lock(&who);
+        let _serial = lock.lock().await;
+        let already_theirs = self
+            .state()
+            .get(&id)
+            .is_some_and(|r| r.assigned_to() == Some(&who));
+        if !already_theirs && !self.floor().has_room(&who) {
+            count("claim", "refused");
+            return (refused(super::commands::AT_CAPACITY), Vec::new());
+        }
         let now = OffsetDateTime::now_utc();
         let result = kv::cas_from(
             &self.contacts,

@@ -7,7 +7,7 @@ use nwd_proto::{ContactId, CounsellorId, wire};
 use nwd_runtime::kv::{self, Cas};
 use nwd_runtime::transcript;
 
-use super::{Router, StepError};
+use super::{Router, StepError, ladder_floor};
 use crate::NAME;
 
 impl Router {
@@ -17,7 +17,8 @@ impl Router {
     pub async fn orphan_step(&self, id: ContactId) -> Result<(), StepError> {
         enum Did {
             Orphaned(ContactRecord, CounsellorId),
-            Requeued(ContactRecord, CounsellorId),
+            /// With the receivers of a warm transfer it ended.
+            Requeued(ContactRecord, CounsellorId, Vec<CounsellorId>),
             Back,
         }
         let floor = self.floor();
@@ -46,9 +47,14 @@ impl Router {
                         Cas::Write(rec.clone(), Some(Did::Orphaned(rec, who)))
                     }
                     Some(at) if now - at >= grace => {
+                        let receivers = rec
+                            .transfer
+                            .as_ref()
+                            .map(|t| t.to.clone())
+                            .unwrap_or_default();
                         rec.requeue(now);
                         nwd_ladder::fire(&mut rec, &floor);
-                        Cas::Write(rec.clone(), Some(Did::Requeued(rec, who)))
+                        Cas::Write(rec.clone(), Some(Did::Requeued(rec, who, receivers)))
                     }
                     Some(_) => Cas::Keep(None),
                 }
@@ -82,8 +88,23 @@ impl Router {
                     .await;
                 }
             }
-            Some(Did::Requeued(rec, who)) => {
+            Some(Did::Requeued(rec, who, receivers)) => {
                 self.remember(&rec, revision);
+                // A warm transfer ends with the sender's hold on it: the
+                // contact climbs the ladder like any waiting contact.
+                for c in receivers
+                    .iter()
+                    .filter(|c| !ladder_floor::offered_to(&rec).contains(c))
+                {
+                    self.push(
+                        c,
+                        ServerMsg::OfferWithdrawn {
+                            contact_id: id,
+                            reason: nwd_proto::dashboard::WithdrawReason::Expired,
+                        },
+                    )
+                    .await;
+                }
                 tracing::warn!(contact = %id, counsellor = %who, "conversation back in the queue after the grace");
                 metrics::counter!("nwd_conversations_orphaned_total", "service" => NAME, "outcome" => "requeued").increment(1);
                 if let Err(e) = self.announcer.announce(&rec).await {
