@@ -495,6 +495,45 @@ impl Event for ContactEscalated {
 
 // ---------------------------------------------------------------- AUDIT
 
+/// Which view of a contact a member of staff was shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactViewKind {
+    Offer,
+    Conversation,
+    Monitoring,
+    Profile,
+}
+
+impl ContactViewKind {
+    /// Bounded code (ids, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactViewKind::Offer => "offer",
+            ContactViewKind::Conversation => "conversation",
+            ContactViewKind::Monitoring => "monitoring",
+            ContactViewKind::Profile => "profile",
+        }
+    }
+}
+
+/// A member of staff was shown a contact (AUDIT, written by the
+/// dashboard): who, which view, when; never its text. Once per counsellor,
+/// contact and view while they are connected, not per re-render.
+/// Subject `nwd.v1.audit.viewed.<contact_id>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContactViewed {
+    pub contact_id: ContactId,
+    pub counsellor: CounsellorId,
+    pub view: ContactViewKind,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+impl Event for ContactViewed {
+    const TYPE: &'static str = "audit.viewed";
+}
+
 /// The legal basis of a disclosure (42 CFR Part 2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "basis", rename_all = "snake_case")]

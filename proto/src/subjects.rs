@@ -174,6 +174,11 @@ pub fn audit_disclosure_refused(id: &ContactId) -> String {
     format!("{ROOT}.audit.disclosure_refused.{id}")
 }
 
+/// Who was shown a contact (AUDIT, dashboard): [`crate::events::ContactViewed`].
+pub fn audit_viewed(id: &ContactId) -> String {
+    format!("{ROOT}.audit.viewed.{id}")
+}
+
 /// A C-SSRS screener recorded in a contact (AUDIT, router):
 /// [`crate::events::ScreenerRecorded`].
 pub fn audit_screener(id: &ContactId) -> String {

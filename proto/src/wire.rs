@@ -149,8 +149,6 @@ pub mod msg_id {
         format!("assigned:{contact}:{counsellor}")
     }
 
-    /// A contact resolved at `at` (CONTACTS): a retried resolve republishes
-    /// under the same id because the record keeps `at`.
     /// A private note: one per (contact, counsellor, browser id).
     pub fn contact_noted(
         contact: &ContactId,
@@ -160,6 +158,8 @@ pub mod msg_id {
         format!("noted:{contact}:{counsellor}:{client}")
     }
 
+    /// A contact resolved at `at` (CONTACTS): a retried resolve republishes
+    /// under the same id because the record keeps `at`.
     pub fn contact_resolved(contact: &ContactId, at: OffsetDateTime) -> String {
         format!("resolved:{contact}:{}", at.unix_timestamp_nanos())
     }
@@ -226,6 +226,21 @@ pub mod msg_id {
     /// The refusal record (AUDIT) of a step's disclosure to a trusted contact.
     pub fn step_disclosure_refused(contact: &ContactId, step: u64, recipient: &str) -> String {
         format!("{}:refused:{recipient}", escalation_step(contact, step))
+    }
+
+    /// Who was shown which view of a contact (AUDIT) at `at`: a retried
+    /// publish is the same record.
+    pub fn contact_viewed(
+        contact: &ContactId,
+        counsellor: &CounsellorId,
+        view: crate::events::ContactViewKind,
+        at: OffsetDateTime,
+    ) -> String {
+        format!(
+            "viewed:{contact}:{counsellor}:{}:{}",
+            view.as_str(),
+            at.unix_timestamp_nanos()
+        )
     }
 
     /// A screener recorded in a contact (AUDIT) at `at`: a retried request

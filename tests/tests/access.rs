@@ -463,6 +463,7 @@ fn rules() -> Vec<Rules> {
                 s(subjects::dashboard_floor()),
                 s(subjects::outbound_status_all()),
                 p(subjects::contact_noted(&id)),
+                p(subjects::audit_viewed(&id)),
             ],
             vec![
                 p("$KV.contacts.x"),
@@ -472,6 +473,9 @@ fn rules() -> Vec<Rules> {
                 p(subjects::chat_seen(&nwd_proto::ChatSessionId::new())),
                 p(subjects::line_status()),
                 p("$KV.chat_sessions.x"),
+                // who viewed what only: never a disclosure or a screener
+                p(subjects::audit_disclosure(&id)),
+                p(subjects::audit_screener(&id)),
             ],
         ),
         Rules {

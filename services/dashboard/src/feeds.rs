@@ -36,6 +36,11 @@ pub async fn forward_pushes(app: Arc<App>, mut sub: Subscriber) {
                 let mut push = env.data;
                 with_notes(&app, &mut push.msg).await;
                 let n = app.hub.send(&push.counsellor, &push.msg);
+                if n > 0
+                    && let Some((contact, view)) = crate::audit::shown(&push.msg)
+                {
+                    crate::audit::viewed(&app, &push.counsellor, contact, view);
+                }
                 tracing::debug!(counsellor = %push.counsellor, sockets = n, "push forwarded");
                 count("push", if n > 0 { "delivered" } else { "no-socket" });
             }

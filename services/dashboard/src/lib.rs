@@ -7,6 +7,7 @@
 //!                     │ ◄──core sub──── router          (the queue, to every socket)
 //!                     │ ◄──core sub──── router          (the floor, to supervisors)
 //!                     │ ──publish────► OUTBOUND          (replies)
+//!                     │ ──publish────► CONTACTS / AUDIT  (private notes / who viewed what)
 //!                     │ ──cas────────► replies bucket    (a reply's body hash: resends)
 //!                     │ ◄──core sub─── OUTBOUND status   (delivery ticks)
 //!                     ├ ──cas────────► presence bucket   (status + heartbeat)
@@ -37,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod audit;
 pub mod credentials;
 pub mod feeds;
 pub mod floor;
@@ -231,6 +233,8 @@ pub struct App {
     pub queue: queue::Queue,
     /// The newest floor snapshot from the router (supervisors only).
     pub floor: floor::Floor,
+    /// The views recorded in AUDIT (once per counsellor, contact and view).
+    pub viewed: audit::Seen,
     /// Supervisors' silent monitorings in this process.
     pub monitors: monitor::Monitors,
     pub settings: Settings,
@@ -293,6 +297,7 @@ impl App {
             hub: hub::Hub::default(),
             queue: queue::Queue::default(),
             floor: floor::Floor::default(),
+            viewed: audit::Seen::default(),
             monitors: monitor::Monitors::default(),
             settings,
             shutdown,

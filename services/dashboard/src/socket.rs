@@ -126,6 +126,7 @@ where
         let last = app.hub.unregister(&who, reg.id);
         if last {
             app.monitors.stop_all(&who);
+            app.viewed.forget(&who);
         }
         // On shutdown the browser reconnects to the next dashboard, which
         // takes the status back; only a counsellor who left goes offline.
@@ -211,7 +212,15 @@ struct Session {
 impl Session {
     /// To this socket only. Waits for room: the reader is this socket's own.
     async fn reply(&self, msg: ServerMsg) {
+        self.audit(&msg);
         let _ = self.tx.send(Frame::Msg(Box::new(msg))).await;
+    }
+
+    /// An AUDIT record if `msg` shows a contact ([`crate::audit`]).
+    fn audit(&self, msg: &ServerMsg) {
+        if let Some((contact, view)) = crate::audit::shown(msg) {
+            crate::audit::viewed(&self.app, &self.who, contact, view);
+        }
     }
 
     /// To this socket only, with the number of the counsellor's last
@@ -228,6 +237,7 @@ impl Session {
 
     /// To every socket of this counsellor (other tabs too).
     fn broadcast(&self, msg: &ServerMsg) {
+        self.audit(msg);
         self.app.hub.send(&self.who, msg);
     }
 

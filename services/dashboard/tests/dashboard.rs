@@ -2392,3 +2392,203 @@ async fn a_gap_beyond_what_is_kept_gets_a_resync_and_the_whole_state() {
         |(_, m)| matches!(m, ServerMsg::Conversation { contact } if contact.contact_id == mine.id)
     ));
 }
+
+// ------------------------------------------------------------------ audit of views
+
+impl Dashboard {
+    /// The AUDIT records of who was shown `contact`.
+    async fn views_of(&self, contact: &ContactId) -> Vec<nwd_proto::events::ContactViewed> {
+        transcript::read_subjects(
+            &self.js,
+            streams::AUDIT,
+            vec![subjects::audit_viewed(contact)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| {
+            Envelope::<nwd_proto::events::ContactViewed>::from_bytes(&m.payload)
+                .unwrap()
+                .data
+        })
+        .collect()
+    }
+}
+
+#[tokio::test]
+async fn showing_a_contact_is_audited_once_per_counsellor_and_view() {
+    use nwd_proto::events::ContactViewKind;
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut tab1 = d.socket("ana").await;
+    tab1.hello().await;
+    tab1.send(&ClientMsg::Profile {
+        contact_id: mine.id,
+    })
+    .await;
+    tab1.expect("the profile", |m| {
+        matches!(m, ServerMsg::Profile { .. }).then_some(())
+    })
+    .await;
+    // A second tab renders the same conversation again: no second record.
+    let mut tab2 = d.socket("ana").await;
+    tab2.expect("the conversation", |m| {
+        matches!(m, ServerMsg::Conversation { .. }).then_some(())
+    })
+    .await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Monitor {
+        contact_id: mine.id,
+    })
+    .await;
+    sam.expect("monitoring", |m| {
+        matches!(m, ServerMsg::Monitoring { .. }).then_some(())
+    })
+    .await;
+    let views = eventually(WAIT, "three view records", || async {
+        let v = d.views_of(&mine.id).await;
+        (v.len() >= 3).then_some(v)
+    })
+    .await;
+    let mut got: Vec<(CounsellorId, ContactViewKind)> = views
+        .iter()
+        .map(|v| (v.counsellor.clone(), v.view))
+        .collect();
+    got.sort_by_key(|(w, v)| (w.to_string(), v.as_str()));
+    assert_eq!(
+        got,
+        vec![
+            (c("ana"), ContactViewKind::Conversation),
+            (c("ana"), ContactViewKind::Profile),
+            (c("sam"), ContactViewKind::Monitoring),
+        ]
+    );
+    // Nothing of the conversation's text is in the trail.
+    let raw = transcript::read_subjects(
+        &d.js,
+        streams::AUDIT,
+        vec![subjects::audit_viewed(&mine.id)],
+    )
+    .await
+    .unwrap();
+    assert!(
+        raw.iter()
+            .all(|m| !String::from_utf8_lossy(&m.payload).contains("hello"))
+    );
+    tab2.answers_ping().await;
+    assert_eq!(d.views_of(&mine.id).await.len(), 3);
+}
+
+// ------------------------------------------------------------------ authorisation
+
+#[tokio::test]
+async fn a_counsellor_cannot_read_or_act_on_anothers_conversation_by_forged_messages() {
+    let d = Dashboard::start().await;
+    let bens = d.contact("ben's person", assigned_to("ben")).await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let mut ana = d.socket("ana").await;
+    ana.hello().await;
+    // Ana never had ben's conversation on connect.
+    ana.answers_ping().await;
+    assert!(!ana.seen.iter().any(|m| matches!(
+        m,
+        ServerMsg::Conversation { contact } | ServerMsg::Offer { contact }
+            if contact.contact_id == bens.id
+    )));
+
+    for forged in [
+        ClientMsg::Note {
+            contact_id: bens.id,
+            client_id: ClientReplyId::new(),
+            text: "forged".into(),
+        },
+        ClientMsg::Profile {
+            contact_id: bens.id,
+        },
+        reply(bens.id, ClientReplyId::new(), "forged"),
+    ] {
+        ana.send(&forged).await;
+        ana.expect_error("not-assigned").await;
+    }
+    ana.send(&ClientMsg::Monitor {
+        contact_id: bens.id,
+    })
+    .await;
+    ana.expect_error("not-a-supervisor").await;
+    // A read mark or typing for ben's conversation: silently nothing.
+    ana.send(&ClientMsg::Read {
+        contact_id: bens.id,
+        upto: MessageId::new().to_string(),
+    })
+    .await;
+    ana.send(&ClientMsg::Typing {
+        contact_id: bens.id,
+    })
+    .await;
+    ana.answers_ping().await;
+
+    // Ben's own note reaches ben, never ana.
+    ben.send(&ClientMsg::Note {
+        contact_id: bens.id,
+        client_id: ClientReplyId::new(),
+        text: "his".into(),
+    })
+    .await;
+    ben.expect("ben's note", |m| {
+        matches!(m, ServerMsg::Noted { .. }).then_some(())
+    })
+    .await;
+    ana.expect_none(Duration::from_millis(300), "ben's note", |m| {
+        matches!(m, ServerMsg::Noted { .. } | ServerMsg::Profile { .. })
+    })
+    .await;
+    assert!(d.outbound(&bens.id).await.is_empty());
+    let notes = transcript::load_notes(&d.js, &bens.id).await.unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].counsellor, c("ben"));
+}
+
+#[tokio::test]
+async fn a_supervisor_demoted_in_the_directory_loses_supervisor_actions_at_once() {
+    let d = Dashboard::start().await;
+    let mut commands = d.fake_router(RouterReply::Done).await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Switchboard { on: true }).await;
+    assert!(matches!(
+        commands.recv().await.unwrap(),
+        RouterCommand::Switchboard { .. }
+    ));
+
+    let store = d.js.get_key_value(buckets::DIRECTORY).await.unwrap();
+    let mut dir = nwd_runtime::directory::load(&nwd_runtime::directory::demo_path()).unwrap();
+    // The line keeps a supervisor: chloe takes over.
+    for s in dir.staff.iter_mut() {
+        match s.id.as_str() {
+            "sam" => s.role = nwd_proto::directory::Role::Counsellor,
+            "chloe" => s.role = nwd_proto::directory::Role::Supervisor,
+            _ => {}
+        }
+    }
+    nwd_runtime::directory::publish(&store, &dir).await.unwrap();
+    // The socket stays open (sam is still staff); the role is read live.
+    // Each try is answered before the ping after it: no sleep needed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        sam.send(&ClientMsg::Switchboard { on: false }).await;
+        sam.send(&ClientMsg::Ping).await;
+        let refused = sam
+            .expect("an answer", |m| match m {
+                ServerMsg::Error { code, .. } if code == "not-a-supervisor" => Some(true),
+                ServerMsg::Pong => Some(false),
+                _ => None,
+            })
+            .await;
+        if refused {
+            break;
+        }
+    }
+}

@@ -485,6 +485,12 @@ async fn router_commands_name_the_sessions_counsellor_not_one_the_browser_sends(
             "counsellor": "sam", "partner": "county-hospital", "nature": "overdose"}),
         serde_json::json!({"type": "outreach_outcome", "contact_id": contact,
             "counsellor": "sam", "outcome": "reached"}),
+        serde_json::json!({"type": "transfer", "contact_id": contact, "counsellor": "sam",
+            "target": {"kind": "counsellor", "id": "ben"}, "mode": "cold"}),
+        serde_json::json!({"type": "cancel_transfer", "contact_id": contact, "counsellor": "sam"}),
+        serde_json::json!({"type": "claim", "contact_id": contact, "counsellor": "sam"}),
+        serde_json::json!({"type": "involve_trusted_contact", "contact_id": contact,
+            "counsellor": "sam", "trusted": "maria-sister"}),
     ];
     for msg in forged {
         ws.0.send(WsMessage::Text(msg.to_string().into()))
