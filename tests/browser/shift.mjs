@@ -260,6 +260,7 @@ try {
     await ana.page.keyboard.press("Enter");
     await conv.getByRole("status").filter({ hasText: "Waiting for Ben Okafor to accept…" }).waitFor({ timeout: 10_000 });
     await conv.getByRole("button", { name: "Cancel transfer" }).waitFor();
+    if ((await focusedTestId(ana.page)) !== "reply-input") throw new Error("after the transfer the keyboard is not back in the reply box");
     step("warm transfer to Ben sent, keyboard only; Ana sees it waiting for Ben");
 
     const transferOffer = ben.page.getByRole("article", { name: /^Transfer from Ana García \(warm\)/ });
