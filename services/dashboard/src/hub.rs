@@ -51,6 +51,9 @@ pub const SOCKET_QUEUE: usize = 4096;
 
 /// Messages kept per counsellor for a `Resume`.
 pub const JOURNAL_FRAMES: usize = 512;
+/// Bytes kept per counsellor for a `Resume` (offers carry transcripts: a
+/// few KB each; 2,000 counsellors on one instance stay within 512 MiB).
+pub const JOURNAL_BYTES: usize = 256 * 1024;
 /// How long a message is kept for a `Resume` (a laptop's short sleep, a
 /// network drop); a page away longer gets a full resync.
 pub const JOURNAL_AGE: std::time::Duration = std::time::Duration::from_secs(300);
@@ -61,6 +64,8 @@ pub const JOURNAL_AGE: std::time::Duration = std::time::Duration::from_secs(300)
 struct Journal {
     last: u64,
     kept: VecDeque<(u64, std::time::Instant, Utf8Bytes)>,
+    /// The length of the texts kept.
+    bytes: usize,
 }
 
 impl Journal {
@@ -69,6 +74,7 @@ impl Journal {
         Self {
             last: u64::try_from(ms).unwrap_or(0).saturating_mul(1024),
             kept: VecDeque::new(),
+            bytes: 0,
         }
     }
 
@@ -77,14 +83,19 @@ impl Journal {
         self.last += 1;
         let text = Utf8Bytes::from(numbered(json, self.last));
         let now = std::time::Instant::now();
+        self.bytes += text.len();
         self.kept.push_back((self.last, now, text.clone()));
         while self.kept.len() > JOURNAL_FRAMES
+            || self.bytes > JOURNAL_BYTES
             || self
                 .kept
                 .front()
                 .is_some_and(|(_, at, _)| now.duration_since(*at) > JOURNAL_AGE)
         {
-            self.kept.pop_front();
+            match self.kept.pop_front() {
+                Some((_, _, old)) => self.bytes -= old.len(),
+                None => break,
+            }
         }
         text
     }
@@ -520,6 +531,22 @@ mod tests {
         }
         assert_eq!(hub.missed(&c("ana"), start, start + 5), None);
         assert_eq!(hub.missed(&c("nobody"), 0, 0), None);
+        // Large messages: bounded by bytes too.
+        let big = ServerMsg::Error {
+            code: "x".into(),
+            message: "x".repeat(JOURNAL_BYTES / 4),
+        };
+        for _ in 0..8 {
+            hub.send(&c("ana"), &big);
+        }
+        let journals = hub.journals();
+        let kept = &journals[&c("ana")];
+        assert!(kept.bytes <= JOURNAL_BYTES && kept.kept.len() < 8);
+        assert_eq!(
+            kept.bytes,
+            kept.kept.iter().map(|(_, _, t)| t.len()).sum::<usize>()
+        );
+        drop(journals);
         assert_eq!(hub.prune_journals(), 0, "ana is connected");
     }
 

@@ -183,6 +183,13 @@ pub async fn follow(
             None => break,
         };
         let directory = app.directory.get();
+        // A supervisor no longer (the directory changed): it ends here.
+        if !directory
+            .staff(&who)
+            .is_some_and(|s| s.role == nwd_proto::directory::Role::Supervisor)
+        {
+            break;
+        }
         let Some(line) = line_for_monitor(&view, &msg.payload, &mut shown, &directory) else {
             continue;
         };

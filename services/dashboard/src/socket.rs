@@ -551,10 +551,14 @@ impl Session {
     }
 
     /// Whether this counsellor may see `rec` in full: they hold it, it is
-    /// offered to them, or they monitor it.
+    /// offered to them (a warm transfer's receivers too), or they monitor it.
     fn may_see(&self, rec: &ContactRecord) -> bool {
         rec.assigned_to() == Some(&self.who)
             || nwd_proto::contact::offered(rec).contains(&self.who)
+            || rec
+                .transfer
+                .as_ref()
+                .is_some_and(|t| t.to.contains(&self.who))
             || self.app.monitors.is_monitoring(&rec.id, &self.who)
     }
     /// Supervisors: follow a conversation silently ([`crate::monitor`]).

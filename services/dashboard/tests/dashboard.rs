@@ -2592,3 +2592,140 @@ async fn a_supervisor_demoted_in_the_directory_loses_supervisor_actions_at_once(
         }
     }
 }
+
+#[tokio::test]
+async fn a_monitoring_ends_when_the_contact_is_resolved() {
+    let d = Dashboard::start().await;
+    let anas = d.contact("first words", assigned_to("ana")).await;
+    let mut sam = d.socket("sam").await;
+    sam.hello().await;
+    sam.send(&ClientMsg::Monitor {
+        contact_id: anas.id,
+    })
+    .await;
+    sam.expect("monitoring", |m| {
+        matches!(m, ServerMsg::Monitoring { .. }).then_some(())
+    })
+    .await;
+    let at = OffsetDateTime::now_utc();
+    bus::publish(
+        &d.js,
+        subjects::contact_resolved(&anas.id),
+        &wire::msg_id::contact_resolved(&anas.id, at),
+        &Envelope::new(nwd_proto::events::ContactResolved {
+            contact_id: anas.id,
+            channel: anas.channel.clone(),
+            counsellor: c("ana"),
+            disposition: Some("de-escalated".into()),
+            note: None,
+            at,
+        }),
+    )
+    .await
+    .unwrap();
+    sam.expect("resolved", |m| {
+        matches!(m, ServerMsg::Resolved { contact_id } if *contact_id == anas.id).then_some(())
+    })
+    .await;
+    let mut late = triaged(anas.id, "after the end");
+    late.message.opens_contact = false;
+    d.publish_triaged(&late).await;
+    sam.expect_none(Duration::from_millis(400), "a line after the end", |m| {
+        matches!(m, ServerMsg::Message { .. })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_warm_transfers_receiver_may_read_the_profile_and_no_one_else() {
+    use nwd_proto::handover::{TransferMode, TransferTarget};
+    let d = Dashboard::start().await;
+    let handed = d
+        .contact("hello", |r| {
+            assigned_to("ana")(r);
+            r.start_transfer(
+                &c("ana"),
+                TransferTarget::Counsellor { id: c("ben") },
+                TransferMode::Warm,
+                &[c("ben")],
+                None,
+                OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        })
+        .await;
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    ben.send(&ClientMsg::Profile {
+        contact_id: handed.id,
+    })
+    .await;
+    ben.expect("the profile", |m| {
+        matches!(m, ServerMsg::Profile { contact_id, .. } if *contact_id == handed.id).then_some(())
+    })
+    .await;
+    let mut diego = d.socket("diego").await;
+    diego.hello().await;
+    diego
+        .send(&ClientMsg::Profile {
+            contact_id: handed.id,
+        })
+        .await;
+    diego.expect_error("not-assigned").await;
+}
+
+#[tokio::test]
+async fn a_conversation_the_router_pushes_carries_its_notes_and_is_audited() {
+    use nwd_proto::events::ContactViewKind;
+    let d = Dashboard::start().await;
+    let mine = d.contact("hello", assigned_to("ana")).await;
+    let mut ana = d.socket("ana").await;
+    let mut view = ana
+        .expect("the conversation", |m| match m {
+            ServerMsg::Conversation { contact } => Some(contact.clone()),
+            _ => None,
+        })
+        .await;
+    ana.send(&ClientMsg::Note {
+        contact_id: mine.id,
+        client_id: ClientReplyId::new(),
+        text: "noted before the push".into(),
+    })
+    .await;
+    ana.expect("noted", |m| {
+        matches!(m, ServerMsg::Noted { .. }).then_some(())
+    })
+    .await;
+    // The router's view has no notes; ben is shown it (a reassignment).
+    view.notes.clear();
+    let push = Envelope::new(DashboardPush {
+        counsellor: c("ben"),
+        msg: ServerMsg::Conversation { contact: view },
+    });
+    let mut ben = d.socket("ben").await;
+    ben.hello().await;
+    let client = d.nats.client().await;
+    client
+        .publish(subjects::dashboard_push(&c("ben")), push.to_bytes().into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let shown = ben
+        .expect("the pushed conversation", |m| match m {
+            ServerMsg::Conversation { contact } if contact.contact_id == mine.id => {
+                Some(contact.clone())
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(shown.notes.len(), 1);
+    assert_eq!(shown.notes[0].text, "noted before the push");
+    eventually(WAIT, "ben's view audited", || async {
+        d.views_of(&mine.id)
+            .await
+            .iter()
+            .any(|v| v.counsellor == c("ben") && v.view == ContactViewKind::Conversation)
+            .then_some(())
+    })
+    .await;
+}
