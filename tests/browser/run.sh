@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the whole line with up.sh on spare ports and a throwaway data dir,
-# runs the browser walkthroughs (dashboard + phone, patient chat) against it in headless Chromium, stops the line.
+# runs the browser walkthroughs (dashboard + phone, patient chat, a shift with transfer and supervisor) against it in headless Chromium, stops the line.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -32,4 +32,10 @@ DASHBOARD="http://$NWD_DASHBOARD_ADDR" PHONE="http://$NWD_PHONE_SIM_ADDR" \
 DASHBOARD="http://$NWD_DASHBOARD_ADDR" CHAT="http://$NWD_CHAT_ADDR" \
   SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" CHAT_SCREENSHOT="${CHAT_SCREENSHOT:-}" \
   node "$ROOT/tests/browser/chat.mjs" || {
+    echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }
+# A shift with a transfer, a supervisor, a network drop and the switchboard
+# (SHIFT_SERVER_SIDE=0 skips the steps that need handovers on the server).
+DASHBOARD="http://$NWD_DASHBOARD_ADDR" PHONE="http://$NWD_PHONE_SIM_ADDR" CHAT="http://$NWD_CHAT_ADDR" \
+  SCREENSHOT_DIR="${SCREENSHOT_DIR:-$ROOT/target/browser}" DOCS_SCREENSHOT_DIR="${DOCS_SCREENSHOT_DIR:-}" \
+  SHIFT_SERVER_SIDE="${SHIFT_SERVER_SIDE:-1}" node "$ROOT/tests/browser/shift.mjs" || {
     echo "--- service logs ---"; tail -n 20 "$DATA"/logs/*.log; exit 1; }

@@ -165,7 +165,8 @@ impl Queue {
     }
 
     /// Keeps `snapshot` if it is newer (by `at`, then `seq`) than the one
-    /// kept, and sends it to every socket of `hub` when its entries differ.
+    /// kept, and sends it to every socket of `hub` when its entries or its
+    /// follow-ups differ (a person who left can change only the follow-ups).
     /// The lock is held while sending, so a socket greeted meanwhile
     /// ([`Queue::greet`]) never gets an older queue after a newer one.
     pub fn take(&self, snapshot: QueueSnapshot, hub: &Hub) -> Taken {
@@ -173,10 +174,9 @@ impl Queue {
         if !is_newer(latest.snapshot.as_ref(), &snapshot) {
             return Taken::Stale;
         }
-        let unchanged = latest
-            .snapshot
-            .as_ref()
-            .is_some_and(|kept| kept.entries == snapshot.entries);
+        let unchanged = latest.snapshot.as_ref().is_some_and(|kept| {
+            kept.entries == snapshot.entries && kept.follow_ups == snapshot.follow_ups
+        });
         latest.snapshot = Some(snapshot);
         latest.rendered.clear();
         if unchanged {
@@ -329,5 +329,38 @@ mod tests {
         // A restarted router counts again from 0, later.
         let later = at + time::Duration::seconds(1);
         assert_eq!(queue.take(snap(0, later, vec![]), &hub), Taken::Changed(0));
+    }
+
+    #[test]
+    fn a_new_follow_up_alone_is_a_change() {
+        let queue = Queue::default();
+        let hub = Hub::default();
+        let at = OffsetDateTime::now_utc();
+        let snap = |seq, follow_ups| QueueSnapshot {
+            seq,
+            at,
+            entries: Vec::new(),
+            follow_ups,
+        };
+        assert_eq!(queue.take(snap(1, Vec::new()), &hub), Taken::Changed(0));
+        let left = FollowUpEntry {
+            contact_id: ContactId::new(),
+            risk: RiskLevel::High,
+            lang: Language::En,
+            channel: "Chat".into(),
+            door: "the line".into(),
+            door_id: None,
+            left: nwd_proto::handover::Left {
+                how: nwd_proto::handover::LeftHow::QuickExit,
+                at,
+                claimed: None,
+            },
+        };
+        assert_eq!(
+            queue.take(snap(2, vec![left.clone()]), &hub),
+            Taken::Changed(0)
+        );
+        assert_eq!(queue.take(snap(3, vec![left]), &hub), Taken::Unchanged);
+        assert_eq!(queue.take(snap(4, Vec::new()), &hub), Taken::Changed(0));
     }
 }
