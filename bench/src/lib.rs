@@ -159,8 +159,20 @@ pub async fn counsellor_tabs(
     tabs: usize,
     available: bool,
 ) -> anyhow::Result<Vec<Ws>> {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite;
+    let cookie = login(dashboard, username, password).await?;
+    let mut sockets = Vec::with_capacity(tabs);
+    for t in 0..tabs {
+        sockets.push(open_socket(dashboard, &cookie, available && t == 0).await?);
+    }
+    Ok(sockets)
+}
+
+/// Logs `username` in on the dashboard: the session cookie (`name=value`).
+pub async fn login(
+    dashboard: SocketAddr,
+    username: &str,
+    password: &str,
+) -> anyhow::Result<String> {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
@@ -169,7 +181,7 @@ pub async fn counsellor_tabs(
         .form(&[("username", username), ("password", password)])
         .send()
         .await?;
-    let cookie = res
+    Ok(res
         .headers()
         .get("set-cookie")
         .context("no session cookie")?
@@ -177,23 +189,30 @@ pub async fn counsellor_tabs(
         .split(';')
         .next()
         .unwrap_or_default()
-        .to_owned();
-    let mut sockets = Vec::with_capacity(tabs);
-    for t in 0..tabs {
-        let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
-            "ws://{dashboard}/ws"
-        ))?;
-        req.headers_mut().insert("cookie", cookie.parse()?);
-        let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
-        if available && t == 0 {
-            ws.send(tungstenite::Message::Text(
-                r#"{"type":"set_presence","status":"available"}"#.into(),
-            ))
-            .await?;
-        }
-        sockets.push(ws);
+        .to_owned())
+}
+
+/// Opens a dashboard websocket on a session; `available` sets the
+/// counsellor available on it.
+pub async fn open_socket(
+    dashboard: SocketAddr,
+    cookie: &str,
+    available: bool,
+) -> anyhow::Result<Ws> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite;
+    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{dashboard}/ws"
+    ))?;
+    req.headers_mut().insert("cookie", cookie.parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    if available {
+        ws.send(tungstenite::Message::Text(
+            r#"{"type":"set_presence","status":"available"}"#.into(),
+        ))
+        .await?;
     }
-    Ok(sockets)
+    Ok(ws)
 }
 
 /// Microseconds, 1 µs .. 20 min (constant bounds: creation cannot fail).
