@@ -215,6 +215,64 @@ pub async fn open_socket(
     Ok(ws)
 }
 
+/// Writes to `path` the demo directory's line and partners with generated
+/// counsellors `ids` (copies of the demo counsellor `ana`, with her
+/// password; every language; on call around the clock; `capacity` seats;
+/// spread over the partners when `spread`, else at ana's) and one supervisor
+/// `sup-01` who never logs in; no patients, no overrides.
+pub fn write_staff_directory(
+    path: &Path,
+    ids: &[String],
+    capacity: u32,
+    spread: bool,
+) -> anyhow::Result<()> {
+    use nwd_proto::directory::{Role, Shift};
+    let demo = nwd_testkit::workspace_root().join("deploy/local/demo/directory.toml");
+    let mut dir = nwd_runtime::directory::load(&demo)?;
+    let template = dir
+        .staff
+        .iter()
+        .find(|s| s.id.as_str() == "ana")
+        .context("the demo directory has no ana")?
+        .clone();
+    let all_week = vec![Shift {
+        days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+            .map(str::to_owned)
+            .to_vec(),
+        start: "00:00".into(),
+        end: "24:00".into(),
+    }];
+    dir.patients.clear();
+    dir.overrides.clear();
+    let partners: Vec<_> = dir.partners.iter().map(|p| p.id.clone()).collect();
+    let mut staff = Vec::with_capacity(ids.len() + 1);
+    for (k, id) in ids.iter().enumerate() {
+        let mut s = template.clone();
+        s.id = nwd_proto::CounsellorId::parse(id)?;
+        s.name = format!("Counsellor {}", k + 1);
+        s.role = Role::Counsellor;
+        if spread && let Some(p) = partners.get(k % partners.len().max(1)) {
+            s.partner = p.clone();
+        }
+        s.languages = vec![nwd_proto::Language::En, nwd_proto::Language::Es];
+        s.capacity = capacity;
+        s.shifts = all_week.clone();
+        staff.push(s);
+    }
+    // A supervisor on call who does not log in: alerted by the ladder,
+    // never available to take a contact.
+    let mut supervisor = template;
+    supervisor.id = nwd_proto::CounsellorId::parse("sup-01")?;
+    supervisor.name = "Supervisor".into();
+    supervisor.role = Role::Supervisor;
+    supervisor.shifts = all_week;
+    staff.push(supervisor);
+    dir.staff = staff;
+    dir.validate()?;
+    std::fs::write(path, toml::to_string(&dir)?)?;
+    Ok(())
+}
+
 /// Microseconds, 1 µs .. 20 min (constant bounds: creation cannot fail).
 #[allow(clippy::expect_used)]
 pub fn hist() -> Histogram<u64> {

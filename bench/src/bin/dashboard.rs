@@ -19,7 +19,6 @@
 #![allow(clippy::print_stdout)]
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,8 +30,7 @@ use nwd_bench::{
     Line, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, hist, lock, ms, progress, raw_hop, rss_kib,
 };
 use nwd_proto::dashboard::QueueSnapshot;
-use nwd_proto::directory::{Role, Shift};
-use nwd_proto::{CounsellorId, Envelope, Language, subjects};
+use nwd_proto::{Envelope, subjects};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[derive(Parser, Debug)]
@@ -63,47 +61,6 @@ fn user(k: usize) -> String {
     format!("u-{k:04}")
 }
 
-/// The demo line and partners with `n` counsellors (`u-0000`…, the demo
-/// counsellor's password) on call around the clock, and one supervisor.
-fn write_directory(n: usize, path: &Path) -> anyhow::Result<()> {
-    let demo = nwd_testkit::workspace_root().join("deploy/local/demo/directory.toml");
-    let mut dir = nwd_runtime::directory::load(&demo)?;
-    let template = dir
-        .staff
-        .iter()
-        .find(|s| s.id.as_str() == "ana")
-        .context("the demo directory has no ana")?
-        .clone();
-    let all_week = vec![Shift {
-        days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-            .map(str::to_owned)
-            .to_vec(),
-        start: "00:00".into(),
-        end: "24:00".into(),
-    }];
-    dir.patients.clear();
-    dir.overrides.clear();
-    let mut staff = Vec::with_capacity(n + 1);
-    for k in 0..=n {
-        let mut s = template.clone();
-        if k == n {
-            s.id = CounsellorId::parse("sup-01")?;
-            s.role = Role::Supervisor;
-        } else {
-            s.id = CounsellorId::parse(&user(k))?;
-            s.role = Role::Counsellor;
-        }
-        s.name = format!("Staff {k}");
-        s.languages = vec![Language::En, Language::Es];
-        s.shifts = all_week.clone();
-        staff.push(s);
-    }
-    dir.staff = staff;
-    dir.validate()?;
-    std::fs::write(path, toml::to_string(&dir)?)?;
-    Ok(())
-}
-
 fn p(h: &Histogram<u64>, q: f64) -> u64 {
     h.value_at_quantile(q)
 }
@@ -125,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
     let bin_dir = nwd_bench::bin_dir(args.bin_dir.clone())?;
     let log_dir = nwd_bench::log_dir("nwd-bench-dashboard")?;
     let directory = log_dir.join("directory.toml");
-    write_directory(args.users, &directory)?;
+    let ids: Vec<String> = (0..args.users).map(user).collect();
+    nwd_bench::write_staff_directory(&directory, &ids, 3, false)?;
     let unlimited = "1000000".to_owned();
     let extra = [
         (

@@ -36,8 +36,7 @@ use anyhow::Context;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use nwd_bench::{Line, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, hist, lock, ms, progress, raw_hop};
-use nwd_proto::directory::{Role, Shift};
-use nwd_proto::{CounsellorId, Language, RiskLevel};
+use nwd_proto::RiskLevel;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -135,56 +134,6 @@ fn messages() -> anyhow::Result<BTreeMap<RiskLevel, Vec<String>>> {
         by.entry(level).or_default().push(text.to_owned());
     }
     Ok(by)
-}
-
-/// The demo directory's line and partners with `n` counsellor bots
-/// (`bot-01`…, the demo counsellor's password), spread over the partners,
-/// every language, on call around the clock, and one supervisor who stays
-/// away; no patients.
-fn write_directory(n: usize, capacity: u32, path: &Path) -> anyhow::Result<()> {
-    let demo = nwd_testkit::workspace_root().join("deploy/local/demo/directory.toml");
-    let mut dir = nwd_runtime::directory::load(&demo)?;
-    let template = dir
-        .staff
-        .iter()
-        .find(|s| s.id.as_str() == "ana")
-        .context("the demo directory has no ana")?
-        .clone();
-    let all_week = vec![Shift {
-        days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-            .map(str::to_owned)
-            .to_vec(),
-        start: "00:00".into(),
-        end: "24:00".into(),
-    }];
-    dir.patients.clear();
-    dir.overrides.clear();
-    dir.staff = (0..n)
-        .map(|k| {
-            let mut s = template.clone();
-            s.id = CounsellorId::parse(&bot(k))?;
-            s.name = format!("Bot {}", k + 1);
-            s.role = Role::Counsellor;
-            if let Some(p) = dir.partners.get(k % dir.partners.len().max(1)) {
-                s.partner = p.id.clone();
-            }
-            s.languages = vec![Language::En, Language::Es];
-            s.capacity = capacity;
-            s.shifts = all_week.clone();
-            Ok(s)
-        })
-        .collect::<anyhow::Result<_>>()?;
-    // A supervisor on call who does not log in: alerted by the ladder,
-    // never available to take a contact (the floor is the bots').
-    let mut supervisor = template;
-    supervisor.id = CounsellorId::parse("sup-01")?;
-    supervisor.name = "Supervisor".into();
-    supervisor.role = Role::Supervisor;
-    supervisor.shifts = all_week;
-    dir.staff.push(supervisor);
-    dir.validate()?;
-    std::fs::write(path, toml::to_string(&dir)?)?;
-    Ok(())
 }
 
 fn bot(k: usize) -> String {
@@ -625,7 +574,10 @@ async fn main() -> anyhow::Result<()> {
     let bin_dir = nwd_bench::bin_dir(args.bin_dir.clone())?;
     let log_dir = nwd_bench::log_dir("nwd-bench-shift")?;
     let directory = log_dir.join("directory.toml");
-    write_directory(args.counsellors, args.capacity, &directory)?;
+    let ids: Vec<String> = (0..args.counsellors).map(bot).collect();
+    // Bots spread over the partners (every door has its own), every
+    // language, on call around the clock; one supervisor who stays away.
+    nwd_bench::write_staff_directory(&directory, &ids, args.capacity, true)?;
     let messages = messages()?;
     for l in LEVELS {
         anyhow::ensure!(
