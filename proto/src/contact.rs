@@ -1366,6 +1366,23 @@ mod tests {
     }
 
     #[test]
+    fn an_opt_out_leaves_the_live_queue_only_below_high_risk() {
+        use crate::handover::LeftHow;
+        let mut moderate =
+            ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Moderate, "a"));
+        assert!(moderate.leave(LeftHow::OptedOut, NOW).is_some());
+        for level in [RiskLevel::High, RiskLevel::Imminent] {
+            let mut rec = ContactRecord::open(&triaged(ContactId::new(), level, "a"));
+            rec.offer(&[c("ana")]).unwrap();
+            assert_eq!(rec.leave(LeftHow::OptedOut, NOW), None, "{level:?}");
+            assert!(rec.left.is_none());
+            assert_eq!(offered(&rec), [c("ana")], "still offered");
+            // A quick exit still leaves: there is no chat to answer in.
+            assert!(rec.leave(LeftHow::QuickExit, NOW).is_some());
+        }
+    }
+
+    #[test]
     fn stop_and_start_keywords_set_and_clear_the_opt_out() {
         let mut rec = ContactRecord::open(&triaged(ContactId::new(), RiskLevel::Low, "a"));
         rec.apply_message(&message(&rec, " stop ", NOW));

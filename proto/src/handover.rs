@@ -358,8 +358,16 @@ impl ContactRecord {
     /// queue (offers withdrawn: returns who held one). `None` when a
     /// counsellor already has the contact (they see the note instead) or it
     /// is closed or already marked.
+    ///
+    /// An opt-out does not take a contact at high or imminent risk out of
+    /// the live queue: STOP ends SMS, not the danger. A counsellor still
+    /// takes it (the screen says SMS will not reach them, so they call or
+    /// escalate) and its ladder keeps running to the backup line.
     pub fn leave(&mut self, how: LeftHow, now: OffsetDateTime) -> Option<Vec<CounsellorId>> {
         if self.left.is_some() {
+            return None;
+        }
+        if how == LeftHow::OptedOut && self.risk >= crate::risk::RiskLevel::High {
             return None;
         }
         let offered = match &self.state {
