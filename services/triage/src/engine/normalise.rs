@@ -232,13 +232,14 @@ fn leet(c: char) -> Option<char> {
         '7' => 't',
         '@' => 'a',
         '$' => 's',
+        '!' => 'i',
         _ => return None,
     })
 }
 
 /// A character of a word as obfuscated writing spells it.
 fn is_word_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '@' || c == '$'
+    c.is_alphanumeric() || c == '@' || c == '$' || c == '!'
 }
 
 /// Characters that may stand between the letters of a spaced-out word
@@ -258,7 +259,7 @@ fn is_letter_separator(c: char) -> bool {
 ///   has 3+ characters, a letter, no other digit (`covid19`, `b12`, `2nite`
 ///   stay) and does not start with a digit (`3am`, `10mg`, `5pills` stay;
 ///   a leading `0` before 3+ letters is read as `o`: `0verdose`); `@`
-///   only between letters, `$` only before a letter;
+///   and `!` only between letters (`su!c!de`), `$` only before a letter;
 /// - **spaced-out letters**: three or more one-character words (two or
 ///   more of them letters) separated by the same short run of separators
 ///   are joined (`k.i.l.l`, `s u i c i d e`); a longer gap ends the word
@@ -283,6 +284,9 @@ pub(crate) fn deobfuscate(text: &str) -> Option<Vec<(char, u32)>> {
                 || (leety(b) && !a.is_ascii())
         }
         _ => false,
+    }) || bytes.windows(3).any(|w| {
+        // `!` between two letters: "su!c!de".
+        matches!(w, [a, b'!', c] if a.is_ascii_alphabetic() && c.is_ascii_alphabetic())
     });
     // Three one-character words in a row: "x.y.z", "x y z".
     let single = |w: &[u8], k: usize| {
@@ -374,12 +378,15 @@ fn undo_leet_word(word: &mut [char]) -> bool {
             continue;
         };
         match c {
-            '@' if !(letter_at(word, k.checked_sub(1)) && letter_at(word, Some(k + 1))) => {
+            '@' | '!' if !(letter_at(word, k.checked_sub(1)) && letter_at(word, Some(k + 1))) => {
                 continue;
             }
             '$' if !letter_at(word, Some(k + 1)) => continue,
+            // "11" and a final "l1" are "ll" ("k1ll", "kil1"); "l1" before
+            // a letter is "li" ("l1fe", "sl1de").
             '1' if word.get(k + 1) == Some(&'1')
-                || k.checked_sub(1).and_then(|p| word.get(p)) == Some(&'l') =>
+                || (k.checked_sub(1).and_then(|p| word.get(p)) == Some(&'l')
+                    && !letter_at(word, Some(k + 1))) =>
             {
                 to = 'l';
             }
