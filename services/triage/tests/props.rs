@@ -276,12 +276,13 @@ fn every_risky_phrase_is_at_least_high_alone() {
 /// narration after "ago", called imminent by the model as an SMS; the same
 /// text with "he won't wake up" appended is 50 words and is read with the
 /// long-text gate, which keeps the model's imminent for a window in the
-/// writer's own voice. It stays at high, never lower.
+/// writer's own voice. It stays at high, never lower. (Model 2026.12.3
+/// rates the 45-word text itself high, so today it does not drop at all.)
 #[test]
 fn the_first_windows_edge_keeps_at_least_high() {
     let text = "I brother i'm i'm I hope I I not I I not I I not all I I not I I not took I I not I I ago I I my I my I if he I I überdose I I not I I";
     let before = engine().assess(text).level;
     let after = engine().assess(&format!("{text} he won't wake up")).level;
-    assert_eq!(before, RiskLevel::Imminent);
+    assert!(before >= RiskLevel::High, "{before}");
     assert!(after >= RiskLevel::High, "{after}");
 }

@@ -26,9 +26,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::Parser;
 use nwd_proto::RiskLevel;
-use nwd_triage::Engine;
 use nwd_triage::engine::MODEL_HEADS as HEADS;
+use nwd_triage::engine::WINDOW_WORDS;
 use nwd_triage::eval::{Figures, Tally};
+use nwd_triage::{Engine, Feature};
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -66,6 +67,11 @@ struct Args {
     /// Thresholds written into the model: moderate, high, imminent.
     #[arg(long, num_args = 3, default_values_t = [0.5, 0.5, 0.5])]
     thresholds: Vec<f64>,
+    /// Also train on each window of a long message labelled low or
+    /// moderate (see `windows_of`): no window of a message is riskier than
+    /// the message, so each is a negative for the heads above its label.
+    #[arg(long)]
+    windows: bool,
     /// Thresholds tried for the ≥ high and imminent heads in the
     /// out-of-fold grid (≥ moderate: 0.5 and 0.7).
     #[arg(long, num_args = 1.., default_values_t = [0.3, 0.4, 0.5, 0.6, 0.7])]
@@ -89,6 +95,12 @@ struct Example {
     present: Vec<usize>,
     level: RiskLevel,
     rules: RiskLevel,
+    /// The lowest head this example teaches: a window of a moderate long
+    /// message says nothing about the ≥ moderate head (the moderate part
+    /// may be in another window), only that it is below high.
+    from_head: RiskLevel,
+    /// How much it counts (see `Texts`).
+    weight: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,6 +111,9 @@ fn main() -> anyhow::Result<()> {
     let engine = Engine::builtin_rules()?;
     let mut texts: Vec<Texts> = Vec::new();
     let mut file_of: Vec<usize> = Vec::new();
+    // Whether each entry of `texts` is a window of a long message (trained
+    // on, never predicted in the out-of-fold figures).
+    let mut window: Vec<bool> = Vec::new();
     let mut names = Vec::new();
     for (file, path) in args.input.iter().enumerate() {
         let reader = BufReader::new(
@@ -112,9 +127,24 @@ fn main() -> anyhow::Result<()> {
             let row: Row = serde_json::from_str(&line)
                 .with_context(|| format!("{}:{}: not a labelled line", path.display(), n + 1))?;
             let (features, rules) = engine.learning_features(&row.text);
+            if args.windows && row.level <= RiskLevel::Moderate {
+                let from_head = if row.level == RiskLevel::Low {
+                    RiskLevel::Moderate
+                } else {
+                    RiskLevel::High
+                };
+                let windows = windows_of(&features);
+                let weight = 1.0 / windows.len().max(1) as f64;
+                for keys in windows {
+                    texts.push((keys, row.level, rules, from_head, weight));
+                    file_of.push(file);
+                    window.push(true);
+                }
+            }
             let keys = features.into_iter().map(|f| (f.key, f.narrated)).collect();
-            texts.push((keys, row.level, rules));
+            texts.push((keys, row.level, rules, RiskLevel::Moderate, 1.0));
             file_of.push(file);
+            window.push(false);
         }
         names.push(
             path.file_name()
@@ -151,7 +181,7 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if !folds.is_empty() {
-        cross_validate(&texts, &folds, &fold_names, &args, &mut out)?;
+        cross_validate(&texts, &window, &folds, &fold_names, &args, &mut out)?;
     }
     let (vocab, examples) = featurise(&texts, &(0..texts.len()).collect::<Vec<_>>(), args.min_df);
     let heads = train_heads(&examples, vocab.len(), &args);
@@ -169,7 +199,7 @@ fn main() -> anyhow::Result<()> {
 fn featurise(texts: &[Texts], chosen: &[usize], min_df: usize) -> (Vec<String>, Vec<Example>) {
     let mut df: BTreeMap<&str, usize> = BTreeMap::new();
     for &i in chosen {
-        let Some((keys, _, _)) = texts.get(i) else {
+        let Some((keys, _, _, _, _)) = texts.get(i) else {
             continue;
         };
         let mut distinct: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
@@ -193,7 +223,9 @@ fn examples_in(texts: &[Texts], chosen: &[usize], vocab: &[String]) -> Vec<Examp
     chosen
         .iter()
         .filter_map(|&i| texts.get(i))
-        .map(|(keys, level, rules)| example(vocab, keys, *level, *rules))
+        .map(|(keys, level, rules, from_head, weight)| {
+            example(vocab, keys, *level, *rules, (*from_head, *weight))
+        })
         .collect()
 }
 
@@ -210,6 +242,7 @@ fn example(
     keys: &[(String, bool)],
     level: RiskLevel,
     rules: RiskLevel,
+    (from_head, weight): (RiskLevel, f64),
 ) -> Example {
     let index = |narrated_too: bool| {
         let mut v: Vec<usize> = keys
@@ -226,19 +259,65 @@ fn example(
         present: index(false),
         level,
         rules,
+        from_head,
+        weight,
     }
 }
 
-/// One message: its features (key, narrated), its label and the rules' level.
-type Texts = (Vec<(String, bool)>, RiskLevel, RiskLevel);
+/// One message or window: its features (key, narrated), its label, the
+/// rules' level and the lowest head it teaches.
+/// Last, its weight: 1 for a message, 1/n for each of a message's n
+/// windows (a long message teaches as much as a short one).
+type Texts = (Vec<(String, bool)>, RiskLevel, RiskLevel, RiskLevel, f64);
+
+/// The model's windows of a long message (`WINDOW_WORDS` words, by half),
+/// as feature lists: a feature belongs to the window its first word is in.
+/// Words are counted by their `w:` features, as the model reads them.
+fn windows_of(features: &[Feature]) -> Vec<Vec<(String, bool)>> {
+    let mut starts: Vec<usize> = features
+        .iter()
+        .filter(|f| f.key.starts_with("w:"))
+        .map(|f| f.start)
+        .collect();
+    starts.sort_unstable();
+    starts.dedup();
+    if starts.len() <= WINDOW_WORDS {
+        return Vec::new();
+    }
+    let word_of = |at: usize| starts.partition_point(|&s| s <= at).saturating_sub(1);
+    let stride = WINDOW_WORDS / 2;
+    let mut out = Vec::new();
+    let mut from = 0;
+    while from < starts.len() {
+        let keys = features
+            .iter()
+            .filter(|f| (from..from + WINDOW_WORDS).contains(&word_of(f.start)))
+            .map(|f| (f.key.clone(), f.narrated))
+            .collect();
+        out.push(keys);
+        if from + WINDOW_WORDS >= starts.len() {
+            break;
+        }
+        from += stride;
+    }
+    out
+}
 
 /// One head: bias and weights (non-negative for the imminent head).
 fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Head {
-    let positives = examples.iter().filter(|e| e.level >= head).count();
-    let n = examples.len().max(1) as f64;
+    let examples: Vec<&Example> = examples.iter().filter(|e| e.from_head <= head).collect();
+    let weight_of = |positive: bool| {
+        examples
+            .iter()
+            .filter(|e| (e.level >= head) == positive)
+            .map(|e| e.weight)
+            .sum::<f64>()
+    };
+    let (positives, negatives) = (weight_of(true), weight_of(false));
+    let n = (positives + negatives).max(1.0);
     // Balanced classes: each side weighs half.
-    let w_pos = n / (2.0 * positives.max(1) as f64);
-    let w_neg = n / (2.0 * (examples.len() - positives).max(1) as f64);
+    let w_pos = n / (2.0 * positives.max(1.0));
+    let w_neg = n / (2.0 * negatives.max(1.0));
     let mut w = vec![0.0f64; dims];
     let mut bias = 0.0f64;
     let (mut m, mut v) = (vec![0.0f64; dims + 1], vec![0.0f64; dims + 1]);
@@ -246,7 +325,7 @@ fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Hea
     let mut grad = vec![0.0f64; dims + 1];
     for step in 1..=args.epochs {
         grad.iter_mut().for_each(|g| *g = 0.0);
-        for e in examples {
+        for e in &examples {
             let features = if head == RiskLevel::Imminent {
                 &e.present
             } else {
@@ -255,9 +334,9 @@ fn train(examples: &[Example], dims: usize, head: RiskLevel, args: &Args) -> Hea
             let z = bias + features.iter().filter_map(|&f| w.get(f)).sum::<f64>();
             let p = sigmoid(z);
             let (y, c) = if e.level >= head {
-                (1.0, w_pos)
+                (1.0, w_pos * e.weight)
             } else {
-                (0.0, w_neg)
+                (0.0, w_neg * e.weight)
             };
             let g = c * (p - y) / n;
             for &f in features {
@@ -339,6 +418,7 @@ fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel>
 /// model trained on every other message.
 fn cross_validate(
     texts: &[Texts],
+    window: &[bool],
     held_out: &[Vec<usize>],
     fold_names: &[String],
     args: &Args,
@@ -350,7 +430,12 @@ fn cross_validate(
         let train_ix: Vec<usize> = (0..texts.len()).filter(|i| !fold.contains(i)).collect();
         let (vocab, examples) = featurise(texts, &train_ix, args.min_df);
         let heads = train_heads(&examples, vocab.len(), args);
-        folds.push((heads, examples_in(texts, fold, &vocab)));
+        let whole: Vec<usize> = fold
+            .iter()
+            .copied()
+            .filter(|&i| !window.get(i).copied().unwrap_or(false))
+            .collect();
+        folds.push((heads, examples_in(texts, &whole, &vocab)));
     }
     let k = held_out.len();
     let figures = |thresholds: &[f64]| -> Figures {

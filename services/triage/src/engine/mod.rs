@@ -32,7 +32,7 @@ use nwd_proto::{Assessment, Language, Reason, RiskLevel};
 use factors::Bound;
 use matcher::Matcher;
 
-pub use model::{BUILTIN_MODEL_NAME, Feature, HEADS as MODEL_HEADS, Model};
+pub use model::{BUILTIN_MODEL_NAME, Feature, HEADS as MODEL_HEADS, Model, WINDOW_WORDS};
 pub use rulebook::RulebookError;
 use rulebook::{BARE_BYTES, BARE_REACH, BARE_WORDS, Combo, Context, Rule};
 
@@ -433,6 +433,14 @@ impl Engine {
             .collect();
         // Matches of `bare` rules, and whether the message is short enough.
         let mut deferred: Vec<(Hit, bool)> = Vec::new();
+        let reach = Reach {
+            window: self.context.combo_window,
+            edge: if words > voice::FROM_WORD {
+                word_start(&n.text, voice::FROM_WORD)
+            } else {
+                usize::MAX
+            },
+        };
         for &(rule_index, start, end, effective) in &matched {
             let Some(rule) = self.rules.get(rule_index) else {
                 continue;
@@ -510,8 +518,7 @@ impl Engine {
                     .any(|h| h.level >= RiskLevel::High && near(at, h.start))
                     || self.combos.iter().any(|c| {
                         c.level >= RiskLevel::High
-                            && combo_span(c.all, &tagged, self.context.combo_window)
-                                .is_some_and(|(s, _)| near(at, s))
+                            && combo_span(c.all, &tagged, reach).is_some_and(|(s, _)| near(at, s))
                     })
             };
             let mut kept: Vec<Hit> = Vec::new();
@@ -527,7 +534,7 @@ impl Engine {
         let mut reasons: Vec<Reason> = Vec::with_capacity(hits.len() + 1);
         let mut fired: Vec<Fired> = Vec::with_capacity(hits.len() + 1);
         for (index, combo) in self.combos.iter().enumerate() {
-            let Some((s, e)) = combo_span(combo.all, &tagged, self.context.combo_window) else {
+            let Some((s, e)) = combo_span(combo.all, &tagged, reach) else {
                 continue;
             };
             fired.push(Fired {
@@ -788,6 +795,26 @@ impl Engine {
 }
 
 /// Words (runs of letters and digits) in normalised text.
+/// The byte offset where word `n` (0-based, counted as [`word_count`]
+/// does) begins, or `usize::MAX` when the text has at most `n` words.
+fn word_start(text: &[u8], n: usize) -> usize {
+    let mut seen = 0;
+    for (i, b) in text.iter().enumerate() {
+        let starts = b.is_ascii_alphanumeric()
+            && !i
+                .checked_sub(1)
+                .and_then(|p| text.get(p))
+                .is_some_and(u8::is_ascii_alphanumeric);
+        if starts {
+            if seen == n {
+                return i;
+            }
+            seen += 1;
+        }
+    }
+    usize::MAX
+}
+
 fn word_count(text: &[u8]) -> usize {
     text.iter()
         .zip(text.iter().skip(1).chain([&b' ']))
@@ -1031,17 +1058,39 @@ impl Starts {
 
 /// Where a combination fires: the span covering one match of each of its
 /// tags, all within `window` bytes of normalised text; `None` if it does not.
-fn combo_span(all: u64, tagged: &[(u64, usize, usize)], window: usize) -> Option<(usize, usize)> {
+/// Where the tags of a combination must lie: within `window` bytes of the
+/// first, and, for a match starting at or past `edge` (the first byte of
+/// the word after the model's first window), within [`LONG_COMBO_REACH`]
+/// (see [`Reach`]).
+#[derive(Clone, Copy)]
+struct Reach {
+    window: usize,
+    edge: usize,
+}
+
+/// Past the first window of a long message, a combination's parts must be
+/// this close (about a sentence): a story that mentions an overdose in one
+/// paragraph and "now" in the next is not an overdose now. Within the
+/// first window (every SMS) the rulebook's `combo_window` applies, so a
+/// message that grows past 48 words keeps every combination it had.
+const LONG_COMBO_REACH: usize = 120;
+
+fn combo_span(all: u64, tagged: &[(u64, usize, usize)], reach: Reach) -> Option<(usize, usize)> {
+    let Reach { window, edge } = reach;
     // Quick reject: some tag occurs nowhere.
     if tagged.iter().fold(0, |acc, (t, _, _)| acc | (t & all)) != all {
         return None;
     }
     let candidates = || tagged.iter().filter(|(t, _, _)| t & all != 0);
     for &(_, anchor, _) in candidates() {
-        let limit = anchor.saturating_add(window);
         let mut covered = 0;
         let (mut s, mut e) = (usize::MAX, 0);
         for &(t, ms, me) in candidates() {
+            let limit = if ms < edge {
+                anchor.saturating_add(window)
+            } else {
+                anchor.saturating_add(window.min(LONG_COMBO_REACH))
+            };
             if ms >= anchor && me <= limit {
                 covered |= t & all;
                 s = s.min(ms);
