@@ -205,7 +205,7 @@ async fn a_redelivered_message_yields_one_triaged_event() {
 async fn an_undecodable_message_is_rejected_and_does_not_block_the_contact() {
     let server = NatsServer::start().await;
     let svc = start(&server).await;
-    let msg = contact_message("I relapsed last night");
+    let msg = contact_message("I keep thinking about using again");
     let subject = subjects::contact_message(&msg.contact_id);
     svc.js
         .publish(subject, "not an envelope".into())

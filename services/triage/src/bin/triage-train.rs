@@ -67,6 +67,10 @@ struct Args {
     /// Thresholds written into the model: moderate, high, imminent.
     #[arg(long, num_args = 3, default_values_t = [0.5, 0.5, 0.5])]
     thresholds: Vec<f64>,
+    /// Thresholds in a message longer than one window (moderate, high,
+    /// imminent); the same as `--thresholds` when absent.
+    #[arg(long, num_args = 3)]
+    long_thresholds: Option<Vec<f64>>,
     /// Also train on each window of a long message labelled low or
     /// moderate (see `windows_of`): no window of a message is riskier than
     /// the message, so each is a negative for the heads above its label.
@@ -522,12 +526,15 @@ fn render(args: &Args, names: &[String], vocab: &[String], heads: &[Head]) -> St
         "# min_df {}, l2 {}, epochs {}\n",
         args.min_df, args.l2, args.epochs
     ));
-    for ((level, (bias, _)), t) in HEADS.iter().zip(heads).zip(&args.thresholds) {
+    for (i, ((level, (bias, _)), t)) in HEADS.iter().zip(heads).zip(&args.thresholds).enumerate() {
         let name = level.as_str();
         s.push_str(&format!(
             "\n[heads.{name}]\nbias = {:.4}\nthreshold = {t:?}\n",
             (bias * 10_000.0).round() / 10_000.0
         ));
+        if let Some(long) = args.long_thresholds.as_ref().and_then(|l| l.get(i)) {
+            s.push_str(&format!("long_threshold = {long:?}\n"));
+        }
     }
     s.push_str("\n[weights]\n");
     for (key, w) in weights {

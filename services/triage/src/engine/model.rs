@@ -38,11 +38,13 @@ pub const HEADS: [RiskLevel; 3] = [RiskLevel::Moderate, RiskLevel::High, RiskLev
 const HIGH_HEAD: usize = 1;
 const IMMINENT_HEAD: usize = 2;
 
-/// One head: `P = sigmoid(bias + Σ weights)`, raising at `threshold`.
+/// One head: `P = sigmoid(bias + Σ weights)`, raising at `threshold`
+/// (at `long_threshold` in a message longer than one window).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Head {
     bias: f32,
     threshold: f32,
+    long_threshold: f32,
 }
 
 /// A loaded model.
@@ -112,6 +114,13 @@ struct RawHeads {
 struct RawHead {
     bias: f32,
     threshold: f32,
+    /// The threshold in a message longer than one window; the same as
+    /// `threshold` when absent. A window of a long message holds more
+    /// known features than most SMS, and with non-negative imminent
+    /// weights its score grows with its length: a stricter threshold is
+    /// the long text's calibration (docs/triage.md).
+    #[serde(default)]
+    long_threshold: Option<f32>,
 }
 
 impl Model {
@@ -136,6 +145,7 @@ impl Model {
         let mut heads = [Head {
             bias: 0.0,
             threshold: 1.0,
+            long_threshold: 1.0,
         }; 3];
         let named = [
             ("heads.moderate", &raw.heads.moderate),
@@ -154,9 +164,18 @@ impl Model {
                     "threshold must lie strictly between 0 and 1",
                 ));
             }
+            let long_threshold = h.long_threshold.unwrap_or(h.threshold);
+            if !(long_threshold > 0.0 && long_threshold < 1.0) {
+                return Err(err(
+                    head.span(),
+                    name,
+                    "long_threshold must lie strictly between 0 and 1",
+                ));
+            }
             *slot = Head {
                 bias: h.bias,
                 threshold: h.threshold,
+                long_threshold,
             };
         }
         let mut index = TokenMap::default();
@@ -389,10 +408,17 @@ impl Scorer<'_> {
             }
         }
         let p = z.map(sigmoid);
+        let long = self.words > WINDOW_WORDS;
         let reached = |i: usize| {
             p.get(i)
                 .zip(self.model.heads.get(i))
-                .is_some_and(|(&pi, head)| pi >= head.threshold)
+                .is_some_and(|(&pi, head)| {
+                    pi >= if long {
+                        head.long_threshold
+                    } else {
+                        head.threshold
+                    }
+                })
         };
         let at_high = high_ok && imminent_ok && (rules >= RiskLevel::High || reached(HIGH_HEAD));
         let mut level = None;
