@@ -886,6 +886,40 @@ threshold = 0.5
         );
     }
 
+    /// A head's `long_threshold` applies past one window only: the same
+    /// words that are imminent in an SMS need more evidence in a long text
+    /// (model 2026.12.4's length calibration), and without the line the
+    /// head keeps one threshold.
+    #[test]
+    fn a_long_threshold_holds_long_messages_to_more_evidence() {
+        let weights = "\"w:rattle\" = [0.0, 0.0, 4.5]\n\"w:ledge\"";
+        let plain = SMALL.replace("\"w:ledge\"", weights);
+        let strict = plain.replace(
+            "threshold = 0.5\n[weights]",
+            "threshold = 0.5\nlong_threshold = 0.9\n[weights]",
+        );
+        let (plain, strict) = (
+            Model::from_str(&plain, "plain.toml").unwrap(),
+            Model::from_str(&strict, "strict.toml").unwrap(),
+        );
+        let short = "rattle on the ledge";
+        let long = format!("{short} {}", "and so on ".repeat(30));
+        for m in [&plain, &strict] {
+            assert_eq!(
+                opinion_in_windows(m, short, RiskLevel::Low),
+                Some(RiskLevel::Imminent)
+            );
+        }
+        assert_eq!(
+            opinion_in_windows(&plain, &long, RiskLevel::Low),
+            Some(RiskLevel::Imminent)
+        );
+        assert_eq!(
+            opinion_in_windows(&strict, &long, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+    }
+
     /// Like `opinion_in_windows`, with the voice counts the engine feeds.
     fn opinion_with_voices(m: &Model, text: &str, rules: RiskLevel) -> Option<RiskLevel> {
         let mut scorer = m.scorer();
@@ -1057,6 +1091,15 @@ threshold = 0.5
                 2,
                 "version",
                 "empty version",
+            ),
+            (
+                SMALL.replace(
+                    "threshold = 0.5\n[weights]",
+                    "threshold = 0.5\nlong_threshold = 1.5\n[weights]",
+                ),
+                0,
+                "heads.imminent",
+                "long_threshold must lie strictly between",
             ),
         ];
         for (text, line, what, problem) in cases {

@@ -796,6 +796,13 @@ mod tests {
         assert_eq!(norm("ki11 my$elf"), "kill myself");
         assert_eq!(norm("0verdose"), "overdose");
         assert_eq!(norm("m4t4rm3"), "matarme");
+        // `!` between letters is `i`; `l1` before a letter is `li` (it was
+        // read `ll`: "l1fe" did not match "life"); a final `l1` is `ll`.
+        assert_eq!(norm("su!c!de"), "suicide");
+        assert_eq!(norm("end my l1fe"), "end my life");
+        assert_eq!(norm("s3wer sl1de"), "sewer slide");
+        assert_eq!(norm("kil1 myself"), "kill myself");
+        assert_eq!(norm("help! now!! wow!"), "help! now!! wow!");
         // Numbers, units, times and codes stay.
         assert_eq!(
             norm("took 30pills at 3am, 10mg, covid19, b12, 2nite, $20, @ana, 4 x 4"),

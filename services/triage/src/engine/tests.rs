@@ -1067,3 +1067,62 @@ fn an_emergency_in_progress_is_never_discounted() {
         }
     }
 }
+
+/// Round three's categories (rulebook 2026.12.11–12), in words of my own
+/// (the blind sets' messages are scored, not pinned): injuries with signs
+/// of a serious one, a ligature set up, a plan with a goodbye or on the way
+/// to a high place, a locked door with no answer, minutes ago is now, bare
+/// reach-outs in more words, and the near misses that stay lower.
+#[test]
+fn round_three_categories() {
+    assert_levels(
+        &engine(),
+        &[
+            ("i cut my arm and its still going, kinda dizzy", Imminent),
+            ("i cut myself last week, im alone a lot", High),
+            (
+                "wrote a note for my wife, its on the table. this is it for me",
+                Imminent,
+            ),
+            (
+                "ya voy rumbo al puente, deje una carta para mi mama",
+                Imminent,
+            ),
+            (
+                "toque la puerta del baño y mi hermano no contesta",
+                Imminent,
+            ),
+            ("i knocked on her door and she answered", Low),
+            ("took 20 pills about an hour ago", Imminent),
+            ("took some pills years ago", Low),
+            ("he aint woke up since this morning, we was using", Imminent),
+            ("the rope is tied to the beam in the garage", Imminent),
+            ("anyone??", Moderate),
+            ("porfa contesten", Moderate),
+            ("me quiero morir 😭", Moderate),
+            ("me muero de risa jaja", Low),
+            ("su!c!de", Moderate),
+            ("end my l1fe tonight", Imminent),
+        ],
+    );
+}
+
+/// Past the first window, a combination's parts must be within a sentence
+/// or so: a recent attempt in one paragraph and "today" in another is not
+/// an attempt now. Within the first window (every SMS) the rulebook's
+/// combination window applies as before.
+#[test]
+fn past_the_first_window_a_combination_needs_its_parts_close() {
+    let story = "so the week was long and the bus was late again and my sister came by \
+                 with groceries and we talked about the kids and the yard and the old dog \
+                 and the rain and the neighbours and the church fair and the price of gas \
+                 and her new job at the clinic and";
+    let sms = "i tried to kill myself last week and today is hard";
+    let apart = format!("i tried to kill myself last week. {story} {story} today my sister visits");
+    let close = format!("{story} {story} {sms}");
+    let e = engine();
+    assert!(apart.split_whitespace().count() > model::WINDOW_WORDS);
+    assert_eq!(e.assess(sms).level, Imminent);
+    assert_eq!(e.assess(&close).level, Imminent);
+    assert_eq!(e.assess(&apart).level, High);
+}
