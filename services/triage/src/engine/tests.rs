@@ -1106,7 +1106,10 @@ fn round_three_categories() {
             // Rulebook 2026.12.14 (round four's misses, in other words).
             ("been stashing my take-homes in a shoebox for a month", High),
             ("we are saving the doses for the weekend trip", Low),
-            ("looking for the bag that put 2 guys in the ER last week", High),
+            (
+                "looking for the bag that put 2 guys in the ER last week",
+                High,
+            ),
             ("the death metal show was great", Low),
             ("been holding pressure on it for like 40 minutes", Imminent),
             ("her wrist is cut open and she wont talk", Imminent),
