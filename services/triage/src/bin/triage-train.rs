@@ -140,13 +140,25 @@ fn main() -> anyhow::Result<()> {
                 let windows = windows_of(&features);
                 let weight = 1.0 / windows.len().max(1) as f64;
                 for keys in windows {
-                    texts.push((keys, row.level, rules, from_head, weight));
+                    texts.push(Texts {
+                        keys,
+                        level: row.level,
+                        rules,
+                        from_head,
+                        weight,
+                    });
                     file_of.push(file);
                     window.push(true);
                 }
             }
             let keys = features.into_iter().map(|f| (f.key, f.narrated)).collect();
-            texts.push((keys, row.level, rules, RiskLevel::Moderate, 1.0));
+            texts.push(Texts {
+                keys,
+                level: row.level,
+                rules,
+                from_head: RiskLevel::Moderate,
+                weight: 1.0,
+            });
             file_of.push(file);
             window.push(false);
         }
@@ -203,7 +215,7 @@ fn main() -> anyhow::Result<()> {
 fn featurise(texts: &[Texts], chosen: &[usize], min_df: usize) -> (Vec<String>, Vec<Example>) {
     let mut df: BTreeMap<&str, usize> = BTreeMap::new();
     for &i in chosen {
-        let Some((keys, _, _, _, _)) = texts.get(i) else {
+        let Some(Texts { keys, .. }) = texts.get(i) else {
             continue;
         };
         let mut distinct: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
@@ -227,9 +239,7 @@ fn examples_in(texts: &[Texts], chosen: &[usize], vocab: &[String]) -> Vec<Examp
     chosen
         .iter()
         .filter_map(|&i| texts.get(i))
-        .map(|(keys, level, rules, from_head, weight)| {
-            example(vocab, keys, *level, *rules, (*from_head, *weight))
-        })
+        .map(|t| example(vocab, t))
         .collect()
 }
 
@@ -241,13 +251,8 @@ fn train_heads(examples: &[Example], dims: usize, args: &Args) -> Vec<Head> {
         .collect()
 }
 
-fn example(
-    vocab: &[String],
-    keys: &[(String, bool)],
-    level: RiskLevel,
-    rules: RiskLevel,
-    (from_head, weight): (RiskLevel, f64),
-) -> Example {
+fn example(vocab: &[String], t: &Texts) -> Example {
+    let keys = &t.keys;
     let index = |narrated_too: bool| {
         let mut v: Vec<usize> = keys
             .iter()
@@ -261,18 +266,26 @@ fn example(
     Example {
         features: index(true),
         present: index(false),
-        level,
-        rules,
-        from_head,
-        weight,
+        level: t.level,
+        rules: t.rules,
+        from_head: t.from_head,
+        weight: t.weight,
     }
 }
 
-/// One message or window: its features (key, narrated), its label, the
-/// rules' level and the lowest head it teaches.
-/// Last, its weight: 1 for a message, 1/n for each of a message's n
-/// windows (a long message teaches as much as a short one).
-type Texts = (Vec<(String, bool)>, RiskLevel, RiskLevel, RiskLevel, f64);
+/// One labelled message, or one window of a long one.
+struct Texts {
+    /// Its features (key, narrated).
+    keys: Vec<(String, bool)>,
+    level: RiskLevel,
+    /// The rules' level of the whole message.
+    rules: RiskLevel,
+    /// The lowest head it teaches (see `Example::from_head`).
+    from_head: RiskLevel,
+    /// 1 for a message, 1/n for each of a message's n windows (a long
+    /// message teaches as much as a short one).
+    weight: f64,
+}
 
 /// The model's windows of a long message (`WINDOW_WORDS` words, by half),
 /// as feature lists: a feature belongs to the window its first word is in.

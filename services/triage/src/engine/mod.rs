@@ -794,7 +794,6 @@ impl Engine {
     }
 }
 
-/// Words (runs of letters and digits) in normalised text.
 /// The byte offset where word `n` (0-based, counted as [`word_count`]
 /// does) begins, or `usize::MAX` when the text has at most `n` words.
 fn word_start(text: &[u8], n: usize) -> usize {
@@ -815,6 +814,7 @@ fn word_start(text: &[u8], n: usize) -> usize {
     usize::MAX
 }
 
+/// Words (runs of letters and digits) in normalised text.
 fn word_count(text: &[u8]) -> usize {
     text.iter()
         .zip(text.iter().skip(1).chain([&b' ']))
@@ -1056,12 +1056,9 @@ impl Starts {
     }
 }
 
-/// Where a combination fires: the span covering one match of each of its
-/// tags, all within `window` bytes of normalised text; `None` if it does not.
 /// Where the tags of a combination must lie: within `window` bytes of the
 /// first, and, for a match starting at or past `edge` (the first byte of
-/// the word after the model's first window), within [`LONG_COMBO_REACH`]
-/// (see [`Reach`]).
+/// the word after the model's first window), within [`LONG_COMBO_REACH`].
 #[derive(Clone, Copy)]
 struct Reach {
     window: usize,
@@ -1075,6 +1072,9 @@ struct Reach {
 /// message that grows past 48 words keeps every combination it had.
 const LONG_COMBO_REACH: usize = 120;
 
+/// Where a combination fires: the span covering one match of each of its
+/// tags, all within reach of the first (see [`Reach`]); `None` if it does
+/// not.
 fn combo_span(all: u64, tagged: &[(u64, usize, usize)], reach: Reach) -> Option<(usize, usize)> {
     let Reach { window, edge } = reach;
     // Quick reject: some tag occurs nowhere.
