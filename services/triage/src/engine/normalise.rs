@@ -401,8 +401,27 @@ fn undo_leet_word(word: &mut [char]) -> bool {
 }
 
 /// Joins spaced-out letters (see [`deobfuscate`]); drops the separators by
-/// clearing their `keep` flags. True when something changed.
+/// clearing their `keep` flags. True when something changed. Runs of three
+/// or more are joined first; then, when the text spells words out with a
+/// separator, two-letter runs with that same separator too ("q.u.i.t.a.r
+/// l.a v.i.d.a", "m e  v o y"): a lone "a.m." stays.
 fn join_spaced_letters(chars: &mut [char], keep: &mut [bool]) -> bool {
+    let gaps = join_runs(chars, keep, None);
+    if gaps.is_empty() {
+        return false;
+    }
+    join_runs(chars, keep, Some(&gaps));
+    true
+}
+
+/// One pass of [`join_spaced_letters`]: joins runs of three or more
+/// one-character words, or, with `two_with`, also runs of two whose
+/// separator is one of those; returns the separators of the runs joined.
+fn join_runs(
+    chars: &mut [char],
+    keep: &mut [bool],
+    two_with: Option<&[Vec<char>]>,
+) -> Vec<Vec<char>> {
     let single = |chars: &[char], k: usize| {
         chars.get(k).copied().is_some_and(is_word_char)
             && !k
@@ -412,7 +431,7 @@ fn join_spaced_letters(chars: &mut [char], keep: &mut [bool]) -> bool {
                 .is_some_and(is_word_char)
             && !chars.get(k + 1).copied().is_some_and(is_word_char)
     };
-    let mut changed = false;
+    let mut joined: Vec<Vec<char>> = Vec::new();
     let mut k = 0;
     while k < chars.len() {
         if !single(chars, k) {
@@ -446,7 +465,14 @@ fn join_spaced_letters(chars: &mut [char], keep: &mut [bool]) -> bool {
                 .get(p)
                 .is_some_and(|&c| c.is_alphabetic() || leet(c).is_some())
         });
-        if run.len() >= 3 && letters >= 2 && all_letters {
+        let long_enough = run.len() >= 3
+            || (run.len() == 2
+                && letters == 2
+                && two_with.is_some_and(|g| gap.is_some_and(|gap| g.iter().any(|j| j == gap))));
+        if long_enough && letters >= 2 && all_letters {
+            if let Some(gap) = gap {
+                joined.push(gap.to_vec());
+            }
             let (first, last) = (
                 run.first().copied().unwrap_or(k),
                 run.last().copied().unwrap_or(k),
@@ -462,13 +488,14 @@ fn join_spaced_letters(chars: &mut [char], keep: &mut [bool]) -> bool {
                     *c = to;
                 }
             }
-            changed = true;
             k = last + 1;
         } else {
-            k = run.last().copied().unwrap_or(k) + 1;
+            // Not a run from here; the next single may start one ("a
+            // q.u.i.t.a.r": "a" and "q" differ in separator).
+            k += 1;
         }
     }
-    changed
+    joined
 }
 
 /// Normalises `text`. Never panics; any string is accepted.
@@ -816,6 +843,12 @@ mod tests {
         assert_eq!(norm("s u i c i d e"), "suicide");
         assert_eq!(norm("k i l l  m y s e l f"), "kill myself");
         assert_eq!(norm("d-1-e"), "die");
+        // Two letters with the separator of a word spelt out in the same text.
+        assert_eq!(
+            norm("me voy a q.u.i.t.a.r l.a v.i.d.a hoy"),
+            "me voy a quitar la vida hoy"
+        );
+        assert_eq!(norm("m e  v o y  a  m a t a r"), "me voy a matar");
         // Two letters, mixed gaps and ordinary one-letter words stay.
         assert_eq!(norm("a.m. i.e. o.d."), "a.m. i.e. o.d.");
         assert_eq!(norm("i am a mess"), "i am a mess");

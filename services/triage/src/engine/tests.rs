@@ -1116,6 +1116,18 @@ fn round_three_categories() {
             ("honestly id be fine if a bus hit me", Moderate),
             ("pueden llamarme", Moderate),
             ("¿me pueden llamar mañana?", Low),
+            // Rulebook 2026.12.15 (round five's misses, in other words).
+            (
+                "walked into the lake with my backpack full of bricks",
+                Imminent,
+            ),
+            (
+                "ill be dead by morning, nobody needs to worry anymore",
+                Imminent,
+            ),
+            ("an hour ago i drank both my take home bottles", Imminent),
+            ("tengo una cortada bien honda en el brazo", Imminent),
+            ("wish 1 were dead", Moderate),
         ],
     );
 }
