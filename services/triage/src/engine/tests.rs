@@ -1128,6 +1128,10 @@ fn round_three_categories() {
             ("an hour ago i drank both my take home bottles", Imminent),
             ("tengo una cortada bien honda en el brazo", Imminent),
             ("wish 1 were dead", Moderate),
+            // Rulebook 2026.12.17: rain is not blood.
+            ("its pouring outside, cant make it to group", Low),
+            ("blood is pouring out of my arm", Imminent),
+            ("im home alone tonight watching movies", Low),
         ],
     );
 }
