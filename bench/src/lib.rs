@@ -215,6 +215,17 @@ pub async fn open_socket(
     Ok(ws)
 }
 
+/// One shift covering every day, all day: bench staff are always on call.
+pub fn on_call_all_week() -> Vec<nwd_proto::directory::Shift> {
+    vec![nwd_proto::directory::Shift {
+        days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+            .map(str::to_owned)
+            .to_vec(),
+        start: "00:00".into(),
+        end: "24:00".into(),
+    }]
+}
+
 /// Writes to `path` the demo directory's line and partners with generated
 /// counsellors `ids` (copies of the demo counsellor `ana`, with her
 /// password; every language; on call around the clock; `capacity` seats;
@@ -226,7 +237,7 @@ pub fn write_staff_directory(
     capacity: u32,
     spread: bool,
 ) -> anyhow::Result<()> {
-    use nwd_proto::directory::{Role, Shift};
+    use nwd_proto::directory::Role;
     let demo = nwd_testkit::workspace_root().join("deploy/local/demo/directory.toml");
     let mut dir = nwd_runtime::directory::load(&demo)?;
     let template = dir
@@ -235,13 +246,7 @@ pub fn write_staff_directory(
         .find(|s| s.id.as_str() == "ana")
         .context("the demo directory has no ana")?
         .clone();
-    let all_week = vec![Shift {
-        days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-            .map(str::to_owned)
-            .to_vec(),
-        start: "00:00".into(),
-        end: "24:00".into(),
-    }];
+    let all_week = on_call_all_week();
     dir.patients.clear();
     dir.overrides.clear();
     let partners: Vec<_> = dir.partners.iter().map(|p| p.id.clone()).collect();

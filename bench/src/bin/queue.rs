@@ -51,7 +51,7 @@ use nwd_ladder::Board;
 use nwd_ladder::floor;
 use nwd_proto::contact::{ContactRecord, ContactState};
 use nwd_proto::dashboard::{DashboardPush, Presence, PresenceRecord, ServerMsg};
-use nwd_proto::directory::{Directory, Role, Shift};
+use nwd_proto::directory::{Directory, Role};
 use nwd_proto::events::{Channel, ContactAssigned, ContactMessage, MessageTriaged};
 use nwd_proto::ladder::Escalation;
 use nwd_proto::router::{RouterCommand, RouterReply};
@@ -107,13 +107,7 @@ fn directory(m: usize) -> anyhow::Result<Directory> {
     if m < kept {
         bail!("--counsellors must be at least {kept} (the demo staff)");
     }
-    let all_week = vec![Shift {
-        days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-            .map(str::to_owned)
-            .to_vec(),
-        start: "00:00".into(),
-        end: "24:00".into(),
-    }];
+    let all_week = nwd_bench::on_call_all_week();
     for s in &mut dir.staff {
         s.capacity = CAPACITY;
         s.shifts = all_week.clone();

@@ -1041,11 +1041,18 @@ fn past_the_first_window_risk_addressed_to_someone_else_is_at_most_moderate() {
 /// progress is imminent whoever it is).
 #[test]
 fn a_third_person_after_you_ends_the_addressed_voice() {
+    imminent_after_the_reply(&[
+        "do you know what to do, he took all his pills and he is not breathing.",
+        "sabes que hacer? ella no respira.",
+    ]);
+}
+
+/// Each tail after the long supportive `REPLY` is imminent, with the rules
+/// alone and with the model.
+#[track_caller]
+fn imminent_after_the_reply(tails: &[&str]) {
     for e in [engine(), with_model()] {
-        for tail in [
-            "do you know what to do, he took all his pills and he is not breathing.",
-            "sabes que hacer? ella no respira.",
-        ] {
+        for tail in tails {
             let text = format!("{REPLY}{tail}");
             assert_eq!(e.assess(&text).level, Imminent, "{tail}");
         }
@@ -1057,15 +1064,10 @@ fn a_third_person_after_you_ends_the_addressed_voice() {
 /// there? … not breathing"), where the model does not read.
 #[test]
 fn an_emergency_in_progress_is_never_discounted() {
-    for e in [engine(), with_model()] {
-        for tail in [
-            "are you still there? you need to send someone, not breathing and lips are blue",
-            "you need to hurry, the cut wont stop bleeding",
-        ] {
-            let text = format!("{REPLY}{tail}");
-            assert_eq!(e.assess(&text).level, Imminent, "{tail}");
-        }
-    }
+    imminent_after_the_reply(&[
+        "are you still there? you need to send someone, not breathing and lips are blue",
+        "you need to hurry, the cut wont stop bleeding",
+    ]);
 }
 
 /// Round three's categories (rulebook 2026.12.11–12), in words of my own
