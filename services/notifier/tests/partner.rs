@@ -470,9 +470,11 @@ async fn a_partner_down_past_the_retries_is_parked_alerted_and_caught_up_when_ba
             reason: "unreachable".into(),
         }
     );
-    // Four attempts (the configured retries), every one signed, one id.
+    // Four attempts (the configured retries; the exact count is
+    // `connection_errors_are_retried_then_parked`'s), then perhaps a probe
+    // of the parked callback (every 300 ms here): every one signed, one id.
     let tried = hospital.received();
-    assert_eq!(tried.len(), 4);
+    assert!(tried.len() >= 4);
     assert!(
         tried
             .iter()
@@ -517,7 +519,9 @@ async fn while_a_partner_is_down_its_new_callbacks_queue_behind_and_all_arrive_i
         (dead_letters(&js).await.len() == 1).then_some(())
     })
     .await;
-    assert_eq!(hospital.received().len(), 4, "retried, then parked");
+    // Four attempts, then parked (a probe of the parked a2 may already
+    // have followed: it runs every 300 ms while the partner is down).
+    assert!(hospital.received().len() >= 4, "retried, then parked");
     // The partner is known down: new callbacks are parked at once, in
     // order, without retrying against it (and without a new alert each).
     let b2 = record(HOSPITAL, "msg_f", 2, TaskStatus::Accepted);
@@ -528,7 +532,17 @@ async fn while_a_partner_is_down_its_new_callbacks_queue_behind_and_all_arrive_i
         (dead_letters(&js).await.len() == 3).then_some(())
     })
     .await;
-    assert_eq!(hospital.received().len(), 4, "no attempt while down");
+    // While down, only the probe knocks, and only with the oldest (a2):
+    // the new callbacks are never tried against a partner known down.
+    let tried: Vec<String> = hospital
+        .received()
+        .into_iter()
+        .map(|r| r.webhook_id)
+        .collect();
+    assert!(
+        tried.iter().all(|id| *id == task_id(&a2)),
+        "no attempt of a new callback while down: {tried:?}"
+    );
     let reasons: Vec<String> = dead_letters(&js)
         .await
         .into_iter()
