@@ -13,19 +13,17 @@ fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| Engine::builtin().expect("builtin rulebook compiles"))
 }
 
-fn eval_texts() -> Vec<String> {
+/// The texts of every eval set; of the long ones (`*-long*`: web-chat
+/// length) only with `with_long`.
+fn eval_texts(with_long: bool) -> Vec<String> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/eval");
     let mut texts = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        // Long texts (round2-long: web-chat-length messages) are compared
-        // as whole assessments in tests/props.rs; here every matcher runs
-        // its lazy regex over four slices of every text, which for them
-        // would double the test's time.
         let long = path
             .file_name()
             .is_some_and(|n| n.to_string_lossy().contains("-long"));
-        if path.extension().is_some_and(|e| e == "jsonl") && !long {
+        if path.extension().is_some_and(|e| e == "jsonl") && (with_long || !long) {
             for line in std::fs::read_to_string(&path).unwrap().lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 texts.push(v["text"].as_str().unwrap().to_owned());
@@ -92,7 +90,10 @@ fn check(e: &Engine, text: &str) {
 #[test]
 fn every_matcher_agrees_on_the_eval_texts() {
     let e = engine();
-    let texts = eval_texts();
+    // Long texts are compared as whole assessments in tests/props.rs; here
+    // every matcher runs its lazy regex over four slices of every text,
+    // which for them would double the test's time.
+    let texts = eval_texts(false);
     for (i, t) in texts.iter().enumerate() {
         check(e, t);
         // A doubled text (every third, to keep the test under a minute):
@@ -184,6 +185,45 @@ fn soup() -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(VOCAB), 0..80).prop_map(|w| w.join(" "))
 }
 
+/// The model's compiled vocabulary hits exactly the rows the feature keys
+/// of each word hit (the keys are what training saw), in the same order,
+/// with the same spans and the same voices, on `text` normalised as the
+/// engine does, with its addressed stretches hidden.
+#[track_caller]
+fn check_words(e: &Engine, text: &str) {
+    let model = e.model().expect("the builtin engine has a model");
+    let n = normalise::normalise(
+        text,
+        Lexicon {
+            tokens: &e.tokens,
+            suffixes: &e.suffixes,
+        },
+    );
+    let hidden = voice::addressed(&n.text);
+    let [compiled, keyed] = model.hits_both_ways(&n.text, &hidden);
+    assert_eq!(compiled, keyed, "{:?}", String::from_utf8_lossy(&n.text));
+}
+
+#[test]
+fn compiled_words_hit_what_their_keys_hit() {
+    let e = engine();
+    let texts = eval_texts(true);
+    assert!(texts.len() > 5_000, "{}", texts.len());
+    for t in &texts {
+        check_words(e, t);
+    }
+    // Unknown words, digits, repeated 4-grams, one-letter words.
+    for t in [
+        "zzqx aaaaaa 1234 b2b x",
+        "",
+        "a",
+        "__ _a_",
+        "qwertyuiopasdfgh",
+    ] {
+        check_words(e, t);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -192,6 +232,13 @@ proptest! {
         text in prop_oneof![soup(), any::<String>(), "[a-z .,]{0,300}"],
     ) {
         check(engine(), &text);
+    }
+
+    #[test]
+    fn compiled_words_hit_what_their_keys_hit_on_random_text(
+        text in prop_oneof![soup(), any::<String>(), "[a-z0-9 .,]{0,600}"],
+    ) {
+        check_words(engine(), &text);
     }
 }
 
@@ -247,4 +294,54 @@ fn every_path_agrees_with_the_reference() {
     }
     assert_eq!(e.assess(&long_walk).level, RiskLevel::Low);
     assert_eq!(e.assess(&long_walk).reasons.len(), 1);
+}
+
+/// Where a combination fires, the plain way: every match in match order
+/// as the anchor, every other match checked against it.
+fn combo_span_reference(
+    all: u64,
+    tagged: &[(u64, usize, usize)],
+    reach: Reach,
+) -> Option<(usize, usize)> {
+    let Reach { window, edge } = reach;
+    let candidates = || tagged.iter().filter(|(t, _, _)| t & all != 0);
+    for &(_, anchor, _) in candidates() {
+        let (mut covered, mut s, mut e) = (0, usize::MAX, 0);
+        for &(t, ms, me) in candidates() {
+            let reach = if ms < edge {
+                window
+            } else {
+                window.min(LONG_COMBO_REACH)
+            };
+            if ms >= anchor && me <= anchor + reach {
+                covered |= t & all;
+                s = s.min(ms);
+                e = e.max(me);
+            }
+        }
+        if covered == all {
+            return Some((s, e));
+        }
+    }
+    None
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn combo_spans_are_found_as_the_plain_way_finds_them(
+        matches in prop::collection::vec((1u64..16, 0usize..1_500, 1usize..60), 0..60),
+        all in 1u64..16,
+        window in prop_oneof![Just(300usize), 20usize..400],
+        edge in prop_oneof![Just(usize::MAX), 0usize..1_500],
+    ) {
+        let tagged: Vec<(u64, usize, usize)> =
+            matches.iter().map(|&(t, s, len)| (t, s, s + len)).collect();
+        let reach = Reach { window, edge };
+        prop_assert_eq!(
+            combo_span(all, &Tagged::new(tagged.clone()), reach),
+            combo_span_reference(all, &tagged, reach)
+        );
+    }
 }

@@ -511,6 +511,7 @@ impl Engine {
         // counts next to a match rated high or more: "sos" followed by a plan
         // is imminent, and an appended risky phrase never lowers a bare "sos"
         // (see `BARE_REACH`); "the emergency room" in a long story does not.
+        let tagged = Tagged::new(tagged);
         if !deferred.is_empty() {
             let near = |at: usize, s: usize| at.abs_diff(s) <= BARE_REACH;
             let high_near = |at: usize| {
@@ -601,17 +602,10 @@ impl Engine {
         if let Some(model) = &self.model {
             let mut scorer = model.scorer();
             let long = j.words > model::WINDOW_WORDS;
-            self.each_feature(&j, |key, t, s, e, narrated| {
+            self.each_feature(&j, |input| match input {
                 // The voice counts only matter past one window.
-                if long
-                    && let Some(word) = key.strip_prefix(b"w:").or_else(|| key.strip_prefix(b"h:"))
-                    && let Some(v) = voice::of(word)
-                {
-                    scorer.voice(v, t);
-                }
-                if !key.starts_with(b"h:") {
-                    scorer.add(key, t, s, e, narrated);
-                }
+                Input::Word { word, .. } => scorer.word(word, long),
+                Input::Rule { key, token } => scorer.add(key, token, 0, 0, false),
             });
             let opinion = scorer.opinion(j.level);
             if let Some(level) = opinion.level.filter(|&l| l > j.level) {
@@ -641,16 +635,21 @@ impl Engine {
     pub fn learning_features(&self, text: &str) -> (Vec<Feature>, RiskLevel) {
         let judged = self.judge(text, false);
         let mut out = Vec::new();
-        self.each_feature(&judged, |key, _, start, end, narrated| {
-            if key.starts_with(b"h:") {
-                return;
+        let mut key = Vec::with_capacity(64);
+        let feature = |key: &[u8], start, end, narrated| Feature {
+            key: String::from_utf8_lossy(key).into_owned(),
+            start,
+            end,
+            narrated,
+        };
+        self.each_feature(&judged, |input| match input {
+            Input::Word { word, .. } if word.hidden => {}
+            Input::Word { text, word } => {
+                model::word_keys(text, word, &mut key, |k, _, s, e, n| {
+                    out.push(feature(k, s, e, n));
+                });
             }
-            out.push(Feature {
-                key: String::from_utf8_lossy(key).into_owned(),
-                start,
-                end,
-                narrated,
-            });
+            Input::Rule { key, .. } => out.push(feature(key, 0, 0, false)),
         });
         (out, judged.level)
     }
@@ -745,29 +744,31 @@ struct Fired {
 }
 
 impl Engine {
-    /// The model's features of a judged message, with the index of the
-    /// word they belong to: words, word pairs and character 4-grams
-    /// (negated matches blanked), and `r:<rule>:<level>` for every rule and
-    /// combination that fired, at the word where its match starts.
-    fn each_feature(&self, j: &Judged, mut f: impl FnMut(&[u8], usize, usize, usize, bool)) {
+    /// The model's input of a judged message: its words in order
+    /// ([`Input::Word`], negated matches blanked; see [`model::each_word`]),
+    /// then `r:<rule>:<level>` for every rule and combination that fired
+    /// ([`Input::Rule`], at the index of the word where its match starts).
+    fn each_feature(&self, j: &Judged, mut f: impl FnMut(Input<'_>)) {
         let mut word_starts: Vec<usize> = Vec::new();
-        let mut emit = |key: &[u8], token: usize, start: usize, end: usize, narrated: bool| {
-            if key.starts_with(b"w:") {
-                word_starts.push(start);
-            }
-            f(key, token, start, end, narrated);
-        };
-        if j.unsaid.is_empty() {
-            model::each_word_feature(&j.n.text, &j.addressed, &mut emit);
+        let blanked;
+        let text: &[u8] = if j.unsaid.is_empty() {
+            &j.n.text
         } else {
-            let mut text = j.n.text.clone();
+            let mut t = j.n.text.clone();
             for &(s, e) in &j.unsaid {
-                if let Some(bytes) = text.get_mut(s..e) {
+                if let Some(bytes) = t.get_mut(s..e) {
                     bytes.fill(b' ');
                 }
             }
-            model::each_word_feature(&text, &j.addressed, &mut emit);
-        }
+            blanked = t;
+            &blanked
+        };
+        model::each_word(text, &j.addressed, |w| {
+            if !w.hidden {
+                word_starts.push(w.start);
+            }
+            f(Input::Word { text, word: w });
+        });
         let mut key = Vec::with_capacity(64);
         for r in &j.fired {
             if voice::hides(&j.addressed, r.at) {
@@ -789,9 +790,20 @@ impl Engine {
             let token = word_starts
                 .partition_point(|&s| s <= r.at)
                 .saturating_sub(1);
-            f(&key, token, 0, 0, false);
+            f(Input::Rule { key: &key, token });
         }
     }
+}
+
+/// One piece of the model's input ([`Engine::each_feature`]).
+enum Input<'a> {
+    /// A word of `text` (the normalised text, negated matches blanked).
+    Word {
+        text: &'a [u8],
+        word: &'a model::Word<'a>,
+    },
+    /// A rule or combination that fired, as its `r:` key.
+    Rule { key: &'a [u8], token: usize },
 }
 
 /// The byte offset where word `n` (0-based, counted as [`word_count`]
@@ -1072,26 +1084,59 @@ struct Reach {
 /// message that grows past 48 words keeps every combination it had.
 const LONG_COMBO_REACH: usize = 120;
 
+/// Every unlowered match with its rule's tags `(tags, start, end)`, for
+/// combinations: in match order, and by start.
+struct Tagged {
+    /// In match order: `(tags, start, the first index of by_start that
+    /// starts there)`.
+    in_order: Vec<(u64, usize, usize)>,
+    by_start: Vec<(u64, usize, usize)>,
+    /// Every tag that occurs.
+    tags: u64,
+}
+
+impl Tagged {
+    fn new(mut in_order: Vec<(u64, usize, usize)>) -> Tagged {
+        let mut by_start = in_order.clone();
+        by_start.sort_unstable_by_key(|&(_, s, _)| s);
+        let tags = in_order.iter().fold(0, |acc, (t, _, _)| acc | t);
+        for (_, start, from) in &mut in_order {
+            *from = by_start.partition_point(|&(_, s, _)| s < *start);
+        }
+        Tagged {
+            in_order,
+            by_start,
+            tags,
+        }
+    }
+}
+
 /// Where a combination fires: the span covering one match of each of its
 /// tags, all within reach of the first (see [`Reach`]); `None` if it does
-/// not.
-fn combo_span(all: u64, tagged: &[(u64, usize, usize)], reach: Reach) -> Option<(usize, usize)> {
+/// not. The first match in match order that can anchor one decides.
+fn combo_span(all: u64, tagged: &Tagged, reach: Reach) -> Option<(usize, usize)> {
     let Reach { window, edge } = reach;
     // Quick reject: some tag occurs nowhere.
-    if tagged.iter().fold(0, |acc, (t, _, _)| acc | (t & all)) != all {
+    if tagged.tags & all != all {
         return None;
     }
-    let candidates = || tagged.iter().filter(|(t, _, _)| t & all != 0);
-    for &(_, anchor, _) in candidates() {
-        let mut covered = 0;
-        let (mut s, mut e) = (usize::MAX, 0);
-        for &(t, ms, me) in candidates() {
+    for &(t, anchor, from) in &tagged.in_order {
+        if t & all == 0 {
+            continue;
+        }
+        let (mut covered, mut s, mut e) = (0, usize::MAX, 0);
+        let far = anchor.saturating_add(window);
+        // Matches from the anchor on, by start, until none can fit.
+        for &(t, ms, me) in tagged.by_start.get(from..).unwrap_or_default() {
+            if ms > far {
+                break;
+            }
             let limit = if ms < edge {
-                anchor.saturating_add(window)
+                far
             } else {
                 anchor.saturating_add(window.min(LONG_COMBO_REACH))
             };
-            if ms >= anchor && me <= limit {
+            if t & all != 0 && me <= limit {
                 covered |= t & all;
                 s = s.min(ms);
                 e = e.max(me);

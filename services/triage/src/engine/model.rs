@@ -60,6 +60,113 @@ pub struct Model {
     grams: HashMap<u32, u32, BuildHasherDefault<TokenHasher>>,
     /// Weights per head.
     rows: Vec<[f32; 3]>,
+    /// The words the model reads whole, compiled: see [`Vocabulary`].
+    vocab: Vocabulary,
+}
+
+/// Every word of a `w:` or `b:` feature and every word with a voice, with
+/// the rows of its own
+/// features worked out once at load: a message's known words then cost
+/// one lookup each (and a pair one integer lookup) instead of a lookup per
+/// 4-gram, word and pair key (`Scorer::word`). A word outside it has no
+/// `w:` or `b:` feature by construction, only 4-grams.
+#[derive(Debug, Clone, Default)]
+struct Vocabulary {
+    /// Word → id.
+    ids: TokenMap<u32>,
+    /// Per id: the range of `rows` holding the rows of its 4-grams (in
+    /// order, repeats kept) and then its `w:` row — the rows
+    /// [`each_word_feature`]'s keys for the word would hit, in its order.
+    own: Vec<(u32, u32)>,
+    rows: Vec<u32>,
+    /// Per id: its voice ([`super::voice::of`]). Every word with a voice is
+    /// in the vocabulary, so a word outside it has none.
+    voices: Vec<Option<Voice>>,
+    /// `b:` features by their two words' ids (`first << 32 | second`).
+    pairs: HashMap<u64, u32, BuildHasherDefault<TokenHasher>>,
+}
+
+impl Vocabulary {
+    fn compile(
+        index: &TokenMap<u32>,
+        grams: &HashMap<u32, u32, BuildHasherDefault<TokenHasher>>,
+    ) -> Vocabulary {
+        let mut v = Vocabulary::default();
+        // Only keys the walker can produce: lowercase letters and digits.
+        let word_like = |w: &[u8]| {
+            !w.is_empty()
+                && w.iter()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        };
+        let id_of = |v: &mut Vocabulary, word: &[u8]| -> u32 {
+            if let Some(&id) = v.ids.get(word) {
+                return id;
+            }
+            let id = u32::try_from(v.own.len()).unwrap_or(u32::MAX);
+            let from = v.rows.len();
+            for_each_gram(word, |g| {
+                if let Some(&row) = grams.get(&g) {
+                    v.rows.push(row);
+                }
+            });
+            let mut key = b"w:".to_vec();
+            key.extend_from_slice(word);
+            if let Some(&row) = index.get(key.as_slice()) {
+                v.rows.push(row);
+            }
+            let range = (
+                u32::try_from(from).unwrap_or(u32::MAX),
+                u32::try_from(v.rows.len()).unwrap_or(u32::MAX),
+            );
+            v.own.push(range);
+            v.voices.push(super::voice::of(word));
+            v.ids.insert(word.into(), id);
+            id
+        };
+        // In key order, so ids do not depend on the map's iteration order.
+        let mut keys: Vec<(&[u8], u32)> = index.iter().map(|(k, &r)| (&k[..], r)).collect();
+        keys.sort_unstable();
+        for word in super::voice::voiced_words() {
+            id_of(&mut v, word);
+        }
+        for (key, row) in keys {
+            if let Some(word) = key.strip_prefix(b"w:").filter(|w| word_like(w)) {
+                id_of(&mut v, word);
+            } else if let Some(pair) = key.strip_prefix(b"b:") {
+                let mut parts = pair.splitn(2, |&b| b == b' ');
+                if let (Some(a), Some(b)) = (parts.next(), parts.next())
+                    && word_like(a)
+                    && word_like(b)
+                {
+                    let (a, b) = (id_of(&mut v, a), id_of(&mut v, b));
+                    v.pairs.insert(u64::from(a) << 32 | u64::from(b), row);
+                }
+            }
+        }
+        v
+    }
+
+    /// The rows of a vocabulary word's own features.
+    fn own_rows(&self, id: u32) -> &[u32] {
+        self.own
+            .get(id as usize)
+            .and_then(|&(from, to)| self.rows.get(from as usize..to as usize))
+            .unwrap_or_default()
+    }
+}
+
+/// Calls `f` with each character 4-gram of `word` padded with `_`, as the
+/// integer [`gram`] makes of its `c:` key, in order.
+fn for_each_gram(word: &[u8], mut f: impl FnMut(u32)) {
+    let n = word.len() + 2;
+    let at = |k: usize| match k {
+        0 => b'_',
+        k if k == n - 1 => b'_',
+        k => word.get(k - 1).copied().unwrap_or(b'_'),
+    };
+    for g in 0..n.saturating_sub(3) {
+        f(u32::from_le_bytes([at(g), at(g + 1), at(g + 2), at(g + 3)]));
+    }
 }
 
 /// A feature of one message: its key and the normalised byte span it
@@ -214,12 +321,14 @@ impl Model {
                 None => index.insert(key.as_bytes().into(), row),
             };
         }
+        let vocab = Vocabulary::compile(&index, &grams);
         Ok(Model {
             version,
             heads,
             index,
             grams,
             rows,
+            vocab,
         })
     }
 
@@ -249,9 +358,11 @@ impl Model {
         Scorer {
             model: self,
             hits: Vec::new(),
+            keyed: Vec::new(),
             words: 0,
             persons: Vec::new(),
             yous: Vec::new(),
+            last: None,
         }
     }
 
@@ -276,8 +387,12 @@ pub const WINDOW_WORDS: usize = 48;
 /// The features of one message that the model knows, as they come.
 pub(crate) struct Scorer<'m> {
     model: &'m Model,
-    /// (word index, weight row, start, end, narrated) per known feature occurrence.
+    /// (word index, weight row, start, end, narrated) per known feature
+    /// occurrence of the words read ([`Scorer::word`]), in word order.
     hits: Vec<Hit>,
+    /// The same for features given by key ([`Scorer::add`]: the rules'
+    /// features, after the words), in any order.
+    keyed: Vec<Hit>,
     /// Words in the message (one past the last word index fed).
     words: usize,
     /// Word indices of words naming the writer or a third person as the
@@ -286,10 +401,13 @@ pub(crate) struct Scorer<'m> {
     /// Word indices of second-person words ("you", "your", "tú" …), read or
     /// not, in order.
     yous: Vec<usize>,
+    /// The vocabulary id of the last word read by [`Scorer::word`], for
+    /// its pair with the next.
+    last: Option<u32>,
 }
 
 /// One known feature occurrence: (word index, weight row, start, end, narrated).
-type Hit = (usize, u32, usize, usize, bool);
+pub(crate) type Hit = (usize, u32, usize, usize, bool);
 
 impl Scorer<'_> {
     pub(crate) fn add(
@@ -306,8 +424,47 @@ impl Scorer<'_> {
             None => self.model.index.get(key),
         };
         if let Some(&row) = row {
-            self.hits.push((token, row, start, end, narrated));
+            self.keyed.push((token, row, start, end, narrated));
         }
+    }
+
+    /// Reads one word: the same hits as [`Scorer::add`] with each key
+    /// [`each_word_feature`] makes of it, in the same order, from the
+    /// compiled [`Vocabulary`] (the test `compiled_words_hit_what_their_keys_hit`).
+    ///
+    /// With `voices`, also notes the word's voice ([`Scorer::voice`]),
+    /// hidden or not.
+    pub(crate) fn word(&mut self, w: &Word<'_>, voices: bool) {
+        let vocab = &self.model.vocab;
+        let id = vocab.ids.get(w.text).copied();
+        if voices
+            && let Some(v) = id.and_then(|id| vocab.voices.get(id as usize).copied().flatten())
+        {
+            self.voice(v, w.token);
+        }
+        if w.hidden {
+            self.last = None;
+            return;
+        }
+        self.words = self.words.max(w.token + 1);
+        let hit = |row: u32| (w.token, row, w.start, w.end, w.narrated);
+        match id {
+            Some(id) => self.hits.extend(vocab.own_rows(id).iter().map(|&r| hit(r))),
+            None => {
+                let (grams, hits) = (&self.model.grams, &mut self.hits);
+                for_each_gram(w.text, |g| {
+                    if let Some(&row) = grams.get(&g) {
+                        hits.push(hit(row));
+                    }
+                });
+            }
+        }
+        if let (Some((ps, _)), Some(a), Some(b)) = (w.prev, self.last, id)
+            && let Some(&row) = vocab.pairs.get(&(u64::from(a) << 32 | u64::from(b)))
+        {
+            self.hits.push((w.token, row, ps, w.end, w.narrated));
+        }
+        self.last = id;
     }
 
     /// Notes the voice of a word at word index `token` (words come in
@@ -325,8 +482,24 @@ impl Scorer<'_> {
     /// highest, by probability of that head. `rules` is the rules' level of
     /// the whole message (see [`Scorer::window_opinion`] for its use).
     pub(crate) fn opinion(mut self, rules: RiskLevel) -> Opinion {
-        // Word features come in word order; rule features at the end.
-        self.hits.sort_by_key(|h| h.0);
+        // Word features come in word order; keyed ones (the rules') go
+        // after the words' own at their word index.
+        if !self.keyed.is_empty() {
+            self.keyed.sort_by_key(|h| h.0);
+            let words = std::mem::take(&mut self.hits);
+            self.hits.reserve(words.len() + self.keyed.len());
+            let mut from = 0;
+            for &k in &self.keyed {
+                let rest = words.get(from..).unwrap_or_default();
+                let to = from + rest.partition_point(|h| h.0 <= k.0);
+                self.hits
+                    .extend_from_slice(words.get(from..to).unwrap_or_default());
+                self.hits.push(k);
+                from = to;
+            }
+            self.hits
+                .extend_from_slice(words.get(from..).unwrap_or_default());
+        }
         let last = self.hits.last().map_or(0, |h| h.0);
         let stride = WINDOW_WORDS / 2;
         let bits = self.model.rows.len().div_ceil(64);
@@ -504,29 +677,41 @@ fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// Calls `f(key, word index, start, end)` for every word (`w:`), word pair (`b:`) and
-/// character 4-gram (`c:`) feature of normalised text (lowercase ASCII,
-/// idioms blanked). Tokens are runs of letters and digits; pairs do not
-/// cross a clause break (`. , ; : ! ?`); 4-grams are of the word padded
-/// with `_` and carry misspellings ("thinl", "cnat") to the words they
-/// resemble. Spans are normalised byte offsets.
+/// One word of normalised text as the model reads it ([`each_word`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Word<'t> {
+    /// The word: a run of letters and digits.
+    pub text: &'t [u8],
+    /// Its word index; a hidden word has the index the next read word
+    /// will have.
+    pub token: usize,
+    /// Its normalised byte span.
+    pub start: usize,
+    pub end: usize,
+    /// The span of the word before it when the two make a pair: in the
+    /// same clause, with no hidden word between.
+    pub prev: Option<(usize, usize)>,
+    /// In narration (see [`each_word`]); a hidden word always is.
+    pub narrated: bool,
+    /// Addressed to someone else ([`super::voice`]): not read at all.
+    pub hidden: bool,
+}
+
+/// Calls `f` with every word of normalised text (lowercase ASCII, idioms
+/// blanked), in order. Words are runs of letters and digits; pairs do not
+/// cross a clause break (`. , ; : ! ?`).
 ///
-/// The last argument says whether the word is in **narration** — not the
-/// writer's own current state — from a narration cue ([`NARRATION_WORDS`], [`NARRATION_PHRASES`]) (advice to someone
-/// else, reported speech, the past) to the end of its sentence (`. ! ?`, a
-/// line break), inside double quotes, or on a line quoting another post
-/// (`>`). Only what comes *before* a word decides, so text appended to a
-/// message never changes which of its words are narrated.
+/// A word is in **narration** — not the writer's own current state — from
+/// a narration cue ([`NARRATION_WORDS`], [`NARRATION_PHRASES`]) (advice to
+/// someone else, reported speech, the past) to the end of its sentence
+/// (`. ! ?`, a line break), inside double quotes, or on a line quoting
+/// another post (`>`). Only what comes *before* a word decides, so text
+/// appended to a message never changes which of its words are narrated.
 ///
 /// Words in `hidden` (addressed to someone else, [`super::voice`]) are not
 /// read at all: no features, no word index, no pair across them. Appending
 /// addressed text therefore changes nothing the model sees.
-pub(crate) fn each_word_feature(
-    text: &[u8],
-    hidden: &[Addressed],
-    mut f: impl FnMut(&[u8], usize, usize, usize, bool),
-) {
-    let mut key: Vec<u8> = Vec::with_capacity(64);
+pub(crate) fn each_word(text: &[u8], hidden: &[Addressed], mut f: impl FnMut(&Word<'_>)) {
     let mut stretch = 0;
     let mut prev: Option<(usize, usize)> = None;
     let mut token = 0;
@@ -553,42 +738,22 @@ pub(crate) fn each_word_feature(
             while hidden.get(stretch).is_some_and(|a| a.end <= start) {
                 stretch += 1;
             }
-            if hidden.get(stretch).is_some_and(|a| a.start <= start) {
-                // Not a feature: the word itself (`h:`), for the voice
-                // counts, at the index the next read word will have.
-                key.clear();
-                key.extend_from_slice(b"h:");
-                key.extend_from_slice(word);
-                f(&key, token, start, i, true);
+            let is_hidden = hidden.get(stretch).is_some_and(|a| a.start <= start);
+            f(&Word {
+                text: word,
+                token,
+                start,
+                end: i,
+                prev: prev.filter(|_| !is_hidden),
+                narrated: is_hidden || narrating || quoted,
+                hidden: is_hidden,
+            });
+            if is_hidden {
                 prev = None;
-                continue;
+            } else {
+                prev = Some((start, i));
+                token += 1;
             }
-            let narrated = narrating || quoted;
-            let n = word.len() + 2;
-            for g in 0..n.saturating_sub(3) {
-                key.clear();
-                key.extend_from_slice(b"c:");
-                key.extend((g..g + 4).map(|k| match k {
-                    0 => b'_',
-                    k if k == n - 1 => b'_',
-                    k => word.get(k - 1).copied().unwrap_or(b'_'),
-                }));
-                f(&key, token, start, i, narrated);
-            }
-            key.clear();
-            key.extend_from_slice(b"w:");
-            key.extend_from_slice(word);
-            f(&key, token, start, i, narrated);
-            if let Some((ps, pe)) = prev {
-                key.clear();
-                key.extend_from_slice(b"b:");
-                key.extend_from_slice(text.get(ps..pe).unwrap_or_default());
-                key.push(b' ');
-                key.extend_from_slice(word);
-                f(&key, token, ps, i, narrated);
-            }
-            prev = Some((start, i));
-            token += 1;
             continue;
         }
         if matches!(b, b'.' | b',' | b';' | b':' | b'!' | b'?') {
@@ -604,6 +769,68 @@ pub(crate) fn each_word_feature(
             _ => {}
         }
         i += 1;
+    }
+}
+
+/// Calls `f(key, word index, start, end, narrated)` for every feature key
+/// of the words of normalised text ([`each_word`]): per read word its
+/// character 4-grams (`c:`, of the word padded with `_`: they carry
+/// misspellings like "thinl", "cnat" to the words they resemble), the word
+/// (`w:`) and its pair with the word before (`b:`, spanning both); per
+/// hidden word only `h:` and the word, for the voice counts. Spans are
+/// normalised byte offsets. Training reads these keys (`learning_features`
+/// builds them with [`word_keys`]); scoring reads the words through the
+/// compiled vocabulary ([`Scorer::word`]), which hits the same rows.
+#[cfg(test)]
+pub(crate) fn each_word_feature(
+    text: &[u8],
+    hidden: &[Addressed],
+    mut f: impl FnMut(&[u8], usize, usize, usize, bool),
+) {
+    let mut key: Vec<u8> = Vec::with_capacity(64);
+    each_word(text, hidden, |w| word_keys(text, w, &mut key, &mut f));
+}
+
+/// The feature keys of one word of `text` (see [`each_word_feature`]),
+/// built in `key`.
+pub(crate) fn word_keys(
+    text: &[u8],
+    w: &Word<'_>,
+    key: &mut Vec<u8>,
+    mut f: impl FnMut(&[u8], usize, usize, usize, bool),
+) {
+    let Word {
+        text: word,
+        token,
+        start,
+        end,
+        narrated,
+        ..
+    } = *w;
+    key.clear();
+    if w.hidden {
+        key.extend_from_slice(b"h:");
+        key.extend_from_slice(word);
+        f(key, token, start, end, narrated);
+        return;
+    }
+    for_each_gram(word, |g| {
+        key.clear();
+        key.extend_from_slice(b"c:");
+        key.extend_from_slice(&g.to_le_bytes());
+        f(key, token, start, end, narrated);
+    });
+    key.clear();
+    key.extend_from_slice(b"w:");
+    key.extend_from_slice(word);
+    f(key, token, start, end, narrated);
+    if let Some((ps, pe)) = w.prev {
+        key.clear();
+        key.extend_from_slice(b"b:");
+        key.extend_from_slice(text.get(ps..pe).unwrap_or_default());
+        key.push(b' ');
+        key.extend_from_slice(word);
+        f(key, token, ps, end, narrated);
     }
 }
 
@@ -671,7 +898,7 @@ const NARRATION_PHRASES: &[&[u8]] = &[
 /// Whether a [`NARRATION_WORDS`] or [`NARRATION_PHRASES`] cue starts at
 /// `word`, the rest of the text being `rest` (which starts with `word`).
 fn starts_narration(word: &[u8], rest: &[u8]) -> bool {
-    if NARRATION_WORDS.contains(&word) {
+    if super::voice::listed(NARRATION_WORDS, word) {
         return true;
     }
     // Phrases only start with a few words; most words stop here.
@@ -691,6 +918,43 @@ fn starts_narration(word: &[u8], rest: &[u8]) -> bool {
             && rest.starts_with(cue)
             && !rest.get(cue.len()).is_some_and(u8::is_ascii_alphanumeric)
     })
+}
+
+/// What a scorer read: hits, words, persons, second persons.
+#[cfg(test)]
+pub(crate) type WordsRead = (Vec<Hit>, usize, Vec<usize>, Vec<usize>);
+
+impl Model {
+    /// The hits of `text`'s words read both ways: through the compiled
+    /// vocabulary ([`Scorer::word`], as the engine scores) and key by key
+    /// ([`each_word_feature`] into [`Scorer::add`], as training sees them,
+    /// with the voices of `w:` and `h:` keys), each in word order; and the
+    /// word counts and voices.
+    #[cfg(test)]
+    pub(crate) fn hits_both_ways(&self, text: &[u8], hidden: &[Addressed]) -> [WordsRead; 2] {
+        let mut compiled = self.scorer();
+        each_word(text, hidden, |w| compiled.word(w, true));
+        let mut keyed = self.scorer();
+        each_word_feature(text, hidden, |key, token, s, e, narrated| {
+            let word = key.strip_prefix(b"w:").or_else(|| key.strip_prefix(b"h:"));
+            if let Some(v) = word.and_then(super::voice::of) {
+                keyed.voice(v, token);
+            }
+            if !key.starts_with(b"h:") {
+                keyed.add(key, token, s, e, narrated);
+            }
+        });
+        keyed.keyed.sort_by_key(|h| h.0);
+        [
+            (
+                compiled.hits,
+                compiled.words,
+                compiled.persons,
+                compiled.yous,
+            ),
+            (keyed.keyed, keyed.words, keyed.persons, keyed.yous),
+        ]
+    }
 }
 
 /// [`each_word_feature`] collected.

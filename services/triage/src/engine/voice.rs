@@ -131,8 +131,8 @@ pub(crate) fn addressed(text: &[u8]) -> Vec<Addressed> {
             let index = words;
             words += 1;
             if let Some(from) = open {
-                let writer = OWN.contains(&word);
-                if writer || THEY.contains(&word) {
+                let writer = listed(OWN, word);
+                if writer || listed(THEY, word) {
                     out.push(Addressed {
                         start: from,
                         end: start,
@@ -143,7 +143,7 @@ pub(crate) fn addressed(text: &[u8]) -> Vec<Addressed> {
                     said += 1;
                 }
             } else if index >= FROM_WORD {
-                if YOU.contains(&word) {
+                if listed(YOU, word) {
                     open = Some(start);
                     said = 0;
                 } else if let Some(len) = phrase_at(text.get(start..).unwrap_or_default()) {
@@ -213,14 +213,27 @@ pub(crate) enum Voice {
     You,
 }
 
+/// Every word with a voice ([`of`]).
+pub(crate) fn voiced_words() -> impl Iterator<Item = &'static [u8]> {
+    OWN.iter().chain(THEY).chain(YOU).copied()
+}
+
+/// Whether `word` is in `list`: lengths and first letters are compared
+/// before the bytes (most words of a text are in no list; this runs per
+/// word of every message).
+pub(crate) fn listed(list: &[&[u8]], word: &[u8]) -> bool {
+    list.iter()
+        .any(|w| w.len() == word.len() && w.first() == word.first() && *w == word)
+}
+
 /// The voice of a word, if it has one.
 pub(crate) fn of(word: &[u8]) -> Option<Voice> {
     // Every listed word has at most 10 letters.
     if word.len() > 10 {
         None
-    } else if OWN.contains(&word) || THEY.contains(&word) {
+    } else if listed(OWN, word) || listed(THEY, word) {
         Some(Voice::Person)
-    } else if YOU.contains(&word) {
+    } else if listed(YOU, word) {
         Some(Voice::You)
     } else {
         None
