@@ -601,6 +601,7 @@ impl Engine {
         let mut j = self.judge(text, exhaustive);
         if let Some(model) = &self.model {
             let mut scorer = model.scorer();
+            scorer.reserve(j.words);
             let long = j.words > model::WINDOW_WORDS;
             self.each_feature(&j, |input| match input {
                 // The voice counts only matter past one window.
@@ -920,11 +921,15 @@ impl Prefilter {
         let literals = if literals.is_empty() {
             None
         } else {
-            // Overlapping search needs standard match semantics.
+            // Overlapping search needs standard match semantics. A DFA: on
+            // a 4,000-character chat message the pass is a tenth of the
+            // time, and the DFA scans it about 10 % faster than the
+            // contiguous NFA, for about 10 MB of memory instead of 0.6 MB
+            // (docs/triage.md, "Speed, round two").
             Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::Standard)
-                    .kind(Some(AhoCorasickKind::ContiguousNFA))
+                    .kind(Some(AhoCorasickKind::DFA))
                     .build(&literals)
                     .or_else(|_| AhoCorasick::new(&literals))?,
             )

@@ -428,6 +428,12 @@ impl Scorer<'_> {
         }
     }
 
+    /// Makes room for the hits of a message of `words` words (a known word
+    /// brings about six: its 4-grams, itself, its pair).
+    pub(crate) fn reserve(&mut self, words: usize) {
+        self.hits.reserve(words.saturating_mul(8));
+    }
+
     /// Reads one word: the same hits as [`Scorer::add`] with each key
     /// [`each_word_feature`] makes of it, in the same order, from the
     /// compiled [`Vocabulary`] (the test `compiled_words_hit_what_their_keys_hit`).
@@ -504,6 +510,7 @@ impl Scorer<'_> {
         let stride = WINDOW_WORDS / 2;
         let bits = self.model.rows.len().div_ceil(64);
         let mut seen = vec![0u64; bits];
+        let mut firsts = Vec::new();
         let window = |from: usize| {
             let lo = self.hits.partition_point(|h| h.0 < from);
             let hi = self.hits.partition_point(|h| h.0 < from + WINDOW_WORDS);
@@ -522,11 +529,25 @@ impl Scorer<'_> {
         let (persons, yous) = (&self.persons, &self.yous);
         let high_ok = |from: usize| open || not_addressed(persons, yous, from);
         let first = window(0);
-        let mut best = self.window_opinion(first, rules, high_ok(0), imminent_ok(first), &mut seen);
+        let mut best = self.window_opinion(
+            first,
+            rules,
+            high_ok(0),
+            imminent_ok(first),
+            &mut seen,
+            &mut firsts,
+        );
         let mut from = stride;
         while from + stride <= last {
             let hits = window(from);
-            let o = self.window_opinion(hits, rules, high_ok(from), imminent_ok(hits), &mut seen);
+            let o = self.window_opinion(
+                hits,
+                rules,
+                high_ok(from),
+                imminent_ok(hits),
+                &mut seen,
+                &mut firsts,
+            );
             if (o.level, o.top()) > (best.level, best.top()) {
                 best = o;
             }
@@ -536,7 +557,11 @@ impl Scorer<'_> {
     }
 
     /// One window, in word order: each known feature counts once (its
-    /// first occurrence gives the span). `seen` is a bit per weight row.
+    /// first occurrence gives the span; `firsts` collects them). `seen` is
+    /// a bit per weight row,
+    /// all clear on entry and left clear (only this window's bits are
+    /// touched: clearing the whole set per window would cost more than
+    /// reading a long message's window).
     ///
     /// The imminent head only refines a message already at high: it counts
     /// when the rules said high or more, or this window's ≥ high head
@@ -551,12 +576,11 @@ impl Scorer<'_> {
         high_ok: bool,
         imminent_ok: bool,
         seen: &mut [u64],
+        firsts: &mut Vec<usize>,
     ) -> Opinion {
-        seen.fill(0);
         let mut z = self.model.heads.map(|h| h.bias);
-        // Best word feature per head: (weight, span).
-        let mut best: [Option<(f32, (usize, usize))>; 3] = [None; 3];
-        for &(_, row, start, end, _) in hits {
+        firsts.clear();
+        for (k, &(_, row, ..)) in hits.iter().enumerate() {
             let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
             let first = seen.get_mut(word).is_some_and(|b| {
                 let new = *b & bit == 0;
@@ -569,15 +593,14 @@ impl Scorer<'_> {
             let Some(w) = self.model.rows.get(row as usize) else {
                 continue;
             };
-            for (i, wi) in w.iter().enumerate() {
-                if let Some(zi) = z.get_mut(i) {
-                    *zi += wi;
-                }
-                if let Some(b) = best.get_mut(i).filter(|_| start < end && *wi > 0.0)
-                    && b.is_none_or(|(bw, (bs, _))| *wi > bw || (*wi == bw && start < bs))
-                {
-                    *b = Some((*wi, (start, end)));
-                }
+            for (zi, wi) in z.iter_mut().zip(w) {
+                *zi += wi;
+            }
+            firsts.push(k);
+        }
+        for &(_, row, ..) in hits {
+            if let Some(b) = seen.get_mut(row as usize / 64) {
+                *b = 0;
             }
         }
         let p = z.map(sigmoid);
@@ -599,11 +622,33 @@ impl Scorer<'_> {
         for i in (0..self.model.heads.len()).rev() {
             if reached(i) && (i != IMMINENT_HEAD || at_high) && (i != HIGH_HEAD || high_ok) {
                 level = HEADS.get(i).copied();
-                span = best.get(i).copied().flatten().map(|(_, s)| s);
+                span = self.best_span(hits, firsts, i);
                 break;
             }
         }
         Opinion { level, p, span }
+    }
+
+    /// The span of the word feature that added most to head `head` among
+    /// a window's first occurrences (`firsts`, indices into `hits` in
+    /// order); of equal weights, the one that starts first.
+    fn best_span(&self, hits: &[Hit], firsts: &[usize], head: usize) -> Option<(usize, usize)> {
+        let mut best: Option<(f32, (usize, usize))> = None;
+        for &k in firsts {
+            let Some(&(_, row, start, end, _)) = hits.get(k) else {
+                continue;
+            };
+            let Some(&wi) = self.model.rows.get(row as usize).and_then(|w| w.get(head)) else {
+                continue;
+            };
+            if start < end
+                && wi > 0.0
+                && best.is_none_or(|(bw, (bs, _))| wi > bw || (wi == bw && start < bs))
+            {
+                best = Some((wi, (start, end)));
+            }
+        }
+        best.map(|(_, s)| s)
     }
 }
 
@@ -914,6 +959,7 @@ fn starts_narration(word: &[u8], rest: &[u8]) -> bool {
     NARRATION_PHRASES.iter().any(|cue| {
         cue.len() > word.len()
             && cue.get(word.len()) == Some(&b' ')
+            && cue.first() == Some(&first)
             && cue.starts_with(word)
             && rest.starts_with(cue)
             && !rest.get(cue.len()).is_some_and(u8::is_ascii_alphanumeric)
