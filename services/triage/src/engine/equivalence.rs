@@ -303,17 +303,11 @@ fn combo_span_reference(
     tagged: &[(u64, usize, usize)],
     reach: Reach,
 ) -> Option<(usize, usize)> {
-    let Reach { window, edge } = reach;
     let candidates = || tagged.iter().filter(|(t, _, _)| t & all != 0);
     for &(_, anchor, _) in candidates() {
         let (mut covered, mut s, mut e) = (0, usize::MAX, 0);
         for &(t, ms, me) in candidates() {
-            let reach = if ms < edge {
-                window
-            } else {
-                window.min(LONG_COMBO_REACH)
-            };
-            if ms >= anchor && me <= anchor + reach {
+            if ms >= anchor && me <= reach.limit(anchor, ms) {
                 covered |= t & all;
                 s = s.min(ms);
                 e = e.max(me);

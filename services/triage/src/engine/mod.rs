@@ -1088,6 +1088,19 @@ struct Reach {
 /// message that grows past 48 words keeps every combination it had.
 const LONG_COMBO_REACH: usize = 120;
 
+impl Reach {
+    /// How far a match starting at `start` may end for a combination
+    /// anchored at `anchor`.
+    fn limit(self, anchor: usize, start: usize) -> usize {
+        let window = if start < self.edge {
+            self.window
+        } else {
+            self.window.min(LONG_COMBO_REACH)
+        };
+        anchor.saturating_add(window)
+    }
+}
+
 /// Every unlowered match with its rule's tags `(tags, start, end)`, for
 /// combinations: in match order, and by start.
 struct Tagged {
@@ -1119,7 +1132,6 @@ impl Tagged {
 /// tags, all within reach of the first (see [`Reach`]); `None` if it does
 /// not. The first match in match order that can anchor one decides.
 fn combo_span(all: u64, tagged: &Tagged, reach: Reach) -> Option<(usize, usize)> {
-    let Reach { window, edge } = reach;
     // Quick reject: some tag occurs nowhere.
     if tagged.tags & all != all {
         return None;
@@ -1129,18 +1141,13 @@ fn combo_span(all: u64, tagged: &Tagged, reach: Reach) -> Option<(usize, usize)>
             continue;
         }
         let (mut covered, mut s, mut e) = (0, usize::MAX, 0);
-        let far = anchor.saturating_add(window);
+        let far = anchor.saturating_add(reach.window);
         // Matches from the anchor on, by start, until none can fit.
         for &(t, ms, me) in tagged.by_start.get(from..).unwrap_or_default() {
             if ms > far {
                 break;
             }
-            let limit = if ms < edge {
-                far
-            } else {
-                anchor.saturating_add(window.min(LONG_COMBO_REACH))
-            };
-            if t & all != 0 && me <= limit {
+            if t & all != 0 && me <= reach.limit(anchor, ms) {
                 covered |= t & all;
                 s = s.min(ms);
                 e = e.max(me);
