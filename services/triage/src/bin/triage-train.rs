@@ -114,10 +114,6 @@ fn main() -> anyhow::Result<()> {
     }
     let engine = Engine::builtin_rules()?;
     let mut texts: Vec<Texts> = Vec::new();
-    let mut file_of: Vec<usize> = Vec::new();
-    // Whether each entry of `texts` is a window of a long message (trained
-    // on, never predicted in the out-of-fold figures).
-    let mut window: Vec<bool> = Vec::new();
     let mut names = Vec::new();
     for (file, path) in args.input.iter().enumerate() {
         let reader = BufReader::new(
@@ -146,9 +142,9 @@ fn main() -> anyhow::Result<()> {
                         rules,
                         from_head,
                         weight,
+                        file,
+                        window: true,
                     });
-                    file_of.push(file);
-                    window.push(true);
                 }
             }
             let keys = features.into_iter().map(|f| (f.key, f.narrated)).collect();
@@ -158,9 +154,9 @@ fn main() -> anyhow::Result<()> {
                 rules,
                 from_head: RiskLevel::Moderate,
                 weight: 1.0,
+                file,
+                window: false,
             });
-            file_of.push(file);
-            window.push(false);
         }
         names.push(
             path.file_name()
@@ -192,12 +188,12 @@ fn main() -> anyhow::Result<()> {
         };
         folds.push(
             (0..texts.len())
-                .filter(|&i| file_of.get(i) == Some(&file))
+                .filter(|&i| texts.get(i).is_some_and(|t| t.file == file))
                 .collect(),
         );
     }
     if !folds.is_empty() {
-        cross_validate(&texts, &window, &folds, &fold_names, &args, &mut out)?;
+        cross_validate(&texts, &folds, &fold_names, &args, &mut out)?;
     }
     let (vocab, examples) = featurise(&texts, &(0..texts.len()).collect::<Vec<_>>(), args.min_df);
     let heads = train_heads(&examples, vocab.len(), &args);
@@ -285,6 +281,11 @@ struct Texts {
     /// 1 for a message, 1/n for each of a message's n windows (a long
     /// message teaches as much as a short one).
     weight: f64,
+    /// Which `--input` file it came from.
+    file: usize,
+    /// A window of a long message: trained on, never predicted in the
+    /// out-of-fold figures.
+    window: bool,
 }
 
 /// The model's windows of a long message (`WINDOW_WORDS` words, by half),
@@ -435,7 +436,6 @@ fn predict(heads: &[Head], e: &Example, thresholds: &[f64]) -> Option<RiskLevel>
 /// model trained on every other message.
 fn cross_validate(
     texts: &[Texts],
-    window: &[bool],
     held_out: &[Vec<usize>],
     fold_names: &[String],
     args: &Args,
@@ -450,7 +450,7 @@ fn cross_validate(
         let whole: Vec<usize> = fold
             .iter()
             .copied()
-            .filter(|&i| !window.get(i).copied().unwrap_or(false))
+            .filter(|&i| texts.get(i).is_some_and(|t| !t.window))
             .collect();
         folds.push((heads, examples_in(texts, &whole, &vocab)));
     }
