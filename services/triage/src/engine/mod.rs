@@ -810,29 +810,23 @@ enum Input<'a> {
 /// The byte offset where word `n` (0-based, counted as [`word_count`]
 /// does) begins, or `usize::MAX` when the text has at most `n` words.
 fn word_start(text: &[u8], n: usize) -> usize {
-    let mut seen = 0;
-    for (i, b) in text.iter().enumerate() {
-        let starts = b.is_ascii_alphanumeric()
-            && !i
-                .checked_sub(1)
-                .and_then(|p| text.get(p))
-                .is_some_and(u8::is_ascii_alphanumeric);
-        if starts {
-            if seen == n {
-                return i;
-            }
-            seen += 1;
-        }
-    }
-    usize::MAX
+    word_starts(text).nth(n).unwrap_or(usize::MAX)
 }
 
 /// Words (runs of letters and digits) in normalised text.
 fn word_count(text: &[u8]) -> usize {
-    text.iter()
-        .zip(text.iter().skip(1).chain([&b' ']))
-        .filter(|(a, b)| a.is_ascii_alphanumeric() && !b.is_ascii_alphanumeric())
-        .count()
+    word_starts(text).count()
+}
+
+/// Where each word (run of letters and digits) of normalised text begins.
+fn word_starts(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    // Each byte with the one before it (a space before the first).
+    std::iter::once(&b' ')
+        .chain(text)
+        .zip(text)
+        .enumerate()
+        .filter(|(_, (before, b))| b.is_ascii_alphanumeric() && !before.is_ascii_alphanumeric())
+        .map(|(i, _)| i)
 }
 
 /// How a raise by the model reads on the counsellor's screen.
