@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
     let wall = started.elapsed();
     let n = samples.len();
     samples.sort_unstable();
-    let pct = |p: f64| samples[((n as f64 * p) as usize).min(n - 1)];
+    let pct = |p: f64| percentile(&samples, p);
     let timed = |text: &str| {
         let mut v: Vec<Duration> = (0..5_000)
             .map(|_| {
@@ -113,10 +113,10 @@ fn bench(c: &mut Criterion) {
     let chat_samples = timed(chat.as_str());
     let written_samples = timed(written.as_str());
     let ln = long_samples.len();
-    let lp = |p: f64| long_samples[((ln as f64 * p) as usize).min(ln - 1)];
+    let lp = |p: f64| percentile(&long_samples, p);
     let cn = chat_samples.len();
-    let cp = |p: f64| chat_samples[((cn as f64 * p) as usize).min(cn - 1)];
-    let wp = |p: f64| written_samples[((cn as f64 * p) as usize).min(cn - 1)];
+    let cp = |p: f64| percentile(&chat_samples, p);
+    let wp = |p: f64| percentile(&written_samples, p);
     eprintln!(
         "\ntriage percentiles (rulebook {}, {} patterns):\n  SMS mix  n={n}: p50 {:?}  p99 {:?}  max {:?}  throughput {:.0} msg/s (one core)\n  1600 ch  n={ln}: p50 {:?}  p99 {:?}  max {:?}\n  4000 ch  n={cn}: p50 {:?}  p99 {:?}  max {:?}",
         engine.version(),
@@ -133,10 +133,11 @@ fn bench(c: &mut Criterion) {
         chat_samples[cn - 1],
     );
     eprintln!(
-        "  4000 ch written (round7-long messages one after another) n={cn}: p50 {:?}  p99 {:?}  max {:?}",
+        "  4000 ch written (round7-long messages one after another) n={}: p50 {:?}  p99 {:?}  max {:?}",
+        written_samples.len(),
         wp(0.50),
         wp(0.99),
-        written_samples[cn - 1],
+        written_samples[written_samples.len() - 1],
     );
     // The tail of one pooled run swings with the machine (a burst of
     // preemption lands in it); per-round p99 over five rounds shows the
@@ -145,18 +146,22 @@ fn bench(c: &mut Criterion) {
         ("4000 ch", chat.as_str()),
         ("4000 ch written", written.as_str()),
     ] {
-        let mut p99s: Vec<Duration> = (0..5)
-            .map(|_| {
-                let v = timed(text);
-                v[((v.len() as f64 * 0.99) as usize).min(v.len() - 1)]
-            })
-            .collect();
+        let mut p99s: Vec<Duration> = (0..5).map(|_| percentile(&timed(text), 0.99)).collect();
         p99s.sort_unstable();
         eprintln!(
             "  {name}: p99 of 5 more rounds of 5,000: min {:?}  median {:?}  max {:?}",
             p99s[0], p99s[2], p99s[4]
         );
     }
+}
+
+/// The `p` quantile of sorted samples (zero when there are none).
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let at = (sorted.len() as f64 * p) as usize;
+    sorted
+        .get(at.min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// A web-chat message of `chars` characters written by people, not
@@ -229,12 +234,12 @@ fn first_sight(_c: &mut Criterion) {
             .collect();
         samples.extend_from_slice(&round);
         round.sort_unstable();
-        round_p99.push(round[((round.len() as f64 * 0.99) as usize).min(round.len() - 1)]);
+        round_p99.push(percentile(&round, 0.99));
     }
     samples.sort_unstable();
     round_p99.sort_unstable();
     let n = samples.len();
-    let pct = |p: f64| samples[((n as f64 * p) as usize).min(n - 1)];
+    let pct = |p: f64| percentile(&samples, p);
     eprintln!(
         "first sight (warmed on dev, new texts, {ROUNDS} fresh engines): n={n}: p50 {:?}  p90 {:?}  p99 {:?}  max {:?}; per-round p99 min {:?} median {:?} max {:?}",
         pct(0.50),

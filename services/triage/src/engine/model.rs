@@ -65,18 +65,18 @@ pub struct Model {
 }
 
 /// Every word of a `w:` or `b:` feature and every word with a voice, with
-/// the rows of its own
-/// features worked out once at load: a message's known words then cost
-/// one lookup each (and a pair one integer lookup) instead of a lookup per
-/// 4-gram, word and pair key (`Scorer::word`). A word outside it has no
-/// `w:` or `b:` feature by construction, only 4-grams.
+/// the rows of its own features worked out once at load: a message's
+/// known words then cost one lookup each (and a pair one integer lookup)
+/// instead of a lookup per 4-gram, word and pair key (`Scorer::word`). A
+/// word outside it has no `w:` or `b:` feature and no voice by
+/// construction, only 4-grams.
 #[derive(Debug, Clone, Default)]
 struct Vocabulary {
     /// Word → id.
     ids: TokenMap<u32>,
     /// Per id: the range of `rows` holding the rows of its 4-grams (in
-    /// order, repeats kept) and then its `w:` row — the rows
-    /// [`each_word_feature`]'s keys for the word would hit, in its order.
+    /// order, repeats kept) and then its `w:` row — the rows the word's
+    /// keys ([`word_keys`]) would hit, in their order.
     own: Vec<(u32, u32)>,
     rows: Vec<u32>,
     /// Per id: its voice ([`super::voice::of`]). Every word with a voice is
@@ -177,7 +177,7 @@ pub struct Feature {
     pub start: usize,
     pub end: usize,
     /// In narration (advice to others, reported or quoted speech, the past;
-    /// see [`each_word_feature`]): a window of a long text with more than
+    /// see [`each_word`]): a window of a long text with more than
     /// three narrated words in ten may not be called imminent by the model
     /// (see `own_voice`).
     pub narrated: bool,
@@ -435,7 +435,7 @@ impl Scorer<'_> {
     }
 
     /// Reads one word: the same hits as [`Scorer::add`] with each key
-    /// [`each_word_feature`] makes of it, in the same order, from the
+    /// [`word_keys`] makes of it, in the same order, from the
     /// compiled [`Vocabulary`] (the test `compiled_words_hit_what_their_keys_hit`).
     ///
     /// With `voices`, also notes the word's voice ([`Scorer::voice`]),
@@ -558,10 +558,9 @@ impl Scorer<'_> {
 
     /// One window, in word order: each known feature counts once (its
     /// first occurrence gives the span; `firsts` collects them). `seen` is
-    /// a bit per weight row,
-    /// all clear on entry and left clear (only this window's bits are
-    /// touched: clearing the whole set per window would cost more than
-    /// reading a long message's window).
+    /// a bit per weight row, all clear on entry and left clear (only this
+    /// window's bits are touched: clearing the whole set per window would
+    /// cost more than reading a long message's window).
     ///
     /// The imminent head only refines a message already at high: it counts
     /// when the rules said high or more, or this window's ≥ high head
@@ -683,7 +682,7 @@ const NARRATED_TENTHS: usize = 3;
 
 /// Whether a window is in the person's own voice: at most
 /// [`NARRATED_TENTHS`] of its words (those the model knows) are narration
-/// (see [`each_word_feature`]). A word's narration depends only on the text
+/// (see [`each_word`]). A word's narration depends only on the text
 /// before it, so appending to a message never changes it for the words
 /// already there.
 fn own_voice(hits: &[Hit]) -> bool {
@@ -817,15 +816,9 @@ pub(crate) fn each_word(text: &[u8], hidden: &[Addressed], mut f: impl FnMut(&Wo
     }
 }
 
-/// Calls `f(key, word index, start, end, narrated)` for every feature key
-/// of the words of normalised text ([`each_word`]): per read word its
-/// character 4-grams (`c:`, of the word padded with `_`: they carry
-/// misspellings like "thinl", "cnat" to the words they resemble), the word
-/// (`w:`) and its pair with the word before (`b:`, spanning both); per
-/// hidden word only `h:` and the word, for the voice counts. Spans are
-/// normalised byte offsets. Training reads these keys (`learning_features`
-/// builds them with [`word_keys`]); scoring reads the words through the
-/// compiled vocabulary ([`Scorer::word`]), which hits the same rows.
+/// Calls `f(key, word index, start, end, narrated)` with the feature keys
+/// ([`word_keys`]) of every word of normalised text ([`each_word`]), in
+/// order: what training reads, as the tests compare it with scoring.
 #[cfg(test)]
 pub(crate) fn each_word_feature(
     text: &[u8],
@@ -836,8 +829,15 @@ pub(crate) fn each_word_feature(
     each_word(text, hidden, |w| word_keys(text, w, &mut key, &mut f));
 }
 
-/// The feature keys of one word of `text` (see [`each_word_feature`]),
-/// built in `key`.
+/// Calls `f(key, word index, start, end, narrated)` for every feature key
+/// of one word of `text` (built in `key`): for a read word its character
+/// 4-grams (`c:`, of the word padded with `_`: they carry misspellings like
+/// "thinl", "cnat" to the words they resemble), the word (`w:`) and its
+/// pair with the word before (`b:`, spanning both); for a hidden word only
+/// `h:` and the word, for the voice counts. Spans are normalised byte
+/// offsets. Training reads these keys (`Engine::learning_features`);
+/// scoring reads the words through the compiled vocabulary
+/// ([`Scorer::word`]), which hits the same rows.
 pub(crate) fn word_keys(
     text: &[u8],
     w: &Word<'_>,
