@@ -93,7 +93,31 @@ fn cssrs_level(label: &str) -> Option<RiskLevel> {
 /// (README "Known quirks"); map them back so rules see the writer's words,
 /// and decode the Reddit HTML entities.
 fn undo_cssrs_quirks(text: &str) -> String {
-    const SUBSTITUTIONS: [(&str, &str); 11] = [
+    const SUBSTITUTIONS: [(&str, &str); 31] = [
+        // Not in the README's examples ("examples from context"), read
+        // from their contexts in the sample; the longer names go first
+        // ("Chest Pain" before "Pain").
+        ("Respiratory Distress Syndrome, Adult", "adult"),
+        ("Excessive upper gastrointestinal gas", "gas"),
+        ("Ventricular Dysfunction, Left", "left"),
+        ("Drug withdrawal syndrome", "crash"),
+        ("Weakness of hand", "hands"),
+        ("Increased Sweating", "sweat"),
+        ("Mental Depression", "depression"),
+        ("Injury of muscle", "permanent"),
+        ("Seizures, Focal", "focal"),
+        ("Irritable Mood", "mean"),
+        ("Phobia, Social", "social"),
+        ("Panic Attacks", "panic"),
+        ("Drug craving", "addiction"),
+        ("Chest Pain", "hurt"),
+        ("Sharp Pain", "quick"),
+        ("Somnolence", "asleep"),
+        ("Exhaustion", "exhausted"),
+        ("Numbness", "numb"),
+        ("Nausea", "sick"),
+        ("Ache", "pain"),
+        // The README's examples.
         ("Hyperactive behavior", "like"),
         ("Depressed mood", "sad"),
         ("Sedated state", "calm"),

@@ -518,42 +518,59 @@ impl Scorer<'_> {
         };
         // A message longer than one window (a web-chat message, a story)
         // may be raised to imminent by the model only in a window written
-        // in the person's own voice, or when the rules already rate it
-        // high: risk words in a long story, a quoted post or advice to
-        // someone else add up in every window, and an imminent rings every
-        // counsellor on shift.
-        let open = self.words <= WINDOW_WORDS || rules >= RiskLevel::High;
-        let imminent_ok = |hits: &[Hit]| open || own_voice(hits);
+        // in the person's own voice, whatever the rules said: risk words in
+        // a long story, a quoted post or advice to someone else add up in
+        // every window, and an imminent rings every counsellor on shift.
+        let long = self.words > WINDOW_WORDS;
+        let imminent_ok = |hits: &[Hit]| !long || own_voice(hits);
         // Past one window, the model may raise above moderate only in a
-        // window not written to someone else (`not_addressed`).
+        // window not written to someone else (`not_addressed`), unless the
+        // rules already rate the message high.
+        let open = !long || rules >= RiskLevel::High;
         let (persons, yous) = (&self.persons, &self.yous);
         let high_ok = |from: usize| open || not_addressed(persons, yous, from);
-        let first = window(0);
-        let mut best = self.window_opinion(
-            first,
-            rules,
-            high_ok(0),
-            imminent_ok(first),
-            &mut seen,
-            &mut firsts,
-        );
-        let mut from = stride;
-        while from + stride <= last {
-            let hits = window(from);
-            let o = self.window_opinion(
-                hits,
+        let mut scan = |high: bool| {
+            let first = window(0);
+            let mut best = self.window_opinion(
+                first,
                 rules,
-                high_ok(from),
-                imminent_ok(hits),
+                high && high_ok(0),
+                imminent_ok(first),
                 &mut seen,
                 &mut firsts,
             );
-            if (o.level, o.top()) > (best.level, best.top()) {
-                best = o;
+            let raised = |o: &Opinion| o.level.is_some_and(|l| l >= RiskLevel::High);
+            let mut agreeing = if raised(&best) { AGREEING_WINDOWS } else { 0 };
+            let mut from = stride;
+            while from + stride <= last {
+                let hits = window(from);
+                let o = self.window_opinion(
+                    hits,
+                    rules,
+                    high && high_ok(from),
+                    imminent_ok(hits),
+                    &mut seen,
+                    &mut firsts,
+                );
+                agreeing += usize::from(raised(&o));
+                if (o.level, o.top()) > (best.level, best.top()) {
+                    best = o;
+                }
+                from += stride;
             }
-            from += stride;
+            (best, agreeing)
+        };
+        // Past the first window, one window is not enough to raise a long
+        // message above moderate: a supportive reply or a story has one
+        // paragraph that reads like a crisis, a person in one writes more.
+        // Read again with the model capped at moderate (rare: only long
+        // messages the rules rate below high with one such window).
+        let (best, agreeing) = scan(true);
+        if open || agreeing >= AGREEING_WINDOWS {
+            best
+        } else {
+            scan(false).0
         }
-        best
     }
 
     /// One window, in word order: each known feature counts once (its
@@ -669,6 +686,14 @@ fn not_addressed(persons: &[usize], yous: &[usize], from: usize) -> bool {
     let window = (p - upto(persons, from), y - upto(yous, from));
     window.0 >= window.1 * PERSONS_PER_YOU && p >= y
 }
+
+/// How many windows of a long message (rated below high by the rules)
+/// must each raise it above moderate for the model to: 2, the first window
+/// counting as 2 on its own (a message that grows past one window keeps
+/// what its opening said). Appending only adds windows, so it never takes
+/// a raise away. Chosen on the C-SSRS sample and the long sets
+/// (docs/triage.md, round eight).
+const AGREEING_WINDOWS: usize = 2;
 
 /// Words naming a person (the writer, a third person) a window of a long
 /// text needs per second-person word for the model to raise it above
@@ -1189,11 +1214,61 @@ threshold = 0.5
             opinion_in_windows(&m, &told, RiskLevel::Low),
             Some(RiskLevel::High)
         );
-        // …and to imminent when the rules rate the message high.
+        // …and not to imminent even when the rules rate the message high
+        // (round eight: the rules' high no longer opens the own-voice gate).
         assert_eq!(
             opinion_in_windows(&m, &told, RiskLevel::High),
-            Some(RiskLevel::Imminent)
+            Some(RiskLevel::High)
         );
+    }
+
+    /// Round eight: past the first window, one window that raises a long
+    /// message above moderate is not enough; two are, and so is the first
+    /// window alone; when the rules rate the message high, one is.
+    #[test]
+    fn past_the_first_window_two_windows_must_raise_a_long_message() {
+        let m = Model::from_str(
+            // "so" is known and weighs nothing: every filler has a hit.
+            &SMALL.replace(
+                "\"w:ledge\"",
+                "\"w:rattle\" = [4.0, 4.0, 0.0]\n\"w:so\" = [0.0, 0.0, 0.0]\n\"w:ledge\"",
+            ),
+            "small.toml",
+        )
+        .unwrap();
+        let filler = |n: usize| "and so on ".repeat(n);
+        // Windows start every 24 words: "rattle" at word 60 is in the
+        // windows from 24 and from 48 (two), at word 100 in 72 and 96,
+        // unless the message ends first.
+        let once = format!("{}rattle {}", filler(20), filler(2));
+        let twice = format!("{}rattle {}", filler(20), filler(20));
+        let first = format!("rattle {}", filler(30));
+        assert!(once.split_whitespace().count() > WINDOW_WORDS);
+        assert_eq!(
+            opinion_in_windows(&m, &once, RiskLevel::Low),
+            Some(RiskLevel::Moderate)
+        );
+        assert_eq!(
+            opinion_in_windows(&m, &twice, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+        assert_eq!(
+            opinion_in_windows(&m, &first, RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+        assert_eq!(
+            opinion_in_windows(&m, &once, RiskLevel::High),
+            Some(RiskLevel::High)
+        );
+        // Appending never takes a raise away.
+        for n in 0..40 {
+            let longer = format!("{twice}{}", filler(n));
+            assert_eq!(
+                opinion_in_windows(&m, &longer, RiskLevel::Low),
+                Some(RiskLevel::High),
+                "{n}"
+            );
+        }
     }
 
     /// A head's `long_threshold` applies past one window only: the same

@@ -948,9 +948,12 @@ fn overdose_signs_in_other_words() {
 }
 
 /// Issue 13, long texts: a person writing at length, in their own voice,
-/// about an overdose or a jump in progress is imminent even when no rule
-/// rates it high (the one-window gate of `689457b` showed these as high);
-/// a long supportive reply to someone else, written to "you", is not.
+/// about an overdose or a jump in progress is imminent (the one-window gate
+/// of `689457b` showed these as high); a long supportive reply to someone
+/// else, written to "you", is not. Until round eight the model alone made
+/// them imminent; since the long imminent threshold rose to 0.5 the rules
+/// do ("the whole strip", a car park's top level with a note left; the
+/// model's own-voice path is tested in `model::tests`).
 #[test]
 fn a_long_message_in_the_persons_own_voice_can_be_imminent_a_long_reply_cannot() {
     let e = with_model();
@@ -971,7 +974,6 @@ fn a_long_message_in_the_persons_own_voice_can_be_imminent_a_long_reply_cannot()
     ];
     for text in own {
         assert!(text.split_whitespace().count() > model::WINDOW_WORDS);
-        assert!(engine().assess(text).level < High, "rules alone: {text}");
         let a = e.assess(text);
         assert_eq!(a.level, Imminent, "{text}: {a:?}");
     }
@@ -1134,6 +1136,59 @@ fn round_three_categories() {
             ("its pouring outside, cant make it to group", Low),
             ("blood is pouring out of my arm", Imminent),
             ("im home alone tonight watching movies", Low),
+        ],
+    );
+}
+
+/// Rulebook 2026.12.18 (round eight): what the long sets' imminent
+/// messages said that only the model had caught, in other words, and the
+/// topic words that had made supportive replies high (the C-SSRS sample's
+/// Supportive users: "talk about suicidal thoughts", "no one should commit
+/// suicide", "she fell out of love").
+#[test]
+fn round_eight_categories() {
+    assert_levels(
+        &engine(),
+        &[
+            (
+                "about twenty minutes ago i took everything that was in the bathroom cabinet",
+                Imminent,
+            ),
+            (
+                "ten minutes ago i did everything i had, all at once",
+                Imminent,
+            ),
+            ("i did everything i had to do at work today", Low),
+            ("swallowed the whole strip of my sleeping tablets", Imminent),
+            (
+                "im sitting outside my dealers place and i want to buy enough to make it all stop",
+                Imminent,
+            ),
+            ("my dealer is home, i can see his car", Moderate),
+            ("estoy afuera de la casa del transa", Moderate),
+            (
+                "my tolerance is gone after detox and honestly thats kind of the point now",
+                Imminent,
+            ),
+            ("i just want my kids to know it wasnt an accident", High),
+            ("quiero que sepan que no fue un accidente", High),
+            ("the police know it wasnt an accident", Low),
+            ("it takes courage to talk about suicidal thoughts", Moderate),
+            ("ive been having suicidal thoughts again", High),
+            ("suicidal thoughts", High),
+            ("no one should ever commit suicide", Moderate),
+            ("im going to commit suicide", High),
+            ("thinking of committing suicide", High),
+            ("she fell out of love with me", Low),
+            ("he fell out and hes not breathing", Imminent),
+            (
+                "on the top level of the car park, wrote something for my brother",
+                Imminent,
+            ),
+            (
+                "parked on the top level of the car park for the concert",
+                Low,
+            ),
         ],
     );
 }
