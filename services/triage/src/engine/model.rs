@@ -671,7 +671,7 @@ impl Scorer<'_> {
 /// Whether the window of [`WINDOW_WORDS`] words from word `from` is not
 /// written to someone else. A second-person word must be outweighed by
 /// words naming a person as the subject — the writer or a third person —
-/// twice over in the window ([`PERSONS_PER_YOU`]), and at least once over
+/// three times over in the window ([`PERSONS_PER_YOU`]), and at least once over
 /// in the whole text up to the window's end (a long reply that has so far
 /// said "you" more often than it named anyone is a reply, even where one
 /// window tells the helper's own story). A window of advice or support
@@ -697,8 +697,9 @@ const AGREEING_WINDOWS: usize = 2;
 
 /// Words naming a person (the writer, a third person) a window of a long
 /// text needs per second-person word for the model to raise it above
-/// moderate: 2. Chosen on the C-SSRS sample (docs/triage.md).
-const PERSONS_PER_YOU: usize = 2;
+/// moderate: 3 (2 until round eight). Chosen on the C-SSRS sample
+/// (docs/triage.md, round eight).
+const PERSONS_PER_YOU: usize = 3;
 
 /// At most this share of a long text's window (in tenths of its words)
 /// may be narration for the model to call it imminent: 3 in 10. Chosen on
@@ -1323,11 +1324,11 @@ threshold = 0.5
         let filler = "and so on ".repeat(20);
         // The same risky word in an SMS, in a long text addressed to
         // someone else, and in one where the writer (or a third person)
-        // is there at least twice per "you".
+        // is there at least three times per "you".
         let short = "you on the ledge";
         let addressed = format!("you on the ledge {filler}");
-        let own = format!("can you see me, i am on the ledge {filler}");
-        let theirs = format!("do you see, he is on the ledge, he is {filler}");
+        let own = format!("can you see me, i am on the ledge, i am {filler}");
+        let theirs = format!("do you see, he is on the ledge, he is, he is {filler}");
         assert!(addressed.split_whitespace().count() > WINDOW_WORDS);
         assert_eq!(
             opinion_with_voices(&m, short, RiskLevel::Low),
@@ -1353,11 +1354,12 @@ threshold = 0.5
     }
 
     #[test]
-    fn a_window_is_addressed_with_fewer_than_two_persons_per_you() {
+    fn a_window_is_addressed_with_fewer_than_three_persons_per_you() {
         assert!(not_addressed(&[], &[], 0));
         assert!(!not_addressed(&[], &[3], 0));
         assert!(!not_addressed(&[1], &[3], 0));
-        assert!(not_addressed(&[1, 2], &[3], 0));
+        assert!(!not_addressed(&[1, 2], &[3], 0));
+        assert!(not_addressed(&[1, 2, 4], &[3], 0));
         // The window's own words…
         assert!(not_addressed(&[], &[WINDOW_WORDS], 0));
         assert!(!not_addressed(&[30], &[WINDOW_WORDS], 24));

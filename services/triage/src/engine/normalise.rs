@@ -217,6 +217,9 @@ fn emoji_word(c: char) -> Option<&'static str> {
         '🙏' => "please",
         '⏰' | '⏱' => "clock",
         '⌛' | '⏳' => "hourglass",
+        '🔚' => "end",
+        '👋' => "bye",
+        '✌' => "peace",
         _ => return None,
     })
 }
