@@ -1189,6 +1189,15 @@ fn round_eight_categories() {
                 "parked on the top level of the car park for the concert",
                 Low,
             ),
+            ("💊💊🔚", Imminent),
+            ("peace ✌️ see you tomorrow", Low),
+            ("se ve lo amarillo adentro de la herida", Imminent),
+            ("i can see the fat inside the cut", Imminent),
+            ("you can see the fat on the steak", Low),
+            ("its not worth it to end it now", Low),
+            ("when people are suicidal they cant see it", Moderate),
+            ("just sitting there and not moving", Low),
+            ("shes on the floor not moving", Imminent),
         ],
     );
 }
