@@ -594,7 +594,8 @@ impl Scorer<'_> {
         seen: &mut [u64],
         firsts: &mut Vec<usize>,
     ) -> Opinion {
-        let mut z = self.model.heads.map(|h| h.bias);
+        let bias = self.model.heads.map(|h| h.bias);
+        let mut z = bias;
         firsts.clear();
         for (k, &(_, row, ..)) in hits.iter().enumerate() {
             let (word, bit) = (row as usize / 64, 1u64 << (row % 64));
@@ -621,16 +622,21 @@ impl Scorer<'_> {
         }
         let p = z.map(sigmoid);
         let long = self.words > WINDOW_WORDS;
+        // A head raises on the window's words, never on its bias alone:
+        // the ≥ high head's bias is above its threshold, so a text the
+        // model knows nothing of ("see you tuesday", an empty message)
+        // would otherwise be high.
         let reached = |i: usize| {
-            p.get(i)
-                .zip(self.model.heads.get(i))
-                .is_some_and(|(&pi, head)| {
-                    pi >= if long {
-                        head.long_threshold
-                    } else {
-                        head.threshold
-                    }
-                })
+            z.get(i).zip(bias.get(i)).is_some_and(|(zi, bi)| zi > bi)
+                && p.get(i)
+                    .zip(self.model.heads.get(i))
+                    .is_some_and(|(&pi, head)| {
+                        pi >= if long {
+                            head.long_threshold
+                        } else {
+                            head.threshold
+                        }
+                    })
         };
         let at_high = high_ok && imminent_ok && (rules >= RiskLevel::High || reached(HIGH_HEAD));
         let mut level = None;
@@ -1219,6 +1225,51 @@ threshold = 0.5
         // (round eight: the rules' high no longer opens the own-voice gate).
         assert_eq!(
             opinion_in_windows(&m, &told, RiskLevel::High),
+            Some(RiskLevel::High)
+        );
+    }
+
+    /// Round eight: a head raises on the words, never on its bias. The
+    /// shipped ≥ high head's bias alone is over its threshold, so an empty
+    /// message, "hello" or "see you tuesday" (words it has no weight for,
+    /// or only negative ones) was high.
+    #[test]
+    fn a_head_raises_on_evidence_not_on_its_bias() {
+        let m = Model::from_str(
+            r#"
+version = "t2"
+[heads.moderate]
+bias = -5.0
+threshold = 0.5
+[heads.high]
+bias = 0.0
+threshold = 0.4
+[heads.imminent]
+bias = -5.0
+threshold = 0.5
+[weights]
+"w:ledge" = [0.0, 0.5, 0.0]
+"w:bus" = [0.0, -0.1, 0.0]
+"w:stop" = [0.0, 0.1, 0.0]
+"#,
+            "bias.toml",
+        )
+        .unwrap();
+        // p(high) = 0.5 ≥ 0.4 with nothing known, or only a negative word.
+        assert_eq!(opinion_in_windows(&m, "", RiskLevel::Low), None);
+        assert_eq!(
+            opinion_in_windows(&m, "see you tuesday", RiskLevel::Low),
+            None
+        );
+        assert_eq!(opinion_in_windows(&m, "bus", RiskLevel::Low), None);
+        // Words that add to the head, even a little, do raise it.
+        assert_eq!(
+            opinion_in_windows(&m, "on the ledge", RiskLevel::Low),
+            Some(RiskLevel::High)
+        );
+        assert_eq!(opinion_in_windows(&m, "bus stop", RiskLevel::Low), None);
+        assert_eq!(
+            opinion_in_windows(&m, "stop", RiskLevel::Low),
             Some(RiskLevel::High)
         );
     }
