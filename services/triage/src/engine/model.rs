@@ -522,7 +522,6 @@ impl Scorer<'_> {
         // a long story, a quoted post or advice to someone else add up in
         // every window, and an imminent rings every counsellor on shift.
         let long = self.words > WINDOW_WORDS;
-        let imminent_ok = |hits: &[Hit]| !long || own_voice(hits);
         // Past one window, the model may raise above moderate only in a
         // window not written to someone else (`not_addressed`), unless the
         // rules already rate the message high.
@@ -530,28 +529,15 @@ impl Scorer<'_> {
         let (persons, yous) = (&self.persons, &self.yous);
         let high_ok = |from: usize| open || not_addressed(persons, yous, from);
         let mut scan = |high: bool| {
-            let first = window(0);
-            let mut best = self.window_opinion(
-                first,
-                rules,
-                high && high_ok(0),
-                imminent_ok(first),
-                &mut seen,
-                &mut firsts,
-            );
+            let mut best =
+                self.window_opinion(window(0), rules, high && high_ok(0), &mut seen, &mut firsts);
             let raised = |o: &Opinion| o.level.is_some_and(|l| l >= RiskLevel::High);
             let mut agreeing = if raised(&best) { AGREEING_WINDOWS } else { 0 };
             let mut from = stride;
             while from + stride <= last {
                 let hits = window(from);
-                let o = self.window_opinion(
-                    hits,
-                    rules,
-                    high && high_ok(from),
-                    imminent_ok(hits),
-                    &mut seen,
-                    &mut firsts,
-                );
+                let o =
+                    self.window_opinion(hits, rules, high && high_ok(from), &mut seen, &mut firsts);
                 agreeing += usize::from(raised(&o));
                 if (o.level, o.top()) > (best.level, best.top()) {
                     best = o;
@@ -566,7 +552,7 @@ impl Scorer<'_> {
         // Read again with the model capped at moderate (rare: only long
         // messages the rules rate below high with one such window).
         let (best, agreeing) = scan(true);
-        if open || agreeing >= AGREEING_WINDOWS {
+        if open || agreeing == 0 || agreeing >= AGREEING_WINDOWS {
             best
         } else {
             scan(false).0
@@ -590,7 +576,6 @@ impl Scorer<'_> {
         hits: &[Hit],
         rules: RiskLevel,
         high_ok: bool,
-        imminent_ok: bool,
         seen: &mut [u64],
         firsts: &mut Vec<usize>,
     ) -> Opinion {
@@ -638,11 +623,17 @@ impl Scorer<'_> {
                         }
                     })
         };
-        let at_high = high_ok && imminent_ok && (rules >= RiskLevel::High || reached(HIGH_HEAD));
+        // Past one window, imminent only in the person's own voice
+        // (`own_voice`, worked out only when the imminent head is reached).
+        let at_high = || {
+            high_ok
+                && (rules >= RiskLevel::High || reached(HIGH_HEAD))
+                && (!long || own_voice(hits))
+        };
         let mut level = None;
         let mut span = None;
         for i in (0..self.model.heads.len()).rev() {
-            if reached(i) && (i != IMMINENT_HEAD || at_high) && (i != HIGH_HEAD || high_ok) {
+            if reached(i) && (i != IMMINENT_HEAD || at_high()) && (i != HIGH_HEAD || high_ok) {
                 level = HEADS.get(i).copied();
                 span = self.best_span(hits, firsts, i);
                 break;
