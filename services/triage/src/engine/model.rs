@@ -609,8 +609,8 @@ impl Scorer<'_> {
         let long = self.words > WINDOW_WORDS;
         // A head raises on the window's words, never on its bias alone:
         // the ≥ high head's bias is above its threshold, so a text the
-        // model knows nothing of ("see you tuesday", an empty message)
-        // would otherwise be high.
+        // model knows nothing of ("yes", an empty message) would otherwise
+        // be high.
         let reached = |i: usize| {
             z.get(i).zip(bias.get(i)).is_some_and(|(zi, bi)| zi > bi)
                 && p.get(i)
@@ -1222,47 +1222,38 @@ threshold = 0.5
 
     /// Round eight: a head raises on the words, never on its bias. The
     /// shipped ≥ high head's bias alone is over its threshold, so an empty
-    /// message, "hello" or "see you tuesday" (words it has no weight for,
-    /// or only negative ones) was high.
+    /// message, "yes" or "👍" (words it has no weight for, or only
+    /// negative ones) was high.
     #[test]
     fn a_head_raises_on_evidence_not_on_its_bias() {
+        // SMALL with a ≥ high head whose bias alone (p 0.5) is over its
+        // threshold, and two small weights that cancel out.
         let m = Model::from_str(
-            r#"
-version = "t2"
-[heads.moderate]
-bias = -5.0
-threshold = 0.5
-[heads.high]
-bias = 0.0
-threshold = 0.4
-[heads.imminent]
-bias = -5.0
-threshold = 0.5
-[weights]
-"w:ledge" = [0.0, 0.5, 0.0]
-"w:bus" = [0.0, -0.1, 0.0]
-"w:stop" = [0.0, 0.1, 0.0]
-"#,
+            &SMALL
+                .replace(
+                    "bias = -3.0\nthreshold = 0.5",
+                    "bias = 0.0\nthreshold = 0.4",
+                )
+                .replace(
+                    "\"w:ledge\"",
+                    "\"w:bus\" = [0.0, -0.1, 0.0]\n\"w:stop\" = [0.0, 0.1, 0.0]\n\"w:ledge\"",
+                ),
             "bias.toml",
         )
         .unwrap();
-        // p(high) = 0.5 ≥ 0.4 with nothing known, or only a negative word.
-        assert_eq!(opinion_in_windows(&m, "", RiskLevel::Low), None);
-        assert_eq!(
-            opinion_in_windows(&m, "see you tuesday", RiskLevel::Low),
-            None
-        );
-        assert_eq!(opinion_in_windows(&m, "bus", RiskLevel::Low), None);
-        // Words that add to the head, even a little, do raise it.
-        assert_eq!(
-            opinion_in_windows(&m, "on the ledge", RiskLevel::Low),
-            Some(RiskLevel::High)
-        );
-        assert_eq!(opinion_in_windows(&m, "bus stop", RiskLevel::Low), None);
-        assert_eq!(
-            opinion_in_windows(&m, "stop", RiskLevel::Low),
-            Some(RiskLevel::High)
-        );
+        // p(high) = 0.5 ≥ 0.4 with nothing known, only a negative word, or
+        // words that cancel out: not raised. Words that add to the head,
+        // even a little, raise it.
+        for (text, want) in [
+            ("", None),
+            ("see you tuesday", None),
+            ("bus", None),
+            ("bus stop", None),
+            ("on the ledge", Some(RiskLevel::High)),
+            ("stop", Some(RiskLevel::High)),
+        ] {
+            assert_eq!(opinion_in_windows(&m, text, RiskLevel::Low), want, "{text}");
+        }
     }
 
     /// Round eight: past the first window, one window that raises a long
@@ -1287,22 +1278,14 @@ threshold = 0.5
         let twice = format!("{}rattle {}", filler(20), filler(20));
         let first = format!("rattle {}", filler(30));
         assert!(once.split_whitespace().count() > WINDOW_WORDS);
-        assert_eq!(
-            opinion_in_windows(&m, &once, RiskLevel::Low),
-            Some(RiskLevel::Moderate)
-        );
-        assert_eq!(
-            opinion_in_windows(&m, &twice, RiskLevel::Low),
-            Some(RiskLevel::High)
-        );
-        assert_eq!(
-            opinion_in_windows(&m, &first, RiskLevel::Low),
-            Some(RiskLevel::High)
-        );
-        assert_eq!(
-            opinion_in_windows(&m, &once, RiskLevel::High),
-            Some(RiskLevel::High)
-        );
+        for (text, rules, want) in [
+            (&once, RiskLevel::Low, RiskLevel::Moderate),
+            (&twice, RiskLevel::Low, RiskLevel::High),
+            (&first, RiskLevel::Low, RiskLevel::High),
+            (&once, RiskLevel::High, RiskLevel::High),
+        ] {
+            assert_eq!(opinion_in_windows(&m, text, rules), Some(want), "{text}");
+        }
         // Appending never takes a raise away.
         for n in 0..40 {
             let longer = format!("{twice}{}", filler(n));
