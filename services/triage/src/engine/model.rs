@@ -1272,8 +1272,8 @@ threshold = 0.5
         .unwrap();
         let filler = |n: usize| "and so on ".repeat(n);
         // Windows start every 24 words: "rattle" at word 60 is in the
-        // windows from 24 and from 48 (two), at word 100 in 72 and 96,
-        // unless the message ends first.
+        // windows from 24 and from 48, the second read only when the
+        // message goes on to word 72.
         let once = format!("{}rattle {}", filler(20), filler(2));
         let twice = format!("{}rattle {}", filler(20), filler(20));
         let first = format!("rattle {}", filler(30));

@@ -1195,6 +1195,8 @@ fn round_eight_categories() {
             ("i can see the fat inside the cut", Imminent),
             ("you can see the fat on the steak", Low),
             ("its not worth it to end it now", Low),
+            ("when we got back she had taken all her pills", Imminent),
+            ("when we got home my brother wasnt breathing", Imminent),
             ("when people are suicidal they cant see it", Moderate),
             ("just sitting there and not moving", Low),
             ("shes on the floor not moving", Imminent),
