@@ -380,3 +380,36 @@ fn evaluate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::undo_cssrs_quirks;
+
+    /// The source's concept names go back to the writer's words, the longer
+    /// names before the shorter ones they contain ("Chest Pain" is "hurt",
+    /// not "Chest hurt"), and the HTML entities are decoded.
+    #[test]
+    fn the_samples_substitutions_are_undone() {
+        for (source, written) in [
+            (
+                "they did not Irritable Mood to Chest Pain me",
+                "they did not mean to hurt me",
+            ),
+            ("it Pain so much", "it hurt so much"),
+            ("a Sharp Pain fix", "a quick fix"),
+            ("Im Tired Exhaustion", "Im very exhausted"),
+            (
+                "the Ventricular Dysfunction, Left behind",
+                "the left behind",
+            ),
+            (
+                "I know how Mental Depression can be",
+                "I know how depression can be",
+            ),
+            ("&gt; you said &amp; I &lt;3", "> you said & I <3"),
+            ("plain words stay", "plain words stay"),
+        ] {
+            assert_eq!(undo_cssrs_quirks(source), written);
+        }
+    }
+}
